@@ -1,0 +1,70 @@
+// Addresses and socket helpers. Every helper returns errors as values with errno preserved.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstddef>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+#include "harness/expected.h"
+#include "harness/fd.h"
+
+namespace sockbench {
+
+// A resolved IPv4, IPv6 or AF_UNIX stream address.
+struct Address {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+
+  int family() const { return storage.ss_family; }
+  const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&storage); }
+  // Port in host byte order (0 for AF_UNIX).
+  int port() const;
+  Address with_port(int port) const;
+  // "127.0.0.1:7000", "[::1]:7000", "unix:/path".
+  std::string to_string() const;
+};
+
+// Parses "127.0.0.1:7000", "[::1]:7000", "localhost:7000" (localhost resolves to 127.0.0.1) and
+// "unix:/path". Returns a message naming what is wrong for anything else.
+struct ParsedAddress {
+  Address address;
+  std::string error;  // empty on success
+};
+ParsedAddress parse_address(std::string_view text);
+
+// Creates a listening socket (SO_REUSEADDR when `reuseaddr`) bound to `address`; non-blocking
+// when asked. Errors carry errno (EADDRINUSE, EACCES...).
+Expected<Fd> listen_on(const Address& address, int backlog, bool reuseaddr, bool nonblocking);
+
+// The address a socket is bound to (resolves port 0 after bind).
+Expected<Address> local_address(int fd);
+
+// Starts a connect. With `nonblocking`, EINPROGRESS is success (check writability + SO_ERROR).
+Expected<Fd> connect_to(const Address& address, bool nonblocking);
+
+std::error_code set_nonblocking(int fd, bool on);
+std::error_code set_nodelay(int fd, bool on);
+// SO_LINGER {1, 0}: close() sends RST instead of FIN.
+std::error_code set_linger_zero(int fd);
+// SO_ERROR of a socket (the result of a non-blocking connect).
+std::error_code socket_error(int fd);
+
+// send() with MSG_NOSIGNAL, retrying EINTR. Returns bytes sent (possibly short) or the error;
+// EAGAIN is returned as an error for the caller to wait on.
+Expected<size_t> send_some(int fd, std::span<const char> data);
+// Blocking send of all bytes, retrying short writes and EINTR.
+std::error_code send_all(int fd, std::span<const char> data);
+// recv() retrying EINTR. Returns 0 on EOF.
+Expected<size_t> recv_some(int fd, std::span<char> buffer);
+// Blocking recv of exactly buffer.size() bytes; ECONNRESET-style errors, or
+// std::errc::connection_aborted on a premature EOF.
+std::error_code recv_exact(int fd, std::span<char> buffer);
+
+// The errno name ("ECONNREFUSED") for reports; "E<number>" when unknown.
+std::string errno_name(int err);
+
+}  // namespace sockbench

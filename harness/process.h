@@ -1,0 +1,98 @@
+// Child-process control and /proc observation: start a server in its own process group, learn
+// its port through a pipe, pin it, sample it, stop it, reap it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "harness/expected.h"
+#include "harness/fd.h"
+
+namespace sockbench {
+
+// A snapshot of one process from /proc/<pid>.
+struct ProcSample {
+  double cpu_seconds = 0;          // utime + stime of all threads, live and exited
+  uint64_t rss_kb = 0;             // VmRSS
+  int threads = 0;                 // Threads:
+  uint64_t voluntary_ctxt = 0;     // summed over /proc/<pid>/task/*
+  uint64_t involuntary_ctxt = 0;
+  int open_fds = 0;                // entries in /proc/<pid>/fd
+};
+
+// Reads /proc/<pid>. ESRCH when the process is gone.
+Expected<ProcSample> sample_process(pid_t pid);
+
+// How a reaped child ended.
+struct ExitInfo {
+  bool exited = false;  // true: normal exit with `code`; false: killed by `signal`
+  int code = 0;
+  int signal = 0;
+  std::string describe() const;  // "exit 0", "killed by SIGKILL"
+};
+
+// A running child. Owns it: the destructor stops and reaps it. Move-only; one thread uses it.
+class ChildProcess {
+ public:
+  struct Options {
+    // argv[0] is the program (looked up in PATH when it has no '/'). Any argument equal to
+    // "{ready_fd}" is replaced by the number of the pipe's write end in the child.
+    std::vector<std::string> argv;
+    std::vector<int> cpus;       // sched_setaffinity in the child before exec; empty: inherit
+    bool ready_pipe = true;      // create the pipe read by read_line()
+    std::optional<uint64_t> rlimit_nofile;  // RLIMIT_NOFILE for the child when set
+  };
+
+  // fork+exec in a new process group, with PR_SET_PDEATHSIG so it dies with us.
+  static Expected<ChildProcess> spawn(const Options& options);
+
+  ChildProcess(ChildProcess&& other) noexcept;
+  ChildProcess& operator=(ChildProcess&& other) noexcept;
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  ~ChildProcess();
+
+  pid_t pid() const { return pid_; }
+  // Reads one '\n'-terminated line from the ready pipe. ETIMEDOUT after `timeout`; EPIPE-like
+  // (std::errc::broken_pipe) if the child closed the pipe or died first.
+  Expected<std::string> read_line(std::chrono::milliseconds timeout);
+  // True while the child has not exited (reaps it if it has; see exit_info()).
+  bool alive();
+  std::optional<ExitInfo> exit_info() const { return exit_; }
+  // SIGTERM to the process group, wait up to `grace`, then SIGKILL the group; reaps.
+  ExitInfo stop(std::chrono::milliseconds grace = std::chrono::seconds(3));
+
+ private:
+  ChildProcess() = default;
+  pid_t pid_ = -1;
+  Fd ready_;
+  std::string pending_;  // bytes read past the last returned line
+  std::optional<ExitInfo> exit_;
+};
+
+// CPU sets. "0-1,3" -> {0,1,3}; an empty optional (with `error` set) for malformed text.
+std::optional<std::vector<int>> parse_cpu_list(const std::string& text, std::string* error);
+std::string format_cpu_list(const std::vector<int>& cpus);  // {0,1,3} -> "0-1,3"
+std::vector<int> available_cpus();                          // sched_getaffinity of this process
+std::error_code pin_current_thread(const std::vector<int>& cpus);
+
+// Machine facts for result metadata.
+struct SystemInfo {
+  std::string kernel;             // uname -r
+  std::string hostname;
+  int num_cpus = 0;
+  std::string somaxconn;          // /proc/sys/net/core/somaxconn
+  std::string ip_local_port_range;
+  std::string tcp_tw_reuse;
+  std::string date;               // ISO 8601, local time with offset
+};
+SystemInfo read_system_info();
+// The contents of a /proc/sys style file without the trailing newline; "" when unreadable.
+std::string read_sysctl(const std::string& path);
+
+}  // namespace sockbench

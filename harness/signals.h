@@ -1,0 +1,36 @@
+// SIGINT/SIGTERM as a stop request, without a mutable global: the signals are blocked in every
+// thread and one watcher thread waits for them on a signalfd.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <stop_token>
+#include <thread>
+
+#include "harness/fd.h"
+
+namespace sockbench {
+
+// Construct on the main thread before starting any other thread (the mask is inherited).
+// On SIGINT or SIGTERM it requests stop on its stop_source and calls on_signal(signo) on the
+// watcher thread. The destructor joins the watcher and restores the old mask.
+class SignalWatcher {
+ public:
+  explicit SignalWatcher(std::function<void(int)> on_signal = {});
+  ~SignalWatcher();
+  SignalWatcher(const SignalWatcher&) = delete;
+  SignalWatcher& operator=(const SignalWatcher&) = delete;
+
+  std::stop_token token() const { return source_.get_token(); }
+  // The signal received, 0 if none.
+  int received() const { return received_.load(); }
+
+ private:
+  std::stop_source source_;
+  std::atomic<int> received_{0};
+  Fd signal_fd_;
+  Fd wake_fd_;  // eventfd: tells the watcher to exit
+  std::jthread watcher_;
+};
+
+}  // namespace sockbench

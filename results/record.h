@@ -1,0 +1,65 @@
+// The result model: one run = context + one record per (scenario, server, parameters).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "harness/histogram.h"
+
+namespace sockbench::results {
+
+// A named numeric result, written as a top-level counter in Google Benchmark's JSON schema.
+struct Metric {
+  std::string name;  // e.g. "requests_per_second", "p99_us"
+  double value = 0;
+};
+
+struct Record {
+  std::string name;      // "rr/threaded/clients:500/msg:64": run_name and the matching key
+  std::string scenario;  // "rr"
+  std::string server;    // "threaded"
+  std::vector<std::pair<std::string, std::string>> params;  // in name order: clients=500, msg=64
+  int repetitions = 1;
+  int repetition_index = 0;
+  uint64_t iterations = 0;  // requests measured
+  double real_time = 0;     // wall time per iteration, in time_unit
+  double cpu_time = 0;      // server CPU time per iteration, in time_unit
+  std::string time_unit = "us";
+  std::vector<Metric> metrics;             // in display order
+  std::map<std::string, uint64_t> errors;  // by errno name
+  std::vector<std::string> warnings;       // shown under the table, kept in JSON
+  std::optional<Histogram> latency;        // request latency (ns), when the scenario has one
+  std::string error;                       // non-empty: this cell failed, metrics may be partial
+
+  // The metric's value, or nullopt.
+  std::optional<double> metric(const std::string& name) const;
+  void set(const std::string& name, double value);  // replaces or appends
+};
+
+struct RunContext {
+  std::string date;
+  std::string host_name;
+  std::string executable;
+  std::string command_line;
+  std::string sockbench_version;
+  std::string git_sha;
+  std::string kernel;
+  int num_cpus = 0;
+  std::string server_cpus;
+  std::string client_cpus;
+  std::string somaxconn;
+  std::string ip_local_port_range;
+  std::string tcp_tw_reuse;
+  std::string error;  // non-empty: the run as a whole failed
+};
+
+struct RunResult {
+  RunContext context;
+  std::vector<Record> records;
+};
+
+}  // namespace sockbench::results

@@ -1,0 +1,64 @@
+// A TCP server model: one per concurrency model, chosen by name from one registry.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include "harness/fd.h"
+#include "harness/net.h"
+#include "servers/protocol.h"
+
+namespace sockbench::servers {
+
+struct ServerConfig {
+  Address listen;                // bound as given; loopback unless told otherwise
+  int backlog = 4096;            // listen(2) backlog; the kernel caps it at somaxconn
+  bool reuseaddr = true;         // SO_REUSEADDR before bind
+  ProtocolOptions protocol;
+};
+
+// Counters a model keeps while it runs; written by server threads, read by anyone.
+struct ServerCounters {
+  std::atomic<uint64_t> accepted{0};
+  std::atomic<uint64_t> closed{0};
+  std::atomic<uint64_t> refused_fd_setsize{0};  // select: fd >= FD_SETSIZE, closed at once
+  std::atomic<uint64_t> protocol_errors{0};     // e.g. oversized frame
+  std::atomic<uint64_t> accept_emfile{0};       // accept() failed with EMFILE/ENFILE
+  std::atomic<uint64_t> io_errors{0};           // ECONNRESET, EPIPE... on a connection
+};
+
+// Lifecycle: construct -> bind() -> run() on one thread -> stop() from any thread -> run()
+// returns after every thread it started is joined and every connection fd is closed.
+class Server {
+ public:
+  virtual ~Server() = default;
+  // Creates the listening socket. Returns EADDRINUSE etc. as values. Call once, before run().
+  virtual std::error_code bind() = 0;
+  // The bound address (port resolved). Valid after a successful bind().
+  virtual Address address() const = 0;
+  // Serves until stop(). Returns an error only for a failure that ends serving.
+  virtual std::error_code run() = 0;
+  // Asks run() to return; safe from any thread and from a signal-watching thread; idempotent.
+  virtual void stop() = 0;
+  virtual const ServerCounters& counters() const = 0;
+};
+
+struct ModelInfo {
+  std::string name;
+  std::string description;
+  bool faulty = false;  // deliberately broken twin: never part of --server all
+  std::function<std::unique_ptr<Server>(const ServerConfig&)> make;
+};
+
+// Every model, correct ones first in preference order.
+const std::vector<ModelInfo>& registry();
+// nullptr when unknown.
+const ModelInfo* find_model(std::string_view name);
+
+}  // namespace sockbench::servers
