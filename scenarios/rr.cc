@@ -1,0 +1,1 @@
+// The rr scenario (placeholder until it lands).
