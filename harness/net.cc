@@ -8,6 +8,7 @@
 
 #include <charconv>
 #include <cstring>
+#include <optional>
 
 #include <fmt/format.h>
 
