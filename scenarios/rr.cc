@@ -1,1 +1,102 @@
-// The rr scenario (placeholder until it lands).
+#include "scenarios/rr.h"
+
+#include <fmt/format.h>
+
+namespace sockbench::scenarios {
+namespace {
+
+double us(uint64_t ns) { return static_cast<double>(ns) / 1e3; }
+
+std::string record_name(const std::string& server, const RrOptions& options) {
+  std::string name = fmt::format("rr/{}/clients:{}/msg:{}", server, options.clients,
+                                 options.message_size);
+  if (options.pipeline > 1) name += fmt::format("/pipeline:{}", options.pipeline);
+  return name;
+}
+
+}  // namespace
+
+results::Record run_rr(ServerHandle& server, const RrOptions& options, std::stop_token stop) {
+  results::Record record;
+  record.scenario = "rr";
+  record.server = server.name();
+  record.name = record_name(record.server, options);
+  record.params = {{"clients", std::to_string(options.clients)},
+                   {"msg", std::to_string(options.message_size)},
+                   {"pipeline", std::to_string(options.pipeline)}};
+
+  // The server is sampled at the edges of the measured window so its CPU time and context
+  // switches are charged to exactly the requests that were counted.
+  std::optional<ProcSample> before;
+  std::optional<ProcSample> after;
+  LoadConfig config;
+  config.target = server.address();
+  config.wire = options.wire;
+  config.connections = options.clients;
+  config.threads = options.threads;
+  config.cpus = options.client_cpus;
+  config.message_size = options.message_size;
+  config.pipeline = options.pipeline;
+  config.warmup = options.warmup;
+  config.duration = options.duration;
+  config.on_measure_start = [&] { before = server.sample(); };
+  config.on_measure_end = [&] { after = server.sample(); };
+
+  auto loaded = run_load(config, stop);
+  if (!loaded) {
+    record.error = fmt::format("load engine failed: {}", loaded.error().message());
+    return record;
+  }
+  const LoadStats& stats = *loaded;
+  const double seconds = stats.measured_seconds > 0 ? stats.measured_seconds : 1e-9;
+  const double requests = static_cast<double>(stats.requests);
+
+  record.iterations = stats.requests;
+  record.real_time = requests > 0 ? seconds * 1e6 / requests : 0;
+  record.set("requests_per_second", requests / seconds);
+  record.set("bytes_per_second", static_cast<double>(stats.bytes_received) / seconds);
+  record.set("p50_us", us(stats.latency.percentile(50)));
+  record.set("p90_us", us(stats.latency.percentile(90)));
+  record.set("p99_us", us(stats.latency.percentile(99)));
+  record.set("p999_us", us(stats.latency.percentile(99.9)));
+  record.set("max_us", us(stats.latency.max()));
+  record.set("connect_p50_us", us(stats.connect_latency.percentile(50)));
+  record.set("connect_p99_us", us(stats.connect_latency.percentile(99)));
+  record.set("connections_requested", static_cast<double>(stats.connections_requested));
+  record.set("connections_achieved", static_cast<double>(stats.connections_achieved));
+  record.set("errors", static_cast<double>(stats.error_count()));
+  record.set("unverified_replies", static_cast<double>(stats.unverified_replies));
+  record.set("short_reads", static_cast<double>(stats.short_reads));
+  record.set("short_writes", static_cast<double>(stats.short_writes));
+  if (before && after) {
+    const double cpu_us = (after->cpu_seconds - before->cpu_seconds) * 1e6;
+    record.cpu_time = requests > 0 ? cpu_us / requests : 0;
+    record.set("server_cpu_us_per_request", record.cpu_time);
+    record.set("server_rss_kb", static_cast<double>(after->rss_kb));
+    record.set("server_threads", after->threads);
+    record.set("server_context_switches",
+               static_cast<double>((after->voluntary_ctxt + after->involuntary_ctxt) -
+                                   (before->voluntary_ctxt + before->involuntary_ctxt)));
+    record.set("server_open_fds", after->open_fds);
+  }
+  record.errors = stats.errors;
+  record.latency = stats.latency;
+
+  std::string why;
+  if (!server.alive(&why)) {
+    record.error = fmt::format("server {} exited during the run ({})", record.server, why);
+  } else if (stop.stop_requested()) {
+    record.error = "interrupted";
+  } else if (stats.connections_achieved < stats.connections_requested) {
+    record.warnings.push_back(fmt::format("only {} of {} connections achieved",
+                                          stats.connections_achieved,
+                                          stats.connections_requested));
+  }
+  if (stats.unverified_replies > 0) {
+    record.warnings.push_back(
+        fmt::format("{} replies differed from their request", stats.unverified_replies));
+  }
+  return record;
+}
+
+}  // namespace sockbench::scenarios

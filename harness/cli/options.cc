@@ -1,0 +1,81 @@
+#include "harness/cli/options.h"
+
+#include <charconv>
+#include <cmath>
+
+#include <fmt/format.h>
+
+namespace sockbench::cli {
+
+cxxopts::ParseResult parse_or_throw(cxxopts::Options& options, int argc,
+                                    const char* const* argv) {
+  try {
+    auto parsed = options.parse(argc, argv);
+    if (!parsed.unmatched().empty()) {
+      throw UsageError(fmt::format("unexpected argument '{}'", parsed.unmatched().front()));
+    }
+    return parsed;
+  } catch (const cxxopts::exceptions::exception& e) {
+    throw UsageError(e.what());
+  }
+}
+
+int64_t parse_int(const std::string& flag, const std::string& text, int64_t min, int64_t max) {
+  int64_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size() || text.empty()) {
+    throw UsageError(fmt::format("--{}: expected an integer, got '{}'", flag, text));
+  }
+  if (value < min || value > max) {
+    throw UsageError(fmt::format("--{}: {} is out of range [{}, {}]", flag, value, min, max));
+  }
+  return value;
+}
+
+std::chrono::nanoseconds parse_duration(const std::string& flag, const std::string& text,
+                                        std::chrono::nanoseconds min,
+                                        std::chrono::nanoseconds max) {
+  double number = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
+  const std::string_view unit(end, static_cast<size_t>(text.data() + text.size() - end));
+  double scale = 0;
+  if (unit.empty() || unit == "s") {
+    scale = 1e9;
+  } else if (unit == "ms") {
+    scale = 1e6;
+  } else if (unit == "us") {
+    scale = 1e3;
+  } else if (unit == "m") {
+    scale = 60e9;
+  }
+  if (ec != std::errc() || scale == 0 || !std::isfinite(number) || number < 0) {
+    throw UsageError(fmt::format(
+        "--{}: expected a duration like 5s, 250ms or 1m, got '{}'", flag, text));
+  }
+  const auto value = std::chrono::nanoseconds(static_cast<int64_t>(number * scale));
+  if (value < min || value > max) {
+    throw UsageError(fmt::format("--{}: '{}' is out of range [{}ms, {}s]", flag, text,
+                                 min.count() / 1'000'000, max.count() / 1'000'000'000));
+  }
+  return value;
+}
+
+std::vector<std::string> split_list(const std::string& flag, const std::string& text) {
+  std::vector<std::string> items;
+  size_t start = 0;
+  for (;;) {
+    const size_t comma = text.find(',', start);
+    std::string item = text.substr(start, comma == std::string::npos ? comma : comma - start);
+    if (item.empty()) throw UsageError(fmt::format("--{}: empty item in '{}'", flag, text));
+    items.push_back(std::move(item));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return items;
+}
+
+std::string str(const cxxopts::ParseResult& parsed, const std::string& name) {
+  return parsed[name].as<std::string>();
+}
+
+}  // namespace sockbench::cli

@@ -1,0 +1,37 @@
+// Command-line value parsing shared by the subcommands. Every failure names the flag.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <cxxopts.hpp>
+
+namespace sockbench::cli {
+
+// A bad flag or value: printed as one line, exit code 2.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+inline constexpr int kExitUsage = 2;
+
+// Parses argv with cxxopts, turning its exceptions into UsageError; rejects stray positionals.
+cxxopts::ParseResult parse_or_throw(cxxopts::Options& options, int argc, const char* const* argv);
+
+// "--flag: expected ..., got 'x'" on failure.
+int64_t parse_int(const std::string& flag, const std::string& text, int64_t min, int64_t max);
+// "5", "5s", "250ms", "2m", "1.5s" -> nanoseconds; must be within [min, max].
+std::chrono::nanoseconds parse_duration(const std::string& flag, const std::string& text,
+                                        std::chrono::nanoseconds min,
+                                        std::chrono::nanoseconds max);
+// "a,b,c" -> {"a","b","c"}; empty items are an error.
+std::vector<std::string> split_list(const std::string& flag, const std::string& text);
+
+// The string value of an option that has a default or was given.
+std::string str(const cxxopts::ParseResult& parsed, const std::string& name);
+
+}  // namespace sockbench::cli

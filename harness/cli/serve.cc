@@ -1,0 +1,97 @@
+// `sockbench serve`: one model on its own, for the harness, other tools and other machines.
+#include <dirent.h>
+#include <unistd.h>
+
+#include <cstdio>
+
+#include <fmt/format.h>
+
+#include "harness/cli/commands.h"
+#include "harness/cli/options.h"
+#include "harness/process.h"
+#include "harness/signals.h"
+#include "servers/server.h"
+
+namespace sockbench::cli {
+
+int serve_command(int argc, const char* const* argv) {
+  cxxopts::Options options("sockbench serve", "Run one server model until SIGINT/SIGTERM.");
+  options.add_options()
+      ("server", "model: threaded, select, poll, epoll (see sockbench list)",
+       cxxopts::value<std::string>()->default_value("epoll"))
+      ("listen", "address to bind: 127.0.0.1:PORT, [::1]:PORT, localhost:PORT (port 0: any)",
+       cxxopts::value<std::string>()->default_value("127.0.0.1:7000"))
+      ("protocol", "echo, framed or discard", cxxopts::value<std::string>()->default_value("framed"))
+      ("backlog", "listen(2) backlog (the kernel caps it at net.core.somaxconn)",
+       cxxopts::value<std::string>()->default_value("4096"))
+      ("no-reuseaddr", "do not set SO_REUSEADDR before bind")
+      ("max-frame", "largest accepted frame payload in bytes (framed)",
+       cxxopts::value<std::string>()->default_value(std::to_string(kDefaultMaxFrame)))
+      ("ready-fd", "write 'listening ADDR' to this fd once listening (used by sockbench run)",
+       cxxopts::value<std::string>())
+      ("h,help", "show this help");
+  const auto parsed = parse_or_throw(options, argc, argv);
+  if (parsed.count("help")) {
+    std::fputs(options.help().c_str(), stdout);
+    return 0;
+  }
+
+  const auto* model = servers::find_model(str(parsed, "server"));
+  if (!model) {
+    throw UsageError(fmt::format("--server: unknown model '{}' (see sockbench list)",
+                                 str(parsed, "server")));
+  }
+  servers::ServerConfig config;
+  const auto address = parse_address(str(parsed, "listen"));
+  if (!address.error.empty()) throw UsageError("--listen: " + address.error);
+  config.listen = address.address;
+  const auto protocol = servers::parse_protocol(str(parsed, "protocol"));
+  if (!protocol) {
+    throw UsageError(fmt::format("--protocol: expected echo, framed or discard, got '{}'",
+                                 str(parsed, "protocol")));
+  }
+  config.protocol.protocol = *protocol;
+  config.protocol.max_frame =
+      static_cast<uint32_t>(parse_int("max-frame", str(parsed, "max-frame"), 0, 0xFFFFFFFFLL));
+  config.backlog = static_cast<int>(parse_int("backlog", str(parsed, "backlog"), 0, 1 << 20));
+  config.reuseaddr = parsed.count("no-reuseaddr") == 0;
+  Fd ready;
+  if (parsed.count("ready-fd")) {
+    ready.reset(static_cast<int>(parse_int("ready-fd", str(parsed, "ready-fd"), 3, 1 << 20)));
+  }
+
+  auto server = model->make(config);
+  // Signals are blocked before the model starts any thread, so only the watcher sees them.
+  SignalWatcher watcher([&server](int) { server->stop(); });
+  if (const auto ec = server->bind()) {
+    fmt::print(stderr, "sockbench serve: cannot listen on {}: {} ({})\n",
+               config.listen.to_string(), ec.message(), errno_name(ec.value()));
+    return 1;
+  }
+  const std::string line = fmt::format("listening {}\n", server->address().to_string());
+  std::fputs(line.c_str(), stdout);
+  std::fflush(stdout);
+  if (ready) {
+    // The parent waits for this line; a failed write means it is gone and SIGKILL follows.
+    (void)send_all(ready.get(), line);
+    ready.reset();
+  }
+  const auto ec = server->run();
+  const auto& c = server->counters();
+  const auto self = sample_process(::getpid());
+  fmt::print(stderr,
+             "sockbench serve: stopped{}: accepted {}, closed {}, protocol errors {}, "
+             "refused (FD_SETSIZE) {}, accept EMFILE {}, io errors {}; now {} threads, {} open "
+             "fds\n",
+             watcher.received() ? fmt::format(" on signal {}", watcher.received()) : "",
+             c.accepted.load(), c.closed.load(), c.protocol_errors.load(),
+             c.refused_fd_setsize.load(), c.accept_emfile.load(), c.io_errors.load(),
+             self ? self->threads : -1, self ? self->open_fds : -1);
+  if (ec) {
+    fmt::print(stderr, "sockbench serve: {} failed: {}\n", model->name, ec.message());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace sockbench::cli
