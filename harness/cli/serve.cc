@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <memory>
 
 #include <fmt/format.h>
 
@@ -56,13 +57,17 @@ int serve_command(int argc, const char* const* argv) {
   config.backlog = static_cast<int>(parse_int("backlog", str(parsed, "backlog"), 0, 1 << 20));
   config.reuseaddr = parsed.count("no-reuseaddr") == 0;
   Fd ready;
+  int ready_fd_number = -1;
   if (parsed.count("ready-fd")) {
-    ready.reset(static_cast<int>(parse_int("ready-fd", str(parsed, "ready-fd"), 3, 1 << 20)));
+    ready_fd_number = static_cast<int>(parse_int("ready-fd", str(parsed, "ready-fd"), 3, 1 << 20));
+    ready.reset(ready_fd_number);
   }
 
+  // Taken before anything is opened, so the report at exit shows what shutdown released.
+  const auto at_start = sample_process(::getpid());
   auto server = model->make(config);
   // Signals are blocked before the model starts any thread, so only the watcher sees them.
-  SignalWatcher watcher([&server](int) { server->stop(); });
+  auto watcher = std::make_unique<SignalWatcher>([&server](int) { server->stop(); });
   if (const auto ec = server->bind()) {
     fmt::print(stderr, "sockbench serve: cannot listen on {}: {} ({})\n",
                config.listen.to_string(), ec.message(), errno_name(ec.value()));
@@ -77,16 +82,19 @@ int serve_command(int argc, const char* const* argv) {
     ready.reset();
   }
   const auto ec = server->run();
+  const int signo = watcher->received();
+  watcher.reset();
   const auto& c = server->counters();
   const auto self = sample_process(::getpid());
   fmt::print(stderr,
              "sockbench serve: stopped{}: accepted {}, closed {}, protocol errors {}, "
              "refused (FD_SETSIZE) {}, accept EMFILE {}, io errors {}; now {} threads, {} open "
-             "fds\n",
-             watcher.received() ? fmt::format(" on signal {}", watcher.received()) : "",
+             "fds ({} at start{})\n",
+             signo ? fmt::format(" on signal {}", signo) : "",
              c.accepted.load(), c.closed.load(), c.protocol_errors.load(),
              c.refused_fd_setsize.load(), c.accept_emfile.load(), c.io_errors.load(),
-             self ? self->threads : -1, self ? self->open_fds : -1);
+             self ? self->threads : -1, self ? self->open_fds : -1,
+             at_start ? at_start->open_fds : -1, ready_fd_number >= 0 ? " with the ready fd" : "");
   if (ec) {
     fmt::print(stderr, "sockbench serve: {} failed: {}\n", model->name, ec.message());
     return 1;

@@ -1,0 +1,285 @@
+// The command line end to end: flag errors, list, a real run's JSON, serve's SIGTERM shutdown,
+// a server dying mid-run, and Ctrl-C leaving no process behind.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "harness/frame.h"
+#include "harness/net.h"
+#include "harness/process.h"
+
+namespace sockbench {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Outcome {
+  int status = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string slurp(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("sockbench-cli-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  Outcome sockbench(const std::string& args) {
+    const auto out = dir_ / "stdout";
+    const auto err = dir_ / "stderr";
+    const std::string command = std::string(SOCKBENCH_BIN) + " " + args + " >" + out.string() +
+                                " 2>" + err.string() + " </dev/null";
+    const int raw = std::system(command.c_str());
+    Outcome o;
+    o.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+    o.out = slurp(out);
+    o.err = slurp(err);
+    return o;
+  }
+
+  std::filesystem::path dir_;
+};
+
+// Children of `pid`, from /proc (the kernel's list for the main thread).
+std::vector<pid_t> children_of(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  std::vector<pid_t> kids;
+  pid_t kid = 0;
+  while (in >> kid) kids.push_back(kid);
+  return kids;
+}
+
+bool process_gone(pid_t pid) {
+  // A zombie still answers kill(0); look at its state too.
+  if (::kill(pid, 0) != 0) return true;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  const auto close = line.rfind(')');
+  return close != std::string::npos && line.size() > close + 2 && line[close + 2] == 'Z';
+}
+
+TEST_F(Cli, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--clients abc", "--clients"},
+      {"--clients 0", "--clients"},
+      {"--clients 99999999", "--clients"},
+      {"--bogus-flag", "bogus-flag"},
+      {"--server nope", "--server"},
+      {"--server epoll,", "--server"},
+      {"--duration 5x", "--duration"},
+      {"--warmup -1s", "--warmup"},
+      {"--message-size 3", "--message-size"},
+      {"--pipeline 0", "--pipeline"},
+      {"--threads many", "--threads"},
+      {"--protocol smtp", "--protocol"},
+      {"--server-cpus 9999", "--server-cpus"},
+      {"--client-cpus 1-a", "--client-cpus"},
+      {"--scenario nosuch", "--scenario"},
+      {"--json /nonexistent-dir/x.json", "--json"},
+      {"run stray-positional", "stray-positional"},
+      {"frobnicate", "frobnicate"},
+      {"serve --listen nohost", "--listen"},
+      {"serve --listen 127.0.0.1:99999", "--listen"},
+      {"serve --server nope", "--server"},
+      {"serve --protocol smtp", "--protocol"},
+  };
+  for (const auto& [args, flag] : cases) {
+    const auto o = sockbench(args);
+    EXPECT_EQ(o.status, 2) << args << "\n" << o.err;
+    EXPECT_NE(o.err.find(flag), std::string::npos) << args << " -> " << o.err;
+    EXPECT_EQ(std::count(o.err.begin(), o.err.end(), '\n'), 1) << args << " -> " << o.err;
+    EXPECT_TRUE(o.out.empty()) << args;
+  }
+}
+
+TEST_F(Cli, HelpAndListNameEveryModel) {
+  const auto help = sockbench("--help");
+  EXPECT_EQ(help.status, 0);
+  EXPECT_NE(help.out.find("--clients"), std::string::npos);
+  const auto list = sockbench("list");
+  ASSERT_EQ(list.status, 0) << list.err;
+  for (const char* model : {"threaded", "select", "poll", "epoll"}) {
+    EXPECT_NE(list.out.find(model), std::string::npos) << model;
+  }
+  EXPECT_EQ(sockbench("serve --help").status, 0);
+}
+
+TEST_F(Cli, RunAllModelsWritesJsonAndCsvWithEveryReplyVerified) {
+  const auto json_path = dir_ / "out.json";
+  const auto csv_path = dir_ / "out.csv";
+  const auto o = sockbench("--server all --clients 20 --duration 1s --warmup 200ms --json " +
+                           json_path.string() + " --csv " + csv_path.string());
+  ASSERT_EQ(o.status, 0) << o.err << o.out;
+  for (const char* model : {"threaded", "select", "poll", "epoll"}) {
+    EXPECT_NE(o.out.find(model), std::string::npos) << o.out;
+  }
+  const auto doc = nlohmann::json::parse(slurp(json_path));
+  ASSERT_TRUE(doc.contains("context"));
+  EXPECT_FALSE(doc["context"]["git_sha"].get<std::string>().empty());
+  EXPECT_FALSE(doc["context"]["kernel"].get<std::string>().empty());
+  ASSERT_EQ(doc["benchmarks"].size(), 4u);
+  std::vector<std::string> names;
+  for (const auto& b : doc["benchmarks"]) {
+    names.push_back(b["name"].get<std::string>());
+    EXPECT_EQ(b["connections_requested"].get<double>(), 20) << b["name"];
+    EXPECT_EQ(b["connections_achieved"].get<double>(), 20) << b["name"];
+    EXPECT_EQ(b["errors"].get<double>(), 0) << b["name"];
+    EXPECT_EQ(b["unverified_replies"].get<double>(), 0) << b["name"];
+    EXPECT_GT(b["requests_per_second"].get<double>(), 0) << b["name"];
+    EXPECT_GT(b["iterations"].get<double>(), 0) << b["name"];
+    EXPECT_GT(b["server_rss_kb"].get<double>(), 0) << b["name"];
+    EXPECT_GE(b["server_threads"].get<double>(), 1) << b["name"];
+    EXPECT_FALSE(b.contains("error_occurred") && b["error_occurred"].get<bool>()) << b["name"];
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"rr/threaded/clients:20/msg:64",
+                                             "rr/select/clients:20/msg:64",
+                                             "rr/poll/clients:20/msg:64",
+                                             "rr/epoll/clients:20/msg:64"}));
+  // The thread-per-client model shows its threads: one per client plus the acceptor.
+  EXPECT_GE(doc["benchmarks"][0]["server_threads"].get<double>(), 21);
+  EXPECT_EQ(doc["benchmarks"][3]["server_threads"].get<double>(), 1);
+  const auto csv = slurp(csv_path);
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 5) << csv;
+}
+
+// `serve` as users and the harness run it: SIGTERM while clients are connected (one of them
+// mid-frame) ends it with exit 0, every thread joined and every connection fd closed.
+TEST_F(Cli, ServeShutsDownCleanlyOnSigtermWithClientsConnected) {
+  for (const char* model : {"threaded", "select", "poll", "epoll"}) {
+    SCOPED_TRACE(model);
+    const auto err_path = dir_ / (std::string(model) + ".err");
+    ChildProcess::Options options;
+    options.argv = {"/bin/sh", "-c",
+                    std::string("exec ") + SOCKBENCH_BIN + " serve --server " + model +
+                        " --listen 127.0.0.1:0 --ready-fd {ready_fd} 2>" + err_path.string()};
+    auto child = ChildProcess::spawn(options);
+    ASSERT_TRUE(child.ok()) << child.error().message();
+    auto line = child->read_line(10s);
+    ASSERT_TRUE(line.ok()) << line.error().message();
+    ASSERT_TRUE(line->starts_with("listening ")) << *line;
+    const auto address = parse_address(line->substr(10)).address;
+    std::vector<Fd> clients;
+    for (int i = 0; i < 5; ++i) {
+      auto c = connect_to(address, false);
+      ASSERT_TRUE(c.ok());
+      const auto frame = encode_frame("hello");
+      ASSERT_FALSE(send_all(c->get(), frame));
+      std::string reply(frame.size(), '\0');
+      ASSERT_FALSE(recv_exact(c->get(), reply));
+      EXPECT_EQ(reply, frame);
+      clients.push_back(std::move(*c));
+    }
+    // Half a frame: the server is mid-message on this connection when the signal arrives.
+    ASSERT_FALSE(send_all(clients[0].get(), std::string_view("\x00\x00\x00\x10par", 7)));
+    const auto during = sample_process(child->pid());
+    ASSERT_TRUE(during.ok());
+    EXPECT_GE(during->open_fds, 3 + 1 + 5);  // stdio + listener + clients
+    ASSERT_EQ(::kill(child->pid(), SIGTERM), 0);
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (child->alive() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(10ms);
+    }
+    ASSERT_FALSE(child->alive()) << "serve ignored SIGTERM";
+    ASSERT_TRUE(child->exit_info().has_value());
+    EXPECT_TRUE(child->exit_info()->exited) << child->exit_info()->describe();
+    EXPECT_EQ(child->exit_info()->code, 0);
+    const auto err = slurp(err_path);
+    EXPECT_NE(err.find("accepted 5, closed 5"), std::string::npos) << err;
+    // After run() returned: only the main thread, and every fd opened since start is closed
+    // (the ready pipe, open at start, was closed once the port was reported).
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(
+        err, m, std::regex(R"(now (\d+) threads, (\d+) open fds \((\d+) at start with the ready fd\))")))
+        << err;
+    EXPECT_EQ(std::stoi(m[1]), 1) << err;
+    EXPECT_EQ(std::stoi(m[2]), std::stoi(m[3]) - 1) << err;
+    // The clients see an orderly close.
+    char byte;
+    EXPECT_EQ(::recv(clients[1].get(), &byte, 1, 0), 0);
+  }
+}
+
+TEST_F(Cli, ServerDyingMidRunIsAnErrorWithValidJson) {
+  const auto json_path = dir_ / "died.json";
+  ChildProcess::Options options;
+  options.argv = {SOCKBENCH_BIN, "--server", "epoll", "--clients", "10", "--duration", "4s",
+                  "--warmup", "0", "--json", json_path.string()};
+  options.ready_pipe = false;
+  auto run = ChildProcess::spawn(options);
+  ASSERT_TRUE(run.ok());
+  std::vector<pid_t> servers;
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (servers.empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(100ms);
+    servers = children_of(run->pid());
+  }
+  ASSERT_EQ(servers.size(), 1u);
+  std::this_thread::sleep_for(1s);
+  ASSERT_EQ(::kill(servers[0], SIGKILL), 0);
+  const auto end = std::chrono::steady_clock::now() + 10s;
+  while (run->alive() && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_FALSE(run->alive());
+  EXPECT_EQ(run->exit_info()->code, 1) << run->exit_info()->describe();
+  const auto doc = nlohmann::json::parse(slurp(json_path));
+  ASSERT_EQ(doc["benchmarks"].size(), 1u);
+  const auto& b = doc["benchmarks"][0];
+  EXPECT_TRUE(b["error_occurred"].get<bool>());
+  EXPECT_NE(b["error_message"].get<std::string>().find("SIGKILL"), std::string::npos)
+      << b["error_message"];
+  EXPECT_GT(b["errors"].get<double>(), 0);
+}
+
+TEST_F(Cli, InterruptStopsPromptlyAndLeavesNoServerBehind) {
+  ChildProcess::Options options;
+  options.argv = {SOCKBENCH_BIN, "--server", "threaded", "--clients", "50", "--duration", "30s"};
+  options.ready_pipe = false;
+  auto run = ChildProcess::spawn(options);
+  ASSERT_TRUE(run.ok());
+  std::vector<pid_t> servers;
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (servers.empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(100ms);
+    servers = children_of(run->pid());
+  }
+  ASSERT_EQ(servers.size(), 1u);
+  std::this_thread::sleep_for(1500ms);
+  const auto sent = std::chrono::steady_clock::now();
+  ASSERT_EQ(::kill(run->pid(), SIGINT), 0);
+  while (run->alive() && std::chrono::steady_clock::now() < sent + 10s) {
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_FALSE(run->alive());
+  EXPECT_LT(std::chrono::steady_clock::now() - sent, 5s);
+  EXPECT_EQ(run->exit_info()->code, 128 + SIGINT) << run->exit_info()->describe();
+  EXPECT_TRUE(process_gone(servers[0])) << "server " << servers[0] << " left behind";
+}
+
+}  // namespace
+}  // namespace sockbench
