@@ -17,38 +17,46 @@ namespace sockbench {
 
 // A snapshot of one process from /proc/<pid>.
 struct ProcSample {
-  double cpu_seconds = 0;          // utime + stime of all threads, live and exited
-  uint64_t rss_kb = 0;             // VmRSS
-  int threads = 0;                 // Threads:
-  uint64_t voluntary_ctxt = 0;     // summed over /proc/<pid>/task/*
+  double cpu_seconds = 0;       // utime + stime of all threads, live and exited
+  uint64_t rss_kb = 0;          // VmRSS
+  int threads = 0;              // Threads:
+  uint64_t voluntary_ctxt = 0;  // summed over /proc/<pid>/task/*
   uint64_t involuntary_ctxt = 0;
-  int open_fds = 0;                // entries in /proc/<pid>/fd
+  int open_fds = 0;  // entries in /proc/<pid>/fd
 };
 
-// Reads /proc/<pid>. ESRCH when the process is gone.
+// Reads /proc/<pid>. ESRCH when the process is gone (a zombie counts as gone); EACCES for another
+// user's process. Context switches are summed over the live threads only.
 Expected<ProcSample> sample_process(pid_t pid);
 
 // How a reaped child ended.
 struct ExitInfo {
   bool exited = false;  // true: normal exit with `code`; false: killed by `signal`
   int code = 0;
-  int signal = 0;
+  int signal = 0;                // 0 with exited == false: reaped by someone else, status unknown
   std::string describe() const;  // "exit 0", "killed by SIGKILL"
 };
 
 // A running child. Owns it: the destructor stops and reaps it. Move-only; one thread uses it.
+// The child gets fds 0-2, the ready pipe and nothing else (every other inherited fd is closed on
+// exec), default dispositions for SIGPIPE/SIGINT/SIGTERM and an empty signal mask.
 class ChildProcess {
  public:
   struct Options {
-    // argv[0] is the program (looked up in PATH when it has no '/'). Any argument equal to
-    // "{ready_fd}" is replaced by the number of the pipe's write end in the child.
+    // argv[0] is the program (looked up in PATH when it has no '/', like execvp but without the
+    // ENOEXEC fallback to sh: scripts need a #! line). Every occurrence of "{ready_fd}" in any
+    // argument, whole or inside a larger string ('echo 1 >&{ready_fd}'), is replaced by the
+    // number of the ready pipe's write end in the child; EINVAL if ready_pipe is false.
     std::vector<std::string> argv;
-    std::vector<int> cpus;       // sched_setaffinity in the child before exec; empty: inherit
-    bool ready_pipe = true;      // create the pipe read by read_line()
-    std::optional<uint64_t> rlimit_nofile;  // RLIMIT_NOFILE for the child when set
+    std::vector<int> cpus;   // sched_setaffinity in the child before exec; empty: inherit
+    bool ready_pipe = true;  // create the pipe read by read_line()
+    std::optional<uint64_t> rlimit_nofile;  // soft and hard RLIMIT_NOFILE for the child when set
   };
 
-  // fork+exec in a new process group, with PR_SET_PDEATHSIG so it dies with us.
+  // fork+exec in a new process group, with PR_SET_PDEATHSIG(SIGKILL) so it dies with us. The
+  // death signal fires when the *thread* that called spawn exits: call it from a thread that
+  // outlives the child (normally the main thread). Any failure before exec (bad program, bad
+  // cpu set, rlimit above the hard limit) is returned as its errno, e.g. ENOENT.
   static Expected<ChildProcess> spawn(const Options& options);
 
   ChildProcess(ChildProcess&& other) noexcept;
@@ -57,39 +65,47 @@ class ChildProcess {
   ChildProcess& operator=(const ChildProcess&) = delete;
   ~ChildProcess();
 
+  // The child's pid (also its process group id); still the old value after stop().
   pid_t pid() const { return pid_; }
-  // Reads one '\n'-terminated line from the ready pipe. ETIMEDOUT after `timeout`; EPIPE-like
-  // (std::errc::broken_pipe) if the child closed the pipe or died first.
+  // Reads one '\n'-terminated line (without the '\n') from the ready pipe. ETIMEDOUT after
+  // `timeout`; std::errc::broken_pipe if the child closed the pipe or died first;
+  // std::errc::message_size for a line over 64 KiB; EBADF without a ready pipe.
   Expected<std::string> read_line(std::chrono::milliseconds timeout);
-  // True while the child has not exited (reaps it if it has; see exit_info()).
+  // True while the child has not exited. Records exit_info() once it has, but leaves the zombie
+  // to stop() so that its pid (the group id) cannot be reused before the group is killed.
   bool alive();
   std::optional<ExitInfo> exit_info() const { return exit_; }
-  // SIGTERM to the process group, wait up to `grace`, then SIGKILL the group; reaps.
+  // SIGTERM to the process group, wait up to `grace` for the leader, then SIGKILL the group
+  // (always, so that grandchildren never linger) and reap the leader. Idempotent.
   ExitInfo stop(std::chrono::milliseconds grace = std::chrono::seconds(3));
 
  private:
   ChildProcess() = default;
+  // Records exit_ without reaping if the leader has exited; `block` waits for it.
+  bool poll_exit(bool block);
   pid_t pid_ = -1;
+  bool reaped_ = false;
   Fd ready_;
   std::string pending_;  // bytes read past the last returned line
   std::optional<ExitInfo> exit_;
 };
 
-// CPU sets. "0-1,3" -> {0,1,3}; an empty optional (with `error` set) for malformed text.
+// CPU sets. "0-1,3" -> {0,1,3} (sorted, unique; cpus 0..CPU_SETSIZE-1); an empty optional (with
+// `error` set when non-null) for malformed text.
 std::optional<std::vector<int>> parse_cpu_list(const std::string& text, std::string* error);
 std::string format_cpu_list(const std::vector<int>& cpus);  // {0,1,3} -> "0-1,3"
 std::vector<int> available_cpus();                          // sched_getaffinity of this process
-std::error_code pin_current_thread(const std::vector<int>& cpus);
+std::error_code pin_current_thread(const std::vector<int>& cpus);  // EINVAL for an empty set
 
 // Machine facts for result metadata.
 struct SystemInfo {
-  std::string kernel;             // uname -r
+  std::string kernel;  // uname -r
   std::string hostname;
   int num_cpus = 0;
-  std::string somaxconn;          // /proc/sys/net/core/somaxconn
-  std::string ip_local_port_range;
+  std::string somaxconn;            // /proc/sys/net/core/somaxconn
+  std::string ip_local_port_range;  // "32768 60999": whitespace normalised to one space
   std::string tcp_tw_reuse;
-  std::string date;               // ISO 8601, local time with offset
+  std::string date;  // ISO 8601, local time with offset: 2026-11-21T15:20:00+00:00
 };
 SystemInfo read_system_info();
 // The contents of a /proc/sys style file without the trailing newline; "" when unreadable.

@@ -2,6 +2,8 @@
 // thread and one watcher thread waits for them on a signalfd.
 #pragma once
 
+#include <signal.h>
+
 #include <atomic>
 #include <functional>
 #include <stop_token>
@@ -13,7 +15,10 @@ namespace sockbench {
 
 // Construct on the main thread before starting any other thread (the mask is inherited).
 // On SIGINT or SIGTERM it requests stop on its stop_source and calls on_signal(signo) on the
-// watcher thread. The destructor joins the watcher and restores the old mask.
+// watcher thread, for every signal (a second Ctrl-C reaches on_signal again). The destructor joins
+// the watcher and restores the calling thread's old mask, after consuming any SIGINT/SIGTERM
+// still pending (recorded as received, without on_signal). Throws std::system_error if the
+// signalfd, eventfd or thread cannot be created.
 class SignalWatcher {
  public:
   explicit SignalWatcher(std::function<void(int)> on_signal = {});
@@ -30,6 +35,7 @@ class SignalWatcher {
   std::atomic<int> received_{0};
   Fd signal_fd_;
   Fd wake_fd_;  // eventfd: tells the watcher to exit
+  sigset_t old_mask_{};
   std::jthread watcher_;
 };
 

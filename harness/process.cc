@@ -1,0 +1,626 @@
+#include "harness/process.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <csignal>
+#include <cstring>
+#include <ctime>
+#include <limits>
+#include <thread>
+
+namespace sockbench {
+namespace {
+
+constexpr std::string_view kReadyPlaceholder = "{ready_fd}";
+constexpr size_t kMaxLine = 64 * 1024;
+
+// Every occurrence of the placeholder in `arg`, not only a whole argument: shell one-liners need
+// it inside a string ('echo port 1 >&{ready_fd}').
+std::string substitute_ready_fd(std::string arg, int fd) {
+  const std::string number = std::to_string(fd);
+  for (size_t at = arg.find(kReadyPlaceholder); at != std::string::npos;
+       at = arg.find(kReadyPlaceholder, at + number.size())) {
+    arg.replace(at, kReadyPlaceholder.size(), number);
+  }
+  return arg;
+}
+
+// execvp's PATH search, done before fork so that the child only calls execve (execvp is not
+// async-signal-safe).
+std::vector<std::string> exec_candidates(const std::string& program) {
+  if (program.find('/') != std::string::npos) return {program};
+  const char* path = ::getenv("PATH");
+  const std::string search = path != nullptr ? path : "/bin:/usr/bin";
+  std::vector<std::string> out;
+  size_t begin = 0;
+  while (true) {
+    const size_t end = search.find(':', begin);
+    std::string dir = search.substr(begin, end == std::string::npos ? end : end - begin);
+    if (dir.empty()) dir = ".";  // an empty PATH element is the current directory
+    out.push_back(dir + "/" + program);
+    if (end == std::string::npos) break;
+    begin = end + 1;
+  }
+  return out;
+}
+
+// Writes errno to the error pipe and exits. Only async-signal-safe calls: we are in the child of
+// a possibly multi-threaded parent.
+[[noreturn]] void child_fail(int error_fd, int err) {
+  ssize_t n;
+  do {
+    n = ::write(error_fd, &err, sizeof err);
+  } while (n < 0 && errno == EINTR);
+  ::_exit(127);
+}
+
+// Everything the child needs, prepared before fork so that the child does not allocate.
+struct ChildPlan {
+  std::vector<std::string> args;
+  std::vector<char*> argv;
+  std::vector<std::string> candidates;
+  cpu_set_t cpus;
+  bool set_cpus = false;
+  std::optional<rlimit> nofile;
+  int ready_fd = -1;  // write end, inherited across exec
+  int error_fd = -1;  // write end, close-on-exec
+  pid_t parent = -1;
+  char** envp = nullptr;
+};
+
+[[noreturn]] void run_child(const ChildPlan& plan) {
+  const int error_fd = plan.error_fd;
+  // Own process group: the harness signals the server and everything it starts as one unit,
+  // and a terminal's Ctrl-C reaches only the harness, which then stops the group itself.
+  if (::setpgid(0, 0) != 0) child_fail(error_fd, errno);
+  if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) child_fail(error_fd, errno);
+  // The parent may have died before prctl: then nobody would deliver the death signal.
+  if (::getppid() != plan.parent) ::_exit(127);
+
+  // Dispositions first, then the mask, so that no inherited handler runs in this child.
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig : {SIGPIPE, SIGINT, SIGTERM}) ::sigaction(sig, &dfl, nullptr);
+  sigset_t none;
+  sigemptyset(&none);
+  if (::sigprocmask(SIG_SETMASK, &none, nullptr) != 0) child_fail(error_fd, errno);
+
+  if (plan.set_cpus && ::sched_setaffinity(0, sizeof plan.cpus, &plan.cpus) != 0) {
+    child_fail(error_fd, errno);
+  }
+  if (plan.nofile && ::setrlimit(RLIMIT_NOFILE, &*plan.nofile) != 0) child_fail(error_fd, errno);
+
+  // The server must not inherit the harness's sockets and pipes: every fd above 2 except the
+  // ready pipe becomes close-on-exec (the error pipe already is). Best effort on old kernels.
+  const int keep = plan.ready_fd;
+  if (keep >= 3) {
+    if (keep > 3) ::close_range(3, static_cast<unsigned>(keep - 1), CLOSE_RANGE_CLOEXEC);
+    ::close_range(static_cast<unsigned>(keep + 1), ~0U, CLOSE_RANGE_CLOEXEC);
+    if (::fcntl(keep, F_SETFD, 0) != 0) child_fail(error_fd, errno);
+  } else {
+    ::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+  }
+
+  // execvp's rules: EACCES is remembered but the search goes on; a missing file or directory
+  // goes on; anything else stops the search.
+  int err = ENOENT;
+  bool saw_eacces = false;
+  for (const std::string& candidate : plan.candidates) {
+    ::execve(candidate.c_str(), plan.argv.data(), plan.envp);
+    err = errno;
+    if (err == EACCES) {
+      saw_eacces = true;
+    } else if (err != ENOENT && err != ENOTDIR && err != ESTALE && err != ENODEV &&
+               err != ETIMEDOUT) {
+      break;
+    }
+  }
+  if (saw_eacces && (err == ENOENT || err == ENOTDIR)) err = EACCES;
+  child_fail(error_fd, err);
+}
+
+// Waits for the child to exec (EOF on the close-on-exec error pipe) or to report errno.
+std::error_code read_child_error(int fd) {
+  int err = 0;
+  size_t got = 0;
+  while (got < sizeof err) {
+    const ssize_t n = ::read(fd, reinterpret_cast<char*>(&err) + got, sizeof err - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return last_error();
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  if (got == 0) return {};
+  if (got < sizeof err) return make_error(EIO);
+  return make_error(err);
+}
+
+ExitInfo exit_from_siginfo(const siginfo_t& info) {
+  ExitInfo exit;
+  if (info.si_code == CLD_EXITED) {
+    exit.exited = true;
+    exit.code = info.si_status;
+  } else {
+    exit.signal = info.si_status;
+  }
+  return exit;
+}
+
+Expected<std::string> read_whole_file(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return last_error();
+  std::string out;
+  char buf[4096];
+  while (true) {
+    const ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return last_error();
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+// A vanished /proc entry means the process (or thread) is gone.
+std::error_code proc_error(std::error_code ec) {
+  if (ec == std::errc::no_such_file_or_directory) return make_error(ESRCH);
+  return ec;
+}
+
+// The value of a "Key:\tvalue" line of /proc/<pid>/status; nullopt when absent.
+std::optional<uint64_t> status_field(std::string_view status, std::string_view key) {
+  size_t at = 0;
+  while (at < status.size()) {
+    const size_t end = std::min(status.find('\n', at), status.size());
+    std::string_view line = status.substr(at, end - at);
+    at = end + 1;
+    if (line.size() <= key.size() || line.substr(0, key.size()) != key || line[key.size()] != ':') {
+      continue;
+    }
+    line.remove_prefix(key.size() + 1);
+    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.front()))) {
+      line.remove_prefix(1);
+    }
+    uint64_t value = 0;
+    const auto [ptr, ec] = std::from_chars(line.data(), line.data() + line.size(), value);
+    if (ec != std::errc()) return std::nullopt;
+    return value;
+  }
+  return std::nullopt;
+}
+
+class Dir {
+ public:
+  explicit Dir(const std::string& path) : dir_(::opendir(path.c_str())) {}
+  ~Dir() {
+    if (dir_ != nullptr) ::closedir(dir_);
+  }
+  Dir(const Dir&) = delete;
+  Dir& operator=(const Dir&) = delete;
+  DIR* get() const { return dir_; }
+
+ private:
+  DIR* dir_;
+};
+
+// Entry names of a directory without "." and "..".
+Expected<std::vector<std::string>> list_dir(const std::string& path) {
+  Dir dir(path);
+  if (dir.get() == nullptr) return last_error();
+  std::vector<std::string> names;
+  while (true) {
+    errno = 0;
+    const dirent* entry = ::readdir(dir.get());
+    if (entry == nullptr) {
+      if (errno != 0) return last_error();
+      break;
+    }
+    const std::string_view name = entry->d_name;
+    if (name == "." || name == "..") continue;
+    names.emplace_back(name);
+  }
+  return names;
+}
+
+std::string collapse_whitespace(std::string_view text) {
+  std::string out;
+  bool space = false;
+  for (char c : text) {
+    if (std::isspace(static_cast<unsigned char>(c))) {
+      space = !out.empty();
+      continue;
+    }
+    if (space) out += ' ';
+    space = false;
+    out += c;
+  }
+  return out;
+}
+
+std::string iso8601_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm local{};
+  ::localtime_r(&now, &local);
+  char text[64];
+  const size_t n = std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S%z", &local);
+  std::string out(text, n);
+  // strftime's %z is "+0000"; ISO 8601 extended format wants "+00:00".
+  if (out.size() >= 5) out.insert(out.size() - 2, ":");
+  return out;
+}
+
+}  // namespace
+
+std::string ExitInfo::describe() const {
+  if (exited) return fmt::format("exit {}", code);
+  if (signal == 0) return "unknown (reaped elsewhere)";
+  const char* abbrev = ::sigabbrev_np(signal);
+  if (abbrev == nullptr) return fmt::format("killed by signal {}", signal);
+  return fmt::format("killed by SIG{}", abbrev);
+}
+
+Expected<ChildProcess> ChildProcess::spawn(const Options& options) {
+  if (options.argv.empty() || options.argv.front().empty()) return make_error(EINVAL);
+
+  ChildPlan plan;
+  CPU_ZERO(&plan.cpus);
+  for (int cpu : options.cpus) {
+    if (cpu < 0 || cpu >= CPU_SETSIZE) return make_error(EINVAL);
+    CPU_SET(static_cast<size_t>(cpu), &plan.cpus);
+  }
+  plan.set_cpus = !options.cpus.empty();
+  if (options.rlimit_nofile) {
+    const auto limit = static_cast<rlim_t>(*options.rlimit_nofile);
+    plan.nofile = rlimit{limit, limit};
+  }
+
+  Fd ready_read;
+  Fd ready_write;
+  if (options.ready_pipe) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) return last_error();
+    ready_read.reset(fds[0]);
+    ready_write.reset(fds[1]);
+    // Only our end is non-blocking; the child gets an ordinary blocking pipe.
+    const int flags = ::fcntl(ready_read.get(), F_GETFL);
+    if (flags < 0 || ::fcntl(ready_read.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
+      return last_error();
+    }
+    plan.ready_fd = ready_write.get();
+  }
+  for (const std::string& arg : options.argv) {
+    if (!options.ready_pipe && arg.find(kReadyPlaceholder) != std::string::npos) {
+      return make_error(EINVAL);
+    }
+    plan.args.push_back(options.ready_pipe ? substitute_ready_fd(arg, plan.ready_fd) : arg);
+  }
+  for (std::string& arg : plan.args) plan.argv.push_back(arg.data());
+  plan.argv.push_back(nullptr);
+  plan.candidates = exec_candidates(plan.args.front());
+
+  int error_fds[2];
+  if (::pipe2(error_fds, O_CLOEXEC) != 0) return last_error();
+  Fd error_read(error_fds[0]);
+  Fd error_write(error_fds[1]);
+  plan.error_fd = error_write.get();
+  plan.parent = ::getpid();
+  plan.envp = environ;
+
+  const pid_t pid = ::fork();
+  if (pid < 0) return last_error();
+  if (pid == 0) run_child(plan);
+
+  // Both sides set the group so that neither order of execution leaves a window in which a
+  // group signal misses the child. EACCES (already exec'd) and ESRCH are harmless here.
+  ::setpgid(pid, pid);
+  error_write.reset();
+  ready_write.reset();
+
+  ChildProcess child;
+  child.pid_ = pid;
+  child.ready_ = std::move(ready_read);
+  if (const std::error_code ec = read_child_error(error_read.get())) {
+    // The child _exit()ed right after reporting: reap it so it does not linger as a zombie.
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    child.reaped_ = true;
+    return ec;
+  }
+  return child;
+}
+
+ChildProcess::ChildProcess(ChildProcess&& other) noexcept
+    : pid_(std::exchange(other.pid_, -1)),
+      reaped_(std::exchange(other.reaped_, false)),
+      ready_(std::move(other.ready_)),
+      pending_(std::move(other.pending_)),
+      exit_(std::exchange(other.exit_, std::nullopt)) {}
+
+ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
+  if (this != &other) {
+    if (pid_ > 0 && !reaped_) stop();
+    pid_ = std::exchange(other.pid_, -1);
+    reaped_ = std::exchange(other.reaped_, false);
+    ready_ = std::move(other.ready_);
+    pending_ = std::move(other.pending_);
+    exit_ = std::exchange(other.exit_, std::nullopt);
+  }
+  return *this;
+}
+
+ChildProcess::~ChildProcess() {
+  if (pid_ > 0 && !reaped_) stop();
+}
+
+Expected<std::string> ChildProcess::read_line(std::chrono::milliseconds timeout) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + timeout;
+  while (true) {
+    if (const size_t nl = pending_.find('\n'); nl != std::string::npos) {
+      std::string line = pending_.substr(0, nl);
+      pending_.erase(0, nl + 1);
+      return line;
+    }
+    if (pending_.size() > kMaxLine) return make_error(EMSGSIZE);
+    if (!ready_) return make_error(EBADF);
+
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) return make_error(ETIMEDOUT);
+    pollfd pfd{ready_.get(), POLLIN, 0};
+    const int polled = ::poll(&pfd, 1, static_cast<int>(std::min<int64_t>(left.count(), 1 << 30)));
+    if (polled < 0 && errno == EINTR) continue;
+    if (polled < 0) return last_error();
+    if (polled == 0) return make_error(ETIMEDOUT);
+
+    char buf[4096];
+    const ssize_t n = ::read(ready_.get(), buf, sizeof buf);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n < 0) return last_error();
+    // EOF before a newline: the child (and everything it started) closed the pipe or died.
+    if (n == 0) return make_error(EPIPE);
+    pending_.append(buf, static_cast<size_t>(n));
+  }
+}
+
+bool ChildProcess::poll_exit(bool block) {
+  if (exit_) return true;
+  if (pid_ <= 0 || reaped_) return true;
+  siginfo_t info{};
+  // WNOWAIT: the zombie keeps the pid, so the group id cannot be recycled before stop() kills it.
+  const int options = WEXITED | WNOWAIT | (block ? 0 : WNOHANG);
+  while (::waitid(P_PID, static_cast<id_t>(pid_), &info, options) != 0) {
+    if (errno == EINTR) continue;
+    // ECHILD: reaped behind our back (SIGCHLD ignored, or a stray waitpid(-1)).
+    exit_ = ExitInfo{};
+    reaped_ = true;
+    return true;
+  }
+  if (info.si_pid == 0) return false;  // WNOHANG and still running
+  exit_ = exit_from_siginfo(info);
+  return true;
+}
+
+bool ChildProcess::alive() { return !poll_exit(false); }
+
+ExitInfo ChildProcess::stop(std::chrono::milliseconds grace) {
+  if (pid_ <= 0) return exit_.value_or(ExitInfo{});
+  if (reaped_) return exit_.value_or(ExitInfo{});
+
+  if (!poll_exit(false)) {
+    ::kill(-pid_, SIGTERM);
+    using Clock = std::chrono::steady_clock;
+    const auto deadline = Clock::now() + grace;
+    // A pidfd turns readable when the process exits: no polling interval to choose.
+    // Raw syscall: glibc 2.36's <sys/pidfd.h> lacks extern "C" and does not link from C++.
+    Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
+    while (!poll_exit(false)) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) break;
+      if (pidfd) {
+        pollfd pfd{pidfd.get(), POLLIN, 0};
+        ::poll(&pfd, 1, static_cast<int>(std::min<int64_t>(left.count(), 1 << 30)));
+      } else {
+        std::this_thread::sleep_for(std::min(left, std::chrono::milliseconds(10)));
+      }
+    }
+  }
+  // Always, even after a clean exit of the leader: grandchildren in the group must not linger.
+  // The leader is at worst a zombie here, so the group id still names our group.
+  ::kill(-pid_, SIGKILL);
+  poll_exit(true);
+  if (!reaped_) {
+    while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    reaped_ = true;
+  }
+  ready_.reset();
+  return exit_.value_or(ExitInfo{});
+}
+
+Expected<ProcSample> sample_process(pid_t pid) {
+  if (pid <= 0) return make_error(ESRCH);
+  const std::string base = fmt::format("/proc/{}", pid);
+  auto stat = read_whole_file(base + "/stat");
+  if (!stat) return proc_error(stat.error());
+  // comm (field 2) may hold spaces and parentheses: the fields resume after the last ')'.
+  const size_t close = stat->rfind(')');
+  if (close == std::string::npos) return make_error(EPROTO);
+  std::vector<std::string_view> fields;
+  {
+    std::string_view rest = std::string_view(*stat).substr(close + 1);
+    while (true) {
+      const size_t begin = rest.find_first_not_of(" \n");
+      if (begin == std::string_view::npos) break;
+      rest.remove_prefix(begin);
+      const size_t end = std::min(rest.find_first_of(" \n"), rest.size());
+      fields.push_back(rest.substr(0, end));
+      rest.remove_prefix(end);
+    }
+  }
+  // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+  if (fields.size() < 13) return make_error(EPROTO);
+  if (fields[0] == "Z" || fields[0] == "X" || fields[0] == "x") return make_error(ESRCH);
+  const auto parse_u64 = [](std::string_view text) -> std::optional<uint64_t> {
+    uint64_t value = 0;
+    const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc() || ptr != text.data() + text.size()) return std::nullopt;
+    return value;
+  };
+  const auto utime = parse_u64(fields[11]);
+  const auto stime = parse_u64(fields[12]);
+  if (!utime || !stime) return make_error(EPROTO);
+
+  ProcSample sample;
+  const long ticks = ::sysconf(_SC_CLK_TCK);
+  sample.cpu_seconds =
+      static_cast<double>(*utime + *stime) / static_cast<double>(ticks > 0 ? ticks : 100);
+
+  auto status = read_whole_file(base + "/status");
+  if (!status) return proc_error(status.error());
+  sample.rss_kb = status_field(*status, "VmRSS").value_or(0);  // absent for kernel threads
+  sample.threads = static_cast<int>(status_field(*status, "Threads").value_or(0));
+
+  auto tasks = list_dir(base + "/task");
+  if (!tasks) return proc_error(tasks.error());
+  for (const std::string& tid : *tasks) {
+    auto task_status = read_whole_file(base + "/task/" + tid + "/status");
+    if (!task_status) continue;  // the thread exited between readdir and open
+    sample.voluntary_ctxt += status_field(*task_status, "voluntary_ctxt_switches").value_or(0);
+    sample.involuntary_ctxt += status_field(*task_status, "nonvoluntary_ctxt_switches").value_or(0);
+  }
+
+  auto fds = list_dir(base + "/fd");
+  if (!fds) return proc_error(fds.error());
+  sample.open_fds = static_cast<int>(fds->size());
+  return sample;
+}
+
+std::optional<std::vector<int>> parse_cpu_list(const std::string& text, std::string* error) {
+  const auto fail = [&](std::string message) -> std::optional<std::vector<int>> {
+    if (error != nullptr) *error = std::move(message);
+    return std::nullopt;
+  };
+  std::string_view rest = text;
+  while (!rest.empty() && std::isspace(static_cast<unsigned char>(rest.front()))) {
+    rest.remove_prefix(1);
+  }
+  while (!rest.empty() && std::isspace(static_cast<unsigned char>(rest.back()))) {
+    rest.remove_suffix(1);
+  }
+  if (rest.empty()) return fail("empty cpu list");
+
+  // One cpu number, consumed from the front of `item`.
+  const auto number = [&](std::string_view& item, int& out) -> std::optional<std::string> {
+    const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), out);
+    if (ec == std::errc::result_out_of_range || (ec == std::errc() && out >= CPU_SETSIZE)) {
+      return fmt::format("cpu number out of range (max {}) in '{}'", CPU_SETSIZE - 1, text);
+    }
+    if (ec != std::errc() || out < 0) return fmt::format("expected a cpu number in '{}'", text);
+    item.remove_prefix(static_cast<size_t>(ptr - item.data()));
+    return std::nullopt;
+  };
+
+  std::vector<int> cpus;
+  while (true) {
+    const size_t comma = rest.find(',');
+    std::string_view item = rest.substr(0, comma);
+    if (item.empty()) return fail(fmt::format("empty item in cpu list '{}'", text));
+    int first = 0;
+    if (auto message = number(item, first)) return fail(*message);
+    int last = first;
+    if (!item.empty() && item.front() == '-') {
+      item.remove_prefix(1);
+      if (auto message = number(item, last)) return fail(*message);
+      if (last < first) {
+        return fail(fmt::format("descending range {}-{} in cpu list '{}'", first, last, text));
+      }
+    }
+    if (!item.empty()) return fail(fmt::format("unexpected '{}' in cpu list '{}'", item, text));
+    for (int cpu = first; cpu <= last; ++cpu) cpus.push_back(cpu);
+    if (comma == std::string_view::npos) break;
+    rest.remove_prefix(comma + 1);
+  }
+  std::sort(cpus.begin(), cpus.end());
+  cpus.erase(std::unique(cpus.begin(), cpus.end()), cpus.end());
+  return cpus;
+}
+
+std::string format_cpu_list(const std::vector<int>& cpus) {
+  std::vector<int> sorted = cpus;
+  std::sort(sorted.begin(), sorted.end());
+  sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+  std::string out;
+  for (size_t i = 0; i < sorted.size();) {
+    size_t j = i;
+    while (j + 1 < sorted.size() && sorted[j + 1] == sorted[j] + 1) ++j;
+    if (!out.empty()) out += ',';
+    out += j == i ? fmt::format("{}", sorted[i]) : fmt::format("{}-{}", sorted[i], sorted[j]);
+    i = j + 1;
+  }
+  return out;
+}
+
+std::vector<int> available_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (CPU_ISSET(static_cast<size_t>(cpu), &set)) cpus.push_back(cpu);
+  }
+  return cpus;
+}
+
+std::error_code pin_current_thread(const std::vector<int>& cpus) {
+  if (cpus.empty()) return make_error(EINVAL);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int cpu : cpus) {
+    if (cpu < 0 || cpu >= CPU_SETSIZE) return make_error(EINVAL);
+    CPU_SET(static_cast<size_t>(cpu), &set);
+  }
+  if (const int rc = ::pthread_setaffinity_np(::pthread_self(), sizeof set, &set); rc != 0) {
+    return make_error(rc);
+  }
+  return {};
+}
+
+std::string read_sysctl(const std::string& path) {
+  auto text = read_whole_file(path);
+  if (!text) return "";
+  std::string out = std::move(*text);
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
+SystemInfo read_system_info() {
+  SystemInfo info;
+  utsname uts{};
+  if (::uname(&uts) == 0) info.kernel = uts.release;
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) == 0) info.hostname = host;
+  info.num_cpus = static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
+  info.somaxconn = read_sysctl("/proc/sys/net/core/somaxconn");
+  info.ip_local_port_range =
+      collapse_whitespace(read_sysctl("/proc/sys/net/ipv4/ip_local_port_range"));
+  info.tcp_tw_reuse = read_sysctl("/proc/sys/net/ipv4/tcp_tw_reuse");
+  info.date = iso8601_now();
+  return info;
+}
+
+}  // namespace sockbench
