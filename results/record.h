@@ -49,6 +49,8 @@ struct RunContext {
   std::string git_sha;
   std::string kernel;
   int num_cpus = 0;
+  double mhz_per_cpu = 0;        // 0 when unknown
+  std::vector<double> load_avg;  // 1, 5 and 15 minute load averages, as in /proc/loadavg
   std::string server_cpus;
   std::string client_cpus;
   std::string somaxconn;

@@ -1,0 +1,358 @@
+// Google Benchmark's JSON schema (benchmark/src/json_reporter.cc) with sockbench's own keys, and
+// the atomic file writer the writers share.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <filesystem>
+#include <iterator>
+#include <limits>
+#include <map>
+#include <utility>
+
+#include "harness/expected.h"
+#include "harness/fd.h"
+#include "results/writers.h"
+
+namespace sockbench::results {
+namespace {
+
+using nlohmann::json;
+// Written in Google Benchmark's key order (name first, context before benchmarks), for people
+// reading the file; parsing gives a sorted nlohmann::json.
+using ojson = nlohmann::ordered_json;
+
+// Keys of a benchmark entry that are not metrics: Google Benchmark's own and ours. A metric with
+// one of these names is written as "metric.<name>" so that it cannot overwrite them.
+constexpr std::string_view kReservedKeys[] = {"name",
+                                              "family_index",
+                                              "per_family_instance_index",
+                                              "run_name",
+                                              "run_type",
+                                              "repetitions",
+                                              "repetition_index",
+                                              "threads",
+                                              "iterations",
+                                              "real_time",
+                                              "cpu_time",
+                                              "time_unit",
+                                              "label",
+                                              "error_occurred",
+                                              "error_message",
+                                              "skipped",
+                                              "skip_message",
+                                              "aggregate_name",
+                                              "aggregate_unit",
+                                              "scenario",
+                                              "server",
+                                              "params",
+                                              "errors_by_errno",
+                                              "warnings",
+                                              "latency_histogram",
+                                              "sockbench_metrics"};
+
+bool is_reserved(std::string_view key) {
+  return std::find(std::begin(kReservedKeys), std::end(kReservedKeys), key) !=
+         std::end(kReservedKeys);
+}
+
+std::string metric_key(const std::string& name) {
+  return is_reserved(name) ? "metric." + name : name;
+}
+
+// nlohmann's dump() throws on invalid UTF-8; a server's error text or argv may hold any bytes.
+std::string utf8(const std::string& s) {
+  try {
+    (void)json(s).dump();
+    return s;
+  } catch (const json::type_error&) {
+    return json::parse(json(s).dump(-1, ' ', false, json::error_handler_t::replace))
+        .get<std::string>();
+  }
+}
+
+// Counters: null, since a made-up 0 would be plotted as a measurement and compare.py never reads
+// counters. Timings: 0, since compare.py and Bencher do arithmetic on them and reject null.
+ojson counter_value(double v) { return std::isfinite(v) ? ojson(v) : ojson(nullptr); }
+double timing_value(double v) { return std::isfinite(v) ? v : 0.0; }
+double read_number(const json& j) {
+  return j.is_null() ? std::numeric_limits<double>::quiet_NaN() : j.get<double>();
+}
+
+ojson context_json(const RunContext& c) {
+  ojson j = ojson::object();
+  j["date"] = utf8(c.date);
+  j["host_name"] = utf8(c.host_name);
+  j["executable"] = utf8(c.executable);
+  j["num_cpus"] = c.num_cpus;
+  // Google Benchmark writes an integer here, and Bencher's schema reads one.
+  j["mhz_per_cpu"] = std::isfinite(c.mhz_per_cpu) ? std::llround(c.mhz_per_cpu) : 0;
+  j["cpu_scaling_enabled"] = false;
+  j["caches"] = ojson::array();
+  ojson load = ojson::array();
+  for (const double v : c.load_avg) load.push_back(timing_value(v));
+  j["load_avg"] = std::move(load);
+#ifdef NDEBUG
+  j["library_build_type"] = "release";
+#else
+  j["library_build_type"] = "debug";
+#endif
+  j["sockbench_version"] = utf8(c.sockbench_version);
+  j["git_sha"] = utf8(c.git_sha);
+  j["kernel"] = utf8(c.kernel);
+  j["command_line"] = utf8(c.command_line);
+  j["server_cpus"] = utf8(c.server_cpus);
+  j["client_cpus"] = utf8(c.client_cpus);
+  j["somaxconn"] = utf8(c.somaxconn);
+  j["ip_local_port_range"] = utf8(c.ip_local_port_range);
+  j["tcp_tw_reuse"] = utf8(c.tcp_tw_reuse);
+  if (!c.error.empty()) j["error"] = utf8(c.error);
+  return j;
+}
+
+ojson histogram_json(const Histogram& h) {
+  const Histogram::Serialized s = h.serialize();
+  ojson buckets = ojson::array();
+  for (const auto& [index, count] : s.buckets) buckets.push_back(ojson::array({index, count}));
+  return {{"unit", "ns"}, {"buckets", std::move(buckets)}, {"min", s.min}, {"max", s.max},
+          {"sum", s.sum}, {"clamped", s.clamped}};
+}
+
+Histogram histogram_from_json(const json& j) {
+  Histogram::Serialized s;
+  s.buckets = j.at("buckets").get<std::vector<std::pair<uint32_t, uint64_t>>>();
+  s.min = j.value("min", uint64_t{0});
+  s.max = j.value("max", uint64_t{0});
+  s.sum = j.value("sum", uint64_t{0});
+  s.clamped = j.value("clamped", uint64_t{0});
+  return Histogram::deserialize(s);
+}
+
+// Google Benchmark's family is a registered benchmark and its instances the argument sets; ours
+// are (scenario, server) and the parameter sets. compare.py sorts by these two indices before
+// pairing entries by name, so repetitions of one name must share both.
+struct Indices {
+  int family = 0;
+  int instance = 0;
+};
+
+std::vector<Indices> assign_indices(const std::vector<Record>& records) {
+  std::map<std::pair<std::string, std::string>, int> families;
+  std::map<std::string, Indices> by_name;
+  std::map<int, int> instances_in_family;
+  std::vector<Indices> out;
+  for (const Record& r : records) {
+    auto known = by_name.find(r.name);
+    if (known == by_name.end()) {
+      auto key = r.scenario.empty() && r.server.empty() ? std::pair{r.name, std::string()}
+                                                        : std::pair{r.scenario, r.server};
+      const int family =
+          families.emplace(std::move(key), static_cast<int>(families.size())).first->second;
+      const Indices ix{family, instances_in_family[family]++};
+      known = by_name.emplace(r.name, ix).first;
+    }
+    out.push_back(known->second);
+  }
+  return out;
+}
+
+ojson record_json(const Record& r, Indices ix) {
+  ojson e = ojson::object();
+  e["name"] = utf8(r.name);
+  e["family_index"] = ix.family;
+  e["per_family_instance_index"] = ix.instance;
+  e["run_name"] = utf8(r.name);
+  e["run_type"] = "iteration";
+  e["repetitions"] = r.repetitions;
+  e["repetition_index"] = r.repetition_index;
+  e["threads"] = 1;
+  e["iterations"] = r.iterations;
+  e["real_time"] = timing_value(r.real_time);
+  e["cpu_time"] = timing_value(r.cpu_time);
+  e["time_unit"] = utf8(r.time_unit);
+  if (!r.error.empty()) {
+    e["error_occurred"] = true;
+    e["error_message"] = utf8(r.error);
+  }
+  e["scenario"] = utf8(r.scenario);
+  e["server"] = utf8(r.server);
+  ojson params = ojson::array();
+  for (const auto& [key, value] : r.params) {
+    params.push_back(ojson::array({utf8(key), utf8(value)}));
+  }
+  e["params"] = std::move(params);
+  // Object keys come back sorted; this list keeps the metrics' display order.
+  ojson names = ojson::array();
+  for (const Metric& m : r.metrics) {
+    const std::string name = utf8(m.name);
+    names.push_back(name);
+    e[metric_key(name)] = counter_value(m.value);
+  }
+  e["sockbench_metrics"] = std::move(names);
+  ojson errors = ojson::object();
+  for (const auto& [name, count] : r.errors) errors[utf8(name)] = count;
+  e["errors_by_errno"] = std::move(errors);
+  ojson warnings = ojson::array();
+  for (const std::string& w : r.warnings) warnings.push_back(utf8(w));
+  e["warnings"] = std::move(warnings);
+  if (r.latency) e["latency_histogram"] = histogram_json(*r.latency);
+  return e;
+}
+
+Record record_from_json(const json& e) {
+  Record r;
+  r.name = e.at("name").get<std::string>();
+  r.scenario = e.value("scenario", std::string());
+  r.server = e.value("server", std::string());
+  if (e.contains("params")) {
+    r.params = e.at("params").get<std::vector<std::pair<std::string, std::string>>>();
+  }
+  r.repetitions = e.value("repetitions", 1);
+  r.repetition_index = e.value("repetition_index", 0);
+  r.iterations = e.value("iterations", uint64_t{0});
+  r.real_time = e.contains("real_time") ? read_number(e.at("real_time")) : 0.0;
+  r.cpu_time = e.contains("cpu_time") ? read_number(e.at("cpu_time")) : 0.0;
+  r.time_unit = e.value("time_unit", std::string("ns"));  // Google Benchmark's default
+  if (e.contains("sockbench_metrics")) {
+    for (const auto& name : e.at("sockbench_metrics")) {
+      const auto n = name.get<std::string>();
+      r.metrics.push_back({n, read_number(e.at(metric_key(n)))});
+    }
+  } else {
+    // Google Benchmark's own output: every other number is a user counter.
+    for (const auto& [key, value] : e.items()) {
+      if (!is_reserved(key) && value.is_number()) r.metrics.push_back({key, value.get<double>()});
+    }
+  }
+  if (e.contains("errors_by_errno")) {
+    r.errors = e.at("errors_by_errno").get<std::map<std::string, uint64_t>>();
+  }
+  if (e.contains("warnings")) r.warnings = e.at("warnings").get<std::vector<std::string>>();
+  if (e.contains("latency_histogram")) r.latency = histogram_from_json(e.at("latency_histogram"));
+  if (e.value("error_occurred", false)) {
+    r.error = e.value("error_message", std::string());
+    if (r.error.empty()) r.error = "error";  // keeps "non-empty error means failed"
+  }
+  return r;
+}
+
+RunContext context_from_json(const json& j) {
+  RunContext c;
+  c.date = j.value("date", std::string());
+  c.host_name = j.value("host_name", std::string());
+  c.executable = j.value("executable", std::string());
+  c.num_cpus = j.value("num_cpus", 0);
+  c.mhz_per_cpu = j.value("mhz_per_cpu", 0.0);
+  if (j.contains("load_avg")) c.load_avg = j.at("load_avg").get<std::vector<double>>();
+  c.sockbench_version = j.value("sockbench_version", std::string());
+  c.git_sha = j.value("git_sha", std::string());
+  c.kernel = j.value("kernel", std::string());
+  c.command_line = j.value("command_line", std::string());
+  c.server_cpus = j.value("server_cpus", std::string());
+  c.client_cpus = j.value("client_cpus", std::string());
+  c.somaxconn = j.value("somaxconn", std::string());
+  c.ip_local_port_range = j.value("ip_local_port_range", std::string());
+  c.tcp_tw_reuse = j.value("tcp_tw_reuse", std::string());
+  c.error = j.value("error", std::string());
+  return c;
+}
+
+ojson to_ordered_json(const RunResult& run) {
+  ojson benchmarks = ojson::array();
+  const std::vector<Indices> indices = assign_indices(run.records);
+  for (size_t i = 0; i < run.records.size(); ++i) {
+    benchmarks.push_back(record_json(run.records[i], indices[i]));
+  }
+  ojson doc = ojson::object();
+  doc["context"] = context_json(run.context);
+  doc["benchmarks"] = std::move(benchmarks);
+  return doc;
+}
+
+}  // namespace
+
+nlohmann::json to_json(const RunResult& run) { return nlohmann::json(to_ordered_json(run)); }
+
+RunResult from_json(const nlohmann::json& doc) {
+  RunResult run;
+  run.context = context_from_json(doc.at("context"));
+  for (const json& e : doc.at("benchmarks")) {
+    if (e.value("run_type", std::string("iteration")) == "aggregate") continue;
+    run.records.push_back(record_from_json(e));
+  }
+  return run;
+}
+
+std::error_code write_json_file(const RunResult& run, const std::string& path) {
+  ojson doc = to_ordered_json(run);
+  // Indented like Google Benchmark's output, except that each histogram stays on one line rather
+  // than four lines per bucket: it is swapped for a placeholder, dumped compactly, put back. The
+  // placeholder follows an unescaped `"latency_histogram": "`, which no string value can hold.
+  std::vector<std::string> histograms;
+  for (ojson& e : doc["benchmarks"]) {
+    if (!e.contains("latency_histogram")) continue;
+    histograms.push_back(e["latency_histogram"].dump());
+    e["latency_histogram"] = fmt::format("sockbench-histogram-{}", histograms.size() - 1);
+  }
+  // to_ordered_json already replaced invalid UTF-8; replace again rather than ever throw here.
+  std::string text = doc.dump(2, ' ', false, ojson::error_handler_t::replace);
+  size_t from = 0;
+  for (size_t i = 0; i < histograms.size(); ++i) {
+    const std::string placeholder =
+        fmt::format("\"latency_histogram\": \"sockbench-histogram-{}\"", i);
+    const size_t at = text.find(placeholder, from);
+    if (at == std::string::npos) continue;  // cannot happen; the placeholder stays valid JSON
+    const std::string value = "\"latency_histogram\": " + histograms[i];
+    text.replace(at, placeholder.size(), value);
+    from = at + value.size();
+  }
+  text += '\n';
+  return write_file_atomically(path, text);
+}
+
+std::error_code write_file_atomically(const std::string& path, std::string_view contents) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  if (!target.has_filename()) return make_error(EISDIR);
+  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+
+  // Beside the target so that rename() stays within one file system; hidden; O_EXCL so that
+  // concurrent writers (or a stale leftover) never share a temporary.
+  Fd fd;
+  std::string temp;
+  for (int attempt = 0; !fd; ++attempt) {
+    temp = (dir / fmt::format(".{}.tmp.{}.{}", target.filename().string(), ::getpid(), attempt))
+               .string();
+    const int raw = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (raw < 0 && (errno != EEXIST || attempt >= 100)) return last_error();
+    fd.reset(raw);
+  }
+
+  std::error_code ec;
+  for (size_t done = 0; done < contents.size() && !ec;) {
+    const ssize_t n = ::write(fd.get(), contents.data() + done, contents.size() - done);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+    } else if (n == 0) {
+      ec = make_error(EIO);
+    } else if (errno != EINTR) {
+      ec = last_error();
+    }
+  }
+  if (!ec && ::fsync(fd.get()) != 0) ec = last_error();
+  // close() reports deferred write errors (NFS); it is not retried, the fd is gone either way.
+  if (::close(fd.release()) != 0 && !ec) ec = last_error();
+  if (!ec && ::rename(temp.c_str(), path.c_str()) != 0) ec = last_error();
+  if (ec) {
+    ::unlink(temp.c_str());
+    return ec;
+  }
+  // Makes the rename itself durable. The file at `path` is complete whatever this reports.
+  if (Fd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)); d) (void)::fsync(d.get());
+  return {};
+}
+
+}  // namespace sockbench::results
