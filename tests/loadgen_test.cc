@@ -1,0 +1,539 @@
+#include "harness/loadgen.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "harness/frame.h"
+#include "harness/net.h"
+
+namespace sockbench {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+uint64_t read_be64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+Address loopback_any_port() {
+  auto parsed = parse_address("127.0.0.1:0");
+  EXPECT_TRUE(parsed.error.empty()) << parsed.error;
+  return parsed.address;
+}
+
+struct EchoOptions {
+  WireFormat wire = WireFormat::kFramed;
+  int corrupt_every = 0;       // flip one byte in every Nth reply of a connection
+  bool split_replies = false;  // write each reply in two parts, 2 ms apart
+  int close_after = 0;         // after this many replies: shutdown(SHUT_WR), drain, close
+};
+
+// Thread per connection, blocking sockets. In framed mode it parses every request, checks it
+// against fill_payload() and the per-connection sequence, and can misbehave on purpose.
+class EchoServer {
+ public:
+  explicit EchoServer(EchoOptions options = {}) : options_(options) {
+    auto fd = listen_on(loopback_any_port(), 128, true, false);
+    if (!fd) {
+      ADD_FAILURE() << "listen: " << fd.error().message();
+      return;
+    }
+    listener_ = std::move(*fd);
+    address_ = local_address(listener_.get()).value();
+    acceptor_ = std::jthread([this](std::stop_token stop) { accept_loop(stop); });
+  }
+  ~EchoServer() {
+    if (acceptor_.joinable()) {
+      acceptor_.request_stop();
+      acceptor_.join();
+    }
+    std::vector<std::jthread> handlers;
+    {
+      std::lock_guard lock(mu_);
+      for (int fd : open_) ::shutdown(fd, SHUT_RDWR);
+      handlers.swap(handlers_);
+    }
+    handlers.clear();  // joins
+  }
+
+  const Address& address() const { return address_; }
+  uint64_t accepted() const { return accepted_.load(); }
+  uint64_t replies() const { return replies_.load(); }
+  uint64_t bad_requests() const { return bad_requests_.load(); }
+  std::vector<uint64_t> first_seqs() const {
+    std::lock_guard lock(mu_);
+    return first_seqs_;
+  }
+
+ private:
+  void accept_loop(const std::stop_token& stop) {
+    while (!stop.stop_requested()) {
+      pollfd p{listener_.get(), POLLIN, 0};
+      if (::poll(&p, 1, 20) <= 0) continue;
+      Fd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!conn) continue;
+      const int index = static_cast<int>(accepted_++);
+      std::lock_guard lock(mu_);
+      open_.insert(conn.get());
+      handlers_.emplace_back(
+          [this, index, c = std::move(conn)]() mutable { serve(index, std::move(c)); });
+    }
+  }
+
+  void serve(int index, Fd fd) {
+    if (options_.wire == WireFormat::kRaw) {
+      serve_raw(fd.get());
+    } else {
+      serve_framed(index, fd.get());
+    }
+    std::lock_guard lock(mu_);  // forget the fd before it is closed, so ~EchoServer never
+    open_.erase(fd.get());      // shuts down a reused number
+  }
+
+  void serve_raw(int fd) {
+    std::vector<char> buffer(64 << 10);
+    for (;;) {
+      auto got = recv_some(fd, buffer);
+      if (!got || *got == 0) return;
+      if (send_all(fd, std::span<const char>(buffer.data(), *got))) return;
+    }
+  }
+
+  void serve_framed(int index, int fd) {
+    std::string payload;
+    std::string expected;
+    uint64_t count = 0;
+    uint64_t previous_seq = 0;
+    for (;;) {
+      char header[kFrameHeaderSize];
+      if (recv_exact(fd, header)) return;
+      payload.resize(read_be32(header));
+      if (recv_exact(fd, payload)) return;
+      if (payload.size() >= kMinMessageSize) {
+        const uint64_t seq = read_be64(payload.data());
+        fill_payload(seq, read_be64(payload.data() + 8), payload.size(), expected);
+        if (expected != payload || (count > 0 && seq != previous_seq + 1)) ++bad_requests_;
+        if (count == 0) {
+          std::lock_guard lock(mu_);
+          first_seqs_.push_back(seq);
+        }
+        previous_seq = seq;
+      } else {
+        ++bad_requests_;
+      }
+      ++count;
+      std::string reply = encode_frame(payload);
+      if (options_.corrupt_every > 0 && count % options_.corrupt_every == 0) {
+        // A different position per connection: header, seq, timestamp and filler all get hit.
+        reply[(static_cast<size_t>(index) * 7 + 3) % reply.size()] ^= 0x5a;
+      }
+      if (options_.split_replies) {
+        const size_t half = reply.size() / 2;
+        if (send_all(fd, std::span<const char>(reply.data(), half))) return;
+        std::this_thread::sleep_for(2ms);
+        if (send_all(fd, std::span<const char>(reply.data() + half, reply.size() - half))) return;
+      } else if (send_all(fd, reply)) {
+        return;
+      }
+      ++replies_;
+      if (options_.close_after > 0 && count == static_cast<uint64_t>(options_.close_after)) {
+        ::shutdown(fd, SHUT_WR);
+        char sink[4096];
+        while (true) {
+          auto got = recv_some(fd, sink);
+          if (!got || *got == 0) return;
+        }
+      }
+    }
+  }
+
+  EchoOptions options_;
+  Fd listener_;
+  Address address_;
+  std::atomic<uint64_t> accepted_{0};
+  std::atomic<uint64_t> replies_{0};
+  std::atomic<uint64_t> bad_requests_{0};
+  mutable std::mutex mu_;
+  std::set<int> open_;
+  std::vector<uint64_t> first_seqs_;
+  std::vector<std::jthread> handlers_;
+  std::jthread acceptor_;  // last: stopped and joined first
+};
+
+// One thread, level-triggered epoll, non-blocking byte echo (which is also a correct framed
+// echo). For connection counts where a thread per connection would be silly.
+class EpollEchoServer {
+ public:
+  EpollEchoServer() {
+    auto fd = listen_on(loopback_any_port(), 4096, true, true);
+    if (!fd) {
+      ADD_FAILURE() << "listen: " << fd.error().message();
+      return;
+    }
+    listener_ = std::move(*fd);
+    address_ = local_address(listener_.get()).value();
+    thread_ = std::jthread([this](std::stop_token stop) { loop(stop); });
+  }
+  const Address& address() const { return address_; }
+
+ private:
+  void loop(const std::stop_token& stop) {
+    Fd ep(::epoll_create1(EPOLL_CLOEXEC));
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = listener_.get();
+    ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, listener_.get(), &ev);
+    std::unordered_map<int, std::pair<Fd, std::string>> conns;  // fd -> (owner, unsent)
+    std::vector<char> buffer(64 << 10);
+    epoll_event events[256];
+    while (!stop.stop_requested()) {
+      const int n = ::epoll_wait(ep.get(), events, 256, 20);
+      for (int e = 0; e < n; ++e) {
+        const int fd = events[e].data.fd;
+        if (fd == listener_.get()) {
+          for (;;) {
+            Fd c(::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+            if (!c) break;
+            ev.events = EPOLLIN;
+            ev.data.fd = c.get();
+            ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, c.get(), &ev);
+            conns[c.get()].first = std::move(c);
+          }
+          continue;
+        }
+        auto it = conns.find(fd);
+        if (it == conns.end()) continue;
+        std::string& unsent = it->second.second;
+        bool close = false;
+        if (unsent.empty()) {
+          const ssize_t got = ::recv(fd, buffer.data(), buffer.size(), 0);
+          if (got == 0 || (got < 0 && errno != EAGAIN)) close = true;
+          if (got > 0) unsent.assign(buffer.data(), static_cast<size_t>(got));
+        }
+        if (!close && !unsent.empty()) {
+          const ssize_t sent = ::send(fd, unsent.data(), unsent.size(), MSG_NOSIGNAL);
+          if (sent < 0 && errno != EAGAIN) close = true;
+          if (sent > 0) unsent.erase(0, static_cast<size_t>(sent));
+          ev.events = unsent.empty() ? EPOLLIN : EPOLLOUT;
+          ev.data.fd = fd;
+          ::epoll_ctl(ep.get(), EPOLL_CTL_MOD, fd, &ev);
+        }
+        if (close) conns.erase(it);
+      }
+    }
+  }
+
+  Fd listener_;
+  Address address_;
+  std::jthread thread_;
+};
+
+LoadConfig make_config(const Address& target, int connections, int threads, int pipeline,
+                       std::chrono::milliseconds warmup, std::chrono::milliseconds duration) {
+  LoadConfig config;
+  config.target = target;
+  config.connections = connections;
+  config.threads = threads;
+  config.pipeline = pipeline;
+  config.warmup = warmup;
+  config.duration = duration;
+  return config;
+}
+
+uint64_t wire_size(const LoadConfig& c) {
+  return c.message_size + (c.wire == WireFormat::kFramed ? kFrameHeaderSize : 0);
+}
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// Everything a run against a correct echo server must show.
+void expect_clean_run(const LoadStats& s, const LoadConfig& c) {
+  const auto n = static_cast<uint64_t>(c.connections);
+  EXPECT_GT(s.requests, 0u);
+  EXPECT_EQ(s.unverified_replies, 0u);
+  EXPECT_TRUE(s.errors.empty()) << "first error: " << s.errors.begin()->first;
+  EXPECT_EQ(s.error_count(), 0u);
+  EXPECT_EQ(s.connections_requested, n);
+  EXPECT_EQ(s.connections_achieved, n);
+  EXPECT_EQ(s.connect_latency.count(), n);
+  EXPECT_EQ(s.latency.count(), s.requests);
+  EXPECT_GT(s.latency.min(), 0u);
+  // Bytes are counted as they cross the window, replies as they complete: they differ by at
+  // most what is in flight at the two edges.
+  const double wire = static_cast<double>(wire_size(c));
+  const double slack = 2.0 * static_cast<double>(n * static_cast<uint64_t>(c.pipeline)) * wire;
+  EXPECT_NEAR(static_cast<double>(s.bytes_received), static_cast<double>(s.requests) * wire, slack);
+  EXPECT_NEAR(static_cast<double>(s.bytes_sent), static_cast<double>(s.requests) * wire, slack);
+  EXPECT_EQ(s.short_writes, 0u);  // 64-byte requests never fill a socket buffer
+}
+
+TEST(FillPayload, SeqAndTimestampAreBigEndianThenFillerFromSeq) {
+  std::string out(100, 'x');  // replaced, not appended to
+  fill_payload(0x0102030405060708, 0x1112131415161718, 40, out);
+  ASSERT_EQ(out.size(), 40u);
+  const std::string stamp("\x01\x02\x03\x04\x05\x06\x07\x08\x11\x12\x13\x14\x15\x16\x17\x18", 16);
+  EXPECT_EQ(out.substr(0, 16), stamp);
+  for (size_t j = 16; j < out.size(); ++j) {
+    const auto expected =
+        static_cast<unsigned char>((((0x0102030405060708u * 151 + j) & 0xff) * 37 + 11) & 0xff);
+    EXPECT_EQ(static_cast<unsigned char>(out[j]), expected) << "offset " << j;
+  }
+  std::string again;
+  fill_payload(0x0102030405060708, 0x1112131415161718, 40, again);
+  EXPECT_EQ(again, out);  // deterministic
+  std::string next;
+  fill_payload(0x0102030405060709, 0x1112131415161718, 40, next);
+  EXPECT_NE(next.substr(16), out.substr(16));  // the filler depends on seq
+  fill_payload(7, 9, kMinMessageSize, next);
+  EXPECT_EQ(next, std::string("\0\0\0\0\0\0\0\x07\0\0\0\0\0\0\0\x09", 16));
+}
+
+TEST(RunLoad, RejectsInvalidConfig) {
+  const auto target = loopback_any_port().with_port(9);
+  const auto base = make_config(target, 1, 1, 1, 0ms, 100ms);
+  std::vector<LoadConfig> bad(8, base);
+  bad[0].connections = 0;
+  bad[1].pipeline = 0;
+  bad[2].message_size = kMinMessageSize - 1;
+  bad[3].pipeline = kMaxPipeline + 1;
+  bad[4].duration = 0ms;
+  bad[5].warmup = -1ms;
+  bad[6].connect_timeout = 0ms;
+  bad[7].target = Address{};
+  for (size_t i = 0; i < bad.size(); ++i) {
+    const auto start = Clock::now();
+    auto result = run_load(bad[i]);
+    ASSERT_FALSE(result.ok()) << "config " << i;
+    EXPECT_EQ(result.error(), std::make_error_code(std::errc::invalid_argument)) << "config " << i;
+    EXPECT_LT(seconds_since(start), 0.05);
+  }
+}
+
+TEST(RunLoad, FramedEchoPipelineOne) {
+  EchoServer server;
+  auto config = make_config(server.address(), 8, 2, 1, 200ms, 1000ms);
+  config.cpus = {0};  // both threads pinned to one CPU: pinning must not break anything
+  Clock::time_point started_at;
+  Clock::time_point start_called;
+  Clock::time_point end_called;
+  int start_calls = 0;
+  int end_calls = 0;
+  config.on_measure_start = [&] {
+    ++start_calls;
+    start_called = Clock::now();
+  };
+  config.on_measure_end = [&] {
+    ++end_calls;
+    end_called = Clock::now();
+  };
+  started_at = Clock::now();
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  const LoadStats& s = *result;
+  expect_clean_run(s, config);
+  EXPECT_EQ(start_calls, 1);
+  EXPECT_EQ(end_calls, 1);
+  EXPECT_GE(start_called - started_at, 195ms);
+  EXPECT_GE(end_called - started_at, 1195ms);
+  EXPECT_DOUBLE_EQ(s.measured_seconds, 1.0);
+  ASSERT_EQ(s.timeseries.size(), 1u);
+  EXPECT_EQ(s.timeseries[0].t_seconds, 1.0);
+  EXPECT_EQ(s.timeseries[0].requests, s.requests);  // the window is exactly that one second
+  EXPECT_EQ(s.timeseries[0].errors, 0u);
+  EXPECT_EQ(s.timeseries[0].p99_ns, s.latency.percentile(99));
+  EXPECT_EQ(server.accepted(), 8u);
+  EXPECT_EQ(server.bad_requests(), 0u);
+  EXPECT_GE(server.replies(), s.requests);
+}
+
+TEST(RunLoad, FramedEchoPipelineFour) {
+  EchoServer server;
+  const auto config = make_config(server.address(), 8, 2, 4, 200ms, 1000ms);
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  expect_clean_run(*result, config);
+  EXPECT_EQ(server.bad_requests(), 0u);  // every request is fill_payload() of its seq, in order
+  // Each connection numbers its requests from (index << 40): disjoint across connections.
+  std::set<uint64_t> prefixes;
+  for (uint64_t seq : server.first_seqs()) prefixes.insert(seq >> 40);
+  EXPECT_THAT(prefixes, ::testing::ElementsAre(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+TEST(RunLoad, RawEcho) {
+  EchoServer server({.wire = WireFormat::kRaw});
+  auto config = make_config(server.address(), 8, 2, 2, 200ms, 1000ms);
+  config.wire = WireFormat::kRaw;
+  config.message_size = 100;
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  expect_clean_run(*result, config);
+}
+
+TEST(RunLoad, CorruptedRepliesAreErrorsNeverSamples) {
+  // Every 10th reply of a connection has one byte flipped: each connection completes exactly 9
+  // verified replies and is closed at the 10th. Warm-up 0 puts all of them in the window.
+  EchoServer server({.corrupt_every = 10});
+  const auto config = make_config(server.address(), 8, 2, 1, 0ms, 3000ms);
+  const auto start = Clock::now();
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  const LoadStats& s = *result;
+  EXPECT_EQ(s.unverified_replies, 8u);
+  EXPECT_EQ(s.requests, 72u);
+  EXPECT_EQ(s.latency.count(), 72u);
+  EXPECT_EQ(s.connections_achieved, 8u);
+  EXPECT_TRUE(s.errors.empty());
+  EXPECT_EQ(s.error_count(), 8u);
+  EXPECT_EQ(server.replies(), 80u);
+  EXPECT_LT(s.measured_seconds, 1.0);  // every connection closed: the run ended early
+  EXPECT_LT(seconds_since(start), 2.0);
+}
+
+TEST(RunLoad, SplitRepliesCountShortReads) {
+  EchoServer server({.split_replies = true});
+  const auto config = make_config(server.address(), 4, 2, 1, 100ms, 500ms);
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  const LoadStats& s = *result;
+  expect_clean_run(s, config);
+  EXPECT_GT(s.short_reads, 0u);
+  EXPECT_LE(s.short_reads, s.requests);
+  EXPECT_GE(s.short_reads * 2, s.requests);  // the 2 ms gap splits nearly every reply
+  EXPECT_TRUE(s.timeseries.empty());         // no whole second in a 0.5 s window
+}
+
+TEST(RunLoad, LargeRequestsCountShortWrites) {
+  EchoServer server;
+  // 2 x 4 MiB offered at once: more than a socket buffer ever takes (tcp_wmem max is 4 MiB by
+  // default). Warm-up 0 so that first send is inside the window.
+  auto config = make_config(server.address(), 2, 1, 2, 0ms, 500ms);
+  config.message_size = 4 << 20;
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  const LoadStats& s = *result;
+  EXPECT_GT(s.requests, 0u);
+  EXPECT_EQ(s.unverified_replies, 0u);
+  EXPECT_TRUE(s.errors.empty());
+  EXPECT_EQ(s.connections_achieved, 2u);
+  EXPECT_GT(s.short_writes, 0u);
+  EXPECT_GT(s.short_reads, 0u);  // a 4 MiB reply never arrives in one recv()
+  EXPECT_GT(s.bytes_sent, s.requests * wire_size(config));
+  EXPECT_EQ(server.bad_requests(), 0u);
+}
+
+TEST(RunLoad, PeerCloseIsCountedAndEndsTheRunEarly) {
+  EchoServer server({.close_after = 5});
+  const auto config = make_config(server.address(), 8, 2, 1, 0ms, 3000ms);
+  const auto start = Clock::now();
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  const LoadStats& s = *result;
+  EXPECT_EQ(s.errors, (std::map<std::string, uint64_t>{{"EOF", 8}}));
+  EXPECT_EQ(s.requests, 40u);
+  EXPECT_EQ(s.latency.count(), 40u);
+  EXPECT_EQ(s.connections_achieved, 8u);
+  EXPECT_EQ(s.unverified_replies, 0u);
+  EXPECT_LT(s.measured_seconds, 0.5);
+  EXPECT_GT(s.measured_seconds, 0.0);
+  EXPECT_TRUE(s.timeseries.empty());
+  EXPECT_LT(seconds_since(start), 1.0);
+}
+
+TEST(RunLoad, RefusedConnectsAreCountedAndEndTheRunEarly) {
+  // Bound but not listening: connects to it are refused, and nobody else can take the port.
+  Fd bound(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const auto any = loopback_any_port();
+  ASSERT_EQ(::bind(bound.get(), any.sa(), any.length), 0);
+  auto config = make_config(local_address(bound.get()).value(), 8, 2, 1, 500ms, 3000ms);
+  int start_calls = 0;
+  int end_calls = 0;
+  config.on_measure_start = [&] { ++start_calls; };
+  config.on_measure_end = [&] { ++end_calls; };
+  const auto start = Clock::now();
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  const LoadStats& s = *result;
+  EXPECT_EQ(s.errors, (std::map<std::string, uint64_t>{{"ECONNREFUSED", 8}}));
+  EXPECT_EQ(s.connections_requested, 8u);
+  EXPECT_EQ(s.connections_achieved, 0u);
+  EXPECT_EQ(s.connect_latency.count(), 0u);
+  EXPECT_EQ(s.requests, 0u);
+  EXPECT_EQ(s.measured_seconds, 0.0);
+  EXPECT_EQ(start_calls, 0);  // everything died during the warm-up
+  EXPECT_EQ(end_calls, 0);
+  EXPECT_LT(seconds_since(start), 0.45);  // before the 0.5 s warm-up even ended
+}
+
+TEST(RunLoad, ConnectsThatDoNotFinishTimeOut) {
+  // backlog 0 and no accept(): the accept queue holds one connection, later SYNs are dropped
+  // and those connects hang in SYN retransmission.
+  auto listener = listen_on(loopback_any_port(), 0, true, false);
+  ASSERT_TRUE(listener.ok());
+  auto config = make_config(local_address(listener->get()).value(), 4, 1, 1, 0ms, 800ms);
+  config.connect_timeout = 200ms;
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  const LoadStats& s = *result;
+  ASSERT_EQ(s.errors.size(), 1u);
+  EXPECT_GE(s.errors.at("ETIMEDOUT"), 2u);
+  EXPECT_EQ(s.connections_achieved, 0u);
+  EXPECT_EQ(s.connect_latency.count() + s.errors.at("ETIMEDOUT"), 4u);
+  EXPECT_EQ(s.requests, 0u);
+  // The one the accept queue took stays open (never answered) and keeps the run going.
+  if (s.connect_latency.count() > 0) {
+    EXPECT_DOUBLE_EQ(s.measured_seconds, 0.8);
+  }
+}
+
+TEST(RunLoad, StopTokenReturnsPromptly) {
+  EchoServer server;
+  auto config = make_config(server.address(), 4, 2, 1, 200ms, 10000ms);
+  int end_calls = 0;
+  config.on_measure_end = [&] { ++end_calls; };
+  std::stop_source source;
+  const auto start = Clock::now();
+  std::jthread stopper([&] {
+    std::this_thread::sleep_for(500ms);
+    source.request_stop();
+  });
+  auto result = run_load(config, source.get_token());
+  const double elapsed = seconds_since(start);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  const LoadStats& s = *result;
+  EXPECT_LT(elapsed, 1.0);  // stop at 0.5 s of a 10.2 s run
+  EXPECT_GT(s.requests, 0u);
+  EXPECT_TRUE(s.errors.empty());
+  EXPECT_EQ(s.unverified_replies, 0u);
+  EXPECT_GT(s.measured_seconds, 0.2);
+  EXPECT_LT(s.measured_seconds, 0.6);
+  EXPECT_EQ(end_calls, 1);
+}
+
+TEST(RunLoad, ThousandsOfConnections) {
+  EpollEchoServer server;
+  const auto config = make_config(server.address(), 2000, 2, 1, 500ms, 1000ms);
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  expect_clean_run(*result, config);
+}
+
+}  // namespace
+}  // namespace sockbench
