@@ -49,9 +49,10 @@ std::vector<std::string> exec_candidates(const std::string& program) {
   size_t begin = 0;
   while (true) {
     const size_t end = search.find(':', begin);
-    std::string dir = search.substr(begin, end == std::string::npos ? end : end - begin);
-    if (dir.empty()) dir = ".";  // an empty PATH element is the current directory
-    out.push_back(dir + "/" + program);
+    const std::string_view dir =
+        std::string_view(search).substr(begin, end == std::string::npos ? end : end - begin);
+    // An empty PATH element is the current directory.
+    out.push_back(fmt::format("{}/{}", dir.empty() ? std::string_view(".") : dir, program));
     if (end == std::string::npos) break;
     begin = end + 1;
   }
@@ -257,10 +258,10 @@ std::string iso8601_now() {
   ::localtime_r(&now, &local);
   char text[64];
   const size_t n = std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S%z", &local);
-  std::string out(text, n);
+  const std::string_view stamp(text, n);
   // strftime's %z is "+0000"; ISO 8601 extended format wants "+00:00".
-  if (out.size() >= 5) out.insert(out.size() - 2, ":");
-  return out;
+  if (stamp.size() < 5) return std::string(stamp);
+  return fmt::format("{}:{}", stamp.substr(0, stamp.size() - 2), stamp.substr(stamp.size() - 2));
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -55,6 +57,19 @@ struct ModelInfo {
   bool faulty = false;  // deliberately broken twin: never part of --server all
   std::function<std::unique_ptr<Server>(const ServerConfig&)> make;
 };
+
+// Knobs of the thread-per-client model. The defaults are the correct behaviour; a faulty twin
+// (a deliberately broken variant, see DESIGN.md) adds one flag here per defect, default off.
+struct ThreadedOptions {
+  size_t recv_chunk = 64 << 10;  // bytes asked of one recv()
+  // How long the listener is left alone after accept() fails with EMFILE/ENFILE.
+  std::chrono::milliseconds emfile_backoff{100};
+};
+
+// Thread per client with blocking I/O (servers/threaded.cc). The readiness models are built by
+// make_reactor_server() in servers/reactor.h.
+std::unique_ptr<Server> make_threaded_server(const ServerConfig& config,
+                                             ThreadedOptions options = {});
 
 // Every model, correct ones first in preference order.
 const std::vector<ModelInfo>& registry();

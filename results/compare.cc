@@ -1,0 +1,176 @@
+#include "results/compare.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+
+namespace sockbench::results {
+namespace {
+
+struct Ranked {
+  double rank_sum_a = 0;
+  double tie_term = 0;  // sum over tie groups of (t^3 - t)
+  bool ties = false;
+};
+
+Ranked rank(const std::vector<double>& a, const std::vector<double>& b) {
+  std::vector<std::pair<double, bool>> all;  // value, from a
+  for (double v : a) all.emplace_back(v, true);
+  for (double v : b) all.emplace_back(v, false);
+  std::sort(all.begin(), all.end(),
+            [](const auto& x, const auto& y) { return x.first < y.first; });
+  Ranked r;
+  for (size_t i = 0; i < all.size();) {
+    size_t j = i;
+    while (j < all.size() && all[j].first == all[i].first) ++j;
+    const double t = static_cast<double>(j - i);
+    const double mid_rank = (static_cast<double>(i + 1) + static_cast<double>(j)) / 2.0;
+    for (size_t k = i; k < j; ++k) {
+      if (all[k].second) r.rank_sum_a += mid_rank;
+    }
+    if (t > 1) {
+      r.ties = true;
+      r.tie_term += t * t * t - t;
+    }
+    i = j;
+  }
+  return r;
+}
+
+// Number of ways to pick m of the first m+n ranks with rank-sum-derived U == u, by the classic
+// recurrence c(u; m, n) = c(u - n; m - 1, n) + c(u; m, n - 1).
+double exact_two_sided(size_t m, size_t n, double u) {
+  // dp[i][j] = distribution of U for sample sizes (i, j), as a vector indexed by U.
+  std::vector<std::vector<std::vector<double>>> dp(
+      m + 1, std::vector<std::vector<double>>(n + 1));
+  for (size_t i = 0; i <= m; ++i) {
+    for (size_t j = 0; j <= n; ++j) {
+      auto& d = dp[i][j];
+      d.assign(i * j + 1, 0.0);
+      if (i == 0 || j == 0) {
+        d[0] = 1;
+        continue;
+      }
+      const auto& take = dp[i - 1][j];  // largest element from sample a: contributes j
+      const auto& skip = dp[i][j - 1];
+      for (size_t k = 0; k < take.size(); ++k) d[k + j] += take[k];
+      for (size_t k = 0; k < skip.size(); ++k) d[k] += skip[k];
+    }
+  }
+  const auto& dist = dp[m][n];
+  const double total = std::accumulate(dist.begin(), dist.end(), 0.0);
+  const double mean = static_cast<double>(m * n) / 2.0;
+  const double deviation = std::abs(u - mean);
+  double tail = 0;
+  for (size_t k = 0; k < dist.size(); ++k) {
+    if (std::abs(static_cast<double>(k) - mean) >= deviation - 1e-9) tail += dist[k];
+  }
+  return std::min(1.0, tail / total);
+}
+
+}  // namespace
+
+double median(std::vector<double> values) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  const size_t mid = values.size() / 2;
+  return values.size() % 2 ? values[mid] : (values[mid - 1] + values[mid]) / 2.0;
+}
+
+double mann_whitney_u_p(const std::vector<double>& a, const std::vector<double>& b) {
+  const size_t m = a.size();
+  const size_t n = b.size();
+  if (m == 0 || n == 0) return 1.0;
+  const Ranked r = rank(a, b);
+  const double md = static_cast<double>(m);
+  const double nd = static_cast<double>(n);
+  const double u = r.rank_sum_a - md * (md + 1) / 2.0;
+  if (!r.ties && m * n <= 400) return exact_two_sided(m, n, u);
+  const double mean = md * nd / 2.0;
+  const double total = md + nd;
+  const double variance = md * nd / 12.0 * ((total + 1) - r.tie_term / (total * (total - 1)));
+  if (variance <= 0) return 1.0;  // every value identical
+  const double z = (std::abs(u - mean) - 0.5) / std::sqrt(variance);
+  if (z <= 0) return 1.0;
+  return std::min(1.0, std::erfc(z / std::sqrt(2.0)));
+}
+
+const std::vector<MetricDirection>& compared_metrics() {
+  static const std::vector<MetricDirection> metrics = {
+      {"requests_per_second", true},   {"bytes_per_second", true},
+      {"gbit_per_second", true},       {"connections_per_second", true},
+      {"p50_us", false},               {"p90_us", false},
+      {"p99_us", false},               {"p999_us", false},
+      {"server_cpu_us_per_request", false}, {"server_rss_kb", false},
+  };
+  return metrics;
+}
+
+bool CompareReport::regressed() const {
+  return std::any_of(rows.begin(), rows.end(),
+                     [](const MetricComparison& r) { return r.verdict == Verdict::kRegressed; });
+}
+
+CompareReport compare_runs(const RunResult& base, const RunResult& next,
+                           const CompareOptions& options) {
+  // name -> metric -> samples, in first-seen cell order.
+  using Samples = std::map<std::string, std::vector<double>>;
+  auto collect = [](const RunResult& run, std::vector<std::string>& order) {
+    std::map<std::string, Samples> cells;
+    for (const auto& record : run.records) {
+      if (!record.error.empty()) continue;
+      if (!cells.count(record.name)) order.push_back(record.name);
+      auto& samples = cells[record.name];
+      for (const auto& m : record.metrics) {
+        if (std::isfinite(m.value)) samples[m.name].push_back(m.value);
+      }
+    }
+    return cells;
+  };
+  std::vector<std::string> base_order;
+  std::vector<std::string> new_order;
+  const auto base_cells = collect(base, base_order);
+  const auto new_cells = collect(next, new_order);
+
+  CompareReport report;
+  report.min_repetitions = SIZE_MAX;
+  for (const auto& name : base_order) {
+    const auto found = new_cells.find(name);
+    if (found == new_cells.end()) {
+      report.only_in_base.push_back(name);
+      continue;
+    }
+    const auto& old_samples = base_cells.at(name);
+    for (const auto& direction : compared_metrics()) {
+      const auto a = old_samples.find(direction.name);
+      const auto b = found->second.find(direction.name);
+      if (a == old_samples.end() || b == found->second.end()) continue;
+      MetricComparison row;
+      row.cell = name;
+      row.metric = direction.name;
+      row.bigger_is_better = direction.bigger_is_better;
+      row.base_median = median(a->second);
+      row.new_median = median(b->second);
+      row.change = row.base_median != 0 ? (row.new_median - row.base_median) / row.base_median : 0;
+      row.p_value = mann_whitney_u_p(a->second, b->second);
+      row.base_n = a->second.size();
+      row.new_n = b->second.size();
+      report.min_repetitions = std::min({report.min_repetitions, row.base_n, row.new_n});
+      const bool significant = row.p_value < options.alpha;
+      const bool big = std::abs(row.change) > options.min_effect;
+      if (significant && big) {
+        const bool worse = direction.bigger_is_better ? row.change < 0 : row.change > 0;
+        row.verdict = worse ? Verdict::kRegressed : Verdict::kImproved;
+      }
+      report.rows.push_back(std::move(row));
+    }
+  }
+  for (const auto& name : new_order) {
+    if (!base_cells.count(name)) report.only_in_new.push_back(name);
+  }
+  if (report.min_repetitions == SIZE_MAX) report.min_repetitions = 0;
+  return report;
+}
+
+}  // namespace sockbench::results

@@ -1,0 +1,348 @@
+#include "servers/reactor.h"
+
+#include <sys/eventfd.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "harness/expected.h"
+#include "harness/fd.h"
+#include "harness/net.h"
+#include "servers/protocol.h"
+
+namespace sockbench::servers {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+bool would_block(const std::error_code& ec) {
+  return ec.value() == EAGAIN || ec.value() == EWOULDBLOCK;
+}
+
+// One accepted client. Owned by the reactor; only the reactor thread touches it.
+struct Connection {
+  Fd fd;
+  std::unique_ptr<Session> session;
+  std::string out;     // reply bytes not yet accepted by the kernel, from out_pos on
+  size_t out_pos = 0;  // consumed prefix of `out`, compacted lazily
+  unsigned interest = kNone;
+  bool eof = false;  // the peer finished sending: flush what is pending, then close
+
+  size_t pending() const { return out.size() - out_pos; }
+};
+
+class ReactorServer final : public Server {
+ public:
+  ReactorServer(const ServerConfig& config, std::unique_ptr<Poller> poller, ReactorOptions options)
+      : config_(config),
+        options_(options),
+        poller_(std::move(poller)),
+        wake_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)),
+        read_buffer_(std::max<size_t>(options_.read_chunk, 1)) {
+    if (!wake_) init_error_ = last_error();
+  }
+
+  ~ReactorServer() override = default;
+
+  std::error_code bind() override {
+    if (init_error_) return init_error_;
+    if (listen_) return make_error(EALREADY);
+    auto fd = listen_on(config_.listen, config_.backlog, config_.reuseaddr, /*nonblocking=*/true);
+    if (!fd) return fd.error();
+    auto address = local_address(fd->get());
+    if (!address) return address.error();
+    listen_ = std::move(*fd);
+    address_ = *address;
+    return {};
+  }
+
+  Address address() const override { return address_; }
+
+  std::error_code run() override {
+    if (init_error_) return init_error_;
+    if (!listen_) return make_error(EBADF);
+    if (auto ec = poller_->add(wake_.get(), kRead)) return ec;
+    if (auto ec = poller_->add(listen_.get(), kRead)) {
+      poller_->remove(wake_.get());
+      return ec;
+    }
+    std::error_code result;
+    std::vector<PollEvent> events;
+    while (!stop_.load(std::memory_order_acquire)) {
+      if (auto ec = poller_->wait(events, wait_timeout_ms())) {
+        result = ec;
+        break;
+      }
+      for (const PollEvent& event : events) {
+        if (event.fd == wake_.get()) {
+          drain_wake();
+        } else if (event.fd == listen_.get()) {
+          if (!accept_paused_) result = accept_all();
+        } else {
+          on_connection_event(event);
+        }
+        if (result) break;
+      }
+      if (result) break;
+      if (accept_paused_ && Clock::now() >= resume_at_) resume_accepting();
+    }
+    close_all();
+    poller_->remove(listen_.get());
+    poller_->remove(wake_.get());
+    accept_paused_ = false;
+    return result;
+  }
+
+  void stop() override {
+    stop_.store(true, std::memory_order_release);
+    if (wake_) {
+      const uint64_t one = 1;
+      // EAGAIN only when the counter is saturated, i.e. a wake-up is already pending.
+      [[maybe_unused]] const ssize_t n = ::write(wake_.get(), &one, sizeof one);
+    }
+  }
+
+  const ServerCounters& counters() const override { return counters_; }
+
+ private:
+  int wait_timeout_ms() const {
+    if (!accept_paused_) return -1;
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(resume_at_ - Clock::now());
+    return static_cast<int>(std::max<std::chrono::milliseconds::rep>(left.count(), 0));
+  }
+
+  void drain_wake() {
+    uint64_t value = 0;
+    [[maybe_unused]] const ssize_t n = ::read(wake_.get(), &value, sizeof value);
+  }
+
+  // Accepts until the backlog is empty. Returns an error only for a failure of the listener
+  // itself, which ends serving.
+  std::error_code accept_all() {
+    for (;;) {
+      const int raw = ::accept4(listen_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (raw < 0) {
+        const int err = errno;
+        switch (err) {
+          case EINTR:
+          // The connection died in the backlog, or a network error was passed up: accept(2)
+          // says to treat these like EAGAIN and retry.
+          case ECONNABORTED:
+          case EPROTO:
+          case ENETDOWN:
+          case ENOPROTOOPT:
+          case EHOSTDOWN:
+          case ENONET:
+          case EHOSTUNREACH:
+          case ENETUNREACH:
+          case EPERM:  // a firewall rule refused this one connection
+            continue;
+          case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+          case EWOULDBLOCK:
+#endif
+            return {};
+          case EMFILE:
+          case ENFILE:
+            counters_.accept_emfile.fetch_add(1, std::memory_order_relaxed);
+            pause_accepting();
+            return {};
+          case ENOBUFS:
+          case ENOMEM:
+            // Out of kernel memory: same cure as fd exhaustion, but not an fd problem.
+            counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
+            pause_accepting();
+            return {};
+          default:
+            return make_error(err);
+        }
+      }
+      Fd fd(raw);
+      counters_.accepted.fetch_add(1, std::memory_order_relaxed);
+      const int family = config_.listen.family();
+      if (family == AF_INET || family == AF_INET6) (void)set_nodelay(raw, true);
+      if (auto ec = poller_->add(raw, kRead)) {
+        // select cannot watch an fd >= FD_SETSIZE: refuse that client rather than corrupt memory.
+        if (ec.value() == EINVAL && raw >= FD_SETSIZE) {
+          counters_.refused_fd_setsize.fetch_add(1, std::memory_order_relaxed);
+        } else {
+          counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
+        }
+        fd.reset();
+        counters_.closed.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      auto connection = std::make_unique<Connection>();
+      connection->fd = std::move(fd);
+      connection->session = make_session(config_.protocol);
+      connection->interest = kRead;
+      if (static_cast<size_t>(raw) >= connections_.size()) {
+        connections_.resize(static_cast<size_t>(raw) + 1);
+      }
+      connections_[static_cast<size_t>(raw)] = std::move(connection);
+    }
+  }
+
+  void pause_accepting() {
+    if (!accept_paused_) {
+      // Level-triggered: a listener left in the set would report the same pending connection on
+      // every turn and the loop would spin at 100% CPU while the process is out of fds.
+      if (poller_->modify(listen_.get(), kNone)) return;
+      accept_paused_ = true;
+    }
+    resume_at_ = Clock::now() + options_.emfile_backoff;
+  }
+
+  void resume_accepting() {
+    if (!accept_paused_) return;
+    if (!poller_->modify(listen_.get(), kRead)) accept_paused_ = false;
+  }
+
+  Connection* find(int fd) {
+    if (fd < 0 || static_cast<size_t>(fd) >= connections_.size()) return nullptr;
+    return connections_[static_cast<size_t>(fd)].get();
+  }
+
+  void on_connection_event(const PollEvent& event) {
+    Connection* c = find(event.fd);
+    // An event can be stale: an earlier event of the same batch may have closed the fd (a new
+    // connection may even reuse the number; its non-blocking I/O then just sees EAGAIN).
+    if (c == nullptr) return;
+    if ((event.mask & kWrite) && c->pending() > 0) {
+      if (!flush(*c)) return;
+    }
+    if ((event.mask & kRead) && (c->interest & kRead)) {
+      if (!read_input(*c)) return;
+    }
+    if (c->eof && c->pending() == 0) {
+      close_connection(*c);
+      return;
+    }
+    update_interest(*c);
+  }
+
+  // Reads up to the budget, feeding the session, then tries to send the replies at once.
+  // Returns false when the connection was closed.
+  bool read_input(Connection& c) {
+    size_t budget = options_.read_budget;
+    while (budget > 0 && c.pending() <= options_.high_water) {
+      const size_t ask = std::min(budget, read_buffer_.size());
+      auto got = recv_some(c.fd.get(), std::span<char>(read_buffer_.data(), ask));
+      if (!got) {
+        if (would_block(got.error())) break;
+        counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
+        close_connection(c);
+        return false;
+      }
+      if (*got == 0) {
+        c.eof = true;
+        break;
+      }
+      const std::string_view bytes(read_buffer_.data(), *got);
+      if (c.session->on_bytes(bytes, c.out) == Session::Verdict::kClose) {
+        counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+        close_connection(c);
+        return false;
+      }
+      budget -= *got;
+      if (*got < ask) break;  // the socket is very likely drained; don't pay for an EAGAIN
+    }
+    return flush(c);
+  }
+
+  // Sends pending output until the kernel pushes back. Returns false when the connection was
+  // closed (ECONNRESET, EPIPE...).
+  bool flush(Connection& c) {
+    while (c.pending() > 0) {
+      auto sent = send_some(c.fd.get(), std::span<const char>(c.out).subspan(c.out_pos));
+      if (!sent) {
+        if (would_block(sent.error())) break;
+        counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
+        close_connection(c);
+        return false;
+      }
+      c.out_pos += *sent;
+    }
+    if (c.pending() == 0) {
+      c.out_pos = 0;
+      // Give back the memory of a burst (one huge frame) instead of keeping it per connection.
+      if (c.out.capacity() > 2 * options_.high_water) {
+        std::string().swap(c.out);
+      } else {
+        c.out.clear();
+      }
+    } else if (c.out_pos >= c.out.size() / 2) {
+      // Compacting only once half is consumed keeps the copying linear in the bytes sent.
+      c.out.erase(0, c.out_pos);
+      c.out_pos = 0;
+    }
+    return true;
+  }
+
+  void update_interest(Connection& c) {
+    unsigned want = kNone;
+    // Reading stops above the high-water mark and resumes only once the output has drained, so
+    // a connection hovering at the mark does not flip its interest on every turn.
+    const bool reading = c.interest & kRead;
+    if (!c.eof && (reading ? c.pending() <= options_.high_water : c.pending() == 0)) want |= kRead;
+    if (c.pending() > 0) want |= kWrite;
+    if (want == c.interest) return;
+    if (poller_->modify(c.fd.get(), want)) {
+      counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
+      close_connection(c);
+      return;
+    }
+    c.interest = want;
+  }
+
+  void close_connection(Connection& c) {
+    const int fd = c.fd.get();
+    poller_->remove(fd);
+    connections_[static_cast<size_t>(fd)].reset();  // closes the fd; `c` is gone
+    counters_.closed.fetch_add(1, std::memory_order_relaxed);
+    // An fd was just freed: a listener paused by EMFILE may accept again.
+    resume_accepting();
+  }
+
+  void close_all() {
+    for (auto& connection : connections_) {
+      if (!connection) continue;
+      poller_->remove(connection->fd.get());
+      connection.reset();
+      counters_.closed.fetch_add(1, std::memory_order_relaxed);
+    }
+    connections_.clear();
+  }
+
+  const ServerConfig config_;
+  const ReactorOptions options_;
+  std::unique_ptr<Poller> poller_;
+  ServerCounters counters_;
+  std::error_code init_error_;
+  Fd wake_;  // eventfd: stop() from any thread makes the poller's wait return
+  Fd listen_;
+  Address address_;
+  std::atomic<bool> stop_{false};
+
+  // Reactor-thread state.
+  std::vector<std::unique_ptr<Connection>> connections_;  // indexed by fd
+  std::vector<char> read_buffer_;
+  bool accept_paused_ = false;
+  Clock::time_point resume_at_{};
+};
+
+}  // namespace
+
+std::unique_ptr<Server> make_reactor_server(const ServerConfig& config,
+                                            std::unique_ptr<Poller> poller,
+                                            ReactorOptions options) {
+  return std::make_unique<ReactorServer>(config, std::move(poller), options);
+}
+
+}  // namespace sockbench::servers

@@ -1,0 +1,37 @@
+// The single-threaded readiness reactor shared by the select, poll and epoll models: the models
+// differ only in the Poller they hand it, so a comparison measures the syscall and nothing else.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+
+#include "servers/poller.h"
+#include "servers/server.h"
+
+namespace sockbench::servers {
+
+// Knobs of the reactor. The defaults are the correct behaviour. Faulty twins (deliberately
+// broken variants, see DESIGN.md: one recv taken as one message, SIGPIPE kills it, blocking
+// read inside the reactor, fd leak, EMFILE spin...) add one flag here per defect, default off,
+// and the reactor branches on it at the one place the defect lives.
+struct ReactorOptions {
+  // Bytes read from one connection per readiness event, so that one fast client cannot keep the
+  // loop to itself; level-triggering brings the loop back for the rest on the next turn.
+  size_t read_budget = 256 << 10;
+  size_t read_chunk = 64 << 10;  // bytes asked of one recv()
+  // Backpressure: once more output than this is pending (the reply to the current frame can add
+  // up to one maximum frame on top), the connection's input is not read until the output has
+  // drained, so a client that does not read cannot grow server memory without bound.
+  size_t high_water = 1 << 20;
+  // How long the listener is left unwatched after accept() fails with EMFILE/ENFILE (or until a
+  // connection closes), so fd exhaustion never turns into a busy loop.
+  std::chrono::milliseconds emfile_backoff{100};
+};
+
+// A Server whose run() drives `poller` on the calling thread. Owns the poller.
+std::unique_ptr<Server> make_reactor_server(const ServerConfig& config,
+                                            std::unique_ptr<Poller> poller,
+                                            ReactorOptions options = {});
+
+}  // namespace sockbench::servers

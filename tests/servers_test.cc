@@ -1,0 +1,549 @@
+// Every concurrency model, in-process on 127.0.0.1:0, driven by blocking clients: replies are
+// compared byte for byte and the server's counters, fds and threads are checked.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/resource.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "harness/fd.h"
+#include "harness/frame.h"
+#include "harness/net.h"
+#include "servers/protocol.h"
+#include "servers/server.h"
+
+namespace sockbench::servers {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+ServerConfig loopback_config(Protocol protocol = Protocol::kFramed) {
+  ServerConfig config;
+  const auto parsed = parse_address("127.0.0.1:0");
+  EXPECT_TRUE(parsed.error.empty()) << parsed.error;
+  config.listen = parsed.address;
+  config.protocol.protocol = protocol;
+  return config;
+}
+
+// Aborts the test binary when the guarded scope outlives `limit`: a run() that never returns
+// cannot be recovered in-process, and failing loudly beats waiting for the CTest timeout.
+class Watchdog {
+ public:
+  Watchdog(std::string what, std::chrono::milliseconds limit)
+      : thread_([what = std::move(what), limit](std::stop_token token) {
+          std::mutex mu;
+          std::condition_variable_any cv;
+          std::unique_lock lock(mu);
+          if (!cv.wait_for(lock, token, limit, [] { return false; }) && !token.stop_requested()) {
+            std::fprintf(stderr, "watchdog: %s took longer than %lld ms\n", what.c_str(),
+                         static_cast<long long>(limit.count()));
+            std::abort();
+          }
+        }) {}
+
+ private:
+  std::jthread thread_;
+};
+
+// A server of one model running on its own thread; stopped and joined by the destructor.
+class RunningServer {
+ public:
+  RunningServer(std::string_view model, const ServerConfig& config) {
+    const ModelInfo* info = find_model(model);
+    if (info == nullptr) {
+      ADD_FAILURE() << "unknown model " << model;
+      return;
+    }
+    server_ = info->make(config);
+    if (auto ec = server_->bind()) {
+      ADD_FAILURE() << "bind: " << ec.message();
+      server_.reset();
+      return;
+    }
+    thread_ = std::jthread([this] { run_result_ = server_->run(); });
+  }
+  ~RunningServer() { stop(); }
+  RunningServer(const RunningServer&) = delete;
+  RunningServer& operator=(const RunningServer&) = delete;
+
+  bool ok() const { return server_ != nullptr; }
+  Address address() const { return server_->address(); }
+  const ServerCounters& counters() const { return server_->counters(); }
+  pthread_t thread_handle() { return thread_.native_handle(); }
+
+  // Stops the server and joins run(); returns run()'s result.
+  std::error_code stop() {
+    if (server_ && thread_.joinable()) {
+      const Watchdog watchdog("stop() + run() returning", 10s);
+      server_->stop();
+      thread_.join();
+    }
+    return run_result_;
+  }
+
+ private:
+  std::unique_ptr<Server> server_;
+  std::error_code run_result_;
+  std::jthread thread_;
+};
+
+bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds limit = 3s) {
+  const auto deadline = Clock::now() + limit;
+  while (!condition()) {
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(2ms);
+  }
+  return true;
+}
+
+// A blocking client with TCP_NODELAY and 5 s timeouts, so a broken server fails the test instead
+// of hanging it.
+Fd connect_client(const Address& address) {
+  auto fd = connect_to(address, /*nonblocking=*/false);
+  EXPECT_TRUE(fd.ok()) << fd.error().message();
+  if (!fd) return Fd();
+  EXPECT_FALSE(set_nodelay(fd->get(), true));
+  const timeval timeout{5, 0};
+  ::setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+  return std::move(*fd);
+}
+
+// Reads one frame; nullopt on EOF, error or timeout.
+std::optional<std::string> read_frame(int fd) {
+  char header[kFrameHeaderSize];
+  if (recv_exact(fd, header)) return std::nullopt;
+  std::string payload(read_be32(header), '\0');
+  if (recv_exact(fd, payload)) return std::nullopt;
+  return payload;
+}
+
+// One request/response; the reply's payload (nullopt on failure).
+std::optional<std::string> exchange(int fd, std::string_view payload) {
+  if (send_all(fd, encode_frame(payload))) return std::nullopt;
+  return read_frame(fd);
+}
+
+// A payload that differs by client, sequence number and length.
+std::string payload_for(int client, int seq) {
+  std::string text = "client " + std::to_string(client) + " seq " + std::to_string(seq) + ":";
+  const size_t length = static_cast<size_t>((client * 37 + seq * 101) % 3000);
+  for (size_t i = 0; i < length; ++i) {
+    text.push_back(static_cast<char>('a' + (static_cast<size_t>(client) + i * 7) % 26));
+  }
+  return text;
+}
+
+// Bytes the peer sends back within `wait`, until EOF or nothing more comes; -1 on a reset.
+long bytes_arriving(int fd, std::chrono::milliseconds wait) {
+  long total = 0;
+  for (;;) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(wait.count())) <= 0) return total;
+    char buffer[4096];
+    const ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
+    if (n < 0) return -1;
+    if (n == 0) return total;
+    total += n;
+  }
+}
+
+size_t count_entries(const char* dir) {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(dir)) ++n;
+  return n;
+}
+
+std::chrono::nanoseconds thread_cpu_time(pthread_t thread) {
+  clockid_t clock{};
+  if (::pthread_getcpuclockid(thread, &clock) != 0) return {};
+  timespec ts{};
+  ::clock_gettime(clock, &ts);
+  return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
+class ServersTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  const std::string model_ = GetParam();
+  bool is_reactor() const { return model_ != "threaded"; }
+};
+
+TEST_P(ServersTest, HundredConcurrentClientsGetTheirOwnReplies) {
+  constexpr int kClients = 100;
+  constexpr int kExchanges = 20;
+  RunningServer server(model_, loopback_config());
+  ASSERT_TRUE(server.ok());
+  std::atomic<int> verified{0};
+  std::atomic<int> connected{0};
+  {
+    std::vector<std::jthread> clients;
+    for (int c = 0; c < kClients; ++c) {
+      clients.emplace_back([&, c] {
+        Fd fd = connect_client(server.address());
+        if (!fd) return;
+        // Every client connects before any exchanges, so they are all concurrently open.
+        connected.fetch_add(1);
+        wait_until([&] { return connected.load() == kClients; });
+        for (int seq = 0; seq < kExchanges; ++seq) {
+          const std::string payload = payload_for(c, seq);
+          const auto reply = exchange(fd.get(), payload);
+          if (reply == payload) verified.fetch_add(1);
+        }
+      });
+    }
+  }
+  EXPECT_EQ(verified.load(), kClients * kExchanges);
+  EXPECT_TRUE(wait_until([&] { return server.counters().closed.load() == kClients; }));
+  EXPECT_EQ(server.counters().accepted.load(), uint64_t{kClients});
+  EXPECT_EQ(server.counters().protocol_errors.load(), 0u);
+  EXPECT_FALSE(server.stop());
+}
+
+TEST_P(ServersTest, FramesSentOneBytePerSendAreAnswered) {
+  RunningServer server(model_, loopback_config());
+  ASSERT_TRUE(server.ok());
+  Fd fd = connect_client(server.address());
+  ASSERT_TRUE(fd);
+  const std::string first = "split across fourteen sends";
+  const std::string second(300, 'z');
+  const std::string wire = encode_frame(first) + encode_frame(second);
+  for (size_t i = 0; i < wire.size(); ++i) {
+    ASSERT_EQ(::send(fd.get(), &wire[i], 1, MSG_NOSIGNAL), 1);
+    // Pauses within the first frame (header and body) so the server really sees 1-byte reads.
+    if (i < kFrameHeaderSize + first.size()) std::this_thread::sleep_for(1ms);
+  }
+  EXPECT_EQ(read_frame(fd.get()), first);
+  EXPECT_EQ(read_frame(fd.get()), second);
+}
+
+TEST_P(ServersTest, CoalescedFramesAreAnsweredInOrder) {
+  RunningServer server(model_, loopback_config());
+  ASSERT_TRUE(server.ok());
+  Fd fd = connect_client(server.address());
+  ASSERT_TRUE(fd);
+  std::string wire;
+  for (int i = 0; i < 200; ++i)
+    encode_frame(payload_for(7, i).substr(0, static_cast<size_t>(i)), wire);
+  ASSERT_FALSE(send_all(fd.get(), wire));  // one send for all 200 frames (0..199 bytes each)
+  std::string replies(wire.size(), '\0');
+  ASSERT_FALSE(recv_exact(fd.get(), replies));
+  EXPECT_EQ(replies, wire);  // the same frames, in the same order
+  EXPECT_EQ(bytes_arriving(fd.get(), 50ms), 0);
+}
+
+TEST_P(ServersTest, EchoReturnsEveryByte) {
+  RunningServer server(model_, loopback_config(Protocol::kEcho));
+  ASSERT_TRUE(server.ok());
+  Fd fd = connect_client(server.address());
+  ASSERT_TRUE(fd);
+  for (char c : std::string("hi!")) ASSERT_EQ(::send(fd.get(), &c, 1, MSG_NOSIGNAL), 1);
+  std::string small(3, '\0');
+  ASSERT_FALSE(recv_exact(fd.get(), small));
+  EXPECT_EQ(small, "hi!");
+
+  std::string big(300 << 10, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 131 % 251);
+  std::jthread sender([&] { EXPECT_FALSE(send_all(fd.get(), big)); });
+  std::string back(big.size(), '\0');
+  ASSERT_FALSE(recv_exact(fd.get(), back));
+  sender.join();
+  EXPECT_TRUE(back == big);
+  // Half-close: the server flushes, then closes.
+  ::shutdown(fd.get(), SHUT_WR);
+  EXPECT_EQ(bytes_arriving(fd.get(), 2000ms), 0);
+}
+
+TEST_P(ServersTest, DiscardSendsNothingBackAndKeepsServing) {
+  RunningServer server(model_, loopback_config(Protocol::kDiscard));
+  ASSERT_TRUE(server.ok());
+  {
+    Fd fd = connect_client(server.address());
+    ASSERT_TRUE(fd);
+    ASSERT_FALSE(send_all(fd.get(), std::string(100 << 10, 'd')));
+    EXPECT_EQ(bytes_arriving(fd.get(), 100ms), 0);
+    ::shutdown(fd.get(), SHUT_WR);
+    // The server answers our EOF with its own, still without a byte.
+    pollfd p{fd.get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 2000), 1);
+    char c = 0;
+    EXPECT_EQ(::recv(fd.get(), &c, 1, 0), 0);
+  }
+  Fd second = connect_client(server.address());
+  ASSERT_TRUE(second);
+  ASSERT_FALSE(send_all(second.get(), encode_frame("still there?")));
+  EXPECT_EQ(bytes_arriving(second.get(), 50ms), 0);
+  second.reset();
+  EXPECT_TRUE(wait_until([&] { return server.counters().closed.load() == 2; }));
+  EXPECT_EQ(server.counters().accepted.load(), 2u);
+  EXPECT_EQ(server.counters().protocol_errors.load(), 0u);
+}
+
+TEST_P(ServersTest, OversizedLengthClosesOnlyThatConnection) {
+  RunningServer server(model_, loopback_config());
+  ASSERT_TRUE(server.ok());
+  Fd good = connect_client(server.address());
+  Fd bad = connect_client(server.address());
+  ASSERT_TRUE(good && bad);
+  ASSERT_EQ(exchange(good.get(), "before"), "before");
+  ASSERT_FALSE(send_all(bad.get(), std::string(4, '\xff')));  // 4 GiB - 1 announced
+  EXPECT_LE(bytes_arriving(bad.get(), 2000ms), 0);            // EOF or reset, no data
+  EXPECT_TRUE(wait_until([&] { return server.counters().protocol_errors.load() >= 1; }));
+  for (int i = 0; i < 5; ++i) {
+    const std::string payload = payload_for(1, i);
+    EXPECT_EQ(exchange(good.get(), payload), payload);
+  }
+  EXPECT_EQ(server.counters().protocol_errors.load(), 1u);
+  EXPECT_EQ(server.counters().closed.load(), 1u);
+}
+
+TEST_P(ServersTest, StopWithClientsConnectedReleasesEveryFdAndThread) {
+  const size_t fds_before = count_entries("/proc/self/fd");
+  const size_t tasks_before = count_entries("/proc/self/task");
+  std::vector<Fd> clients;
+  std::chrono::nanoseconds stop_took{};
+  {
+    RunningServer server(model_, loopback_config());
+    ASSERT_TRUE(server.ok());
+    const std::string frame = encode_frame(std::string(1000, 'm'));
+    for (int i = 0; i < 8; ++i) {
+      clients.push_back(connect_client(server.address()));
+      ASSERT_TRUE(clients.back());
+      const int fd = clients.back().get();
+      switch (i % 4) {
+        case 0:  // idle
+          break;
+        case 1:  // mid-header
+          ASSERT_FALSE(send_all(fd, std::span(frame).first(2)));
+          break;
+        case 2:  // mid-body
+          ASSERT_FALSE(send_all(fd, std::span(frame).first(500)));
+          break;
+        case 3:  // served, then idle
+          ASSERT_EQ(exchange(fd, "done"), "done");
+          break;
+      }
+    }
+    // One client has a big reply pending that it never reads: a threaded server is blocked in
+    // send(), a reactor holds the rest in its output buffer.
+    clients.push_back(connect_client(server.address()));
+    ASSERT_FALSE(send_all(clients.back().get(), encode_frame(std::string(12 << 20, 'b'))));
+    pollfd p{clients.back().get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 3000), 1);
+    ASSERT_TRUE(wait_until([&] { return server.counters().accepted.load() == 9; }));
+    std::this_thread::sleep_for(20ms);  // let the server reach its blocked/partial states
+
+    const auto start = Clock::now();
+    EXPECT_FALSE(server.stop());
+    stop_took = Clock::now() - start;
+    EXPECT_EQ(server.counters().closed.load(), 9u);
+  }
+  EXPECT_LT(stop_took, 2s);
+  // Every server-side connection was closed: the clients see EOF (or a reset), not a hang.
+  for (const Fd& fd : clients) {
+    pollfd p{fd.get(), POLLIN, 0};
+    EXPECT_EQ(::poll(&p, 1, 1000), 1);
+  }
+  clients.clear();
+  // A thread can linger in /proc for a moment after join; wait a little before comparing.
+  wait_until([&] {
+    return count_entries("/proc/self/fd") == fds_before &&
+           count_entries("/proc/self/task") == tasks_before;
+  });
+  EXPECT_EQ(count_entries("/proc/self/fd"), fds_before);
+  EXPECT_EQ(count_entries("/proc/self/task"), tasks_before);
+}
+
+TEST_P(ServersTest, ClientThatNeverReadsDoesNotStallOthers) {
+  if (!is_reactor()) GTEST_SKIP() << "a thread per client cannot be stalled by another client";
+  RunningServer server(model_, loopback_config());
+  ASSERT_TRUE(server.ok());
+  Fd hog = connect_client(server.address());
+  Fd other = connect_client(server.address());
+  ASSERT_TRUE(hog && other);
+  const int hog_fd = hog.get();
+  // The hog sends an 8 MiB frame, then another, and reads nothing: the server's reply fills the
+  // socket buffers, it stops reading the hog, and the second send blocks.
+  std::jthread hog_sender([hog_fd] {
+    const std::string frame = encode_frame(std::string(8 << 20, 'h'));
+    for (int i = 0; i < 2; ++i) {
+      if (send_all(hog_fd, frame)) return;
+    }
+  });
+  pollfd p{hog_fd, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 3000), 1);  // the server has started answering the hog
+
+  const auto start = Clock::now();
+  for (int i = 0; i < 20; ++i) {
+    const std::string payload = payload_for(2, i);
+    ASSERT_EQ(exchange(other.get(), payload), payload);
+  }
+  EXPECT_LT(Clock::now() - start, 1s);
+  ::shutdown(hog_fd, SHUT_RDWR);  // unblocks the hog's send
+  hog_sender.join();
+}
+
+TEST_P(ServersTest, ClientThatNeverReadsCannotMakeTheServerBufferWithoutBound) {
+  RunningServer server(model_, loopback_config());
+  ASSERT_TRUE(server.ok());
+  Fd hog = connect_client(server.address());
+  ASSERT_TRUE(hog);
+  ASSERT_FALSE(set_nonblocking(hog.get(), true));
+  std::string frames;
+  for (int i = 0; i < 4; ++i)
+    encode_frame(std::string(256 << 10, static_cast<char>('0' + i)), frames);
+  // Push requests without reading a reply until the server stops taking them. Without
+  // backpressure it would read (and buffer replies) forever; with it, what it takes is bounded
+  // by the socket buffers on both paths plus its high-water mark.
+  constexpr size_t kCap = 256u << 20;
+  size_t total = 0;
+  size_t offset = 0;
+  const auto deadline = Clock::now() + 4s;
+  while (total < kCap && Clock::now() < deadline) {
+    auto sent = send_some(hog.get(), std::span(frames).subspan(offset));
+    if (sent) {
+      total += *sent;
+      offset = (offset + *sent) % frames.size();
+      continue;
+    }
+    ASSERT_EQ(sent.error().value(), EAGAIN) << sent.error().message();
+    pollfd p{hog.get(), POLLOUT, 0};
+    if (::poll(&p, 1, 300) == 0) break;  // the server has stopped reading us
+  }
+  EXPECT_LT(total, 128u << 20) << "the server kept reading from a client that never reads";
+  EXPECT_GT(total, 1u << 20);  // it did answer until its output backed up
+
+  Fd other = connect_client(server.address());
+  ASSERT_TRUE(other);
+  EXPECT_EQ(exchange(other.get(), "still served"), "still served");
+}
+
+TEST_P(ServersTest, FdExhaustionBacksOffWithoutSpinningThenRecovers) {
+  RunningServer server(model_, loopback_config());
+  ASSERT_TRUE(server.ok());
+  {
+    Fd warm = connect_client(server.address());
+    ASSERT_EQ(exchange(warm.get(), "warm"), "warm");
+  }
+  ASSERT_TRUE(wait_until([&] { return server.counters().closed.load() == 1; }));
+
+  Fd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(client);
+  const timeval timeout{5, 0};
+  ::setsockopt(client.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  // The lowest free fd number becomes the limit, so the server's next accept() gets EMFILE.
+  const int lowest_free = ::fcntl(client.get(), F_DUPFD_CLOEXEC, 0);
+  ASSERT_GE(lowest_free, 0);
+  ::close(lowest_free);
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  struct Restore {
+    rlimit limit;
+    bool active = true;
+    void now() {
+      if (active) ::setrlimit(RLIMIT_NOFILE, &limit);
+      active = false;
+    }
+    ~Restore() { now(); }
+  } restore{saved};
+  rlimit low = saved;
+  low.rlim_cur = static_cast<rlim_t>(lowest_free);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+
+  const Address address = server.address();
+  ASSERT_EQ(::connect(client.get(), address.sa(), address.length), 0);  // completes in the backlog
+  ASSERT_TRUE(wait_until([&] { return server.counters().accept_emfile.load() > 0; }));
+
+  const uint64_t emfile_before = server.counters().accept_emfile.load();
+  const auto cpu_before = thread_cpu_time(server.thread_handle());
+  const auto wall_before = Clock::now();
+  std::this_thread::sleep_for(300ms);
+  const auto cpu = thread_cpu_time(server.thread_handle()) - cpu_before;
+  const auto wall = Clock::now() - wall_before;
+  const uint64_t retries = server.counters().accept_emfile.load() - emfile_before;
+  restore.now();
+
+  // A spinning loop burns a whole core and retries accept() millions of times; a backed-off one
+  // retries about every 100 ms.
+  EXPECT_LT(cpu, wall / 4) << "server thread CPU " << cpu.count() << " ns over " << wall.count()
+                           << " ns wall";
+  EXPECT_LE(retries, 10u);
+  EXPECT_EQ(server.counters().accepted.load(), 1u);
+
+  // With fds available again the connection waiting in the backlog is served.
+  ASSERT_FALSE(send_all(client.get(), encode_frame("after EMFILE")));
+  EXPECT_EQ(read_frame(client.get()), "after EMFILE");
+  EXPECT_EQ(server.counters().accepted.load(), 2u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, ServersTest,
+                         ::testing::Values("threaded", "select", "poll", "epoll"),
+                         [](const auto& model) { return model.param; });
+
+TEST(RegistryTest, ListsTheFourModelsInOrder) {
+  const auto& models = registry();
+  ASSERT_EQ(models.size(), 4u);
+  const char* names[] = {"threaded", "select", "poll", "epoll"};
+  for (size_t i = 0; i < models.size(); ++i) {
+    EXPECT_EQ(models[i].name, names[i]);
+    EXPECT_FALSE(models[i].description.empty());
+    EXPECT_FALSE(models[i].faulty);
+    EXPECT_EQ(find_model(names[i]), &models[i]);
+  }
+  EXPECT_EQ(find_model("nope"), nullptr);
+}
+
+TEST(SelectServerTest, FdAboveFdSetsizeIsRefusedAndServingContinues) {
+  RunningServer server("select", loopback_config());
+  ASSERT_TRUE(server.ok());
+  // Fill every fd number below FD_SETSIZE so that the server's next accepted fd cannot fit.
+  std::vector<Fd> dummies;
+  Fd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(devnull);
+  for (;;) {
+    Fd dummy(::fcntl(devnull.get(), F_DUPFD_CLOEXEC, 0));
+    ASSERT_TRUE(dummy);
+    if (dummy.get() >= FD_SETSIZE) break;  // every lower number is now taken
+    dummies.push_back(std::move(dummy));
+  }
+  {
+    Fd refused = connect_client(server.address());
+    ASSERT_TRUE(refused);
+    ASSERT_GE(refused.get(), FD_SETSIZE);
+    (void)send_all(refused.get(), encode_frame("refused"));
+    EXPECT_LE(bytes_arriving(refused.get(), 2000ms), 0);  // EOF or reset, never a reply
+  }
+  EXPECT_TRUE(wait_until([&] { return server.counters().refused_fd_setsize.load() >= 1; }));
+  dummies.clear();
+  devnull.reset();
+
+  Fd served = connect_client(server.address());
+  ASSERT_TRUE(served);
+  ASSERT_LT(served.get(), FD_SETSIZE);
+  EXPECT_EQ(exchange(served.get(), "served again"), "served again");
+  EXPECT_EQ(server.counters().refused_fd_setsize.load(), 1u);
+  EXPECT_EQ(server.counters().accepted.load(), 2u);
+}
+
+}  // namespace
+}  // namespace sockbench::servers
