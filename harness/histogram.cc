@@ -21,8 +21,8 @@ uint32_t Histogram::bucket_index(uint64_t value) {
   value = std::min(value, kMaxValue);
   if (value < kLinearLimit) return static_cast<uint32_t>(value);
   const uint32_t msb = static_cast<uint32_t>(std::bit_width(value)) - 1;  // >= 11
-  const uint32_t shift = msb - kSubBits;                                   // >= 1
-  const uint64_t top = value >> shift;  // in [1024, 2047]
+  const uint32_t shift = msb - kSubBits;                                  // >= 1
+  const uint64_t top = value >> shift;                                    // in [1024, 2047]
   return static_cast<uint32_t>(kLinearLimit + (shift - 1) * (1u << kSubBits) +
                                (top - (1u << kSubBits)));
 }

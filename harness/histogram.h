@@ -26,7 +26,9 @@ class Histogram {
   uint64_t count() const { return total_; }
   uint64_t min() const { return total_ ? min_ : 0; }
   uint64_t max() const { return max_; }
-  double mean() const { return total_ ? static_cast<double>(sum_) / static_cast<double>(total_) : 0; }
+  double mean() const {
+    return total_ ? static_cast<double>(sum_) / static_cast<double>(total_) : 0;
+  }
   uint64_t clamped() const { return clamped_; }
   // The value at percentile q in [0, 100]: the representative value of the bucket holding the
   // ceil(q/100*count)-th smallest sample, never outside [min(), max()]. 0 when empty.

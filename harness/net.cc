@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/un.h>
@@ -9,8 +10,6 @@
 #include <charconv>
 #include <cstring>
 #include <optional>
-
-#include <fmt/format.h>
 
 namespace sockbench {
 namespace {
@@ -69,8 +68,8 @@ ParsedAddress parse_address(std::string_view text) {
     const auto path = text.substr(5);
     sockaddr_un un{};
     if (path.empty() || path.size() >= sizeof un.sun_path) {
-      return fail(fmt::format("bad unix socket path in '{}' (1..{} bytes)", text,
-                              sizeof un.sun_path - 1));
+      return fail(
+          fmt::format("bad unix socket path in '{}' (1..{} bytes)", text, sizeof un.sun_path - 1));
     }
     un.sun_family = AF_UNIX;
     std::memcpy(un.sun_path, path.data(), path.size());
@@ -116,8 +115,8 @@ ParsedAddress parse_address(std::string_view text) {
     std::memcpy(&address.storage, &in6, sizeof in6);
     address.length = sizeof in6;
   } else {
-    return fail(fmt::format(
-        "bad host '{}' in '{}': expected an IPv4 address, [IPv6] or localhost", host, text));
+    return fail(fmt::format("bad host '{}' in '{}': expected an IPv4 address, [IPv6] or localhost",
+                            host, text));
   }
   return {address, {}};
 }

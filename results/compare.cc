@@ -18,8 +18,7 @@ Ranked rank(const std::vector<double>& a, const std::vector<double>& b) {
   std::vector<std::pair<double, bool>> all;  // value, from a
   for (double v : a) all.emplace_back(v, true);
   for (double v : b) all.emplace_back(v, false);
-  std::sort(all.begin(), all.end(),
-            [](const auto& x, const auto& y) { return x.first < y.first; });
+  std::sort(all.begin(), all.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
   Ranked r;
   for (size_t i = 0; i < all.size();) {
     size_t j = i;
@@ -42,8 +41,7 @@ Ranked rank(const std::vector<double>& a, const std::vector<double>& b) {
 // recurrence c(u; m, n) = c(u - n; m - 1, n) + c(u; m, n - 1).
 double exact_two_sided(size_t m, size_t n, double u) {
   // dp[i][j] = distribution of U for sample sizes (i, j), as a vector indexed by U.
-  std::vector<std::vector<std::vector<double>>> dp(
-      m + 1, std::vector<std::vector<double>>(n + 1));
+  std::vector<std::vector<std::vector<double>>> dp(m + 1, std::vector<std::vector<double>>(n + 1));
   for (size_t i = 0; i <= m; ++i) {
     for (size_t j = 0; j <= n; ++j) {
       auto& d = dp[i][j];
@@ -98,11 +96,16 @@ double mann_whitney_u_p(const std::vector<double>& a, const std::vector<double>&
 
 const std::vector<MetricDirection>& compared_metrics() {
   static const std::vector<MetricDirection> metrics = {
-      {"requests_per_second", true},   {"bytes_per_second", true},
-      {"gbit_per_second", true},       {"connections_per_second", true},
-      {"p50_us", false},               {"p90_us", false},
-      {"p99_us", false},               {"p999_us", false},
-      {"server_cpu_us_per_request", false}, {"server_rss_kb", false},
+      {"requests_per_second", true},
+      {"bytes_per_second", true},
+      {"gbit_per_second", true},
+      {"connections_per_second", true},
+      {"p50_us", false},
+      {"p90_us", false},
+      {"p99_us", false},
+      {"p999_us", false},
+      {"server_cpu_us_per_request", false},
+      {"server_rss_kb", false},
   };
   return metrics;
 }

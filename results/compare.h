@@ -34,7 +34,7 @@ struct CompareReport {
   std::vector<MetricComparison> rows;
   std::vector<std::string> only_in_base;  // cells that disappeared
   std::vector<std::string> only_in_new;
-  size_t min_repetitions = 0;             // smallest sample size among compared rows
+  size_t min_repetitions = 0;  // smallest sample size among compared rows
   bool weak() const { return min_repetitions < 5; }
   bool regressed() const;
 };

@@ -8,8 +8,8 @@ namespace {
 double us(uint64_t ns) { return static_cast<double>(ns) / 1e3; }
 
 std::string record_name(const std::string& server, const RrOptions& options) {
-  std::string name = fmt::format("rr/{}/clients:{}/msg:{}", server, options.clients,
-                                 options.message_size);
+  std::string name =
+      fmt::format("rr/{}/clients:{}/msg:{}", server, options.clients, options.message_size);
   if (options.pipeline > 1) name += fmt::format("/pipeline:{}", options.pipeline);
   return name;
 }
@@ -89,8 +89,7 @@ results::Record run_rr(ServerHandle& server, const RrOptions& options, std::stop
     record.error = "interrupted";
   } else if (stats.connections_achieved < stats.connections_requested) {
     record.warnings.push_back(fmt::format("only {} of {} connections achieved",
-                                          stats.connections_achieved,
-                                          stats.connections_requested));
+                                          stats.connections_achieved, stats.connections_requested));
   }
   if (stats.unverified_replies > 0) {
     record.warnings.push_back(

@@ -1,11 +1,11 @@
 // Frame codec, histogram and address parsing: the harness core every number depends on.
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "harness/frame.h"
 #include "harness/histogram.h"
@@ -49,8 +49,8 @@ TEST(FrameCodec, DecodesAtEverySplitPosition) {
   for (size_t a = 0; a <= 12; ++a) {
     for (size_t b = a; b <= 14; ++b) {
       FrameDecoder decoder;
-      const auto frames = decode_all(
-          decoder, {stream.substr(0, a), stream.substr(a, b - a), stream.substr(b)});
+      const auto frames =
+          decode_all(decoder, {stream.substr(0, a), stream.substr(a, b - a), stream.substr(b)});
       ASSERT_EQ(frames, payloads) << "splits at " << a << "," << b;
     }
   }
@@ -95,9 +95,8 @@ TEST(FrameCodec, CoalescedFramesInOneFeedComeOutInOrder) {
 TEST(FrameCodec, OversizedHeaderIsRejectedWithoutAllocating) {
   FrameDecoder decoder(1024);
   FrameDecoder::Status status{};
-  const auto frames =
-      decode_all(decoder, {encode_frame("ok"), std::string("\xff\xff\xff\xff", 4) + "junk"},
-                 &status);
+  const auto frames = decode_all(
+      decoder, {encode_frame("ok"), std::string("\xff\xff\xff\xff", 4) + "junk"}, &status);
   EXPECT_EQ(frames, std::vector<std::string>{"ok"});
   EXPECT_EQ(status, FrameDecoder::Status::kOversized);
   EXPECT_EQ(decoder.announced(), 0xFFFFFFFFu);
@@ -152,8 +151,8 @@ TEST(Histogram, PercentilesWithinPointOnePercentOfSortedSamples) {
   for (double q : {1.0, 10.0, 50.0, 90.0, 99.0, 99.9, 99.99, 100.0}) {
     const double exact = exact_percentile(samples, q);
     const double got = static_cast<double>(h.percentile(q));
-    EXPECT_LE(std::abs(got - exact) / exact, 0.001) << "p" << q << " exact " << exact << " got "
-                                                    << got;
+    EXPECT_LE(std::abs(got - exact) / exact, 0.001)
+        << "p" << q << " exact " << exact << " got " << got;
   }
 }
 
@@ -211,9 +210,9 @@ TEST(Address, ParsesIpv4Ipv6LocalhostAndUnix) {
 }
 
 TEST(Address, RejectsEverythingElseWithAMessage) {
-  for (const char* bad : {"", "127.0.0.1", "127.0.0.1:", "127.0.0.1:70000", "127.0.0.1:-1",
-                          "127.0.0.1:12ab", "::1:7000", "[::1]7000", "[::1", "example.com:80",
-                          "300.1.1.1:80", "unix:"}) {
+  for (const char* bad :
+       {"", "127.0.0.1", "127.0.0.1:", "127.0.0.1:70000", "127.0.0.1:-1", "127.0.0.1:12ab",
+        "::1:7000", "[::1]7000", "[::1", "example.com:80", "300.1.1.1:80", "unix:"}) {
     const auto parsed = parse_address(bad);
     EXPECT_FALSE(parsed.error.empty()) << "accepted '" << bad << "'";
   }

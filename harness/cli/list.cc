@@ -1,7 +1,7 @@
 // `sockbench list`: every server model (correct and faulty), protocol and scenario.
-#include <cstdio>
-
 #include <fmt/format.h>
+
+#include <cstdio>
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"

@@ -1,10 +1,10 @@
 // sockbench: runs interchangeable TCP server models under scripted load and measures them.
+#include <fmt/format.h>
+
 #include <csignal>
 #include <cstdio>
 #include <exception>
 #include <string_view>
-
-#include <fmt/format.h>
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"

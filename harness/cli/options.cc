@@ -1,14 +1,13 @@
 #include "harness/cli/options.h"
 
+#include <fmt/format.h>
+
 #include <charconv>
 #include <cmath>
 
-#include <fmt/format.h>
-
 namespace sockbench::cli {
 
-cxxopts::ParseResult parse_or_throw(cxxopts::Options& options, int argc,
-                                    const char* const* argv) {
+cxxopts::ParseResult parse_or_throw(cxxopts::Options& options, int argc, const char* const* argv) {
   try {
     auto parsed = options.parse(argc, argv);
     if (!parsed.unmatched().empty()) {
@@ -49,8 +48,8 @@ std::chrono::nanoseconds parse_duration(const std::string& flag, const std::stri
     scale = 60e9;
   }
   if (ec != std::errc() || scale == 0 || !std::isfinite(number) || number < 0) {
-    throw UsageError(fmt::format(
-        "--{}: expected a duration like 5s, 250ms or 1m, got '{}'", flag, text));
+    throw UsageError(
+        fmt::format("--{}: expected a duration like 5s, 250ms or 1m, got '{}'", flag, text));
   }
   const auto value = std::chrono::nanoseconds(static_cast<int64_t>(number * scale));
   if (value < min || value > max) {

@@ -3,11 +3,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cxxopts.hpp>
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#include <cxxopts.hpp>
 
 namespace sockbench::cli {
 
@@ -26,8 +25,7 @@ cxxopts::ParseResult parse_or_throw(cxxopts::Options& options, int argc, const c
 int64_t parse_int(const std::string& flag, const std::string& text, int64_t min, int64_t max);
 // "5", "5s", "250ms", "2m", "1.5s" -> nanoseconds; must be within [min, max].
 std::chrono::nanoseconds parse_duration(const std::string& flag, const std::string& text,
-                                        std::chrono::nanoseconds min,
-                                        std::chrono::nanoseconds max);
+                                        std::chrono::nanoseconds min, std::chrono::nanoseconds max);
 // "a,b,c" -> {"a","b","c"}; empty items are an error.
 std::vector<std::string> split_list(const std::string& flag, const std::string& text);
 

@@ -1,13 +1,14 @@
 // `sockbench run` (the default command): start each model as a child, drive load, report.
+#include <fmt/format.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <optional>
-
-#include <fmt/format.h>
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"
@@ -55,12 +56,11 @@ std::string self_executable() {
 
 // Starts `sockbench serve` for `model` and waits for its "listening ADDR" line.
 Expected<ChildServer> start_server(const std::string& model, const std::vector<int>& cpus,
-                                   const std::string& protocol, int backlog,
-                                   std::string* error) {
+                                   const std::string& protocol, int backlog, std::string* error) {
   ChildProcess::Options options;
-  options.argv = {self_executable(), "serve",   "--server",   model,
-                  "--listen",        "127.0.0.1:0", "--protocol", protocol,
-                  "--backlog",       std::to_string(backlog), "--ready-fd", "{ready_fd}"};
+  options.argv = {self_executable(), "serve",      "--server", model,       "--listen",
+                  "127.0.0.1:0",     "--protocol", protocol,   "--backlog", std::to_string(backlog),
+                  "--ready-fd",      "{ready_fd}", "--quiet"};
   options.cpus = cpus;
   auto child = ChildProcess::spawn(options);
   if (!child) {
@@ -107,8 +107,8 @@ std::vector<int> cpus_flag(const cxxopts::ParseResult& parsed, const std::string
   const auto available = available_cpus();
   for (int cpu : *cpus) {
     if (std::find(available.begin(), available.end(), cpu) == available.end()) {
-      throw UsageError(fmt::format("--{}: CPU {} is not available (this process may use {})",
-                                   flag, cpu, format_cpu_list(available)));
+      throw UsageError(fmt::format("--{}: CPU {} is not available (this process may use {})", flag,
+                                   cpu, format_cpu_list(available)));
     }
   }
   return *cpus;
@@ -154,6 +154,18 @@ results::RunContext make_context(int argc, const char* const* argv,
   context.somaxconn = sys.somaxconn;
   context.ip_local_port_range = sys.ip_local_port_range;
   context.tcp_tw_reuse = sys.tcp_tw_reuse;
+  double load[3];
+  const int samples = ::getloadavg(load, 3);
+  context.load_avg.assign(load, load + std::max(samples, 0));
+  // The first "cpu MHz" line, as Google Benchmark reports mhz_per_cpu.
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.starts_with("cpu MHz")) {
+      const auto colon = line.find(':');
+      if (colon != std::string::npos) context.mhz_per_cpu = std::atof(line.c_str() + colon + 1);
+      break;
+    }
+  }
   return context;
 }
 
@@ -162,31 +174,28 @@ results::RunContext make_context(int argc, const char* const* argv,
 int run_command(int argc, const char* const* argv) {
   cxxopts::Options options("sockbench run",
                            "Run server models under load and measure them side by side.");
-  options.add_options()
-      ("server", "threaded, select, poll, epoll, all, or a comma list",
-       cxxopts::value<std::string>()->default_value("threaded"))
-      ("scenario", "rr (request/response)", cxxopts::value<std::string>()->default_value("rr"))
-      ("clients", "concurrent connections", cxxopts::value<std::string>()->default_value("100"))
-      ("duration", "measured time (5s, 500ms, 1m)",
-       cxxopts::value<std::string>()->default_value("5s"))
-      ("warmup", "time before measuring, excluded from results",
-       cxxopts::value<std::string>()->default_value("1s"))
-      ("message-size", "payload bytes per request (>= 16: sequence number + timestamp)",
-       cxxopts::value<std::string>()->default_value("64"))
-      ("pipeline", "requests in flight per connection",
-       cxxopts::value<std::string>()->default_value("1"))
-      ("threads", "client threads (default: size of the client CPU set)",
-       cxxopts::value<std::string>())
-      ("protocol", "framed (length-prefixed) or echo (raw bytes)",
-       cxxopts::value<std::string>()->default_value("framed"))
-      ("backlog", "server listen(2) backlog", cxxopts::value<std::string>()->default_value("4096"))
-      ("server-cpus", "CPUs for the server, e.g. 0 or 0-1 (default: first half)",
-       cxxopts::value<std::string>())
-      ("client-cpus", "CPUs for the load generator (default: the rest)",
-       cxxopts::value<std::string>())
-      ("json", "write Google Benchmark-style JSON here", cxxopts::value<std::string>())
-      ("csv", "write CSV here", cxxopts::value<std::string>())
-      ("h,help", "show this help");
+  options.add_options()("server", "threaded, select, poll, epoll, all, or a comma list",
+                        cxxopts::value<std::string>()->default_value("threaded"))(
+      "scenario", "rr (request/response)", cxxopts::value<std::string>()->default_value("rr"))(
+      "clients", "concurrent connections", cxxopts::value<std::string>()->default_value("100"))(
+      "duration", "measured time (5s, 500ms, 1m)",
+      cxxopts::value<std::string>()->default_value("5s"))(
+      "warmup", "time before measuring, excluded from results",
+      cxxopts::value<std::string>()->default_value("1s"))(
+      "message-size", "payload bytes per request (>= 16: sequence number + timestamp)",
+      cxxopts::value<std::string>()->default_value("64"))(
+      "pipeline", "requests in flight per connection",
+      cxxopts::value<std::string>()->default_value("1"))(
+      "threads", "client threads (default: size of the client CPU set)",
+      cxxopts::value<std::string>())("protocol", "framed (length-prefixed) or echo (raw bytes)",
+                                     cxxopts::value<std::string>()->default_value("framed"))(
+      "backlog", "server listen(2) backlog", cxxopts::value<std::string>()->default_value("4096"))(
+      "server-cpus", "CPUs for the server, e.g. 0 or 0-1 (default: first half)",
+      cxxopts::value<std::string>())("client-cpus",
+                                     "CPUs for the load generator (default: the rest)",
+                                     cxxopts::value<std::string>())(
+      "json", "write Google Benchmark-style JSON here", cxxopts::value<std::string>())(
+      "csv", "write CSV here", cxxopts::value<std::string>())("h,help", "show this help");
   const auto parsed = parse_or_throw(options, argc, argv);
   if (parsed.count("help")) {
     std::fputs(options.help().c_str(), stdout);
@@ -206,8 +215,8 @@ int run_command(int argc, const char* const* argv) {
   rr.clients = static_cast<int>(parse_int("clients", str(parsed, "clients"), 1, max_clients));
   rr.duration = parse_duration("duration", str(parsed, "duration"), 100ms, 24h);
   rr.warmup = parse_duration("warmup", str(parsed, "warmup"), 0ms, 1h);
-  rr.message_size = static_cast<size_t>(parse_int("message-size", str(parsed, "message-size"),
-                                                  kMinMessageSize, kDefaultMaxFrame));
+  rr.message_size = static_cast<size_t>(
+      parse_int("message-size", str(parsed, "message-size"), kMinMessageSize, kDefaultMaxFrame));
   rr.pipeline = static_cast<int>(parse_int("pipeline", str(parsed, "pipeline"), 1, 4096));
   const auto protocol = str(parsed, "protocol");
   if (protocol != "framed" && protocol != "echo") {
@@ -240,9 +249,8 @@ int run_command(int argc, const char* const* argv) {
 
   results::RunResult run;
   run.context = make_context(argc, argv, server_cpus, client_cpus);
-  SignalWatcher watcher([](int signo) {
-    fmt::print(stderr, "sockbench: caught signal {}, stopping\n", signo);
-  });
+  SignalWatcher watcher(
+      [](int signo) { fmt::print(stderr, "sockbench: caught signal {}, stopping\n", signo); });
   for (const auto& name : server_names) {
     if (watcher.token().stop_requested()) break;
     std::string error;
@@ -263,8 +271,8 @@ int run_command(int argc, const char* const* argv) {
     const auto exit = server->stop();
     if (record.error.empty() && !(exit.exited && exit.code == 0) &&
         !(!exit.exited && exit.signal == SIGTERM)) {
-      record.warnings.push_back(fmt::format("server {} did not stop cleanly: {}", name,
-                                            exit.describe()));
+      record.warnings.push_back(
+          fmt::format("server {} did not stop cleanly: {}", name, exit.describe()));
     }
     run.records.push_back(std::move(record));
   }

@@ -1,11 +1,10 @@
 // `sockbench serve`: one model on its own, for the harness, other tools and other machines.
 #include <dirent.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <memory>
-
-#include <fmt/format.h>
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"
@@ -17,20 +16,21 @@ namespace sockbench::cli {
 
 int serve_command(int argc, const char* const* argv) {
   cxxopts::Options options("sockbench serve", "Run one server model until SIGINT/SIGTERM.");
-  options.add_options()
-      ("server", "model: threaded, select, poll, epoll (see sockbench list)",
-       cxxopts::value<std::string>()->default_value("epoll"))
-      ("listen", "address to bind: 127.0.0.1:PORT, [::1]:PORT, localhost:PORT (port 0: any)",
-       cxxopts::value<std::string>()->default_value("127.0.0.1:7000"))
-      ("protocol", "echo, framed or discard", cxxopts::value<std::string>()->default_value("framed"))
-      ("backlog", "listen(2) backlog (the kernel caps it at net.core.somaxconn)",
-       cxxopts::value<std::string>()->default_value("4096"))
-      ("no-reuseaddr", "do not set SO_REUSEADDR before bind")
-      ("max-frame", "largest accepted frame payload in bytes (framed)",
-       cxxopts::value<std::string>()->default_value(std::to_string(kDefaultMaxFrame)))
-      ("ready-fd", "write 'listening ADDR' to this fd once listening (used by sockbench run)",
-       cxxopts::value<std::string>())
-      ("h,help", "show this help");
+  options.add_options()("server", "model: threaded, select, poll, epoll (see sockbench list)",
+                        cxxopts::value<std::string>()->default_value("epoll"))(
+      "listen", "address to bind: 127.0.0.1:PORT, [::1]:PORT, localhost:PORT (port 0: any)",
+      cxxopts::value<std::string>()->default_value("127.0.0.1:7000"))(
+      "protocol", "echo, framed or discard",
+      cxxopts::value<std::string>()->default_value("framed"))(
+      "backlog", "listen(2) backlog (the kernel caps it at net.core.somaxconn)",
+      cxxopts::value<std::string>()->default_value("4096"))("no-reuseaddr",
+                                                            "do not set SO_REUSEADDR before bind")(
+      "max-frame", "largest accepted frame payload in bytes (framed)",
+      cxxopts::value<std::string>()->default_value(std::to_string(kDefaultMaxFrame)))(
+      "ready-fd", "write 'listening ADDR' to this fd once listening (used by sockbench run)",
+      cxxopts::value<std::string>())(
+      "quiet", "no summary line on stderr at exit (errors are still printed)")("h,help",
+                                                                               "show this help");
   const auto parsed = parse_or_throw(options, argc, argv);
   if (parsed.count("help")) {
     std::fputs(options.help().c_str(), stdout);
@@ -39,8 +39,8 @@ int serve_command(int argc, const char* const* argv) {
 
   const auto* model = servers::find_model(str(parsed, "server"));
   if (!model) {
-    throw UsageError(fmt::format("--server: unknown model '{}' (see sockbench list)",
-                                 str(parsed, "server")));
+    throw UsageError(
+        fmt::format("--server: unknown model '{}' (see sockbench list)", str(parsed, "server")));
   }
   servers::ServerConfig config;
   const auto address = parse_address(str(parsed, "listen"));
@@ -69,32 +69,44 @@ int serve_command(int argc, const char* const* argv) {
   // Signals are blocked before the model starts any thread, so only the watcher sees them.
   auto watcher = std::make_unique<SignalWatcher>([&server](int) { server->stop(); });
   if (const auto ec = server->bind()) {
-    fmt::print(stderr, "sockbench serve: cannot listen on {}: {} ({})\n",
-               config.listen.to_string(), ec.message(), errno_name(ec.value()));
+    fmt::print(stderr, "sockbench serve: cannot listen on {}: {} ({})\n", config.listen.to_string(),
+               ec.message(), errno_name(ec.value()));
     return 1;
   }
   const std::string line = fmt::format("listening {}\n", server->address().to_string());
-  std::fputs(line.c_str(), stdout);
-  std::fflush(stdout);
   if (ready) {
-    // The parent waits for this line; a failed write means it is gone and SIGKILL follows.
-    (void)send_all(ready.get(), line);
+    // The parent waits for this line on a pipe; if it is gone, SIGKILL (PDEATHSIG) follows.
+    for (std::string_view rest = line; !rest.empty();) {
+      const ssize_t n = ::write(ready.get(), rest.data(), rest.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      rest.remove_prefix(static_cast<size_t>(n));
+    }
     ready.reset();
+  } else {
+    std::fputs(line.c_str(), stdout);
+    std::fflush(stdout);
   }
   const auto ec = server->run();
   const int signo = watcher->received();
-  watcher.reset();
   const auto& c = server->counters();
+  const std::string summary = fmt::format(
+      "accepted {}, closed {}, protocol errors {}, refused (FD_SETSIZE) {}, accept EMFILE {}, io "
+      "errors {}",
+      c.accepted.load(), c.closed.load(), c.protocol_errors.load(), c.refused_fd_setsize.load(),
+      c.accept_emfile.load(), c.io_errors.load());
+  // Everything the server and the watcher opened is released here; what remains is what a
+  // leak would leave.
+  server.reset();
+  watcher.reset();
   const auto self = sample_process(::getpid());
-  fmt::print(stderr,
-             "sockbench serve: stopped{}: accepted {}, closed {}, protocol errors {}, "
-             "refused (FD_SETSIZE) {}, accept EMFILE {}, io errors {}; now {} threads, {} open "
-             "fds ({} at start{})\n",
-             signo ? fmt::format(" on signal {}", signo) : "",
-             c.accepted.load(), c.closed.load(), c.protocol_errors.load(),
-             c.refused_fd_setsize.load(), c.accept_emfile.load(), c.io_errors.load(),
-             self ? self->threads : -1, self ? self->open_fds : -1,
-             at_start ? at_start->open_fds : -1, ready_fd_number >= 0 ? " with the ready fd" : "");
+  if (parsed.count("quiet") == 0) {
+    fmt::print(stderr,
+               "sockbench serve: stopped{}: {}; now {} threads, {} open fds ({} at start{})\n",
+               signo ? fmt::format(" on signal {}", signo) : "", summary, self ? self->threads : -1,
+               self ? self->open_fds : -1, at_start ? at_start->open_fds : -1,
+               ready_fd_number >= 0 ? " with the ready fd" : "");
+  }
   if (ec) {
     fmt::print(stderr, "sockbench serve: {} failed: {}\n", model->name, ec.message());
     return 1;
