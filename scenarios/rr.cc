@@ -7,7 +7,7 @@ namespace {
 
 double us(uint64_t ns) { return static_cast<double>(ns) / 1e3; }
 
-std::string record_name(const std::string& server, const RrOptions& options) {
+std::string record_name(const std::string& server, const BenchParams& options) {
   std::string name =
       fmt::format("rr/{}/clients:{}/msg:{}", server, options.clients, options.message_size);
   if (options.pipeline > 1) name += fmt::format("/pipeline:{}", options.pipeline);
@@ -16,7 +16,7 @@ std::string record_name(const std::string& server, const RrOptions& options) {
 
 }  // namespace
 
-results::Record run_rr(ServerHandle& server, const RrOptions& options, std::stop_token stop) {
+results::Record run_rr(ServerHandle& server, const BenchParams& options, std::stop_token stop) {
   results::Record record;
   record.scenario = "rr";
   record.server = server.name();

@@ -19,9 +19,9 @@
 namespace sockbench::servers {
 
 struct ServerConfig {
-  Address listen;                // bound as given; loopback unless told otherwise
-  int backlog = 4096;            // listen(2) backlog; the kernel caps it at somaxconn
-  bool reuseaddr = true;         // SO_REUSEADDR before bind
+  Address listen;         // bound as given; loopback unless told otherwise
+  int backlog = 4096;     // listen(2) backlog; the kernel caps it at somaxconn
+  bool reuseaddr = true;  // SO_REUSEADDR before bind
   ProtocolOptions protocol;
 };
 

@@ -12,6 +12,7 @@
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"
+#include "harness/cli/targets.h"
 #include "harness/process.h"
 #include "harness/signals.h"
 #include "results/writers.h"
@@ -22,66 +23,6 @@ namespace sockbench::cli {
 namespace {
 
 using namespace std::chrono_literals;
-
-// A built-in model running as `sockbench serve` in its own process group.
-class ChildServer final : public scenarios::ServerHandle {
- public:
-  ChildServer(std::string name, ChildProcess child, Address address)
-      : name_(std::move(name)), child_(std::move(child)), address_(address) {}
-  Address address() const override { return address_; }
-  std::string name() const override { return name_; }
-  std::optional<ProcSample> sample() override {
-    auto s = sample_process(child_.pid());
-    if (!s) return std::nullopt;
-    return *s;
-  }
-  bool alive(std::string* why) override {
-    if (child_.alive()) return true;
-    if (why && child_.exit_info()) *why = child_.exit_info()->describe();
-    return false;
-  }
-  ExitInfo stop() { return child_.stop(3s); }
-
- private:
-  std::string name_;
-  ChildProcess child_;
-  Address address_;
-};
-
-std::string self_executable() {
-  std::error_code ec;
-  auto path = std::filesystem::read_symlink("/proc/self/exe", ec);
-  return ec ? std::string("sockbench") : path.string();
-}
-
-// Starts `sockbench serve` for `model` and waits for its "listening ADDR" line.
-Expected<ChildServer> start_server(const std::string& model, const std::vector<int>& cpus,
-                                   const std::string& protocol, int backlog, std::string* error) {
-  ChildProcess::Options options;
-  options.argv = {self_executable(), "serve",      "--server", model,       "--listen",
-                  "127.0.0.1:0",     "--protocol", protocol,   "--backlog", std::to_string(backlog),
-                  "--ready-fd",      "{ready_fd}", "--quiet"};
-  options.cpus = cpus;
-  auto child = ChildProcess::spawn(options);
-  if (!child) {
-    *error = fmt::format("cannot start server {}: {}", model, child.error().message());
-    return child.error();
-  }
-  auto line = child->read_line(10s);
-  if (!line || !line->starts_with("listening ")) {
-    std::string why = line ? fmt::format("unexpected line '{}'", *line) : line.error().message();
-    child->alive();
-    if (child->exit_info()) why += ", " + child->exit_info()->describe();
-    *error = fmt::format("server {} did not start: {}", model, why);
-    return std::make_error_code(std::errc::io_error);
-  }
-  const auto parsed = parse_address(line->substr(10));
-  if (!parsed.error.empty()) {
-    *error = fmt::format("server {} reported a bad address: {}", model, parsed.error);
-    return std::make_error_code(std::errc::io_error);
-  }
-  return ChildServer(model, std::move(*child), parsed.address);
-}
 
 std::vector<std::string> resolve_servers(const std::string& text) {
   std::vector<std::string> names;
@@ -209,7 +150,7 @@ int run_command(int argc, const char* const* argv) {
       throw UsageError(fmt::format("--scenario: unknown scenario '{}' (available: rr)", scenario));
     }
   }
-  scenarios::RrOptions rr;
+  scenarios::BenchParams rr;
   // Each connection costs the client one fd; keep headroom for the process's own.
   const auto max_clients = static_cast<int64_t>(fd_limit > 64 ? fd_limit - 64 : 1);
   rr.clients = static_cast<int>(parse_int("clients", str(parsed, "clients"), 1, max_clients));
@@ -254,7 +195,12 @@ int run_command(int argc, const char* const* argv) {
   for (const auto& name : server_names) {
     if (watcher.token().stop_requested()) break;
     std::string error;
-    auto server = start_server(name, server_cpus, protocol, backlog, &error);
+    ServeSpec spec;
+    spec.model = name;
+    spec.protocol = protocol;
+    spec.backlog = backlog;
+    spec.cpus = server_cpus;
+    auto server = ChildServer::start(spec, &error);
     if (!server) {
       results::Record failed;
       failed.scenario = "rr";

@@ -1,0 +1,38 @@
+// The kernel's TCP socket tables (/proc/net/tcp and tcp6): how many sockets are in which state,
+// e.g. TIME_WAIT left behind on each side of a connection-churn run.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "harness/expected.h"
+
+namespace sockbench {
+
+// TCP states as the kernel numbers them in /proc/net/tcp ("st" column).
+enum class TcpState : int {
+  kEstablished = 1,
+  kSynSent,
+  kSynRecv,
+  kFinWait1,
+  kFinWait2,
+  kTimeWait,
+  kClose,
+  kCloseWait,
+  kLastAck,
+  kListen,
+  kClosing,
+  kNewSynRecv
+};
+std::string tcp_state_name(TcpState state);  // "TIME_WAIT"
+
+struct PortFilter {
+  int local_port = -1;   // -1: any
+  int remote_port = -1;  // -1: any
+};
+
+// Counts sockets per state over IPv4 and IPv6 tables matching `filter` (this network namespace).
+Expected<std::map<TcpState, uint64_t>> count_tcp_states(const PortFilter& filter);
+
+}  // namespace sockbench
