@@ -52,7 +52,10 @@ constexpr std::string_view kReservedKeys[] = {"name",
                                               "errors_by_errno",
                                               "warnings",
                                               "latency_histogram",
-                                              "sockbench_metrics"};
+                                              "sockbench_metrics",
+                                              "verdict",
+                                              "evidence",
+                                              "timeseries"};
 
 bool is_reserved(std::string_view key) {
   return std::find(std::begin(kReservedKeys), std::end(kReservedKeys), key) !=
@@ -165,7 +168,11 @@ ojson record_json(const Record& r, Indices ix) {
   e["family_index"] = ix.family;
   e["per_family_instance_index"] = ix.instance;
   e["run_name"] = utf8(r.name);
-  e["run_type"] = "iteration";
+  e["run_type"] = utf8(r.run_type);
+  if (r.run_type == "aggregate") {
+    e["aggregate_name"] = utf8(r.aggregate_name);
+    e["aggregate_unit"] = r.aggregate_name == "cv" ? "percentage" : "time";
+  }
   e["repetitions"] = r.repetitions;
   e["repetition_index"] = r.repetition_index;
   e["threads"] = 1;
@@ -198,6 +205,20 @@ ojson record_json(const Record& r, Indices ix) {
   ojson warnings = ojson::array();
   for (const std::string& w : r.warnings) warnings.push_back(utf8(w));
   e["warnings"] = std::move(warnings);
+  if (!r.verdict.empty()) {
+    e["verdict"] = utf8(r.verdict);
+    e["evidence"] = utf8(r.evidence);
+  }
+  if (!r.timeseries.empty()) {
+    ojson series = ojson::array();
+    for (const TimePoint& p : r.timeseries) {
+      series.push_back(ojson{{"t", p.t_seconds},
+                             {"requests_per_second", counter_value(p.requests_per_second)},
+                             {"p99_us", counter_value(p.p99_us)},
+                             {"errors", p.errors}});
+    }
+    e["timeseries"] = std::move(series);
+  }
   if (r.latency) e["latency_histogram"] = histogram_json(*r.latency);
   return e;
 }
@@ -232,6 +253,14 @@ Record record_from_json(const json& e) {
   }
   if (e.contains("warnings")) r.warnings = e.at("warnings").get<std::vector<std::string>>();
   if (e.contains("latency_histogram")) r.latency = histogram_from_json(e.at("latency_histogram"));
+  r.verdict = e.value("verdict", std::string());
+  r.evidence = e.value("evidence", std::string());
+  if (e.contains("timeseries")) {
+    for (const auto& p : e.at("timeseries")) {
+      r.timeseries.push_back({read_number(p.at("t")), read_number(p.at("requests_per_second")),
+                              read_number(p.at("p99_us")), p.value("errors", uint64_t{0})});
+    }
+  }
   if (e.value("error_occurred", false)) {
     r.error = e.value("error_message", std::string());
     if (r.error.empty()) r.error = "error";  // keeps "non-empty error means failed"

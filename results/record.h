@@ -18,6 +18,14 @@ struct Metric {
   double value = 0;
 };
 
+// One second of a cell's measured window.
+struct TimePoint {
+  double t_seconds = 0;  // interval end, from the start of measurement
+  double requests_per_second = 0;
+  double p99_us = 0;
+  uint64_t errors = 0;
+};
+
 struct Record {
   std::string name;      // "rr/threaded/clients:500/msg:64": run_name and the matching key
   std::string scenario;  // "rr"
@@ -34,6 +42,13 @@ struct Record {
   std::vector<std::string> warnings;       // shown under the table, kept in JSON
   std::optional<Histogram> latency;        // request latency (ns), when the scenario has one
   std::string error;                       // non-empty: this cell failed, metrics may be partial
+  // "iteration" for a measured repetition; "aggregate" for mean/median/stddev/cv computed over
+  // the repetitions of one name (aggregate_name says which), as Google Benchmark writes them.
+  std::string run_type = "iteration";
+  std::string aggregate_name;
+  std::string verdict;   // checks: "PASS", "FAIL" or "SKIP"; empty for benchmarks
+  std::string evidence;  // checks: the numbers behind the verdict, one human-readable line each
+  std::vector<TimePoint> timeseries;
 
   // The metric's value, or nullopt.
   std::optional<double> metric(const std::string& name) const;

@@ -8,7 +8,9 @@ const std::vector<BenchmarkInfo>& benchmarks() {
   static const std::vector<BenchmarkInfo> all = {
       {"rr", "request/response over N connections, every reply verified",
        [](const BenchParams& p) { return p.wire == WireFormat::kFramed ? "framed" : "echo"; },
-       run_rr},
+       [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
+         return std::vector<results::Record>{run_rr(server, params, stop)};
+       }},
   };
   return all;
 }

@@ -36,9 +36,11 @@ struct BenchmarkInfo {
   std::string description;
   // The server protocol the scenario needs ("framed", "echo", "discard") for these params.
   std::function<std::string(const BenchParams&)> protocol;
-  // Runs one cell. Never throws: failures go to Record::error. Record::name starts with
+  // Runs one cell. Never throws: failures go to Record::error. Usually one record; a scenario
+  // with steps (connections --ramp) returns one per step. Record::name starts with
   // "<scenario>/<server>/" and then the parameters that identify the cell.
-  std::function<results::Record(ServerHandle&, const BenchParams&, std::stop_token)> run;
+  std::function<std::vector<results::Record>(ServerHandle&, const BenchParams&, std::stop_token)>
+      run;
 };
 
 const std::vector<BenchmarkInfo>& benchmarks();
