@@ -14,6 +14,8 @@ namespace {
 constexpr const char* kUsage =
     "usage: sockbench [run] --server threaded|select|poll|epoll|all|a,b --clients N [flags]\n"
     "       sockbench serve --server MODEL [--listen ADDR] [--protocol echo|framed|discard]\n"
+    "       sockbench compare BASE.json NEW.json [--alpha A] [--min-effect E]\n"
+    "       sockbench export --format bencher|gab-bigger|gab-smaller FILE.json\n"
     "       sockbench list\n"
     "Each subcommand takes --help.\n";
 
@@ -27,13 +29,16 @@ int main(int argc, char** argv) {
   try {
     if (first == "serve") return serve_command(argc - 1, argv + 1);
     if (first == "list") return list_command(argc - 1, argv + 1);
+    if (first == "compare") return compare_command(argc - 1, argv + 1);
+    if (first == "export") return export_command(argc - 1, argv + 1);
     if (first == "run") return run_command(argc - 1, argv + 1);
     if (first == "help" || first == "-h") {
       std::fputs(kUsage, stdout);
       return 0;
     }
     if (first.empty() || first.starts_with("-")) return run_command(argc, argv);
-    throw UsageError(fmt::format("unknown command '{}' (expected run, serve or list)", first));
+    throw UsageError(
+        fmt::format("unknown command '{}' (expected run, serve, compare, export or list)", first));
   } catch (const UsageError& e) {
     fmt::print(stderr, "sockbench: {}\n", e.what());
     return kExitUsage;

@@ -1,0 +1,286 @@
+// `sockbench compare` (a regression verdict that survives noise) and `sockbench export` (result
+// files in the formats Bencher and github-action-benchmark read).
+#include "results/compare.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "harness/cli/commands.h"
+#include "harness/cli/options.h"
+#include "results/writers.h"
+
+namespace sockbench::cli {
+namespace {
+
+constexpr int kExitRegression = 1;
+constexpr int kExitUnreadable = 2;
+
+// A result file that cannot be read or parsed: a clear message and exit code 2.
+class Unreadable : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+results::RunResult load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    throw Unreadable(
+        fmt::format("cannot read {}: {}", path, std::generic_category().message(errno)));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    auto run = results::from_json(nlohmann::json::parse(text.str()));
+    return run;
+  } catch (const nlohmann::json::exception& e) {
+    throw Unreadable(
+        fmt::format("{} is not a sockbench/Google Benchmark JSON file: {}", path, e.what()));
+  }
+}
+
+// "5%", "5 %" or "0.05" -> 0.05.
+double parse_fraction(const std::string& flag, const std::string& text) {
+  std::string t = text;
+  bool percent = false;
+  while (!t.empty() && (t.back() == '%' || t.back() == ' ')) {
+    percent |= t.back() == '%';
+    t.pop_back();
+  }
+  char* end = nullptr;
+  const double v = std::strtod(t.c_str(), &end);
+  if (t.empty() || end != t.c_str() + t.size() || !std::isfinite(v) || v < 0) {
+    throw UsageError(fmt::format("--{}: expected a number like 0.05 or 5%, got '{}'", flag, text));
+  }
+  const double fraction = percent ? v / 100 : v;
+  if (fraction >= 1) {
+    throw UsageError(fmt::format("--{}: {} is not below 1 (100 %)", flag, text));
+  }
+  return fraction;
+}
+
+const char* verdict_text(results::Verdict v) {
+  switch (v) {
+    case results::Verdict::kRegressed:
+      return "REGRESSION";
+    case results::Verdict::kImproved:
+      return "improved";
+    case results::Verdict::kMissing:
+      return "missing";
+    case results::Verdict::kSame:
+      break;
+  }
+  return "same";
+}
+
+std::string number(double v) {
+  if (!std::isfinite(v)) return "-";
+  if (std::abs(v) >= 1e5) return fmt::format("{:.0f}", v);
+  return fmt::format("{:.4g}", v);
+}
+
+}  // namespace
+
+int compare_command(int argc, const char* const* argv) {
+  cxxopts::Options options("sockbench compare",
+                           "Compare two result files; exit 1 on a regression.");
+  // clang-format off
+  options.add_options()
+      ("alpha", "significance level of the two-sided Mann-Whitney U test",
+       cxxopts::value<std::string>()->default_value("0.05"))
+      ("min-effect", "smallest median change that counts (0.05 or 5%)",
+       cxxopts::value<std::string>()->default_value("5%"))
+      ("all", "show every compared metric, not only changes")
+      ("files", "BASE.json NEW.json", cxxopts::value<std::vector<std::string>>())
+      ("h,help", "show this help");
+  // clang-format on
+  options.parse_positional({"files"});
+  options.positional_help("BASE.json NEW.json");
+  const auto parsed = parse_or_throw(options, argc, argv);
+  if (parsed.count("help")) {
+    std::fputs(options.help().c_str(), stdout);
+    return 0;
+  }
+  const auto files = parsed.count("files") ? parsed["files"].as<std::vector<std::string>>()
+                                           : std::vector<std::string>{};
+  if (files.size() != 2) {
+    throw UsageError(
+        fmt::format("compare: expected BASE.json NEW.json, got {} file(s)", files.size()));
+  }
+  results::CompareOptions opts;
+  opts.alpha = parse_fraction("alpha", str(parsed, "alpha"));
+  if (opts.alpha <= 0) throw UsageError("--alpha: must be above 0");
+  opts.min_effect = parse_fraction("min-effect", str(parsed, "min-effect"));
+
+  results::RunResult base;
+  results::RunResult next;
+  try {
+    base = load(files[0]);
+    next = load(files[1]);
+  } catch (const Unreadable& e) {
+    fmt::print(stderr, "sockbench compare: {}\n", e.what());
+    return kExitUnreadable;
+  }
+  const auto report = results::compare_runs(base, next, opts);
+  const bool all = parsed.count("all") > 0;
+
+  fmt::print("base: {} ({} {})\nnew:  {} ({} {})\n", files[0], base.context.git_sha,
+             base.context.date, files[1], next.context.git_sha, next.context.date);
+  fmt::print("regression = two-sided Mann-Whitney U p < {} and median change beyond {:.1f} %\n\n",
+             opts.alpha, opts.min_effect * 100);
+  size_t width = 24;
+  for (const auto& row : report.rows) width = std::max(width, row.cell.size());
+  fmt::print("{:<{}}  {:<26} {:>12} {:>12} {:>9} {:>8} {:>5}  {}\n", "cell", width, "metric",
+             "base", "new", "change", "p", "n", "verdict");
+  size_t shown = 0;
+  for (const auto& row : report.rows) {
+    if (!all && row.verdict == results::Verdict::kSame) continue;
+    ++shown;
+    fmt::print("{:<{}}  {:<26} {:>12} {:>12} {:>+8.1f}% {:>8.4f} {:>5}  {}\n", row.cell, width,
+               row.metric + (row.bigger_is_better ? " (+)" : " (-)"), number(row.base_median),
+               number(row.new_median), row.change * 100, row.p_value,
+               fmt::format("{}/{}", row.base_n, row.new_n), verdict_text(row.verdict));
+  }
+  if (shown == 0) fmt::print("(no significant change in {} metrics)\n", report.rows.size());
+  for (const auto& name : report.only_in_base) fmt::print("missing in new: {}\n", name);
+  for (const auto& name : report.only_in_new) fmt::print("new cell: {}\n", name);
+  if (report.rows.empty()) {
+    fmt::print("\nno cell is in both files: nothing compared\n");
+  } else if (report.weak()) {
+    fmt::print(
+        "\nweak verdict: only {} repetition(s) per cell; with fewer than 5 the U test can rarely "
+        "reach p < {} (run with --repetitions 5 or more)\n",
+        report.min_repetitions, opts.alpha);
+  }
+  size_t regressions = 0;
+  for (const auto& row : report.rows) regressions += row.verdict == results::Verdict::kRegressed;
+  fmt::print("\n{}: {} regression(s) in {} compared metrics\n", regressions ? "REGRESSION" : "OK",
+             regressions, report.rows.size());
+  return regressions ? kExitRegression : 0;
+}
+
+int export_command(int argc, const char* const* argv) {
+  cxxopts::Options options("sockbench export",
+                           "Convert a result file for Bencher or github-action-benchmark.");
+  // clang-format off
+  options.add_options()
+      ("format", "bencher (Bencher Metric Format), gab-bigger or gab-smaller "
+                 "(github-action-benchmark customBiggerIsBetter / customSmallerIsBetter), "
+                 "spectrum (CSV of latency percentiles p50..p99.99 per cell, for graphs)",
+       cxxopts::value<std::string>())
+      ("o,output", "write here instead of standard output", cxxopts::value<std::string>())
+      ("file", "result JSON", cxxopts::value<std::vector<std::string>>())
+      ("h,help", "show this help");
+  // clang-format on
+  options.parse_positional({"file"});
+  options.positional_help("FILE.json");
+  const auto parsed = parse_or_throw(options, argc, argv);
+  if (parsed.count("help")) {
+    std::fputs(options.help().c_str(), stdout);
+    return 0;
+  }
+  if (!parsed.count("format"))
+    throw UsageError("--format: required (bencher, gab-bigger, gab-smaller)");
+  const auto format = str(parsed, "format");
+  if (format != "bencher" && format != "gab-bigger" && format != "gab-smaller") {
+    throw UsageError(
+        fmt::format("--format: expected bencher, gab-bigger or gab-smaller, got '{}'", format));
+  }
+  const auto files = parsed.count("file") ? parsed["file"].as<std::vector<std::string>>()
+                                          : std::vector<std::string>{};
+  if (files.size() != 1) throw UsageError("export: expected exactly one FILE.json");
+  results::RunResult run;
+  try {
+    run = load(files[0]);
+  } catch (const Unreadable& e) {
+    fmt::print(stderr, "sockbench export: {}\n", e.what());
+    return kExitUnreadable;
+  }
+
+  std::string text;
+  if (format == "spectrum") {
+    // Repetitions of a cell are merged into one histogram: the spectrum of all their requests.
+    std::vector<std::string> names;
+    std::map<std::string, std::pair<std::string, Histogram>> merged;
+    for (const auto& r : run.records) {
+      if (!r.latency || !r.error.empty() || r.run_type == "aggregate") continue;
+      auto [it, fresh] = merged.try_emplace(r.name, r.server, Histogram());
+      if (fresh) names.push_back(r.name);
+      it->second.second.merge(*r.latency);
+    }
+    text = "name,server,percentile,latency_us\n";
+    for (const auto& name : names) {
+      const auto& [server, h] = merged.at(name);
+      for (double q : {50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0}) {
+        text += fmt::format("{},{},{},{:.3f}\n", name, server, q,
+                            static_cast<double>(h.percentile(q)) / 1e3);
+      }
+    }
+  }
+  // Repetitions of a cell collapse to their median, with the spread as the range.
+  std::vector<std::string> order;
+  std::map<std::string, std::map<std::string, std::vector<double>>> samples;
+  for (const auto& r : run.records) {
+    if (!r.error.empty() || r.run_type == "aggregate") continue;
+    if (!samples.count(r.name)) order.push_back(r.name);
+    for (const auto& m : r.metrics) {
+      if (std::isfinite(m.value)) samples[r.name][m.name].push_back(m.value);
+    }
+  }
+  nlohmann::ordered_json out;
+  if (format == "spectrum") {
+    // written above
+  } else if (format == "bencher") {
+    out = nlohmann::ordered_json::object();
+    for (const auto& name : order) {
+      nlohmann::ordered_json measures = nlohmann::ordered_json::object();
+      for (const auto& direction : results::compared_metrics()) {
+        const auto it = samples[name].find(direction.name);
+        if (it == samples[name].end()) continue;
+        const auto [lo, hi] = std::minmax_element(it->second.begin(), it->second.end());
+        measures[direction.name] = {
+            {"value", results::median(it->second)}, {"lower_value", *lo}, {"upper_value", *hi}};
+      }
+      out[name] = std::move(measures);
+    }
+  } else {
+    const bool bigger = format == "gab-bigger";
+    out = nlohmann::ordered_json::array();
+    for (const auto& name : order) {
+      for (const auto& direction : results::compared_metrics()) {
+        if (direction.bigger_is_better != bigger) continue;
+        const auto it = samples[name].find(direction.name);
+        if (it == samples[name].end()) continue;
+        const auto [lo, hi] = std::minmax_element(it->second.begin(), it->second.end());
+        const std::string metric = direction.name;
+        const auto suffix = metric.rfind('_');
+        std::string unit = metric.substr(suffix + 1);
+        if (metric.ends_with("_per_second")) unit = metric.substr(0, metric.size() - 11) + "/s";
+        if (metric.ends_with("_per_request")) unit = "us/request";
+        out.push_back({{"name", fmt::format("{} {}", name, metric)},
+                       {"unit", unit},
+                       {"value", results::median(it->second)},
+                       {"range", fmt::format("{:.6g}..{:.6g}", *lo, *hi)},
+                       {"extra", fmt::format("{} repetition(s); git {}", it->second.size(),
+                                             run.context.git_sha)}});
+      }
+    }
+  }
+  if (format != "spectrum") text = out.dump(2) + "\n";
+  if (parsed.count("output")) {
+    if (const auto ec = results::write_file_atomically(str(parsed, "output"), text)) {
+      fmt::print(stderr, "sockbench export: cannot write {}: {}\n", str(parsed, "output"),
+                 ec.message());
+      return 1;
+    }
+  } else {
+    std::fputs(text.c_str(), stdout);
+  }
+  return 0;
+}
+
+}  // namespace sockbench::cli
