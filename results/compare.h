@@ -50,8 +50,9 @@ const std::vector<MetricDirection>& compared_metrics();
 CompareReport compare_runs(const RunResult& base, const RunResult& next,
                            const CompareOptions& options);
 
-// Two-sided p-value of the Mann-Whitney U test: exact (by counting) when both samples are small
-// and tie-free, the normal approximation with tie and continuity correction otherwise.
+// Two-sided p-value of the Mann-Whitney U test: exact (by enumerating the permutation
+// distribution, ties included) when C(m+n, m) <= 200,000 (e.g. 10 vs 10), the normal
+// approximation with tie and continuity correction otherwise.
 double mann_whitney_u_p(const std::vector<double>& a, const std::vector<double>& b);
 
 double median(std::vector<double> values);

@@ -1,0 +1,153 @@
+// The regression verdict on synthetic result sets with known answers.
+#include "results/compare.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+namespace sockbench::results {
+namespace {
+
+// A run with one rr cell whose repetitions have these requests/s and p99 values.
+RunResult run_with(const std::vector<double>& rps, const std::vector<double>& p99) {
+  RunResult run;
+  for (size_t i = 0; i < rps.size(); ++i) {
+    Record r;
+    r.name = "rr/epoll/clients:32/msg:64";
+    r.scenario = "rr";
+    r.server = "epoll";
+    r.repetitions = static_cast<int>(rps.size());
+    r.repetition_index = static_cast<int>(i);
+    r.set("requests_per_second", rps[i]);
+    r.set("p99_us", p99[i]);
+    run.records.push_back(r);
+  }
+  return run;
+}
+
+std::vector<double> scaled(const std::vector<double>& v, double factor) {
+  std::vector<double> out;
+  for (double x : v) out.push_back(x * factor);
+  return out;
+}
+
+const MetricComparison& row(const CompareReport& report, const std::string& metric) {
+  for (const auto& r : report.rows) {
+    if (r.metric == metric) return r;
+  }
+  throw std::runtime_error("no row for " + metric);
+}
+
+TEST(MannWhitney, ExactPValuesMatchTheTables) {
+  // Complete separation of 5 vs 5: 2 / C(10,5) = 2/252.
+  EXPECT_NEAR(mann_whitney_u_p({1, 2, 3, 4, 5}, {6, 7, 8, 9, 10}), 2.0 / 252, 1e-12);
+  // 3 vs 3 can never go below 2/20 = 0.1: why fewer than 5 repetitions is a weak verdict.
+  EXPECT_NEAR(mann_whitney_u_p({1, 2, 3}, {4, 5, 6}), 0.1, 1e-12);
+  // Interleaved samples: no evidence at all.
+  EXPECT_NEAR(mann_whitney_u_p({1, 3, 5, 7}, {2, 4, 6, 8}), 0.6857142857, 1e-9);
+  EXPECT_DOUBLE_EQ(mann_whitney_u_p({1, 2}, {}), 1.0);
+}
+
+TEST(MannWhitney, ExactWithTiesAndNormalApproximationForLargeSamples) {
+  // Ties in small samples: the exact permutation distribution of U over mid-ranks. 3 vs 3 with
+  // every value tied within its sample is still only 2 of 20 splits.
+  EXPECT_NEAR(mann_whitney_u_p({5, 5, 5}, {9, 9, 9}), 0.1, 1e-12);
+  // Enumerating all C(16,8) splits of scipy.stats.rankdata's mid-ranks gives 0.0096348.
+  EXPECT_NEAR(mann_whitney_u_p({1, 2, 2, 3, 3, 3, 4, 5}, {3, 4, 4, 5, 5, 6, 6, 7}), 0.0096348,
+              1e-6);
+  EXPECT_DOUBLE_EQ(mann_whitney_u_p({5, 5, 5}, {5, 5, 5}), 1.0);
+  // Large samples: scipy.stats.mannwhitneyu(range(0, 40), range(10, 50),
+  // alternative='two-sided', method='asymptotic').pvalue == 0.00076917 (continuity corrected).
+  std::vector<double> a;
+  std::vector<double> b;
+  for (int i = 0; i < 40; ++i) {
+    a.push_back(i);
+    b.push_back(i + 10);
+  }
+  EXPECT_NEAR(mann_whitney_u_p(a, b), 0.00076917, 1e-7);
+}
+
+TEST(Compare, IdenticalRunsAreNotARegression) {
+  const std::vector<double> rps = {100000, 101000, 99500, 100400, 100900};
+  const std::vector<double> p99 = {500, 510, 490, 505, 495};
+  const auto report = compare_runs(run_with(rps, p99), run_with(rps, p99), {});
+  EXPECT_FALSE(report.regressed());
+  EXPECT_FALSE(report.weak());
+  EXPECT_EQ(row(report, "requests_per_second").verdict, Verdict::kSame);
+  EXPECT_DOUBLE_EQ(row(report, "requests_per_second").change, 0);
+}
+
+TEST(Compare, ThreePercentShiftIsSignificantButBelowTheMinimumEffect) {
+  const std::vector<double> rps = {100000, 100100, 100200, 100300, 100400};
+  const std::vector<double> p99 = {500, 501, 502, 503, 504};
+  const auto report =
+      compare_runs(run_with(rps, p99), run_with(scaled(rps, 0.97), scaled(p99, 1.03)), {});
+  const auto& r = row(report, "requests_per_second");
+  EXPECT_LT(r.p_value, 0.05);  // completely separated...
+  EXPECT_NEAR(r.change, -0.03, 1e-9);
+  EXPECT_EQ(r.verdict, Verdict::kSame);  // ...but only 3 %
+  EXPECT_FALSE(report.regressed());
+}
+
+TEST(Compare, TwentyPercentShiftIsARegressionInTheWorseDirectionOnly) {
+  const std::vector<double> rps = {100000, 100100, 100200, 100300, 100400};
+  const std::vector<double> p99 = {500, 501, 502, 503, 504};
+  const auto slower =
+      compare_runs(run_with(rps, p99), run_with(scaled(rps, 0.8), scaled(p99, 1.2)), {});
+  EXPECT_TRUE(slower.regressed());
+  EXPECT_EQ(row(slower, "requests_per_second").verdict, Verdict::kRegressed);
+  EXPECT_EQ(row(slower, "p99_us").verdict, Verdict::kRegressed);
+  EXPECT_NEAR(row(slower, "p99_us").change, 0.2, 1e-9);
+  const auto faster =
+      compare_runs(run_with(rps, p99), run_with(scaled(rps, 1.2), scaled(p99, 0.8)), {});
+  EXPECT_FALSE(faster.regressed());
+  EXPECT_EQ(row(faster, "requests_per_second").verdict, Verdict::kImproved);
+  EXPECT_EQ(row(faster, "p99_us").verdict, Verdict::kImproved);
+}
+
+TEST(Compare, NoisyRunsWithABigMedianChangeAreNotARegression) {
+  // Medians 8 % apart, but the samples overlap so much the U test sees nothing.
+  const std::vector<double> a = {100000, 60000, 140000, 90000, 115000};
+  const std::vector<double> b = {92000, 55000, 150000, 80000, 120000};
+  const std::vector<double> p99 = {500, 500, 500, 500, 500};
+  const auto report = compare_runs(run_with(a, p99), run_with(b, p99), {});
+  const auto& r = row(report, "requests_per_second");
+  EXPECT_GT(std::abs(r.change), 0.05);
+  EXPECT_GT(r.p_value, 0.05);
+  EXPECT_EQ(r.verdict, Verdict::kSame);
+  EXPECT_FALSE(report.regressed());
+}
+
+TEST(Compare, FewRepetitionsMakeAWeakVerdict) {
+  const auto report =
+      compare_runs(run_with({100, 101, 102}, {5, 5, 5}), run_with({50, 51, 52}, {9, 9, 9}), {});
+  EXPECT_TRUE(report.weak());
+  EXPECT_EQ(report.min_repetitions, 3u);
+  EXPECT_FALSE(report.regressed());  // p can't reach 0.05 with 3 vs 3
+  CompareOptions loose;
+  loose.alpha = 0.11;
+  EXPECT_TRUE(
+      compare_runs(run_with({100, 101, 102}, {5, 5, 5}), run_with({50, 51, 52}, {9, 9, 9}), loose)
+          .regressed());
+}
+
+TEST(Compare, CellsAreMatchedByNameAndFailuresIgnored) {
+  auto base = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
+  auto next = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
+  Record extra = next.records.front();
+  extra.name = "rr/poll/clients:32/msg:64";
+  next.records.push_back(extra);
+  Record failed = next.records.front();
+  failed.error = "server died";
+  failed.set("requests_per_second", 0);
+  next.records.push_back(failed);
+  const auto report = compare_runs(base, next, {});
+  EXPECT_EQ(report.only_in_new, std::vector<std::string>{"rr/poll/clients:32/msg:64"});
+  EXPECT_TRUE(report.only_in_base.empty());
+  EXPECT_EQ(row(report, "requests_per_second").new_n, 5u);  // the failed cell is not a sample
+  EXPECT_FALSE(report.regressed());
+}
+
+}  // namespace
+}  // namespace sockbench::results
