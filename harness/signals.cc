@@ -14,16 +14,21 @@
 namespace sockbench {
 namespace {
 
-sigset_t stop_signals() {
+[[noreturn]] void throw_errno(int err, const char* what) {
+  throw std::system_error(err, std::generic_category(), what);
+}
+
+bool is_stop_signal(int signo) { return signo == SIGINT || signo == SIGTERM; }
+
+sigset_t watched_signals(const std::vector<int>& other_signals) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  for (const int signo : other_signals) {
+    if (sigaddset(&set, signo) != 0) throw_errno(EINVAL, "sigaddset");
+  }
   return set;
-}
-
-[[noreturn]] void throw_errno(int err, const char* what) {
-  throw std::system_error(err, std::generic_category(), what);
 }
 
 // Reads one queued signal from a non-blocking signalfd; 0 when none is pending.
@@ -39,8 +44,8 @@ int read_signal(int fd) {
 
 }  // namespace
 
-SignalWatcher::SignalWatcher(std::function<void(int)> on_signal) {
-  const sigset_t set = stop_signals();
+SignalWatcher::SignalWatcher(std::function<void(int)> on_signal, std::vector<int> other_signals) {
+  const sigset_t set = watched_signals(other_signals);
   // Blocked before the watcher starts so that it, and every thread created later, inherits the
   // mask: the signals then stay pending for the signalfd instead of killing some thread.
   if (const int rc = ::pthread_sigmask(SIG_BLOCK, &set, &old_mask_); rc != 0) {
@@ -65,8 +70,10 @@ SignalWatcher::SignalWatcher(std::function<void(int)> on_signal) {
         if (fds[0].revents == 0) continue;
         for (int signo = read_signal(signal_fd_.get()); signo != 0;
              signo = read_signal(signal_fd_.get())) {
-          received_.store(signo);
-          source_.request_stop();
+          if (is_stop_signal(signo)) {
+            received_.store(signo);
+            source_.request_stop();
+          }
           if (on_signal) on_signal(signo);
         }
       }
@@ -88,6 +95,7 @@ SignalWatcher::~SignalWatcher() {
   // default action (terminate) the moment the mask is restored.
   for (int signo = read_signal(signal_fd_.get()); signo != 0;
        signo = read_signal(signal_fd_.get())) {
+    if (!is_stop_signal(signo)) continue;
     received_.store(signo);
     source_.request_stop();
   }

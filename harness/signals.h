@@ -8,6 +8,7 @@
 #include <functional>
 #include <stop_token>
 #include <thread>
+#include <vector>
 
 #include "harness/fd.h"
 
@@ -19,15 +20,19 @@ namespace sockbench {
 // the watcher and restores the calling thread's old mask, after consuming any SIGINT/SIGTERM
 // still pending (recorded as received, without on_signal). Throws std::system_error if the
 // signalfd, eventfd or thread cannot be created.
+// `other_signals` (e.g. SIGUSR1, SIGUSR2) are blocked and watched the same way, but only reach
+// on_signal: they neither request stop nor show in received(). Still pending at destruction,
+// they are discarded (their default action would otherwise terminate the process).
 class SignalWatcher {
  public:
-  explicit SignalWatcher(std::function<void(int)> on_signal = {});
+  explicit SignalWatcher(std::function<void(int)> on_signal = {},
+                         std::vector<int> other_signals = {});
   ~SignalWatcher();
   SignalWatcher(const SignalWatcher&) = delete;
   SignalWatcher& operator=(const SignalWatcher&) = delete;
 
   std::stop_token token() const { return source_.get_token(); }
-  // The signal received, 0 if none.
+  // The last stop signal (SIGINT/SIGTERM) received, 0 if none.
   int received() const { return received_.load(); }
 
  private:

@@ -21,6 +21,11 @@ std::string_view protocol_name(Protocol protocol);
 struct ProtocolOptions {
   Protocol protocol = Protocol::kFramed;
   uint32_t max_frame = kDefaultMaxFrame;
+  // Slept by the session before answering each complete frame (framed) or each chunk (echo);
+  // discard answers nothing and is not delayed. The same for every model, so a slowed server
+  // can be produced on purpose (to prove that a regression gate notices). It blocks the calling
+  // thread: in a reactor every client waits, in the threaded model only the one.
+  std::chrono::microseconds reply_delay{0};
 };
 
 // Per-connection protocol state machine. One per connection, used by one thread at a time.
@@ -35,5 +40,12 @@ class Session {
 };
 
 std::unique_ptr<Session> make_session(const ProtocolOptions& options);
+
+// Faulty (faulty-single-recv): a session that takes every on_bytes() call as one whole message,
+// as a server does that assumes one recv() returns one message. Framed: the input minus its
+// first 4 bytes is answered as one frame, whatever the length prefix says (right only when a
+// frame arrives alone and whole in one recv). Echo and discard have no message boundaries and
+// behave as make_session()'s.
+std::unique_ptr<Session> make_one_recv_one_message_session(const ProtocolOptions& options);
 
 }  // namespace sockbench::servers

@@ -1,5 +1,6 @@
 #include "servers/reactor.h"
 
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/select.h>
 #include <sys/socket.h>
@@ -13,6 +14,7 @@
 
 #include "harness/expected.h"
 #include "harness/fd.h"
+#include "harness/frame.h"
 #include "harness/net.h"
 #include "servers/protocol.h"
 
@@ -23,6 +25,15 @@ using Clock = std::chrono::steady_clock;
 
 bool would_block(const std::error_code& ec) {
   return ec.value() == EAGAIN || ec.value() == EWOULDBLOCK;
+}
+
+// send() as send_some() does it, but without MSG_NOSIGNAL: the faulty-sigpipe twin's write.
+Expected<size_t> send_raising_sigpipe(int fd, std::span<const char> data) {
+  for (;;) {
+    const ssize_t n = ::send(fd, data.data(), data.size(), 0);
+    if (n >= 0) return static_cast<size_t>(n);
+    if (errno != EINTR) return last_error();
+  }
 }
 
 // One accepted client. Owned by the reactor; only the reactor thread touches it.
@@ -53,7 +64,8 @@ class ReactorServer final : public Server {
   std::error_code bind() override {
     if (init_error_) return init_error_;
     if (listen_) return make_error(EALREADY);
-    auto fd = listen_on(config_.listen, config_.backlog, config_.reuseaddr, /*nonblocking=*/true);
+    const bool reuseaddr = config_.reuseaddr && !options_.ignore_reuseaddr;
+    auto fd = listen_on(config_.listen, config_.backlog, reuseaddr, /*nonblocking=*/true);
     if (!fd) return fd.error();
     auto address = local_address(fd->get());
     if (!address) return address.error();
@@ -68,13 +80,17 @@ class ReactorServer final : public Server {
     if (init_error_) return init_error_;
     if (!listen_) return make_error(EBADF);
     if (auto ec = poller_->add(wake_.get(), kRead)) return ec;
-    if (auto ec = poller_->add(listen_.get(), kRead)) {
+    if (auto ec = poller_->add(listen_.get(), kNone)) {
       poller_->remove(wake_.get());
       return ec;
     }
+    listen_interest_ = kNone;
     std::error_code result;
     std::vector<PollEvent> events;
     while (!stop_.load(std::memory_order_acquire)) {
+      if (emfile_paused_ && Clock::now() >= resume_at_) emfile_paused_ = false;
+      // Every turn, so that a set_accept_paused() is applied whichever event woke the loop.
+      update_listener();
       if (auto ec = poller_->wait(events, wait_timeout_ms())) {
         result = ec;
         break;
@@ -83,36 +99,45 @@ class ReactorServer final : public Server {
         if (event.fd == wake_.get()) {
           drain_wake();
         } else if (event.fd == listen_.get()) {
-          if (!accept_paused_) result = accept_all();
+          // Not when an earlier event of this batch took the listener out of the set.
+          if (listen_interest_ & kRead) result = accept_all();
         } else {
           on_connection_event(event);
         }
         if (result) break;
       }
       if (result) break;
-      if (accept_paused_ && Clock::now() >= resume_at_) resume_accepting();
     }
     close_all();
     poller_->remove(listen_.get());
     poller_->remove(wake_.get());
-    accept_paused_ = false;
+    emfile_paused_ = false;
+    listen_interest_ = kNone;
     return result;
   }
 
   void stop() override {
     stop_.store(true, std::memory_order_release);
-    if (wake_) {
-      const uint64_t one = 1;
-      // EAGAIN only when the counter is saturated, i.e. a wake-up is already pending.
-      [[maybe_unused]] const ssize_t n = ::write(wake_.get(), &one, sizeof one);
-    }
+    wake();
+  }
+
+  void set_accept_paused(bool paused) override {
+    accept_held_.store(paused, std::memory_order_release);
+    wake();
   }
 
   const ServerCounters& counters() const override { return counters_; }
 
  private:
+  void wake() {
+    if (!wake_) return;
+    const uint64_t one = 1;
+    // EAGAIN only when the counter is saturated, i.e. a wake-up is already pending.
+    [[maybe_unused]] const ssize_t n = ::write(wake_.get(), &one, sizeof one);
+  }
+
   int wait_timeout_ms() const {
-    if (!accept_paused_) return -1;
+    if (!emfile_paused_) return -1;
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(resume_at_ - Clock::now());
     return static_cast<int>(std::max<std::chrono::milliseconds::rep>(left.count(), 0));
   }
@@ -151,7 +176,9 @@ class ReactorServer final : public Server {
           case EMFILE:
           case ENFILE:
             counters_.accept_emfile.fetch_add(1, std::memory_order_relaxed);
-            pause_accepting();
+            // The faulty twin's defect: level-triggering reports the same pending connection
+            // again at once, and the loop spins at 100% CPU while the process is out of fds.
+            if (!options_.retry_accept_on_emfile) pause_accepting();
             return {};
           case ENOBUFS:
           case ENOMEM:
@@ -180,7 +207,9 @@ class ReactorServer final : public Server {
       }
       auto connection = std::make_unique<Connection>();
       connection->fd = std::move(fd);
-      connection->session = make_session(config_.protocol);
+      connection->session = options_.one_recv_is_one_message
+                                ? make_one_recv_one_message_session(config_.protocol)
+                                : make_session(config_.protocol);
       connection->interest = kRead;
       if (static_cast<size_t>(raw) >= connections_.size()) {
         connections_.resize(static_cast<size_t>(raw) + 1);
@@ -189,19 +218,27 @@ class ReactorServer final : public Server {
     }
   }
 
+  // Level-triggered: a listener left in the set would report the same pending connection on
+  // every turn and the loop would spin at 100% CPU while the process is out of fds.
   void pause_accepting() {
-    if (!accept_paused_) {
-      // Level-triggered: a listener left in the set would report the same pending connection on
-      // every turn and the loop would spin at 100% CPU while the process is out of fds.
-      if (poller_->modify(listen_.get(), kNone)) return;
-      accept_paused_ = true;
-    }
+    emfile_paused_ = true;
     resume_at_ = Clock::now() + options_.emfile_backoff;
+    update_listener();
   }
 
   void resume_accepting() {
-    if (!accept_paused_) return;
-    if (!poller_->modify(listen_.get(), kRead)) accept_paused_ = false;
+    if (!emfile_paused_) return;
+    emfile_paused_ = false;
+    update_listener();
+  }
+
+  // Watches the listener exactly when accepting is wanted: not held by set_accept_paused() and
+  // not backing off after EMFILE. A failed modify is retried on the next turn.
+  void update_listener() {
+    const bool held = accept_held_.load(std::memory_order_acquire);
+    const unsigned want = held || emfile_paused_ ? kNone : kRead;
+    if (want == listen_interest_) return;
+    if (!poller_->modify(listen_.get(), want)) listen_interest_ = want;
   }
 
   Connection* find(int fd) {
@@ -218,7 +255,9 @@ class ReactorServer final : public Server {
       if (!flush(*c)) return;
     }
     if ((event.mask & kRead) && (c->interest & kRead)) {
-      if (!read_input(*c)) return;
+      const bool whole_frame =
+          options_.block_until_whole_frame && config_.protocol.protocol == Protocol::kFramed;
+      if (!(whole_frame ? read_frame_blocking(*c) : read_input(*c))) return;
     }
     if (c->eof && c->pending() == 0) {
       close_connection(*c);
@@ -256,11 +295,88 @@ class ReactorServer final : public Server {
     return flush(c);
   }
 
+  // The faulty-blocking twin's read: one whole frame, header then payload, waiting on this
+  // connection alone for as long as its client takes. Returns false when the connection was
+  // closed.
+  bool read_frame_blocking(Connection& c) {
+    char header[kFrameHeaderSize];
+    switch (read_exactly_blocking(c, std::span<char>(header, sizeof header))) {
+      case ReadResult::kDone:
+        break;
+      case ReadResult::kEof:
+        c.eof = true;
+        return flush(c);
+      case ReadResult::kStopped:
+        return true;
+      case ReadResult::kClosed:
+        return false;
+    }
+    if (c.session->on_bytes(std::string_view(header, sizeof header), c.out) ==
+        Session::Verdict::kClose) {
+      counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+      close_connection(c);
+      return false;
+    }
+    for (size_t left = read_be32(header); left > 0;) {
+      const std::span<char> chunk(read_buffer_.data(), std::min(left, read_buffer_.size()));
+      switch (read_exactly_blocking(c, chunk)) {
+        case ReadResult::kDone:
+          break;
+        case ReadResult::kEof:
+          c.eof = true;
+          return flush(c);
+        case ReadResult::kStopped:
+          return true;
+        case ReadResult::kClosed:
+          return false;
+      }
+      // The frame's length passed the session's check with the header; no close verdict here.
+      (void)c.session->on_bytes(std::string_view(chunk.data(), chunk.size()), c.out);
+      left -= chunk.size();
+    }
+    return flush(c);
+  }
+
+  enum class ReadResult { kDone, kEof, kStopped, kClosed };
+
+  // Fills `buffer` from c, waiting for c only (and for stop()). kEof: the peer finished first;
+  // kClosed: an error closed the connection.
+  ReadResult read_exactly_blocking(Connection& c, std::span<char> buffer) {
+    while (!buffer.empty()) {
+      auto got = recv_some(c.fd.get(), buffer);
+      if (got) {
+        if (*got == 0) return ReadResult::kEof;
+        buffer = buffer.subspan(*got);
+        continue;
+      }
+      if (!would_block(got.error())) {
+        counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
+        close_connection(c);
+        return ReadResult::kClosed;
+      }
+      pollfd fds[2] = {{c.fd.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
+      if (::poll(fds, 2, -1) < 0 && errno != EINTR) {
+        counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
+        close_connection(c);
+        return ReadResult::kClosed;
+      }
+      if (fds[1].revents != 0) {
+        // Drained here, else the wake-up would keep poll() returning; the loop re-reads the
+        // accept hold on its next turn anyway.
+        drain_wake();
+        if (stop_.load(std::memory_order_acquire)) return ReadResult::kStopped;
+      }
+    }
+    return ReadResult::kDone;
+  }
+
   // Sends pending output until the kernel pushes back. Returns false when the connection was
   // closed (ECONNRESET, EPIPE...).
   bool flush(Connection& c) {
     while (c.pending() > 0) {
-      auto sent = send_some(c.fd.get(), std::span<const char>(c.out).subspan(c.out_pos));
+      const auto rest = std::span<const char>(c.out).subspan(c.out_pos);
+      auto sent = options_.send_without_nosignal ? send_raising_sigpipe(c.fd.get(), rest)
+                                                 : send_some(c.fd.get(), rest);
       if (!sent) {
         if (would_block(sent.error())) break;
         counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
@@ -304,6 +420,8 @@ class ReactorServer final : public Server {
   void close_connection(Connection& c) {
     const int fd = c.fd.get();
     poller_->remove(fd);
+    // The faulty-fd-leak twin's defect: the fd is forgotten, not closed.
+    if (options_.leak_connection_fds) (void)c.fd.release();
     connections_[static_cast<size_t>(fd)].reset();  // closes the fd; `c` is gone
     counters_.closed.fetch_add(1, std::memory_order_relaxed);
     // An fd was just freed: a listener paused by EMFILE may accept again.
@@ -329,11 +447,13 @@ class ReactorServer final : public Server {
   Fd listen_;
   Address address_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> accept_held_{false};  // set_accept_paused(), from any thread
 
   // Reactor-thread state.
   std::vector<std::unique_ptr<Connection>> connections_;  // indexed by fd
   std::vector<char> read_buffer_;
-  bool accept_paused_ = false;
+  unsigned listen_interest_ = kNone;  // what the poller watches the listener for
+  bool emfile_paused_ = false;        // backing off after EMFILE/ENFILE until resume_at_
   Clock::time_point resume_at_{};
 };
 

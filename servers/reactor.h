@@ -27,6 +27,26 @@ struct ReactorOptions {
   // How long the listener is left unwatched after accept() fails with EMFILE/ENFILE (or until a
   // connection closes), so fd exhaustion never turns into a busy loop.
   std::chrono::milliseconds emfile_backoff{100};
+
+  // Defects of the faulty twins, one each (see registry.cc for which check catches which).
+  // faulty-single-recv: every recv()'s bytes are handed to a session that takes them as one
+  // whole message (make_one_recv_one_message_session) instead of a stream.
+  bool one_recv_is_one_message = false;
+  // faulty-no-reuseaddr: bind() never sets SO_REUSEADDR, whatever ServerConfig::reuseaddr says.
+  bool ignore_reuseaddr = false;
+  // faulty-sigpipe: replies are written with a plain send(), without MSG_NOSIGNAL, so writing to
+  // a connection the peer has reset raises SIGPIPE (fatal unless the process ignores it).
+  bool send_without_nosignal = false;
+  // faulty-blocking: once a connection is readable, the reactor reads one whole frame (framed
+  // protocol) before it returns to the loop, waiting on that connection alone, so a client that
+  // trickles its frame stalls every other client. A stop() still ends the wait.
+  bool block_until_whole_frame = false;
+  // faulty-fd-leak: a connection that ends (EOF, error, protocol error) is dropped from the
+  // poller but its fd is never closed.
+  bool leak_connection_fds = false;
+  // faulty-emfile-spin: on EMFILE/ENFILE the listener stays watched and accept() is retried on
+  // the very next turn, a busy loop for as long as the process is out of fds.
+  bool retry_accept_on_emfile = false;
 };
 
 // A Server whose run() drives `poller` on the calling thread. Owns the poller.

@@ -48,6 +48,10 @@ class Server {
   virtual std::error_code run() = 0;
   // Asks run() to return; safe from any thread and from a signal-watching thread; idempotent.
   virtual void stop() = 0;
+  // Holds (true) or resumes (false) accept(): while held the listener stays bound and listening,
+  // so connections complete into the kernel's accept queue (up to backlog + 1) and the rest stall
+  // in SYN retransmission. Safe from any thread, before or during run(); wakes the loop.
+  virtual void set_accept_paused(bool paused) = 0;
   virtual const ServerCounters& counters() const = 0;
 };
 
@@ -56,6 +60,9 @@ struct ModelInfo {
   std::string description;
   bool faulty = false;  // deliberately broken twin: never part of --server all
   std::function<std::unique_ptr<Server>(const ServerConfig&)> make;
+  // The model relies on SIGPIPE's default action (faulty-sigpipe): `sockbench serve` sets it back
+  // to SIG_DFL, which main() and the harness otherwise leave ignored.
+  bool restore_sigpipe_default = false;
 };
 
 // Knobs of the thread-per-client model. The defaults are the correct behaviour; a faulty twin

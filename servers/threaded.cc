@@ -62,6 +62,8 @@ class ThreadedServer final : public Server {
     while (!stop_.load(std::memory_order_acquire)) {
       if (reap() > 0) paused = false;  // a client closed its fd: accept() may succeed again
       if (paused && Clock::now() >= resume_at) paused = false;
+      // Read before poll(): a set_accept_paused() after this point wakes the poll() below.
+      const bool held = accept_held_.load(std::memory_order_acquire);
       pollfd fds[2] = {{wake_.get(), POLLIN, 0}, {listen_.get(), POLLIN, 0}};
       int timeout = -1;
       if (paused) {
@@ -71,6 +73,7 @@ class ThreadedServer final : public Server {
         const auto left = std::chrono::ceil<std::chrono::milliseconds>(resume_at - Clock::now());
         timeout = static_cast<int>(std::max<std::chrono::milliseconds::rep>(left.count(), 0));
       }
+      if (held) fds[1].fd = -1;  // held by set_accept_paused(): connections wait in the backlog
       const int n = ::poll(fds, 2, timeout);
       if (n < 0) {
         if (errno == EINTR) continue;
@@ -78,7 +81,7 @@ class ThreadedServer final : public Server {
         break;
       }
       if (fds[0].revents != 0) drain_wake();
-      if (!paused && fds[1].revents != 0) {
+      if (!paused && !held && fds[1].revents != 0) {
         if (auto ec = accept_all(paused, resume_at)) {
           result = ec;
           break;
@@ -94,6 +97,11 @@ class ThreadedServer final : public Server {
     stop_.store(true, std::memory_order_release);
     wake();
     shutdown_clients();
+  }
+
+  void set_accept_paused(bool paused) override {
+    accept_held_.store(paused, std::memory_order_release);
+    wake();
   }
 
   const ServerCounters& counters() const override { return counters_; }
@@ -280,6 +288,7 @@ class ThreadedServer final : public Server {
   Fd listen_;
   Address address_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> accept_held_{false};  // set_accept_paused(), from any thread
 
   std::mutex mu_;
   std::condition_variable done_cv_;

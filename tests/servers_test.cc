@@ -496,19 +496,112 @@ TEST_P(ServersTest, FdExhaustionBacksOffWithoutSpinningThenRecovers) {
   EXPECT_EQ(server.counters().accepted.load(), 2u);
 }
 
+// set_accept_paused(): connections wait in the kernel's backlog, complete there, and are served
+// once accepting resumes; pausing again stops accepting again.
+TEST_P(ServersTest, AcceptPausedLeavesConnectionsInTheBacklogUntilResumed) {
+  const ModelInfo* info = find_model(model_);
+  ASSERT_NE(info, nullptr);
+  auto server = info->make(loopback_config());
+  server->set_accept_paused(true);  // before run(): never accepts until resumed
+  ASSERT_FALSE(server->bind());
+  std::error_code run_result;
+  std::jthread runner([&] { run_result = server->run(); });
+  struct StopAtExit {
+    Server& server;
+    ~StopAtExit() { server.stop(); }
+  } stop_at_exit{*server};
+
+  std::vector<Fd> clients;
+  for (int i = 0; i < 3; ++i) {
+    clients.push_back(connect_client(server->address()));  // completes in the kernel's queue
+    ASSERT_TRUE(clients.back());
+    ASSERT_FALSE(send_all(clients.back().get(), encode_frame("queued " + std::to_string(i))));
+  }
+  EXPECT_EQ(bytes_arriving(clients[0].get(), 150ms), 0);
+  EXPECT_EQ(server->counters().accepted.load(), 0u);
+
+  server->set_accept_paused(false);
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(read_frame(clients[i].get()), "queued " + std::to_string(i));
+  EXPECT_EQ(server->counters().accepted.load(), 3u);
+
+  server->set_accept_paused(true);
+  std::this_thread::sleep_for(20ms);  // the server has applied the pause
+  Fd late = connect_client(server->address());
+  ASSERT_TRUE(late);
+  ASSERT_FALSE(send_all(late.get(), encode_frame("late")));
+  EXPECT_EQ(bytes_arriving(late.get(), 150ms), 0);
+  EXPECT_EQ(server->counters().accepted.load(), 3u);
+  // Connections accepted before the pause are still served.
+  EXPECT_EQ(exchange(clients[1].get(), "still served"), "still served");
+
+  server->set_accept_paused(false);
+  EXPECT_EQ(read_frame(late.get()), "late");
+  EXPECT_EQ(server->counters().accepted.load(), 4u);
+  server->stop();
+  runner.join();
+  EXPECT_FALSE(run_result);
+}
+
+// ProtocolOptions::reply_delay slows every answer by the same amount in every model.
+TEST_P(ServersTest, ReplyDelaySlowsEveryRoundTrip) {
+  constexpr auto kDelay = 20ms;
+  constexpr int kRounds = 5;
+  std::chrono::nanoseconds took[2]{};
+  for (int delayed = 0; delayed < 2; ++delayed) {
+    for (const Protocol protocol : {Protocol::kFramed, Protocol::kEcho}) {
+      ServerConfig config = loopback_config(protocol);
+      if (delayed) config.protocol.reply_delay = kDelay;
+      RunningServer server(model_, config);
+      ASSERT_TRUE(server.ok());
+      Fd fd = connect_client(server.address());
+      ASSERT_TRUE(fd);
+      for (int i = 0; i < kRounds; ++i) {
+        const std::string payload = payload_for(3, i);
+        const auto start = Clock::now();
+        if (protocol == Protocol::kFramed) {
+          ASSERT_EQ(exchange(fd.get(), payload), payload);
+        } else {
+          ASSERT_FALSE(send_all(fd.get(), payload));
+          std::string back(payload.size(), '\0');
+          ASSERT_FALSE(recv_exact(fd.get(), back));
+          ASSERT_EQ(back, payload);
+        }
+        const auto round_trip = Clock::now() - start;
+        took[delayed] += round_trip;
+        if (delayed && protocol == Protocol::kFramed) {
+          EXPECT_GE(round_trip, kDelay);
+        }
+      }
+    }
+  }
+  const auto mean_plain = took[0] / (2 * kRounds);
+  const auto mean_delayed = took[1] / (2 * kRounds);
+  EXPECT_GE(mean_delayed, kDelay);
+  EXPECT_LT(mean_plain, kDelay / 4);
+  EXPECT_GT(mean_delayed, 4 * mean_plain);
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, ServersTest,
                          ::testing::Values("threaded", "select", "poll", "epoll"),
                          [](const auto& model) { return model.param; });
 
-TEST(RegistryTest, ListsTheFourModelsInOrder) {
+TEST(RegistryTest, ListsTheFourModelsInOrderThenOnlyFaultyTwins) {
   const auto& models = registry();
-  ASSERT_EQ(models.size(), 4u);
+  ASSERT_GE(models.size(), 4u);
   const char* names[] = {"threaded", "select", "poll", "epoll"};
-  for (size_t i = 0; i < models.size(); ++i) {
+  for (size_t i = 0; i < 4; ++i) {
     EXPECT_EQ(models[i].name, names[i]);
     EXPECT_FALSE(models[i].description.empty());
     EXPECT_FALSE(models[i].faulty);
+    EXPECT_FALSE(models[i].restore_sigpipe_default);
     EXPECT_EQ(find_model(names[i]), &models[i]);
+  }
+  // The rest are the faulty twins (tests/faulty_test.cc), never part of --server all.
+  for (size_t i = 4; i < models.size(); ++i) {
+    EXPECT_TRUE(models[i].faulty) << models[i].name;
+    EXPECT_TRUE(models[i].name.starts_with("faulty-")) << models[i].name;
+    EXPECT_FALSE(models[i].description.empty());
   }
   EXPECT_EQ(find_model("nope"), nullptr);
 }

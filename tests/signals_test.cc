@@ -155,5 +155,57 @@ TEST(SignalWatcherTest, WatchersCanFollowEachOther) {
   EXPECT_FALSE(blocked_here(SIGTERM));
 }
 
+// SIGUSR1/SIGUSR2 (serve's accept pause switch) reach the callback but are not stop requests.
+TEST(SignalWatcherTest, OtherSignalsReachTheCallbackWithoutRequestingStop) {
+  Recorder recorder;
+  SignalWatcher watcher(recorder.callback(), {SIGUSR1, SIGUSR2});
+  EXPECT_TRUE(blocked_here(SIGUSR1));
+  EXPECT_TRUE(blocked_here(SIGUSR2));
+  ASSERT_EQ(::kill(::getpid(), SIGUSR1), 0);
+  ASSERT_EQ(recorder.wait_for(1).size(), 1u);
+  ASSERT_EQ(::kill(::getpid(), SIGUSR2), 0);
+  ASSERT_EQ(recorder.wait_for(2).size(), 2u);
+  EXPECT_FALSE(watcher.token().stop_requested());
+  EXPECT_EQ(watcher.received(), 0);
+  ASSERT_EQ(::kill(::getpid(), SIGTERM), 0);
+  EXPECT_EQ(recorder.wait_for(3), (std::vector<int>{SIGUSR1, SIGUSR2, SIGTERM}));
+  EXPECT_TRUE(watcher.token().stop_requested());
+  EXPECT_EQ(watcher.received(), SIGTERM);
+}
+
+TEST(SignalWatcherTest, OtherSignalsAreUnblockedAgainAfterwards) {
+  ASSERT_FALSE(blocked_here(SIGUSR1));
+  {
+    SignalWatcher watcher({}, {SIGUSR1});
+    EXPECT_TRUE(blocked_here(SIGUSR1));
+    EXPECT_FALSE(blocked_here(SIGUSR2));  // only what was asked for
+  }
+  EXPECT_FALSE(blocked_here(SIGUSR1));
+}
+
+// SIGUSR1's default action is to terminate: one still pending at destruction must be discarded,
+// and it is not a stop request.
+TEST(SignalWatcherTest, PendingOtherSignalIsDiscardedAtDestruction) {
+  Recorder recorder;
+  std::stop_token token;
+  {
+    SignalWatcher watcher(recorder.callback(), {SIGUSR1});
+    token = watcher.token();
+    ASSERT_EQ(::pthread_kill(::pthread_self(), SIGUSR1), 0);
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  EXPECT_FALSE(token.stop_requested());
+  EXPECT_TRUE(recorder.wait_for(1, milliseconds(0)).empty());
+  sigset_t pending;
+  sigemptyset(&pending);
+  ::sigpending(&pending);
+  EXPECT_FALSE(sigismember(&pending, SIGUSR1));
+}
+
+TEST(SignalWatcherTest, InvalidOtherSignalThrows) {
+  EXPECT_THROW(SignalWatcher({}, {100000}), std::system_error);
+  EXPECT_FALSE(blocked_here(SIGTERM));
+}
+
 }  // namespace
 }  // namespace sockbench

@@ -1,10 +1,13 @@
 // `sockbench serve`: one model on its own, for the harness, other tools and other machines.
 #include <dirent.h>
 #include <fmt/format.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <memory>
+#include <mutex>
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"
@@ -15,8 +18,12 @@
 namespace sockbench::cli {
 
 int serve_command(int argc, const char* const* argv) {
-  cxxopts::Options options("sockbench serve", "Run one server model until SIGINT/SIGTERM.");
-  options.add_options()("server", "model: threaded, select, poll, epoll (see sockbench list)",
+  cxxopts::Options options("sockbench serve",
+                           "Run one server model until SIGINT/SIGTERM. SIGUSR1 resumes accept(), "
+                           "SIGUSR2 pauses it.");
+  options.add_options()("server",
+                        "model: threaded, select, poll, epoll or a faulty-* twin (see sockbench "
+                        "list)",
                         cxxopts::value<std::string>()->default_value("epoll"))(
       "listen", "address to bind: 127.0.0.1:PORT, [::1]:PORT, localhost:PORT (port 0: any)",
       cxxopts::value<std::string>()->default_value("127.0.0.1:7000"))(
@@ -27,6 +34,10 @@ int serve_command(int argc, const char* const* argv) {
                                                             "do not set SO_REUSEADDR before bind")(
       "max-frame", "largest accepted frame payload in bytes (framed)",
       cxxopts::value<std::string>()->default_value(std::to_string(kDefaultMaxFrame)))(
+      "accept-paused",
+      "listen but do not accept() until SIGUSR1 (connections wait in the kernel's backlog)")(
+      "delay-us", "sleep this long before answering each frame (echo: each chunk)",
+      cxxopts::value<std::string>()->default_value("0"))(
       "ready-fd", "write 'listening ADDR' to this fd once listening (used by sockbench run)",
       cxxopts::value<std::string>())(
       "quiet", "no summary line on stderr at exit (errors are still printed)")("h,help",
@@ -56,6 +67,8 @@ int serve_command(int argc, const char* const* argv) {
       static_cast<uint32_t>(parse_int("max-frame", str(parsed, "max-frame"), 0, 0xFFFFFFFFLL));
   config.backlog = static_cast<int>(parse_int("backlog", str(parsed, "backlog"), 0, 1 << 20));
   config.reuseaddr = parsed.count("no-reuseaddr") == 0;
+  config.protocol.reply_delay =
+      std::chrono::microseconds(parse_int("delay-us", str(parsed, "delay-us"), 0, 60'000'000));
   Fd ready;
   int ready_fd_number = -1;
   if (parsed.count("ready-fd")) {
@@ -63,11 +76,35 @@ int serve_command(int argc, const char* const* argv) {
     ready.reset(ready_fd_number);
   }
 
+  if (model->restore_sigpipe_default) {
+    // main() ignores SIGPIPE; this twin exists to show what happens when nobody does.
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    ::sigaction(SIGPIPE, &dfl, nullptr);
+  }
+
   // Taken before anything is opened, so the report at exit shows what shutdown released.
   const auto at_start = sample_process(::getpid());
   auto server = model->make(config);
+  if (parsed.count("accept-paused")) server->set_accept_paused(true);
+  // The watcher thread reaches the server through this pointer, cleared before the server goes.
+  std::mutex target_mu;
+  servers::Server* target = server.get();
   // Signals are blocked before the model starts any thread, so only the watcher sees them.
-  auto watcher = std::make_unique<SignalWatcher>([&server](int) { server->stop(); });
+  auto watcher = std::make_unique<SignalWatcher>(
+      [&target_mu, &target](int signo) {
+        std::lock_guard lock(target_mu);
+        if (target == nullptr) return;
+        if (signo == SIGUSR1) {
+          target->set_accept_paused(false);
+        } else if (signo == SIGUSR2) {
+          target->set_accept_paused(true);
+        } else {
+          target->stop();
+        }
+      },
+      std::vector<int>{SIGUSR1, SIGUSR2});
   if (const auto ec = server->bind()) {
     fmt::print(stderr, "sockbench serve: cannot listen on {}: {} ({})\n", config.listen.to_string(),
                ec.message(), errno_name(ec.value()));
@@ -97,6 +134,10 @@ int serve_command(int argc, const char* const* argv) {
       c.accept_emfile.load(), c.io_errors.load());
   // Everything the server and the watcher opened is released here; what remains is what a
   // leak would leave.
+  {
+    std::lock_guard lock(target_mu);
+    target = nullptr;
+  }
   server.reset();
   watcher.reset();
   const auto self = sample_process(::getpid());

@@ -1,0 +1,227 @@
+// `sockbench serve` end to end for what the behaviour checks need: faulty-sigpipe dying of
+// SIGPIPE where epoll survives, --accept-paused with SIGUSR1/SIGUSR2 against a tiny backlog, and
+// --delay-us.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "harness/fd.h"
+#include "harness/frame.h"
+#include "harness/net.h"
+#include "harness/process.h"
+
+namespace sockbench {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+// A `sockbench serve` child on 127.0.0.1:<any port>, with its address.
+struct Served {
+  ChildProcess child;
+  Address address;
+};
+
+std::optional<Served> serve(const std::string& model, const std::vector<std::string>& extra = {}) {
+  ChildProcess::Options options;
+  options.argv = {SOCKBENCH_BIN, "serve",   "--server",   model,       "--listen",
+                  "127.0.0.1:0", "--quiet", "--ready-fd", "{ready_fd}"};
+  options.argv.insert(options.argv.end(), extra.begin(), extra.end());
+  auto child = ChildProcess::spawn(options);
+  EXPECT_TRUE(child.ok()) << child.error().message();
+  if (!child) return std::nullopt;
+  auto line = child->read_line(10s);
+  EXPECT_TRUE(line.ok()) << line.error().message();
+  if (!line || !line->starts_with("listening ")) return std::nullopt;
+  const auto parsed = parse_address(line->substr(10));
+  EXPECT_TRUE(parsed.error.empty()) << parsed.error;
+  return Served{std::move(*child), parsed.address};
+}
+
+Fd connect_client(const Address& address) {
+  auto fd = connect_to(address, /*nonblocking=*/false);
+  EXPECT_TRUE(fd.ok()) << fd.error().message();
+  if (!fd) return Fd();
+  const timeval timeout{5, 0};
+  ::setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+  (void)set_nodelay(fd->get(), true);
+  return std::move(*fd);
+}
+
+std::optional<std::string> read_frame(int fd) {
+  char header[kFrameHeaderSize];
+  if (recv_exact(fd, header)) return std::nullopt;
+  std::string payload(read_be32(header), '\0');
+  if (recv_exact(fd, payload)) return std::nullopt;
+  return payload;
+}
+
+std::optional<std::string> exchange(int fd, std::string_view payload) {
+  if (send_all(fd, encode_frame(payload))) return std::nullopt;
+  return read_frame(fd);
+}
+
+bool wait_dead(ChildProcess& child, std::chrono::milliseconds limit) {
+  const auto deadline = Clock::now() + limit;
+  while (child.alive()) {
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+// A non-blocking connect has completed (the handshake is done on our side).
+bool connected(int fd) {
+  pollfd p{fd, POLLOUT, 0};
+  return ::poll(&p, 1, 0) == 1 && (p.revents & POLLOUT) && !socket_error(fd);
+}
+
+// A write to a peer that is gone: a reply too big for the buffers (the small receive buffer
+// turns off autotuning), a half-close so the server's side is in CLOSE_WAIT, then an abortive
+// close while the server still has output pending: its next send() fails with EPIPE.
+void write_to_a_vanished_peer(const Address& address) {
+  Fd fd(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(fd);
+  const int small = 16 << 10;
+  ASSERT_EQ(::setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+  ASSERT_EQ(::connect(fd.get(), address.sa(), address.length), 0);
+  ASSERT_FALSE(send_all(fd.get(), encode_frame(std::string(8 << 20, 'p'))));
+  ASSERT_EQ(::shutdown(fd.get(), SHUT_WR), 0);
+  pollfd p{fd.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 3000), 1);  // the server is answering
+  ASSERT_FALSE(set_linger_zero(fd.get()));
+}
+
+TEST(CliFaultyTest, BrokenPipeKillsFaultySigpipeButNotEpoll) {
+  for (const char* model : {"epoll", "faulty-sigpipe"}) {
+    SCOPED_TRACE(model);
+    auto served = serve(model);
+    ASSERT_TRUE(served.has_value());
+    write_to_a_vanished_peer(served->address);
+    if (std::string_view(model) == "epoll") {
+      std::this_thread::sleep_for(200ms);
+      ASSERT_TRUE(served->child.alive());
+      Fd after = connect_client(served->address);
+      EXPECT_EQ(exchange(after.get(), "still alive"), "still alive");
+      const ExitInfo exit = served->child.stop();
+      EXPECT_TRUE(exit.exited && exit.code == 0) << exit.describe();
+    } else {
+      ASSERT_TRUE(wait_dead(served->child, 3s)) << "faulty-sigpipe survived a broken pipe";
+      ASSERT_TRUE(served->child.exit_info().has_value());
+      EXPECT_FALSE(served->child.exit_info()->exited);
+      EXPECT_EQ(served->child.exit_info()->signal, SIGPIPE)
+          << served->child.exit_info()->describe();
+    }
+  }
+}
+
+// --accept-paused with --backlog 1: the kernel completes backlog + 1 = 2 handshakes into the
+// accept queue and drops the SYNs of the rest, which then wait in SYN retransmission (first
+// retry after 1 s); SIGUSR1 resumes accept() and every connection completes and is served.
+// SIGUSR2 pauses again.
+class CliAcceptPausedTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CliAcceptPausedTest, BacklogPlusOneCompleteWhilePausedAllAfterSigusr1) {
+  auto served = serve(GetParam(), {"--accept-paused", "--backlog", "1"});
+  ASSERT_TRUE(served.has_value());
+  const pid_t pid = served->child.pid();
+  constexpr int kClients = 4;
+  std::vector<Fd> clients;
+  for (int i = 0; i < kClients; ++i) {
+    auto fd = connect_to(served->address, /*nonblocking=*/true);
+    ASSERT_TRUE(fd.ok()) << fd.error().message();
+    clients.push_back(std::move(*fd));
+    std::this_thread::sleep_for(30ms);  // one handshake at a time: the queue fills in order
+  }
+  std::this_thread::sleep_for(150ms);
+  std::vector<bool> done;
+  for (const Fd& fd : clients) done.push_back(connected(fd.get()));
+  EXPECT_EQ(done, (std::vector<bool>{true, true, false, false}));
+
+  ASSERT_EQ(::kill(pid, SIGUSR1), 0);
+  const auto deadline = Clock::now() + 4s;
+  int complete = 0;
+  while (Clock::now() < deadline) {
+    complete = 0;
+    for (const Fd& fd : clients) complete += connected(fd.get()) ? 1 : 0;
+    if (complete == kClients) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_EQ(complete, kClients) << "the stalled connects did not complete after SIGUSR1";
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_FALSE(set_nonblocking(clients[i].get(), false));
+    const timeval timeout{5, 0};
+    ::setsockopt(clients[i].get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    const std::string payload = "client " + std::to_string(i);
+    EXPECT_EQ(exchange(clients[i].get(), payload), payload);
+  }
+
+  // SIGUSR2: accepted connections are still served, a new one waits unanswered in the queue.
+  ASSERT_EQ(::kill(pid, SIGUSR2), 0);
+  std::this_thread::sleep_for(50ms);
+  Fd late = connect_client(served->address);
+  ASSERT_TRUE(late);
+  ASSERT_FALSE(send_all(late.get(), encode_frame("late")));
+  pollfd p{late.get(), POLLIN, 0};
+  EXPECT_EQ(::poll(&p, 1, 200), 0) << "answered while paused";
+  EXPECT_EQ(exchange(clients[0].get(), "served"), "served");
+  ASSERT_EQ(::kill(pid, SIGUSR1), 0);
+  EXPECT_EQ(read_frame(late.get()), "late");
+
+  const ExitInfo exit = served->child.stop();
+  EXPECT_TRUE(exit.exited && exit.code == 0) << exit.describe();
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, CliAcceptPausedTest,
+                         ::testing::Values("threaded", "select", "poll", "epoll"),
+                         [](const auto& model) { return model.param; });
+
+TEST(CliFaultyTest, DelayUsSlowsEveryRoundTrip) {
+  constexpr auto kDelay = 30ms;
+  constexpr int kRounds = 5;
+  std::chrono::nanoseconds took[2]{};
+  for (int delayed = 0; delayed < 2; ++delayed) {
+    auto served = serve("epoll", delayed ? std::vector<std::string>{"--delay-us", "30000"}
+                                         : std::vector<std::string>{});
+    ASSERT_TRUE(served.has_value());
+    Fd fd = connect_client(served->address);
+    ASSERT_TRUE(fd);
+    for (int i = 0; i < kRounds; ++i) {
+      const auto start = Clock::now();
+      ASSERT_EQ(exchange(fd.get(), "ping"), "ping");
+      const auto round_trip = Clock::now() - start;
+      took[delayed] += round_trip;
+      if (delayed) {
+        EXPECT_GE(round_trip, kDelay);
+      }
+    }
+  }
+  EXPECT_GE(took[1] / kRounds, kDelay);
+  EXPECT_LT(took[0] / kRounds, kDelay / 4);
+  EXPECT_GT(took[1], 4 * took[0]);
+}
+
+TEST(CliFaultyTest, BadDelayUsIsAUsageError) {
+  ChildProcess::Options options;
+  options.argv = {SOCKBENCH_BIN, "serve", "--listen", "127.0.0.1:0", "--delay-us", "-5"};
+  options.ready_pipe = false;
+  auto child = ChildProcess::spawn(options);
+  ASSERT_TRUE(child.ok());
+  ASSERT_TRUE(wait_dead(*child, 5s));
+  ASSERT_TRUE(child->exit_info().has_value());
+  EXPECT_TRUE(child->exit_info()->exited);
+  EXPECT_EQ(child->exit_info()->code, 2);
+}
+
+}  // namespace
+}  // namespace sockbench

@@ -1,0 +1,529 @@
+// The faulty twins, in-process: each test shows the twin's one defect next to the correct model
+// it is a twin of, in the same run, so that a check built to catch the defect has something real
+// to catch. (faulty-sigpipe's death is shown end to end in cli_faulty_test.cc.)
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "harness/fd.h"
+#include "harness/frame.h"
+#include "harness/net.h"
+#include "servers/protocol.h"
+#include "servers/server.h"
+
+namespace sockbench::servers {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+ServerConfig loopback_config(int port = 0) {
+  ServerConfig config;
+  const auto parsed = parse_address("127.0.0.1:" + std::to_string(port));
+  EXPECT_TRUE(parsed.error.empty()) << parsed.error;
+  config.listen = parsed.address;
+  return config;
+}
+
+// Aborts the test binary when the guarded scope outlives `limit`: a run() that never returns
+// cannot be recovered in-process.
+class Watchdog {
+ public:
+  Watchdog(std::string what, std::chrono::milliseconds limit)
+      : thread_([what = std::move(what), limit](std::stop_token token) {
+          std::mutex mu;
+          std::condition_variable_any cv;
+          std::unique_lock lock(mu);
+          if (!cv.wait_for(lock, token, limit, [] { return false; }) && !token.stop_requested()) {
+            std::fprintf(stderr, "watchdog: %s took longer than %lld ms\n", what.c_str(),
+                         static_cast<long long>(limit.count()));
+            std::abort();
+          }
+        }) {}
+
+ private:
+  std::jthread thread_;
+};
+
+// A server of one model running on its own thread; stopped and joined by the destructor.
+class RunningServer {
+ public:
+  RunningServer(std::string_view model, const ServerConfig& config) {
+    const ModelInfo* info = find_model(model);
+    if (info == nullptr) {
+      ADD_FAILURE() << "unknown model " << model;
+      return;
+    }
+    server_ = info->make(config);
+    if (auto ec = server_->bind()) {
+      ADD_FAILURE() << model << " bind: " << ec.message();
+      server_.reset();
+      return;
+    }
+    thread_ = std::jthread([this] { run_result_ = server_->run(); });
+  }
+  ~RunningServer() { stop(); }
+  RunningServer(const RunningServer&) = delete;
+  RunningServer& operator=(const RunningServer&) = delete;
+
+  bool ok() const { return server_ != nullptr; }
+  Address address() const { return server_->address(); }
+  const ServerCounters& counters() const { return server_->counters(); }
+  pthread_t thread_handle() { return thread_.native_handle(); }
+
+  std::error_code stop() {
+    if (server_ && thread_.joinable()) {
+      const Watchdog watchdog("stop() + run() returning", 10s);
+      server_->stop();
+      thread_.join();
+    }
+    return run_result_;
+  }
+
+ private:
+  std::unique_ptr<Server> server_;
+  std::error_code run_result_;
+  std::jthread thread_;
+};
+
+bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds limit = 3s) {
+  const auto deadline = Clock::now() + limit;
+  while (!condition()) {
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(2ms);
+  }
+  return true;
+}
+
+// A blocking client with TCP_NODELAY and 5 s timeouts, so a broken server fails the test instead
+// of hanging it.
+Fd connect_client(const Address& address) {
+  auto fd = connect_to(address, /*nonblocking=*/false);
+  EXPECT_TRUE(fd.ok()) << fd.error().message();
+  if (!fd) return Fd();
+  EXPECT_FALSE(set_nodelay(fd->get(), true));
+  const timeval timeout{5, 0};
+  ::setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+  return std::move(*fd);
+}
+
+std::optional<std::string> read_frame(int fd) {
+  char header[kFrameHeaderSize];
+  if (recv_exact(fd, header)) return std::nullopt;
+  std::string payload(read_be32(header), '\0');
+  if (recv_exact(fd, payload)) return std::nullopt;
+  return payload;
+}
+
+std::optional<std::string> exchange(int fd, std::string_view payload) {
+  if (send_all(fd, encode_frame(payload))) return std::nullopt;
+  return read_frame(fd);
+}
+
+std::set<int> open_fds() {
+  std::set<int> fds;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    fds.insert(std::stoi(entry.path().filename().string()));
+  }
+  return fds;
+}
+
+std::chrono::nanoseconds thread_cpu_time(pthread_t thread) {
+  clockid_t clock{};
+  if (::pthread_getcpuclockid(thread, &clock) != 0) return {};
+  timespec ts{};
+  ::clock_gettime(clock, &ts);
+  return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
+// The fd of this process's listening socket bound to `address`; -1 if none.
+int find_listener(const Address& address) {
+  for (const int fd : open_fds()) {
+    int listening = 0;
+    socklen_t length = sizeof listening;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) != 0 || !listening) {
+      continue;
+    }
+    const auto local = local_address(fd);
+    if (local && local->to_string() == address.to_string()) return fd;
+  }
+  return -1;
+}
+
+// ---------------------------------------------------------------------------------------------
+TEST(FaultyRegistryTest, SixTwinsAfterTheCorrectModelsEachNamingItsCheck) {
+  const std::vector<std::pair<std::string, std::string>> twins = {
+      {"faulty-single-recv", "partial"},           {"faulty-no-reuseaddr", "timewait"},
+      {"faulty-sigpipe", "errors/broken-pipe"},    {"faulty-blocking", "errors/slow-clients"},
+      {"faulty-fd-leak", "errors/reset-fd-count"}, {"faulty-emfile-spin", "errors/emfile"},
+  };
+  const auto& models = registry();
+  ASSERT_EQ(models.size(), 4 + twins.size());
+  for (size_t i = 0; i < 4; ++i) EXPECT_FALSE(models[i].faulty) << models[i].name;
+  for (size_t i = 0; i < twins.size(); ++i) {
+    const ModelInfo& model = models[4 + i];
+    EXPECT_EQ(model.name, twins[i].first);
+    EXPECT_TRUE(model.faulty) << model.name;
+    EXPECT_NE(model.description.find("check " + twins[i].second), std::string::npos)
+        << model.name << ": " << model.description;
+    EXPECT_EQ(model.restore_sigpipe_default, model.name == "faulty-sigpipe") << model.name;
+    EXPECT_EQ(find_model(model.name), &model);
+  }
+}
+
+// Everything the twins get right: the easy case every tutorial tests, for every twin.
+TEST(FaultyTwinsTest, EachTwinAnswersASmallFrameSentInOneWrite) {
+  for (const ModelInfo& model : registry()) {
+    if (!model.faulty) continue;
+    SCOPED_TRACE(model.name);
+    RunningServer server(model.name, loopback_config());
+    ASSERT_TRUE(server.ok());
+    Fd fd = connect_client(server.address());
+    ASSERT_TRUE(fd);
+    for (const std::string payload : {"hello", "", "a somewhat longer message of a few words"}) {
+      EXPECT_EQ(exchange(fd.get(), payload), payload);
+    }
+    fd.reset();
+    EXPECT_TRUE(wait_until([&] { return server.counters().closed.load() == 1; }));
+    EXPECT_EQ(server.counters().protocol_errors.load(), 0u);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// faulty-single-recv: one recv() is taken as one frame.
+TEST(FaultySingleRecvTest, FrameSplitAcrossTwoSendsIsAnsweredWrong) {
+  const std::string payload = "the first half|and the second half";
+  const std::string wire = encode_frame(payload);
+  for (const char* model : {"epoll", "faulty-single-recv"}) {
+    SCOPED_TRACE(model);
+    RunningServer server(model, loopback_config());
+    ASSERT_TRUE(server.ok());
+    Fd fd = connect_client(server.address());
+    ASSERT_TRUE(fd);
+    ASSERT_FALSE(send_all(fd.get(), std::string_view(wire).substr(0, 18)));
+    std::this_thread::sleep_for(50ms);  // the server reads the first piece on its own
+    ASSERT_FALSE(send_all(fd.get(), std::string_view(wire).substr(18)));
+    const auto reply = read_frame(fd.get());
+    ASSERT_TRUE(reply.has_value());
+    if (std::string_view(model) == "epoll") {
+      EXPECT_EQ(*reply, payload);
+    } else {
+      // The first recv, minus 4 bytes taken for a header, came back as a frame of its own.
+      EXPECT_EQ(*reply, payload.substr(0, 14));
+    }
+  }
+}
+
+TEST(FaultySingleRecvTest, TwoFramesInOneSendAreAnsweredAsOne) {
+  const std::string first = "first";
+  const std::string second = "second";
+  const std::string wire = encode_frame(first) + encode_frame(second);
+  for (const char* model : {"epoll", "faulty-single-recv"}) {
+    SCOPED_TRACE(model);
+    RunningServer server(model, loopback_config());
+    ASSERT_TRUE(server.ok());
+    Fd fd = connect_client(server.address());
+    ASSERT_TRUE(fd);
+    ASSERT_FALSE(send_all(fd.get(), wire));
+    const auto reply = read_frame(fd.get());
+    ASSERT_TRUE(reply.has_value());
+    if (std::string_view(model) == "epoll") {
+      EXPECT_EQ(*reply, first);
+      EXPECT_EQ(read_frame(fd.get()), second);
+    } else {
+      EXPECT_EQ(*reply, first + encode_frame(second));  // the second header is payload now
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// faulty-no-reuseaddr: SO_REUSEADDR is never set, so a restart fails while an old connection of
+// the server's port is in TIME_WAIT on the server side.
+TEST(FaultyNoReuseaddrTest, ListenerHasNoReuseaddr) {
+  for (const char* model : {"epoll", "faulty-no-reuseaddr"}) {
+    SCOPED_TRACE(model);
+    const ModelInfo* info = find_model(model);
+    ASSERT_NE(info, nullptr);
+    auto server = info->make(loopback_config());  // reuseaddr = true, as by default
+    ASSERT_FALSE(server->bind());
+    const int fd = find_listener(server->address());
+    ASSERT_GE(fd, 0);
+    int reuse = -1;
+    socklen_t length = sizeof reuse;
+    ASSERT_EQ(::getsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, &length), 0);
+    EXPECT_EQ(reuse != 0, std::string_view(model) == "epoll");
+  }
+}
+
+TEST(FaultyNoReuseaddrTest, RestartWithServerSideTimeWaitFailsOnlyForTheTwin) {
+  for (const char* model : {"epoll", "faulty-no-reuseaddr"}) {
+    SCOPED_TRACE(model);
+    int port = 0;
+    {
+      RunningServer server(model, loopback_config());
+      ASSERT_TRUE(server.ok());
+      port = server.address().port();
+      Fd client = connect_client(server.address());
+      ASSERT_TRUE(client);
+      ASSERT_EQ(exchange(client.get(), "before the restart"), "before the restart");
+      // The server closes first (stop() with the client connected), so its side of the
+      // connection is the one that ends in TIME_WAIT, on the listening port.
+      ASSERT_FALSE(server.stop());
+      char byte = 0;
+      ASSERT_EQ(::recv(client.get(), &byte, 1, 0), 0);
+    }  // the client closes: the server side moves from FIN_WAIT2 to TIME_WAIT
+    const ModelInfo* info = find_model(model);
+    ASSERT_NE(info, nullptr);
+    auto restarted = info->make(loopback_config(port));
+    const auto ec = restarted->bind();
+    if (std::string_view(model) == "epoll") {
+      EXPECT_FALSE(ec) << ec.message();
+    } else {
+      EXPECT_EQ(ec.value(), EADDRINUSE) << ec.message();
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// faulty-sigpipe: replies are sent without MSG_NOSIGNAL. With SIGPIPE blocked in the server's
+// thread the signal stays pending there instead of killing this test, and /proc shows it.
+bool some_thread_has_sigpipe_pending() {
+  const unsigned long long bit = 1ull << (SIGPIPE - 1);
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream status(task.path() / "status");
+    std::string line;
+    while (std::getline(status, line)) {
+      if (!line.starts_with("SigPnd:")) continue;
+      if (std::stoull(line.substr(7), nullptr, 16) & bit) return true;
+    }
+  }
+  return false;
+}
+
+// Provokes a write to a peer that is gone: a reply too big to be taken at once, a half-close
+// (the server's side goes to CLOSE_WAIT), then an abortive close while the server still has
+// output pending. The RST in CLOSE_WAIT makes the server's next send() fail with EPIPE. (A RST on
+// an ESTABLISHED connection makes the first send() fail with ECONNRESET instead, without a
+// signal: a server that then closes, as this one does, would never get SIGPIPE.)
+void write_to_a_vanished_peer(const Address& address) {
+  // A small receive buffer turns off autotuning, so the reply cannot all fit in the buffers.
+  Fd fd(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(fd);
+  const int small = 16 << 10;
+  ASSERT_EQ(::setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+  ASSERT_EQ(::connect(fd.get(), address.sa(), address.length), 0);
+  ASSERT_FALSE(send_all(fd.get(), encode_frame(std::string(8 << 20, 'p'))));
+  ASSERT_EQ(::shutdown(fd.get(), SHUT_WR), 0);
+  pollfd p{fd.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 3000), 1);  // the server is answering
+  ASSERT_FALSE(set_linger_zero(fd.get()));
+}
+
+TEST(FaultySigpipeTest, WritingToAVanishedPeerRaisesSigpipeOnlyInTheTwin) {
+  sigset_t pipe_set;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  sigset_t old_mask;
+  ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, &pipe_set, &old_mask), 0);
+  for (const char* model : {"epoll", "faulty-sigpipe"}) {
+    SCOPED_TRACE(model);
+    RunningServer server(model, loopback_config());  // its thread inherits the blocked SIGPIPE
+    ASSERT_TRUE(server.ok());
+    ASSERT_FALSE(some_thread_has_sigpipe_pending());
+    write_to_a_vanished_peer(server.address());
+    ASSERT_TRUE(wait_until([&] { return server.counters().closed.load() == 1; }));
+    EXPECT_EQ(server.counters().io_errors.load(), 1u);  // EPIPE, in both
+    EXPECT_EQ(some_thread_has_sigpipe_pending(), std::string_view(model) == "faulty-sigpipe");
+    // A signal pending on a thread dies with it: stopping the server discards it.
+  }
+  EXPECT_FALSE(some_thread_has_sigpipe_pending());
+  ASSERT_EQ(::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// faulty-blocking: one client trickling a frame stalls every other client.
+TEST(FaultyBlockingTest, TricklingClientDelaysOtherClientsOnlyInTheTwin) {
+  constexpr auto kGap = 100ms;
+  constexpr int kPieces = 3;  // payload bytes after the first, each after a gap
+  std::chrono::nanoseconds other_took[2]{};
+  const char* models[2] = {"poll", "faulty-blocking"};
+  for (int m = 0; m < 2; ++m) {
+    SCOPED_TRACE(models[m]);
+    RunningServer server(models[m], loopback_config());
+    ASSERT_TRUE(server.ok());
+    Fd other = connect_client(server.address());
+    Fd slow = connect_client(server.address());
+    ASSERT_TRUE(other && slow);
+    ASSERT_EQ(exchange(other.get(), "warm"), "warm");
+    const std::string payload = "slow!";
+    const std::string wire = encode_frame(payload);
+    ASSERT_FALSE(send_all(slow.get(), std::string_view(wire).substr(0, kFrameHeaderSize + 1)));
+    std::jthread trickler([&] {
+      for (int i = 1; i <= kPieces; ++i) {
+        std::this_thread::sleep_for(kGap);
+        if (send_all(slow.get(), std::string_view(wire).substr(kFrameHeaderSize + i, 1))) return;
+      }
+      // The last byte completes the frame.
+      (void)send_all(slow.get(), std::string_view(wire).substr(kFrameHeaderSize + kPieces + 1));
+    });
+    std::this_thread::sleep_for(20ms);  // the server has seen the start of the slow frame
+    const auto start = Clock::now();
+    EXPECT_EQ(exchange(other.get(), "quick"), "quick");
+    other_took[m] = Clock::now() - start;
+    trickler.join();
+    EXPECT_EQ(read_frame(slow.get()), payload);
+  }
+  using std::chrono::duration_cast;
+  using std::chrono::milliseconds;
+  const auto correct = duration_cast<milliseconds>(other_took[0]).count();
+  const auto faulty = duration_cast<milliseconds>(other_took[1]).count();
+  // The twin answers the other client only once the slow frame is complete, kPieces gaps later.
+  EXPECT_GE(other_took[1], kGap) << "faulty " << faulty << " ms, correct " << correct << " ms";
+  EXPECT_LT(other_took[0], kGap / 2) << "faulty " << faulty << " ms, correct " << correct << " ms";
+  EXPECT_GT(other_took[1], 4 * other_took[0]);
+}
+
+TEST(FaultyBlockingTest, StopEndsABlockedRead) {
+  RunningServer server("faulty-blocking", loopback_config());
+  ASSERT_TRUE(server.ok());
+  Fd slow = connect_client(server.address());
+  ASSERT_TRUE(slow);
+  ASSERT_FALSE(send_all(slow.get(), std::string_view("\0\0\0\x10half", 8)));
+  std::this_thread::sleep_for(20ms);
+  const auto start = Clock::now();
+  EXPECT_FALSE(server.stop());
+  EXPECT_LT(Clock::now() - start, 1s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// faulty-fd-leak: fds of ended connections are never closed.
+TEST(FaultyFdLeakTest, OpenFdsGrowByTheNumberOfClosedClients) {
+  constexpr int kClients = 10;
+  for (const char* model : {"epoll", "faulty-fd-leak"}) {
+    SCOPED_TRACE(model);
+    RunningServer server(model, loopback_config());
+    ASSERT_TRUE(server.ok());
+    const std::set<int> before = open_fds();
+    for (int i = 0; i < kClients; ++i) {
+      Fd fd = connect_client(server.address());
+      ASSERT_TRUE(fd);
+      ASSERT_EQ(exchange(fd.get(), "bye"), "bye");
+      if (i % 2 == 1) {
+        ASSERT_FALSE(set_linger_zero(fd.get()));  // half of them reset
+      }
+    }
+    ASSERT_TRUE(wait_until([&] { return server.counters().closed.load() == kClients; }));
+    const std::set<int> after = open_fds();
+    std::vector<int> extra;
+    for (const int fd : after) {
+      if (!before.contains(fd)) extra.push_back(fd);
+    }
+    EXPECT_EQ(after.size(), before.size() + (std::string_view(model) == "epoll" ? 0 : kClients));
+    EXPECT_EQ(extra.size(), std::string_view(model) == "epoll" ? 0u : size_t{kClients});
+    for (const int fd : extra) ::close(fd);  // what the twin leaked, so later tests start clean
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// faulty-emfile-spin: out of fds, the twin retries accept() in a busy loop. On a loaded machine
+// even a busy loop gets less than a whole core, so the twin's CPU time is also compared with a
+// plain busy loop's over the same window: a spinning server gets about as much.
+TEST(FaultyEmfileSpinTest, OutOfFdsTheTwinSpinsAndEpollBacksOff) {
+  double cpu_share[2] = {};
+  double of_busy_loop[2] = {};
+  uint64_t retries[2] = {};
+  const char* models[2] = {"epoll", "faulty-emfile-spin"};
+  for (int m = 0; m < 2; ++m) {
+    SCOPED_TRACE(models[m]);
+    RunningServer server(models[m], loopback_config());
+    ASSERT_TRUE(server.ok());
+    // Started while fds are still available: the sanitizers' runtime needs one to start a thread.
+    std::atomic<bool> spin{true};
+    std::jthread busy_loop([&spin] {
+      while (spin.load(std::memory_order_relaxed)) {
+      }
+    });
+    struct StopSpinning {
+      std::atomic<bool>& spin;
+      ~StopSpinning() { spin.store(false); }
+    } stop_spinning{spin};
+    Fd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    ASSERT_TRUE(client);
+    const timeval timeout{5, 0};
+    ::setsockopt(client.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    // The lowest free fd number becomes the limit, so the server's next accept() gets EMFILE.
+    const int lowest_free = ::fcntl(client.get(), F_DUPFD_CLOEXEC, 0);
+    ASSERT_GE(lowest_free, 0);
+    ::close(lowest_free);
+    rlimit saved{};
+    ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+    struct Restore {
+      rlimit limit;
+      bool active = true;
+      void now() {
+        if (active) ::setrlimit(RLIMIT_NOFILE, &limit);
+        active = false;
+      }
+      ~Restore() { now(); }
+    } restore{saved};
+    rlimit low = saved;
+    low.rlim_cur = static_cast<rlim_t>(lowest_free);
+    ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+
+    const Address address = server.address();
+    ASSERT_EQ(::connect(client.get(), address.sa(), address.length), 0);
+    ASSERT_TRUE(wait_until([&] { return server.counters().accept_emfile.load() > 0; }));
+    const uint64_t emfile_before = server.counters().accept_emfile.load();
+    const auto busy_before = thread_cpu_time(busy_loop.native_handle());
+    const auto cpu_before = thread_cpu_time(server.thread_handle());
+    const auto wall_before = Clock::now();
+    std::this_thread::sleep_for(300ms);
+    const auto cpu = thread_cpu_time(server.thread_handle()) - cpu_before;
+    const auto busy = thread_cpu_time(busy_loop.native_handle()) - busy_before;
+    const auto wall = Clock::now() - wall_before;
+    retries[m] = server.counters().accept_emfile.load() - emfile_before;
+    spin.store(false);
+    restore.now();
+    cpu_share[m] = std::chrono::duration<double>(cpu) / std::chrono::duration<double>(wall);
+    of_busy_loop[m] = std::chrono::duration<double>(cpu) / std::chrono::duration<double>(busy);
+
+    // Both recover once fds are available again.
+    ASSERT_FALSE(send_all(client.get(), encode_frame("after EMFILE")));
+    EXPECT_EQ(read_frame(client.get()), "after EMFILE");
+  }
+  EXPECT_LT(cpu_share[0], 0.25) << "epoll retries " << retries[0];
+  EXPECT_LT(of_busy_loop[0], 0.25) << "epoll retries " << retries[0];
+  EXPECT_LE(retries[0], 10u);
+  // Over half of wall time where a core is free; at least half a busy loop's share in any case.
+  EXPECT_GT(of_busy_loop[1], 0.5) << "twin: " << cpu_share[1] << " of wall, " << retries[1]
+                                  << " retries";
+  EXPECT_GT(retries[1], 1000u);
+}
+
+}  // namespace
+}  // namespace sockbench::servers
