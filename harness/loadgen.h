@@ -1,5 +1,12 @@
 // The load engine, wrk's shape: T client threads, each with its own epoll loop and its share of
-// the connections; per-thread statistics merged after join; steady_clock throughout.
+// the connections; per-thread statistics merged after join; steady_clock throughout (which is
+// CLOCK_MONOTONIC on Linux, the clock of the threads' timerfd deadlines).
+//
+// Two modes. Closed loop (rate == 0): each connection sends its next request when a reply
+// arrives, `pipeline` in flight. Open loop (rate > 0), as wrk2: requests follow a fixed schedule
+// of intended send times whatever the replies do, and latency is measured from the intended
+// time, so a server stall is charged to every request it delayed (coordinated omission
+// corrected), not only to the few that were on the wire.
 #pragma once
 
 #include <chrono>
@@ -26,7 +33,18 @@ struct LoadConfig {
   int threads = 1;           // clamped to [1, connections]
   std::vector<int> cpus;     // client threads pinned here (round robin); empty: no pin
   size_t message_size = 64;  // payload bytes per request; >= kMinMessageSize
-  int pipeline = 1;          // requests in flight per connection (closed loop)
+  int pipeline = 1;          // requests in flight per connection (closed loop only)
+  // Open loop: total requests/s over all connections, > 0. 0 with open_loop false: closed loop.
+  double rate = 0;
+  // Asks for the open loop even when rate is 0, so that a rate of 0 that was asked for (a
+  // "--rate 0") is rejected by describe_invalid() instead of silently running closed loop.
+  // A non-zero rate alone also selects the open loop.
+  bool open_loop = false;
+  // Open loop: requests issued and not yet answered per connection, in [1, kMaxPipeline]. A due
+  // send that would exceed it waits for a reply (counted in LoadStats::capped_sends); it is
+  // delayed, never dropped, and its latency still counts from its intended time. 1 is wrk2's
+  // behaviour (one request on the wire per connection).
+  int max_outstanding = 1 << 16;
   std::chrono::nanoseconds warmup = std::chrono::seconds(1);
   std::chrono::nanoseconds duration = std::chrono::seconds(5);
   std::chrono::nanoseconds connect_timeout = std::chrono::seconds(10);
@@ -40,8 +58,13 @@ struct LoadConfig {
 
 // The payload starts with the sequence number and send timestamp (8 bytes each, big-endian).
 inline constexpr size_t kMinMessageSize = 16;
-// Upper bound of LoadConfig::pipeline (bounds the per-connection send-time ring).
+// Upper bound of LoadConfig::pipeline and LoadConfig::max_outstanding (bounds the per-connection
+// send-time ring).
 inline constexpr int kMaxPipeline = 1 << 16;
+// An open-loop request whose first byte went out more than this after its intended send time is
+// a late send. 1 ms: far above timer and scheduling noise (tens of microseconds), far below a
+// stall worth reporting.
+inline constexpr std::chrono::nanoseconds kLateSendThreshold = std::chrono::milliseconds(1);
 
 // One per-second interval of the measured window.
 struct IntervalSample {
@@ -52,7 +75,18 @@ struct IntervalSample {
 };
 
 struct LoadStats {
-  Histogram latency;          // request round trip (ns), measured window only
+  // Measured window only (replies completed in it). Closed loop: from the moment the request was
+  // issued to the reply's last byte. Open loop: from the request's intended send time (its
+  // place in the schedule) to the reply's last byte, coordinated omission corrected.
+  Histogram latency;
+  // From the moment the request's first byte was handed to the kernel to the reply's last byte
+  // (ns), the same samples as `latency`. Open loop: latency - service_time is time the request
+  // waited to be sent (behind the cap, a full socket buffer, or a late generator).
+  Histogram service_time;
+  // Open loop: how late each client thread's timer wake-ups in the measured window were against
+  // the deadline it asked for (ns). The generator's own stalls, not the server's. Empty when
+  // closed loop.
+  Histogram generator_lag;
   Histogram connect_latency;  // connect() to established (ns), every successful connect
   uint64_t requests = 0;      // verified replies completed in the measured window
   uint64_t bytes_sent = 0;    // in the measured window, wire bytes (headers included)
@@ -63,6 +97,22 @@ struct LoadStats {
   // Measured window only, like `requests`:
   uint64_t short_reads = 0;   // replies that needed more than one recv() to complete
   uint64_t short_writes = 0;  // send() calls that took fewer bytes than offered (EAGAIN included)
+  // Open loop, requests whose first byte went out in the measured window more than
+  // kLateSendThreshold after their intended send time.
+  uint64_t late_sends = 0;
+  // Open loop, intended sends in the measured window that found their connection at
+  // max_outstanding and had to wait for a reply (then sent late, never dropped).
+  uint64_t capped_sends = 0;
+  // Open loop, intended sends in the measured window whose connection was not open (still
+  // connecting, or dead): never sent, so the achieved rate falls short by these.
+  uint64_t dropped_sends = 0;
+  // CPU time (CLOCK_THREAD_CPUTIME_ID) the client threads used in the measured window, each
+  // read by the thread itself at the window's edges, and that over the CPU capacity they had:
+  // client_cpu_seconds / (measured_seconds * distinct CPUs the threads were pinned to, or the
+  // thread count, at most the CPUs this process may use, when unpinned). Near 1: the load
+  // generator, not the server, may be the bottleneck.
+  double client_cpu_seconds = 0;
+  double client_cpu_utilisation = 0;
   uint64_t connections_requested = 0;
   uint64_t connections_achieved = 0;       // established and completed at least one verified reply
   std::map<std::string, uint64_t> errors;  // by errno name ("ECONNRESET"), plus "ETIMEDOUT" for
@@ -73,19 +123,40 @@ struct LoadStats {
   uint64_t error_count() const;
 };
 
-// Runs a closed-loop request/response load until warmup + duration has elapsed, `stop` is
-// requested, or every connection is dead (failed, closed by the peer, or closed after an
+// True when `config` asks for the open loop (open_loop set, or any non-zero rate).
+bool is_open_loop(const LoadConfig& config);
+
+// "" when run_load() accepts `config`, else one line naming the first problem and the LoadConfig
+// field it is in, e.g. "rate must be a positive, finite number of requests per second for the
+// open loop (got 0)". Checks: connections >= 1, 1 <= pipeline <= kMaxPipeline, message_size >=
+// kMinMessageSize (and < 2^32 when framed), warmup >= 0, duration > 0, connect_timeout > 0,
+// target an IPv4, IPv6 or AF_UNIX address; open loop: 0 < rate <= 1e9, pipeline 1, 1 <=
+// max_outstanding <= kMaxPipeline, and at least one intended send per connection in the
+// measured window (rate * duration >= connections).
+std::string describe_invalid(const LoadConfig& config);
+
+// Runs request/response load, closed or open loop, until warmup + duration has elapsed, `stop`
+// is requested, or every connection is dead (failed, closed by the peer, or closed after an
 // unverified reply; none is reopened). Every reply is verified byte for byte. Blocks the calling
 // thread; starts and joins its own threads. An error_code only for setup failures (e.g.
-// epoll_create), and std::errc::invalid_argument for a config outside: connections >= 1,
-// 1 <= pipeline <= kMaxPipeline, message_size >= kMinMessageSize (and < 2^32 when framed),
-// warmup >= 0, duration > 0, connect_timeout > 0, target an IPv4, IPv6 or AF_UNIX address.
+// epoll_create), and std::errc::invalid_argument when describe_invalid(config) is not empty.
 Expected<LoadStats> run_load(const LoadConfig& config, std::stop_token stop = {});
+
+// The open-loop schedule, a pure function: the intended send time, in ns after the schedule's
+// origin (the start of the run, warm-up included), of request k (0-based) of connection i
+// (0-based) of n, at `rate` requests/s in total. Connection i sends at (i + k * n) / rate
+// seconds: every connection once per n / rate seconds, its phase i / rate, so the n connections
+// together send exactly one request every 1 / rate seconds, evenly staggered, never two at once.
+// A connection's schedule starts at its first slot after it is established; slots before that
+// are not requests. Rounded down to whole ns. Requires 0 <= i < n, rate > 0.
+int64_t intended_send_ns(int i, int n, double rate, uint64_t k);
 
 // Builds the request payload for (seq, send_ns) into `out` (replacing its contents, resized to
 // `size`); exposed so tests and servers can check the wire format. Layout: seq (8 bytes BE),
-// send_ns (8 bytes BE), then filler byte j (16 <= j < size) = ((seq * 151 + j) mod 256) * 37 + 11
+// send_ns (8 bytes BE: steady_clock ns when the request was issued, closed loop, or its intended
+// send time, open loop), then filler byte j (16 <= j < size) = ((seq * 151 + j) mod 256) * 37 + 11
 // (mod 256). Connection i (0-based, over all threads) numbers its requests (i << 40) + 0, 1, ...
+// (open loop: (i << 40) + k for its request k of the schedule, from its first slot after connect)
 void fill_payload(uint64_t seq, uint64_t send_ns, size_t size, std::string& out);
 
 }  // namespace sockbench

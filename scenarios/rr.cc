@@ -2,15 +2,28 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 namespace sockbench::scenarios {
 namespace {
 
+// Above this share of their CPU capacity the client threads may be what limits the run.
+constexpr double kClientSaturation = 0.9;
+// Open loop: an achieved rate further than this below the intended one is worth a warning.
+constexpr double kRateShortfall = 0.01;
+
 double us(uint64_t ns) { return static_cast<double>(ns) / 1e3; }
+
+bool open_loop(const BenchParams& options) { return options.rate > 0; }
+
+// The rate as it appears in names and params: an integer.
+std::string rate_text(double rate) { return fmt::format("{:.0f}", std::round(rate)); }
 
 std::string record_name(const std::string& server, const BenchParams& options) {
   std::string name =
       fmt::format("rr/{}/clients:{}/msg:{}", server, options.clients, options.message_size);
   if (options.pipeline > 1) name += fmt::format("/pipeline:{}", options.pipeline);
+  if (open_loop(options)) name += "/rate:" + rate_text(options.rate);
   return name;
 }
 
@@ -24,6 +37,7 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   record.params = {{"clients", std::to_string(options.clients)},
                    {"msg", std::to_string(options.message_size)},
                    {"pipeline", std::to_string(options.pipeline)}};
+  if (open_loop(options)) record.params.emplace_back("rate", rate_text(options.rate));
 
   // The server is sampled at the edges of the measured window so its CPU time and context
   // switches are charged to exactly the requests that were counted.
@@ -37,11 +51,17 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   config.cpus = options.client_cpus;
   config.message_size = options.message_size;
   config.pipeline = options.pipeline;
+  // A negative rate is passed on too, for the engine's validation to name it.
+  config.rate = options.rate;
   config.warmup = options.warmup;
   config.duration = options.duration;
   config.on_measure_start = [&] { before = server.sample(); };
   config.on_measure_end = [&] { after = server.sample(); };
 
+  if (const auto why = describe_invalid(config); !why.empty()) {
+    record.error = fmt::format("invalid load: {}", why);
+    return record;
+  }
   auto loaded = run_load(config, stop);
   if (!loaded) {
     record.error = fmt::format("load engine failed: {}", loaded.error().message());
@@ -68,6 +88,17 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   record.set("unverified_replies", static_cast<double>(stats.unverified_replies));
   record.set("short_reads", static_cast<double>(stats.short_reads));
   record.set("short_writes", static_cast<double>(stats.short_writes));
+  record.set("client_cpu_percent", stats.client_cpu_utilisation * 100);
+  if (open_loop(options)) {
+    record.set("intended_rate", options.rate);
+    record.set("service_p50_us", us(stats.service_time.percentile(50)));
+    record.set("service_p99_us", us(stats.service_time.percentile(99)));
+    record.set("late_sends", static_cast<double>(stats.late_sends));
+    record.set("capped_sends", static_cast<double>(stats.capped_sends));
+    record.set("dropped_sends", static_cast<double>(stats.dropped_sends));
+    record.set("generator_lag_p99_us", us(stats.generator_lag.percentile(99)));
+    record.set("generator_lag_max_us", us(stats.generator_lag.max()));
+  }
   if (before && after) {
     const double cpu_us = (after->cpu_seconds - before->cpu_seconds) * 1e6;
     record.cpu_time = requests > 0 ? cpu_us / requests : 0;
@@ -81,6 +112,13 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   }
   record.errors = stats.errors;
   record.latency = stats.latency;
+  for (const IntervalSample& sample : stats.timeseries) {
+    // Each sample is one whole second, so its request count is its rate.
+    record.timeseries.push_back({.t_seconds = sample.t_seconds,
+                                 .requests_per_second = static_cast<double>(sample.requests),
+                                 .p99_us = us(sample.p99_ns),
+                                 .errors = sample.errors});
+  }
 
   std::string why;
   if (!server.alive(&why)) {
@@ -94,6 +132,31 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   if (stats.unverified_replies > 0) {
     record.warnings.push_back(
         fmt::format("{} replies differed from their request", stats.unverified_replies));
+  }
+  if (stats.client_cpu_utilisation > kClientSaturation) {
+    record.warnings.push_back(fmt::format(
+        "client CPUs saturated ({:.0f} %): the load generator, not the server, may be the "
+        "bottleneck",
+        stats.client_cpu_utilisation * 100));
+  }
+  if (open_loop(options) && stats.measured_seconds > 0) {
+    const double achieved = requests / seconds;
+    if (achieved < options.rate * (1 - kRateShortfall)) {
+      record.warnings.push_back(fmt::format("achieved {:.0f} requests/s of the intended {}",
+                                            achieved, rate_text(options.rate)));
+    }
+    // Not caught by the CPU figure when other processes take the client's CPUs.
+    const uint64_t lag_p99 = stats.generator_lag.percentile(99);
+    if (lag_p99 > static_cast<uint64_t>(kLateSendThreshold.count())) {
+      record.warnings.push_back(fmt::format(
+          "load generator behind its schedule (wake-up lag p99 {:.2f} ms): latency includes the "
+          "client's own delays, compare service_p99_us",
+          static_cast<double>(lag_p99) / 1e6));
+    }
+    if (stats.dropped_sends > 0) {
+      record.warnings.push_back(
+          fmt::format("{} scheduled sends had no open connection to go on", stats.dropped_sends));
+    }
   }
   return record;
 }

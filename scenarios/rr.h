@@ -1,4 +1,4 @@
-// `rr`: request/response over N connections, closed loop, every reply verified.
+// `rr`: request/response over N connections, closed or open loop, every reply verified.
 #pragma once
 
 #include <chrono>
@@ -10,9 +10,18 @@
 
 namespace sockbench::scenarios {
 
-// Runs closed-loop load against `server` and returns one record named
-// "rr/<server>/clients:<N>/msg:<bytes>" (plus "/pipeline:<D>" when D > 1). Failures are in
-// Record::error, never thrown.
+// Runs load against `server` and returns one record named "rr/<server>/clients:<N>/msg:<bytes>"
+// (plus "/pipeline:<D>" when D > 1, "/rate:<R>" when params.rate > 0: the open loop at R
+// requests/s in total, R written as an integer). Failures are in Record::error, never thrown.
+//
+// Metrics, both modes: requests_per_second (achieved), bytes_per_second, p50/p90/p99/p999/max_us
+// (latency; open loop: from the intended send time, coordinated omission corrected),
+// connect_p50_us, connect_p99_us, connections_requested, connections_achieved, errors,
+// unverified_replies, short_reads, short_writes, client_cpu_percent (client CPU time over the
+// client CPUs' capacity in the window; a warning above 90 %), and server_* when the server can
+// be observed. Open loop adds: intended_rate, service_p50_us, service_p99_us (from the actual
+// send), late_sends, capped_sends, dropped_sends, generator_lag_p99_us, generator_lag_max_us.
+// Record::timeseries holds one point per whole second of the window.
 results::Record run_rr(ServerHandle& server, const BenchParams& params, std::stop_token stop);
 
 }  // namespace sockbench::scenarios

@@ -186,9 +186,10 @@ int export_command(int argc, const char* const* argv) {
   if (!parsed.count("format"))
     throw UsageError("--format: required (bencher, gab-bigger, gab-smaller)");
   const auto format = str(parsed, "format");
-  if (format != "bencher" && format != "gab-bigger" && format != "gab-smaller") {
-    throw UsageError(
-        fmt::format("--format: expected bencher, gab-bigger or gab-smaller, got '{}'", format));
+  if (format != "bencher" && format != "gab-bigger" && format != "gab-smaller" &&
+      format != "spectrum") {
+    throw UsageError(fmt::format(
+        "--format: expected bencher, gab-bigger, gab-smaller or spectrum, got '{}'", format));
   }
   const auto files = parsed.count("file") ? parsed["file"].as<std::vector<std::string>>()
                                           : std::vector<std::string>{};

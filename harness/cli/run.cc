@@ -4,10 +4,12 @@
 #include <unistd.h>
 
 #include <climits>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 
 #include "harness/cli/commands.h"
@@ -15,8 +17,9 @@
 #include "harness/cli/targets.h"
 #include "harness/process.h"
 #include "harness/signals.h"
+#include "results/compare.h"
 #include "results/writers.h"
-#include "scenarios/rr.h"
+#include "scenarios/benchmark.h"
 #include "servers/server.h"
 
 namespace sockbench::cli {
@@ -110,33 +113,218 @@ results::RunContext make_context(int argc, const char* const* argv,
   return context;
 }
 
+// One cell of the matrix: a scenario against a server with one set of parameters.
+struct Cell {
+  const scenarios::BenchmarkInfo* scenario;
+  std::string server;
+  scenarios::BenchParams params;
+};
+
+// A fresh unix socket path per server start, so a stale file never makes a bind fail.
+std::string unix_socket_path() {
+  static int counter = 0;  // only the main thread starts servers
+  return (std::filesystem::temp_directory_path() /
+          fmt::format("sockbench-{}-{}.sock", ::getpid(), counter++))
+      .string();
+}
+
+// Runs one cell: starts its server, runs the scenario, stops the server.
+std::vector<results::Record> run_cell(const Cell& cell, const std::string& listen_host,
+                                      bool unix_transport, int backlog,
+                                      const std::vector<std::string>& serve_args,
+                                      const std::vector<int>& server_cpus, std::stop_token stop) {
+  ServeSpec spec;
+  spec.model = cell.server;
+  spec.protocol = cell.scenario->protocol(cell.params);
+  spec.backlog = backlog;
+  spec.cpus = server_cpus;
+  spec.extra_args = serve_args;
+  const std::string unix_path = unix_transport ? unix_socket_path() : std::string();
+  spec.listen = unix_transport ? "unix:" + unix_path : listen_host + ":0";
+  std::string error;
+  auto server = ChildServer::start(spec, &error);
+  std::vector<results::Record> records;
+  if (!server) {
+    results::Record failed;
+    failed.scenario = cell.scenario->name;
+    failed.server = cell.server;
+    failed.name =
+        fmt::format("{}/{}/clients:{}", cell.scenario->name, cell.server, cell.params.clients);
+    failed.error = error;
+    records.push_back(std::move(failed));
+  } else {
+    fmt::print(stderr, "sockbench: {} against {} at {}: {} clients, {:.3g} s\n",
+               cell.scenario->name, cell.server, server->address().to_string(), cell.params.clients,
+               std::chrono::duration<double>(cell.params.duration).count());
+    records = cell.scenario->run(*server, cell.params, stop);
+    const auto exit = server->stop();
+    const bool clean = (exit.exited && exit.code == 0) || (!exit.exited && exit.signal == SIGTERM);
+    for (auto& record : records) {
+      if (record.error.empty() && !clean) {
+        record.warnings.push_back(
+            fmt::format("server {} did not stop cleanly: {}", cell.server, exit.describe()));
+      }
+    }
+  }
+  if (unix_transport) {
+    std::error_code ignored;  // the server may have removed it, or never created it
+    std::filesystem::remove(unix_path, ignored);
+  }
+  return records;
+}
+
+// Google Benchmark's aggregates over the repetitions of one name: mean, median, stddev, cv.
+std::vector<results::Record> aggregates(const std::vector<const results::Record*>& reps) {
+  std::vector<results::Record> out;
+  if (reps.size() < 2) return out;
+  const results::Record& first = *reps.front();
+  auto stat = [&](const std::string& which, auto&& value_of) {
+    std::vector<double> values;
+    for (const auto* r : reps) values.push_back(value_of(*r));
+    const double n = static_cast<double>(values.size());
+    double mean = 0;
+    for (double v : values) mean += v / n;
+    double var = 0;
+    for (double v : values) var += (v - mean) * (v - mean) / (n - 1);
+    const double stddev = std::sqrt(var);
+    if (which == "mean") return mean;
+    if (which == "median") return results::median(values);
+    if (which == "stddev") return stddev;
+    return mean != 0 ? stddev / mean : 0.0;  // cv
+  };
+  for (const std::string which : {"mean", "median", "stddev", "cv"}) {
+    results::Record a;
+    a.name = first.name + "_" + which;
+    a.scenario = first.scenario;
+    a.server = first.server;
+    a.params = first.params;
+    a.run_type = "aggregate";
+    a.aggregate_name = which;
+    a.repetitions = static_cast<int>(reps.size());
+    a.time_unit = first.time_unit;
+    a.iterations = static_cast<uint64_t>(reps.size());
+    a.real_time = stat(which, [](const results::Record& r) { return r.real_time; });
+    a.cpu_time = stat(which, [](const results::Record& r) { return r.cpu_time; });
+    for (const auto& m : first.metrics) {
+      a.set(m.name, stat(which, [&](const results::Record& r) {
+              return r.metric(m.name).value_or(std::nan(""));
+            }));
+    }
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+// Groups repetitions of the same name together (first-seen order) and appends each group's
+// aggregates after it, the order Google Benchmark writes them in.
+std::vector<results::Record> with_aggregates(std::vector<results::Record> records,
+                                             int repetitions) {
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<results::Record>> groups;
+  for (auto& r : records) {
+    if (!groups.count(r.name)) order.push_back(r.name);
+    groups[r.name].push_back(std::move(r));
+  }
+  std::vector<results::Record> out;
+  for (const auto& name : order) {
+    auto& group = groups[name];
+    std::vector<const results::Record*> ok;
+    for (auto& r : group) {
+      r.repetitions = repetitions;
+      if (r.error.empty()) ok.push_back(&r);
+    }
+    auto agg = repetitions > 1 ? aggregates(ok) : std::vector<results::Record>{};
+    std::move(group.begin(), group.end(), std::back_inserter(out));
+    std::move(agg.begin(), agg.end(), std::back_inserter(out));
+  }
+  return out;
+}
+
+// What the console shows: every cell once (the median when repeated).
+results::RunResult for_console(const results::RunResult& run, int repetitions) {
+  results::RunResult shown;
+  shown.context = run.context;
+  for (const auto& r : run.records) {
+    const bool show = repetitions > 1 ? (r.run_type == "aggregate" && r.aggregate_name == "median")
+                                      : r.run_type == "iteration";
+    if (show || (repetitions > 1 && !r.error.empty())) shown.records.push_back(r);
+  }
+  return shown;
+}
+
+std::error_code write_timeseries(const results::RunResult& run, const std::string& path) {
+  std::string out;
+  for (const auto& r : run.records) {
+    for (const auto& p : r.timeseries) {
+      nlohmann::json line = {{"name", r.name},     {"repetition_index", r.repetition_index},
+                             {"t", p.t_seconds},   {"requests_per_second", p.requests_per_second},
+                             {"p99_us", p.p99_us}, {"errors", p.errors}};
+      out += line.dump() + "\n";
+    }
+  }
+  return results::write_file_atomically(path, out);
+}
+
+std::vector<int> int_list(const cxxopts::ParseResult& parsed, const std::string& flag, int64_t min,
+                          int64_t max) {
+  std::vector<int> values;
+  for (const auto& item : split_list(flag, str(parsed, flag))) {
+    values.push_back(static_cast<int>(parse_int(flag, item, min, max)));
+  }
+  return values;
+}
+
 }  // namespace
 
 int run_command(int argc, const char* const* argv) {
   cxxopts::Options options("sockbench run",
                            "Run server models under load and measure them side by side.");
-  options.add_options()("server", "threaded, select, poll, epoll, all, or a comma list",
-                        cxxopts::value<std::string>()->default_value("threaded"))(
-      "scenario", "rr (request/response)", cxxopts::value<std::string>()->default_value("rr"))(
-      "clients", "concurrent connections", cxxopts::value<std::string>()->default_value("100"))(
-      "duration", "measured time (5s, 500ms, 1m)",
-      cxxopts::value<std::string>()->default_value("5s"))(
-      "warmup", "time before measuring, excluded from results",
-      cxxopts::value<std::string>()->default_value("1s"))(
-      "message-size", "payload bytes per request (>= 16: sequence number + timestamp)",
-      cxxopts::value<std::string>()->default_value("64"))(
-      "pipeline", "requests in flight per connection",
-      cxxopts::value<std::string>()->default_value("1"))(
-      "threads", "client threads (default: size of the client CPU set)",
-      cxxopts::value<std::string>())("protocol", "framed (length-prefixed) or echo (raw bytes)",
-                                     cxxopts::value<std::string>()->default_value("framed"))(
-      "backlog", "server listen(2) backlog", cxxopts::value<std::string>()->default_value("4096"))(
-      "server-cpus", "CPUs for the server, e.g. 0 or 0-1 (default: first half)",
-      cxxopts::value<std::string>())("client-cpus",
-                                     "CPUs for the load generator (default: the rest)",
-                                     cxxopts::value<std::string>())(
-      "json", "write Google Benchmark-style JSON here", cxxopts::value<std::string>())(
-      "csv", "write CSV here", cxxopts::value<std::string>())("h,help", "show this help");
+  // clang-format off
+  options.add_options()
+      ("server", "threaded, select, poll, epoll, all, or a comma list",
+       cxxopts::value<std::string>()->default_value("threaded"))
+      ("scenario", "rr, stream, crr, connections, or a comma list",
+       cxxopts::value<std::string>()->default_value("rr"))
+      ("clients", "concurrent connections, or a comma list to sweep (10,100,1000)",
+       cxxopts::value<std::string>()->default_value("100"))
+      ("duration", "measured time per cell (5s, 500ms, 1m)",
+       cxxopts::value<std::string>()->default_value("5s"))
+      ("warmup", "time before measuring, excluded from results",
+       cxxopts::value<std::string>()->default_value("1s"))
+      ("repetitions", "run every cell K times, interleaved (A B C A B C ...)",
+       cxxopts::value<std::string>()->default_value("1"))
+      ("message-size", "payload bytes per request (rr, crr, connections; >= 16) or per write "
+       "(stream) (default: 64, stream 131072)", cxxopts::value<std::string>())
+      ("pipeline", "rr: requests in flight per connection",
+       cxxopts::value<std::string>()->default_value("1"))
+      ("rate", "rr: open loop at this many requests/s in total (latency from intended send time)",
+       cxxopts::value<std::string>())
+      ("duplex", "stream: through echo (both ways) instead of one way into discard")
+      ("close", "crr: fin (close) or rst (SO_LINGER 0)",
+       cxxopts::value<std::string>()->default_value("fin"))
+      ("ramp", "connections: steps, e.g. 1000,5000,19000 (default: --clients)",
+       cxxopts::value<std::string>())
+      ("threads", "client threads (default: size of the client CPU set)",
+       cxxopts::value<std::string>())
+      ("protocol", "rr/crr wire format: framed (length-prefixed) or echo (raw bytes)",
+       cxxopts::value<std::string>()->default_value("framed"))
+      ("transport", "tcp or unix (AF_UNIX stream sockets)",
+       cxxopts::value<std::string>()->default_value("tcp"))
+      ("host", "server address for tcp: 127.0.0.1, ::1 or localhost",
+       cxxopts::value<std::string>()->default_value("127.0.0.1"))
+      ("backlog", "server listen(2) backlog", cxxopts::value<std::string>()->default_value("4096"))
+      ("server-delay-us", "slow every server on purpose: this delay before each reply (to prove "
+       "that a regression gate catches a slower server)", cxxopts::value<std::string>())
+      ("server-cpus", "CPUs for the server, e.g. 0 or 0-1 (default: first half)",
+       cxxopts::value<std::string>())
+      ("client-cpus", "CPUs for the load generator (default: the rest)",
+       cxxopts::value<std::string>())
+      ("json", "write Google Benchmark-style JSON here", cxxopts::value<std::string>())
+      ("csv", "write CSV here", cxxopts::value<std::string>())
+      ("timeseries", "write per-second samples of every cell here as JSON lines",
+       cxxopts::value<std::string>())
+      ("h,help", "show this help");
+  // clang-format on
   const auto parsed = parse_or_throw(options, argc, argv);
   if (parsed.count("help")) {
     std::fputs(options.help().c_str(), stdout);
@@ -145,26 +333,70 @@ int run_command(int argc, const char* const* argv) {
 
   const auto fd_limit = raise_fd_limit();
   const auto server_names = resolve_servers(str(parsed, "server"));
-  for (const auto& scenario : split_list("scenario", str(parsed, "scenario"))) {
-    if (scenario != "rr") {
-      throw UsageError(fmt::format("--scenario: unknown scenario '{}' (available: rr)", scenario));
+  std::vector<const scenarios::BenchmarkInfo*> scenario_list;
+  for (const auto& name : split_list("scenario", str(parsed, "scenario"))) {
+    const auto* info = scenarios::find_benchmark(name);
+    if (!info) {
+      std::string known;
+      for (const auto& b : scenarios::benchmarks()) known += (known.empty() ? "" : ", ") + b.name;
+      throw UsageError(
+          fmt::format("--scenario: unknown scenario '{}' (available: {})", name, known));
     }
+    scenario_list.push_back(info);
   }
-  scenarios::BenchParams rr;
+  const auto has = [&](const std::string& name) {
+    return std::any_of(scenario_list.begin(), scenario_list.end(),
+                       [&](const auto* s) { return s->name == name; });
+  };
+
+  scenarios::BenchParams base;
   // Each connection costs the client one fd; keep headroom for the process's own.
-  const auto max_clients = static_cast<int64_t>(fd_limit > 64 ? fd_limit - 64 : 1);
-  rr.clients = static_cast<int>(parse_int("clients", str(parsed, "clients"), 1, max_clients));
-  rr.duration = parse_duration("duration", str(parsed, "duration"), 100ms, 24h);
-  rr.warmup = parse_duration("warmup", str(parsed, "warmup"), 0ms, 1h);
-  rr.message_size = static_cast<size_t>(
-      parse_int("message-size", str(parsed, "message-size"), kMinMessageSize, kDefaultMaxFrame));
-  rr.pipeline = static_cast<int>(parse_int("pipeline", str(parsed, "pipeline"), 1, 4096));
+  const auto max_clients = static_cast<int64_t>(fd_limit > 100 ? fd_limit - 100 : 1);
+  const auto clients_list = int_list(parsed, "clients", 1, max_clients);
+  base.duration = parse_duration("duration", str(parsed, "duration"), 100ms, 24h);
+  base.warmup = parse_duration("warmup", str(parsed, "warmup"), 0ms, 1h);
+  const int repetitions =
+      static_cast<int>(parse_int("repetitions", str(parsed, "repetitions"), 1, 1000));
+  // Without --message-size each scenario gets its natural size: small requests, bulk writes.
+  const bool sized = parsed.count("message-size") > 0;
+  base.message_size = sized ? static_cast<size_t>(parse_int(
+                                  "message-size", str(parsed, "message-size"), 1, kDefaultMaxFrame))
+                            : 64;
+  if ((has("rr") || has("crr") || has("connections")) && base.message_size < kMinMessageSize) {
+    throw UsageError(fmt::format(
+        "--message-size: rr, crr and connections need >= {} bytes (sequence number + send "
+        "time), got {}",
+        kMinMessageSize, base.message_size));
+  }
+  base.pipeline = static_cast<int>(parse_int("pipeline", str(parsed, "pipeline"), 1, 4096));
+  base.duplex = parsed.count("duplex") > 0;
+  const auto close = str(parsed, "close");
+  if (close != "fin" && close != "rst") {
+    throw UsageError(fmt::format("--close: expected fin or rst, got '{}'", close));
+  }
+  base.close = close == "fin" ? scenarios::CloseMode::kFin : scenarios::CloseMode::kRst;
+  if (parsed.count("ramp")) base.ramp = int_list(parsed, "ramp", 1, max_clients);
   const auto protocol = str(parsed, "protocol");
   if (protocol != "framed" && protocol != "echo") {
     throw UsageError(fmt::format("--protocol: expected framed or echo, got '{}'", protocol));
   }
-  rr.wire = protocol == "framed" ? WireFormat::kFramed : WireFormat::kRaw;
+  base.wire = protocol == "framed" ? WireFormat::kFramed : WireFormat::kRaw;
+  const auto transport = str(parsed, "transport");
+  if (transport != "tcp" && transport != "unix") {
+    throw UsageError(fmt::format("--transport: expected tcp or unix, got '{}'", transport));
+  }
+  std::string host = str(parsed, "host");
+  if (host.find(':') != std::string::npos && !host.starts_with("[")) host = "[" + host + "]";
+  if (const auto probe = parse_address(host + ":0"); !probe.error.empty()) {
+    throw UsageError("--host: " + probe.error);
+  }
   const int backlog = static_cast<int>(parse_int("backlog", str(parsed, "backlog"), 0, 1 << 20));
+  std::vector<std::string> serve_args;
+  if (parsed.count("server-delay-us")) {
+    serve_args = {
+        "--delay-us",
+        std::to_string(parse_int("server-delay-us", str(parsed, "server-delay-us"), 0, 1'000'000))};
+  }
 
   // Server and client on disjoint CPU sets by default, the same set for every model.
   const auto available = available_cpus();
@@ -179,69 +411,85 @@ int run_command(int argc, const char* const* argv) {
   }
   if (parsed.count("server-cpus")) server_cpus = cpus_flag(parsed, "server-cpus");
   if (parsed.count("client-cpus")) client_cpus = cpus_flag(parsed, "client-cpus");
-  rr.client_cpus = client_cpus;
-  rr.threads = parsed.count("threads")
-                   ? static_cast<int>(parse_int("threads", str(parsed, "threads"), 1, 1024))
-                   : std::max<int>(1, static_cast<int>(client_cpus.size()));
+  base.client_cpus = client_cpus;
+  base.threads = parsed.count("threads")
+                     ? static_cast<int>(parse_int("threads", str(parsed, "threads"), 1, 1024))
+                     : std::max<int>(1, static_cast<int>(client_cpus.size()));
+  if (parsed.count("rate")) {
+    base.rate = static_cast<double>(parse_int("rate", str(parsed, "rate"), 1, 100'000'000));
+    for (int clients : clients_list) {
+      // The engine's own validation says what is wrong; the CLI names the flag.
+      LoadConfig probe;
+      probe.target = parse_address("127.0.0.1:1").address;
+      probe.connections = clients;
+      probe.rate = base.rate;
+      probe.open_loop = true;
+      probe.pipeline = base.pipeline;
+      probe.warmup = base.warmup;
+      probe.duration = base.duration;
+      probe.message_size = std::max(base.message_size, kMinMessageSize);
+      if (const auto why = describe_invalid(probe); !why.empty()) {
+        throw UsageError(fmt::format("--rate: {}", why));
+      }
+    }
+  }
   std::optional<std::string> json_path;
   std::optional<std::string> csv_path;
+  std::optional<std::string> timeseries_path;
   if (parsed.count("json")) check_writable("json", *(json_path = str(parsed, "json")));
   if (parsed.count("csv")) check_writable("csv", *(csv_path = str(parsed, "csv")));
+  if (parsed.count("timeseries")) {
+    check_writable("timeseries", *(timeseries_path = str(parsed, "timeseries")));
+  }
+
+  std::vector<Cell> cells;
+  for (const auto* scenario : scenario_list) {
+    for (int clients : clients_list) {
+      for (const auto& server : server_names) {
+        Cell cell{scenario, server, base};
+        cell.params.clients = clients;
+        if (!sized && scenario->name == "stream") cell.params.message_size = 128 << 10;
+        cells.push_back(std::move(cell));
+      }
+    }
+  }
 
   results::RunResult run;
   run.context = make_context(argc, argv, server_cpus, client_cpus);
   SignalWatcher watcher(
       [](int signo) { fmt::print(stderr, "sockbench: caught signal {}, stopping\n", signo); });
-  for (const auto& name : server_names) {
-    if (watcher.token().stop_requested()) break;
-    std::string error;
-    ServeSpec spec;
-    spec.model = name;
-    spec.protocol = protocol;
-    spec.backlog = backlog;
-    spec.cpus = server_cpus;
-    auto server = ChildServer::start(spec, &error);
-    if (!server) {
-      results::Record failed;
-      failed.scenario = "rr";
-      failed.server = name;
-      failed.name = fmt::format("rr/{}/clients:{}/msg:{}", name, rr.clients, rr.message_size);
-      failed.error = error;
-      run.records.push_back(std::move(failed));
-      continue;
+  std::vector<results::Record> records;
+  // Interleaved (A B C A B C ...) so slow drift of the machine spreads over every cell.
+  for (int rep = 0; rep < repetitions && !watcher.token().stop_requested(); ++rep) {
+    for (const auto& cell : cells) {
+      if (watcher.token().stop_requested()) break;
+      for (auto& record : run_cell(cell, host, transport == "unix", backlog, serve_args,
+                                   server_cpus, watcher.token())) {
+        record.repetition_index = rep;
+        records.push_back(std::move(record));
+      }
     }
-    fmt::print(stderr, "sockbench: rr against {} at {}: {} clients, {} s\n", name,
-               server->address().to_string(), rr.clients,
-               std::chrono::duration<double>(rr.duration).count());
-    auto record = scenarios::run_rr(*server, rr, watcher.token());
-    const auto exit = server->stop();
-    if (record.error.empty() && !(exit.exited && exit.code == 0) &&
-        !(!exit.exited && exit.signal == SIGTERM)) {
-      record.warnings.push_back(
-          fmt::format("server {} did not stop cleanly: {}", name, exit.describe()));
-    }
-    run.records.push_back(std::move(record));
   }
+  run.records = with_aggregates(std::move(records), repetitions);
   if (watcher.token().stop_requested()) run.context.error = "interrupted by signal";
 
-  results::print_table(run, stdout);
+  results::print_table(for_console(run, repetitions), stdout);
   std::fflush(stdout);
   int status = 0;
   for (const auto& record : run.records) {
     if (!record.error.empty()) status = 1;
   }
-  if (json_path) {
-    if (const auto ec = results::write_json_file(run, *json_path)) {
-      fmt::print(stderr, "sockbench: cannot write --json {}: {}\n", *json_path, ec.message());
+  const auto write = [&](const char* flag, const std::optional<std::string>& path, auto&& writer) {
+    if (!path) return;
+    if (const auto ec = writer(*path)) {
+      fmt::print(stderr, "sockbench: cannot write --{} {}: {}\n", flag, *path, ec.message());
       status = 1;
     }
-  }
-  if (csv_path) {
-    if (const auto ec = results::write_csv_file(run, *csv_path)) {
-      fmt::print(stderr, "sockbench: cannot write --csv {}: {}\n", *csv_path, ec.message());
-      status = 1;
-    }
-  }
+  };
+  write("json", json_path, [&](const std::string& p) { return results::write_json_file(run, p); });
+  write("csv", csv_path, [&](const std::string& p) { return results::write_csv_file(run, p); });
+  write("timeseries", timeseries_path,
+        [&](const std::string& p) { return write_timeseries(run, p); });
   return watcher.received() ? 128 + watcher.received() : status;
 }
 
