@@ -1,0 +1,86 @@
+// The connection-churn engine (netperf TCP_CRR's shape): N slots, each looping connect ->
+// one verified request/response -> close, on per-thread epoll loops; per-thread statistics
+// merged after join; steady_clock throughout.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include "harness/histogram.h"
+#include "harness/loadgen.h"
+#include "harness/net.h"
+
+namespace sockbench {
+
+enum class ChurnClose {
+  kFin,  // close(): the client closes first and keeps the TIME_WAIT
+  kRst,  // SO_LINGER {1, 0} then close(): an RST, no TIME_WAIT on either side
+};
+
+struct ChurnConfig {
+  Address target;
+  WireFormat wire = WireFormat::kFramed;  // the request, as rr sends it (see fill_payload)
+  int connections = 1;                    // concurrent slots
+  int threads = 1;                        // clamped to [1, connections]
+  std::vector<int> cpus;                  // client threads pinned here (round robin)
+  size_t message_size = 64;               // payload bytes; >= kMinMessageSize
+  ChurnClose close = ChurnClose::kFin;
+  std::chrono::nanoseconds warmup = std::chrono::seconds(1);
+  std::chrono::nanoseconds duration = std::chrono::seconds(5);
+  std::chrono::nanoseconds connect_timeout = std::chrono::seconds(10);
+  std::chrono::nanoseconds reply_timeout = std::chrono::seconds(10);
+  // How long a slot waits after a failed cycle before it connects again, so that a refusing
+  // server or exhausted ephemeral ports cost a few errors per slot, not a busy loop.
+  std::chrono::nanoseconds backoff = std::chrono::milliseconds(10);
+  // Starts a non-blocking connect (EINPROGRESS is success). Empty: connect_to(target, true).
+  // Called concurrently from every client thread. Tests inject failures (EADDRNOTAVAIL) here.
+  std::function<Expected<Fd>(const Address&)> connect;
+  // As in LoadConfig: called on the calling thread of run_churn() at the measured window's
+  // edges; on_measure_end exactly when on_measure_start was called. May be empty.
+  std::function<void()> on_measure_start;
+  std::function<void()> on_measure_end;
+};
+
+// One second of the measured window.
+struct ChurnInterval {
+  double t_seconds = 0;  // interval end, from measurement start
+  uint64_t cycles = 0;
+  uint64_t errors = 0;
+  uint64_t p99_ns = 0;  // request latency
+};
+
+struct ChurnStats {
+  // Measured window only:
+  uint64_t cycles = 0;        // connect + verified reply + close, completed in the window
+  Histogram connect_latency;  // connect() to established (ns)
+  Histogram latency;          // request sent to reply verified (ns)
+  Histogram cycle_latency;    // connect() to close() (ns)
+  uint64_t short_reads = 0;   // replies that needed more than one recv()
+  uint64_t short_writes = 0;  // send() calls that took fewer bytes than offered
+  // Whole run:
+  uint64_t total_cycles = 0;
+  uint64_t connects_started = 0;           // connect() calls made (failed ones included)
+  uint64_t unverified_replies = 0;         // a reply that differed from its request; an error
+  std::map<std::string, uint64_t> errors;  // by errno name: "EADDRNOTAVAIL" (ephemeral ports
+                                           // exhausted), "ECONNREFUSED", "ETIMEDOUT", "EOF"...
+  uint64_t slots_requested = 0;
+  uint64_t slots_achieved = 0;            // slots that completed at least one cycle
+  double measured_seconds = 0;            // the actual window length (0: never started)
+  std::vector<ChurnInterval> timeseries;  // one per whole second of the actual window
+  uint64_t error_count() const;           // sum of `errors` plus unverified_replies
+};
+
+// Runs the churn until warmup + duration has elapsed or `stop` is requested. A failed cycle
+// (any connect error, EADDRNOTAVAIL included, a reset, a wrong reply, a timeout) is counted and
+// the slot starts over after `backoff`; nothing is fatal. Blocks the calling thread; starts and
+// joins its own threads. An error_code only for setup failures, and std::errc::invalid_argument
+// for a config outside: connections >= 1, message_size >= kMinMessageSize (and < 2^32 when
+// framed), warmup >= 0, duration > 0, timeouts > 0, backoff >= 0, target IPv4, IPv6 or AF_UNIX.
+Expected<ChurnStats> run_churn(const ChurnConfig& config, std::stop_token stop = {});
+
+}  // namespace sockbench

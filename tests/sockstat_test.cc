@@ -1,0 +1,150 @@
+#include "harness/sockstat.h"
+
+#include <gtest/gtest.h>
+#include <net/if.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <thread>
+
+#include "harness/net.h"
+
+namespace sockbench {
+namespace {
+
+using namespace std::chrono_literals;
+
+uint64_t count(const std::map<TcpState, uint64_t>& counts, TcpState state) {
+  const auto it = counts.find(state);
+  return it == counts.end() ? 0 : it->second;
+}
+
+std::map<TcpState, uint64_t> states(const PortFilter& filter) {
+  auto counts = count_tcp_states(filter);
+  EXPECT_TRUE(counts.ok()) << counts.error().message();
+  return counts.ok() ? *counts : std::map<TcpState, uint64_t>{};
+}
+
+bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds limit = 3s) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(2ms);
+  }
+  return true;
+}
+
+// Brings up `lo` in the calling thread's network namespace.
+std::error_code loopback_up() {
+  Fd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!fd) return last_error();
+  ifreq request{};
+  std::strncpy(request.ifr_name, "lo", IFNAMSIZ - 1);
+  if (::ioctl(fd.get(), SIOCGIFFLAGS, &request) != 0) return last_error();
+  request.ifr_flags = static_cast<short>(request.ifr_flags | IFF_UP);
+  if (::ioctl(fd.get(), SIOCSIFFLAGS, &request) != 0) return last_error();
+  return {};
+}
+
+// Runs `body` on a thread of its own moved into a fresh network namespace with lo up, so the
+// TIME_WAIT table is this test's alone (the host's may be full of other runs' TIME_WAIT, and a
+// full table closes sockets without one); in this namespace when that is not permitted.
+void isolated_if_possible(const std::function<void()>& body) {
+  bool isolated = false;
+  std::jthread thread([&] {
+    if (::unshare(CLONE_NEWNET) != 0 || loopback_up()) return;
+    isolated = true;
+    body();
+  });
+  thread.join();
+  if (!isolated) body();
+}
+
+// A listener, one accepted connection, and what the table says about each side as the client
+// closes first and the server follows. Returns why it was skipped, or "".
+std::string check_close_sequence(const std::string& listen_text) {
+  const auto parsed = parse_address(listen_text);
+  EXPECT_TRUE(parsed.error.empty()) << parsed.error;
+  auto listener = listen_on(parsed.address, 16, true, false);
+  if (!listener && (listener.error() == std::errc::address_not_available ||
+                    listener.error() == std::errc::address_family_not_supported)) {
+    return "no " + listen_text + " here: " + listener.error().message();
+  }
+  if (!listener.ok()) {
+    ADD_FAILURE() << listener.error().message();
+    return "";
+  }
+  const Address address = local_address(listener->get()).value();
+  const int port = address.port();
+
+  auto server_side = states({.local_port = port});
+  EXPECT_EQ(count(server_side, TcpState::kListen), 1u);
+  EXPECT_EQ(count(server_side, TcpState::kEstablished), 0u);
+
+  auto client = connect_to(address, /*nonblocking=*/false);
+  Fd accepted(::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
+  if (!client.ok() || !accepted.valid()) {
+    ADD_FAILURE() << "connect: " << client.error().message();
+    return "";
+  }
+
+  server_side = states({.local_port = port});
+  EXPECT_EQ(count(server_side, TcpState::kListen), 1u);
+  EXPECT_EQ(count(server_side, TcpState::kEstablished), 1u);  // the accepted socket
+  auto client_side = states({.remote_port = port});
+  EXPECT_EQ(count(client_side, TcpState::kEstablished), 1u);
+  EXPECT_EQ(count(client_side, TcpState::kListen), 0u);
+  // Both filters at once: the accepted socket's remote port is the client's, not `port`.
+  EXPECT_EQ(count(states({.local_port = port, .remote_port = port}), TcpState::kEstablished), 0u);
+
+  client->reset();  // the client closes first...
+  char byte;
+  auto got = recv_some(accepted.get(), std::span<char>(&byte, 1));
+  EXPECT_TRUE(got.ok() && *got == 0u);  // ...the server sees EOF...
+  accepted.reset();                     // ...and closes too.
+
+  EXPECT_TRUE(wait_until([&] {
+    return count(states({.remote_port = port}), TcpState::kTimeWait) >= 1;
+  })) << "the client side never reached TIME_WAIT";
+  server_side = states({.local_port = port});
+  EXPECT_EQ(count(server_side, TcpState::kTimeWait), 0u);
+  EXPECT_EQ(count(server_side, TcpState::kListen), 1u);
+  EXPECT_EQ(count(server_side, TcpState::kEstablished), 0u);
+  return "";
+}
+
+void check_isolated(const std::string& listen_text) {
+  std::string skip;
+  isolated_if_possible([&] { skip = check_close_sequence(listen_text); });
+  if (!skip.empty()) GTEST_SKIP() << skip;
+}
+
+TEST(Sockstat, ClientClosingFirstHoldsTimeWaitIPv4) { check_isolated("127.0.0.1:0"); }
+
+TEST(Sockstat, ClientClosingFirstHoldsTimeWaitIPv6) { check_isolated("[::1]:0"); }
+
+TEST(Sockstat, UnfilteredCountSeesOurListener) {
+  auto listener = listen_on(parse_address("127.0.0.1:0").address, 16, true, false);
+  ASSERT_TRUE(listener.ok());
+  EXPECT_GE(count(states({}), TcpState::kListen), 1u);
+  const int port = local_address(listener->get()).value().port();
+  listener->reset();
+  EXPECT_EQ(count(states({.local_port = port}), TcpState::kListen), 0u);
+}
+
+TEST(Sockstat, StateNames) {
+  EXPECT_EQ(tcp_state_name(TcpState::kEstablished), "ESTABLISHED");
+  EXPECT_EQ(tcp_state_name(TcpState::kTimeWait), "TIME_WAIT");
+  EXPECT_EQ(tcp_state_name(TcpState::kListen), "LISTEN");
+  EXPECT_EQ(tcp_state_name(TcpState::kNewSynRecv), "NEW_SYN_RECV");
+  EXPECT_EQ(static_cast<int>(TcpState::kTimeWait), 6);  // the kernel's numbering
+  EXPECT_EQ(static_cast<int>(TcpState::kListen), 10);
+}
+
+}  // namespace
+}  // namespace sockbench
