@@ -1,6 +1,9 @@
 #include "scenarios/benchmark.h"
 
+#include "scenarios/connections.h"
+#include "scenarios/crr.h"
 #include "scenarios/rr.h"
+#include "scenarios/stream.h"
 
 namespace sockbench::scenarios {
 
@@ -11,6 +14,21 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
          return std::vector<results::Record>{run_rr(server, params, stop)};
        }},
+      {"stream", "bulk transfer over N connections, one way or (duplex) echoed and verified",
+       [](const BenchParams& p) { return p.duplex ? "echo" : "discard"; },
+       [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
+         return std::vector<results::Record>{run_stream_scenario(server, params, stop)};
+       }},
+      {"crr", "connect, one verified request, close (FIN or RST): connection churn",
+       [](const BenchParams& p) { return p.wire == WireFormat::kFramed ? "framed" : "echo"; },
+       [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
+         return std::vector<results::Record>{run_crr(server, params, stop)};
+       }},
+      {"connections",
+       "hold N connections (in --ramp steps) with a trickle of verified requests: connect "
+       "latency, server memory per connection",
+       [](const BenchParams& p) { return p.wire == WireFormat::kFramed ? "framed" : "echo"; },
+       run_connections},
   };
   return all;
 }

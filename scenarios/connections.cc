@@ -1,0 +1,238 @@
+#include "scenarios/connections.h"
+
+#include <fmt/format.h>
+#include <sys/resource.h>
+#include <sys/select.h>
+
+#include <algorithm>
+#include <optional>
+#include <string>
+
+#include "harness/hold.h"
+
+namespace sockbench::scenarios {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Fds the client needs besides its connections: stdio, epoll and eventfds, result files...
+constexpr uint64_t kFdReserve = 100;
+constexpr auto kTrickleInterval = std::chrono::seconds(1);
+
+double us(uint64_t ns) { return static_cast<double>(ns) / 1e3; }
+
+results::Record make_record(const std::string& server, int target) {
+  results::Record record;
+  record.scenario = "connections";
+  record.server = server;
+  record.name = fmt::format("connections/{}/conns:{}", server, target);
+  record.params = {{"conns", std::to_string(target)}};
+  return record;
+}
+
+// The soft RLIMIT_NOFILE of this process; nullopt when unlimited or unknown.
+std::optional<uint64_t> fd_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+    return std::nullopt;
+  }
+  return static_cast<uint64_t>(limit.rlim_cur);
+}
+
+// Why the ramp cannot run at all, or "" when it can.
+std::string check_ramp(const std::vector<int>& steps) {
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (steps[i] < 1)
+      return fmt::format("ramp step {} is not a positive connection count", steps[i]);
+    if (i > 0 && steps[i] <= steps[i - 1]) {
+      return fmt::format("ramp steps must increase: {} follows {}", steps[i], steps[i - 1]);
+    }
+  }
+  if (const auto limit = fd_limit()) {
+    const uint64_t most = *limit > kFdReserve ? *limit - kFdReserve : 0;
+    for (int step : steps) {
+      if (static_cast<uint64_t>(step) > most) {
+        return fmt::format(
+            "{} connections exceed what this client can open: its fd limit (RLIMIT_NOFILE) is "
+            "{}, so at most {} connections (the limit minus {} for the client's own fds); raise "
+            "the limit (ulimit -n) or lower the ramp",
+            step, *limit, most, kFdReserve);
+      }
+    }
+  }
+  return {};
+}
+
+std::string join(const std::vector<std::string>& parts, std::string_view separator) {
+  std::string out;
+  for (const auto& part : parts) {
+    if (!out.empty()) out += separator;
+    out += part;
+  }
+  return out;
+}
+
+// Why a step fell short of its target, one clause per cause.
+std::string shortfall(const std::string& server, const HoldStepStats& st) {
+  std::vector<std::string> why;
+  if (st.closed_before_reply > 0) {
+    if (server == "select") {
+      why.push_back(fmt::format(
+          "{} connections refused by the server (closed right after accept, before any reply; "
+          "select's FD_SETSIZE is {})",
+          st.closed_before_reply, FD_SETSIZE));
+    } else {
+      why.push_back(
+          fmt::format("{} connections closed by the server right after connect, before any reply",
+                      st.closed_before_reply));
+    }
+  }
+  if (st.connect_failed > 0) why.push_back(fmt::format("{} connects failed", st.connect_failed));
+  if (st.timeouts > 0) {
+    why.push_back(fmt::format("{} connects or replies timed out", st.timeouts));
+  }
+  if (st.closed_after_reply > 0) {
+    why.push_back(
+        fmt::format("{} connections closed by the server after replying", st.closed_after_reply));
+  }
+  if (st.unverified_replies > 0) {
+    why.push_back(fmt::format("{} replies differed from their request", st.unverified_replies));
+  }
+  if (st.not_attempted > 0) {
+    why.push_back(fmt::format("{} connections not attempted ({})", st.not_attempted,
+                              st.gave_up ? "the step gave up: connects kept timing out or took "
+                                           "too long"
+                                         : "interrupted"));
+  }
+  if (!st.errors.empty()) {
+    std::vector<std::string> counts;
+    for (const auto& [name, count] : st.errors) counts.push_back(fmt::format("{} {}", name, count));
+    why.push_back("errors: " + join(counts, ", "));
+  }
+  return join(why, "; ");
+}
+
+std::string remaining_steps(const std::vector<int>& steps, size_t after) {
+  std::vector<std::string> rest;
+  for (size_t i = after + 1; i < steps.size(); ++i) rest.push_back(std::to_string(steps[i]));
+  if (rest.empty()) return {};
+  return fmt::format("; step{} {} not attempted", rest.size() > 1 ? "s" : "", join(rest, ", "));
+}
+
+void add_metrics(results::Record& record, const HoldStepStats& st,
+                 const std::optional<ProcSample>& baseline, const std::optional<ProcSample>& now) {
+  record.iterations = st.established;
+  record.real_time = st.connect_latency.mean() / 1e3;  // mean connect latency, us
+  record.set("connections_requested", static_cast<double>(st.connections_requested));
+  record.set("connections_achieved", static_cast<double>(st.connections_open));
+  record.set("connect_p50_us", us(st.connect_latency.percentile(50)));
+  record.set("connect_p99_us", us(st.connect_latency.percentile(99)));
+  record.set("connect_max_us", us(st.connect_latency.max()));
+  record.set("connects_per_second",
+             st.connect_seconds > 0 ? static_cast<double>(st.established) / st.connect_seconds : 0);
+  record.set("first_reply_p50_us", us(st.first_reply_latency.percentile(50)));
+  record.set("first_reply_p99_us", us(st.first_reply_latency.percentile(99)));
+  record.set("trickle_requests", static_cast<double>(st.trickle_requests));
+  record.set("trickle_skipped", static_cast<double>(st.trickle_skipped));
+  record.set("trickle_p50_us", us(st.trickle_latency.percentile(50)));
+  record.set("trickle_p99_us", us(st.trickle_latency.percentile(99)));
+  if (now) {
+    record.set("server_rss_kb", static_cast<double>(now->rss_kb));
+    if (baseline && st.connections_open > 0) {
+      // Signed: a server that returns memory can show a (small) negative cost.
+      const double grown = static_cast<double>(now->rss_kb) - static_cast<double>(baseline->rss_kb);
+      record.set("server_rss_per_connection_kb", grown / static_cast<double>(st.connections_open));
+    }
+    record.set("server_threads", now->threads);
+    record.set("server_open_fds", now->open_fds);
+  }
+  record.set("errors", static_cast<double>(st.error_count()));
+  record.set("connections_closed_before_reply", static_cast<double>(st.closed_before_reply));
+  record.set("connections_not_attempted", static_cast<double>(st.not_attempted));
+  record.set("unverified_replies", static_cast<double>(st.unverified_replies));
+  record.errors = st.errors;
+  record.latency = st.trickle_latency;
+}
+
+}  // namespace
+
+std::vector<results::Record> run_connections(ServerHandle& server, const BenchParams& params,
+                                             std::stop_token stop) {
+  const std::vector<int> steps =
+      params.ramp.empty() ? std::vector<int>{params.clients} : params.ramp;
+  const std::string name = server.name();
+  std::vector<results::Record> records;
+
+  const auto fail_all = [&](const std::string& error) {
+    for (int target : steps) {
+      records.push_back(make_record(name, target));
+      records.back().error = error;
+    }
+    return records;
+  };
+  if (steps.empty()) return fail_all("no connection count given");
+  if (auto error = check_ramp(steps); !error.empty()) return fail_all(error);
+
+  HoldConfig config;
+  config.target = server.address();
+  config.wire = params.wire;
+  config.threads = std::max(params.threads, 1);
+  config.cpus = params.client_cpus;
+  config.message_size = params.message_size;
+  config.trickle_interval = kTrickleInterval;
+  if (config.message_size < kMinMessageSize || config.message_size > kMaxHoldMessage) {
+    return fail_all(fmt::format("message size {} is outside [{}, {}] bytes for the trickle",
+                                config.message_size, kMinMessageSize, kMaxHoldMessage));
+  }
+  auto engine = HoldEngine::create(config);
+  if (!engine) return fail_all(fmt::format("hold engine failed: {}", engine.error().message()));
+
+  // Each step holds for an equal share of the duration, and at least one trickle interval so
+  // that every connection is exercised at least once while all are open.
+  const auto hold = std::max<std::chrono::nanoseconds>(
+      kTrickleInterval, params.duration / static_cast<std::chrono::nanoseconds::rep>(steps.size()));
+  const auto baseline = server.sample();
+
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const int target = steps[i];
+    results::Record record = make_record(name, target);
+    auto stepped = engine->step(static_cast<uint64_t>(target), hold, stop);
+    if (!stepped) {
+      record.error = fmt::format("hold engine failed: {}{}", stepped.error().message(),
+                                 remaining_steps(steps, i));
+      records.push_back(std::move(record));
+      break;
+    }
+    const HoldStepStats& st = *stepped;
+    // Sampled after the hold, with every connection of the step open and served.
+    add_metrics(record, st, baseline, server.sample());
+
+    std::string why;
+    bool stopped_scaling = false;
+    if (!server.alive(&why)) {
+      record.error = fmt::format("server {} exited during step {} ({}){}", name, target, why,
+                                 remaining_steps(steps, i));
+    } else if (st.interrupted) {
+      record.error = "interrupted";
+    } else if (st.connections_open < st.connections_requested) {
+      stopped_scaling = true;
+      record.warnings.push_back(fmt::format("stopped scaling at step {}: {} of {} achieved; {}{}",
+                                            target, st.connections_open, target,
+                                            shortfall(name, st), remaining_steps(steps, i)));
+    }
+    if (st.trickle_skipped > 0) {
+      // Every connection is still held, so the ramp goes on; but the server is not keeping up.
+      record.warnings.push_back(fmt::format(
+          "{} trickle requests not sent: the connection's previous request was still unanswered "
+          "after {:.3g} s (trickle p99 {:.0f} ms)",
+          st.trickle_skipped, std::chrono::duration<double>(kTrickleInterval).count(),
+          us(st.trickle_latency.percentile(99)) / 1e3));
+    }
+    const bool go_on = record.error.empty() && !stopped_scaling;
+    records.push_back(std::move(record));
+    if (!go_on) break;
+  }
+  return records;
+}
+
+}  // namespace sockbench::scenarios

@@ -1,0 +1,21 @@
+// `connections`: hold N connections open, in steps, each with a trickle of verified requests:
+// connect latency, and what an idle connection costs the server (RSS, threads, fds).
+#pragma once
+
+#include <stop_token>
+#include <vector>
+
+#include "results/record.h"
+#include "scenarios/benchmark.h"
+
+namespace sockbench::scenarios {
+
+// Ramps through params.ramp (empty: {params.clients}), one record per step attempted, named
+// "connections/<server>/conns:<target>". A step that does not achieve its target says why in
+// its warnings and ends the ramp (the remaining steps are named there, not run). A target the
+// client cannot hold (above RLIMIT_NOFILE - 100) or a malformed ramp fails every step's record
+// up front. Failures are in Record::error, never thrown.
+std::vector<results::Record> run_connections(ServerHandle& server, const BenchParams& params,
+                                             std::stop_token stop);
+
+}  // namespace sockbench::scenarios
