@@ -1,4 +1,4 @@
-// Writers for one run's results: console table, Google Benchmark JSON, CSV.
+// Writers for one run's results: console table, Google Benchmark JSON, CSV, JUnit XML.
 #pragma once
 
 #include <cstdio>
@@ -30,6 +30,15 @@ std::error_code write_json_file(const RunResult& run, const std::string& path);
 std::error_code write_csv_file(const RunResult& run, const std::string& path);
 // The same for any text (used by the writers above; JUnit and graphs may share it).
 std::error_code write_file_atomically(const std::string& path, std::string_view contents);
+
+// JUnit XML (results/junit.cc), what CI systems display for checks: one <testsuite> per check,
+// one <testcase> per record (classname = the check, name = "<subcheck>/<target>", taken from the
+// record's "check"/"subcheck" params or its "check/<check>/<subcheck>/<target>" name). Verdict
+// FAIL -> <failure message=...>, SKIP -> <skipped message=...>, a record with an error and no
+// verdict -> <error>; the evidence is in <system-out>. XML-escaped; characters XML 1.0 cannot
+// carry (control characters, invalid UTF-8) become U+FFFD.
+std::string to_junit(const RunResult& run);
+std::error_code write_junit_file(const RunResult& run, const std::string& path);
 
 // Header row, then one row per record: name, scenario, server, one column per parameter key
 // (union across records), repetition_index, iterations, real_time, cpu_time, time_unit, one

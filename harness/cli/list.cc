@@ -5,6 +5,7 @@
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"
+#include "scenarios/check.h"
 #include "servers/server.h"
 
 namespace sockbench::cli {
@@ -29,6 +30,13 @@ int list_command(int argc, const char* const* argv) {
   fmt::print("  {:<22} read and drop (RFC 863)\n", "discard");
   fmt::print("scenarios (--scenario):\n");
   fmt::print("  {:<22} request/response, closed loop, every reply verified\n", "rr");
+  fmt::print("checks (sockbench check --only CHECK or CHECK/SUBCHECK):\n");
+  for (const auto& check : scenarios::checks()) {
+    fmt::print("  {:<22} {}\n", check.name, check.description);
+    for (const auto& sub : check.subchecks) {
+      fmt::print("    {:<20} {}\n", sub.name, sub.description);
+    }
+  }
   return 0;
 }
 

@@ -16,6 +16,7 @@ constexpr const char* kUsage =
     "       sockbench serve --server MODEL [--listen ADDR] [--protocol echo|framed|discard]\n"
     "       sockbench compare BASE.json NEW.json [--alpha A] [--min-effect E]\n"
     "       sockbench export --format bencher|gab-bigger|gab-smaller FILE.json\n"
+    "       sockbench check [--server all|a,b | --target HOST:PORT | --server-cmd 'CMD {port}']\n"
     "       sockbench list\n"
     "Each subcommand takes --help.\n";
 
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
     if (first == "compare") return compare_command(argc - 1, argv + 1);
     if (first == "export") return export_command(argc - 1, argv + 1);
     if (first == "run") return run_command(argc - 1, argv + 1);
+    if (first == "check") return check_command(argc - 1, argv + 1);
     if (first == "help" || first == "-h") {
       std::fputs(kUsage, stdout);
       return 0;

@@ -1,8 +1,17 @@
 #include "harness/cli/targets.h"
 
+#include <dirent.h>
 #include <fmt/format.h>
+#include <signal.h>
 
+#include <cerrno>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "scenarios/steps.h"
 
 namespace sockbench::cli {
 
@@ -56,5 +65,208 @@ bool ChildServer::alive(std::string* why) {
 }
 
 ExitInfo ChildServer::stop(std::chrono::milliseconds grace) { return child_.stop(grace); }
+
+namespace {
+
+// The process group of `pid` from /proc/<pid>/stat (field 5, after the parenthesised name).
+std::optional<pid_t> process_group(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/stat", pid));
+  std::string line;
+  if (!std::getline(in, line)) return std::nullopt;
+  const auto close = line.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream rest(line.substr(close + 1));
+  std::string state;
+  long ppid = 0;
+  long pgrp = 0;
+  if (!(rest >> state >> ppid >> pgrp)) return std::nullopt;
+  return static_cast<pid_t>(pgrp);
+}
+
+// Every live process whose group is `pgid`.
+std::vector<pid_t> group_members(pid_t pgid) {
+  std::vector<pid_t> members;
+  DIR* dir = ::opendir("/proc");
+  if (dir == nullptr) return members;
+  while (const dirent* entry = ::readdir(dir)) {
+    char* end = nullptr;
+    const long pid = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0' || pid <= 0) continue;
+    if (process_group(static_cast<pid_t>(pid)) == pgid) members.push_back(static_cast<pid_t>(pid));
+  }
+  ::closedir(dir);
+  return members;
+}
+
+}  // namespace
+
+BuiltinTarget::BuiltinTarget(ServeSpec spec) : spec_(std::move(spec)) {
+  const auto parsed = parse_address(spec_.listen);
+  address_ =
+      parsed.error.empty() ? parsed.address.with_port(0) : parse_address("127.0.0.1:0").address;
+}
+
+std::optional<ProcSample> BuiltinTarget::sample() {
+  return server_ ? server_->sample() : std::nullopt;
+}
+
+bool BuiltinTarget::alive(std::string* why) {
+  if (!server_) {
+    if (why) *why = "not running";
+    return false;
+  }
+  return server_->alive(why);
+}
+
+WireFormat BuiltinTarget::wire() const {
+  return spec_.protocol == "echo" ? WireFormat::kRaw : WireFormat::kFramed;
+}
+
+bool BuiltinTarget::start(const scenarios::StartOptions& options, std::string* error) {
+  stop(std::chrono::seconds(3));
+  ServeSpec spec = spec_;
+  spec.listen = (options.same_port ? address_ : address_.with_port(0)).to_string();
+  if (options.backlog) spec.backlog = *options.backlog;
+  if (options.accept_paused) spec.extra_args.push_back("--accept-paused");
+  if (options.rlimit_nofile) spec.rlimit_nofile = options.rlimit_nofile;
+  auto server = ChildServer::start(spec, error);
+  if (!server) return false;
+  server_.emplace(std::move(*server));
+  address_ = server_->address();
+  options_ = options;
+  return true;
+}
+
+std::optional<ExitInfo> BuiltinTarget::stop(std::chrono::milliseconds grace) {
+  if (!server_) return std::nullopt;
+  const auto exit = server_->stop(grace);
+  server_.reset();
+  return exit;
+}
+
+std::error_code BuiltinTarget::pause_accept(bool paused) {
+  if (!server_) return make_error(ESRCH);
+  if (::kill(server_->pid(), paused ? SIGUSR2 : SIGUSR1) != 0) return last_error();
+  return {};
+}
+
+CommandServer::CommandServer(std::string command, WireFormat wire, Address host,
+                             std::chrono::milliseconds ready_timeout)
+    : command_(std::move(command)),
+      wire_(wire),
+      ready_timeout_(ready_timeout),
+      address_(host.with_port(0)) {}
+
+std::string CommandServer::substitute(const std::string& command, int port) {
+  static constexpr std::string_view kPlaceholder = "{port}";
+  std::string out;
+  size_t at = 0;
+  for (;;) {
+    const size_t found = command.find(kPlaceholder, at);
+    out += command.substr(at, found - at);
+    if (found == std::string::npos) break;
+    out += std::to_string(port);
+    at = found + kPlaceholder.size();
+  }
+  return out;
+}
+
+std::optional<ProcSample> CommandServer::sample() {
+  if (!child_ || !child_->alive()) return std::nullopt;
+  std::optional<ProcSample> total;
+  for (const pid_t member : group_members(child_->pid())) {
+    auto s = sample_process(member);
+    if (!s) continue;
+    if (!total) total.emplace();
+    total->cpu_seconds += s->cpu_seconds;
+    total->rss_kb += s->rss_kb;
+    total->threads += s->threads;
+    total->voluntary_ctxt += s->voluntary_ctxt;
+    total->involuntary_ctxt += s->involuntary_ctxt;
+    total->open_fds += s->open_fds;
+  }
+  return total;
+}
+
+bool CommandServer::alive(std::string* why) {
+  if (!child_) {
+    if (why) *why = "not running";
+    return false;
+  }
+  if (child_->alive()) return true;
+  if (why && child_->exit_info()) *why = child_->exit_info()->describe();
+  return false;
+}
+
+bool CommandServer::start(const scenarios::StartOptions& options, std::string* error) {
+  using namespace std::chrono_literals;
+  stop(3s);
+  if (options.accept_paused || options.backlog) {
+    *error = "a --server-cmd server cannot pause accept() or take a backlog";
+    return false;
+  }
+  if (!options.same_port || !have_port_) {
+    auto port = scenarios::free_port(address_);
+    if (!port) {
+      *error = fmt::format("no free port: {}", port.error().message());
+      return false;
+    }
+    address_ = address_.with_port(*port);
+    have_port_ = true;
+  }
+  ChildProcess::Options spawn;
+  spawn.argv = {"/bin/sh", "-c", substitute(command_, address_.port())};
+  spawn.ready_pipe = false;
+  spawn.rlimit_nofile = options.rlimit_nofile;
+  auto child = ChildProcess::spawn(spawn);
+  if (!child) {
+    *error = fmt::format("cannot start /bin/sh: {}", child.error().message());
+    return false;
+  }
+  child_.emplace(std::move(*child));
+  options_ = options;
+  const auto deadline = std::chrono::steady_clock::now() + ready_timeout_;
+  std::string last = "no attempt";
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (!child_->alive()) {
+      const auto exit = child_->stop(0ms);
+      *error = fmt::format("the command ended ({}) before accepting connections on {}",
+                           exit.describe(), address_.to_string());
+      child_.reset();
+      return false;
+    }
+    auto probe = scenarios::Client::connect(address_, 200ms);
+    if (probe) {
+      // Reset, not closed: a probe must leave no TIME_WAIT behind for the timewait check to count.
+      probe->abort();
+      return true;
+    }
+    last = errno_name(probe.error().value());
+    std::this_thread::sleep_for(20ms);
+  }
+  child_->stop(3s);
+  child_.reset();
+  *error = fmt::format(
+      "the command did not accept connections on {} within {} ms (last connect: {}); does it "
+      "listen on the port given by {{port}}?",
+      address_.to_string(), ready_timeout_.count(), last);
+  return false;
+}
+
+std::optional<ExitInfo> CommandServer::stop(std::chrono::milliseconds grace) {
+  if (!child_) return std::nullopt;
+  const auto exit = child_->stop(grace);
+  child_.reset();
+  return exit;
+}
+
+std::error_code CommandServer::pause_accept(bool) { return make_error(ENOTSUP); }
+
+bool AddressTarget::start(const scenarios::StartOptions&, std::string* error) {
+  *error = "sockbench cannot start a --target server";
+  return false;
+}
+
+std::error_code AddressTarget::pause_accept(bool) { return make_error(ENOTSUP); }
 
 }  // namespace sockbench::cli

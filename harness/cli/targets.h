@@ -7,7 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "harness/loadgen.h"
 #include "harness/process.h"
+#include "scenarios/check.h"
 #include "scenarios/scenario.h"
 
 namespace sockbench::cli {
@@ -49,5 +51,105 @@ class ChildServer final : public scenarios::ServerHandle {
 
 // The path of the running sockbench binary (re-executed for `serve`).
 std::string self_executable();
+
+// A built-in model as a check target: a ChildServer started, stopped and restarted (same port,
+// accept paused, backlog, RLIMIT_NOFILE) as the checks ask. Not started until start(). Owns the
+// child; used from one thread, which must outlive the child (see ChildProcess::spawn).
+class BuiltinTarget final : public scenarios::CheckTarget {
+ public:
+  // `spec.listen` names the host (its port is ignored; every start() picks one or reuses it).
+  explicit BuiltinTarget(ServeSpec spec);
+
+  Address address() const override { return address_; }
+  std::string name() const override { return spec_.model; }
+  std::optional<ProcSample> sample() override;
+  bool alive(std::string* why) override;
+  WireFormat wire() const override;
+  bool can_restart() const override { return true; }
+  bool can_observe() const override { return true; }
+  bool has_serve_flags() const override { return true; }
+  std::string kind() const override { return "a built-in model"; }
+  bool start(const scenarios::StartOptions& options, std::string* error) override;
+  std::optional<ExitInfo> stop(std::chrono::milliseconds grace) override;
+  bool running() const override { return server_.has_value(); }
+  const scenarios::StartOptions& options() const override { return options_; }
+  pid_t pid() const override { return server_ ? server_->pid() : -1; }
+  std::error_code pause_accept(bool paused) override;
+
+ private:
+  ServeSpec spec_;
+  std::optional<ChildServer> server_;
+  scenarios::StartOptions options_;
+  Address address_;  // of the last instance; kept after stop() for a restart on the same port
+};
+
+// Any server started by a shell command: `/bin/sh -c COMMAND` with every "{port}" replaced by a
+// free port sockbench picked, in its own process group. Ready once the port accepts connections.
+// Observed through /proc of every process in the group (the shell and what it runs). Owns the
+// process group; used from one thread, which must outlive it.
+class CommandServer final : public scenarios::CheckTarget {
+ public:
+  // `host`: the address the command is expected to listen on (its port is ignored).
+  CommandServer(std::string command, WireFormat wire, Address host,
+                std::chrono::milliseconds ready_timeout = std::chrono::seconds(10));
+  // The command with every "{port}" replaced.
+  static std::string substitute(const std::string& command, int port);
+
+  Address address() const override { return address_; }
+  std::string name() const override { return "cmd"; }
+  std::optional<ProcSample> sample() override;
+  bool alive(std::string* why) override;
+  WireFormat wire() const override { return wire_; }
+  bool can_restart() const override { return true; }
+  bool can_observe() const override { return true; }
+  bool has_serve_flags() const override { return false; }
+  std::string kind() const override { return "--server-cmd"; }
+  // Starts the command (accept_paused and backlog are not supported: EINVAL-style error) and
+  // waits until its port accepts a connection; on timeout or exit it is stopped and `error`
+  // says which ("exit 1 before accepting connections on 127.0.0.1:PORT").
+  bool start(const scenarios::StartOptions& options, std::string* error) override;
+  std::optional<ExitInfo> stop(std::chrono::milliseconds grace) override;
+  bool running() const override { return child_.has_value(); }
+  const scenarios::StartOptions& options() const override { return options_; }
+  pid_t pid() const override { return child_ ? child_->pid() : -1; }
+  std::error_code pause_accept(bool paused) override;
+
+ private:
+  std::string command_;
+  WireFormat wire_;
+  std::chrono::milliseconds ready_timeout_;
+  std::optional<ChildProcess> child_;
+  scenarios::StartOptions options_;
+  Address address_;
+  bool have_port_ = false;
+};
+
+// A server sockbench did not start and cannot see: an address only. Nothing to restart or
+// observe; checks that need either are SKIP.
+class AddressTarget final : public scenarios::CheckTarget {
+ public:
+  AddressTarget(Address address, WireFormat wire) : address_(address), wire_(wire) {}
+
+  Address address() const override { return address_; }
+  std::string name() const override { return "target"; }
+  std::optional<ProcSample> sample() override { return std::nullopt; }
+  bool alive(std::string*) override { return true; }  // unknown: checks probe it instead
+  WireFormat wire() const override { return wire_; }
+  bool can_restart() const override { return false; }
+  bool can_observe() const override { return false; }
+  bool has_serve_flags() const override { return false; }
+  std::string kind() const override { return "--target"; }
+  bool start(const scenarios::StartOptions&, std::string* error) override;
+  std::optional<ExitInfo> stop(std::chrono::milliseconds) override { return std::nullopt; }
+  bool running() const override { return true; }
+  const scenarios::StartOptions& options() const override { return options_; }
+  pid_t pid() const override { return -1; }
+  std::error_code pause_accept(bool) override;
+
+ private:
+  Address address_;
+  WireFormat wire_;
+  scenarios::StartOptions options_;
+};
 
 }  // namespace sockbench::cli

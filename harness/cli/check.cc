@@ -1,0 +1,143 @@
+// `sockbench check`: behaviour checks against built-in models, a server command or an address.
+// Per check and target PASS, FAIL or SKIP with the evidence as numbers; console table, JUnit XML,
+// JSON; exit 1 when anything FAILs. This file parses the flags; check_run.cc does the rest.
+#include "scenarios/check.h"
+
+#include <fmt/format.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "harness/cli/check_run.h"
+#include "harness/cli/commands.h"
+#include "harness/cli/options.h"
+#include "servers/server.h"
+
+namespace sockbench::cli {
+namespace {
+
+std::vector<std::string> resolve_models(const std::string& text) {
+  std::vector<std::string> names;
+  for (const auto& item : split_list("server", text)) {
+    if (item == "all") {
+      for (const auto& model : servers::registry()) {
+        if (!model.faulty) names.push_back(model.name);
+      }
+      continue;
+    }
+    if (!servers::find_model(item)) {
+      throw UsageError(fmt::format("--server: unknown model '{}' (see sockbench list)", item));
+    }
+    names.push_back(item);
+  }
+  return names;
+}
+
+void check_writable(const std::string& flag, const std::string& path) {
+  const auto dir = std::filesystem::path(path).parent_path();
+  const std::string d = dir.empty() ? "." : dir.string();
+  if (::access(d.c_str(), W_OK) != 0) {
+    throw UsageError(fmt::format("--{}: cannot write into '{}': {}", flag, d,
+                                 std::generic_category().message(errno)));
+  }
+}
+
+}  // namespace
+
+int check_command(int argc, const char* const* argv) {
+  cxxopts::Options options(
+      "sockbench check",
+      "Check a server's socket behaviour: partial reads and writes, listen backlog, TIME_WAIT "
+      "and SO_REUSEADDR, resets, broken pipes, timeouts, oversized frames, slow clients, fd "
+      "exhaustion. PASS, FAIL or SKIP per check and target, with the evidence as numbers.");
+  options.add_options()(
+      "server",
+      "built-in models: all (the correct ones, the default without --target/--server-cmd), a "
+      "comma list, faulty twins by name (see sockbench list)",
+      cxxopts::value<std::string>())(
+      "target",
+      "an external server by address, e.g. 127.0.0.1:7000 (restart and /proc checks "
+      "are SKIP)",
+      cxxopts::value<std::string>())(
+      "server-cmd",
+      "an external server command run by /bin/sh, with {port} where its port goes, e.g. "
+      "'python3 server.py {port}'; sockbench picks the port, starts, restarts and observes it",
+      cxxopts::value<std::string>())("protocol", "what the target speaks: framed or echo",
+                                     cxxopts::value<std::string>()->default_value("framed"))(
+      "only", "checks to run: partial, backlog, timewait, errors, or check/subcheck (comma list)",
+      cxxopts::value<std::string>())("long", "also the slow measurements (TIME_WAIT's 60 s)")(
+      "seed", "seed of the random split points", cxxopts::value<std::string>()->default_value("1"))(
+      "junit", "write JUnit XML here (one testcase per check x target)",
+      cxxopts::value<std::string>())("json", "write JSON (Google Benchmark schema) here",
+                                     cxxopts::value<std::string>())(
+      "v,verbose", "evidence for every check, PASS included")("h,help", "show this help");
+  const auto parsed = parse_or_throw(options, argc, argv);
+  if (parsed.count("help")) {
+    std::fputs(options.help().c_str(), stdout);
+    fmt::print("\nchecks (--only):\n");
+    for (const auto& check : scenarios::checks()) {
+      fmt::print("  {:<10} {}\n", check.name, check.description);
+      for (const auto& sub : check.subchecks) {
+        fmt::print("    {:<24} {}\n", sub.name, sub.description);
+      }
+    }
+    return 0;
+  }
+
+  const auto protocol = str(parsed, "protocol");
+  if (protocol != "framed" && protocol != "echo") {
+    throw UsageError(fmt::format("--protocol: expected framed or echo, got '{}'", protocol));
+  }
+  CheckPlan plan;
+  plan.protocol = protocol;
+  scenarios::CheckOptions& check_options = plan.options;
+  if (parsed.count("only")) {
+    for (const auto& item : split_list("only", str(parsed, "only"))) {
+      if (auto problem = scenarios::validate_only(item); !problem.empty()) {
+        throw UsageError("--only: " + problem);
+      }
+      check_options.only.push_back(item);
+    }
+  }
+  check_options.long_checks = parsed.count("long") > 0;
+  check_options.seed =
+      static_cast<uint64_t>(parse_int("seed", str(parsed, "seed"), 0, int64_t{1} << 62));
+  plan.verbose = parsed.count("verbose") > 0;
+  std::optional<Address>& target_address = plan.target;
+  if (parsed.count("target")) {
+    const auto address = parse_address(str(parsed, "target"));
+    if (!address.error.empty()) throw UsageError("--target: " + address.error);
+    if (address.address.family() == AF_UNIX || address.address.port() == 0) {
+      throw UsageError(
+          fmt::format("--target: expected HOST:PORT with a port, got '{}'", str(parsed, "target")));
+    }
+    target_address = address.address;
+  }
+  std::optional<std::string>& command = plan.command;
+  if (parsed.count("server-cmd")) {
+    command = str(parsed, "server-cmd");
+    if (command->find("{port}") == std::string::npos) {
+      throw UsageError(
+          "--server-cmd: the command must contain {port}, where sockbench puts the port it picked");
+    }
+  }
+  std::vector<std::string>& models = plan.models;
+  if (parsed.count("server")) {
+    models = resolve_models(str(parsed, "server"));
+  } else if (!target_address && !command) {
+    models = resolve_models("all");
+  }
+  if (parsed.count("json")) check_writable("json", *(plan.json_path = str(parsed, "json")));
+  if (parsed.count("junit")) check_writable("junit", *(plan.junit_path = str(parsed, "junit")));
+  plan.command_line = "sockbench check";
+  for (int i = 1; i < argc; ++i) plan.command_line += fmt::format(" {}", argv[i]);
+  return run_check_plan(std::move(plan));
+}
+
+}  // namespace sockbench::cli

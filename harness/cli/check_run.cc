@@ -1,0 +1,234 @@
+// `sockbench check`: targets started, checks run, verdicts reported.
+#include "harness/cli/check_run.h"
+
+#include <fmt/format.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <memory>
+
+#include "harness/cli/targets.h"
+#include "harness/process.h"
+#include "harness/signals.h"
+#include "results/writers.h"
+
+namespace sockbench::cli {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr size_t kMaxLine = 160;
+
+// Lifts the soft fd limit to the hard one: bursts and slow-client checks hold hundreds of
+// sockets. Servers get their own limit where a check sets one.
+void raise_fd_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
+results::RunContext make_context(const std::string& command_line) {
+  const auto sys = read_system_info();
+  results::RunContext context;
+  context.date = sys.date;
+  context.host_name = sys.hostname;
+  context.executable = self_executable();
+  context.command_line = command_line;
+  context.sockbench_version = SOCKBENCH_VERSION;
+  context.git_sha = SOCKBENCH_GIT_SHA;
+  context.kernel = sys.kernel;
+  context.num_cpus = sys.num_cpus;
+  context.somaxconn = sys.somaxconn;
+  context.ip_local_port_range = sys.ip_local_port_range;
+  context.tcp_tw_reuse = sys.tcp_tw_reuse;
+  return context;
+}
+
+std::string param(const results::Record& r, const std::string& key) {
+  for (const auto& [k, v] : r.params) {
+    if (k == key) return v;
+  }
+  return {};
+}
+
+// Rows = sub-checks (registry order), columns = targets; split when wider than kMaxLine.
+void print_verdict_table(const std::vector<results::Record>& records,
+                         const std::vector<std::string>& targets, std::FILE* out) {
+  std::vector<std::string> rows;
+  std::map<std::pair<std::string, std::string>, std::string> cells;
+  auto add_row = [&rows](const std::string& row) {
+    if (std::find(rows.begin(), rows.end(), row) == rows.end()) rows.push_back(row);
+  };
+  for (const auto& r : records) {
+    if (param(r, "check") == "start") add_row("start/server");
+  }
+  for (const auto& check : scenarios::checks()) {
+    for (const auto& sub : check.subchecks) {
+      const std::string row = check.name + "/" + sub.name;
+      for (const auto& r : records) {
+        if (param(r, "check") == check.name && param(r, "subcheck") == sub.name) add_row(row);
+      }
+    }
+  }
+  for (const auto& r : records) {
+    cells[{param(r, "check") + "/" + param(r, "subcheck"), r.server}] = r.verdict;
+  }
+  size_t label = 5;
+  for (const auto& row : rows) label = std::max(label, row.size());
+  size_t first = 0;
+  while (first < targets.size()) {
+    size_t width = label;
+    size_t last = first;
+    while (last < targets.size()) {
+      const size_t w = std::max<size_t>(targets[last].size(), 4) + 2;
+      if (last > first && width + w > kMaxLine) break;
+      width += w;
+      ++last;
+    }
+    std::string line = fmt::format("{:<{}}", "check", label);
+    for (size_t t = first; t < last; ++t) {
+      line += fmt::format("  {:<{}}", targets[t], std::max<size_t>(targets[t].size(), 4));
+    }
+    fmt::print(out, "{}\n", line);
+    for (const auto& row : rows) {
+      line = fmt::format("{:<{}}", row, label);
+      for (size_t t = first; t < last; ++t) {
+        const auto it = cells.find({row, targets[t]});
+        line += fmt::format("  {:<{}}", it == cells.end() ? "-" : it->second,
+                            std::max<size_t>(targets[t].size(), 4));
+      }
+      // Trailing spaces of the last column are noise in logs.
+      line.erase(line.find_last_not_of(' ') + 1);
+      fmt::print(out, "{}\n", line);
+    }
+    first = last;
+    if (first < targets.size()) fmt::print(out, "\n");
+  }
+}
+
+void print_evidence(const std::vector<results::Record>& records, bool verbose, std::FILE* out) {
+  bool any = false;
+  for (const auto& r : records) {
+    if (!verbose && r.verdict == "PASS") continue;
+    if (!any) fmt::print(out, "\n");
+    any = true;
+    fmt::print(out, "{} {}/{} on {} ({:.0f} ms)\n", r.verdict, param(r, "check"),
+               param(r, "subcheck"), r.server, r.real_time);
+    size_t start = 0;
+    while (start <= r.evidence.size()) {
+      const size_t end = r.evidence.find('\n', start);
+      const auto text = r.evidence.substr(start, end == std::string::npos ? end : end - start);
+      if (!text.empty()) fmt::print(out, "    {}\n", text);
+      if (end == std::string::npos) break;
+      start = end + 1;
+    }
+  }
+}
+
+results::Record start_failure(const std::string& target, const std::string& error) {
+  results::Record r;
+  r.name = scenarios::check_record_name("start", "server", target);
+  r.scenario = "check";
+  r.server = target;
+  r.params = {{"check", "start"}, {"subcheck", "server"}};
+  r.iterations = 1;
+  r.time_unit = "ms";
+  r.verdict = "FAIL";
+  r.evidence = "FAIL: the server did not start: " + error;
+  r.error = error;
+  return r;
+}
+
+}  // namespace
+
+int run_check_plan(CheckPlan plan) {
+  raise_fd_limit();
+  const WireFormat wire = plan.protocol == "framed" ? WireFormat::kFramed : WireFormat::kRaw;
+  scenarios::CheckOptions& check_options = plan.options;
+  const Address loopback = parse_address("127.0.0.1:0").address;
+  std::vector<std::unique_ptr<scenarios::CheckTarget>> targets;
+  for (const auto& model : plan.models) {
+    ServeSpec spec;
+    spec.model = model;
+    spec.protocol = plan.protocol;
+    targets.push_back(std::make_unique<BuiltinTarget>(spec));
+  }
+  if (plan.command) {
+    targets.push_back(std::make_unique<CommandServer>(*plan.command, wire, loopback));
+  }
+  if (plan.target) targets.push_back(std::make_unique<AddressTarget>(*plan.target, wire));
+
+  results::RunResult run;
+  run.context = make_context(plan.command_line);
+  SignalWatcher watcher(
+      [](int signo) { fmt::print(stderr, "sockbench: caught signal {}, stopping\n", signo); });
+  check_options.stop = watcher.token();
+  if (plan.verbose) {
+    check_options.progress = [](const std::string& what) {
+      fmt::print(stderr, "sockbench:   {}\n", what);
+    };
+  }
+  std::vector<std::string> names;
+  for (auto& target : targets) {
+    if (watcher.token().stop_requested()) break;
+    names.push_back(target->name());
+    std::string error;
+    if (target->can_restart() && !target->start({}, &error)) {
+      fmt::print(stderr, "sockbench: error: {}: {}\n", target->name(), error);
+      run.records.push_back(start_failure(target->name(), error));
+      continue;
+    }
+    for (const auto& check : scenarios::checks()) {
+      if (watcher.token().stop_requested()) break;
+      const bool wanted =
+          check_options.only.empty() ||
+          std::any_of(check_options.only.begin(), check_options.only.end(),
+                      [&](const std::string& item) {
+                        return item == check.name || item.starts_with(check.name + "/");
+                      });
+      if (!wanted) continue;
+      // A restartable server gets a fresh port per check: only a fixed address is worth showing.
+      fmt::print(stderr, "sockbench: check {} on {}{}\n", check.name, target->name(),
+                 target->can_restart() ? "" : " at " + target->address().to_string());
+      auto records = check.run(*target, check_options);
+      for (auto& r : records) run.records.push_back(std::move(r));
+    }
+    target->stop(3s);
+  }
+  targets.clear();  // every server stopped before the report
+  if (watcher.token().stop_requested()) run.context.error = "interrupted by signal";
+
+  int passed = 0;
+  int failed = 0;
+  int skipped = 0;
+  for (const auto& r : run.records) {
+    if (r.verdict == "PASS") ++passed;
+    if (r.verdict == "FAIL") ++failed;
+    if (r.verdict == "SKIP") ++skipped;
+  }
+  print_verdict_table(run.records, names, stdout);
+  print_evidence(run.records, plan.verbose, stdout);
+  fmt::print("\n{} PASS, {} FAIL, {} SKIP\n", passed, failed, skipped);
+  std::fflush(stdout);
+  int status = failed > 0 ? 1 : 0;
+  if (plan.junit_path) {
+    if (const auto ec = results::write_junit_file(run, *plan.junit_path)) {
+      fmt::print(stderr, "sockbench: cannot write --junit {}: {}\n", *plan.junit_path,
+                 ec.message());
+      status = 1;
+    }
+  }
+  if (plan.json_path) {
+    if (const auto ec = results::write_json_file(run, *plan.json_path)) {
+      fmt::print(stderr, "sockbench: cannot write --json {}: {}\n", *plan.json_path, ec.message());
+      status = 1;
+    }
+  }
+  return watcher.received() ? 128 + watcher.received() : status;
+}
+
+}  // namespace sockbench::cli

@@ -1,0 +1,31 @@
+// `sockbench check` once its flags are parsed (harness/cli/check.cc): starts every target, runs
+// the checks against it, prints the verdict table and writes JUnit/JSON. Kept apart from the flag
+// parsing so that this file does not include cxxopts.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "harness/net.h"
+#include "scenarios/check.h"
+
+namespace sockbench::cli {
+
+struct CheckPlan {
+  std::vector<std::string> models;     // built-in models (faulty twins included), in order
+  std::optional<std::string> command;  // --server-cmd, with {port}
+  std::optional<Address> target;       // --target
+  std::string protocol = "framed";     // framed or echo
+  scenarios::CheckOptions options;     // only, long_checks, seed; the runner sets stop/progress
+  bool verbose = false;                // evidence for PASS too, progress per sub-check
+  std::optional<std::string> json_path;
+  std::optional<std::string> junit_path;
+  std::string command_line;  // for the results' context
+};
+
+// Runs the plan; returns the exit code: 0 when nothing FAILed, 1 when something did (or an
+// output file could not be written), 128 + signal when interrupted. Call from the main thread.
+int run_check_plan(CheckPlan plan);
+
+}  // namespace sockbench::cli

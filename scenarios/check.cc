@@ -1,0 +1,274 @@
+// The check registry and the runner every check shares.
+#include "scenarios/check.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <exception>
+
+#include "scenarios/steps.h"
+
+namespace sockbench::scenarios {
+namespace {
+
+using namespace std::chrono_literals;
+
+bool is_default(const StartOptions& o) {
+  return !o.accept_paused && !o.backlog && !o.rlimit_nofile;
+}
+
+std::string join_lines(const std::vector<std::string>& lines) {
+  std::string out;
+  for (const auto& line : lines) {
+    if (!out.empty()) out += '\n';
+    out += line;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string_view verdict_name(Verdict verdict) {
+  switch (verdict) {
+    case Verdict::kPass:
+      return "PASS";
+    case Verdict::kFail:
+      return "FAIL";
+    case Verdict::kSkip:
+      return "SKIP";
+  }
+  return "?";
+}
+
+Outcome& Outcome::line(std::string text) {
+  evidence.push_back(std::move(text));
+  return *this;
+}
+
+Outcome& Outcome::metric(std::string name, double value) {
+  for (auto& m : metrics) {
+    if (m.name == name) {
+      m.value = value;
+      return *this;
+    }
+  }
+  metrics.push_back({std::move(name), value});
+  return *this;
+}
+
+Outcome& Outcome::fail(std::string why) {
+  verdict = Verdict::kFail;
+  evidence.push_back("FAIL: " + why);
+  return *this;
+}
+
+bool Outcome::expect(bool ok, std::string text) {
+  if (ok) {
+    line(std::move(text));
+  } else {
+    fail(std::move(text));
+  }
+  return ok;
+}
+
+Outcome Outcome::skip(std::string why) {
+  Outcome o;
+  o.verdict = Verdict::kSkip;
+  o.evidence.push_back(std::move(why));
+  return o;
+}
+
+const std::vector<CheckInfo>& checks() {
+  static const std::vector<CheckInfo> all = {
+      {"partial",
+       "recv returns what has arrived, not what was sent: frames split and coalesced, a 4 MiB "
+       "frame, a client that does not read",
+       {{"byte-at-a-time", "one frame, header and body one byte per segment (TCP_NODELAY, gaps)"},
+        {"random-splits", "frames cut at random points, the pieces sent with small gaps"},
+        {"coalesced", "many frames in one write, every reply right and in order"},
+        {"large-frame", "a 4 MiB frame: the server loops on recv and send; checksum of the reply"},
+        {"nonreading-client",
+         "a client that does not read while large replies pile up: no byte lost, other clients "
+         "served"}},
+       run_partial_check},
+      {"backlog",
+       "what listen(B) really queues on Linux: B+1 complete, the rest stall in SYN "
+       "retransmission (not refused)",
+       {{"listen-0", "listen(0), accept paused: connections completed, stalled, time to complete"},
+        {"listen-1", "the same with listen(1)"},
+        {"listen-5", "the same with listen(5)"},
+        {"listen-64", "the same with listen(64)"},
+        {"burst-small",
+         "100 connects while the server is busy for 50 ms, listen(1): the tail shows the ~1 s "
+         "SYN retry"},
+        {"burst-large", "the same burst against listen(4096): no retransmission delay"}},
+       run_backlog_check},
+      {"timewait",
+       "TIME_WAIT belongs to the side that closes first; SO_REUSEADDR lets a restart bind",
+       {{"live-listener", "a live listener blocks a second bind even with SO_REUSEADDR"},
+        {"client-closes-first", "client closes first: TIME_WAIT on the client side only"},
+        {"server-closes-first", "server stops first: TIME_WAIT on the server side only"},
+        {"bind-without-reuseaddr", "while TIME_WAIT exists a bind without SO_REUSEADDR fails"},
+        {"restart-same-port", "the server restarts on the same port while TIME_WAIT exists"},
+        {"duration", "--long: how long TIME_WAIT lasts (Linux: 60 s)"}},
+       run_timewait_check},
+      {"errors",
+       "refused, reset, broken pipe, half-close, timeouts, oversized frames, slow clients, EMFILE",
+       {{"refused", "connect to a port with no listener: ECONNREFUSED, fast"},
+        {"abort-mid-frame", "clients reset (SO_LINGER 0) mid-frame: open fds return"},
+        {"kill-mid-frame", "client processes killed mid-frame: open fds return"},
+        {"sigpipe", "peers gone while the server writes: EPIPE/ECONNRESET, no SIGPIPE death"},
+        {"half-close", "request then shutdown(SHUT_WR): the reply arrives, then EOF"},
+        {"rcvtimeo", "SO_RCVTIMEO 200 ms on a silent server: EAGAIN after 200 ms"},
+        {"oversized",
+         "length prefix 0xFFFFFFFF: that connection closed, memory flat, others served"},
+        {"slow-clients", "100 clients trickling 1 byte/s: others' p99 within 2x of the baseline"},
+        {"emfile",
+         "low RLIMIT_NOFILE: existing clients served, no spinning, accepting again once fds free"}},
+       run_errors_check},
+  };
+  return all;
+}
+
+const CheckInfo* find_check(std::string_view name) {
+  const auto& all = checks();
+  const auto it =
+      std::find_if(all.begin(), all.end(), [name](const CheckInfo& c) { return c.name == name; });
+  return it == all.end() ? nullptr : &*it;
+}
+
+std::string validate_only(std::string_view item) {
+  const auto slash = item.find('/');
+  const auto check_name = item.substr(0, slash);
+  const auto* check = find_check(check_name);
+  if (check == nullptr) {
+    std::string names;
+    for (const auto& c : checks()) names += (names.empty() ? "" : ", ") + c.name;
+    return fmt::format("unknown check '{}' (available: {})", check_name, names);
+  }
+  if (slash == std::string_view::npos) return {};
+  const auto sub = item.substr(slash + 1);
+  for (const auto& s : check->subchecks) {
+    if (s.name == sub) return {};
+  }
+  std::string names;
+  for (const auto& s : check->subchecks) names += (names.empty() ? "" : ", ") + s.name;
+  return fmt::format("unknown sub-check '{}' of {} (available: {})", sub, check->name, names);
+}
+
+std::string check_record_name(std::string_view check, std::string_view subcheck,
+                              std::string_view target) {
+  return fmt::format("check/{}/{}/{}", check, subcheck, target);
+}
+
+CheckRun::CheckRun(const CheckInfo& check, CheckTarget& target, const CheckOptions& options)
+    : check_(check), target_(target), options_(options) {}
+
+bool CheckRun::wanted(std::string_view subcheck) const {
+  if (options_.stop.stop_requested()) return false;
+  if (options_.only.empty()) return true;
+  const std::string full = fmt::format("{}/{}", check_.name, subcheck);
+  return std::any_of(options_.only.begin(), options_.only.end(),
+                     [&](const std::string& item) { return item == check_.name || item == full; });
+}
+
+std::string CheckRun::missing(unsigned needs) const {
+  const std::string kind = target_.kind();
+  if ((needs & kNeedLong) && !options_.long_checks) {
+    return "runs only with --long (it waits for TIME_WAIT to expire, about 60 s)";
+  }
+  if ((needs & kNeedFramed) && target_.wire() != WireFormat::kFramed) {
+    return "needs --protocol framed: the echo protocol has no length prefix";
+  }
+  if ((needs & kNeedServeFlags) && !target_.has_serve_flags()) {
+    return fmt::format(
+        "needs a built-in model: pausing accept() and setting listen()'s backlog are `sockbench "
+        "serve` flags, which a {} server does not have",
+        kind);
+  }
+  if ((needs & kNeedRestart) && !target_.can_restart()) {
+    return fmt::format("needs to stop and restart the server, which sockbench cannot do for {}",
+                       kind);
+  }
+  if ((needs & kNeedProc) && !target_.can_observe()) {
+    return fmt::format(
+        "needs the server process's /proc (open fds, CPU, memory), not observable "
+        "for {}",
+        kind);
+  }
+  return {};
+}
+
+void CheckRun::run(std::string_view subcheck, unsigned needs, const std::function<Outcome()>& body,
+                   bool fresh) {
+  if (!wanted(subcheck)) return;
+  if (options_.progress) options_.progress(fmt::format("{}/{}", check_.name, subcheck));
+  const auto start = SteadyClock::now();
+  Outcome outcome;
+  if (auto why = missing(needs); !why.empty()) {
+    outcome = Outcome::skip(std::move(why));
+  } else {
+    std::string error;
+    bool ready = true;
+    if (target_.can_restart() && !(needs & kManagesServer)) {
+      std::string why_dead;
+      const bool healthy =
+          target_.running() && is_default(target_.options()) && target_.alive(&why_dead);
+      if (fresh || first_ || !healthy) ready = target_.start({}, &error);
+      first_ = false;
+    }
+    if (!ready) {
+      outcome.fail("the server did not start: " + error);
+    } else {
+      try {
+        outcome = body();
+      } catch (const std::exception& e) {
+        outcome.fail(fmt::format("internal error: {}", e.what()));
+      }
+    }
+  }
+  results::Record r;
+  r.name = check_record_name(check_.name, subcheck, target_.name());
+  r.scenario = "check";
+  r.server = target_.name();
+  r.params = {{"check", check_.name}, {"subcheck", std::string(subcheck)}};
+  r.iterations = 1;
+  r.real_time = ms_between(start, SteadyClock::now());
+  r.time_unit = "ms";
+  r.verdict = std::string(verdict_name(outcome.verdict));
+  r.evidence = join_lines(outcome.evidence);
+  r.metrics = std::move(outcome.metrics);
+  records_.push_back(std::move(r));
+}
+
+bool ensure_default(CheckTarget& target, std::string* error) {
+  if (!target.can_restart()) return true;
+  std::string why;
+  if (target.running() && is_default(target.options()) && target.alive(&why)) return true;
+  return target.start({}, error);
+}
+
+bool expect_still_serving(CheckTarget& target, Outcome& outcome) {
+  std::string why;
+  if (!target.alive(&why)) {
+    outcome.fail(fmt::format("the server died: {}", why.empty() ? "process gone" : why));
+    return false;
+  }
+  double ms = 0;
+  const auto problem = serve_once(target.address(), target.wire(), 64, 2s, &ms);
+  if (!problem.empty()) {
+    std::string dead;
+    if (!target.alive(&dead)) {
+      outcome.fail(fmt::format("the server died: {}", dead.empty() ? "process gone" : dead));
+    } else {
+      outcome.fail("a fresh client was not served: " + problem);
+    }
+    return false;
+  }
+  outcome.line(fmt::format("{} a fresh client in {:.1f} ms",
+                           target.can_observe() ? "the server is alive and served" : "it served",
+                           ms));
+  return true;
+}
+
+}  // namespace sockbench::scenarios

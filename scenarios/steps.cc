@@ -1,0 +1,516 @@
+#include "scenarios/steps.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <thread>
+
+#include "harness/frame.h"
+
+namespace sockbench::scenarios {
+namespace {
+
+// Time left until `deadline` as a poll() timeout (0 when passed, rounded up to whole ms).
+int poll_timeout(SteadyClock::time_point deadline) {
+  const auto left = std::chrono::ceil<Millis>(deadline - SteadyClock::now());
+  return static_cast<int>(std::clamp<Millis::rep>(left.count(), 0, 60'000));
+}
+
+bool would_block(const std::error_code& ec) {
+  return ec == std::errc::resource_unavailable_try_again || ec == std::errc::operation_would_block;
+}
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+constexpr size_t kRecvChunk = 256 << 10;
+
+}  // namespace
+
+double ms_between(SteadyClock::time_point from, SteadyClock::time_point to) {
+  return std::chrono::duration<double, std::milli>(to - from).count();
+}
+
+std::string wire_message(WireFormat wire, std::string_view payload) {
+  return wire == WireFormat::kFramed ? encode_frame(payload) : std::string(payload);
+}
+
+std::string make_payload(size_t size, uint64_t seed) {
+  std::string out(size, '\0');
+  uint64_t state = seed;
+  for (size_t i = 0; i < size; i += 8) {
+    const uint64_t word = splitmix64(state);
+    for (size_t j = 0; j < 8 && i + j < size; ++j) {
+      out[i + j] = static_cast<char>((word >> (8 * j)) & 0xFF);
+    }
+  }
+  return out;
+}
+
+uint64_t fnv1a(std::string_view bytes) {
+  uint64_t hash = 0xCBF29CE484222325ull;
+  for (const char c : bytes) {
+    hash ^= static_cast<unsigned char>(c);
+    hash *= 0x100000001B3ull;
+  }
+  return hash;
+}
+
+std::vector<size_t> random_pieces(size_t total, size_t pieces, std::mt19937_64& rng) {
+  if (total == 0) return {};
+  pieces = std::clamp<size_t>(pieces, 1, total);
+  std::vector<size_t> cuts;
+  if (total > 1) {
+    std::uniform_int_distribution<size_t> pick(1, total - 1);
+    for (size_t i = 0; i + 1 < pieces; ++i) cuts.push_back(pick(rng));
+  }
+  std::sort(cuts.begin(), cuts.end());
+  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+  std::vector<size_t> sizes;
+  size_t at = 0;
+  for (const size_t cut : cuts) {
+    sizes.push_back(cut - at);
+    at = cut;
+  }
+  sizes.push_back(total - at);
+  return sizes;
+}
+
+std::string describe_mismatch(std::string_view expected, std::string_view received) {
+  if (expected == received) return {};
+  const size_t common = std::min(expected.size(), received.size());
+  const auto diff = std::mismatch(expected.begin(), expected.begin() + static_cast<long>(common),
+                                  received.begin());
+  const auto at = static_cast<size_t>(diff.first - expected.begin());
+  std::string line = fmt::format("received {} of {} bytes", received.size(), expected.size());
+  if (at < common) {
+    line += fmt::format("; first difference at byte {} (expected 0x{:02x}, got 0x{:02x})", at,
+                        static_cast<unsigned char>(expected[at]),
+                        static_cast<unsigned char>(received[at]));
+  } else if (received.size() > expected.size()) {
+    line += fmt::format("; {} unexpected bytes after the reply", received.size() - expected.size());
+  }
+  return line;
+}
+
+std::string Received::summary(size_t expected) const {
+  std::string s = fmt::format("{} of {} bytes in {} recv calls ({} short) in {:.1f} ms",
+                              bytes.size(), expected, recv_calls, short_reads, elapsed_ms);
+  if (eof) s += ", EOF";
+  if (error) s += ", " + errno_name(error.value());
+  return s;
+}
+
+Expected<Client> Client::start_connect(const Address& address, const ConnectOptions& options) {
+  Fd fd(::socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return last_error();
+  if (options.rcvbuf > 0 &&
+      ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUF, &options.rcvbuf, sizeof options.rcvbuf) != 0) {
+    return last_error();
+  }
+  if (options.nodelay && address.family() != AF_UNIX) {
+    if (auto ec = set_nodelay(fd.get(), true)) return ec;
+  }
+  if (::connect(fd.get(), address.sa(), address.length) != 0 && errno != EINPROGRESS &&
+      errno != EINTR) {
+    return last_error();
+  }
+  return Client(std::move(fd));
+}
+
+Expected<Client> Client::connect(const Address& address, Millis timeout,
+                                 const ConnectOptions& options) {
+  auto client = start_connect(address, options);
+  if (!client) return client;
+  if (auto ec = client->finish_connect(timeout)) return ec;
+  return client;
+}
+
+std::error_code Client::finish_connect(Millis timeout) {
+  if (!fd_) return make_error(EBADF);
+  const auto deadline = SteadyClock::now() + timeout;
+  for (;;) {
+    pollfd p{fd_.get(), POLLOUT, 0};
+    const int n = ::poll(&p, 1, poll_timeout(deadline));
+    if (n < 0 && errno != EINTR) return last_error();
+    if (n > 0) {
+      // A finished connect stays writable; SO_ERROR says how it finished (read once: the kernel
+      // clears it, so a failed connect is closed here and reports EBADF afterwards).
+      if (auto ec = socket_error(fd_.get())) {
+        fd_.reset();
+        return ec;
+      }
+      if (p.revents & (POLLERR | POLLHUP)) {
+        fd_.reset();
+        return make_error(ECONNRESET);
+      }
+      return {};
+    }
+    if (SteadyClock::now() >= deadline) return make_error(ETIMEDOUT);
+  }
+}
+
+bool Client::connected() {
+  if (!fd_) return false;
+  pollfd p{fd_.get(), POLLOUT, 0};
+  if (::poll(&p, 1, 0) != 1) return false;
+  // getpeername succeeds exactly when the connection is established, without consuming SO_ERROR.
+  sockaddr_storage peer{};
+  socklen_t len = sizeof peer;
+  return ::getpeername(fd_.get(), reinterpret_cast<sockaddr*>(&peer), &len) == 0;
+}
+
+int Client::local_port() const {
+  if (!fd_) return -1;
+  auto address = local_address(fd_.get());
+  return address ? address->port() : -1;
+}
+
+Expected<size_t> Client::send_now(std::string_view data) {
+  if (!fd_) return make_error(EBADF);
+  auto sent = send_some(fd_.get(), std::span<const char>(data.data(), data.size()));
+  if (!sent && would_block(sent.error())) return size_t{0};
+  return sent;
+}
+
+std::error_code Client::send(std::string_view data, Millis timeout) {
+  const auto deadline = SteadyClock::now() + timeout;
+  while (!data.empty()) {
+    auto sent = send_now(data);
+    if (!sent) return sent.error();
+    data.remove_prefix(*sent);
+    if (data.empty()) break;
+    if (SteadyClock::now() >= deadline) return make_error(ETIMEDOUT);
+    pollfd p{fd_.get(), POLLOUT, 0};
+    if (::poll(&p, 1, poll_timeout(deadline)) < 0 && errno != EINTR) return last_error();
+  }
+  return {};
+}
+
+Received Client::expect(size_t n, Millis timeout) { return exchange({}, n, timeout); }
+
+Received Client::exchange(std::string_view out, size_t n, Millis timeout,
+                          std::span<const size_t> pieces, Millis gap) {
+  Received r;
+  const auto start = SteadyClock::now();
+  const auto deadline = start + timeout;
+  auto finish = [&r, start]() -> Received& {
+    r.elapsed_ms = ms_between(start, SteadyClock::now());
+    return r;
+  };
+  if (!fd_) {
+    r.error = make_error(EBADF);
+    return finish();
+  }
+  const std::vector<size_t> whole{out.size()};
+  if (pieces.empty()) pieces = whole;
+  size_t piece = 0;
+  size_t piece_left = pieces.empty() ? 0 : std::min(pieces[0], out.size());
+  auto next_send = start;
+  std::vector<char> buffer(std::min(kRecvChunk, std::max<size_t>(n, 1)));
+  while (r.bytes.size() < n || !out.empty()) {
+    const auto now = SteadyClock::now();
+    if (now >= deadline) {
+      r.error = make_error(ETIMEDOUT);
+      break;
+    }
+    const bool want_send = !out.empty() && now >= next_send;
+    pollfd p{fd_.get(), 0, 0};
+    if (r.bytes.size() < n) p.events |= POLLIN;
+    if (want_send) p.events |= POLLOUT;
+    auto wake = deadline;
+    if (!out.empty() && !want_send) wake = std::min(wake, next_send);
+    if (p.events == 0) {
+      // Only waiting for the gap before the next piece (everything expected has arrived).
+      std::this_thread::sleep_until(wake);
+      continue;
+    }
+    const int ready = ::poll(&p, 1, poll_timeout(wake));
+    if (ready < 0) {
+      if (errno == EINTR) continue;
+      r.error = last_error();
+      break;
+    }
+    if (p.revents & POLLOUT) {
+      auto sent = send_now(out.substr(0, piece_left));
+      if (!sent) {
+        r.error = sent.error();
+        break;
+      }
+      out.remove_prefix(*sent);
+      piece_left -= *sent;
+      if (piece_left == 0 && !out.empty()) {
+        ++piece;
+        piece_left = piece < pieces.size() ? std::min(pieces[piece], out.size()) : out.size();
+        next_send = SteadyClock::now() + gap;
+      }
+    }
+    if (r.bytes.size() < n && (p.revents & (POLLIN | POLLERR | POLLHUP))) {
+      const size_t ask = std::min(buffer.size(), n - r.bytes.size());
+      auto got = recv_some(fd_.get(), std::span<char>(buffer.data(), ask));
+      if (!got) {
+        if (would_block(got.error())) continue;
+        r.error = got.error();
+        break;
+      }
+      if (*got == 0) {
+        r.eof = true;
+        break;
+      }
+      ++r.recv_calls;
+      if (*got < ask) ++r.short_reads;
+      r.bytes.append(buffer.data(), *got);
+    }
+  }
+  return finish();
+}
+
+Received Client::expect_eof(Millis timeout) {
+  Received r;
+  const auto start = SteadyClock::now();
+  const auto deadline = start + timeout;
+  if (!fd_) {
+    r.error = make_error(EBADF);
+    return r;
+  }
+  std::vector<char> buffer(64 << 10);
+  for (;;) {
+    if (SteadyClock::now() >= deadline) {
+      r.error = make_error(ETIMEDOUT);
+      break;
+    }
+    pollfd p{fd_.get(), POLLIN, 0};
+    if (::poll(&p, 1, poll_timeout(deadline)) < 0 && errno != EINTR) {
+      r.error = last_error();
+      break;
+    }
+    if (p.revents == 0) continue;
+    auto got = recv_some(fd_.get(), std::span<char>(buffer));
+    if (!got) {
+      if (would_block(got.error())) continue;
+      r.error = got.error();
+      break;
+    }
+    if (*got == 0) {
+      r.eof = true;
+      break;
+    }
+    ++r.recv_calls;
+    r.bytes.append(buffer.data(), *got);
+  }
+  r.elapsed_ms = ms_between(start, SteadyClock::now());
+  return r;
+}
+
+std::error_code Client::shutdown_write() {
+  if (!fd_) return make_error(EBADF);
+  if (::shutdown(fd_.get(), SHUT_WR) != 0) return last_error();
+  return {};
+}
+
+void Client::abort() {
+  if (!fd_) return;
+  (void)set_linger_zero(fd_.get());
+  fd_.reset();
+}
+
+void wait_for(Millis duration) { std::this_thread::sleep_for(duration); }
+
+Expected<int> free_port(const Address& address) {
+  Fd fd(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return last_error();
+  const Address any = address.with_port(0);
+  if (::bind(fd.get(), any.sa(), any.length) != 0) return last_error();
+  auto bound = local_address(fd.get());
+  if (!bound) return bound.error();
+  return bound->port();
+}
+
+std::error_code try_bind(const Address& address, bool reuseaddr) {
+  Fd fd(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return last_error();
+  if (reuseaddr) {
+    const int one = 1;
+    if (::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) {
+      return last_error();
+    }
+  }
+  if (::bind(fd.get(), address.sa(), address.length) != 0) return last_error();
+  return {};
+}
+
+Observation observe(ServerHandle& server) {
+  Observation o;
+  o.alive = server.alive(&o.why);
+  if (o.alive) o.proc = server.sample();
+  return o;
+}
+
+std::optional<int> settled_fds(ServerHandle& server, Millis timeout, Millis interval) {
+  const auto deadline = SteadyClock::now() + timeout;
+  auto first = server.sample();
+  if (!first) return std::nullopt;
+  int last = first->open_fds;
+  while (SteadyClock::now() < deadline) {
+    std::this_thread::sleep_for(interval);
+    auto s = server.sample();
+    if (!s) return std::nullopt;
+    if (s->open_fds == last) break;
+    last = s->open_fds;
+  }
+  return last;
+}
+
+std::optional<int> wait_fds_at_most(ServerHandle& server, int target, Millis timeout) {
+  const auto deadline = SteadyClock::now() + timeout;
+  std::optional<int> last;
+  for (;;) {
+    auto s = server.sample();
+    if (!s) return last;
+    last = s->open_fds;
+    if (*last <= target || SteadyClock::now() >= deadline) return last;
+    std::this_thread::sleep_for(Millis(20));
+  }
+}
+
+std::string serve_once(const Address& address, WireFormat wire, size_t payload_size, Millis timeout,
+                       double* latency_ms) {
+  const auto start = SteadyClock::now();
+  auto client = Client::connect(address, timeout);
+  if (!client) return "connect: " + errno_name(client.error().value());
+  const std::string message = wire_message(wire, make_payload(payload_size, 0x5eed));
+  const auto got = client->exchange(message, message.size(), timeout);
+  if (latency_ms) *latency_ms = ms_between(start, SteadyClock::now());
+  if (got.bytes == message) return {};
+  std::string what = describe_mismatch(message, got.bytes);
+  if (got.eof) what += ", then EOF";
+  if (got.error) what += ", " + errno_name(got.error.value());
+  return what;
+}
+
+double ProbeResult::p99_ms(Millis timeout) const {
+  Histogram all = latency;
+  if (timed_out > 0) {
+    all.record(static_cast<uint64_t>(std::chrono::nanoseconds(timeout).count()), timed_out);
+  }
+  return static_cast<double>(all.percentile(99)) / 1e6;
+}
+
+ProbeResult probe_rr(const Address& address, WireFormat wire, int clients, size_t payload_size,
+                     Millis duration, Millis timeout) {
+  struct Conn {
+    Client client;
+    std::string request;
+    size_t sent = 0;
+    std::string reply;
+    SteadyClock::time_point started{};
+    uint64_t seq = 0;
+    bool active = false;
+  };
+  ProbeResult result;
+  std::vector<Conn> conns;
+  for (int i = 0; i < clients; ++i) {
+    auto client = Client::connect(address, timeout);
+    if (!client) {
+      ++result.errors[errno_name(client.error().value())];
+      continue;
+    }
+    Conn c;
+    c.client = std::move(*client);
+    c.active = true;
+    conns.push_back(std::move(c));
+  }
+  result.connected = static_cast<int>(conns.size());
+  const auto start = SteadyClock::now();
+  const auto end = start + duration;
+  const auto hard_end = end + timeout + Millis(100);
+  auto next_request = [&](Conn& c, size_t index) {
+    c.request = wire_message(wire, make_payload(payload_size, (index << 32) + c.seq++));
+    c.sent = 0;
+    c.reply.clear();
+    c.started = SteadyClock::now();
+  };
+  for (size_t i = 0; i < conns.size(); ++i) next_request(conns[i], i);
+  std::vector<char> buffer(64 << 10);
+  std::vector<pollfd> fds;
+  std::vector<size_t> index;
+  for (;;) {
+    const auto now = SteadyClock::now();
+    fds.clear();
+    index.clear();
+    for (size_t i = 0; i < conns.size(); ++i) {
+      Conn& c = conns[i];
+      if (!c.active) continue;
+      if (now - c.started > timeout) {
+        ++result.timed_out;
+        c.active = false;
+        c.client.close();
+        continue;
+      }
+      fds.push_back(
+          {c.client.fd(), static_cast<short>(c.sent < c.request.size() ? POLLOUT : POLLIN), 0});
+      index.push_back(i);
+    }
+    if (fds.empty() || now >= hard_end) break;
+    if (::poll(fds.data(), fds.size(), 10) < 0 && errno != EINTR) break;
+    for (size_t k = 0; k < fds.size(); ++k) {
+      if (fds[k].revents == 0) continue;
+      Conn& c = conns[index[k]];
+      auto fail = [&](const std::string& what) {
+        ++result.errors[what];
+        c.active = false;
+        c.client.close();
+      };
+      if (c.sent < c.request.size()) {
+        auto sent = c.client.send_now(std::string_view(c.request).substr(c.sent));
+        if (!sent) {
+          fail(errno_name(sent.error().value()));
+          continue;
+        }
+        c.sent += *sent;
+        continue;
+      }
+      const size_t want = c.request.size() - c.reply.size();
+      auto got =
+          recv_some(c.client.fd(), std::span<char>(buffer.data(), std::min(want, buffer.size())));
+      if (!got) {
+        if (!would_block(got.error())) fail(errno_name(got.error().value()));
+        continue;
+      }
+      if (*got == 0) {
+        fail("EOF");
+        continue;
+      }
+      c.reply.append(buffer.data(), *got);
+      if (c.reply.size() < c.request.size()) continue;
+      if (c.reply != c.request) {
+        ++result.wrong;
+        c.active = false;
+        c.client.close();
+        continue;
+      }
+      ++result.completed;
+      result.latency.record(static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now() - c.started)
+              .count()));
+      if (SteadyClock::now() >= end) {
+        c.active = false;
+      } else {
+        next_request(c, index[k]);
+      }
+    }
+  }
+  return result;
+}
+
+}  // namespace sockbench::scenarios

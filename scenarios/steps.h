@@ -1,0 +1,162 @@
+// Step primitives that checks and scenario scripts are built from: connect, send (whole, or split
+// into pieces with gaps), expect bytes with a timeout, shutdown, abortive close, wait, observe the
+// server. Every step is bounded in time, never throws, and returns what it saw as numbers.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <random>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include "harness/expected.h"
+#include "harness/fd.h"
+#include "harness/histogram.h"
+#include "harness/loadgen.h"
+#include "harness/net.h"
+#include "harness/process.h"
+#include "scenarios/scenario.h"
+
+namespace sockbench::scenarios {
+
+using Millis = std::chrono::milliseconds;
+using SteadyClock = std::chrono::steady_clock;
+
+// Milliseconds between two instants, as a double for evidence ("12.3 ms").
+double ms_between(SteadyClock::time_point from, SteadyClock::time_point to);
+
+// The bytes that carry `payload` as one message: framed: 4-byte big-endian length + payload;
+// echo (WireFormat::kRaw): the payload itself. Both protocols answer with exactly these bytes.
+std::string wire_message(WireFormat wire, std::string_view payload);
+// `size` deterministic pseudo-random bytes from `seed` (the same seed gives the same bytes).
+std::string make_payload(size_t size, uint64_t seed);
+// FNV-1a 64-bit: the checksum shown for large replies.
+uint64_t fnv1a(std::string_view bytes);
+// Sizes of `pieces` consecutive pieces (each >= 1 byte) that together make `total` bytes, cut at
+// random points drawn from `rng`; fewer pieces when total < pieces.
+std::vector<size_t> random_pieces(size_t total, size_t pieces, std::mt19937_64& rng);
+// "" when equal; otherwise where `received` first differs from `expected` in a human line
+// ("received 40 of 68 bytes; first difference at byte 4").
+std::string describe_mismatch(std::string_view expected, std::string_view received);
+
+struct ConnectOptions {
+  bool nodelay = true;  // TCP_NODELAY: every piece goes out as its own segment
+  int rcvbuf = 0;       // SO_RCVBUF before connect (turns off autotuning); 0: kernel default
+};
+
+// What a receive step saw.
+struct Received {
+  std::string bytes;
+  size_t recv_calls = 0;   // recv() calls that returned data
+  size_t short_reads = 0;  // ... of which returned fewer bytes than were still expected
+  bool eof = false;        // the peer's FIN arrived
+  std::error_code error;   // ECONNRESET...; ETIMEDOUT when the deadline passed first
+  double elapsed_ms = 0;
+  // "68 of 68 bytes in 3 recv calls (2 short), EOF" style summary.
+  std::string summary(size_t expected) const;
+};
+
+// One client connection driven step by step. Owns its fd: non-blocking underneath, every step
+// waits with poll() against a deadline. Move-only; used by one thread.
+class Client {
+ public:
+  // Starts a non-blocking connect; the handshake may still be in progress (see finish_connect).
+  static Expected<Client> start_connect(const Address& address, const ConnectOptions& options = {});
+  // connect() and wait up to `timeout` for the handshake: ETIMEDOUT, ECONNREFUSED... as values.
+  static Expected<Client> connect(const Address& address, Millis timeout,
+                                  const ConnectOptions& options = {});
+
+  Client() = default;
+  Client(Client&&) noexcept = default;
+  Client& operator=(Client&&) noexcept = default;
+
+  // Waits up to `timeout` for a started connect: {} once established, the SO_ERROR
+  // (ECONNREFUSED) when it failed, ETIMEDOUT while it is still in progress (it goes on).
+  std::error_code finish_connect(Millis timeout);
+  // True once the handshake finished successfully, without waiting.
+  bool connected();
+
+  int fd() const { return fd_.get(); }
+  bool is_open() const { return fd_.valid(); }
+  // The client's own (ephemeral) port; -1 when unknown.
+  int local_port() const;
+
+  // Sends all of `data`; ETIMEDOUT when the peer stops taking bytes for `timeout` in total.
+  std::error_code send(std::string_view data, Millis timeout);
+  // Sends what the socket takes right now, without waiting; returns the bytes taken (0 on
+  // EAGAIN) or the error.
+  Expected<size_t> send_now(std::string_view data);
+  // Receives until `n` bytes have arrived, EOF, an error or `timeout`.
+  Received expect(size_t n, Millis timeout);
+  // Sends `out` (in pieces of `pieces` sizes with `gap` after each but the last; empty pieces:
+  // one piece) while receiving up to `n` bytes, so a server that answers while it reads never
+  // deadlocks us. Stops at n bytes, EOF, an error or `timeout`; a send error is reported in
+  // Received::error (with the bytes received so far).
+  Received exchange(std::string_view out, size_t n, Millis timeout,
+                    std::span<const size_t> pieces = {}, Millis gap = Millis(0));
+  // Receives until EOF (or an error, or `timeout`); bytes that come first are returned too.
+  Received expect_eof(Millis timeout);
+  // shutdown(SHUT_WR): a FIN after what was sent; receiving goes on.
+  std::error_code shutdown_write();
+  // SO_LINGER {1, 0} then close(): the peer gets an RST instead of a FIN.
+  void abort();
+  // close(): a FIN (an RST when received bytes are still unread, as the kernel does).
+  void close() { fd_.reset(); }
+  // Gives up the fd without closing it.
+  Fd release() { return std::move(fd_); }
+
+ private:
+  explicit Client(Fd fd) : fd_(std::move(fd)) {}
+  Fd fd_;
+};
+
+// Sleeps for `duration` (a step of its own so scripts read as what they do).
+void wait_for(Millis duration);
+
+// A free TCP port on `address`'s host (bound without listen, then released): connecting to it
+// is refused until somebody binds it again.
+Expected<int> free_port(const Address& address);
+// bind() (no listen) on `address` with or without SO_REUSEADDR and release it at once: {} or
+// the errno (EADDRINUSE).
+std::error_code try_bind(const Address& address, bool reuseaddr);
+
+// What the harness can see of the server process.
+struct Observation {
+  bool alive = true;
+  std::string why;                 // how it ended, when !alive
+  std::optional<ProcSample> proc;  // nullopt: not observable (external --target) or gone
+};
+Observation observe(ServerHandle& server);
+// Samples the server until its open-fd count stops changing (two equal samples `interval`
+// apart) or `timeout`; the last count, or nullopt when not observable.
+std::optional<int> settled_fds(ServerHandle& server, Millis timeout, Millis interval = Millis(20));
+// Samples until the open-fd count is <= `target` or `timeout`; the last count seen.
+std::optional<int> wait_fds_at_most(ServerHandle& server, int target, Millis timeout);
+
+// One request/response round on a fresh connection: connect, send a `payload_size` message,
+// expect it back, close. Empty string when the server answered right; otherwise what went wrong.
+std::string serve_once(const Address& address, WireFormat wire, size_t payload_size, Millis timeout,
+                       double* latency_ms = nullptr);
+
+// Closed-loop request/response from `clients` connections for `duration`, every reply verified;
+// a request that takes longer than `timeout` counts as timed out and ends its connection.
+struct ProbeResult {
+  Histogram latency;  // ns, completed requests
+  uint64_t completed = 0;
+  uint64_t timed_out = 0;
+  uint64_t wrong = 0;  // replies that differ from the request
+  std::map<std::string, uint64_t> errors;
+  int connected = 0;
+  // p99 in ms, counting every timed-out request as `timeout` long.
+  double p99_ms(Millis timeout) const;
+};
+ProbeResult probe_rr(const Address& address, WireFormat wire, int clients, size_t payload_size,
+                     Millis duration, Millis timeout);
+
+}  // namespace sockbench::scenarios

@@ -1,0 +1,374 @@
+// `sockbench check` end to end: the full verdict matrix (every correct model PASSes every check,
+// every faulty twin FAILs exactly its own), an external server started by --server-cmd (a Python
+// script under tests/servers), an address-only --target, JUnit and JSON output, exit codes.
+#include <gtest/gtest.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "harness/process.h"
+
+extern char** environ;
+
+namespace sockbench {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string slurp(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string script() { return std::string(SOCKBENCH_SOURCE_DIR) + "/tests/servers/echo_server.py"; }
+
+struct CheckRunOutput {
+  int status = -1;
+  std::string out;
+  std::string err;
+  double seconds = 0;
+  nlohmann::json json;  // from --json, when written
+  // "check/subcheck" -> verdict / evidence, for one target.
+  std::map<std::string, std::string> verdict;
+  std::map<std::string, std::string> evidence;
+};
+
+class CliCheck : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("sockbench-check-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  // Runs `sockbench check ARGS --json FILE` through /bin/sh (posix_spawn: safe from threads).
+  CheckRunOutput check(const std::string& args, const std::string& tag) {
+    const auto out = dir_ / (tag + ".out");
+    const auto err = dir_ / (tag + ".err");
+    const auto json = dir_ / (tag + ".json");
+    const std::string command = std::string(SOCKBENCH_BIN) + " check " + args + " --json " +
+                                json.string() + " >" + out.string() + " 2>" + err.string() +
+                                " </dev/null";
+    CheckRunOutput r;
+    const auto start = std::chrono::steady_clock::now();
+    r.status = shell(command);
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    r.out = slurp(out);
+    r.err = slurp(err);
+    if (std::filesystem::exists(json)) {
+      r.json = nlohmann::json::parse(slurp(json));
+      for (const auto& b : r.json["benchmarks"]) {
+        std::string check;
+        std::string sub;
+        for (const auto& p : b["params"]) {
+          if (p[0] == "check") check = p[1];
+          if (p[0] == "subcheck") sub = p[1];
+        }
+        r.verdict[check + "/" + sub] = b.value("verdict", "");
+        r.evidence[check + "/" + sub] = b.value("evidence", "");
+      }
+    }
+    return r;
+  }
+
+  // Plain run for flag errors (no --json appended).
+  CheckRunOutput plain(const std::string& args) {
+    const auto out = dir_ / "plain.out";
+    const auto err = dir_ / "plain.err";
+    CheckRunOutput r;
+    r.status = shell(std::string(SOCKBENCH_BIN) + " " + args + " >" + out.string() + " 2>" +
+                     err.string() + " </dev/null");
+    r.out = slurp(out);
+    r.err = slurp(err);
+    return r;
+  }
+
+  static int shell(const std::string& command) {
+    const char* argv[] = {"/bin/sh", "-c", command.c_str(), nullptr};
+    pid_t pid = -1;
+    if (posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) != 0) {
+      return -1;
+    }
+    int raw = 0;
+    while (::waitpid(pid, &raw, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+  }
+
+  // Runs one `check --server NAME` per model, `parallel` at a time.
+  std::map<std::string, CheckRunOutput> check_models(const std::vector<std::string>& models,
+                                                     int parallel) {
+    std::map<std::string, CheckRunOutput> runs;
+    std::mutex mu;
+    std::atomic<size_t> next{0};
+    std::vector<std::jthread> workers;
+    for (int w = 0; w < parallel; ++w) {
+      workers.emplace_back([&] {
+        for (size_t i; (i = next.fetch_add(1)) < models.size();) {
+          CheckRunOutput r = check("--server " + models[i], models[i]);
+          std::lock_guard lock(mu);
+          runs[models[i]] = std::move(r);
+        }
+      });
+    }
+    workers.clear();
+    return runs;
+  }
+
+  std::filesystem::path dir_;
+};
+
+// Every sub-check a target runs, from `sockbench list`'s registry order as JSON names them.
+const std::vector<std::string> kAllSubchecks = {"partial/byte-at-a-time",
+                                                "partial/random-splits",
+                                                "partial/coalesced",
+                                                "partial/large-frame",
+                                                "partial/nonreading-client",
+                                                "backlog/listen-0",
+                                                "backlog/listen-1",
+                                                "backlog/listen-5",
+                                                "backlog/listen-64",
+                                                "backlog/burst-small",
+                                                "backlog/burst-large",
+                                                "timewait/live-listener",
+                                                "timewait/client-closes-first",
+                                                "timewait/server-closes-first",
+                                                "timewait/bind-without-reuseaddr",
+                                                "timewait/restart-same-port",
+                                                "timewait/duration",
+                                                "errors/refused",
+                                                "errors/abort-mid-frame",
+                                                "errors/kill-mid-frame",
+                                                "errors/sigpipe",
+                                                "errors/half-close",
+                                                "errors/rcvtimeo",
+                                                "errors/oversized",
+                                                "errors/slow-clients",
+                                                "errors/emfile"};
+
+// SKIP without --long: it waits ~60 s for TIME_WAIT to expire.
+const std::set<std::string> kJustifiedSkips = {"timewait/duration"};
+
+// What each twin must FAIL; everything else it must PASS. Beyond the check each twin exists
+// for, a defect shows wherever the checked behaviour depends on it:
+// - faulty-single-recv ignores the length prefix, so it cannot reject an oversized one.
+// - faulty-fd-leak never closes a connection its peer ended: the server side stays in
+//   CLOSE_WAIT (client-closes-first), no EOF after a half-close, the oversized connection stays
+//   open, and freeing client connections frees no server fd (emfile).
+const std::map<std::string, std::set<std::string>> kTwinFailures = {
+    {"faulty-single-recv",
+     {"partial/byte-at-a-time", "partial/random-splits", "partial/coalesced", "partial/large-frame",
+      "partial/nonreading-client", "errors/oversized"}},
+    {"faulty-no-reuseaddr", {"timewait/restart-same-port"}},
+    {"faulty-sigpipe", {"errors/sigpipe"}},
+    {"faulty-blocking", {"errors/slow-clients"}},
+    {"faulty-fd-leak",
+     {"errors/abort-mid-frame", "errors/kill-mid-frame", "errors/half-close", "errors/oversized",
+      "errors/emfile", "timewait/client-closes-first"}},
+    {"faulty-emfile-spin", {"errors/emfile"}},
+};
+
+void expect_matrix_row(const std::string& target, const CheckRunOutput& run,
+                       const std::set<std::string>& must_fail) {
+  EXPECT_EQ(run.status, must_fail.empty() ? 0 : 1) << target << "\n" << run.err << run.out;
+  for (const auto& sub : kAllSubchecks) {
+    const auto it = run.verdict.find(sub);
+    ASSERT_NE(it, run.verdict.end()) << target << " has no verdict for " << sub << "\n" << run.out;
+    std::string want = "PASS";
+    if (must_fail.count(sub)) want = "FAIL";
+    if (kJustifiedSkips.count(sub)) want = "SKIP";
+    EXPECT_EQ(it->second, want) << target << " " << sub << ":\n" << run.evidence.at(sub);
+  }
+  EXPECT_EQ(run.verdict.size(), kAllSubchecks.size()) << target;
+}
+
+TEST_F(CliCheck, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"check --server nope", "--server"},
+      {"check --server epoll,", "--server"},
+      {"check --protocol smtp", "--protocol"},
+      {"check --only nosuch", "--only"},
+      {"check --only errors/nosuch", "--only"},
+      {"check --only errors,", "--only"},
+      {"check --server-cmd 'python3 x.py'", "--server-cmd"},
+      {"check --target nohost", "--target"},
+      {"check --target 127.0.0.1:0", "--target"},
+      {"check --junit /nonexistent-dir/x.xml", "--junit"},
+      {"check --json /nonexistent-dir/x.json", "--json"},
+      {"check --seed x", "--seed"},
+      {"check --bogus", "bogus"},
+      {"check stray", "stray"},
+  };
+  for (const auto& [args, flag] : cases) {
+    const auto r = plain(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.err;
+    EXPECT_NE(r.err.find(flag), std::string::npos) << args << " -> " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << " -> " << r.err;
+    EXPECT_TRUE(r.out.empty()) << args;
+  }
+}
+
+TEST_F(CliCheck, HelpAndListNameEveryCheck) {
+  const auto help = plain("check --help");
+  ASSERT_EQ(help.status, 0) << help.err;
+  const auto list = plain("list");
+  ASSERT_EQ(list.status, 0) << list.err;
+  for (const auto& sub : kAllSubchecks) {
+    const auto name = sub.substr(sub.find('/') + 1);
+    EXPECT_NE(help.out.find(name), std::string::npos) << name;
+    EXPECT_NE(list.out.find(name), std::string::npos) << name;
+  }
+  for (const auto& [twin, fails] : kTwinFailures) {
+    EXPECT_NE(list.out.find(twin), std::string::npos) << twin;
+  }
+}
+
+// The verdict matrix, part 1: every correct model passes every check (SKIP only where
+// justified). One process per model, two at a time.
+TEST_F(CliCheck, EveryCorrectModelPassesEveryCheck) {
+  const std::vector<std::string> models = {"threaded", "select", "poll", "epoll"};
+  const auto runs = check_models(models, 2);
+  for (const auto& model : models) {
+    const CheckRunOutput& run = runs.at(model);
+    std::printf("[ matrix ] %-20s %.1f s\n", model.c_str(), run.seconds);
+    expect_matrix_row(model, run, {});
+    EXPECT_NE(run.out.find("PASS"), std::string::npos);
+  }
+}
+
+// The verdict matrix, part 2: every faulty twin fails its own check and passes the rest.
+TEST_F(CliCheck, EveryFaultyTwinFailsExactlyItsOwnChecks) {
+  std::vector<std::string> twins;
+  for (const auto& [twin, fails] : kTwinFailures) twins.push_back(twin);
+  const auto runs = check_models(twins, 3);
+  for (const auto& twin : twins) {
+    const CheckRunOutput& run = runs.at(twin);
+    std::printf("[ matrix ] %-20s %.1f s\n", twin.c_str(), run.seconds);
+    expect_matrix_row(twin, run, kTwinFailures.at(twin));
+    // The console shows the evidence of every FAIL.
+    for (const auto& sub : kTwinFailures.at(twin)) {
+      EXPECT_NE(run.out.find("FAIL " + sub + " on " + twin), std::string::npos) << run.out;
+    }
+  }
+  EXPECT_NE(runs.at("faulty-sigpipe").evidence.at("errors/sigpipe").find("SIGPIPE"),
+            std::string::npos);
+  EXPECT_NE(runs.at("faulty-no-reuseaddr")
+                .evidence.at("timewait/bind-without-reuseaddr")
+                .find("EADDRINUSE"),
+            std::string::npos);
+}
+
+// An external server in another language, started, restarted and observed by sockbench.
+TEST_F(CliCheck, ServerCommandPythonScriptPassesWithJUnit) {
+  const auto junit = dir_ / "cmd.xml";
+  const auto r =
+      check("--server-cmd 'python3 " + script() + " {port}' --junit " + junit.string(), "cmd");
+  ASSERT_EQ(r.status, 0) << r.err << r.out;
+  for (const auto& sub : kAllSubchecks) {
+    const auto it = r.verdict.find(sub);
+    ASSERT_NE(it, r.verdict.end()) << sub;
+    const bool skip = sub.starts_with("backlog/") || kJustifiedSkips.count(sub);
+    EXPECT_EQ(it->second, skip ? "SKIP" : "PASS") << sub << ":\n" << r.evidence.at(sub);
+  }
+  EXPECT_NE(r.evidence.at("backlog/listen-5").find("built-in model"), std::string::npos);
+  // Restarted on the same port while TIME_WAIT held it, and observed through /proc.
+  EXPECT_NE(r.evidence.at("timewait/restart-same-port").find("restarted on port"),
+            std::string::npos);
+  EXPECT_NE(r.evidence.at("errors/abort-mid-frame").find("open fds"), std::string::npos);
+
+  // The JUnit file: one testcase per sub-check, the SKIPs as <skipped>, no failures.
+  const std::string xml = slurp(junit);
+  ASSERT_TRUE(xml.starts_with("<?xml")) << xml.substr(0, 200);
+  auto count = [&xml](const std::string& needle) {
+    size_t n = 0;
+    for (size_t at = 0; (at = xml.find(needle, at)) != std::string::npos; at += needle.size()) {
+      ++n;
+    }
+    return n;
+  };
+  EXPECT_EQ(count("<testcase "), kAllSubchecks.size());
+  EXPECT_EQ(count("<failure"), 0u);
+  EXPECT_EQ(count("<skipped "), 7u);  // 6 backlog + timewait/duration
+  EXPECT_NE(xml.find(R"(<testsuites name="sockbench check" tests="26" failures="0")"),
+            std::string::npos)
+      << xml.substr(0, 300);
+  EXPECT_NE(xml.find(R"(<testcase classname="errors" name="sigpipe/cmd")"), std::string::npos);
+}
+
+TEST_F(CliCheck, ServerCommandEchoProtocol) {
+  const auto r = check("--server-cmd 'python3 " + script() +
+                           " {port} echo' --protocol echo --only partial,errors/oversized,"
+                           "errors/half-close",
+                       "echo");
+  ASSERT_EQ(r.status, 0) << r.err << r.out;
+  for (const char* sub :
+       {"partial/byte-at-a-time", "partial/random-splits", "partial/coalesced",
+        "partial/large-frame", "partial/nonreading-client", "errors/half-close"}) {
+    EXPECT_EQ(r.verdict.at(sub), "PASS") << sub << ":\n" << r.evidence.at(sub);
+  }
+  EXPECT_EQ(r.verdict.at("errors/oversized"), "SKIP");
+  EXPECT_NE(r.evidence.at("errors/oversized").find("length prefix"), std::string::npos);
+  EXPECT_EQ(r.verdict.size(), 7u);
+}
+
+TEST_F(CliCheck, ServerCommandThatNeverListensIsAClearError) {
+  const auto r = check("--server-cmd 'exit 3 {port}'", "never");
+  EXPECT_EQ(r.status, 1) << r.err;
+  EXPECT_NE(r.err.find("ended (exit 3) before accepting connections"), std::string::npos) << r.err;
+  ASSERT_EQ(r.verdict.size(), 1u);
+  EXPECT_EQ(r.verdict.at("start/server"), "FAIL");
+}
+
+// An address only: what needs a restart or /proc is SKIP with the reason; the rest runs.
+TEST_F(CliCheck, TargetAddressSkipsWhatNeedsRestartOrProc) {
+  ChildProcess::Options options;
+  options.argv = {SOCKBENCH_BIN, "serve",      "--server",   "poll",   "--listen",
+                  "127.0.0.1:0", "--ready-fd", "{ready_fd}", "--quiet"};
+  auto server = ChildProcess::spawn(options);
+  ASSERT_TRUE(server) << server.error().message();
+  auto line = server->read_line(10s);
+  ASSERT_TRUE(line && line->starts_with("listening ")) << line.error().message();
+  const std::string address = line->substr(10);
+  const auto r = check("--target " + address +
+                           " --only partial/coalesced,timewait,errors/abort-mid-frame,"
+                           "errors/emfile,errors/sigpipe,backlog/listen-1",
+                       "target");
+  ASSERT_EQ(r.status, 0) << r.err << r.out;
+  EXPECT_EQ(r.verdict.at("partial/coalesced"), "PASS");
+  EXPECT_EQ(r.verdict.at("timewait/live-listener"), "PASS");
+  EXPECT_EQ(r.verdict.at("timewait/client-closes-first"), "PASS");
+  EXPECT_EQ(r.verdict.at("errors/sigpipe"), "PASS");
+  for (const char* sub : {"timewait/server-closes-first", "timewait/bind-without-reuseaddr",
+                          "timewait/restart-same-port", "errors/emfile"}) {
+    EXPECT_EQ(r.verdict.at(sub), "SKIP") << sub;
+    EXPECT_NE(r.evidence.at(sub).find("restart"), std::string::npos) << r.evidence.at(sub);
+  }
+  EXPECT_EQ(r.verdict.at("errors/abort-mid-frame"), "SKIP");
+  EXPECT_NE(r.evidence.at("errors/abort-mid-frame").find("not observable"), std::string::npos);
+  EXPECT_EQ(r.verdict.at("backlog/listen-1"), "SKIP");
+  // The console table has one column, named after the target kind.
+  EXPECT_NE(r.out.find("target"), std::string::npos);
+  EXPECT_TRUE(server->alive()) << "the checks must not have killed the external server";
+  server->stop();
+}
+
+}  // namespace
+}  // namespace sockbench
