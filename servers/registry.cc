@@ -37,7 +37,7 @@ const std::vector<ModelInfo>& registry() {
        }},
       {"faulty-sigpipe",
        "epoll, but writes without MSG_NOSIGNAL and keeps SIGPIPE's default action, so a write to "
-       "a peer that has gone kills it; caught by check errors/broken-pipe",
+       "a peer that has gone kills it; caught by check errors/sigpipe",
        true,
        [](const ServerConfig& config) {
          return make_reactor_server(config, make_epoll_poller(), {.send_without_nosignal = true});
@@ -52,7 +52,7 @@ const std::vector<ModelInfo>& registry() {
        }},
       {"faulty-fd-leak",
        "epoll, but never closes a connection's fd when the peer goes away; caught by check "
-       "errors/reset-fd-count",
+       "errors/abort-mid-frame and errors/kill-mid-frame",
        true,
        [](const ServerConfig& config) {
          return make_reactor_server(config, make_epoll_poller(), {.leak_connection_fds = true});
