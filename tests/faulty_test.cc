@@ -178,9 +178,12 @@ int find_listener(const Address& address) {
 // ---------------------------------------------------------------------------------------------
 TEST(FaultyRegistryTest, SixTwinsAfterTheCorrectModelsEachNamingItsCheck) {
   const std::vector<std::pair<std::string, std::string>> twins = {
-      {"faulty-single-recv", "partial"},           {"faulty-no-reuseaddr", "timewait"},
-      {"faulty-sigpipe", "errors/broken-pipe"},    {"faulty-blocking", "errors/slow-clients"},
-      {"faulty-fd-leak", "errors/reset-fd-count"}, {"faulty-emfile-spin", "errors/emfile"},
+      {"faulty-single-recv", "partial"},
+      {"faulty-no-reuseaddr", "timewait"},
+      {"faulty-sigpipe", "errors/sigpipe"},
+      {"faulty-blocking", "errors/slow-clients"},
+      {"faulty-fd-leak", "errors/abort-mid-frame"},
+      {"faulty-emfile-spin", "errors/emfile"},
   };
   const auto& models = registry();
   ASSERT_EQ(models.size(), 4 + twins.size());
