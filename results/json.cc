@@ -10,7 +10,10 @@
 #include <filesystem>
 #include <iterator>
 #include <limits>
+#include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
 #include <utility>
 
 #include "harness/expected.h"
@@ -313,6 +316,37 @@ RunResult from_json(const nlohmann::json& doc) {
     run.records.push_back(record_from_json(e));
   }
   return run;
+}
+
+LoadedRun read_json_file(const std::string& path) {
+  LoadedRun loaded;
+  std::ifstream in(path);
+  if (!in) {
+    loaded.error = fmt::format("cannot read {}: {}", path, std::generic_category().message(errno));
+    return loaded;
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    loaded.run = from_json(json::parse(text.str()));
+  } catch (const json::exception& e) {
+    loaded.error =
+        fmt::format("{} is not a sockbench/Google Benchmark JSON file: {}", path, e.what());
+  }
+  return loaded;
+}
+
+std::string to_timeseries_lines(const RunResult& run) {
+  std::string out;
+  for (const auto& r : run.records) {
+    for (const auto& p : r.timeseries) {
+      const json line = {{"name", r.name},     {"repetition_index", r.repetition_index},
+                         {"t", p.t_seconds},   {"requests_per_second", p.requests_per_second},
+                         {"p99_us", p.p99_us}, {"errors", p.errors}};
+      out += line.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+    }
+  }
+  return out;
 }
 
 std::error_code write_json_file(const RunResult& run, const std::string& path) {

@@ -2,7 +2,7 @@
 #pragma once
 
 #include <cstdio>
-#include <nlohmann/json.hpp>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -22,6 +22,18 @@ nlohmann::json to_json(const RunResult& run);
 // output (aggregate entries are skipped). Throws nlohmann::json::exception on a malformed
 // document.
 RunResult from_json(const nlohmann::json& doc);
+
+// Reads a result file: the run, or an error message naming the file (cannot be opened, not JSON,
+// not in the schema) and an empty run.
+struct LoadedRun {
+  RunResult run;
+  std::string error;  // empty when the file was read
+};
+LoadedRun read_json_file(const std::string& path);
+
+// Every record's time series as JSON lines, one per second of a cell:
+// {"name", "repetition_index", "t", "requests_per_second", "p99_us", "errors"}.
+std::string to_timeseries_lines(const RunResult& run);
 
 // Writes atomically (temporary file beside `path` + fsync + rename): a full disk or an
 // unwritable path returns the errno and leaves no truncated file behind (a previous file at

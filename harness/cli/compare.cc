@@ -6,12 +6,10 @@
 
 #include <cmath>
 #include <cstdio>
-#include <fstream>
-#include <map>
-#include <sstream>
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"
+#include "results/export.h"
 #include "results/writers.h"
 
 namespace sockbench::cli {
@@ -27,20 +25,9 @@ class Unreadable : public std::runtime_error {
 };
 
 results::RunResult load(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
-    throw Unreadable(
-        fmt::format("cannot read {}: {}", path, std::generic_category().message(errno)));
-  }
-  std::stringstream text;
-  text << in.rdbuf();
-  try {
-    auto run = results::from_json(nlohmann::json::parse(text.str()));
-    return run;
-  } catch (const nlohmann::json::exception& e) {
-    throw Unreadable(
-        fmt::format("{} is not a sockbench/Google Benchmark JSON file: {}", path, e.what()));
-  }
+  auto loaded = results::read_json_file(path);
+  if (!loaded.error.empty()) throw Unreadable(loaded.error);
+  return std::move(loaded.run);
 }
 
 // "5%", "5 %" or "0.05" -> 0.05.
@@ -184,10 +171,10 @@ int export_command(int argc, const char* const* argv) {
     return 0;
   }
   if (!parsed.count("format"))
-    throw UsageError("--format: required (bencher, gab-bigger, gab-smaller)");
+    throw UsageError("--format: required (bencher, gab-bigger, gab-smaller or spectrum)");
   const auto format = str(parsed, "format");
-  if (format != "bencher" && format != "gab-bigger" && format != "gab-smaller" &&
-      format != "spectrum") {
+  const auto export_format = results::parse_export_format(format);
+  if (!export_format) {
     throw UsageError(fmt::format(
         "--format: expected bencher, gab-bigger, gab-smaller or spectrum, got '{}'", format));
   }
@@ -202,76 +189,7 @@ int export_command(int argc, const char* const* argv) {
     return kExitUnreadable;
   }
 
-  std::string text;
-  if (format == "spectrum") {
-    // Repetitions of a cell are merged into one histogram: the spectrum of all their requests.
-    std::vector<std::string> names;
-    std::map<std::string, std::pair<std::string, Histogram>> merged;
-    for (const auto& r : run.records) {
-      if (!r.latency || !r.error.empty() || r.run_type == "aggregate") continue;
-      auto [it, fresh] = merged.try_emplace(r.name, r.server, Histogram());
-      if (fresh) names.push_back(r.name);
-      it->second.second.merge(*r.latency);
-    }
-    text = "name,server,percentile,latency_us\n";
-    for (const auto& name : names) {
-      const auto& [server, h] = merged.at(name);
-      for (double q : {50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0}) {
-        text += fmt::format("{},{},{},{:.3f}\n", name, server, q,
-                            static_cast<double>(h.percentile(q)) / 1e3);
-      }
-    }
-  }
-  // Repetitions of a cell collapse to their median, with the spread as the range.
-  std::vector<std::string> order;
-  std::map<std::string, std::map<std::string, std::vector<double>>> samples;
-  for (const auto& r : run.records) {
-    if (!r.error.empty() || r.run_type == "aggregate") continue;
-    if (!samples.count(r.name)) order.push_back(r.name);
-    for (const auto& m : r.metrics) {
-      if (std::isfinite(m.value)) samples[r.name][m.name].push_back(m.value);
-    }
-  }
-  nlohmann::ordered_json out;
-  if (format == "spectrum") {
-    // written above
-  } else if (format == "bencher") {
-    out = nlohmann::ordered_json::object();
-    for (const auto& name : order) {
-      nlohmann::ordered_json measures = nlohmann::ordered_json::object();
-      for (const auto& direction : results::compared_metrics()) {
-        const auto it = samples[name].find(direction.name);
-        if (it == samples[name].end()) continue;
-        const auto [lo, hi] = std::minmax_element(it->second.begin(), it->second.end());
-        measures[direction.name] = {
-            {"value", results::median(it->second)}, {"lower_value", *lo}, {"upper_value", *hi}};
-      }
-      out[name] = std::move(measures);
-    }
-  } else {
-    const bool bigger = format == "gab-bigger";
-    out = nlohmann::ordered_json::array();
-    for (const auto& name : order) {
-      for (const auto& direction : results::compared_metrics()) {
-        if (direction.bigger_is_better != bigger) continue;
-        const auto it = samples[name].find(direction.name);
-        if (it == samples[name].end()) continue;
-        const auto [lo, hi] = std::minmax_element(it->second.begin(), it->second.end());
-        const std::string metric = direction.name;
-        const auto suffix = metric.rfind('_');
-        std::string unit = metric.substr(suffix + 1);
-        if (metric.ends_with("_per_second")) unit = metric.substr(0, metric.size() - 11) + "/s";
-        if (metric.ends_with("_per_request")) unit = "us/request";
-        out.push_back({{"name", fmt::format("{} {}", name, metric)},
-                       {"unit", unit},
-                       {"value", results::median(it->second)},
-                       {"range", fmt::format("{:.6g}..{:.6g}", *lo, *hi)},
-                       {"extra", fmt::format("{} repetition(s); git {}", it->second.size(),
-                                             run.context.git_sha)}});
-      }
-    }
-  }
-  if (format != "spectrum") text = out.dump(2) + "\n";
+  const std::string text = results::to_export(run, *export_format);
   if (parsed.count("output")) {
     if (const auto ec = results::write_file_atomically(str(parsed, "output"), text)) {
       fmt::print(stderr, "sockbench export: cannot write {}: {}\n", str(parsed, "output"),

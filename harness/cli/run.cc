@@ -252,19 +252,6 @@ results::RunResult for_console(const results::RunResult& run, int repetitions) {
   return shown;
 }
 
-std::error_code write_timeseries(const results::RunResult& run, const std::string& path) {
-  std::string out;
-  for (const auto& r : run.records) {
-    for (const auto& p : r.timeseries) {
-      nlohmann::json line = {{"name", r.name},     {"repetition_index", r.repetition_index},
-                             {"t", p.t_seconds},   {"requests_per_second", p.requests_per_second},
-                             {"p99_us", p.p99_us}, {"errors", p.errors}};
-      out += line.dump() + "\n";
-    }
-  }
-  return results::write_file_atomically(path, out);
-}
-
 std::vector<int> int_list(const cxxopts::ParseResult& parsed, const std::string& flag, int64_t min,
                           int64_t max) {
   std::vector<int> values;
@@ -488,8 +475,9 @@ int run_command(int argc, const char* const* argv) {
   };
   write("json", json_path, [&](const std::string& p) { return results::write_json_file(run, p); });
   write("csv", csv_path, [&](const std::string& p) { return results::write_csv_file(run, p); });
-  write("timeseries", timeseries_path,
-        [&](const std::string& p) { return write_timeseries(run, p); });
+  write("timeseries", timeseries_path, [&](const std::string& p) {
+    return results::write_file_atomically(p, results::to_timeseries_lines(run));
+  });
   return watcher.received() ? 128 + watcher.received() : status;
 }
 
