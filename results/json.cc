@@ -8,9 +8,9 @@
 #include <cerrno>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <iterator>
 #include <limits>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>

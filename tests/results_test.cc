@@ -553,6 +553,44 @@ TEST(ResultsFiles, WritesAndReplacesTheTarget) {
   EXPECT_EQ(dir.entries(), (std::vector<std::string>{"out.csv", "out.json"}));  // no temporaries
 }
 
+TEST(ResultsFiles, ReadJsonFileReturnsTheRunOrAMessageNamingTheFile) {
+  TempDir dir;
+  const std::string path = dir.file("run.json");
+  ASSERT_FALSE(write_json_file(sample_run(), path));
+  const LoadedRun loaded = read_json_file(path);
+  EXPECT_EQ(loaded.error, "");
+  expect_same_run(loaded.run, sample_run());
+
+  const LoadedRun missing = read_json_file(dir.file("absent.json"));
+  EXPECT_EQ(missing.error,
+            "cannot read " + dir.file("absent.json") + ": No such file or directory");
+  EXPECT_TRUE(missing.run.records.empty());
+
+  ASSERT_FALSE(write_file_atomically(dir.file("bad.json"), "{\"context\": {"));
+  const LoadedRun bad = read_json_file(dir.file("bad.json"));
+  EXPECT_THAT(bad.error, testing::StartsWith(dir.file("bad.json") +
+                                             " is not a sockbench/Google Benchmark JSON file: "));
+  ASSERT_FALSE(write_file_atomically(dir.file("other.json"), "{\"hello\": 1}"));
+  EXPECT_THAT(read_json_file(dir.file("other.json")).error,
+              testing::HasSubstr("is not a sockbench/Google Benchmark JSON file"));
+}
+
+TEST(ResultsTimeseries, OneJsonLinePerSecondOfEveryCell) {
+  RunResult run = sample_run();
+  run.records[0].repetition_index = 2;
+  run.records[0].timeseries = {{1.0, 24000.5, 118.25, 0}, {2.0, 25000, 121.5, 3}};
+  run.records[1].timeseries = {};  // a failed cell has none
+  EXPECT_EQ(to_timeseries_lines(run),
+            "{\"errors\":0,\"name\":\"" + std::string(kThreaded) +
+                "\",\"p99_us\":118.25,\"repetition_index\":2,\"requests_per_second\":24000.5,"
+                "\"t\":1.0}\n"
+                "{\"errors\":3,\"name\":\"" +
+                std::string(kThreaded) +
+                "\",\"p99_us\":121.5,\"repetition_index\":2,\"requests_per_second\":25000.0,"
+                "\"t\":2.0}\n");
+  EXPECT_EQ(to_timeseries_lines(RunResult{}), "");
+}
+
 TEST(ResultsFiles, MissingDirectoryIsEnoentAndNoFile) {
   TempDir dir;
   const std::string path = dir.file("missing/out.json");

@@ -16,39 +16,11 @@
 
 #include "harness/cli/check_run.h"
 #include "harness/cli/commands.h"
+#include "harness/cli/common.h"
 #include "harness/cli/options.h"
 #include "servers/server.h"
 
 namespace sockbench::cli {
-namespace {
-
-std::vector<std::string> resolve_models(const std::string& text) {
-  std::vector<std::string> names;
-  for (const auto& item : split_list("server", text)) {
-    if (item == "all") {
-      for (const auto& model : servers::registry()) {
-        if (!model.faulty) names.push_back(model.name);
-      }
-      continue;
-    }
-    if (!servers::find_model(item)) {
-      throw UsageError(fmt::format("--server: unknown model '{}' (see sockbench list)", item));
-    }
-    names.push_back(item);
-  }
-  return names;
-}
-
-void check_writable(const std::string& flag, const std::string& path) {
-  const auto dir = std::filesystem::path(path).parent_path();
-  const std::string d = dir.empty() ? "." : dir.string();
-  if (::access(d.c_str(), W_OK) != 0) {
-    throw UsageError(fmt::format("--{}: cannot write into '{}': {}", flag, d,
-                                 std::generic_category().message(errno)));
-  }
-}
-
-}  // namespace
 
 int check_command(int argc, const char* const* argv) {
   cxxopts::Options options(
@@ -135,8 +107,7 @@ int check_command(int argc, const char* const* argv) {
   }
   if (parsed.count("json")) check_writable("json", *(plan.json_path = str(parsed, "json")));
   if (parsed.count("junit")) check_writable("junit", *(plan.junit_path = str(parsed, "junit")));
-  plan.command_line = "sockbench check";
-  for (int i = 1; i < argc; ++i) plan.command_line += fmt::format(" {}", argv[i]);
+  plan.command_line = command_line("sockbench check", argc, argv);
   return run_check_plan(std::move(plan));
 }
 

@@ -2,13 +2,13 @@
 #include "harness/cli/check_run.h"
 
 #include <fmt/format.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <map>
 #include <memory>
 
+#include "harness/cli/common.h"
 #include "harness/cli/targets.h"
 #include "harness/process.h"
 #include "harness/signals.h"
@@ -20,33 +20,6 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr size_t kMaxLine = 160;
-
-// Lifts the soft fd limit to the hard one: bursts and slow-client checks hold hundreds of
-// sockets. Servers get their own limit where a check sets one.
-void raise_fd_limit() {
-  rlimit limit{};
-  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
-    limit.rlim_cur = limit.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &limit);
-  }
-}
-
-results::RunContext make_context(const std::string& command_line) {
-  const auto sys = read_system_info();
-  results::RunContext context;
-  context.date = sys.date;
-  context.host_name = sys.hostname;
-  context.executable = self_executable();
-  context.command_line = command_line;
-  context.sockbench_version = SOCKBENCH_VERSION;
-  context.git_sha = SOCKBENCH_GIT_SHA;
-  context.kernel = sys.kernel;
-  context.num_cpus = sys.num_cpus;
-  context.somaxconn = sys.somaxconn;
-  context.ip_local_port_range = sys.ip_local_port_range;
-  context.tcp_tw_reuse = sys.tcp_tw_reuse;
-  return context;
-}
 
 std::string param(const results::Record& r, const std::string& key) {
   for (const auto& [k, v] : r.params) {
@@ -146,6 +119,8 @@ results::Record start_failure(const std::string& target, const std::string& erro
 }  // namespace
 
 int run_check_plan(CheckPlan plan) {
+  // Bursts and slow-client checks hold hundreds of sockets; servers get their own limit where a
+  // check sets one.
   raise_fd_limit();
   const WireFormat wire = plan.protocol == "framed" ? WireFormat::kFramed : WireFormat::kRaw;
   scenarios::CheckOptions& check_options = plan.options;

@@ -1,6 +1,5 @@
 // `sockbench run` (the default command): start each model as a child, drive load, report.
 #include <fmt/format.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <climits>
@@ -13,6 +12,7 @@
 #include <optional>
 
 #include "harness/cli/commands.h"
+#include "harness/cli/common.h"
 #include "harness/cli/options.h"
 #include "harness/cli/targets.h"
 #include "harness/process.h"
@@ -27,23 +27,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-std::vector<std::string> resolve_servers(const std::string& text) {
-  std::vector<std::string> names;
-  for (const auto& item : split_list("server", text)) {
-    if (item == "all") {
-      for (const auto& model : servers::registry()) {
-        if (!model.faulty) names.push_back(model.name);
-      }
-      continue;
-    }
-    if (!servers::find_model(item)) {
-      throw UsageError(fmt::format("--server: unknown model '{}' (see sockbench list)", item));
-    }
-    names.push_back(item);
-  }
-  return names;
-}
-
 std::vector<int> cpus_flag(const cxxopts::ParseResult& parsed, const std::string& flag) {
   std::string error;
   auto cpus = parse_cpu_list(str(parsed, flag), &error);
@@ -56,61 +39,6 @@ std::vector<int> cpus_flag(const cxxopts::ParseResult& parsed, const std::string
     }
   }
   return *cpus;
-}
-
-// Lifts the soft fd limit to the hard one (children inherit it) and returns it.
-uint64_t raise_fd_limit() {
-  rlimit limit{};
-  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return 1024;
-  if (limit.rlim_cur < limit.rlim_max) {
-    limit.rlim_cur = limit.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &limit);
-    ::getrlimit(RLIMIT_NOFILE, &limit);
-  }
-  return limit.rlim_cur;
-}
-
-void check_writable(const std::string& flag, const std::string& path) {
-  const auto dir = std::filesystem::path(path).parent_path();
-  const std::string d = dir.empty() ? "." : dir.string();
-  if (::access(d.c_str(), W_OK) != 0) {
-    throw UsageError(fmt::format("--{}: cannot write into '{}': {}", flag, d,
-                                 std::generic_category().message(errno)));
-  }
-}
-
-results::RunContext make_context(int argc, const char* const* argv,
-                                 const std::vector<int>& server_cpus,
-                                 const std::vector<int>& client_cpus) {
-  const auto sys = read_system_info();
-  results::RunContext context;
-  context.date = sys.date;
-  context.host_name = sys.hostname;
-  context.executable = self_executable();
-  context.command_line = "sockbench";
-  for (int i = 1; i < argc; ++i) context.command_line += fmt::format(" {}", argv[i]);
-  context.sockbench_version = SOCKBENCH_VERSION;
-  context.git_sha = SOCKBENCH_GIT_SHA;
-  context.kernel = sys.kernel;
-  context.num_cpus = sys.num_cpus;
-  context.server_cpus = format_cpu_list(server_cpus);
-  context.client_cpus = format_cpu_list(client_cpus);
-  context.somaxconn = sys.somaxconn;
-  context.ip_local_port_range = sys.ip_local_port_range;
-  context.tcp_tw_reuse = sys.tcp_tw_reuse;
-  double load[3];
-  const int samples = ::getloadavg(load, 3);
-  context.load_avg.assign(load, load + std::max(samples, 0));
-  // The first "cpu MHz" line, as Google Benchmark reports mhz_per_cpu.
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  for (std::string line; std::getline(cpuinfo, line);) {
-    if (line.starts_with("cpu MHz")) {
-      const auto colon = line.find(':');
-      if (colon != std::string::npos) context.mhz_per_cpu = std::atof(line.c_str() + colon + 1);
-      break;
-    }
-  }
-  return context;
 }
 
 // One cell of the matrix: a scenario against a server with one set of parameters.
@@ -319,7 +247,7 @@ int run_command(int argc, const char* const* argv) {
   }
 
   const auto fd_limit = raise_fd_limit();
-  const auto server_names = resolve_servers(str(parsed, "server"));
+  const auto server_names = resolve_models(str(parsed, "server"));
   std::vector<const scenarios::BenchmarkInfo*> scenario_list;
   for (const auto& name : split_list("scenario", str(parsed, "scenario"))) {
     const auto* info = scenarios::find_benchmark(name);
@@ -442,7 +370,7 @@ int run_command(int argc, const char* const* argv) {
   }
 
   results::RunResult run;
-  run.context = make_context(argc, argv, server_cpus, client_cpus);
+  run.context = make_context(command_line("sockbench", argc, argv), server_cpus, client_cpus);
   SignalWatcher watcher(
       [](int signo) { fmt::print(stderr, "sockbench: caught signal {}, stopping\n", signo); });
   std::vector<results::Record> records;

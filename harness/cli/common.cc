@@ -1,0 +1,97 @@
+#include "harness/cli/common.h"
+
+#include <fmt/format.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <system_error>
+
+#include "harness/cli/options.h"
+#include "harness/cli/targets.h"
+#include "harness/process.h"
+#include "servers/server.h"
+
+namespace sockbench::cli {
+
+std::vector<std::string> resolve_models(const std::string& text) {
+  std::vector<std::string> names;
+  for (const auto& item : split_list("server", text)) {
+    if (item == "all") {
+      for (const auto& model : servers::registry()) {
+        if (!model.faulty) names.push_back(model.name);
+      }
+      continue;
+    }
+    if (!servers::find_model(item)) {
+      throw UsageError(fmt::format("--server: unknown model '{}' (see sockbench list)", item));
+    }
+    names.push_back(item);
+  }
+  return names;
+}
+
+void check_writable(const std::string& flag, const std::string& path) {
+  const auto dir = std::filesystem::path(path).parent_path();
+  const std::string d = dir.empty() ? "." : dir.string();
+  if (::access(d.c_str(), W_OK) != 0) {
+    throw UsageError(fmt::format("--{}: cannot write into '{}': {}", flag, d,
+                                 std::generic_category().message(errno)));
+  }
+}
+
+uint64_t raise_fd_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return 1024;
+  if (limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &limit);
+    ::getrlimit(RLIMIT_NOFILE, &limit);
+  }
+  return limit.rlim_cur;
+}
+
+std::string command_line(const std::string& prefix, int argc, const char* const* argv) {
+  std::string line = prefix;
+  for (int i = 1; i < argc; ++i) line += fmt::format(" {}", argv[i]);
+  return line;
+}
+
+results::RunContext make_context(const std::string& command_line,
+                                 const std::vector<int>& server_cpus,
+                                 const std::vector<int>& client_cpus) {
+  const auto sys = read_system_info();
+  results::RunContext context;
+  context.date = sys.date;
+  context.host_name = sys.hostname;
+  context.executable = self_executable();
+  context.command_line = command_line;
+  context.sockbench_version = SOCKBENCH_VERSION;
+  context.git_sha = SOCKBENCH_GIT_SHA;
+  context.kernel = sys.kernel;
+  context.num_cpus = sys.num_cpus;
+  if (!server_cpus.empty()) context.server_cpus = format_cpu_list(server_cpus);
+  if (!client_cpus.empty()) context.client_cpus = format_cpu_list(client_cpus);
+  context.somaxconn = sys.somaxconn;
+  context.ip_local_port_range = sys.ip_local_port_range;
+  context.tcp_tw_reuse = sys.tcp_tw_reuse;
+  double load[3];
+  const int samples = ::getloadavg(load, 3);
+  context.load_avg.assign(load, load + std::max(samples, 0));
+  // The first "cpu MHz" line, as Google Benchmark reports mhz_per_cpu.
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.starts_with("cpu MHz")) {
+      const auto colon = line.find(':');
+      if (colon != std::string::npos) context.mhz_per_cpu = std::atof(line.c_str() + colon + 1);
+      break;
+    }
+  }
+  return context;
+}
+
+}  // namespace sockbench::cli

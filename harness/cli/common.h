@@ -1,0 +1,33 @@
+// What several subcommands share beyond parsing values: model lists, output paths, the fd limit
+// and the results' context.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "results/record.h"
+
+namespace sockbench::cli {
+
+// "all" (the four correct models, faulty twins left out), a name, or a comma list of both; an
+// unknown name is a UsageError naming --server.
+std::vector<std::string> resolve_models(const std::string& text);
+
+// A UsageError naming --flag when the file's directory is not writable: found before a run, not
+// after it.
+void check_writable(const std::string& flag, const std::string& path);
+
+// Lifts the soft RLIMIT_NOFILE to the hard one (children inherit it) and returns the limit.
+uint64_t raise_fd_limit();
+
+// `prefix` followed by argv[1..argc): what the results' context shows as the command line.
+std::string command_line(const std::string& prefix, int argc, const char* const* argv);
+
+// Date, host, executable, version, git sha, kernel, CPUs and their MHz, load average, somaxconn,
+// ip_local_port_range, tcp_tw_reuse, and the CPU sets when given.
+results::RunContext make_context(const std::string& command_line,
+                                 const std::vector<int>& server_cpus = {},
+                                 const std::vector<int>& client_cpus = {});
+
+}  // namespace sockbench::cli
