@@ -57,6 +57,8 @@ void count_line(std::string_view line, const PortFilter& filter,
   }
   if (filter.local_port >= 0 && *local != filter.local_port) return;
   if (filter.remote_port >= 0 && *remote != filter.remote_port) return;
+  if (!filter.local_ports.empty() && !filter.local_ports.contains(*local)) return;
+  if (!filter.remote_ports.empty() && !filter.remote_ports.contains(*remote)) return;
   ++counts[static_cast<TcpState>(state)];
 }
 

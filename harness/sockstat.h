@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 
 #include "harness/expected.h"
@@ -30,6 +31,10 @@ std::string tcp_state_name(TcpState state);  // "TIME_WAIT"
 struct PortFilter {
   int local_port = -1;   // -1: any
   int remote_port = -1;  // -1: any
+  // When not empty, the local (remote) port must be one of these: the sockets of a known set of
+  // connections, not those other connections to the same server port left behind.
+  std::set<int> local_ports{};
+  std::set<int> remote_ports{};
 };
 
 // Counts sockets per state over IPv4 and IPv6 tables matching `filter` (this network namespace).

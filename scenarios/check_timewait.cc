@@ -6,6 +6,8 @@
 #include <fmt/format.h>
 
 #include <map>
+#include <set>
+#include <vector>
 
 #include "harness/sockstat.h"
 #include "scenarios/check.h"
@@ -48,10 +50,14 @@ struct BothSides {
 
 // The kernel's counts for both sides of connections to `server_port`, read once per side (each
 // read walks the whole table, which holds thousands of TIME_WAIT sockets on a busy machine).
-BothSides read_sides(int server_port) {
+// With `client_ports`, only those connections: nothing that other clients of the same port
+// leave behind (a socket still closing when a sub-check starts reaches TIME_WAIT during it).
+BothSides read_sides(int server_port, const std::set<int>& client_ports) {
   BothSides b;
-  auto client = count_tcp_states({.local_port = -1, .remote_port = server_port});
-  auto server = count_tcp_states({.local_port = server_port, .remote_port = -1});
+  auto client =
+      count_tcp_states({.local_port = -1, .remote_port = server_port, .local_ports = client_ports});
+  auto server = count_tcp_states(
+      {.local_port = server_port, .remote_port = -1, .remote_ports = client_ports});
   if (!client || !server) {
     b.error = (client ? server.error() : client.error()).message();
     return b;
@@ -62,28 +68,15 @@ BothSides read_sides(int server_port) {
   return b;
 }
 
-// What appeared since `before` (sockets of earlier connections to the same port, e.g. TIME_WAIT
-// from a previous server on a recycled port, are not ours).
-BothSides since(const BothSides& now, const BothSides& before) {
-  BothSides d;
-  d.error = now.error;
-  auto sub = [](const SideStates& a, const SideStates& b, SideStates& out) {
-    for (const auto& [s, n] : a.states) {
-      const uint64_t old = b.count(s);
-      if (n > old) out.states[s] = n - old;
-    }
-  };
-  sub(now.client, before.client, d.client);
-  sub(now.server, before.server, d.server);
-  return d;
-}
-
-// Polls until `done` holds for the new sockets or `timeout`; the last counts.
+// Polls until `done` holds for the sockets of the connections from `client_ports` or `timeout`;
+// the last counts.
 template <typename Done>
-BothSides settle(int server_port, const BothSides& before, Millis timeout, Done&& done) {
+BothSides settle(int server_port, const std::vector<int>& client_ports, Millis timeout,
+                 Done&& done) {
+  const std::set<int> ours(client_ports.begin(), client_ports.end());
   const auto deadline = SteadyClock::now() + timeout;
   for (;;) {
-    BothSides b = since(read_sides(server_port), before);
+    BothSides b = read_sides(server_port, ours);
     if (!b.error.empty() || done(b) || SteadyClock::now() >= deadline) return b;
     wait_for(20ms);
   }
@@ -142,13 +135,12 @@ Outcome live_listener(CheckTarget& target) {
 
 Outcome client_closes_first(CheckTarget& target) {
   Outcome o;
-  const auto before = read_sides(target.address().port());
   auto opened = open_and_exchange(target, kConnections);
   if (!opened.error.empty()) return o.fail(opened.error);
   const int server_port = target.address().port();
   for (auto& c : opened.clients) c.close();
   const auto n = static_cast<uint64_t>(kConnections);
-  const auto b = settle(server_port, before, 2s, [n](const BothSides& s) {
+  const auto b = settle(server_port, opened.ports, 2s, [n](const BothSides& s) {
     return s.client.count(TcpState::kTimeWait) == n && s.server.total() == 0;
   });
   if (!b.error.empty()) return o.fail("cannot read /proc/net/tcp: " + b.error);
@@ -175,7 +167,6 @@ Outcome server_closes_first(CheckTarget& target, Restart& restart) {
   std::string error;
   // A fresh instance on a fresh port: sockets that earlier sub-checks left must not be counted.
   if (!target.start({}, &error)) return o.fail("the server did not start: " + error);
-  const auto before = read_sides(target.address().port());
   auto opened = open_and_exchange(target, kConnections);
   if (!opened.error.empty()) return o.fail(opened.error);
   restart.address = target.address();
@@ -187,7 +178,7 @@ Outcome server_closes_first(CheckTarget& target, Restart& restart) {
     c.close();
   }
   const auto n = static_cast<uint64_t>(kConnections);
-  const auto b = settle(restart.port, before, 2s, [n](const BothSides& s) {
+  const auto b = settle(restart.port, opened.ports, 2s, [n](const BothSides& s) {
     return s.server.count(TcpState::kTimeWait) == n && s.client.total() == 0;
   });
   restart.prepared = true;

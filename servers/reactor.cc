@@ -16,6 +16,7 @@
 #include "harness/fd.h"
 #include "harness/frame.h"
 #include "harness/net.h"
+#include "servers/accept.h"
 #include "servers/protocol.h"
 
 namespace sockbench::servers {
@@ -151,49 +152,31 @@ class ReactorServer final : public Server {
   // itself, which ends serving.
   std::error_code accept_all() {
     for (;;) {
-      const int raw = ::accept4(listen_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (raw < 0) {
-        const int err = errno;
-        switch (err) {
-          case EINTR:
-          // The connection died in the backlog, or a network error was passed up: accept(2)
-          // says to treat these like EAGAIN and retry.
-          case ECONNABORTED:
-          case EPROTO:
-          case ENETDOWN:
-          case ENOPROTOOPT:
-          case EHOSTDOWN:
-          case ENONET:
-          case EHOSTUNREACH:
-          case ENETUNREACH:
-          case EPERM:  // a firewall rule refused this one connection
-            continue;
-          case EAGAIN:
-#if EWOULDBLOCK != EAGAIN
-          case EWOULDBLOCK:
-#endif
-            return {};
-          case EMFILE:
-          case ENFILE:
-            counters_.accept_emfile.fetch_add(1, std::memory_order_relaxed);
-            // The faulty twin's defect: level-triggering reports the same pending connection
-            // again at once, and the loop spins at 100% CPU while the process is out of fds.
-            if (!options_.retry_accept_on_emfile) pause_accepting();
-            return {};
-          case ENOBUFS:
-          case ENOMEM:
-            // Out of kernel memory: same cure as fd exhaustion, but not an fd problem.
-            counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
-            pause_accepting();
-            return {};
-          default:
-            return make_error(err);
-        }
+      Accepted accepted =
+          accept_one(listen_.get(), SOCK_NONBLOCK | SOCK_CLOEXEC, config_.listen.family());
+      switch (accepted.outcome) {
+        case AcceptOutcome::kAccepted:
+          break;
+        case AcceptOutcome::kRetry:
+          continue;
+        case AcceptOutcome::kDrained:
+          return {};
+        case AcceptOutcome::kOutOfFds:
+          counters_.accept_emfile.fetch_add(1, std::memory_order_relaxed);
+          // The faulty twin's defect: level-triggering reports the same pending connection
+          // again at once, and the loop spins at 100% CPU while the process is out of fds.
+          if (!options_.retry_accept_on_emfile) pause_accepting();
+          return {};
+        case AcceptOutcome::kOutOfMemory:
+          counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
+          pause_accepting();
+          return {};
+        case AcceptOutcome::kListenerFailed:
+          return make_error(accepted.error);
       }
-      Fd fd(raw);
+      Fd fd = std::move(accepted.fd);
+      const int raw = fd.get();
       counters_.accepted.fetch_add(1, std::memory_order_relaxed);
-      const int family = config_.listen.family();
-      if (family == AF_INET || family == AF_INET6) (void)set_nodelay(raw, true);
       if (auto ec = poller_->add(raw, kRead)) {
         // select cannot watch an fd >= FD_SETSIZE: refuse that client rather than corrupt memory.
         if (ec.value() == EINVAL && raw >= FD_SETSIZE) {

@@ -19,6 +19,7 @@
 #include "harness/expected.h"
 #include "harness/fd.h"
 #include "harness/net.h"
+#include "servers/accept.h"
 #include "servers/protocol.h"
 #include "servers/server.h"
 
@@ -129,49 +130,29 @@ class ThreadedServer final : public Server {
   std::error_code accept_all(bool& paused, Clock::time_point& resume_at) {
     for (;;) {
       // Client sockets stay blocking: that is the model.
-      const int raw = ::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC);
-      if (raw < 0) {
-        const int err = errno;
-        switch (err) {
-          case EINTR:
-          // The connection died in the backlog, or a network error was passed up: accept(2)
-          // says to treat these like EAGAIN and retry.
-          case ECONNABORTED:
-          case EPROTO:
-          case ENETDOWN:
-          case ENOPROTOOPT:
-          case EHOSTDOWN:
-          case ENONET:
-          case EHOSTUNREACH:
-          case ENETUNREACH:
-          case EPERM:  // a firewall rule refused this one connection
-            continue;
-          case EAGAIN:
-#if EWOULDBLOCK != EAGAIN
-          case EWOULDBLOCK:
-#endif
-            return {};
-          case EMFILE:
-          case ENFILE:
-            counters_.accept_emfile.fetch_add(1, std::memory_order_relaxed);
-            paused = true;
-            resume_at = Clock::now() + options_.emfile_backoff;
-            return {};
-          case ENOBUFS:
-          case ENOMEM:
-            counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
-            paused = true;
-            resume_at = Clock::now() + options_.emfile_backoff;
-            return {};
-          default:
-            return make_error(err);
-        }
+      Accepted accepted = accept_one(listen_.get(), SOCK_CLOEXEC, config_.listen.family());
+      switch (accepted.outcome) {
+        case AcceptOutcome::kAccepted:
+          break;
+        case AcceptOutcome::kRetry:
+          continue;
+        case AcceptOutcome::kDrained:
+          return {};
+        case AcceptOutcome::kOutOfFds:
+          counters_.accept_emfile.fetch_add(1, std::memory_order_relaxed);
+          paused = true;
+          resume_at = Clock::now() + options_.emfile_backoff;
+          return {};
+        case AcceptOutcome::kOutOfMemory:
+          counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
+          paused = true;
+          resume_at = Clock::now() + options_.emfile_backoff;
+          return {};
+        case AcceptOutcome::kListenerFailed:
+          return make_error(accepted.error);
       }
-      Fd fd(raw);
       counters_.accepted.fetch_add(1, std::memory_order_relaxed);
-      const int family = config_.listen.family();
-      if (family == AF_INET || family == AF_INET6) (void)set_nodelay(raw, true);
-      start_client(std::move(fd));
+      start_client(std::move(accepted.fd));
     }
   }
 

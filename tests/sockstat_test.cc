@@ -11,6 +11,7 @@
 #include <functional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "harness/net.h"
 
@@ -135,6 +136,32 @@ TEST(Sockstat, UnfilteredCountSeesOurListener) {
   const int port = local_address(listener->get()).value().port();
   listener->reset();
   EXPECT_EQ(count(states({.local_port = port}), TcpState::kListen), 0u);
+}
+
+// Port sets pick the sockets of known connections out of all those to one server port.
+TEST(Sockstat, PortSetsSelectKnownConnections) {
+  auto listener = listen_on(parse_address("127.0.0.1:0").address, 16, true, false);
+  ASSERT_TRUE(listener.ok());
+  const Address address = local_address(listener->get()).value();
+  const int port = address.port();
+  std::vector<Fd> clients, accepted;
+  std::set<int> client_ports;
+  for (int i = 0; i < 3; ++i) {
+    auto client = connect_to(address, /*nonblocking=*/false);
+    ASSERT_TRUE(client.ok()) << client.error().message();
+    accepted.emplace_back(::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
+    ASSERT_TRUE(accepted.back().valid());
+    if (i < 2) client_ports.insert(local_address(client->get()).value().port());
+    clients.push_back(std::move(*client));
+  }
+  EXPECT_EQ(count(states({.remote_port = port}), TcpState::kEstablished), 3u);
+  EXPECT_EQ(
+      count(states({.remote_port = port, .local_ports = client_ports}), TcpState::kEstablished),
+      2u);
+  const auto server_side = states({.local_port = port, .remote_ports = client_ports});
+  EXPECT_EQ(count(server_side, TcpState::kEstablished), 2u);
+  EXPECT_EQ(count(server_side, TcpState::kListen), 0u);  // the listener's remote port is 0
+  EXPECT_EQ(count(states({.local_ports = {port}}), TcpState::kListen), 1u);
 }
 
 TEST(Sockstat, StateNames) {
