@@ -1,22 +1,16 @@
 #include "harness/churn.h"
 
 #include <gtest/gtest.h>
-#include <net/if.h>
 #include <poll.h>
-#include <sched.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,53 +20,18 @@
 #include "scenarios/benchmark.h"
 #include "scenarios/crr.h"
 #include "servers/server.h"
+#include "tests/support/netns.h"
+#include "tests/support/servers.h"
 
 namespace sockbench {
 namespace {
 
 using namespace std::chrono_literals;
 
-Address address_of(const std::string& text) {
-  auto parsed = parse_address(text);
-  EXPECT_TRUE(parsed.error.empty()) << parsed.error;
-  return parsed.address;
-}
-
-// A model from the servers library on its own thread, as a scenario sees a server.
-class InProcessServer final : public scenarios::ServerHandle {
- public:
-  InProcessServer(const std::string& model, servers::Protocol protocol,
-                  Address listen = address_of("127.0.0.1:0")) {
-    servers::ServerConfig config;
-    config.listen = listen;
-    config.protocol.protocol = protocol;
-    server_ = servers::find_model(model)->make(config);
-    if (auto err = server_->bind()) {
-      ADD_FAILURE() << "bind: " << err.message();
-      return;
-    }
-    name_ = model;
-    thread_ = std::jthread([this] { (void)server_->run(); });
-  }
-  ~InProcessServer() override {
-    server_->stop();
-    if (thread_.joinable()) thread_.join();
-  }
-  Address address() const override { return server_->address(); }
-  std::string name() const override { return name_; }
-  std::optional<ProcSample> sample() override {
-    auto s = sample_process(::getpid());
-    if (!s) return std::nullopt;
-    return *s;
-  }
-  bool alive(std::string*) override { return true; }
-  const servers::ServerCounters& counters() const { return server_->counters(); }
-
- private:
-  std::unique_ptr<servers::Server> server_;
-  std::string name_;
-  std::jthread thread_;
-};
+using test_support::address_of;
+using test_support::in_fresh_netns;
+using test_support::InProcessServer;
+using test_support::isolated_if_possible;
 
 // Answers every connection's first bytes with the same number of bytes, the first one flipped.
 class CorruptingServer {
@@ -245,44 +204,6 @@ TEST(Churn, RejectsInvalidConfig) {
   config.backoff = -1ms;
   EXPECT_EQ(run_churn(config).error(), std::errc::invalid_argument);
   EXPECT_EQ(run_churn(ChurnConfig{}).error(), std::errc::invalid_argument);  // no target
-}
-
-// Brings up `lo` in the calling thread's network namespace.
-std::error_code loopback_up() {
-  Fd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  if (!fd) return last_error();
-  ifreq request{};
-  std::strncpy(request.ifr_name, "lo", IFNAMSIZ - 1);
-  if (::ioctl(fd.get(), SIOCGIFFLAGS, &request) != 0) return last_error();
-  request.ifr_flags = static_cast<short>(request.ifr_flags | IFF_UP);
-  if (::ioctl(fd.get(), SIOCSIFFLAGS, &request) != 0) return last_error();
-  return {};
-}
-
-// Runs `body` on a thread of its own moved into a fresh network namespace with lo up, so the
-// TIME_WAIT table (and tcp_max_tw_buckets, and ip_local_port_range) is this test's alone: the
-// host's may be full of other runs' TIME_WAIT. Everything `body` starts (servers, client
-// threads) inherits the namespace. Returns why not, without running `body`, when not permitted.
-std::string in_fresh_netns(const std::function<void()>& body) {
-  std::string why;
-  std::jthread isolated([&] {
-    if (::unshare(CLONE_NEWNET) != 0) {
-      why = std::string("unshare(CLONE_NEWNET): ") + std::strerror(errno);
-      return;
-    }
-    if (auto err = loopback_up()) {
-      why = "bringing up lo: " + err.message();
-      return;
-    }
-    body();
-  });
-  isolated.join();
-  return why;
-}
-
-// Runs `body` in a fresh network namespace when permitted, else in this one.
-void isolated_if_possible(const std::function<void()>& body) {
-  if (!in_fresh_netns(body).empty()) body();
 }
 
 bool write_sysctl(const std::string& path, const std::string& value) {

@@ -2,46 +2,34 @@
 // every faulty twin FAILs exactly its own), an external server started by --server-cmd (a Python
 // script under tests/servers), an address-only --target, JUnit and JSON output, exit codes.
 #include <gtest/gtest.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "harness/process.h"
-
-extern char** environ;
+#include "tests/support/cli.h"
 
 namespace sockbench {
 namespace {
 
 using namespace std::chrono_literals;
 
-std::string slurp(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test_support::Outcome;
+using test_support::run_sockbench;
+using test_support::slurp;
 
 std::string script() { return std::string(SOCKBENCH_SOURCE_DIR) + "/tests/servers/echo_server.py"; }
 
-struct CheckRunOutput {
-  int status = -1;
-  std::string out;
-  std::string err;
+struct CheckRunOutput : Outcome {
   double seconds = 0;
   nlohmann::json json;  // from --json, when written
   // "check/subcheck" -> verdict / evidence, for one target.
@@ -49,30 +37,18 @@ struct CheckRunOutput {
   std::map<std::string, std::string> evidence;
 };
 
-class CliCheck : public ::testing::Test {
+class CliCheck : public test_support::ScratchDirTest {
  protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("sockbench-check-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+  CliCheck() : ScratchDirTest("sockbench-check") {}
 
   // Runs `sockbench check ARGS --json FILE` through /bin/sh (posix_spawn: safe from threads).
   CheckRunOutput check(const std::string& args, const std::string& tag) {
-    const auto out = dir_ / (tag + ".out");
-    const auto err = dir_ / (tag + ".err");
     const auto json = dir_ / (tag + ".json");
-    const std::string command = std::string(SOCKBENCH_BIN) + " check " + args + " --json " +
-                                json.string() + " >" + out.string() + " 2>" + err.string() +
-                                " </dev/null";
     CheckRunOutput r;
     const auto start = std::chrono::steady_clock::now();
-    r.status = shell(command);
+    static_cast<Outcome&>(r) = run_sockbench("check " + args + " --json " + json.string(),
+                                             dir_ / (tag + ".out"), dir_ / (tag + ".err"));
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    r.out = slurp(out);
-    r.err = slurp(err);
     if (std::filesystem::exists(json)) {
       r.json = nlohmann::json::parse(slurp(json));
       for (const auto& b : r.json["benchmarks"]) {
@@ -90,27 +66,8 @@ class CliCheck : public ::testing::Test {
   }
 
   // Plain run for flag errors (no --json appended).
-  CheckRunOutput plain(const std::string& args) {
-    const auto out = dir_ / "plain.out";
-    const auto err = dir_ / "plain.err";
-    CheckRunOutput r;
-    r.status = shell(std::string(SOCKBENCH_BIN) + " " + args + " >" + out.string() + " 2>" +
-                     err.string() + " </dev/null");
-    r.out = slurp(out);
-    r.err = slurp(err);
-    return r;
-  }
-
-  static int shell(const std::string& command) {
-    const char* argv[] = {"/bin/sh", "-c", command.c_str(), nullptr};
-    pid_t pid = -1;
-    if (posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) != 0) {
-      return -1;
-    }
-    int raw = 0;
-    while (::waitpid(pid, &raw, 0) < 0 && errno == EINTR) {
-    }
-    return WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+  Outcome plain(const std::string& args) {
+    return run_sockbench(args, dir_ / "plain.out", dir_ / "plain.err");
   }
 
   // Runs one `check --server NAME` per model, `parallel` at a time.
@@ -132,8 +89,6 @@ class CliCheck : public ::testing::Test {
     workers.clear();
     return runs;
   }
-
-  std::filesystem::path dir_;
 };
 
 // Every sub-check a target runs, from `sockbench list`'s registry order as JSON names them.

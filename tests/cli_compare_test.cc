@@ -1,10 +1,7 @@
 // `sockbench compare` and `sockbench export` as CI calls them: exit codes, output, formats, and
 // real runs: the same build twice is not a regression, a server slowed on purpose is.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -13,41 +10,16 @@
 #include <string>
 
 #include "results/writers.h"
+#include "tests/support/cli.h"
 
 namespace sockbench {
 namespace {
 
-struct Outcome {
-  int status = -1;
-  std::string out;
-  std::string err;
-};
+using test_support::slurp;
 
-std::string slurp(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-class CompareCli : public ::testing::Test {
+class CompareCli : public test_support::ScratchDirTest {
  protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("sockbench-compare-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
-  Outcome sockbench(const std::string& args) {
-    const auto out = dir_ / "stdout";
-    const auto err = dir_ / "stderr";
-    const std::string command = std::string(SOCKBENCH_BIN) + " " + args + " >" + out.string() +
-                                " 2>" + err.string() + " </dev/null";
-    const int raw = std::system(command.c_str());
-    return {WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw), slurp(out), slurp(err)};
-  }
+  CompareCli() : ScratchDirTest("sockbench-compare") {}
 
   // A result file with one rr cell whose repetitions have these requests/s.
   std::string file_with(const std::string& name, const std::vector<double>& rps) {
@@ -72,8 +44,6 @@ class CompareCli : public ::testing::Test {
     EXPECT_FALSE(results::write_json_file(run, path));
     return path;
   }
-
-  std::filesystem::path dir_;
 };
 
 const std::vector<double> kBase = {100000, 100500, 99800, 100200, 100900};

@@ -18,12 +18,18 @@
 #include "harness/frame.h"
 #include "harness/net.h"
 #include "harness/process.h"
+#include "tests/support/servers.h"
 
 namespace sockbench {
 namespace {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
+
+using test_support::connect_client;
+using test_support::exchange;
+using test_support::read_frame;
+using test_support::write_to_a_vanished_peer;
 
 // A `sockbench serve` child on 127.0.0.1:<any port>, with its address.
 struct Served {
@@ -47,30 +53,6 @@ std::optional<Served> serve(const std::string& model, const std::vector<std::str
   return Served{std::move(*child), parsed.address};
 }
 
-Fd connect_client(const Address& address) {
-  auto fd = connect_to(address, /*nonblocking=*/false);
-  EXPECT_TRUE(fd.ok()) << fd.error().message();
-  if (!fd) return Fd();
-  const timeval timeout{5, 0};
-  ::setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-  (void)set_nodelay(fd->get(), true);
-  return std::move(*fd);
-}
-
-std::optional<std::string> read_frame(int fd) {
-  char header[kFrameHeaderSize];
-  if (recv_exact(fd, header)) return std::nullopt;
-  std::string payload(read_be32(header), '\0');
-  if (recv_exact(fd, payload)) return std::nullopt;
-  return payload;
-}
-
-std::optional<std::string> exchange(int fd, std::string_view payload) {
-  if (send_all(fd, encode_frame(payload))) return std::nullopt;
-  return read_frame(fd);
-}
-
 bool wait_dead(ChildProcess& child, std::chrono::milliseconds limit) {
   const auto deadline = Clock::now() + limit;
   while (child.alive()) {
@@ -84,22 +66,6 @@ bool wait_dead(ChildProcess& child, std::chrono::milliseconds limit) {
 bool connected(int fd) {
   pollfd p{fd, POLLOUT, 0};
   return ::poll(&p, 1, 0) == 1 && (p.revents & POLLOUT) && !socket_error(fd);
-}
-
-// A write to a peer that is gone: a reply too big for the buffers (the small receive buffer
-// turns off autotuning), a half-close so the server's side is in CLOSE_WAIT, then an abortive
-// close while the server still has output pending: its next send() fails with EPIPE.
-void write_to_a_vanished_peer(const Address& address) {
-  Fd fd(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-  ASSERT_TRUE(fd);
-  const int small = 16 << 10;
-  ASSERT_EQ(::setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
-  ASSERT_EQ(::connect(fd.get(), address.sa(), address.length), 0);
-  ASSERT_FALSE(send_all(fd.get(), encode_frame(std::string(8 << 20, 'p'))));
-  ASSERT_EQ(::shutdown(fd.get(), SHUT_WR), 0);
-  pollfd p{fd.get(), POLLIN, 0};
-  ASSERT_EQ(::poll(&p, 1, 3000), 1);  // the server is answering
-  ASSERT_FALSE(set_linger_zero(fd.get()));
 }
 
 TEST(CliFaultyTest, BrokenPipeKillsFaultySigpipeButNotEpoll) {

@@ -1,17 +1,16 @@
 // The command line end to end: flag errors, list, a real run's JSON, serve's SIGTERM shutdown,
 // a server dying mid-run, and Ctrl-C leaving no process behind.
+#include "tests/support/cli.h"
+
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
-#include <sstream>
 #include <string>
 #include <thread>
 
@@ -24,43 +23,11 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct Outcome {
-  int status = -1;
-  std::string out;
-  std::string err;
-};
+using test_support::slurp;
 
-std::string slurp(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-class Cli : public ::testing::Test {
+class Cli : public test_support::ScratchDirTest {
  protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("sockbench-cli-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
-  Outcome sockbench(const std::string& args) {
-    const auto out = dir_ / "stdout";
-    const auto err = dir_ / "stderr";
-    const std::string command = std::string(SOCKBENCH_BIN) + " " + args + " >" + out.string() +
-                                " 2>" + err.string() + " </dev/null";
-    const int raw = std::system(command.c_str());
-    Outcome o;
-    o.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-    o.out = slurp(out);
-    o.err = slurp(err);
-    return o;
-  }
-
-  std::filesystem::path dir_;
+  Cli() : ScratchDirTest("sockbench-cli") {}
 };
 
 // Children of `pid`, from /proc (the kernel's list for the main thread).

@@ -1,39 +1,29 @@
 // The faulty twins, in-process: each test shows the twin's one defect next to the correct model
 // it is a twin of, in the same run, so that a check built to catch the defect has something real
 // to catch. (faulty-sigpipe's death is shown end to end in cli_faulty_test.cc.)
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
-#include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <functional>
-#include <memory>
-#include <mutex>
-#include <optional>
 #include <set>
-#include <sstream>
-#include <stop_token>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "harness/fd.h"
 #include "harness/frame.h"
 #include "harness/net.h"
-#include "servers/protocol.h"
 #include "servers/server.h"
+#include "tests/support/fd_limit.h"
+#include "tests/support/servers.h"
 
 namespace sockbench::servers {
 namespace {
@@ -41,109 +31,16 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-ServerConfig loopback_config(int port = 0) {
-  ServerConfig config;
-  const auto parsed = parse_address("127.0.0.1:" + std::to_string(port));
-  EXPECT_TRUE(parsed.error.empty()) << parsed.error;
-  config.listen = parsed.address;
-  return config;
-}
-
-// Aborts the test binary when the guarded scope outlives `limit`: a run() that never returns
-// cannot be recovered in-process.
-class Watchdog {
- public:
-  Watchdog(std::string what, std::chrono::milliseconds limit)
-      : thread_([what = std::move(what), limit](std::stop_token token) {
-          std::mutex mu;
-          std::condition_variable_any cv;
-          std::unique_lock lock(mu);
-          if (!cv.wait_for(lock, token, limit, [] { return false; }) && !token.stop_requested()) {
-            std::fprintf(stderr, "watchdog: %s took longer than %lld ms\n", what.c_str(),
-                         static_cast<long long>(limit.count()));
-            std::abort();
-          }
-        }) {}
-
- private:
-  std::jthread thread_;
-};
-
-// A server of one model running on its own thread; stopped and joined by the destructor.
-class RunningServer {
- public:
-  RunningServer(std::string_view model, const ServerConfig& config) {
-    const ModelInfo* info = find_model(model);
-    if (info == nullptr) {
-      ADD_FAILURE() << "unknown model " << model;
-      return;
-    }
-    server_ = info->make(config);
-    if (auto ec = server_->bind()) {
-      ADD_FAILURE() << model << " bind: " << ec.message();
-      server_.reset();
-      return;
-    }
-    thread_ = std::jthread([this] { run_result_ = server_->run(); });
-  }
-  ~RunningServer() { stop(); }
-  RunningServer(const RunningServer&) = delete;
-  RunningServer& operator=(const RunningServer&) = delete;
-
-  bool ok() const { return server_ != nullptr; }
-  Address address() const { return server_->address(); }
-  const ServerCounters& counters() const { return server_->counters(); }
-  pthread_t thread_handle() { return thread_.native_handle(); }
-
-  std::error_code stop() {
-    if (server_ && thread_.joinable()) {
-      const Watchdog watchdog("stop() + run() returning", 10s);
-      server_->stop();
-      thread_.join();
-    }
-    return run_result_;
-  }
-
- private:
-  std::unique_ptr<Server> server_;
-  std::error_code run_result_;
-  std::jthread thread_;
-};
-
-bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds limit = 3s) {
-  const auto deadline = Clock::now() + limit;
-  while (!condition()) {
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
-
-// A blocking client with TCP_NODELAY and 5 s timeouts, so a broken server fails the test instead
-// of hanging it.
-Fd connect_client(const Address& address) {
-  auto fd = connect_to(address, /*nonblocking=*/false);
-  EXPECT_TRUE(fd.ok()) << fd.error().message();
-  if (!fd) return Fd();
-  EXPECT_FALSE(set_nodelay(fd->get(), true));
-  const timeval timeout{5, 0};
-  ::setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-  return std::move(*fd);
-}
-
-std::optional<std::string> read_frame(int fd) {
-  char header[kFrameHeaderSize];
-  if (recv_exact(fd, header)) return std::nullopt;
-  std::string payload(read_be32(header), '\0');
-  if (recv_exact(fd, payload)) return std::nullopt;
-  return payload;
-}
-
-std::optional<std::string> exchange(int fd, std::string_view payload) {
-  if (send_all(fd, encode_frame(payload))) return std::nullopt;
-  return read_frame(fd);
-}
+using test_support::connect_client;
+using test_support::exchange;
+using test_support::loopback_config;
+using test_support::LowestFreeFdLimit;
+using test_support::read_frame;
+using test_support::RunningServer;
+using test_support::thread_cpu_time;
+using test_support::unconnected_client;
+using test_support::wait_until;
+using test_support::write_to_a_vanished_peer;
 
 std::set<int> open_fds() {
   std::set<int> fds;
@@ -151,14 +48,6 @@ std::set<int> open_fds() {
     fds.insert(std::stoi(entry.path().filename().string()));
   }
   return fds;
-}
-
-std::chrono::nanoseconds thread_cpu_time(pthread_t thread) {
-  clockid_t clock{};
-  if (::pthread_getcpuclockid(thread, &clock) != 0) return {};
-  timespec ts{};
-  ::clock_gettime(clock, &ts);
-  return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
 }
 
 // The fd of this process's listening socket bound to `address`; -1 if none.
@@ -328,25 +217,6 @@ bool some_thread_has_sigpipe_pending() {
   return false;
 }
 
-// Provokes a write to a peer that is gone: a reply too big to be taken at once, a half-close
-// (the server's side goes to CLOSE_WAIT), then an abortive close while the server still has
-// output pending. The RST in CLOSE_WAIT makes the server's next send() fail with EPIPE. (A RST on
-// an ESTABLISHED connection makes the first send() fail with ECONNRESET instead, without a
-// signal: a server that then closes, as this one does, would never get SIGPIPE.)
-void write_to_a_vanished_peer(const Address& address) {
-  // A small receive buffer turns off autotuning, so the reply cannot all fit in the buffers.
-  Fd fd(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-  ASSERT_TRUE(fd);
-  const int small = 16 << 10;
-  ASSERT_EQ(::setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
-  ASSERT_EQ(::connect(fd.get(), address.sa(), address.length), 0);
-  ASSERT_FALSE(send_all(fd.get(), encode_frame(std::string(8 << 20, 'p'))));
-  ASSERT_EQ(::shutdown(fd.get(), SHUT_WR), 0);
-  pollfd p{fd.get(), POLLIN, 0};
-  ASSERT_EQ(::poll(&p, 1, 3000), 1);  // the server is answering
-  ASSERT_FALSE(set_linger_zero(fd.get()));
-}
-
 TEST(FaultySigpipeTest, WritingToAVanishedPeerRaisesSigpipeOnlyInTheTwin) {
   sigset_t pipe_set;
   sigemptyset(&pipe_set);
@@ -485,28 +355,11 @@ TEST(FaultyEmfileSpinTest, OutOfFdsTheTwinSpinsAndEpollBacksOff) {
       std::atomic<bool>& spin;
       ~StopSpinning() { spin.store(false); }
     } stop_spinning{spin};
-    Fd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    Fd client = unconnected_client();
     ASSERT_TRUE(client);
-    const timeval timeout{5, 0};
-    ::setsockopt(client.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
     // The lowest free fd number becomes the limit, so the server's next accept() gets EMFILE.
-    const int lowest_free = ::fcntl(client.get(), F_DUPFD_CLOEXEC, 0);
-    ASSERT_GE(lowest_free, 0);
-    ::close(lowest_free);
-    rlimit saved{};
-    ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
-    struct Restore {
-      rlimit limit;
-      bool active = true;
-      void now() {
-        if (active) ::setrlimit(RLIMIT_NOFILE, &limit);
-        active = false;
-      }
-      ~Restore() { now(); }
-    } restore{saved};
-    rlimit low = saved;
-    low.rlim_cur = static_cast<rlim_t>(lowest_free);
-    ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+    LowestFreeFdLimit fd_limit(client.get());
+    ASSERT_EQ(fd_limit.error(), "");
 
     const Address address = server.address();
     ASSERT_EQ(::connect(client.get(), address.sa(), address.length), 0);
@@ -521,7 +374,7 @@ TEST(FaultyEmfileSpinTest, OutOfFdsTheTwinSpinsAndEpollBacksOff) {
     const auto wall = Clock::now() - wall_before;
     retries[m] = server.counters().accept_emfile.load() - emfile_before;
     spin.store(false);
-    restore.now();
+    fd_limit.restore();
     cpu_share[m] = std::chrono::duration<double>(cpu) / std::chrono::duration<double>(wall);
     of_busy_loop[m] = std::chrono::duration<double>(cpu) / std::chrono::duration<double>(busy);
 

@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include <condition_variable>
-#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -24,6 +23,7 @@
 #include "scenarios/benchmark.h"
 #include "scenarios/connections.h"
 #include "servers/server.h"
+#include "tests/support/servers.h"
 
 namespace sockbench {
 namespace {
@@ -31,62 +31,8 @@ namespace {
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
 
-Address loopback_any_port() {
-  const auto parsed = parse_address("127.0.0.1:0");
-  EXPECT_TRUE(parsed.error.empty()) << parsed.error;
-  return parsed.address;
-}
-
-// A model from the servers library on its own thread, as a scenario's ServerHandle. sample()
-// observes this test process, which holds the server, the client and the test alike.
-class InProcessServer final : public scenarios::ServerHandle {
- public:
-  explicit InProcessServer(const std::string& model,
-                           std::chrono::microseconds reply_delay = std::chrono::microseconds(0))
-      : name_(model) {
-    const servers::ModelInfo* info = servers::find_model(model);
-    if (info == nullptr) {
-      ADD_FAILURE() << "unknown model " << model;
-      return;
-    }
-    servers::ServerConfig config;
-    config.listen = loopback_any_port();
-    config.protocol.reply_delay = reply_delay;
-    server_ = info->make(config);
-    if (auto ec = server_->bind()) {
-      ADD_FAILURE() << "bind: " << ec.message();
-      server_.reset();
-      return;
-    }
-    thread_ = std::jthread([this] { (void)server_->run(); });
-  }
-  ~InProcessServer() override {
-    if (server_) server_->stop();
-  }
-
-  bool ok() const { return server_ != nullptr; }
-  const servers::ServerCounters& counters() const { return server_->counters(); }
-
-  Address address() const override { return server_->address(); }
-  std::string name() const override { return name_; }
-  std::optional<ProcSample> sample() override {
-    auto s = sample_process(::getpid());
-    if (!s) return std::nullopt;
-    return *s;
-  }
-  bool alive(std::string* why) override {
-    if (!alive_ && why != nullptr) *why = "killed by SIGKILL";
-    return alive_;
-  }
-  // What alive() reports from now on (the server keeps serving either way).
-  void pretend_dead() { alive_ = false; }
-
- private:
-  std::string name_;
-  bool alive_ = true;
-  std::unique_ptr<servers::Server> server_;
-  std::jthread thread_;  // declared last: joined before server_ is destroyed
-};
+using test_support::InProcessServer;
+using test_support::loopback_any_port;
 
 double metric(const results::Record& record, const std::string& name) {
   const auto value = record.metric(name);

@@ -18,6 +18,7 @@
 
 #include "harness/frame.h"
 #include "harness/net.h"
+#include "tests/support/servers.h"
 
 namespace sockbench {
 namespace {
@@ -25,17 +26,9 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-uint64_t read_be64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
-
-Address loopback_any_port() {
-  auto parsed = parse_address("127.0.0.1:0");
-  EXPECT_TRUE(parsed.error.empty()) << parsed.error;
-  return parsed.address;
-}
+using test_support::loopback_any_port;
+using test_support::read_be64;
+using test_support::ThreadPerConnectionServer;
 
 struct EchoOptions {
   WireFormat wire = WireFormat::kFramed;
@@ -48,32 +41,14 @@ struct EchoOptions {
 // against fill_payload() and the per-connection sequence, and can misbehave on purpose.
 class EchoServer {
  public:
-  explicit EchoServer(EchoOptions options = {}) : options_(options) {
-    auto fd = listen_on(loopback_any_port(), 128, true, false);
-    if (!fd) {
-      ADD_FAILURE() << "listen: " << fd.error().message();
-      return;
-    }
-    listener_ = std::move(*fd);
-    address_ = local_address(listener_.get()).value();
-    acceptor_ = std::jthread([this](std::stop_token stop) { accept_loop(stop); });
-  }
-  ~EchoServer() {
-    if (acceptor_.joinable()) {
-      acceptor_.request_stop();
-      acceptor_.join();
-    }
-    std::vector<std::jthread> handlers;
-    {
-      std::lock_guard lock(mu_);
-      for (int fd : open_) ::shutdown(fd, SHUT_RDWR);
-      handlers.swap(handlers_);
-    }
-    handlers.clear();  // joins
+  explicit EchoServer(EchoOptions options = {})
+      : options_(options),
+        server_(loopback_any_port(), [this](int index, int fd) { serve(index, fd); }) {
+    if (!server_.error().empty()) ADD_FAILURE() << "listen: " << server_.error();
   }
 
-  const Address& address() const { return address_; }
-  uint64_t accepted() const { return accepted_.load(); }
+  const Address& address() const { return server_.address(); }
+  uint64_t accepted() const { return server_.accepted(); }
   uint64_t replies() const { return replies_.load(); }
   uint64_t bad_requests() const { return bad_requests_.load(); }
   std::vector<uint64_t> first_seqs() const {
@@ -82,28 +57,12 @@ class EchoServer {
   }
 
  private:
-  void accept_loop(const std::stop_token& stop) {
-    while (!stop.stop_requested()) {
-      pollfd p{listener_.get(), POLLIN, 0};
-      if (::poll(&p, 1, 20) <= 0) continue;
-      Fd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-      if (!conn) continue;
-      const int index = static_cast<int>(accepted_++);
-      std::lock_guard lock(mu_);
-      open_.insert(conn.get());
-      handlers_.emplace_back(
-          [this, index, c = std::move(conn)]() mutable { serve(index, std::move(c)); });
-    }
-  }
-
-  void serve(int index, Fd fd) {
+  void serve(int index, int fd) {
     if (options_.wire == WireFormat::kRaw) {
-      serve_raw(fd.get());
+      serve_raw(fd);
     } else {
-      serve_framed(index, fd.get());
+      serve_framed(index, fd);
     }
-    std::lock_guard lock(mu_);  // forget the fd before it is closed, so ~EchoServer never
-    open_.erase(fd.get());      // shuts down a reused number
   }
 
   void serve_raw(int fd) {
@@ -164,16 +123,11 @@ class EchoServer {
   }
 
   EchoOptions options_;
-  Fd listener_;
-  Address address_;
-  std::atomic<uint64_t> accepted_{0};
   std::atomic<uint64_t> replies_{0};
   std::atomic<uint64_t> bad_requests_{0};
   mutable std::mutex mu_;
-  std::set<int> open_;
   std::vector<uint64_t> first_seqs_;
-  std::vector<std::jthread> handlers_;
-  std::jthread acceptor_;  // last: stopped and joined first
+  ThreadPerConnectionServer server_;  // last: its threads are joined before the rest goes
 };
 
 // One thread, level-triggered epoll, non-blocking byte echo (which is also a correct framed
@@ -246,13 +200,8 @@ class EpollEchoServer {
 
 LoadConfig make_config(const Address& target, int connections, int threads, int pipeline,
                        std::chrono::milliseconds warmup, std::chrono::milliseconds duration) {
-  LoadConfig config;
-  config.target = target;
-  config.connections = connections;
-  config.threads = threads;
+  LoadConfig config = test_support::load_config(target, connections, threads, warmup, duration);
   config.pipeline = pipeline;
-  config.warmup = warmup;
-  config.duration = duration;
   return config;
 }
 

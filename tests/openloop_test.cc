@@ -26,6 +26,7 @@
 #include "harness/net.h"
 #include "scenarios/benchmark.h"
 #include "scenarios/rr.h"
+#include "tests/support/servers.h"
 
 namespace sockbench {
 namespace {
@@ -33,23 +34,15 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
+using test_support::address_of;
+using test_support::read_be64;
+using test_support::ThreadPerConnectionServer;
+
 constexpr uint64_t kSeqMask = (uint64_t{1} << 40) - 1;
 
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
       .count();
-}
-
-uint64_t read_be64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
-
-Address parse(const std::string& text) {
-  auto parsed = parse_address(text);
-  EXPECT_TRUE(parsed.error.empty()) << parsed.error;
-  return parsed.address;
 }
 
 // Samples whose bucket lies wholly above `ns`.
@@ -66,32 +59,11 @@ uint64_t count_above(const Histogram& h, uint64_t ns) {
 // every (seq, timestamp) it saw.
 class FramedServer {
  public:
-  explicit FramedServer(const Address& listen_address) {
-    auto fd = listen_on(listen_address, 128, true, false);
-    if (!fd) {
-      error_ = fd.error().message();
-      return;
-    }
-    listener_ = std::move(*fd);
-    address_ = local_address(listener_.get()).value();
-    acceptor_ = std::jthread([this](std::stop_token stop) { accept_loop(stop); });
-  }
-  ~FramedServer() {
-    if (acceptor_.joinable()) {
-      acceptor_.request_stop();
-      acceptor_.join();
-    }
-    std::vector<std::jthread> handlers;
-    {
-      std::lock_guard lock(mu_);
-      for (int fd : open_) ::shutdown(fd, SHUT_RDWR);
-      handlers.swap(handlers_);
-    }
-    handlers.clear();  // joins
-  }
+  explicit FramedServer(const Address& listen_address)
+      : server_(listen_address, [this](int, int fd) { serve_frames(fd); }) {}
 
-  const std::string& error() const { return error_; }
-  const Address& address() const { return address_; }
+  const std::string& error() const { return server_.error(); }
+  const Address& address() const { return server_.address(); }
   // From `from` (steady_clock ns) for `length`, no connection reads or answers.
   void stall(int64_t from, std::chrono::nanoseconds length) {
     stall_until_.store(from + length.count());
@@ -109,24 +81,6 @@ class FramedServer {
   }
 
  private:
-  void accept_loop(const std::stop_token& stop) {
-    while (!stop.stop_requested()) {
-      pollfd p{listener_.get(), POLLIN, 0};
-      if (::poll(&p, 1, 20) <= 0) continue;
-      Fd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-      if (!conn) continue;
-      std::lock_guard lock(mu_);
-      open_.insert(conn.get());
-      handlers_.emplace_back([this, c = std::move(conn)]() mutable { serve(std::move(c)); });
-    }
-  }
-
-  void serve(Fd fd) {
-    serve_frames(fd.get());
-    std::lock_guard lock(mu_);
-    open_.erase(fd.get());
-  }
-
   void serve_frames(int fd) {
     std::string payload;
     std::string expected;
@@ -158,30 +112,20 @@ class FramedServer {
     }
   }
 
-  std::string error_;
-  Fd listener_;
-  Address address_;
   std::atomic<int64_t> stall_from_{0};
   std::atomic<int64_t> stall_until_{0};
   uint64_t close_index_ = UINT64_MAX;
   uint64_t close_after_ = 0;
   std::atomic<uint64_t> bad_requests_{0};
   mutable std::mutex mu_;
-  std::set<int> open_;
   std::map<uint64_t, int64_t> stamps_;
-  std::vector<std::jthread> handlers_;
-  std::jthread acceptor_;  // last: stopped and joined first
+  ThreadPerConnectionServer server_;  // last: its threads are joined before the rest goes
 };
 
 LoadConfig open_config(const Address& target, int connections, int threads, double rate,
                        std::chrono::milliseconds warmup, std::chrono::milliseconds duration) {
-  LoadConfig config;
-  config.target = target;
-  config.connections = connections;
-  config.threads = threads;
+  LoadConfig config = test_support::load_config(target, connections, threads, warmup, duration);
   config.rate = rate;
-  config.warmup = warmup;
-  config.duration = duration;
   return config;
 }
 
@@ -260,7 +204,7 @@ TEST(Schedule, SendsInAWindowAreRateTimesWindow) {
 // --- Validation.
 
 TEST(Validation, OpenLoopMessages) {
-  LoadConfig ok = open_config(parse("127.0.0.1:9"), 4, 1, 1000, 0ms, 1000ms);
+  LoadConfig ok = open_config(address_of("127.0.0.1:9"), 4, 1, 1000, 0ms, 1000ms);
   EXPECT_EQ(describe_invalid(ok), "");
   EXPECT_TRUE(is_open_loop(ok));
 
@@ -316,7 +260,7 @@ TEST(Validation, OpenLoopMessages) {
 }
 
 TEST(Validation, ClosedLoopMessagesNameTheField) {
-  const LoadConfig base = open_config(parse("127.0.0.1:9"), 1, 1, 0, 0ms, 100ms);
+  const LoadConfig base = open_config(address_of("127.0.0.1:9"), 1, 1, 0, 0ms, 100ms);
   LoadConfig c = base;
   c.connections = 0;
   EXPECT_EQ(describe_invalid(c), "connections must be at least 1 (got 0)");
@@ -345,7 +289,7 @@ TEST(Validation, ClosedLoopMessagesNameTheField) {
 // Every request the server saw carries the timestamp origin + intended_send_ns(i, n, rate, k)
 // for its connection i and index k, with one origin for all: the schedule is what went out.
 TEST(OpenLoop, PayloadsCarryTheIntendedSendTimes) {
-  FramedServer server(parse("127.0.0.1:0"));
+  FramedServer server(address_of("127.0.0.1:0"));
   ASSERT_EQ(server.error(), "");
   const int n = 6;
   const double rate = 1500;
@@ -392,7 +336,7 @@ struct StallCounts {
 
 // 4 connections against a server that stops reading for 300 ms, 200 ms into a 1 s window.
 StallCounts run_with_stall(double rate, int max_outstanding) {
-  FramedServer server(parse("127.0.0.1:0"));
+  FramedServer server(address_of("127.0.0.1:0"));
   EXPECT_EQ(server.error(), "");
   LoadConfig config = open_config(server.address(), 4, 1, rate, 200ms, 1000ms);
   if (rate == 0) config.pipeline = 1;
@@ -453,7 +397,7 @@ TEST(ClosedLoop, SameStallShowsOnlyOneSlowSamplePerConnection) {
 // Connection 0 is closed by the server in the warm-up: its every slot in the window is a
 // dropped send, exactly, and the other connection keeps its schedule.
 TEST(OpenLoop, SlotsOfADeadConnectionAreDroppedSends) {
-  FramedServer server(parse("127.0.0.1:0"));
+  FramedServer server(address_of("127.0.0.1:0"));
   ASSERT_EQ(server.error(), "");
   server.close_connection_after(0, 5);
   const double rate = 1000;
@@ -474,7 +418,7 @@ TEST(OpenLoop, UnixAndIpv6Targets) {
   ASSERT_NE(::mkdtemp(dir), nullptr);
   const std::string path = std::string(dir) + "/echo.sock";
   {
-    FramedServer unix_server(parse("unix:" + path));
+    FramedServer unix_server(address_of("unix:" + path));
     ASSERT_EQ(unix_server.error(), "");
     const auto config = open_config(unix_server.address(), 3, 1, 900, 100ms, 400ms);
     auto result = run_load(config);
@@ -487,7 +431,7 @@ TEST(OpenLoop, UnixAndIpv6Targets) {
   ::unlink(path.c_str());
   ::rmdir(dir);
 
-  FramedServer v6_server(parse("[::1]:0"));
+  FramedServer v6_server(address_of("[::1]:0"));
   if (!v6_server.error().empty()) GTEST_SKIP() << "no IPv6 loopback: " << v6_server.error();
   const auto config = open_config(v6_server.address(), 3, 1, 900, 100ms, 400ms);
   auto result = run_load(config);
@@ -498,7 +442,7 @@ TEST(OpenLoop, UnixAndIpv6Targets) {
 }
 
 TEST(OpenLoop, StopTokenEndsAnOpenLoopRun) {
-  FramedServer server(parse("127.0.0.1:0"));
+  FramedServer server(address_of("127.0.0.1:0"));
   ASSERT_EQ(server.error(), "");
   const auto config = open_config(server.address(), 2, 1, 500, 100ms, 10000ms);
   std::stop_source source;
@@ -559,7 +503,7 @@ bool has(const std::vector<std::string>& names, const std::string& name) {
 }
 
 TEST(RrRecord, OpenLoopNameMetricsAndTimeseries) {
-  FramedServer server(parse("127.0.0.1:0"));
+  FramedServer server(address_of("127.0.0.1:0"));
   ASSERT_EQ(server.error(), "");
   FakeServer handle(server.address());
   scenarios::BenchParams params;
@@ -590,7 +534,7 @@ TEST(RrRecord, OpenLoopNameMetricsAndTimeseries) {
 }
 
 TEST(RrRecord, ClosedLoopKeepsItsNameAndMetrics) {
-  FramedServer server(parse("127.0.0.1:0"));
+  FramedServer server(address_of("127.0.0.1:0"));
   ASSERT_EQ(server.error(), "");
   FakeServer handle(server.address());
   scenarios::BenchParams params;
@@ -608,7 +552,7 @@ TEST(RrRecord, ClosedLoopKeepsItsNameAndMetrics) {
 }
 
 TEST(RrRecord, InvalidRateIsTheRecordsError) {
-  FakeServer handle(parse("127.0.0.1:9"));
+  FakeServer handle(address_of("127.0.0.1:9"));
   scenarios::BenchParams params;
   params.clients = 10;
   params.rate = -1;

@@ -1,26 +1,19 @@
 // Every concurrency model, in-process on 127.0.0.1:0, driven by blocking clients: replies are
 // compared byte for byte and the server's counters, fds and threads are checked.
+#include "tests/support/servers.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
-#include <pthread.h>
-#include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
-#include <cstdio>
-#include <cstdlib>
 #include <filesystem>
-#include <functional>
 #include <memory>
-#include <mutex>
-#include <optional>
-#include <stop_token>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,6 +23,7 @@
 #include "harness/net.h"
 #include "servers/protocol.h"
 #include "servers/server.h"
+#include "tests/support/fd_limit.h"
 
 namespace sockbench::servers {
 namespace {
@@ -37,113 +31,15 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-ServerConfig loopback_config(Protocol protocol = Protocol::kFramed) {
-  ServerConfig config;
-  const auto parsed = parse_address("127.0.0.1:0");
-  EXPECT_TRUE(parsed.error.empty()) << parsed.error;
-  config.listen = parsed.address;
-  config.protocol.protocol = protocol;
-  return config;
-}
-
-// Aborts the test binary when the guarded scope outlives `limit`: a run() that never returns
-// cannot be recovered in-process, and failing loudly beats waiting for the CTest timeout.
-class Watchdog {
- public:
-  Watchdog(std::string what, std::chrono::milliseconds limit)
-      : thread_([what = std::move(what), limit](std::stop_token token) {
-          std::mutex mu;
-          std::condition_variable_any cv;
-          std::unique_lock lock(mu);
-          if (!cv.wait_for(lock, token, limit, [] { return false; }) && !token.stop_requested()) {
-            std::fprintf(stderr, "watchdog: %s took longer than %lld ms\n", what.c_str(),
-                         static_cast<long long>(limit.count()));
-            std::abort();
-          }
-        }) {}
-
- private:
-  std::jthread thread_;
-};
-
-// A server of one model running on its own thread; stopped and joined by the destructor.
-class RunningServer {
- public:
-  RunningServer(std::string_view model, const ServerConfig& config) {
-    const ModelInfo* info = find_model(model);
-    if (info == nullptr) {
-      ADD_FAILURE() << "unknown model " << model;
-      return;
-    }
-    server_ = info->make(config);
-    if (auto ec = server_->bind()) {
-      ADD_FAILURE() << "bind: " << ec.message();
-      server_.reset();
-      return;
-    }
-    thread_ = std::jthread([this] { run_result_ = server_->run(); });
-  }
-  ~RunningServer() { stop(); }
-  RunningServer(const RunningServer&) = delete;
-  RunningServer& operator=(const RunningServer&) = delete;
-
-  bool ok() const { return server_ != nullptr; }
-  Address address() const { return server_->address(); }
-  const ServerCounters& counters() const { return server_->counters(); }
-  pthread_t thread_handle() { return thread_.native_handle(); }
-
-  // Stops the server and joins run(); returns run()'s result.
-  std::error_code stop() {
-    if (server_ && thread_.joinable()) {
-      const Watchdog watchdog("stop() + run() returning", 10s);
-      server_->stop();
-      thread_.join();
-    }
-    return run_result_;
-  }
-
- private:
-  std::unique_ptr<Server> server_;
-  std::error_code run_result_;
-  std::jthread thread_;
-};
-
-bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds limit = 3s) {
-  const auto deadline = Clock::now() + limit;
-  while (!condition()) {
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
-
-// A blocking client with TCP_NODELAY and 5 s timeouts, so a broken server fails the test instead
-// of hanging it.
-Fd connect_client(const Address& address) {
-  auto fd = connect_to(address, /*nonblocking=*/false);
-  EXPECT_TRUE(fd.ok()) << fd.error().message();
-  if (!fd) return Fd();
-  EXPECT_FALSE(set_nodelay(fd->get(), true));
-  const timeval timeout{5, 0};
-  ::setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-  return std::move(*fd);
-}
-
-// Reads one frame; nullopt on EOF, error or timeout.
-std::optional<std::string> read_frame(int fd) {
-  char header[kFrameHeaderSize];
-  if (recv_exact(fd, header)) return std::nullopt;
-  std::string payload(read_be32(header), '\0');
-  if (recv_exact(fd, payload)) return std::nullopt;
-  return payload;
-}
-
-// One request/response; the reply's payload (nullopt on failure).
-std::optional<std::string> exchange(int fd, std::string_view payload) {
-  if (send_all(fd, encode_frame(payload))) return std::nullopt;
-  return read_frame(fd);
-}
+using test_support::connect_client;
+using test_support::exchange;
+using test_support::loopback_config;
+using test_support::LowestFreeFdLimit;
+using test_support::read_frame;
+using test_support::RunningServer;
+using test_support::thread_cpu_time;
+using test_support::unconnected_client;
+using test_support::wait_until;
 
 // A payload that differs by client, sequence number and length.
 std::string payload_for(int client, int seq) {
@@ -173,14 +69,6 @@ size_t count_entries(const char* dir) {
   size_t n = 0;
   for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(dir)) ++n;
   return n;
-}
-
-std::chrono::nanoseconds thread_cpu_time(pthread_t thread) {
-  clockid_t clock{};
-  if (::pthread_getcpuclockid(thread, &clock) != 0) return {};
-  timespec ts{};
-  ::clock_gettime(clock, &ts);
-  return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
 }
 
 class ServersTest : public ::testing::TestWithParam<std::string> {
@@ -441,34 +329,19 @@ TEST_P(ServersTest, ClientThatNeverReadsCannotMakeTheServerBufferWithoutBound) {
 TEST_P(ServersTest, FdExhaustionBacksOffWithoutSpinningThenRecovers) {
   RunningServer server(model_, loopback_config());
   ASSERT_TRUE(server.ok());
+  // Before fds run out, the server's loop is running and has closed its end of a first
+  // connection (why: see LowestFreeFdLimit).
   {
     Fd warm = connect_client(server.address());
     ASSERT_EQ(exchange(warm.get(), "warm"), "warm");
   }
   ASSERT_TRUE(wait_until([&] { return server.counters().closed.load() == 1; }));
 
-  Fd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  Fd client = unconnected_client();
   ASSERT_TRUE(client);
-  const timeval timeout{5, 0};
-  ::setsockopt(client.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   // The lowest free fd number becomes the limit, so the server's next accept() gets EMFILE.
-  const int lowest_free = ::fcntl(client.get(), F_DUPFD_CLOEXEC, 0);
-  ASSERT_GE(lowest_free, 0);
-  ::close(lowest_free);
-  rlimit saved{};
-  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
-  struct Restore {
-    rlimit limit;
-    bool active = true;
-    void now() {
-      if (active) ::setrlimit(RLIMIT_NOFILE, &limit);
-      active = false;
-    }
-    ~Restore() { now(); }
-  } restore{saved};
-  rlimit low = saved;
-  low.rlim_cur = static_cast<rlim_t>(lowest_free);
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  LowestFreeFdLimit fd_limit(client.get());
+  ASSERT_EQ(fd_limit.error(), "");
 
   const Address address = server.address();
   ASSERT_EQ(::connect(client.get(), address.sa(), address.length), 0);  // completes in the backlog
@@ -481,7 +354,7 @@ TEST_P(ServersTest, FdExhaustionBacksOffWithoutSpinningThenRecovers) {
   const auto cpu = thread_cpu_time(server.thread_handle()) - cpu_before;
   const auto wall = Clock::now() - wall_before;
   const uint64_t retries = server.counters().accept_emfile.load() - emfile_before;
-  restore.now();
+  fd_limit.restore();
 
   // A spinning loop burns a whole core and retries accept() millions of times; a backed-off one
   // retries about every 100 ms.

@@ -1,24 +1,26 @@
 #include "harness/sockstat.h"
 
 #include <gtest/gtest.h>
-#include <net/if.h>
-#include <sched.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <chrono>
-#include <cstring>
-#include <functional>
+#include <map>
 #include <string>
-#include <thread>
+#include <set>
 #include <vector>
 
+#include "harness/fd.h"
 #include "harness/net.h"
+#include "tests/support/netns.h"
+#include "tests/support/servers.h"
 
 namespace sockbench {
 namespace {
 
 using namespace std::chrono_literals;
+
+using test_support::isolated_if_possible;
+using test_support::wait_until;
 
 uint64_t count(const std::map<TcpState, uint64_t>& counts, TcpState state) {
   const auto it = counts.find(state);
@@ -29,41 +31,6 @@ std::map<TcpState, uint64_t> states(const PortFilter& filter) {
   auto counts = count_tcp_states(filter);
   EXPECT_TRUE(counts.ok()) << counts.error().message();
   return counts.ok() ? *counts : std::map<TcpState, uint64_t>{};
-}
-
-bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds limit = 3s) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!condition()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
-
-// Brings up `lo` in the calling thread's network namespace.
-std::error_code loopback_up() {
-  Fd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  if (!fd) return last_error();
-  ifreq request{};
-  std::strncpy(request.ifr_name, "lo", IFNAMSIZ - 1);
-  if (::ioctl(fd.get(), SIOCGIFFLAGS, &request) != 0) return last_error();
-  request.ifr_flags = static_cast<short>(request.ifr_flags | IFF_UP);
-  if (::ioctl(fd.get(), SIOCSIFFLAGS, &request) != 0) return last_error();
-  return {};
-}
-
-// Runs `body` on a thread of its own moved into a fresh network namespace with lo up, so the
-// TIME_WAIT table is this test's alone (the host's may be full of other runs' TIME_WAIT, and a
-// full table closes sockets without one); in this namespace when that is not permitted.
-void isolated_if_possible(const std::function<void()>& body) {
-  bool isolated = false;
-  std::jthread thread([&] {
-    if (::unshare(CLONE_NEWNET) != 0 || loopback_up()) return;
-    isolated = true;
-    body();
-  });
-  thread.join();
-  if (!isolated) body();
 }
 
 // A listener, one accepted connection, and what the table says about each side as the client

@@ -1,16 +1,12 @@
 #include "harness/stream.h"
 
 #include <gtest/gtest.h>
-#include <poll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <filesystem>
-#include <functional>
-#include <memory>
-#include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,57 +16,17 @@
 #include "scenarios/benchmark.h"
 #include "scenarios/stream.h"
 #include "servers/server.h"
+#include "tests/support/servers.h"
 
 namespace sockbench {
 namespace {
 
 using namespace std::chrono_literals;
 
-bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds limit = 3s) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!condition()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
-
-Address loopback() { return parse_address("127.0.0.1:0").address; }
-
-// A model from the servers library on its own thread, as a scenario sees a server.
-class InProcessServer final : public scenarios::ServerHandle {
- public:
-  InProcessServer(const std::string& model, servers::Protocol protocol,
-                  Address listen = loopback()) {
-    servers::ServerConfig config;
-    config.listen = listen;
-    config.protocol.protocol = protocol;
-    server_ = servers::find_model(model)->make(config);
-    if (auto err = server_->bind()) {
-      ADD_FAILURE() << "bind: " << err.message();
-      return;
-    }
-    name_ = model;
-    thread_ = std::jthread([this] { (void)server_->run(); });
-  }
-  ~InProcessServer() override {
-    server_->stop();
-    if (thread_.joinable()) thread_.join();
-  }
-  Address address() const override { return server_->address(); }
-  std::string name() const override { return name_; }
-  std::optional<ProcSample> sample() override {
-    auto s = sample_process(::getpid());
-    if (!s) return std::nullopt;
-    return *s;
-  }
-  bool alive(std::string*) override { return true; }
-
- private:
-  std::unique_ptr<servers::Server> server_;
-  std::string name_;
-  std::jthread thread_;
-};
+using test_support::InProcessServer;
+using test_support::loopback_any_port;
+using test_support::ThreadPerConnectionServer;
+using test_support::wait_until;
 
 // Thread per connection, blocking. Counts every byte it receives; as a discard server it can
 // check connection 0's bytes against stream_byte(); as an echo server it sends everything back,
@@ -83,48 +39,21 @@ struct TestServerOptions {
 
 class TestServer {
  public:
-  explicit TestServer(TestServerOptions options) : options_(options) {
-    auto fd = listen_on(loopback(), 128, true, false);
-    if (!fd) {
-      ADD_FAILURE() << "listen: " << fd.error().message();
-      return;
-    }
-    listener_ = std::move(*fd);
-    address_ = local_address(listener_.get()).value();
-    acceptor_ = std::jthread([this](std::stop_token stop) { accept_loop(stop); });
+  explicit TestServer(TestServerOptions options)
+      : options_(options), server_(loopback_any_port(), [this](int, int fd) { serve(fd); }) {
+    if (!server_.error().empty()) ADD_FAILURE() << "listen: " << server_.error();
   }
-  ~TestServer() {
-    acceptor_.request_stop();
-    if (acceptor_.joinable()) acceptor_.join();
-    std::vector<std::jthread> handlers;
-    {
-      std::lock_guard lock(mu_);
-      for (int fd : open_) ::shutdown(fd, SHUT_RDWR);
-      handlers.swap(handlers_);
-    }
-  }
-  const Address& address() const { return address_; }
+  const Address& address() const { return server_.address(); }
   uint64_t received() const { return received_.load(); }
   uint64_t closed() const { return closed_.load(); }
   uint64_t bad_bytes() const { return bad_bytes_.load(); }
 
  private:
-  void accept_loop(const std::stop_token& stop) {
-    while (!stop.stop_requested()) {
-      pollfd p{listener_.get(), POLLIN, 0};
-      if (::poll(&p, 1, 20) <= 0) continue;
-      Fd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-      if (!conn) continue;
-      std::lock_guard lock(mu_);
-      open_.push_back(conn.get());
-      handlers_.emplace_back([this, c = std::move(conn)]() mutable { serve(std::move(c)); });
-    }
-  }
-  void serve(Fd fd) {
+  void serve(int fd) {
     std::vector<char> buffer(256 << 10);
     uint64_t offset = 0;
     for (;;) {
-      auto got = recv_some(fd.get(), buffer);
+      auto got = recv_some(fd, buffer);
       if (!got || *got == 0) break;
       received_ += *got;
       if (options_.verify_connection_zero) {
@@ -136,23 +65,16 @@ class TestServer {
         buffer[options_.corrupt_at - offset] ^= 0x5a;
       }
       offset += *got;
-      if (options_.echo && send_all(fd.get(), std::span<const char>(buffer.data(), *got))) break;
+      if (options_.echo && send_all(fd, std::span<const char>(buffer.data(), *got))) break;
     }
     ++closed_;
-    std::lock_guard lock(mu_);
-    std::erase(open_, fd.get());
   }
 
   TestServerOptions options_;
-  Fd listener_;
-  Address address_;
-  std::mutex mu_;
-  std::vector<int> open_;
-  std::vector<std::jthread> handlers_;
   std::atomic<uint64_t> received_{0};
   std::atomic<uint64_t> closed_{0};
   std::atomic<uint64_t> bad_bytes_{0};
-  std::jthread acceptor_;
+  ThreadPerConnectionServer server_;  // last: its threads are joined before the rest goes
 };
 
 StreamConfig short_config(const Address& target, int connections) {
@@ -207,7 +129,7 @@ TEST(Stream, OneWaySingleConnectionBytesArriveAsCounted) { check_one_way(1); }
 
 TEST(Stream, OneWayManyConnectionsBytesArriveAsCounted) { check_one_way(5); }
 
-void check_duplex(const std::string& model, int connections, Address listen = loopback()) {
+void check_duplex(const std::string& model, int connections, Address listen = loopback_any_port()) {
   InProcessServer server(model, servers::Protocol::kEcho, listen);
   auto config = short_config(server.address(), connections);
   config.duplex = true;
@@ -255,7 +177,7 @@ TEST(Stream, CorruptedEchoIsAnErrorManyConnections) { check_corruption_detected(
 TEST(Stream, RefusedConnectionIsCountedByErrno) {
   Address target;
   {
-    auto listener = listen_on(loopback(), 1, true, false);
+    auto listener = listen_on(loopback_any_port(), 1, true, false);
     ASSERT_TRUE(listener.ok());
     target = local_address(listener->get()).value();
   }  // closed: nothing listens on that port now
@@ -289,7 +211,7 @@ TEST(Stream, StopEndsALongRun) {
 
 TEST(Stream, RejectsInvalidConfig) {
   StreamConfig config;
-  config.target = loopback();
+  config.target = loopback_any_port();
   config.connections = 0;
   EXPECT_EQ(run_stream(config).error(), std::errc::invalid_argument);
   config.connections = 1;

@@ -1,0 +1,50 @@
+// Running the built `sockbench` binary end to end: a scratch directory per test, the command run
+// through /bin/sh with its stdout and stderr captured in files there, and its exit status.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+#include <utility>
+
+namespace sockbench::test_support {
+
+// What a command did: its exit status (128 + the signal if one killed it, -1 if it could not be
+// started) and what it wrote.
+struct Outcome {
+  int status = -1;
+  std::string out;
+  std::string err;
+};
+
+// The whole file; "" when it cannot be read.
+std::string slurp(const std::filesystem::path& path);
+
+// Runs `command` with /bin/sh -c and waits for it; its status as in Outcome. posix_spawn, not
+// std::system: safe from several threads at once.
+int shell(const std::string& command);
+
+// Runs `sockbench ARGS` (the binary this build made; ARGS as a shell would split them) with
+// stdin from /dev/null, stdout and stderr written to `out` and `err`, then read back.
+Outcome run_sockbench(const std::string& args, const std::filesystem::path& out,
+                      const std::filesystem::path& err);
+
+// A fixture with a scratch directory per test, dir_ = TMPDIR/PREFIX-PID-TESTNAME, created
+// before the test and removed after it.
+class ScratchDirTest : public ::testing::Test {
+ protected:
+  explicit ScratchDirTest(std::string prefix) : prefix_(std::move(prefix)) {}
+  void SetUp() override;
+  void TearDown() override;
+
+  // `sockbench ARGS`, its output captured in dir_/stdout and dir_/stderr.
+  Outcome sockbench(const std::string& args);
+
+  std::filesystem::path dir_;
+
+ private:
+  std::string prefix_;
+};
+
+}  // namespace sockbench::test_support
