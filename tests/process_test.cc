@@ -441,9 +441,17 @@ TEST(SampleProcessTest, OwnThreadsAndContextSwitches) {
   EXPECT_EQ(during->threads, before->threads + 3);
   // Summed over tasks: at least the main thread's own count plus two per helper thread.
   EXPECT_GE(during->voluntary_ctxt, static_cast<uint64_t>(main_thread.ru_nvcsw) + 6);
-  auto after = sample_process(::getpid());
-  ASSERT_TRUE(after.ok());
-  EXPECT_EQ(after->threads, before->threads);
+  // pthread_join returns when the kernel clears the thread's tid, which happens before the
+  // task is released and the process's Threads: count drops, so the count may lag briefly.
+  int threads_after = -1;
+  for (const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+       std::chrono::steady_clock::now() < deadline; std::this_thread::sleep_for(milliseconds(1))) {
+    auto after = sample_process(::getpid());
+    ASSERT_TRUE(after.ok());
+    threads_after = after->threads;
+    if (threads_after == before->threads) break;
+  }
+  EXPECT_EQ(threads_after, before->threads);
 }
 
 TEST(SampleProcessTest, OwnCpuTimeMatchesClock) {
