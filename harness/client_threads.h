@@ -241,8 +241,15 @@ class FixedConnections {
   size_t live() const { return live_; }  // not dead yet
   size_t connecting() const { return connecting_; }
 
-  // The next connection to start, in index order; requires !all_started().
-  size_t take_next() { return next_++; }
+  // Starts up to `batch` more connections, in index order: start(i) for each. Between two event
+  // passes, so the connections established early are served (and their connect latency
+  // measured) while later ones are still being opened.
+  template <typename Start>
+  void start_batch(int batch, Start&& start) {
+    for (int k = 0; k < batch && next_ < conns_.size(); ++k) start(next_++);
+  }
+  // The epoll_wait timeout: 0 while connections remain to be started, else `idle_ms`.
+  int poll_timeout_ms(int idle_ms) const { return all_started() ? idle_ms : 0; }
 
   // Starts connection i's non-blocking connect to `target` and registers it with `epoll` for
   // EPOLLOUT, data i. With `nodelay`, TCP_NODELAY is set before the handshake completes, so not
@@ -272,8 +279,8 @@ class FixedConnections {
     return error;
   }
 
-  // Calls expire(c) for every connection whose connect started timeout_ns or more before `now`
-  // and is still connecting; expire() must end it. Connects start in index order, so their
+  // Calls expire(c, now) for every connection whose connect started timeout_ns or more before
+  // `now` and is still connecting; expire() must end it. Connects start in index order, so their
   // deadlines are in order too: the scan starts at the oldest one that may still be connecting
   // and stops at the first with time left.
   template <typename Expire>
@@ -285,7 +292,7 @@ class FixedConnections {
         continue;
       }
       if (now - c.connect_start_ns < timeout_ns) break;
-      expire(c);
+      expire(c, now);
     }
   }
 

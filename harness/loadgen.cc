@@ -215,14 +215,10 @@ void Worker::run() {
 
   epoll_event events[kMaxEvents];
   while (!threads_.stop_requested() && conns_.live() > 0) {
-    // Connects are started in batches between event passes, so connections established early
-    // are served (and their connect latency measured) while later ones are still being opened.
-    for (int k = 0; k < kConnectBatch && !conns_.all_started(); ++k) {
-      start_connect(conns_.take_next());
-    }
+    conns_.start_batch(kConnectBatch, [this](size_t i) { start_connect(i); });
     if (conns_.live() == 0) break;
     arm_timer();
-    const int timeout = conns_.all_started() ? kPollTimeoutMs : 0;
+    const int timeout = conns_.poll_timeout_ms(kPollTimeoutMs);
     const ClientEvents ready = wait_events(epoll_, events, timeout);
     const int64_t woke_at = steady_now_ns();
     if (ready.interrupted) continue;
@@ -243,9 +239,8 @@ void Worker::run() {
       }
     }
     if (conns_.connecting() > 0) {
-      const int64_t now = steady_now_ns();
-      conns_.expire_connects(now, plan_.connect_timeout_ns,
-                             [&](Conn& c) { kill(c, "ETIMEDOUT", now); });
+      conns_.expire_connects(steady_now_ns(), plan_.connect_timeout_ns,
+                             [this](Conn& c, int64_t now) { kill(c, "ETIMEDOUT", now); });
     }
   }
   if (done_ns == 0) done_ns = steady_now_ns();

@@ -349,11 +349,9 @@ void EpollWorker::run() {
   if (config_.duplex) recv_buffer_.resize(kRecvBufferSize);
   epoll_event events[kMaxEvents];
   while (!threads_.stop_requested() && conns_.live() > 0) {
-    for (int k = 0; k < kConnectBatch && !conns_.all_started(); ++k) {
-      start_connect(conns_.take_next());
-    }
+    conns_.start_batch(kConnectBatch, [this](size_t i) { start_connect(i); });
     if (conns_.live() == 0) break;
-    const int timeout = conns_.all_started() ? kPollTimeoutMs : 0;
+    const int timeout = conns_.poll_timeout_ms(kPollTimeoutMs);
     const ClientEvents ready = wait_events(epoll_, events, timeout);
     if (ready.interrupted) continue;
     if (ready.error != 0) {
@@ -366,9 +364,8 @@ void EpollWorker::run() {
     }
     if (ready.stop) break;
     if (conns_.connecting() > 0) {
-      const int64_t now = steady_now_ns();
-      conns_.expire_connects(now, plan_.connect_timeout_ns,
-                             [&](Conn& c) { kill(c, "ETIMEDOUT", now); });
+      conns_.expire_connects(steady_now_ns(), plan_.connect_timeout_ns,
+                             [this](Conn& c, int64_t now) { kill(c, "ETIMEDOUT", now); });
     }
   }
   if (done_ns == 0) done_ns = steady_now_ns();

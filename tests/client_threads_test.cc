@@ -247,13 +247,20 @@ TEST(FixedConnections, ConnectsThenExpiresTimedOutConnectsInOrder) {
   FixedConnections<FixedConn> conns;
   conns.reset(5);
   EXPECT_EQ(conns.live(), 5u);
-  size_t started = 0;
-  while (!conns.all_started()) {
-    const size_t i = conns.take_next();
-    EXPECT_EQ(i, started++);
+  std::vector<size_t> started;
+  const auto start = [&](size_t i) {
+    started.push_back(i);
     ASSERT_EQ(conns.connect(i, epoll.get(), target, /*nodelay=*/true), "");
     EXPECT_TRUE(conns[i].connecting());
-  }
+  };
+  EXPECT_EQ(conns.poll_timeout_ms(50), 0);  // connections left to start: no sleeping
+  conns.start_batch(3, start);
+  EXPECT_EQ(started, (std::vector<size_t>{0, 1, 2}));
+  EXPECT_FALSE(conns.all_started());
+  conns.start_batch(3, start);
+  EXPECT_EQ(started, (std::vector<size_t>{0, 1, 2, 3, 4}));
+  EXPECT_TRUE(conns.all_started());
+  EXPECT_EQ(conns.poll_timeout_ms(50), 50);
   EXPECT_EQ(conns.connecting(), 5u);
   // Registered for EPOLLOUT under their index: all five report the end of their handshake.
   epoll_event events[8];
@@ -269,7 +276,8 @@ TEST(FixedConnections, ConnectsThenExpiresTimedOutConnectsInOrder) {
   EXPECT_EQ(conns.finish_connect(conns[1]), "");
   EXPECT_EQ(conns[1].state, ConnState::kOpen);
   std::vector<int64_t> expired;
-  const auto expire = [&](FixedConn& c) {
+  const auto expire = [&](FixedConn& c, int64_t now) {
+    EXPECT_GE(now - c.connect_start_ns, 15);
     expired.push_back(c.connect_start_ns);
     EXPECT_TRUE(conns.end(c));
   };
