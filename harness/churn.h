@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "harness/client_threads.h"
 #include "harness/histogram.h"
 #include "harness/loadgen.h"
 #include "harness/net.h"
@@ -22,17 +23,12 @@ enum class ChurnClose {
   kRst,  // SO_LINGER {1, 0} then close(): an RST, no TIME_WAIT on either side
 };
 
-struct ChurnConfig {
-  Address target;
+// Target, threads, CPUs, warm-up, duration, connect timeout and the window callbacks are
+// ClientRunConfig's; its `connections` are the concurrent slots here.
+struct ChurnConfig : ClientRunConfig {
   WireFormat wire = WireFormat::kFramed;  // the request, as rr sends it (see fill_payload)
-  int connections = 1;                    // concurrent slots
-  int threads = 1;                        // clamped to [1, connections]
-  std::vector<int> cpus;                  // client threads pinned here (round robin)
   size_t message_size = 64;               // payload bytes; >= kMinMessageSize
   ChurnClose close = ChurnClose::kFin;
-  std::chrono::nanoseconds warmup = std::chrono::seconds(1);
-  std::chrono::nanoseconds duration = std::chrono::seconds(5);
-  std::chrono::nanoseconds connect_timeout = std::chrono::seconds(10);
   std::chrono::nanoseconds reply_timeout = std::chrono::seconds(10);
   // How long a slot waits after a failed cycle before it connects again, so that a refusing
   // server or exhausted ephemeral ports cost a few errors per slot, not a busy loop.
@@ -40,10 +36,6 @@ struct ChurnConfig {
   // Starts a non-blocking connect (EINPROGRESS is success). Empty: connect_to(target, true).
   // Called concurrently from every client thread. Tests inject failures (EADDRNOTAVAIL) here.
   std::function<Expected<Fd>(const Address&)> connect;
-  // As in LoadConfig: called on the calling thread of run_churn() at the measured window's
-  // edges; on_measure_end exactly when on_measure_start was called. May be empty.
-  std::function<void()> on_measure_start;
-  std::function<void()> on_measure_end;
 };
 
 // One second of the measured window.

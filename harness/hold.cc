@@ -1,34 +1,18 @@
 #include "harness/hold.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <pthread.h>
-#include <sched.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <sys/socket.h>
 
 #include <algorithm>
-#include <atomic>
-#include <barrier>
 #include <cerrno>
 #include <cstring>
 #include <string_view>
-#include <thread>
 
+#include "harness/client_threads.h"
 #include "harness/frame.h"
 
 namespace sockbench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
-      .count();
-}
-
-constexpr uint64_t kWakeId = ~uint64_t{0};  // epoll data of the shared stop eventfd
 constexpr int kMaxEvents = 512;
 constexpr size_t kRecvBufferSize = kMaxHoldMessage + kFrameHeaderSize;
 constexpr int kSeqConnectionShift = 40;  // as in the load engine: seq = (connection << 40) + n
@@ -39,27 +23,12 @@ constexpr int kConnectBatch = 8;
 constexpr int kMaxWaitMs = 50;                  // bounds how late a timeout or a stop is seen
 constexpr int64_t kScanPeriodNs = 100'000'000;  // timeouts are checked this often
 
-// Read-only while a step runs, except the stop flag.
+// Read-only while a step runs.
 struct Shared {
   const HoldConfig* config = nullptr;
   size_t header_size = 0;  // 4 when framed
   uint32_t wire_size = 0;  // one request (= one reply) on the wire
   bool tcp = false;
-  int sources = 0;  // loopback source addresses to spread connects over; 0: the kernel picks
-  std::atomic<bool> stop{false};
-  Fd wake;  // eventfd in every thread's epoll; written to wake them all for the stop
-
-  void request_stop() {
-    if (stop.exchange(true)) return;
-    const uint64_t one = 1;
-    // Level-triggered and not read until the next step, so every epoll keeps reporting it.
-    [[maybe_unused]] const auto n = ::write(wake.get(), &one, sizeof one);
-  }
-  void reset_stop() {
-    uint64_t value = 0;
-    [[maybe_unused]] const auto n = ::read(wake.get(), &value, sizeof value);
-    stop.store(false);
-  }
 };
 
 enum class State : uint8_t { kIdle, kConnecting, kOpen, kDead };
@@ -87,56 +56,26 @@ bool is_peer_close(std::string_view error) {
   return error == "EOF" || error == "ECONNRESET" || error == "EPIPE";
 }
 
-// A non-blocking connect to an IPv4 loopback target from source address 127.0.0.(2 + index).
-Expected<Fd> connect_from(const Address& target, uint32_t index) {
-  Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd) return last_error();
-  // The port is then chosen by connect() for the whole 4-tuple, not by bind() for the address.
-  const int one = 1;
-  if (::setsockopt(fd.get(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one) != 0) {
-    return last_error();
-  }
-  sockaddr_in source{};
-  source.sin_family = AF_INET;
-  source.sin_addr.s_addr = htonl(INADDR_LOOPBACK + 1 + index);
-  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&source), sizeof source) != 0) {
-    return last_error();
-  }
-  // EINTR: a non-blocking connect continues asynchronously, like EINPROGRESS.
-  if (::connect(fd.get(), target.sa(), target.length) != 0 && errno != EINPROGRESS &&
-      errno != EINTR) {
-    return last_error();
-  }
-  return fd;
-}
-
-bool is_ipv4_loopback(const Address& address) {
-  if (address.family() != AF_INET) return false;
-  const auto* in = reinterpret_cast<const sockaddr_in*>(&address.storage);
-  return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-}
-
 // One client thread's connections, kept across steps. Only the thread running run_step() touches
 // it, and steps never overlap.
 class Worker {
  public:
-  Worker(Shared& shared, int index, Fd epoll)
+  Worker(Shared& shared, ClientThreads& threads, int index)
       : shared_(shared),
         config_(*shared.config),
-        index_(index),
-        epoll_(std::move(epoll)),
-        sources_(shared.sources) {}
+        threads_(threads),
+        epoll_(threads.epoll(index)),
+        sources_(config_.target, config_.loopback_sources) {}
 
-  // Opens `count` new connections numbered from first_id, holds everything for hold_ns.
-  // `hold_start` is where every thread waits for the others before holding.
-  void run_step(uint32_t first_id, size_t count, int64_t hold_ns, std::barrier<>& hold_start);
+  // Opens `count` new connections numbered from first_id, holds everything for hold_ns, the
+  // hold starting when every thread is ready for it (ClientThreads::arrive_and_wait()).
+  void run_step(uint32_t first_id, size_t count, int64_t hold_ns);
 
   HoldStepStats stats;  // the last step's
   uint64_t open() const { return open_; }
 
  private:
-  bool stopped() const { return shared_.stop.load(std::memory_order_relaxed); }
-  void pin();
+  bool stopped() const { return threads_.stop_requested(); }
   void connect_phase(size_t first, int64_t deadline_ns);
   void hold_phase(int64_t hold_ns);
   void drain_phase();
@@ -155,53 +94,40 @@ class Worker {
 
   Shared& shared_;
   const HoldConfig& config_;
-  int index_;
-  Fd epoll_;
+  ClientThreads& threads_;
+  int epoll_;
 
   std::vector<Conn> conns_;
   size_t pending_ = 0;   // connecting, or connected and not answered yet
   size_t awaiting_ = 0;  // with a request outstanding
   uint64_t open_ = 0;    // open and verified
   int64_t next_scan_ns_ = 0;
-  int sources_;  // Shared::sources, until binding a source address fails
+  LoopbackSources sources_;
 
   std::vector<char> recv_buffer_;
   std::string payload_;
   std::string request_;
 };
 
-void Worker::pin() {
-  if (config_.cpus.empty()) return;
-  const int cpu = config_.cpus[static_cast<size_t>(index_) % config_.cpus.size()];
-  if (cpu < 0 || cpu >= CPU_SETSIZE) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(static_cast<size_t>(cpu), &set);
-  // Not fatal: an unpinned client still measures, only less reproducibly.
-  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-}
-
-void Worker::run_step(uint32_t first_id, size_t count, int64_t hold_ns,
-                      std::barrier<>& hold_start) {
-  pin();
+void Worker::run_step(uint32_t first_id, size_t count, int64_t hold_ns) {
   stats = HoldStepStats{};
   if (recv_buffer_.empty()) recv_buffer_.resize(kRecvBufferSize);
-  const int64_t start = now_ns();
+  const int64_t start = steady_now_ns();
   next_scan_ns_ = start + kScanPeriodNs;
 
   const size_t first = conns_.size();
   conns_.resize(first + count);
   for (size_t k = 0; k < count; ++k) conns_[first + k].id = first_id + static_cast<uint32_t>(k);
   connect_phase(first, start + config_.connect_phase_limit.count());
-  const int64_t connected = now_ns();
+  const int64_t connected = steady_now_ns();
   stats.connect_seconds = static_cast<double>(connected - start) / 1e9;
 
   // Every thread holds at the same time, so the hold covers every connection at once.
-  hold_start.arrive_and_wait();
-  const int64_t hold_begin = now_ns();
+  threads_.arrive_and_wait();
+  const int64_t hold_begin = steady_now_ns();
   hold_phase(hold_ns);
   drain_phase();
-  stats.hold_seconds = static_cast<double>(now_ns() - hold_begin) / 1e9;
+  stats.hold_seconds = static_cast<double>(steady_now_ns() - hold_begin) / 1e9;
   stats.connections_open = open_;
 }
 
@@ -214,7 +140,7 @@ void Worker::connect_phase(size_t first, int64_t deadline_ns) {
     // Connects that keep timing out mean the server is not accepting: starting more would only
     // wait out the same timeout again, cap connections at a time.
     if (!stats.gave_up && next < conns_.size() &&
-        (stats.timeouts >= cap || now_ns() >= deadline_ns)) {
+        (stats.timeouts >= cap || steady_now_ns() >= deadline_ns)) {
       stats.gave_up = true;
     }
     for (int k = 0; k < kConnectBatch && !stats.gave_up && next < conns_.size() && pending_ < cap &&
@@ -234,7 +160,7 @@ void Worker::connect_phase(size_t first, int64_t deadline_ns) {
 // Connection k of the n this thread holds sends at hold start + (k + j n) * interval / n, for
 // j = 0, 1, ... while that is before the end: one request per interval each, evenly staggered.
 void Worker::hold_phase(int64_t hold_ns) {
-  const int64_t begin = now_ns();
+  const int64_t begin = steady_now_ns();
   const int64_t end = begin + hold_ns;
   const uint64_t n = conns_.size();
   const auto interval = static_cast<uint64_t>(config_.trickle_interval.count());
@@ -243,7 +169,7 @@ void Worker::hold_phase(int64_t hold_ns) {
   const uint64_t total = (static_cast<uint64_t>(hold_ns) * n + interval - 1) / interval;
   uint64_t taken = 0;
   while (!stopped()) {
-    const int64_t now = now_ns();
+    const int64_t now = steady_now_ns();
     const auto elapsed = static_cast<uint64_t>(now - begin);
     const uint64_t due = std::min(total, elapsed * n / interval + 1);
     for (; taken < due; ++taken) {
@@ -278,18 +204,18 @@ void Worker::drain_phase() {
 
 void Worker::poll_once(int timeout_ms) {
   epoll_event events[kMaxEvents];
-  const int n = ::epoll_wait(epoll_.get(), events, kMaxEvents, timeout_ms);
-  if (n < 0 && errno != EINTR) {
+  const ClientEvents ready = wait_events(epoll_, events, timeout_ms);
+  if (ready.error != 0) {
     // Not expected with a valid epoll fd; count it and end the step rather than spin.
-    ++stats.errors[errno_name(errno)];
-    shared_.request_stop();
+    ++stats.errors[errno_name(ready.error)];
+    threads_.request_stop();
     return;
   }
-  for (int e = 0; e < n; ++e) {
-    if (events[e].data.u64 == kWakeId) continue;
-    on_event(static_cast<size_t>(events[e].data.u64), events[e].events);
+  for (int e = 0; e < ready.count; ++e) {
+    const uint64_t id = events[e].data.u64;
+    if (id != kStopEventId) on_event(static_cast<size_t>(id), events[e].events);
   }
-  const int64_t now = now_ns();
+  const int64_t now = steady_now_ns();
   if (now >= next_scan_ns_) {
     scan_timeouts(now);
     next_scan_ns_ = now + kScanPeriodNs;
@@ -313,14 +239,8 @@ void Worker::start_connect(size_t i) {
   ++stats.attempted;
   ++pending_;
   c.state = State::kConnecting;
-  c.stamp_ns = now_ns();
-  auto fd = sources_ > 0 ? connect_from(config_.target, c.id % static_cast<uint32_t>(sources_))
-                         : connect_to(config_.target, /*nonblocking=*/true);
-  if (!fd && fd.error().value() == EADDRNOTAVAIL && sources_ > 0) {
-    // No 127.0.0.x beyond 127.0.0.1 here (or its ports are exhausted): let the kernel choose.
-    sources_ = 0;
-    fd = connect_to(config_.target, /*nonblocking=*/true);
-  }
+  c.stamp_ns = steady_now_ns();
+  auto fd = sources_.connect(config_.target, c.id);
   if (!fd) {
     lose(c, errno_name(fd.error().value()), Loss::kConnectFailed);
     return;
@@ -328,12 +248,9 @@ void Worker::start_connect(size_t i) {
   c.fd = std::move(*fd);
   // Before the handshake completes, so not even the first request waits for Nagle. Best effort.
   if (shared_.tcp) (void)set_nodelay(c.fd.get(), true);
-  epoll_event ev{};
-  ev.events = EPOLLOUT;
-  ev.data.u64 = i;
   c.want_out = true;
-  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c.fd.get(), &ev) != 0) {
-    lose(c, errno_name(errno), Loss::kOther);
+  if (const auto err = epoll_add(epoll_, c.fd.get(), EPOLLOUT, i)) {
+    lose(c, errno_name(err.value()), Loss::kOther);
   }
 }
 
@@ -349,13 +266,12 @@ void Worker::on_event(size_t i, uint32_t events) {
 }
 
 void Worker::on_connected(Conn& c, size_t i) {
-  if (const auto err = socket_error(c.fd.get())) {
+  if (const std::string error = connect_error(c.fd.get()); !error.empty()) {
     // A reset here means the handshake completed and the server closed at once.
-    const std::string name = errno_name(err.value());
-    lose(c, name, is_peer_close(name) ? Loss::kClosedByPeer : Loss::kConnectFailed);
+    lose(c, error, is_peer_close(error) ? Loss::kClosedByPeer : Loss::kConnectFailed);
     return;
   }
-  const int64_t now = now_ns();
+  const int64_t now = steady_now_ns();
   stats.connect_latency.record(static_cast<uint64_t>(now - c.stamp_ns));
   ++stats.established;
   c.state = State::kOpen;
@@ -366,11 +282,8 @@ void Worker::on_connected(Conn& c, size_t i) {
 
 void Worker::set_interest(Conn& c, size_t i, bool want_out) {
   if (c.want_out == want_out) return;
-  epoll_event ev{};
-  ev.events = EPOLLIN | (want_out ? EPOLLOUT : 0u);
-  ev.data.u64 = i;
-  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &ev) != 0) {
-    lose(c, errno_name(errno), Loss::kOther);
+  if (const auto err = epoll_modify(epoll_, c.fd.get(), EPOLLIN | (want_out ? EPOLLOUT : 0u), i)) {
+    lose(c, errno_name(err.value()), Loss::kOther);
     return;
   }
   c.want_out = want_out;
@@ -448,7 +361,7 @@ void Worker::on_readable(Conn& c, size_t i) {
   c.recv_off += static_cast<uint32_t>(n);
   if (c.recv_off < shared_.wire_size) return;
 
-  const int64_t now = now_ns();
+  const int64_t now = steady_now_ns();
   c.awaiting = false;
   --awaiting_;
   ++c.answered;
@@ -510,34 +423,30 @@ void merge_into(HoldStepStats& total, const HoldStepStats& s) {
   total.connect_latency.merge(s.connect_latency);
   total.first_reply_latency.merge(s.first_reply_latency);
   total.trickle_latency.merge(s.trickle_latency);
-  for (const auto& [name, count] : s.errors) total.errors[name] += count;
+  add_counts(total.errors, s.errors);
   total.gave_up = total.gave_up || s.gave_up;
   total.connect_seconds = std::max(total.connect_seconds, s.connect_seconds);
   total.hold_seconds = std::max(total.hold_seconds, s.hold_seconds);
 }
 
 std::error_code validate(const HoldConfig& c) {
-  const int family = c.target.family();
   const bool ok = c.threads >= 1 && c.message_size >= kMinMessageSize &&
                   c.message_size <= kMaxHoldMessage && c.max_pending_per_thread >= 1 &&
                   c.loopback_sources >= 0 && c.loopback_sources <= 250 &&
                   c.connect_timeout.count() > 0 && c.reply_timeout.count() > 0 &&
                   c.trickle_interval.count() > 0 && c.connect_phase_limit.count() > 0 &&
-                  (family == AF_INET || family == AF_INET6 || family == AF_UNIX);
+                  is_client_target(c.target);
   return ok ? std::error_code{} : std::make_error_code(std::errc::invalid_argument);
 }
 
 }  // namespace
 
-uint64_t HoldStepStats::error_count() const {
-  uint64_t total = unverified_replies;
-  for (const auto& [name, count] : errors) total += count;
-  return total;
-}
+uint64_t HoldStepStats::error_count() const { return unverified_replies + sum_counts(errors); }
 
 struct HoldEngine::Impl {
   HoldConfig config;
   Shared shared;
+  std::unique_ptr<ClientThreads> threads;
   std::vector<std::unique_ptr<Worker>> workers;
   uint64_t requested = 0;  // the last step's target
 };
@@ -555,18 +464,12 @@ Expected<HoldEngine> HoldEngine::create(const HoldConfig& config) {
   shared.config = &impl->config;
   shared.header_size = config.wire == WireFormat::kFramed ? kFrameHeaderSize : 0;
   shared.wire_size = static_cast<uint32_t>(shared.header_size + config.message_size);
-  shared.tcp = config.target.family() == AF_INET || config.target.family() == AF_INET6;
-  shared.sources = is_ipv4_loopback(config.target) ? config.loopback_sources : 0;
-  shared.wake = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!shared.wake) return last_error();
+  shared.tcp = is_tcp_target(config.target);
+  auto threads = ClientThreads::create(config.threads, config.cpus);
+  if (!threads) return threads.error();
+  impl->threads = std::move(*threads);
   for (int t = 0; t < config.threads; ++t) {
-    Fd epoll(::epoll_create1(EPOLL_CLOEXEC));
-    if (!epoll) return last_error();
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = kWakeId;
-    if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, shared.wake.get(), &ev) != 0) return last_error();
-    impl->workers.push_back(std::make_unique<Worker>(shared, t, std::move(epoll)));
+    impl->workers.push_back(std::make_unique<Worker>(shared, *impl->threads, t));
   }
   return HoldEngine(std::move(impl));
 }
@@ -584,31 +487,22 @@ Expected<HoldStepStats> HoldEngine::step(uint64_t target, std::chrono::nanosecon
     return std::make_error_code(std::errc::invalid_argument);
   }
   const uint64_t add = target - s.requested;
-  const auto threads = static_cast<uint64_t>(s.workers.size());
-  s.shared.reset_stop();
+  const int threads = static_cast<int>(s.workers.size());
+  ClientThreads& pool = *s.threads;
+  pool.reset_stop();
   std::error_code failed;
   {
-    std::stop_callback on_stop(stop, [&s] { s.shared.request_stop(); });
-    std::barrier<> hold_start(static_cast<std::ptrdiff_t>(threads));
-    std::vector<std::jthread> running;
-    running.reserve(s.workers.size());
+    std::stop_callback on_stop(stop, [&pool] { pool.request_stop(); });
     try {
-      for (uint64_t t = 0; t < threads; ++t) {
-        // Contiguous, even shares of the new connections: thread t gets [t*N/T, (t+1)*N/T).
-        const uint64_t first = s.requested + add * t / threads;
-        const uint64_t end = s.requested + add * (t + 1) / threads;
-        running.emplace_back([w = s.workers[t].get(), first, end, hold, &hold_start] {
-          w->run_step(static_cast<uint32_t>(first), static_cast<size_t>(end - first), hold.count(),
-                      hold_start);
-        });
-      }
+      pool.start([&](int t) {
+        const ThreadShare share = thread_share(add, t, threads);
+        s.workers[static_cast<size_t>(t)]->run_step(
+            static_cast<uint32_t>(s.requested + share.first), share.count, hold.count());
+      });
+      pool.join();
     } catch (const std::system_error& e) {
-      // The threads already running must not wait at the barrier for ones that never started.
-      failed = e.code();
-      s.shared.request_stop();
-      for (size_t k = running.size(); k < threads; ++k) hold_start.arrive_and_drop();
+      failed = e.code();  // the threads that did start are stopped and joined
     }
-    running.clear();  // joins
   }
   s.requested = target;
   if (failed) return failed;
@@ -616,7 +510,7 @@ Expected<HoldStepStats> HoldEngine::step(uint64_t target, std::chrono::nanosecon
   HoldStepStats total;
   total.connections_requested = target;
   for (const auto& w : s.workers) merge_into(total, w->stats);
-  total.interrupted = stop.stop_requested() || s.shared.stop.load();
+  total.interrupted = stop.stop_requested() || pool.stop_requested();
   return total;
 }
 

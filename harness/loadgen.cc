@@ -1,10 +1,7 @@
 #include "harness/loadgen.h"
 
 #include <fmt/format.h>
-#include <pthread.h>
-#include <sched.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
@@ -12,29 +9,17 @@
 #include <time.h>
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cmath>
-#include <condition_variable>
 #include <cstring>
 #include <memory>
-#include <mutex>
-#include <set>
 #include <string_view>
-#include <thread>
 
 #include "harness/frame.h"
 
 namespace sockbench {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
-      .count();
-}
 
 // The CPU time this thread has used, in ns.
 int64_t thread_cpu_ns() {
@@ -43,12 +28,10 @@ int64_t thread_cpu_ns() {
   return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
-constexpr int64_t kNsPerSecond = 1'000'000'000;
-constexpr int64_t kNever = INT64_MAX;       // no deadline
-constexpr uint64_t kWakeId = ~uint64_t{0};  // epoll data of the shared stop eventfd
-constexpr uint64_t kTimerId = kWakeId - 1;  // epoll data of the thread's own timerfd
-constexpr int kMaxSlotsPerPass = 4096;      // bounds one schedule pass, so stop stays prompt
-constexpr double kMaxRate = 1e9;            // one request per ns: the schedule's resolution
+constexpr int64_t kNever = INT64_MAX;            // no deadline
+constexpr uint64_t kTimerId = kStopEventId - 1;  // epoll data of the thread's own timerfd
+constexpr int kMaxSlotsPerPass = 4096;           // bounds one schedule pass, so stop stays prompt
+constexpr double kMaxRate = 1e9;                 // one request per ns: the schedule's resolution
 constexpr int kMaxEvents = 512;
 constexpr size_t kRecvBufferSize = 256 << 10;
 constexpr int kMaxIov = 1024;       // IOV_MAX on Linux
@@ -74,7 +57,7 @@ char filler_byte(size_t cycle_index) {
 }
 size_t filler_phase(uint64_t seq) { return static_cast<size_t>((seq * 151 + kStampSize) & 0xff); }
 
-// Read-only after the threads start, except `stop` and the coordinator fields under `mu`.
+// Read-only after the threads start.
 struct Plan {
   const LoadConfig* config = nullptr;
   size_t header_size = 0;  // 4 when framed
@@ -89,40 +72,10 @@ struct Plan {
   uint32_t max_outstanding = 0;
   int64_t origin_ns = 0;  // the schedule's time zero: start of the run
   std::string cycle;      // filler_byte(i) for i in [0, 256 + filler_size)
-  int64_t window_start_ns = 0;
-  int64_t window_end_ns = 0;
+  MeasuredWindow window;
   int64_t connect_timeout_ns = 0;
-  size_t slots = 0;  // seconds of the planned window, rounded up
-
-  std::atomic<bool> stop{false};
-  Fd wake;  // eventfd in every thread's epoll; written once to wake them all for the stop
-
-  std::mutex mu;
-  std::condition_variable_any cv;
-  int finished = 0;  // threads whose loop has ended
-
-  void request_stop() {
-    if (stop.exchange(true)) return;
-    const uint64_t one = 1;
-    // Level-triggered and never read, so every epoll keeps reporting it until the threads exit.
-    [[maybe_unused]] const auto n = ::write(wake.get(), &one, sizeof one);
-  }
+  size_t seconds = 0;  // of the planned window, rounded up
 };
-
-// Sets the stop flag on scope exit, so the jthreads declared before it can be joined even when
-// run_load() leaves early (an exception from a callback or from starting a thread).
-struct StopOnExit {
-  Plan& plan;
-  ~StopOnExit() { plan.request_stop(); }
-};
-
-struct Slot {
-  uint64_t requests = 0;
-  uint64_t errors = 0;
-  Histogram::Serialized latency;
-};
-
-enum class State : uint8_t { kIdle, kConnecting, kOpen, kDead };
 
 // The two times of one outstanding request.
 struct Stamp {
@@ -137,9 +90,7 @@ struct Stamp {
 // connection's ring at [seq & ring_mask]. The ring is sized to the pipeline (closed loop) or
 // grows by doubling with the outstanding count, up to max_outstanding (open loop), so a stall
 // costs memory in proportion to the requests it really held up.
-struct Conn {
-  Fd fd;
-  State state = State::kIdle;
+struct Conn : FixedConn {
   bool verified = false;    // completed at least one verified reply
   bool want_out = false;    // EPOLLOUT registered (a send is blocked, or connecting)
   uint32_t in_flight = 0;   // issued (stamped), reply not complete; sent or not
@@ -149,7 +100,6 @@ struct Conn {
   uint64_t recv_off = 0;    // bytes of the head request's reply received
   uint64_t base_seq = 0;
   uint64_t due = 0;  // open loop: intended send times passed, not yet issued (held by the cap)
-  int64_t connect_start_ns = 0;
   std::unique_ptr<Stamp[]> ring;
 };
 
@@ -157,15 +107,15 @@ struct Conn {
 // touches it between start and join.
 class Worker {
  public:
-  Worker(Plan& plan, int index, Fd epoll, Fd timer, size_t first_connection, size_t count)
-      : plan_(plan),
+  Worker(Plan& plan, ClientThreads& threads, int index, Fd timer, ThreadShare share)
+      : per_second(plan.window, plan.seconds),
+        plan_(plan),
         config_(*plan.config),
-        index_(index),
-        epoll_(std::move(epoll)),
+        threads_(threads),
+        epoll_(threads.epoll(index)),
         timer_(std::move(timer)),
-        first_connection_(first_connection),
-        count_(count),
-        slots_(plan.slots) {}
+        first_connection_(share.first),
+        count_(share.count) {}
 
   void run();
 
@@ -184,17 +134,12 @@ class Worker {
   uint64_t short_reads = 0;
   uint64_t short_writes = 0;
   uint64_t achieved = 0;
-  std::map<std::string, uint64_t> errors;
+  ErrnoCounts errors;
   int64_t done_ns = 0;  // when the last connection died (or the loop ended)
-  const std::vector<Slot>& slots() const { return slots_; }
+  PerSecondLog per_second;
 
  private:
-  bool in_window(int64_t now) const {
-    return now >= plan_.window_start_ns && now < plan_.window_end_ns;
-  }
-  size_t slot_of(int64_t now) const {
-    return static_cast<size_t>((now - plan_.window_start_ns) / kNsPerSecond);
-  }
+  bool in_window(int64_t now) const { return plan_.window.contains(now); }
   static Stamp& stamp(const Conn& c, uint64_t seq) { return c.ring[seq & c.ring_mask]; }
   uint64_t first_seq(size_t i) const {
     return static_cast<uint64_t>(first_connection_ + i) << kSeqConnectionShift;
@@ -204,7 +149,6 @@ class Worker {
                                               plan_.connections, plan_.rate, k);
   }
 
-  void pin();
   void start_connect(size_t i);
   void on_event(size_t i, uint32_t events);
   void on_connected(Conn& c, size_t i);
@@ -219,26 +163,20 @@ class Worker {
   void arm_timer();
   void on_timer(int64_t now);
   void take_cpu_edges(int64_t now);
-  void expire_connects(int64_t now);
   void kill(Conn& c, std::string_view error, int64_t now);
   void reject_reply(Conn& c, int64_t now);
   void count_error(std::string_view name, int64_t now);
   void record_latency(int64_t now, const Stamp& s);
-  void roll_interval();
 
   Plan& plan_;
   const LoadConfig& config_;
-  int index_;
-  Fd epoll_;
+  ClientThreads& threads_;
+  int epoll_;
   Fd timer_;  // timerfd, absolute CLOCK_MONOTONIC deadlines: the schedule and the window edges
   size_t first_connection_;
   size_t count_;
 
-  std::vector<Conn> conns_;
-  size_t next_connect_ = 0;
-  size_t expiry_cursor_ = 0;  // conns below it are no longer connecting
-  size_t live_ = 0;           // not dead (idle, connecting or open)
-  size_t connecting_ = 0;
+  FixedConnections<Conn> conns_;
 
   std::vector<char> recv_buffer_;
   std::vector<iovec> iov_;
@@ -254,22 +192,7 @@ class Worker {
   bool cpu_started_ = false;
   bool cpu_ended_ = false;
   int64_t cpu_start_ns_ = 0;
-
-  std::vector<Slot> slots_;
-  Histogram interval_;  // latency of the current second; serialized into its slot on roll-over
-  size_t interval_slot_ = SIZE_MAX;
 };
-
-void Worker::pin() {
-  if (config_.cpus.empty()) return;
-  const int cpu = config_.cpus[static_cast<size_t>(index_) % config_.cpus.size()];
-  if (cpu < 0 || cpu >= CPU_SETSIZE) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(static_cast<size_t>(cpu), &set);
-  // Not fatal: an unpinned client still measures, only less reproducibly.
-  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-}
 
 // Level-triggered epoll, on purpose. Request/response traffic makes each ready connection worth
 // exactly one recv() per wake-up: with level triggering a recv() that returns less than the
@@ -283,105 +206,84 @@ void Worker::pin() {
 // thing after epoll_wait returns, before any reply is read. Timer slack is set to 1 ns for
 // these threads: the default 50 us would be a whole slot at 20,000 requests/s.
 void Worker::run() {
-  pin();
   if (plan_.open) (void)::prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
-  conns_ = std::vector<Conn>(count_);
+  conns_.reset(count_);
   recv_buffer_.resize(kRecvBufferSize);
   iov_.resize(kMaxIov);
   prefixes_.resize(kMaxIov * kMaxPrefix);
-  live_ = count_;
   if (plan_.open) next_slot_ns_ = slot_ns(0, 0);
 
   epoll_event events[kMaxEvents];
-  while (!plan_.stop.load(std::memory_order_relaxed) && live_ > 0) {
-    // Connects are started in batches between event passes, so connections established early
-    // are served (and their connect latency measured) while later ones are still being opened.
-    for (int k = 0; k < kConnectBatch && next_connect_ < count_; ++k)
-      start_connect(next_connect_++);
-    if (live_ == 0) break;
+  while (!threads_.stop_requested() && conns_.live() > 0) {
+    conns_.start_batch(kConnectBatch, [this](size_t i) { start_connect(i); });
+    if (conns_.live() == 0) break;
     arm_timer();
-    const int timeout = next_connect_ < count_ ? 0 : kPollTimeoutMs;
-    const int n = ::epoll_wait(epoll_.get(), events, kMaxEvents, timeout);
-    const int64_t woke_at = now_ns();
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      count_error(errno_name(errno), woke_at);
+    const int timeout = conns_.poll_timeout_ms(kPollTimeoutMs);
+    const ClientEvents ready = wait_events(epoll_, events, timeout);
+    const int64_t woke_at = steady_now_ns();
+    if (ready.interrupted) continue;
+    if (ready.error != 0) {
+      count_error(errno_name(ready.error), woke_at);
       break;
     }
-    bool woken = false;
-    for (int e = 0; e < n; ++e) {
-      if (events[e].data.u64 == kWakeId) woken = true;
+    for (int e = 0; e < ready.count; ++e) {
       if (events[e].data.u64 == kTimerId) on_timer(woke_at);
     }
-    if (woken) break;
+    if (ready.stop) break;
     take_cpu_edges(woke_at);
     if (woke_at >= next_slot_ns_) run_schedule(woke_at);
-    for (int e = 0; e < n; ++e) {
+    for (int e = 0; e < ready.count; ++e) {
       const uint64_t id = events[e].data.u64;
-      if (id != kWakeId && id != kTimerId) on_event(static_cast<size_t>(id), events[e].events);
+      if (id != kStopEventId && id != kTimerId) {
+        on_event(static_cast<size_t>(id), events[e].events);
+      }
     }
-    if (connecting_ > 0) expire_connects(now_ns());
+    if (conns_.connecting() > 0) {
+      conns_.expire_connects(steady_now_ns(), plan_.connect_timeout_ns,
+                             [this](Conn& c, int64_t now) { kill(c, "ETIMEDOUT", now); });
+    }
   }
-  if (done_ns == 0) done_ns = now_ns();
+  if (done_ns == 0) done_ns = steady_now_ns();
   if (cpu_started_ && !cpu_ended_) cpu_ns = thread_cpu_ns() - cpu_start_ns_;
-  roll_interval();
-  conns_.clear();  // closes every fd this thread opened
-  {
-    std::lock_guard lock(plan_.mu);
-    ++plan_.finished;
-  }
-  plan_.cv.notify_all();
+  per_second.close();
+  conns_.reset(0);  // closes every fd this thread opened
 }
 
 void Worker::start_connect(size_t i) {
   Conn& c = conns_[i];
   c.base_seq = static_cast<uint64_t>(first_connection_ + i) << kSeqConnectionShift;
-  c.connect_start_ns = now_ns();
-  auto fd = connect_to(config_.target, /*nonblocking=*/true);
-  if (!fd) {
-    kill(c, errno_name(fd.error().value()), now_ns());
+  if (const std::string error = conns_.connect(i, epoll_, config_.target, plan_.tcp);
+      !error.empty()) {
+    kill(c, error, steady_now_ns());
     return;
   }
-  c.fd = std::move(*fd);
-  c.state = State::kConnecting;
-  ++connecting_;
-  // Before the handshake completes, so not even the first request waits for Nagle. Best effort.
-  if (plan_.tcp) (void)set_nodelay(c.fd.get(), true);
-  epoll_event ev{};
-  ev.events = EPOLLOUT;
-  ev.data.u64 = i;
   c.want_out = true;
-  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c.fd.get(), &ev) != 0) {
-    kill(c, errno_name(errno), now_ns());
-  }
 }
 
 void Worker::on_event(size_t i, uint32_t events) {
   Conn& c = conns_[i];
   switch (c.state) {
-    case State::kConnecting:
+    case ConnState::kConnecting:
       on_connected(c, i);
       break;
-    case State::kOpen:
+    case ConnState::kOpen:
       if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(c, i);
-      if (c.state == State::kOpen && (events & EPOLLOUT) && c.want_out) flush(c, i);
+      if (c.state == ConnState::kOpen && (events & EPOLLOUT) && c.want_out) flush(c, i);
       break;
-    case State::kIdle:
-    case State::kDead:  // closed earlier in this same batch of events
+    case ConnState::kIdle:
+    case ConnState::kDead:  // closed earlier in this same batch of events
       break;
   }
 }
 
 void Worker::on_connected(Conn& c, size_t i) {
-  const auto err = socket_error(c.fd.get());
-  const int64_t now = now_ns();
-  if (err) {
-    kill(c, errno_name(err.value()), now);
+  const std::string error = conns_.finish_connect(c);
+  const int64_t now = steady_now_ns();
+  if (!error.empty()) {
+    kill(c, error, now);
     return;
   }
   connect_latency.record(static_cast<uint64_t>(now - c.connect_start_ns));
-  c.state = State::kOpen;
-  --connecting_;
   set_want_out(c, i, false);
   if (plan_.open) {
     // Its schedule starts at its next slot not yet passed by the cursor: slot k of connection
@@ -395,11 +297,8 @@ void Worker::on_connected(Conn& c, size_t i) {
 
 void Worker::set_want_out(Conn& c, size_t i, bool on) {
   if (c.want_out == on) return;
-  epoll_event ev{};
-  ev.events = EPOLLIN | (on ? EPOLLOUT : 0u);
-  ev.data.u64 = i;
-  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &ev) != 0) {
-    kill(c, errno_name(errno), now_ns());
+  if (const auto err = epoll_modify(epoll_, c.fd.get(), EPOLLIN | (on ? EPOLLOUT : 0u), i)) {
+    kill(c, errno_name(err.value()), steady_now_ns());
     return;
   }
   c.want_out = on;
@@ -443,7 +342,7 @@ void Worker::issue_due(Conn& c, size_t i) {
 // the payload). A short send registers EPOLLOUT and resumes from the exact byte when writable.
 // A request's actual send time is that of the sendmsg() that took its first byte.
 void Worker::flush(Conn& c, size_t i) {
-  if (c.state != State::kOpen) return;
+  if (c.state != ConnState::kOpen) return;
   while (c.unsent < c.in_flight) {
     int iovcnt = 0;
     size_t offered = 0;
@@ -474,7 +373,7 @@ void Worker::flush(Conn& c, size_t i) {
     msghdr msg{};
     msg.msg_iov = iov_.data();
     msg.msg_iovlen = static_cast<size_t>(iovcnt);
-    const int64_t now = now_ns();
+    const int64_t now = steady_now_ns();
     const ssize_t n = ::sendmsg(c.fd.get(), &msg, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -537,7 +436,7 @@ void Worker::on_readable(Conn& c, size_t i) {
   do {
     n = ::recv(c.fd.get(), recv_buffer_.data(), recv_buffer_.size(), 0);
   } while (n < 0 && errno == EINTR);
-  const int64_t now = now_ns();
+  const int64_t now = steady_now_ns();
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return;
     kill(c, errno_name(errno), now);
@@ -605,7 +504,7 @@ void Worker::run_schedule(int64_t now) {
   for (int pass = 0; pass < kMaxSlotsPerPass && next_slot_ns_ <= now; ++pass) {
     const int64_t slot = next_slot_ns_;
     Conn& c = conns_[cursor_];
-    if (c.state == State::kOpen) {
+    if (c.state == ConnState::kOpen) {
       if (c.in_flight >= plan_.max_outstanding && in_window(slot)) ++capped_sends;
       ++c.due;
       issue_due(c, cursor_);
@@ -625,9 +524,9 @@ void Worker::run_schedule(int64_t now) {
 void Worker::arm_timer() {
   int64_t deadline = plan_.open ? next_slot_ns_ : kNever;
   if (!cpu_started_) {
-    deadline = std::min(deadline, plan_.window_start_ns);
+    deadline = std::min(deadline, plan_.window.start_ns);
   } else if (!cpu_ended_) {
-    deadline = std::min(deadline, plan_.window_end_ns);
+    deadline = std::min(deadline, plan_.window.end_ns);
   }
   if (deadline == armed_) return;
   itimerspec spec{};
@@ -653,11 +552,11 @@ void Worker::on_timer(int64_t now) {
 
 // Reads this thread's CPU time when it first sees the window start, then the window end.
 void Worker::take_cpu_edges(int64_t now) {
-  if (!cpu_started_ && now >= plan_.window_start_ns) {
+  if (!cpu_started_ && now >= plan_.window.start_ns) {
     cpu_started_ = true;
     cpu_start_ns_ = thread_cpu_ns();
   }
-  if (cpu_started_ && !cpu_ended_ && now >= plan_.window_end_ns) {
+  if (cpu_started_ && !cpu_ended_ && now >= plan_.window.end_ns) {
     cpu_ended_ = true;
     cpu_ns = thread_cpu_ns() - cpu_start_ns_;
   }
@@ -667,84 +566,30 @@ void Worker::record_latency(int64_t now, const Stamp& s) {
   const auto ns = static_cast<uint64_t>(std::max<int64_t>(now - s.origin, 0));
   latency.record(ns);
   service_time.record(static_cast<uint64_t>(std::max<int64_t>(now - s.sent, 0)));
-  const size_t slot = slot_of(now);
-  if (slot >= slots_.size()) return;
-  if (slot != interval_slot_) {
-    roll_interval();
-    interval_slot_ = slot;
-  }
-  interval_.record(ns);
-  ++slots_[slot].requests;
-}
-
-void Worker::roll_interval() {
-  if (interval_slot_ < slots_.size() && interval_.count() > 0) {
-    slots_[interval_slot_].latency = interval_.serialize();
-    interval_.reset();
-  }
-}
-
-// Connects start in index order, so their deadlines are ordered too: scan from the oldest one
-// still connecting and stop at the first that has time left.
-void Worker::expire_connects(int64_t now) {
-  for (size_t i = expiry_cursor_; i < next_connect_; ++i) {
-    Conn& c = conns_[i];
-    if (c.state != State::kConnecting) {
-      if (i == expiry_cursor_) ++expiry_cursor_;
-      continue;
-    }
-    if (now - c.connect_start_ns < plan_.connect_timeout_ns) break;
-    kill(c, "ETIMEDOUT", now);
-  }
+  per_second.record(now, ns);
 }
 
 void Worker::reject_reply(Conn& c, int64_t now) {
   ++unverified;
-  if (in_window(now)) {
-    const size_t slot = slot_of(now);
-    if (slot < slots_.size()) ++slots_[slot].errors;
-  }
+  per_second.count_error(now);
   kill(c, {}, now);
 }
 
 // Closes the connection for good (closing the fd also removes it from the epoll set).
 void Worker::kill(Conn& c, std::string_view error, int64_t now) {
-  if (c.state == State::kDead) return;
-  if (c.state == State::kConnecting) --connecting_;
-  c.state = State::kDead;
-  c.fd.reset();
+  if (!conns_.end(c)) return;
   c.ring.reset();
   c.due = 0;
   if (!error.empty()) count_error(error, now);
-  if (--live_ == 0) done_ns = now;
+  if (conns_.live() == 0) done_ns = now;
 }
 
 void Worker::count_error(std::string_view name, int64_t now) {
   ++errors[std::string(name)];
-  if (in_window(now)) {
-    const size_t slot = slot_of(now);
-    if (slot < slots_.size()) ++slots_[slot].errors;
-  }
+  per_second.count_error(now);
 }
 
 double seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double>(d).count(); }
-
-// The CPU capacity the client threads had: the distinct CPUs they are pinned to, or, unpinned,
-// the thread count but no more than the CPUs this process may run on.
-int client_cpu_capacity(const LoadConfig& config, int threads) {
-  std::set<int> pinned;
-  for (int t = 0; t < threads && !config.cpus.empty(); ++t) {
-    const int cpu = config.cpus[static_cast<size_t>(t) % config.cpus.size()];
-    if (cpu >= 0 && cpu < CPU_SETSIZE) pinned.insert(cpu);
-  }
-  if (!pinned.empty()) return static_cast<int>(pinned.size());
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (::sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) {
-    return std::min(threads, CPU_COUNT(&set));
-  }
-  return threads;
-}
 
 }  // namespace
 
@@ -815,11 +660,7 @@ int64_t intended_send_ns(int i, int n, double rate, uint64_t k) {
   return static_cast<int64_t>(slot * 1e9 / rate);  // truncation: floor, the value is >= 0
 }
 
-uint64_t LoadStats::error_count() const {
-  uint64_t total = unverified_replies;
-  for (const auto& [name, count] : errors) total += count;
-  return total;
-}
+uint64_t LoadStats::error_count() const { return unverified_replies + sum_counts(errors); }
 
 void fill_payload(uint64_t seq, uint64_t send_ns, size_t size, std::string& out) {
   out.resize(size);
@@ -844,7 +685,7 @@ Expected<LoadStats> run_load(const LoadConfig& config, std::stop_token stop) {
   plan.filler_size = config.message_size - kStampSize;
   plan.wire_size = plan.header_size + config.message_size;
   plan.pipeline = static_cast<uint32_t>(config.pipeline);
-  plan.tcp = config.target.family() == AF_INET || config.target.family() == AF_INET6;
+  plan.tcp = is_tcp_target(config.target);
   plan.open = is_open_loop(config);
   plan.rate = config.rate;
   plan.connections = config.connections;
@@ -852,68 +693,29 @@ Expected<LoadStats> run_load(const LoadConfig& config, std::stop_token stop) {
   plan.cycle.resize(256 + plan.filler_size);
   for (size_t i = 0; i < plan.cycle.size(); ++i) plan.cycle[i] = filler_byte(i);
   plan.connect_timeout_ns = config.connect_timeout.count();
-  plan.slots = static_cast<size_t>((config.duration.count() + kNsPerSecond - 1) / kNsPerSecond);
+  plan.seconds = seconds_rounded_up(config.duration);
 
-  plan.wake = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!plan.wake) return last_error();
+  auto threads = ClientThreads::create(thread_count, config.cpus);
+  if (!threads) return threads.error();
+  ClientThreads& pool = **threads;
   std::vector<std::unique_ptr<Worker>> workers;
   for (int t = 0; t < thread_count; ++t) {
-    Fd epoll(::epoll_create1(EPOLL_CLOEXEC));
-    if (!epoll) return last_error();
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = kWakeId;
-    if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, plan.wake.get(), &ev) != 0) return last_error();
     Fd timer(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
     if (!timer) return last_error();
-    ev.data.u64 = kTimerId;
-    if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, timer.get(), &ev) != 0) return last_error();
-    // Contiguous, even shares: thread t gets [t*N/T, (t+1)*N/T).
-    const size_t first = connections * static_cast<size_t>(t) / static_cast<size_t>(thread_count);
-    const size_t end = connections * static_cast<size_t>(t + 1) / static_cast<size_t>(thread_count);
-    workers.push_back(
-        std::make_unique<Worker>(plan, t, std::move(epoll), std::move(timer), first, end - first));
+    if (auto err = epoll_add(pool.epoll(t), timer.get(), EPOLLIN, kTimerId)) return err;
+    workers.push_back(std::make_unique<Worker>(plan, pool, t, std::move(timer),
+                                               thread_share(connections, t, thread_count)));
   }
 
-  const int64_t start_ns = now_ns();
-  plan.origin_ns = start_ns;
-  plan.window_start_ns = start_ns + config.warmup.count();
-  plan.window_end_ns = plan.window_start_ns + config.duration.count();
-  const Clock::time_point window_start{std::chrono::nanoseconds(plan.window_start_ns)};
-  const Clock::time_point window_end{std::chrono::nanoseconds(plan.window_end_ns)};
-
-  bool measured = false;
-  int64_t actual_end_ns = plan.window_start_ns;
-  {
-    std::vector<std::jthread> threads;
-    threads.reserve(workers.size());
-    StopOnExit stop_on_exit{plan};  // destroyed before `threads`, which then join
-    for (auto& worker : workers) threads.emplace_back([w = worker.get()] { w->run(); });
-
-    const auto all_finished = [&] { return plan.finished == thread_count; };
-    std::unique_lock lock(plan.mu);
-    plan.cv.wait_until(lock, stop, window_start, all_finished);
-    if (!stop.stop_requested() && !all_finished()) {
-      lock.unlock();
-      if (config.on_measure_start) config.on_measure_start();
-      measured = true;
-      lock.lock();
-      plan.cv.wait_until(lock, stop, window_end, all_finished);
-      if (all_finished()) {
-        for (const auto& w : workers) actual_end_ns = std::max(actual_end_ns, w->done_ns);
-      } else if (stop.stop_requested()) {
-        actual_end_ns = now_ns();
-      } else {
-        actual_end_ns = plan.window_end_ns;
-      }
-      actual_end_ns = std::clamp(actual_end_ns, plan.window_start_ns, plan.window_end_ns);
-      lock.unlock();
-      if (config.on_measure_end) config.on_measure_end();
-    }
-    if (lock.owns_lock()) lock.unlock();
-    plan.request_stop();
-    for (auto& thread : threads) thread.join();
-  }
+  plan.origin_ns = steady_now_ns();
+  plan.window = measured_window(config, plan.origin_ns);
+  pool.start([&workers](int t) { workers[static_cast<size_t>(t)]->run(); });
+  const WindowOutcome window =
+      pool.measure(plan.window, stop, config.on_measure_start, config.on_measure_end, [&workers] {
+        int64_t last = 0;
+        for (const auto& w : workers) last = std::max(last, w->done_ns);
+        return last;
+      });
 
   LoadStats stats;
   stats.connections_requested = connections;
@@ -933,31 +735,15 @@ Expected<LoadStats> run_load(const LoadConfig& config, std::stop_token stop) {
     stats.short_reads += w->short_reads;
     stats.short_writes += w->short_writes;
     stats.connections_achieved += w->achieved;
-    for (const auto& [name, count] : w->errors) stats.errors[name] += count;
+    add_counts(stats.errors, w->errors);
   }
-  if (measured) {
-    const int64_t window_ns = actual_end_ns - plan.window_start_ns;
-    stats.measured_seconds = static_cast<double>(window_ns) / static_cast<double>(kNsPerSecond);
-    if (stats.measured_seconds > 0) {
-      stats.client_cpu_utilisation =
-          stats.client_cpu_seconds /
-          (stats.measured_seconds * client_cpu_capacity(config, thread_count));
-    }
-    const auto whole = std::min(plan.slots, static_cast<size_t>(window_ns / kNsPerSecond));
-    for (size_t s = 0; s < whole; ++s) {
-      IntervalSample sample;
-      sample.t_seconds = static_cast<double>(s + 1);
-      Histogram merged;
-      for (const auto& w : workers) {
-        const Slot& slot = w->slots()[s];
-        sample.requests += slot.requests;
-        sample.errors += slot.errors;
-        if (!slot.latency.buckets.empty()) merged.merge(Histogram::deserialize(slot.latency));
-      }
-      sample.p99_ns = merged.percentile(99);
-      stats.timeseries.push_back(sample);
-    }
+  stats.measured_seconds = window.seconds();
+  if (stats.measured_seconds > 0) {
+    stats.client_cpu_utilisation =
+        stats.client_cpu_seconds /
+        (stats.measured_seconds * client_cpu_capacity(config.cpus, thread_count));
   }
+  stats.timeseries = per_second_series<IntervalSample>(workers, window.whole_seconds(plan.seconds));
   return stats;
 }
 

@@ -11,12 +11,12 @@
 
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <stop_token>
 #include <string>
 #include <vector>
 
+#include "harness/client_threads.h"
 #include "harness/histogram.h"
 #include "harness/net.h"
 
@@ -26,12 +26,10 @@ namespace sockbench {
 // the same frame. kRaw: the payload alone (echo protocol), the reply is the same bytes.
 enum class WireFormat { kFramed, kRaw };
 
-struct LoadConfig {
-  Address target;
+// Request/response load. Target, connections, threads, CPUs, warm-up, duration, connect timeout
+// and the window callbacks are ClientRunConfig's.
+struct LoadConfig : ClientRunConfig {
   WireFormat wire = WireFormat::kFramed;
-  int connections = 1;
-  int threads = 1;           // clamped to [1, connections]
-  std::vector<int> cpus;     // client threads pinned here (round robin); empty: no pin
   size_t message_size = 64;  // payload bytes per request; >= kMinMessageSize
   int pipeline = 1;          // requests in flight per connection (closed loop only)
   // Open loop: total requests/s over all connections, > 0. 0 with open_loop false: closed loop.
@@ -45,15 +43,6 @@ struct LoadConfig {
   // delayed, never dropped, and its latency still counts from its intended time. 1 is wrk2's
   // behaviour (one request on the wire per connection).
   int max_outstanding = 1 << 16;
-  std::chrono::nanoseconds warmup = std::chrono::seconds(1);
-  std::chrono::nanoseconds duration = std::chrono::seconds(5);
-  std::chrono::nanoseconds connect_timeout = std::chrono::seconds(10);
-  // Called on the calling thread of run_load() when measurement starts and when it ends, so the
-  // caller can sample the server at the window's edges. May be empty. on_measure_start is not
-  // called when the run is stopped or every connection is dead before the warm-up ends;
-  // on_measure_end is called exactly when on_measure_start was.
-  std::function<void()> on_measure_start;
-  std::function<void()> on_measure_end;
 };
 
 // The payload starts with the sequence number and send timestamp (8 bytes each, big-endian).

@@ -1,37 +1,23 @@
 #include "harness/stream.h"
 
 #include <poll.h>
-#include <pthread.h>
-#include <sched.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <string_view>
 #include <thread>
 
 namespace sockbench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
-      .count();
-}
-
-constexpr int64_t kNsPerSecond = 1'000'000'000;
-constexpr uint64_t kWakeId = ~uint64_t{0};  // epoll data of the shared stop eventfd
-constexpr size_t kCycle = 65521;            // prime, so no power-of-two shift maps onto itself
-constexpr uint64_t kPhaseStride = 40503;    // connection i enters the cycle at i * stride
+constexpr size_t kCycle = 65521;          // prime, so no power-of-two shift maps onto itself
+constexpr uint64_t kPhaseStride = 40503;  // connection i enters the cycle at i * stride
 constexpr size_t kRecvBufferSize = 256 << 10;
 constexpr int kMaxEvents = 256;
 constexpr int kConnectBatch = 128;  // connects started between two event passes
@@ -62,51 +48,19 @@ struct Slot {
   uint64_t errors = 0;
 };
 
-// Read-only after the threads start, except `stop` and the coordinator fields under `mu`.
+// Read-only after the threads start.
 struct Plan {
   const StreamConfig* config = nullptr;
   // The cycle repeated, long enough that any phase can be followed by one message or one
   // receive buffer: every send goes straight from here and every echo is compared against it.
   std::string reference;
-  int64_t window_start_ns = 0;
-  int64_t window_end_ns = 0;
+  MeasuredWindow window;
   int64_t connect_timeout_ns = 0;
-  size_t slots = 0;  // seconds of the planned window, rounded up
+  size_t seconds = 0;  // of the planned window, rounded up
 
-  std::atomic<bool> stop{false};
-  Fd wake;  // eventfd in every epoll set; written once to wake them all for the stop
-
-  std::mutex mu;
-  std::condition_variable_any cv;
-  int finished = 0;  // threads whose loop has ended
-
-  bool in_window(int64_t now) const { return now >= window_start_ns && now < window_end_ns; }
-  size_t slot_of(int64_t now) const {
-    return static_cast<size_t>((now - window_start_ns) / kNsPerSecond);
-  }
   const char* at(uint64_t index, uint64_t offset) const {
     return reference.data() + (phase_of(index) + offset % kCycle) % kCycle;
   }
-  void request_stop() {
-    if (stop.exchange(true)) return;
-    const uint64_t one = 1;
-    // Level-triggered and never read, so every epoll keeps reporting it until the threads exit.
-    [[maybe_unused]] const auto n = ::write(wake.get(), &one, sizeof one);
-  }
-  void finish() {
-    {
-      std::lock_guard lock(mu);
-      ++finished;
-    }
-    cv.notify_all();
-  }
-};
-
-// Sets the stop flag on scope exit, so the jthreads declared before it can be joined even when
-// run_stream() leaves early (an exception from a callback or from starting a thread).
-struct StopOnExit {
-  Plan& plan;
-  ~StopOnExit() { plan.request_stop(); }
 };
 
 // What one thread counted; merged after join.
@@ -122,17 +76,17 @@ struct Counters {
   uint64_t mismatches = 0;
   uint64_t achieved = 0;
   Histogram connect_latency;
-  std::map<std::string, uint64_t> errors;
+  ErrnoCounts errors;
   std::vector<Slot> slots;
 
   Slot* slot(const Plan& plan, int64_t now) {
-    if (!plan.in_window(now)) return nullptr;
-    const size_t s = plan.slot_of(now);
+    if (!plan.window.contains(now)) return nullptr;
+    const size_t s = plan.window.second_of(now);
     return s < slots.size() ? &slots[s] : nullptr;
   }
   void on_sent(const Plan& plan, int64_t now, uint64_t n, bool offered_all, bool message_done) {
     total_sent += n;
-    if (!plan.in_window(now)) return;
+    if (!plan.window.contains(now)) return;
     bytes_sent += n;
     if (!offered_all) ++short_writes;
     if (message_done) ++messages;
@@ -143,12 +97,12 @@ struct Counters {
   }
   void on_received(const Plan& plan, int64_t now, uint64_t n) {
     total_received += n;
-    if (!plan.in_window(now)) return;
+    if (!plan.window.contains(now)) return;
     bytes_received += n;
     if (Slot* s = slot(plan, now)) s->bytes_received += n;
   }
   void on_short_write(const Plan& plan, int64_t now) {
-    if (plan.in_window(now)) ++short_writes;
+    if (plan.window.contains(now)) ++short_writes;
   }
   void on_error(const Plan& plan, std::string_view name, int64_t now) {
     if (!name.empty()) ++errors[std::string(name)];
@@ -168,7 +122,7 @@ struct Counters {
     mismatches += other.mismatches;
     achieved += other.achieved;
     connect_latency.merge(other.connect_latency);
-    for (const auto& [name, count] : other.errors) errors[name] += count;
+    add_counts(errors, other.errors);
     for (size_t s = 0; s < slots.size() && s < other.slots.size(); ++s) {
       slots[s].bytes_sent += other.slots[s].bytes_sent;
       slots[s].bytes_received += other.slots[s].bytes_received;
@@ -177,17 +131,6 @@ struct Counters {
     }
   }
 };
-
-void pin_to(const std::vector<int>& cpus, int index) {
-  if (cpus.empty()) return;
-  const int cpu = cpus[static_cast<size_t>(index) % cpus.size()];
-  if (cpu < 0 || cpu >= CPU_SETSIZE) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(static_cast<size_t>(cpu), &set);
-  // Not fatal: an unpinned client still measures, only less reproducibly.
-  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-}
 
 // True when the echoed bytes [offset, offset + n) of connection `index` are what was sent.
 bool echo_matches(const Plan& plan, uint64_t index, uint64_t offset, const char* data, size_t n) {
@@ -201,8 +144,12 @@ bool echo_matches(const Plan& plan, uint64_t index, uint64_t offset, const char*
 // duplex, a second thread reads the echo with blocking recv().
 class SingleStream {
  public:
-  explicit SingleStream(Plan& plan)
-      : plan_(plan), config_(*plan.config), writer_(plan.slots), reader_(plan.slots) {}
+  SingleStream(Plan& plan, ClientThreads& threads)
+      : plan_(plan),
+        config_(*plan.config),
+        threads_(threads),
+        writer_(plan.seconds),
+        reader_(plan.seconds) {}
 
   void run();
   Counters& writer() { return writer_; }
@@ -217,12 +164,11 @@ class SingleStream {
   void end_connection() {
     if (!dead_.exchange(true)) ::shutdown(fd_.get(), SHUT_RDWR);
   }
-  bool ending() const {
-    return plan_.stop.load(std::memory_order_relaxed) || dead_.load(std::memory_order_acquire);
-  }
+  bool ending() const { return threads_.stop_requested() || dead_.load(std::memory_order_acquire); }
 
   Plan& plan_;
   const StreamConfig& config_;
+  ClientThreads& threads_;
   Counters writer_;
   Counters reader_;
   Fd fd_;  // shared by both threads; closed only after the reader is joined
@@ -234,18 +180,18 @@ class SingleStream {
 };
 
 bool SingleStream::connect() {
-  const int64_t start = now_ns();
+  const int64_t start = steady_now_ns();
   auto fd = connect_to(config_.target, /*nonblocking=*/true);
   if (!fd) {
-    writer_.on_error(plan_, errno_name(fd.error().value()), now_ns());
+    writer_.on_error(plan_, errno_name(fd.error().value()), steady_now_ns());
     return false;
   }
   fd_ = std::move(*fd);
   for (;;) {
-    if (plan_.stop.load(std::memory_order_relaxed)) return false;
+    if (threads_.stop_requested()) return false;
     pollfd p{fd_.get(), POLLOUT, 0};
     const int n = ::poll(&p, 1, kPollTimeoutMs);
-    const int64_t now = now_ns();
+    const int64_t now = steady_now_ns();
     if (n < 0 && errno != EINTR) {
       writer_.on_error(plan_, errno_name(errno), now);
       return false;
@@ -256,28 +202,27 @@ bool SingleStream::connect() {
       return false;
     }
   }
-  if (const auto err = socket_error(fd_.get())) {
-    writer_.on_error(plan_, errno_name(err.value()), now_ns());
+  if (const std::string error = connect_error(fd_.get()); !error.empty()) {
+    writer_.on_error(plan_, error, steady_now_ns());
     return false;
   }
-  writer_.connect_latency.record(static_cast<uint64_t>(now_ns() - start));
+  writer_.connect_latency.record(static_cast<uint64_t>(steady_now_ns() - start));
   const timeval timeout{0, kBlockingTimeoutMs * 1000};
   if (const auto err = set_nonblocking(fd_.get(), false);
       err || ::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout) != 0 ||
       ::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) != 0) {
-    writer_.on_error(plan_, errno_name(err ? err.value() : errno), now_ns());
+    writer_.on_error(plan_, errno_name(err ? err.value() : errno), steady_now_ns());
     return false;
   }
   return true;
 }
 
 void SingleStream::run() {
-  pin_to(config_.cpus, 0);
   if (connect()) {
     std::jthread reader;
     if (config_.duplex) {
       reader = std::jthread([this] {
-        pin_to(config_.cpus, 1);
+        pin_client_thread(config_.cpus, 1);
         read_loop();
       });
     }
@@ -287,8 +232,7 @@ void SingleStream::run() {
     if (achieved_) writer_.achieved = 1;
   }
   fd_.reset();
-  done_ns = now_ns();
-  plan_.finish();
+  done_ns = steady_now_ns();
 }
 
 void SingleStream::write_loop() {
@@ -299,7 +243,7 @@ void SingleStream::write_loop() {
     const uint64_t want = message - in_msg;
     offered_.store(sent + want, std::memory_order_release);
     const ssize_t n = ::send(fd_.get(), plan_.at(0, sent), want, MSG_NOSIGNAL);
-    const int64_t now = now_ns();
+    const int64_t now = steady_now_ns();
     if (n < 0) {
       const int err = errno;
       if (err == EINTR) continue;
@@ -326,7 +270,7 @@ void SingleStream::read_loop() {
   bool verified = false;
   while (!ending()) {
     const ssize_t n = ::recv(fd_.get(), buffer.data(), buffer.size(), 0);
-    const int64_t now = now_ns();
+    const int64_t now = steady_now_ns();
     if (n < 0) {
       const int err = errno;
       if (err == EINTR || err == EAGAIN || err == EWOULDBLOCK) continue;
@@ -353,150 +297,117 @@ void SingleStream::read_loop() {
 
 // ---- Many connections: per-thread epoll loops ---------------------------------------------
 
-enum class State : uint8_t { kIdle, kConnecting, kOpen, kDead };
-
-struct Conn {
-  Fd fd;
-  State state = State::kIdle;
+struct Conn : FixedConn {
   bool achieved = false;
   uint64_t sent = 0;      // stream offset of the next byte to send
   uint64_t in_msg = 0;    // bytes of the current message already sent
   uint64_t received = 0;  // duplex: stream offset of the next byte expected back
-  int64_t connect_start_ns = 0;
 };
 
 // One client thread: its epoll loop, its connections, its counters. Only its own thread touches
 // it between start and join.
 class EpollWorker {
  public:
-  EpollWorker(Plan& plan, int index, Fd epoll, size_t first_connection, size_t count)
+  EpollWorker(Plan& plan, ClientThreads& threads, int index, ThreadShare share)
       : plan_(plan),
         config_(*plan.config),
-        index_(index),
-        epoll_(std::move(epoll)),
-        first_connection_(first_connection),
-        count_(count),
-        counters_(plan.slots) {}
+        threads_(threads),
+        epoll_(threads.epoll(index)),
+        first_connection_(share.first),
+        count_(share.count),
+        counters_(plan.seconds) {}
 
   void run();
   Counters& counters() { return counters_; }
   int64_t done_ns = 0;  // when the last connection died (or the loop ended)
 
  private:
-  uint64_t stream_index(const Conn& c) const {
-    return first_connection_ + static_cast<size_t>(&c - conns_.data());
-  }
+  uint64_t stream_index(const Conn& c) const { return first_connection_ + conns_.index_of(c); }
   void start_connect(size_t i);
   void on_event(size_t i, uint32_t events);
   void on_connected(Conn& c, size_t i);
   void write(Conn& c);
   void read(Conn& c);
-  void expire_connects(int64_t now);
   void kill(Conn& c, std::string_view error, int64_t now);
 
   Plan& plan_;
   const StreamConfig& config_;
-  int index_;
-  Fd epoll_;
+  ClientThreads& threads_;
+  int epoll_;
   size_t first_connection_;
   size_t count_;
   Counters counters_;
 
-  std::vector<Conn> conns_;
+  FixedConnections<Conn> conns_;
   std::vector<char> recv_buffer_;
-  size_t next_connect_ = 0;
-  size_t expiry_cursor_ = 0;  // conns below it are no longer connecting
-  size_t live_ = 0;
-  size_t connecting_ = 0;
 };
 
 // Level-triggered: a connection whose send buffer has room is reported on every pass and gets
 // kSendsPerEvent messages, so the connections of a thread share its time evenly.
 void EpollWorker::run() {
-  pin_to(config_.cpus, index_);
-  conns_ = std::vector<Conn>(count_);
+  conns_.reset(count_);
   if (config_.duplex) recv_buffer_.resize(kRecvBufferSize);
-  live_ = count_;
   epoll_event events[kMaxEvents];
-  while (!plan_.stop.load(std::memory_order_relaxed) && live_ > 0) {
-    for (int k = 0; k < kConnectBatch && next_connect_ < count_; ++k)
-      start_connect(next_connect_++);
-    if (live_ == 0) break;
-    const int timeout = next_connect_ < count_ ? 0 : kPollTimeoutMs;
-    const int n = ::epoll_wait(epoll_.get(), events, kMaxEvents, timeout);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      counters_.on_error(plan_, errno_name(errno), now_ns());
+  while (!threads_.stop_requested() && conns_.live() > 0) {
+    conns_.start_batch(kConnectBatch, [this](size_t i) { start_connect(i); });
+    if (conns_.live() == 0) break;
+    const int timeout = conns_.poll_timeout_ms(kPollTimeoutMs);
+    const ClientEvents ready = wait_events(epoll_, events, timeout);
+    if (ready.interrupted) continue;
+    if (ready.error != 0) {
+      counters_.on_error(plan_, errno_name(ready.error), steady_now_ns());
       break;
     }
-    bool woken = false;
-    for (int e = 0; e < n; ++e) {
-      if (events[e].data.u64 == kWakeId) {
-        woken = true;
-        continue;
-      }
-      on_event(static_cast<size_t>(events[e].data.u64), events[e].events);
+    for (int e = 0; e < ready.count; ++e) {
+      const uint64_t id = events[e].data.u64;
+      if (id != kStopEventId) on_event(static_cast<size_t>(id), events[e].events);
     }
-    if (woken) break;
-    if (connecting_ > 0) expire_connects(now_ns());
+    if (ready.stop) break;
+    if (conns_.connecting() > 0) {
+      conns_.expire_connects(steady_now_ns(), plan_.connect_timeout_ns,
+                             [this](Conn& c, int64_t now) { kill(c, "ETIMEDOUT", now); });
+    }
   }
-  if (done_ns == 0) done_ns = now_ns();
+  if (done_ns == 0) done_ns = steady_now_ns();
   for (const Conn& c : conns_) counters_.achieved += c.achieved ? 1 : 0;
-  conns_.clear();  // closes every fd this thread opened
-  plan_.finish();
+  conns_.reset(0);  // closes every fd this thread opened
 }
 
 void EpollWorker::start_connect(size_t i) {
-  Conn& c = conns_[i];
-  c.connect_start_ns = now_ns();
-  auto fd = connect_to(config_.target, /*nonblocking=*/true);
-  if (!fd) {
-    kill(c, errno_name(fd.error().value()), now_ns());
-    return;
-  }
-  c.fd = std::move(*fd);
-  c.state = State::kConnecting;
-  ++connecting_;
-  epoll_event ev{};
-  ev.events = EPOLLOUT;
-  ev.data.u64 = i;
-  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c.fd.get(), &ev) != 0) {
-    kill(c, errno_name(errno), now_ns());
+  if (const std::string error = conns_.connect(i, epoll_, config_.target, /*nodelay=*/false);
+      !error.empty()) {
+    kill(conns_[i], error, steady_now_ns());
   }
 }
 
 void EpollWorker::on_event(size_t i, uint32_t events) {
   Conn& c = conns_[i];
   switch (c.state) {
-    case State::kConnecting:
+    case ConnState::kConnecting:
       on_connected(c, i);
       break;
-    case State::kOpen:
+    case ConnState::kOpen:
       if (config_.duplex && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) read(c);
       // One way, an error is reported by the send() it makes fail.
-      if (c.state == State::kOpen && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) write(c);
+      if (c.state == ConnState::kOpen && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) write(c);
       break;
-    case State::kIdle:
-    case State::kDead:  // closed earlier in this same batch of events
+    case ConnState::kIdle:
+    case ConnState::kDead:  // closed earlier in this same batch of events
       break;
   }
 }
 
 void EpollWorker::on_connected(Conn& c, size_t i) {
-  const auto err = socket_error(c.fd.get());
-  const int64_t now = now_ns();
-  if (err) {
-    kill(c, errno_name(err.value()), now);
+  const std::string error = conns_.finish_connect(c);
+  const int64_t now = steady_now_ns();
+  if (!error.empty()) {
+    kill(c, error, now);
     return;
   }
   counters_.connect_latency.record(static_cast<uint64_t>(now - c.connect_start_ns));
-  c.state = State::kOpen;
-  --connecting_;
-  epoll_event ev{};
-  ev.events = EPOLLOUT | (config_.duplex ? EPOLLIN : 0u);
-  ev.data.u64 = i;
-  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &ev) != 0) {
-    kill(c, errno_name(errno), now);
+  if (const auto err =
+          epoll_modify(epoll_, c.fd.get(), EPOLLOUT | (config_.duplex ? EPOLLIN : 0u), i)) {
+    kill(c, errno_name(err.value()), now);
     return;
   }
   write(c);
@@ -505,10 +416,10 @@ void EpollWorker::on_connected(Conn& c, size_t i) {
 void EpollWorker::write(Conn& c) {
   const uint64_t message = config_.message_size;
   const uint64_t index = stream_index(c);
-  for (int k = 0; k < kSendsPerEvent && c.state == State::kOpen;) {
+  for (int k = 0; k < kSendsPerEvent && c.state == ConnState::kOpen;) {
     const uint64_t want = message - c.in_msg;
     const ssize_t n = ::send(c.fd.get(), plan_.at(index, c.sent), want, MSG_NOSIGNAL);
-    const int64_t now = now_ns();
+    const int64_t now = steady_now_ns();
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -532,9 +443,9 @@ void EpollWorker::write(Conn& c) {
 
 void EpollWorker::read(Conn& c) {
   const uint64_t index = stream_index(c);
-  for (int k = 0; k < kRecvsPerEvent && c.state == State::kOpen;) {
+  for (int k = 0; k < kRecvsPerEvent && c.state == ConnState::kOpen;) {
     const ssize_t n = ::recv(c.fd.get(), recv_buffer_.data(), recv_buffer_.size(), 0);
-    const int64_t now = now_ns();
+    const int64_t now = steady_now_ns();
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
@@ -560,44 +471,23 @@ void EpollWorker::read(Conn& c) {
   }
 }
 
-// Connects start in index order, so their deadlines are ordered too.
-void EpollWorker::expire_connects(int64_t now) {
-  for (size_t i = expiry_cursor_; i < next_connect_; ++i) {
-    Conn& c = conns_[i];
-    if (c.state != State::kConnecting) {
-      if (i == expiry_cursor_) ++expiry_cursor_;
-      continue;
-    }
-    if (now - c.connect_start_ns < plan_.connect_timeout_ns) break;
-    kill(c, "ETIMEDOUT", now);
-  }
-}
-
 // Closes the connection for good (closing the fd also removes it from the epoll set).
 void EpollWorker::kill(Conn& c, std::string_view error, int64_t now) {
-  if (c.state == State::kDead) return;
-  if (c.state == State::kConnecting) --connecting_;
-  c.state = State::kDead;
-  c.fd.reset();
+  if (!conns_.end(c)) return;
   if (!error.empty()) counters_.on_error(plan_, error, now);
-  if (--live_ == 0) done_ns = now;
+  if (conns_.live() == 0) done_ns = now;
 }
 
 std::error_code validate(const StreamConfig& c) {
-  const int family = c.target.family();
   const bool ok = c.connections >= 1 && c.message_size >= 1 && c.warmup.count() >= 0 &&
                   c.duration.count() > 0 && c.connect_timeout.count() > 0 &&
-                  (family == AF_INET || family == AF_INET6 || family == AF_UNIX);
+                  is_client_target(c.target);
   return ok ? std::error_code{} : std::make_error_code(std::errc::invalid_argument);
 }
 
 }  // namespace
 
-uint64_t StreamStats::error_count() const {
-  uint64_t total = mismatches;
-  for (const auto& [name, count] : errors) total += count;
-  return total;
-}
+uint64_t StreamStats::error_count() const { return mismatches + sum_counts(errors); }
 
 char stream_byte(uint64_t index, uint64_t offset) {
   return cycle_byte((phase_of(index) + offset % kCycle) % kCycle);
@@ -613,76 +503,41 @@ Expected<StreamStats> run_stream(const StreamConfig& config, std::stop_token sto
   plan.reference.resize(kCycle + std::max(config.message_size, kRecvBufferSize));
   for (size_t i = 0; i < plan.reference.size(); ++i) plan.reference[i] = cycle_byte(i % kCycle);
   plan.connect_timeout_ns = config.connect_timeout.count();
-  plan.slots = static_cast<size_t>((config.duration.count() + kNsPerSecond - 1) / kNsPerSecond);
-  plan.wake = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!plan.wake) return last_error();
+  plan.seconds = seconds_rounded_up(config.duration);
 
+  auto threads = ClientThreads::create(thread_count, config.cpus,
+                                       single ? ClientLoops::kNone : ClientLoops::kEpoll);
+  if (!threads) return threads.error();
+  ClientThreads& pool = **threads;
   std::unique_ptr<SingleStream> single_stream;
   std::vector<std::unique_ptr<EpollWorker>> workers;
   if (single) {
-    single_stream = std::make_unique<SingleStream>(plan);
+    single_stream = std::make_unique<SingleStream>(plan, pool);
   } else {
     const auto connections = static_cast<size_t>(config.connections);
     for (int t = 0; t < thread_count; ++t) {
-      Fd epoll(::epoll_create1(EPOLL_CLOEXEC));
-      if (!epoll) return last_error();
-      epoll_event ev{};
-      ev.events = EPOLLIN;
-      ev.data.u64 = kWakeId;
-      if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, plan.wake.get(), &ev) != 0) return last_error();
-      // Contiguous, even shares: thread t gets [t*N/T, (t+1)*N/T).
-      const size_t first = connections * static_cast<size_t>(t) / static_cast<size_t>(thread_count);
-      const size_t end =
-          connections * static_cast<size_t>(t + 1) / static_cast<size_t>(thread_count);
       workers.push_back(
-          std::make_unique<EpollWorker>(plan, t, std::move(epoll), first, end - first));
+          std::make_unique<EpollWorker>(plan, pool, t, thread_share(connections, t, thread_count)));
     }
   }
 
-  const int64_t start_ns = now_ns();
-  plan.window_start_ns = start_ns + config.warmup.count();
-  plan.window_end_ns = plan.window_start_ns + config.duration.count();
-  const Clock::time_point window_start{std::chrono::nanoseconds(plan.window_start_ns)};
-  const Clock::time_point window_end{std::chrono::nanoseconds(plan.window_end_ns)};
-
-  bool measured = false;
-  int64_t actual_end_ns = plan.window_start_ns;
-  {
-    std::vector<std::jthread> threads;
-    StopOnExit stop_on_exit{plan};  // destroyed before `threads`, which then join
+  plan.window = measured_window(config, steady_now_ns());
+  pool.start([&](int t) {
     if (single_stream) {
-      threads.emplace_back([s = single_stream.get()] { s->run(); });
+      single_stream->run();
     } else {
-      for (auto& worker : workers) threads.emplace_back([w = worker.get()] { w->run(); });
+      workers[static_cast<size_t>(t)]->run();
     }
+  });
+  const WindowOutcome window =
+      pool.measure(plan.window, stop, config.on_measure_start, config.on_measure_end, [&] {
+        if (single_stream) return single_stream->done_ns;
+        int64_t last = 0;
+        for (const auto& w : workers) last = std::max(last, w->done_ns);
+        return last;
+      });
 
-    const auto all_finished = [&] { return plan.finished == thread_count; };
-    std::unique_lock lock(plan.mu);
-    plan.cv.wait_until(lock, stop, window_start, all_finished);
-    if (!stop.stop_requested() && !all_finished()) {
-      lock.unlock();
-      if (config.on_measure_start) config.on_measure_start();
-      measured = true;
-      lock.lock();
-      plan.cv.wait_until(lock, stop, window_end, all_finished);
-      if (all_finished()) {
-        if (single_stream) actual_end_ns = single_stream->done_ns;
-        for (const auto& w : workers) actual_end_ns = std::max(actual_end_ns, w->done_ns);
-      } else if (stop.stop_requested()) {
-        actual_end_ns = now_ns();
-      } else {
-        actual_end_ns = plan.window_end_ns;
-      }
-      actual_end_ns = std::clamp(actual_end_ns, plan.window_start_ns, plan.window_end_ns);
-      lock.unlock();
-      if (config.on_measure_end) config.on_measure_end();
-    }
-    if (lock.owns_lock()) lock.unlock();
-    plan.request_stop();
-    for (auto& thread : threads) thread.join();
-  }
-
-  Counters total(plan.slots);
+  Counters total(plan.seconds);
   if (single_stream) {
     total.merge(single_stream->writer());
     total.merge(single_stream->reader());
@@ -703,15 +558,11 @@ Expected<StreamStats> run_stream(const StreamConfig& config, std::stop_token sto
   stats.connections_requested = static_cast<uint64_t>(config.connections);
   stats.connections_achieved = total.achieved;
   stats.errors = std::move(total.errors);
-  if (measured) {
-    const int64_t window_ns = actual_end_ns - plan.window_start_ns;
-    stats.measured_seconds = static_cast<double>(window_ns) / static_cast<double>(kNsPerSecond);
-    const auto whole = std::min(plan.slots, static_cast<size_t>(window_ns / kNsPerSecond));
-    for (size_t s = 0; s < whole; ++s) {
-      const Slot& slot = total.slots[s];
-      stats.timeseries.push_back({static_cast<double>(s + 1), slot.bytes_sent, slot.bytes_received,
-                                  slot.messages, slot.errors});
-    }
+  stats.measured_seconds = window.seconds();
+  for (size_t s = 0; s < window.whole_seconds(plan.seconds); ++s) {
+    const Slot& slot = total.slots[s];
+    stats.timeseries.push_back({static_cast<double>(s + 1), slot.bytes_sent, slot.bytes_received,
+                                slot.messages, slot.errors});
   }
   return stats;
 }

@@ -5,31 +5,22 @@
 
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <stop_token>
 #include <string>
 #include <vector>
 
+#include "harness/client_threads.h"
 #include "harness/histogram.h"
 #include "harness/net.h"
 
 namespace sockbench {
 
-struct StreamConfig {
-  Address target;
-  int connections = 1;
-  int threads = 1;        // epoll threads for connections > 1, clamped to [1, connections]
-  std::vector<int> cpus;  // client threads pinned here (round robin); empty: no pin
+// Target, connections, CPUs, warm-up, duration, connect timeout and the window callbacks are
+// ClientRunConfig's; its `threads` are epoll threads, used for connections > 1 only.
+struct StreamConfig : ClientRunConfig {
   size_t message_size = 128 << 10;  // bytes offered to one send()
   bool duplex = false;              // read the echo concurrently and verify it
-  std::chrono::nanoseconds warmup = std::chrono::seconds(1);
-  std::chrono::nanoseconds duration = std::chrono::seconds(5);
-  std::chrono::nanoseconds connect_timeout = std::chrono::seconds(10);
-  // As in LoadConfig: called on the calling thread of run_stream() at the measured window's
-  // edges; on_measure_end exactly when on_measure_start was called. May be empty.
-  std::function<void()> on_measure_start;
-  std::function<void()> on_measure_end;
 };
 
 // One second of the measured window.

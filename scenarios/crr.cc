@@ -84,8 +84,7 @@ results::Record run_crr(ServerHandle& server, const BenchParams& params, std::st
                    {"msg", std::to_string(params.message_size)},
                    {"close", close_name(params.close)}};
 
-  std::optional<ProcSample> before;
-  std::optional<ProcSample> after;
+  WindowSamples server_samples(server);
   ChurnConfig config;
   config.target = server.address();
   config.wire = params.wire;
@@ -96,8 +95,7 @@ results::Record run_crr(ServerHandle& server, const BenchParams& params, std::st
   config.close = params.close == CloseMode::kRst ? ChurnClose::kRst : ChurnClose::kFin;
   config.warmup = params.warmup;
   config.duration = params.duration;
-  config.on_measure_start = [&] { before = server.sample(); };
-  config.on_measure_end = [&] { after = server.sample(); };
+  server_samples.attach(config);
 
   const auto overflows_before = time_wait_overflows();
   auto churned = run_churn(config, stop);
@@ -126,16 +124,11 @@ results::Record run_crr(ServerHandle& server, const BenchParams& params, std::st
   record.set("unverified_replies", static_cast<double>(stats.unverified_replies));
   record.set("short_reads", static_cast<double>(stats.short_reads));
   record.set("short_writes", static_cast<double>(stats.short_writes));
-  if (before && after) {
-    const double cpu_us = (after->cpu_seconds - before->cpu_seconds) * 1e6;
+  if (server_samples.complete()) {
+    const double cpu_us = server_samples.cpu_seconds() * 1e6;
     record.cpu_time = cycles > 0 ? cpu_us / cycles : 0;
     record.set("server_cpu_us_per_connection", record.cpu_time);
-    record.set("server_rss_kb", static_cast<double>(after->rss_kb));
-    record.set("server_threads", after->threads);
-    record.set("server_context_switches",
-               static_cast<double>((after->voluntary_ctxt + after->involuntary_ctxt) -
-                                   (before->voluntary_ctxt + before->involuntary_ctxt)));
-    record.set("server_open_fds", after->open_fds);
+    server_samples.set_metrics(record);
   }
 
   // Who holds the TIME_WAIT: the side that closed first. Client sockets are the ones whose
@@ -151,7 +144,7 @@ results::Record run_crr(ServerHandle& server, const BenchParams& params, std::st
       record.warnings.push_back(
           fmt::format("cannot read /proc/net/tcp: {}", client.error().message()));
     }
-    if (after) {
+    if (server_samples.after()) {
       auto server_side = count_tcp_states({.local_port = port});
       if (server_side) {
         record.set("time_wait_server", static_cast<double>(time_wait(*server_side)));
@@ -180,12 +173,7 @@ results::Record run_crr(ServerHandle& server, const BenchParams& params, std::st
     record.timeseries.push_back(point);
   }
 
-  std::string why;
-  if (!server.alive(&why)) {
-    record.error = fmt::format("server {} exited during the run ({})", record.server, why);
-  } else if (stop.stop_requested()) {
-    record.error = "interrupted";
-  } else if (stats.slots_achieved < stats.slots_requested) {
+  if (run_ended_cleanly(server, stop, record) && stats.slots_achieved < stats.slots_requested) {
     record.warnings.push_back(fmt::format("only {} of {} connection slots completed a cycle",
                                           stats.slots_achieved, stats.slots_requested));
   }

@@ -39,10 +39,7 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
                    {"pipeline", std::to_string(options.pipeline)}};
   if (open_loop(options)) record.params.emplace_back("rate", rate_text(options.rate));
 
-  // The server is sampled at the edges of the measured window so its CPU time and context
-  // switches are charged to exactly the requests that were counted.
-  std::optional<ProcSample> before;
-  std::optional<ProcSample> after;
+  WindowSamples server_samples(server);
   LoadConfig config;
   config.target = server.address();
   config.wire = options.wire;
@@ -55,8 +52,7 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   config.rate = options.rate;
   config.warmup = options.warmup;
   config.duration = options.duration;
-  config.on_measure_start = [&] { before = server.sample(); };
-  config.on_measure_end = [&] { after = server.sample(); };
+  server_samples.attach(config);
 
   if (const auto why = describe_invalid(config); !why.empty()) {
     record.error = fmt::format("invalid load: {}", why);
@@ -99,16 +95,11 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
     record.set("generator_lag_p99_us", us(stats.generator_lag.percentile(99)));
     record.set("generator_lag_max_us", us(stats.generator_lag.max()));
   }
-  if (before && after) {
-    const double cpu_us = (after->cpu_seconds - before->cpu_seconds) * 1e6;
+  if (server_samples.complete()) {
+    const double cpu_us = server_samples.cpu_seconds() * 1e6;
     record.cpu_time = requests > 0 ? cpu_us / requests : 0;
     record.set("server_cpu_us_per_request", record.cpu_time);
-    record.set("server_rss_kb", static_cast<double>(after->rss_kb));
-    record.set("server_threads", after->threads);
-    record.set("server_context_switches",
-               static_cast<double>((after->voluntary_ctxt + after->involuntary_ctxt) -
-                                   (before->voluntary_ctxt + before->involuntary_ctxt)));
-    record.set("server_open_fds", after->open_fds);
+    server_samples.set_metrics(record);
   }
   record.errors = stats.errors;
   record.latency = stats.latency;
@@ -120,12 +111,8 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
                                  .errors = sample.errors});
   }
 
-  std::string why;
-  if (!server.alive(&why)) {
-    record.error = fmt::format("server {} exited during the run ({})", record.server, why);
-  } else if (stop.stop_requested()) {
-    record.error = "interrupted";
-  } else if (stats.connections_achieved < stats.connections_requested) {
+  if (run_ended_cleanly(server, stop, record) &&
+      stats.connections_achieved < stats.connections_requested) {
     record.warnings.push_back(fmt::format("only {} of {} connections achieved",
                                           stats.connections_achieved, stats.connections_requested));
   }

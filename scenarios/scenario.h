@@ -3,10 +3,13 @@
 #pragma once
 
 #include <optional>
+#include <stop_token>
 #include <string>
 
+#include "harness/client_threads.h"
 #include "harness/net.h"
 #include "harness/process.h"
+#include "results/record.h"
 
 namespace sockbench::scenarios {
 
@@ -22,5 +25,34 @@ class ServerHandle {
   // False once the server process has exited; `why` then says how ("killed by SIGSEGV").
   virtual bool alive(std::string* why) = 0;
 };
+
+// The server sampled at the edges of an engine's measured window, so its CPU time and context
+// switches are charged to exactly what the window counted. Used from the scenario's thread.
+class WindowSamples {
+ public:
+  explicit WindowSamples(ServerHandle& server) : server_(server) {}
+
+  // Takes a sample in `config`'s on_measure_start and on_measure_end; *this must outlive the run.
+  void attach(ClientRunConfig& config);
+  // Both edges were sampled: the window started and the server could be observed at its ends.
+  bool complete() const { return before_ && after_; }
+  // The server's CPU seconds over the window; complete() only.
+  double cpu_seconds() const { return after_->cpu_seconds - before_->cpu_seconds; }
+  // The sample at the window's end, if any.
+  const std::optional<ProcSample>& after() const { return after_; }
+  // Sets server_rss_kb, server_threads, server_context_switches and server_open_fds, in that
+  // order; nothing unless complete().
+  void set_metrics(results::Record& record) const;
+
+ private:
+  ServerHandle& server_;
+  std::optional<ProcSample> before_;
+  std::optional<ProcSample> after_;
+};
+
+// Names why a finished run's record failed: "server <name> exited during the run (<why>)" when
+// the server is gone, else "interrupted" when `stop` was requested. True (record.error left
+// alone) when neither.
+bool run_ended_cleanly(ServerHandle& server, const std::stop_token& stop, results::Record& record);
 
 }  // namespace sockbench::scenarios

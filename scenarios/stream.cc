@@ -2,8 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <optional>
-
 #include "harness/stream.h"
 
 namespace sockbench::scenarios {
@@ -30,8 +28,7 @@ results::Record run_stream_scenario(ServerHandle& server, const BenchParams& par
                    {"msg", std::to_string(params.message_size)}};
   if (params.duplex) record.params.emplace_back("duplex", "1");
 
-  std::optional<ProcSample> before;
-  std::optional<ProcSample> after;
+  WindowSamples server_samples(server);
   StreamConfig config;
   config.target = server.address();
   config.connections = params.clients;
@@ -41,8 +38,7 @@ results::Record run_stream_scenario(ServerHandle& server, const BenchParams& par
   config.duplex = params.duplex;
   config.warmup = params.warmup;
   config.duration = params.duration;
-  config.on_measure_start = [&] { before = server.sample(); };
-  config.on_measure_end = [&] { after = server.sample(); };
+  server_samples.attach(config);
 
   auto streamed = run_stream(config, stop);
   if (!streamed) {
@@ -74,18 +70,13 @@ results::Record run_stream_scenario(ServerHandle& server, const BenchParams& par
   record.set("connections_achieved", static_cast<double>(stats.connections_achieved));
   record.set("errors", static_cast<double>(stats.error_count()));
   record.set("short_writes", static_cast<double>(stats.short_writes));
-  if (before && after) {
+  if (server_samples.complete()) {
     // CPU per request means nothing for a byte stream; the share of one CPU the server used
     // over the window does (100 = one core busy).
-    const double cpu_seconds = after->cpu_seconds - before->cpu_seconds;
+    const double cpu_seconds = server_samples.cpu_seconds();
     record.cpu_time = messages > 0 ? cpu_seconds * 1e6 / messages : 0;
     record.set("server_cpu_percent", cpu_seconds / seconds * 100);
-    record.set("server_rss_kb", static_cast<double>(after->rss_kb));
-    record.set("server_threads", after->threads);
-    record.set("server_context_switches",
-               static_cast<double>((after->voluntary_ctxt + after->involuntary_ctxt) -
-                                   (before->voluntary_ctxt + before->involuntary_ctxt)));
-    record.set("server_open_fds", after->open_fds);
+    server_samples.set_metrics(record);
   }
   record.errors = stats.errors;
   for (const auto& interval : stats.timeseries) {
@@ -96,17 +87,15 @@ results::Record run_stream_scenario(ServerHandle& server, const BenchParams& par
     record.timeseries.push_back(point);
   }
 
-  std::string why;
-  if (!server.alive(&why)) {
-    record.error = fmt::format("server {} exited during the run ({})", record.server, why);
-  } else if (stop.stop_requested()) {
-    record.error = "interrupted";
-  } else if (stats.bytes_sent == 0) {
-    record.error =
-        fmt::format("no bytes were sent in the measured window ({} errors)", stats.error_count());
-  } else if (stats.connections_achieved < stats.connections_requested) {
-    record.warnings.push_back(fmt::format("only {} of {} connections achieved",
-                                          stats.connections_achieved, stats.connections_requested));
+  if (run_ended_cleanly(server, stop, record)) {
+    if (stats.bytes_sent == 0) {
+      record.error =
+          fmt::format("no bytes were sent in the measured window ({} errors)", stats.error_count());
+    } else if (stats.connections_achieved < stats.connections_requested) {
+      record.warnings.push_back(fmt::format("only {} of {} connections achieved",
+                                            stats.connections_achieved,
+                                            stats.connections_requested));
+    }
   }
   if (stats.mismatches > 0) {
     record.warnings.push_back(fmt::format(

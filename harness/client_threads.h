@@ -1,0 +1,399 @@
+// The client-side machinery the load engines share (loadgen: request/response, churn:
+// connect-request-close, stream: bulk transfer, hold: many idle connections), wrk's shape: T
+// client threads pinned round robin to a CPU set, each running its own loop over its own epoll
+// set, one stop wake-up for all of them, statistics kept per thread and merged after join. Plus
+// what every engine does to its connections: non-blocking connects and their timeouts, source
+// addresses spread over the loopback range, errors counted by errno name, per-second counts of
+// the measured window. Each engine keeps only what is specific to its workload.
+#pragma once
+
+#include <sys/epoll.h>
+
+#include <atomic>
+#include <barrier>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "harness/expected.h"
+#include "harness/fd.h"
+#include "harness/histogram.h"
+#include "harness/net.h"
+
+namespace sockbench {
+
+// What the engines with a warm-up and a measured window (run_load, run_churn, run_stream) take
+// alike; their configs add what is specific to the workload.
+struct ClientRunConfig {
+  Address target;
+  int connections = 1;
+  int threads = 1;        // client threads, clamped to [1, connections]
+  std::vector<int> cpus;  // client threads pinned here (round robin); empty: no pin
+  std::chrono::nanoseconds warmup = std::chrono::seconds(1);
+  std::chrono::nanoseconds duration = std::chrono::seconds(5);
+  std::chrono::nanoseconds connect_timeout = std::chrono::seconds(10);
+  // Called on the calling thread of the engine's run function when measurement starts and when
+  // it ends, so the caller can sample the server at the window's edges. May be empty.
+  // on_measure_start is not called when the run is stopped, or every client thread has ended
+  // (every connection dead), before the warm-up ends; on_measure_end is called exactly when
+  // on_measure_start was.
+  std::function<void()> on_measure_start;
+  std::function<void()> on_measure_end;
+};
+
+// ---- Time -------------------------------------------------------------------------------------
+
+inline constexpr int64_t kNsPerSecond = 1'000'000'000;
+
+// steady_clock (CLOCK_MONOTONIC on Linux, the clock of timerfd deadlines) now, in ns.
+int64_t steady_now_ns();
+
+// Whole seconds in `d`, rounded up: the per-second slots a window of that length needs.
+size_t seconds_rounded_up(std::chrono::nanoseconds d);
+
+// The planned measured window, in steady_clock ns: [start_ns, end_ns).
+struct MeasuredWindow {
+  int64_t start_ns = 0;
+  int64_t end_ns = 0;
+
+  bool contains(int64_t now) const { return now >= start_ns && now < end_ns; }
+  // The second of the window `now` falls in, counted from 0; meaningful when contains(now).
+  size_t second_of(int64_t now) const {
+    return static_cast<size_t>((now - start_ns) / kNsPerSecond);
+  }
+};
+
+// The window of a run started at start_ns: config.warmup later, for config.duration.
+MeasuredWindow measured_window(const ClientRunConfig& config, int64_t start_ns);
+
+// The window as it was actually measured (ClientThreads::measure()).
+struct WindowOutcome {
+  bool measured = false;  // on_measure_start was called
+  int64_t length_ns = 0;  // the actual window length; 0 unless measured
+
+  double seconds() const {
+    return static_cast<double>(length_ns) / static_cast<double>(kNsPerSecond);
+  }
+  // Whole seconds of the actual window, at most `planned` (seconds_rounded_up(duration)).
+  size_t whole_seconds(size_t planned) const;
+};
+
+// ---- Threads ----------------------------------------------------------------------------------
+
+// The CPU client thread `index` is pinned to: cpus[index % cpus.size()]; nullopt when `cpus` is
+// empty or that entry is not a valid CPU number.
+std::optional<int> client_thread_cpu(const std::vector<int>& cpus, int index);
+
+// Pins the calling thread to client_thread_cpu(cpus, index). Best effort, never fatal: an
+// unpinned client still measures, only less reproducibly.
+void pin_client_thread(const std::vector<int>& cpus, int index);
+
+// The CPU capacity `threads` client threads have: the distinct CPUs they are pinned to, or,
+// unpinned, the thread count but no more than the CPUs this process may run on.
+int client_cpu_capacity(const std::vector<int>& cpus, int threads);
+
+// Thread `thread`'s share of `items` split over `threads`: contiguous and even,
+// [thread * items / threads, (thread + 1) * items / threads).
+struct ThreadShare {
+  size_t first = 0;
+  size_t count = 0;
+};
+ThreadShare thread_share(size_t items, int thread, int threads);
+
+// epoll data of the stop wake-up in every client thread's epoll set; never a connection's.
+inline constexpr uint64_t kStopEventId = ~uint64_t{0};
+
+// Whether client loops get an epoll set. kNone: the loops block in calls of their own (stream's
+// single connection), and only see the stop through stop_requested().
+enum class ClientLoops { kEpoll, kNone };
+
+// T client threads, started and joined together, any number of times (one run at a time). Each
+// runs a caller-supplied loop, pinned to client_thread_cpu(cpus, t), with its own epoll set
+// holding the stop wake-up (data kStopEventId): an eventfd written once by request_stop() and
+// never read, so, level-triggered, every epoll_wait reports it until reset_stop(). Owns the epoll
+// sets and the eventfd. Not movable. Start, measure, join and reset_stop from one thread; the
+// loops call stop_requested(), request_stop() and arrive_and_wait().
+class ClientThreads {
+ public:
+  // threads >= 1. Errors: the errno of eventfd, epoll_create1 or epoll_ctl.
+  static Expected<std::unique_ptr<ClientThreads>> create(int threads, std::vector<int> cpus,
+                                                         ClientLoops loops = ClientLoops::kEpoll);
+
+  ClientThreads(const ClientThreads&) = delete;
+  ClientThreads& operator=(const ClientThreads&) = delete;
+  // Stops and joins the loops still running.
+  ~ClientThreads();
+
+  int size() const { return static_cast<int>(epolls_.size()); }
+  // Thread t's epoll set (-1 with ClientLoops::kNone); owned here, valid as long as *this.
+  int epoll(int t) const { return epolls_[static_cast<size_t>(t)].get(); }
+
+  // Starts thread t running loop(t), for t in [0, size()). Throws std::system_error as
+  // std::jthread does when a thread cannot be started, having first stopped and joined the
+  // threads it did start (arrive_and_wait() no longer waits for the missing ones).
+  void start(std::function<void(int)> loop);
+
+  // The calling thread's side of a run with a measured window: waits for window.start_ns (the
+  // warm-up's end), calls on_start, waits for window.end_ns, calls on_end, then stops and joins
+  // the loops (also when a callback throws). `stop`, or every loop having returned, cuts either
+  // wait short; on_start is then skipped if the warm-up had not ended, and the window ends at
+  // last_done_ns() when every loop had returned, else now (stop); clamped to the window.
+  WindowOutcome measure(const MeasuredWindow& window, std::stop_token stop,
+                        const std::function<void()>& on_start, const std::function<void()>& on_end,
+                        const std::function<int64_t()>& last_done_ns);
+
+  // Waits for the loops to return (they end on their own, or after request_stop()).
+  void join();
+
+  // Any thread. Sets the flag and wakes every epoll set; idempotent.
+  void request_stop();
+  // Any thread; a relaxed load, cheap enough for every pass of a loop.
+  bool stop_requested() const { return stop_.load(std::memory_order_relaxed); }
+  // Clears the stop for the next start(); only while no loop runs.
+  void reset_stop();
+
+  // From a loop: blocks until every loop of this start() has called it (or could not start).
+  void arrive_and_wait() { rendezvous_->arrive_and_wait(); }
+
+ private:
+  ClientThreads(std::vector<int> cpus, Fd wake, std::vector<Fd> epolls);
+  void run_thread(int t);
+  bool all_finished() const { return finished_ == static_cast<int>(threads_.size()); }
+
+  std::vector<int> cpus_;
+  Fd wake_;  // eventfd, in every epoll set
+  std::vector<Fd> epolls_;
+  std::atomic<bool> stop_{false};
+  std::function<void(int)> loop_;
+  std::optional<std::barrier<>> rendezvous_;
+  std::vector<std::jthread> threads_;
+
+  std::mutex mu_;
+  std::condition_variable_any cv_;
+  int finished_ = 0;  // loops of this start() that have returned; under mu_
+};
+
+// What one epoll_wait on a client thread's epoll set returned.
+struct ClientEvents {
+  int count = 0;             // events in the buffer, the stop wake-up included
+  bool stop = false;         // the stop wake-up is among them: the loop should end
+  bool interrupted = false;  // EINTR: no events
+  int error = 0;             // errno of a failed epoll_wait (not EINTR): no events
+};
+ClientEvents wait_events(int epoll, std::span<epoll_event> events, int timeout_ms);
+
+// ---- Connections ------------------------------------------------------------------------------
+
+// A target the engines connect to: IPv4, IPv6 or AF_UNIX.
+bool is_client_target(const Address& target);
+bool is_tcp_target(const Address& target);  // IPv4 or IPv6: TCP options apply
+
+// epoll_ctl ADD / MOD of `fd` for `events` with data `id`; the errno on failure.
+std::error_code epoll_add(int epoll, int fd, uint32_t events, uint64_t id);
+std::error_code epoll_modify(int epoll, int fd, uint32_t events, uint64_t id);
+
+// The outcome of a non-blocking connect whose socket became writable (or reported an error):
+// "" when established, else the errno name of SO_ERROR ("ECONNREFUSED").
+std::string connect_error(int fd);
+
+// A connection of a fixed set (FixedConnections); an engine's connection type derives from it.
+enum class ConnState : uint8_t { kIdle, kConnecting, kOpen, kDead };
+struct FixedConn {
+  bool connecting() const { return state == ConnState::kConnecting; }
+
+  Fd fd;
+  ConnState state = ConnState::kIdle;
+  int64_t connect_start_ns = 0;  // when its connect() was started
+};
+
+// One client thread's share of the connections of an engine that opens each of them once and
+// never reopens one (loadgen, stream): each is idle, connecting, open, then dead for good. They
+// are started in index order, and registered with the thread's epoll set under their index.
+// Conn derives from FixedConn. Only the owning thread touches it.
+template <typename Conn>
+class FixedConnections {
+ public:
+  // `count` idle connections; closes the previous ones (and removes them from their epoll set).
+  void reset(size_t count) {
+    conns_ = std::vector<Conn>(count);
+    next_ = 0;
+    oldest_ = 0;
+    live_ = count;
+    connecting_ = 0;
+  }
+
+  Conn& operator[](size_t i) { return conns_[i]; }
+  size_t index_of(const Conn& c) const { return static_cast<size_t>(&c - conns_.data()); }
+  auto begin() const { return conns_.begin(); }
+  auto end() const { return conns_.end(); }
+  bool all_started() const { return next_ == conns_.size(); }
+  size_t live() const { return live_; }  // not dead yet
+  size_t connecting() const { return connecting_; }
+
+  // Starts up to `batch` more connections, in index order: start(i) for each. Between two event
+  // passes, so the connections established early are served (and their connect latency
+  // measured) while later ones are still being opened.
+  template <typename Start>
+  void start_batch(int batch, Start&& start) {
+    for (int k = 0; k < batch && next_ < conns_.size(); ++k) start(next_++);
+  }
+  // The epoll_wait timeout: 0 while connections remain to be started, else `idle_ms`.
+  int poll_timeout_ms(int idle_ms) const { return all_started() ? idle_ms : 0; }
+
+  // Starts connection i's non-blocking connect to `target` and registers it with `epoll` for
+  // EPOLLOUT, data i. With `nodelay`, TCP_NODELAY is set before the handshake completes, so not
+  // even the first request waits for Nagle (best effort). Returns "" or the errno name of what
+  // failed; the caller then ends the connection.
+  std::string connect(size_t i, int epoll, const Address& target, bool nodelay) {
+    Conn& c = conns_[i];
+    c.connect_start_ns = steady_now_ns();
+    auto fd = connect_to(target, /*nonblocking=*/true);
+    if (!fd) return errno_name(fd.error().value());
+    c.fd = std::move(*fd);
+    c.state = ConnState::kConnecting;
+    ++connecting_;
+    if (nodelay) (void)set_nodelay(c.fd.get(), true);
+    if (const auto err = epoll_add(epoll, c.fd.get(), EPOLLOUT, i)) return errno_name(err.value());
+    return {};
+  }
+
+  // c's socket reported writable (or an error) while connecting: "" and c is open, or the errno
+  // name of the failed connect; the caller then ends the connection.
+  std::string finish_connect(Conn& c) {
+    std::string error = connect_error(c.fd.get());
+    if (error.empty()) {
+      c.state = ConnState::kOpen;
+      --connecting_;
+    }
+    return error;
+  }
+
+  // Calls expire(c, now) for every connection whose connect started timeout_ns or more before
+  // `now` and is still connecting; expire() must end it. Connects start in index order, so their
+  // deadlines are in order too: the scan starts at the oldest one that may still be connecting
+  // and stops at the first with time left.
+  template <typename Expire>
+  void expire_connects(int64_t now, int64_t timeout_ns, Expire&& expire) {
+    for (size_t i = oldest_; i < next_; ++i) {
+      Conn& c = conns_[i];
+      if (!c.connecting()) {
+        if (i == oldest_) ++oldest_;
+        continue;
+      }
+      if (now - c.connect_start_ns < timeout_ns) break;
+      expire(c, now);
+    }
+  }
+
+  // Ends c for good: closes its fd (which removes it from the epoll set). False when it was
+  // already dead, so that the caller counts every loss once.
+  bool end(Conn& c) {
+    if (c.state == ConnState::kDead) return false;
+    if (c.state == ConnState::kConnecting) --connecting_;
+    c.state = ConnState::kDead;
+    c.fd.reset();
+    --live_;
+    return true;
+  }
+
+ private:
+  std::vector<Conn> conns_;
+  size_t next_ = 0;        // connections started: [0, next_)
+  size_t oldest_ = 0;      // connections below it are no longer connecting
+  size_t live_ = 0;        // not dead: idle, connecting or open
+  size_t connecting_ = 0;  // connecting
+};
+
+// Spreads the non-blocking connects of one client thread over the source addresses 127.0.0.2 ..
+// 127.0.0.(1 + count), with IP_BIND_ADDRESS_NO_PORT, when the target is IPv4 loopback. From one
+// source address connect() searches the ephemeral port range for a free port, and beyond ~15,000
+// connections to one server that search costs milliseconds per connect. Not thread-safe: one per
+// client thread.
+class LoopbackSources {
+ public:
+  // count 0, or a target that is not IPv4 loopback: the kernel picks the source.
+  LoopbackSources(const Address& target, int count);
+
+  // Starts a non-blocking connect to the target (EINPROGRESS is success) from source
+  // id % count. When a source cannot be had (EADDRNOTAVAIL: no such 127.0.0.x here, or its ports
+  // are exhausted), the kernel picks from then on.
+  Expected<Fd> connect(const Address& target, uint32_t id);
+
+ private:
+  int count_;
+};
+
+// ---- Counting ---------------------------------------------------------------------------------
+
+// Errors by errno name ("ECONNRESET"), plus the engines' own names ("EOF", "ETIMEDOUT").
+using ErrnoCounts = std::map<std::string, uint64_t>;
+void add_counts(ErrnoCounts& into, const ErrnoCounts& from);
+uint64_t sum_counts(const ErrnoCounts& counts);
+
+// One client thread's per-second record of the measured window: operations completed, errors,
+// and each second's latency histogram. Only its thread writes it; read after join.
+class PerSecondLog {
+ public:
+  struct Second {
+    uint64_t count = 0;
+    uint64_t errors = 0;
+    Histogram::Serialized latency;
+  };
+
+  // `window` is read at every record (it is fixed just before the threads start): it must
+  // outlive the log. `seconds`: seconds_rounded_up(duration).
+  PerSecondLog(const MeasuredWindow& window, size_t seconds);
+
+  // An operation that completed at `now` with `latency_ns`; ignored outside the window.
+  void record(int64_t now, uint64_t latency_ns);
+  // An error at `now`; ignored outside the window.
+  void count_error(int64_t now);
+  // Stores the histogram of the second in progress; once the thread's loop has ended.
+  void close();
+  const std::vector<Second>& seconds() const { return seconds_; }
+
+ private:
+  Second* at(int64_t now);
+
+  const MeasuredWindow& window_;
+  std::vector<Second> seconds_;
+  Histogram current_;  // the latency of the second in progress; serialized into it on roll-over
+  size_t current_second_ = SIZE_MAX;
+};
+
+// One second of the merged log.
+struct SecondTotals {
+  double t_seconds = 0;  // the second's end, from measurement start
+  uint64_t count = 0;
+  uint64_t errors = 0;
+  uint64_t p99_ns = 0;  // latency
+};
+// The first `whole` seconds of every log, summed, latency merged.
+std::vector<SecondTotals> merge_seconds(std::span<const PerSecondLog* const> logs, size_t whole);
+
+// The same as an engine's time series: `workers` holds (smart) pointers to the client threads'
+// state, each with its PerSecondLog in `per_second`; Sample is built from
+// {t_seconds, count, errors, p99_ns}.
+template <typename Sample, typename Workers>
+std::vector<Sample> per_second_series(const Workers& workers, size_t whole) {
+  std::vector<const PerSecondLog*> logs;
+  for (const auto& w : workers) logs.push_back(&w->per_second);
+  std::vector<Sample> series;
+  for (const SecondTotals& s : merge_seconds(logs, whole)) {
+    series.push_back({s.t_seconds, s.count, s.errors, s.p99_ns});
+  }
+  return series;
+}
+
+}  // namespace sockbench

@@ -1,0 +1,35 @@
+#include "scenarios/scenario.h"
+
+#include <fmt/format.h>
+
+namespace sockbench::scenarios {
+
+void WindowSamples::attach(ClientRunConfig& config) {
+  config.on_measure_start = [this] { before_ = server_.sample(); };
+  config.on_measure_end = [this] { after_ = server_.sample(); };
+}
+
+void WindowSamples::set_metrics(results::Record& record) const {
+  if (!complete()) return;
+  record.set("server_rss_kb", static_cast<double>(after_->rss_kb));
+  record.set("server_threads", after_->threads);
+  record.set("server_context_switches",
+             static_cast<double>((after_->voluntary_ctxt + after_->involuntary_ctxt) -
+                                 (before_->voluntary_ctxt + before_->involuntary_ctxt)));
+  record.set("server_open_fds", after_->open_fds);
+}
+
+bool run_ended_cleanly(ServerHandle& server, const std::stop_token& stop, results::Record& record) {
+  std::string why;
+  if (!server.alive(&why)) {
+    record.error = fmt::format("server {} exited during the run ({})", record.server, why);
+    return false;
+  }
+  if (stop.stop_requested()) {
+    record.error = "interrupted";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace sockbench::scenarios
