@@ -151,54 +151,41 @@ class ReactorServer final : public Server {
   // Accepts until the backlog is empty. Returns an error only for a failure of the listener
   // itself, which ends serving.
   std::error_code accept_all() {
-    for (;;) {
-      Accepted accepted =
-          accept_one(listen_.get(), SOCK_NONBLOCK | SOCK_CLOEXEC, config_.listen.family());
-      switch (accepted.outcome) {
-        case AcceptOutcome::kAccepted:
-          break;
-        case AcceptOutcome::kRetry:
-          continue;
-        case AcceptOutcome::kDrained:
-          return {};
-        case AcceptOutcome::kOutOfFds:
-          counters_.accept_emfile.fetch_add(1, std::memory_order_relaxed);
+    return accept_until_drained(
+        listen_.get(), SOCK_NONBLOCK | SOCK_CLOEXEC, config_.listen.family(), counters_,
+        [this](Fd fd) { add_connection(std::move(fd)); },
+        [this](AcceptOutcome outcome) {
           // The faulty twin's defect: level-triggering reports the same pending connection
           // again at once, and the loop spins at 100% CPU while the process is out of fds.
-          if (!options_.retry_accept_on_emfile) pause_accepting();
-          return {};
-        case AcceptOutcome::kOutOfMemory:
-          counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
+          if (outcome == AcceptOutcome::kOutOfFds && options_.retry_accept_on_emfile) return;
           pause_accepting();
-          return {};
-        case AcceptOutcome::kListenerFailed:
-          return make_error(accepted.error);
+        });
+  }
+
+  // Registers a new connection with the poller, or refuses it when the poller cannot watch it.
+  void add_connection(Fd fd) {
+    const int raw = fd.get();
+    if (auto ec = poller_->add(raw, kRead)) {
+      // select cannot watch an fd >= FD_SETSIZE: refuse that client rather than corrupt memory.
+      if (ec.value() == EINVAL && raw >= FD_SETSIZE) {
+        counters_.refused_fd_setsize.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
       }
-      Fd fd = std::move(accepted.fd);
-      const int raw = fd.get();
-      counters_.accepted.fetch_add(1, std::memory_order_relaxed);
-      if (auto ec = poller_->add(raw, kRead)) {
-        // select cannot watch an fd >= FD_SETSIZE: refuse that client rather than corrupt memory.
-        if (ec.value() == EINVAL && raw >= FD_SETSIZE) {
-          counters_.refused_fd_setsize.fetch_add(1, std::memory_order_relaxed);
-        } else {
-          counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
-        }
-        fd.reset();
-        counters_.closed.fetch_add(1, std::memory_order_relaxed);
-        continue;
-      }
-      auto connection = std::make_unique<Connection>();
-      connection->fd = std::move(fd);
-      connection->session = options_.one_recv_is_one_message
-                                ? make_one_recv_one_message_session(config_.protocol)
-                                : make_session(config_.protocol);
-      connection->interest = kRead;
-      if (static_cast<size_t>(raw) >= connections_.size()) {
-        connections_.resize(static_cast<size_t>(raw) + 1);
-      }
-      connections_[static_cast<size_t>(raw)] = std::move(connection);
+      fd.reset();
+      counters_.closed.fetch_add(1, std::memory_order_relaxed);
+      return;
     }
+    auto connection = std::make_unique<Connection>();
+    connection->fd = std::move(fd);
+    connection->session = options_.one_recv_is_one_message
+                              ? make_one_recv_one_message_session(config_.protocol)
+                              : make_session(config_.protocol);
+    connection->interest = kRead;
+    if (static_cast<size_t>(raw) >= connections_.size()) {
+      connections_.resize(static_cast<size_t>(raw) + 1);
+    }
+    connections_[static_cast<size_t>(raw)] = std::move(connection);
   }
 
   // Level-triggered: a listener left in the set would report the same pending connection on

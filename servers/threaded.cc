@@ -128,32 +128,14 @@ class ThreadedServer final : public Server {
   // Accepts until the backlog is empty; sets `paused` on fd exhaustion. Returns an error only
   // for a failure of the listener itself.
   std::error_code accept_all(bool& paused, Clock::time_point& resume_at) {
-    for (;;) {
-      // Client sockets stay blocking: that is the model.
-      Accepted accepted = accept_one(listen_.get(), SOCK_CLOEXEC, config_.listen.family());
-      switch (accepted.outcome) {
-        case AcceptOutcome::kAccepted:
-          break;
-        case AcceptOutcome::kRetry:
-          continue;
-        case AcceptOutcome::kDrained:
-          return {};
-        case AcceptOutcome::kOutOfFds:
-          counters_.accept_emfile.fetch_add(1, std::memory_order_relaxed);
+    // Client sockets stay blocking: that is the model.
+    return accept_until_drained(
+        listen_.get(), SOCK_CLOEXEC, config_.listen.family(), counters_,
+        [this](Fd fd) { start_client(std::move(fd)); },
+        [&](AcceptOutcome) {
           paused = true;
           resume_at = Clock::now() + options_.emfile_backoff;
-          return {};
-        case AcceptOutcome::kOutOfMemory:
-          counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
-          paused = true;
-          resume_at = Clock::now() + options_.emfile_backoff;
-          return {};
-        case AcceptOutcome::kListenerFailed:
-          return make_error(accepted.error);
-      }
-      counters_.accepted.fetch_add(1, std::memory_order_relaxed);
-      start_client(std::move(accepted.fd));
-    }
+        });
   }
 
   void start_client(Fd fd) {

@@ -31,15 +31,7 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-using test_support::connect_client;
-using test_support::exchange;
-using test_support::loopback_config;
-using test_support::LowestFreeFdLimit;
-using test_support::read_frame;
-using test_support::RunningServer;
-using test_support::thread_cpu_time;
-using test_support::unconnected_client;
-using test_support::wait_until;
+using namespace test_support;  // servers, clients and waits shared by the tests
 
 // A payload that differs by client, sequence number and length.
 std::string payload_for(int client, int seq) {

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"
@@ -140,7 +141,13 @@ int serve_command(int argc, const char* const* argv) {
   }
   server.reset();
   watcher.reset();
-  const auto self = sample_process(::getpid());
+  // A joined thread leaves the kernel's Threads: count a moment after pthread_join returns (the
+  // tid is cleared before the task is released): give it up to 200 ms to drop to the main thread.
+  auto self = sample_process(::getpid());
+  for (int tries = 0; tries < 200 && self && self->threads > 1; ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    self = sample_process(::getpid());
+  }
   if (parsed.count("quiet") == 0) {
     fmt::print(stderr,
                "sockbench serve: stopped{}: {}; now {} threads, {} open fds ({} at start{})\n",
