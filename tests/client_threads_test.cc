@@ -99,7 +99,7 @@ TEST(ClientThreads, StopWakesEveryLoopBlockedInEpollWait) {
   threads.request_stop();
   threads.request_stop();  // idempotent
   threads.join();
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 1s);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);  // woken, not timed out
   EXPECT_EQ(woken.load(), kThreads);
   EXPECT_TRUE(threads.stop_requested());
 
