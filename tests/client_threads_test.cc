@@ -138,13 +138,21 @@ MeasuredWindow window_from_now(std::chrono::nanoseconds warmup, std::chrono::nan
   return {start, start + duration.count()};
 }
 
-TEST(ClientThreads, MeasureCallsTheEdgesOnceAndEndsAtTheWindowEnd) {
-  auto created = ClientThreads::create(2, {});
-  ASSERT_TRUE(created);
-  ClientThreads& threads = **created;
-  threads.start([&](int) {
-    while (!threads.stop_requested()) std::this_thread::sleep_for(1ms);
+// `count` started client threads whose loops idle until stopped.
+std::unique_ptr<ClientThreads> idle_threads(int count) {
+  auto created = ClientThreads::create(count, {});
+  if (!created) return nullptr;
+  ClientThreads* threads = created->get();
+  threads->start([threads](int) {
+    while (!threads->stop_requested()) std::this_thread::sleep_for(1ms);
   });
+  return std::move(*created);
+}
+
+TEST(ClientThreads, MeasureCallsTheEdgesOnceAndEndsAtTheWindowEnd) {
+  const auto idle = idle_threads(2);
+  ASSERT_TRUE(idle);
+  ClientThreads& threads = *idle;
   const MeasuredWindow window = window_from_now(50ms, 200ms);
   int starts = 0;
   int ends = 0;
@@ -196,12 +204,9 @@ TEST(ClientThreads, LoopsThatEndEarlyEndTheWindowAtTheirLastDone) {
 }
 
 TEST(ClientThreads, StopTokenCutsTheWindowShort) {
-  auto created = ClientThreads::create(1, {});
-  ASSERT_TRUE(created);
-  ClientThreads& threads = **created;
-  threads.start([&](int) {
-    while (!threads.stop_requested()) std::this_thread::sleep_for(1ms);
-  });
+  const auto idle = idle_threads(1);
+  ASSERT_TRUE(idle);
+  ClientThreads& threads = *idle;
   std::stop_source stop;
   std::jthread stopper;
   const MeasuredWindow window = window_from_now(0ms, 30s);
