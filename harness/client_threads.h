@@ -9,6 +9,7 @@
 
 #include <sys/epoll.h>
 
+#include <algorithm>
 #include <atomic>
 #include <barrier>
 #include <chrono>
@@ -394,6 +395,15 @@ std::vector<Sample> per_second_series(const Workers& workers, size_t whole) {
     series.push_back({s.t_seconds, s.count, s.errors, s.p99_ns});
   }
   return series;
+}
+
+// The latest done_ns of `workers` ((smart) pointers to the client threads' state): when the
+// last of them ended, for ClientThreads::measure()'s last_done_ns.
+template <typename Workers>
+int64_t last_done_ns(const Workers& workers) {
+  int64_t last = 0;
+  for (const auto& w : workers) last = std::max(last, w->done_ns);
+  return last;
 }
 
 }  // namespace sockbench

@@ -20,6 +20,19 @@ std::string encode_frame(std::string_view payload);
 uint32_t read_be32(const char* p);
 void write_be32(uint32_t value, char* p);
 
+// The 64-bit forms, as the load engines stamp sequence numbers and send times into payloads.
+inline uint64_t read_be64(const char* p) {
+  uint64_t value = 0;
+  for (int i = 0; i < 8; ++i) value = (value << 8) | static_cast<unsigned char>(p[i]);
+  return value;
+}
+inline void write_be64(uint64_t value, char* p) {
+  for (int i = 7; i >= 0; --i) {
+    p[i] = static_cast<char>(value & 0xff);
+    value >>= 8;
+  }
+}
+
 // Incremental decoder: accepts the byte stream split at any point. Payload memory grows only
 // as payload bytes arrive, so a huge announced length allocates nothing before it is rejected.
 // One decoder per connection; not thread-safe.

@@ -41,13 +41,6 @@ constexpr int kSeqConnectionShift = 40;
 constexpr size_t kStampSize = 16;  // seq + send timestamp at the start of every payload
 constexpr size_t kMaxPrefix = kFrameHeaderSize + kStampSize;
 
-void write_be64(uint64_t value, char* p) {
-  for (int i = 7; i >= 0; --i) {
-    p[i] = static_cast<char>(value & 0xff);
-    value >>= 8;
-  }
-}
-
 // The filler is P((seq * 151 + j) mod 256) with P(k) = k * 37 + 11 (mod 256): a fixed 256-byte
 // cycle entered at a phase that depends on seq. So one shared buffer holding the cycle repeated
 // serves as the filler of every request (send it straight from there with sendmsg, compare
@@ -711,11 +704,8 @@ Expected<LoadStats> run_load(const LoadConfig& config, std::stop_token stop) {
   plan.window = measured_window(config, plan.origin_ns);
   pool.start([&workers](int t) { workers[static_cast<size_t>(t)]->run(); });
   const WindowOutcome window =
-      pool.measure(plan.window, stop, config.on_measure_start, config.on_measure_end, [&workers] {
-        int64_t last = 0;
-        for (const auto& w : workers) last = std::max(last, w->done_ns);
-        return last;
-      });
+      pool.measure(plan.window, stop, config.on_measure_start, config.on_measure_end,
+                   [&workers] { return last_done_ns(workers); });
 
   LoadStats stats;
   stats.connections_requested = connections;

@@ -530,12 +530,8 @@ Expected<StreamStats> run_stream(const StreamConfig& config, std::stop_token sto
     }
   });
   const WindowOutcome window =
-      pool.measure(plan.window, stop, config.on_measure_start, config.on_measure_end, [&] {
-        if (single_stream) return single_stream->done_ns;
-        int64_t last = 0;
-        for (const auto& w : workers) last = std::max(last, w->done_ns);
-        return last;
-      });
+      pool.measure(plan.window, stop, config.on_measure_start, config.on_measure_end,
+                   [&] { return single_stream ? single_stream->done_ns : last_done_ns(workers); });
 
   Counters total(plan.seconds);
   if (single_stream) {

@@ -45,6 +45,22 @@ std::string unit_of(const std::string& metric) {
   return metric.substr(metric.rfind('_') + 1);
 }
 
+// A metric's repetitions of one cell: median, min, max and how many.
+struct Spread {
+  double median = 0;
+  double min = 0;
+  double max = 0;
+  size_t count = 0;
+};
+
+std::optional<Spread> spread_of(const std::map<std::string, std::vector<double>>& cell,
+                                const std::string& metric) {
+  const auto it = cell.find(metric);
+  if (it == cell.end()) return std::nullopt;
+  const auto [lo, hi] = std::minmax_element(it->second.begin(), it->second.end());
+  return Spread{median(it->second), *lo, *hi, it->second.size()};
+}
+
 }  // namespace
 
 std::optional<ExportFormat> parse_export_format(std::string_view name) {
@@ -73,11 +89,10 @@ std::string to_export(const RunResult& run, ExportFormat format) {
     for (const auto& name : order) {
       ojson measures = ojson::object();
       for (const auto& direction : compared_metrics()) {
-        const auto it = samples[name].find(direction.name);
-        if (it == samples[name].end()) continue;
-        const auto [lo, hi] = std::minmax_element(it->second.begin(), it->second.end());
-        measures[direction.name] = {
-            {"value", median(it->second)}, {"lower_value", *lo}, {"upper_value", *hi}};
+        if (const auto s = spread_of(samples[name], direction.name)) {
+          measures[direction.name] = {
+              {"value", s->median}, {"lower_value", s->min}, {"upper_value", s->max}};
+        }
       }
       out[name] = std::move(measures);
     }
@@ -87,16 +102,15 @@ std::string to_export(const RunResult& run, ExportFormat format) {
     for (const auto& name : order) {
       for (const auto& direction : compared_metrics()) {
         if (direction.bigger_is_better != bigger) continue;
-        const auto it = samples[name].find(direction.name);
-        if (it == samples[name].end()) continue;
-        const auto [lo, hi] = std::minmax_element(it->second.begin(), it->second.end());
+        const auto s = spread_of(samples[name], direction.name);
+        if (!s) continue;
         const std::string metric = direction.name;
-        out.push_back({{"name", fmt::format("{} {}", name, metric)},
-                       {"unit", unit_of(metric)},
-                       {"value", median(it->second)},
-                       {"range", fmt::format("{:.6g}..{:.6g}", *lo, *hi)},
-                       {"extra", fmt::format("{} repetition(s); git {}", it->second.size(),
-                                             run.context.git_sha)}});
+        out.push_back(
+            {{"name", fmt::format("{} {}", name, metric)},
+             {"unit", unit_of(metric)},
+             {"value", s->median},
+             {"range", fmt::format("{:.6g}..{:.6g}", s->min, s->max)},
+             {"extra", fmt::format("{} repetition(s); git {}", s->count, run.context.git_sha)}});
       }
     }
   }

@@ -27,7 +27,6 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 using test_support::loopback_any_port;
-using test_support::read_be64;
 using test_support::ThreadPerConnectionServer;
 
 struct EchoOptions {

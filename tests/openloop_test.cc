@@ -35,7 +35,6 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 using test_support::address_of;
-using test_support::read_be64;
 using test_support::ThreadPerConnectionServer;
 
 constexpr uint64_t kSeqMask = (uint64_t{1} << 40) - 1;

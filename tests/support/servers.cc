@@ -190,12 +190,6 @@ void ThreadPerConnectionServer::run_connection(int index, Fd fd) {
   open_.erase(fd.get());      // shuts down a reused number
 }
 
-uint64_t read_be64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
-
 Fd connect_client(const Address& address) {
   auto fd = connect_to(address, /*nonblocking=*/false);
   EXPECT_TRUE(fd.ok()) << fd.error().message();

@@ -148,10 +148,6 @@ class ThreadPerConnectionServer {
   std::jthread acceptor_;  // last: stopped and joined first
 };
 
-// The big-endian 64-bit number at `p` (a load generator's payload starts with its seq, then its
-// timestamp, in this form).
-uint64_t read_be64(const char* p);
-
 // --- Blocking clients.
 
 // A blocking client with TCP_NODELAY and 5 s timeouts, so a broken server fails the test instead
