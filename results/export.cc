@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "harness/histogram.h"
+#include "harness/core/histogram.h"
 #include "results/compare.h"
 
 namespace sockbench::results {

@@ -16,8 +16,8 @@
 #include <sstream>
 #include <utility>
 
-#include "harness/expected.h"
-#include "harness/fd.h"
+#include "harness/core/expected.h"
+#include "harness/core/fd.h"
 #include "results/writers.h"
 
 namespace sockbench::results {

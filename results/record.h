@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "harness/histogram.h"
+#include "harness/core/histogram.h"
 
 namespace sockbench::results {
 

@@ -16,7 +16,8 @@
 #include <system_error>
 #include <vector>
 
-#include "harness/loadgen.h"
+#include "harness/core/spawn.h"
+#include "harness/load/loadgen.h"
 #include "results/record.h"
 #include "scenarios/scenario.h"
 

@@ -9,7 +9,7 @@
 #include <charconv>
 #include <thread>
 
-#include "harness/process.h"
+#include "harness/core/sysinfo.h"
 #include "scenarios/check.h"
 #include "scenarios/steps.h"
 

@@ -9,7 +9,7 @@
 #include <set>
 #include <vector>
 
-#include "harness/sockstat.h"
+#include "harness/core/sockstat.h"
 #include "scenarios/check.h"
 #include "scenarios/steps.h"
 

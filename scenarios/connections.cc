@@ -8,7 +8,7 @@
 #include <optional>
 #include <string>
 
-#include "harness/hold.h"
+#include "harness/load/hold.h"
 
 namespace sockbench::scenarios {
 namespace {

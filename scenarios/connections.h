@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "results/record.h"
-#include "scenarios/benchmark.h"
+#include "scenarios/scenario.h"
 
 namespace sockbench::scenarios {
 

@@ -10,8 +10,9 @@
 #include <sstream>
 #include <vector>
 
-#include "harness/churn.h"
-#include "harness/sockstat.h"
+#include "harness/core/sockstat.h"
+#include "harness/core/sysinfo.h"
+#include "harness/load/churn.h"
 
 namespace sockbench::scenarios {
 namespace {

@@ -2,16 +2,37 @@
 // never includes a specific server model.
 #pragma once
 
+#include <chrono>
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <vector>
 
-#include "harness/client_threads.h"
-#include "harness/net.h"
-#include "harness/process.h"
+#include "harness/core/net.h"
+#include "harness/core/procstat.h"
+#include "harness/load/client_threads.h"
+#include "harness/load/loadgen.h"
 #include "results/record.h"
 
 namespace sockbench::scenarios {
+
+enum class CloseMode { kFin, kRst };  // crr: close() normally, or SO_LINGER {1,0} for an RST
+
+// Every parameter a benchmark cell may use; each scenario reads the ones it needs.
+struct BenchParams {
+  int clients = 100;
+  size_t message_size = 64;
+  int pipeline = 1;
+  double rate = 0;      // rr: total requests/s for the open loop; 0 = closed loop
+  bool duplex = false;  // stream: through echo instead of one way into discard
+  CloseMode close = CloseMode::kFin;
+  std::vector<int> ramp;  // connections: steps (e.g. 1000,5000,19000); empty = {clients}
+  int threads = 1;
+  std::vector<int> client_cpus;
+  WireFormat wire = WireFormat::kFramed;
+  std::chrono::nanoseconds warmup = std::chrono::seconds(1);
+  std::chrono::nanoseconds duration = std::chrono::seconds(5);
+};
 
 // The server under test, as a scenario may use it. Used from the scenario's calling thread only.
 class ServerHandle {

@@ -11,7 +11,7 @@
 #include <cerrno>
 #include <thread>
 
-#include "harness/frame.h"
+#include "harness/core/frame.h"
 
 namespace sockbench::scenarios {
 namespace {

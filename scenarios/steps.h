@@ -15,12 +15,12 @@
 #include <system_error>
 #include <vector>
 
-#include "harness/expected.h"
-#include "harness/fd.h"
-#include "harness/histogram.h"
-#include "harness/loadgen.h"
-#include "harness/net.h"
-#include "harness/process.h"
+#include "harness/core/expected.h"
+#include "harness/core/fd.h"
+#include "harness/core/histogram.h"
+#include "harness/core/net.h"
+#include "harness/core/procstat.h"
+#include "harness/load/loadgen.h"
 #include "scenarios/scenario.h"
 
 namespace sockbench::scenarios {

@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include "harness/stream.h"
+#include "harness/load/stream.h"
 
 namespace sockbench::scenarios {
 namespace {

@@ -5,7 +5,7 @@
 #include <stop_token>
 
 #include "results/record.h"
-#include "scenarios/benchmark.h"
+#include "scenarios/scenario.h"
 
 namespace sockbench::scenarios {
 

@@ -4,7 +4,7 @@
 
 #include <cerrno>
 
-#include "harness/net.h"
+#include "harness/core/net.h"
 
 namespace sockbench::servers {
 

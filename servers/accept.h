@@ -5,8 +5,8 @@
 #include <system_error>
 #include <utility>
 
-#include "harness/expected.h"
-#include "harness/fd.h"
+#include "harness/core/expected.h"
+#include "harness/core/fd.h"
 #include "servers/server.h"
 
 namespace sockbench::servers {

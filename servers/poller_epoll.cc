@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <cerrno>
 
-#include "harness/expected.h"
-#include "harness/fd.h"
+#include "harness/core/expected.h"
+#include "harness/core/fd.h"
 #include "servers/poller.h"
 
 namespace sockbench::servers {

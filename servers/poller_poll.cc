@@ -5,7 +5,7 @@
 
 #include <cerrno>
 
-#include "harness/expected.h"
+#include "harness/core/expected.h"
 #include "servers/poller.h"
 
 namespace sockbench::servers {

@@ -7,7 +7,7 @@
 #include <bitset>
 #include <cerrno>
 
-#include "harness/expected.h"
+#include "harness/core/expected.h"
 #include "servers/poller.h"
 
 namespace sockbench::servers {

@@ -9,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-#include "harness/frame.h"
+#include "harness/core/frame.h"
 
 namespace sockbench::servers {
 

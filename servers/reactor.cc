@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "harness/expected.h"
-#include "harness/fd.h"
-#include "harness/frame.h"
-#include "harness/net.h"
+#include "harness/core/expected.h"
+#include "harness/core/fd.h"
+#include "harness/core/frame.h"
+#include "harness/core/net.h"
 #include "servers/accept.h"
 #include "servers/protocol.h"
 

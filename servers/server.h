@@ -12,8 +12,8 @@
 #include <system_error>
 #include <vector>
 
-#include "harness/fd.h"
-#include "harness/net.h"
+#include "harness/core/fd.h"
+#include "harness/core/net.h"
 #include "servers/protocol.h"
 
 namespace sockbench::servers {

@@ -16,9 +16,9 @@
 #include <thread>
 #include <vector>
 
-#include "harness/expected.h"
-#include "harness/fd.h"
-#include "harness/net.h"
+#include "harness/core/expected.h"
+#include "harness/core/fd.h"
+#include "harness/core/net.h"
 #include "servers/accept.h"
 #include "servers/protocol.h"
 #include "servers/server.h"

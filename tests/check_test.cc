@@ -11,8 +11,8 @@
 #include <string>
 #include <thread>
 
-#include "harness/frame.h"
-#include "harness/net.h"
+#include "harness/core/frame.h"
+#include "harness/core/net.h"
 #include "results/writers.h"
 #include "scenarios/steps.h"
 

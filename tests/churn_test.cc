@@ -1,4 +1,4 @@
-#include "harness/churn.h"
+#include "harness/load/churn.h"
 
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -15,8 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include "harness/net.h"
-#include "harness/process.h"
+#include "harness/core/net.h"
 #include "scenarios/benchmark.h"
 #include "scenarios/crr.h"
 #include "servers/server.h"

@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include "harness/process.h"
+#include "harness/core/spawn.h"
 #include "tests/support/cli.h"
 
 namespace sockbench {

@@ -14,10 +14,10 @@
 #include <thread>
 #include <vector>
 
-#include "harness/fd.h"
-#include "harness/frame.h"
-#include "harness/net.h"
-#include "harness/process.h"
+#include "harness/core/fd.h"
+#include "harness/core/frame.h"
+#include "harness/core/net.h"
+#include "harness/core/spawn.h"
 #include "tests/support/servers.h"
 
 namespace sockbench {

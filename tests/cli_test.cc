@@ -14,9 +14,10 @@
 #include <string>
 #include <thread>
 
-#include "harness/frame.h"
-#include "harness/net.h"
-#include "harness/process.h"
+#include "harness/core/frame.h"
+#include "harness/core/net.h"
+#include "harness/core/procstat.h"
+#include "harness/core/spawn.h"
 
 namespace sockbench {
 namespace {

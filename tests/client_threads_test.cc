@@ -1,6 +1,6 @@
 // The client-side machinery the load engines share: pinned threads, the stop wake-up, the
 // measured window, connects and their timeouts, per-second logs.
-#include "harness/client_threads.h"
+#include "harness/load/client_threads.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>

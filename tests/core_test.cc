@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "harness/frame.h"
-#include "harness/histogram.h"
-#include "harness/net.h"
+#include "harness/core/frame.h"
+#include "harness/core/histogram.h"
+#include "harness/core/net.h"
 
 namespace sockbench {
 namespace {

@@ -18,9 +18,9 @@
 #include <utility>
 #include <vector>
 
-#include "harness/fd.h"
-#include "harness/frame.h"
-#include "harness/net.h"
+#include "harness/core/fd.h"
+#include "harness/core/frame.h"
+#include "harness/core/net.h"
 #include "servers/server.h"
 #include "tests/support/fd_limit.h"
 #include "tests/support/servers.h"

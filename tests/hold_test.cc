@@ -1,5 +1,5 @@
 // The hold engine (harness/hold.h) and the `connections` scenario, against in-process servers.
-#include "harness/hold.h"
+#include "harness/load/hold.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -17,9 +17,8 @@
 #include <thread>
 #include <vector>
 
-#include "harness/frame.h"
-#include "harness/net.h"
-#include "harness/process.h"
+#include "harness/core/frame.h"
+#include "harness/core/net.h"
 #include "scenarios/benchmark.h"
 #include "scenarios/connections.h"
 #include "servers/server.h"

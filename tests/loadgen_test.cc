@@ -1,4 +1,4 @@
-#include "harness/loadgen.h"
+#include "harness/load/loadgen.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -16,8 +16,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "harness/frame.h"
-#include "harness/net.h"
+#include "harness/core/frame.h"
+#include "harness/core/net.h"
 #include "tests/support/servers.h"
 
 namespace sockbench {

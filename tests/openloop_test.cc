@@ -21,9 +21,9 @@
 #include <thread>
 #include <vector>
 
-#include "harness/frame.h"
-#include "harness/loadgen.h"
-#include "harness/net.h"
+#include "harness/core/frame.h"
+#include "harness/core/net.h"
+#include "harness/load/loadgen.h"
 #include "scenarios/benchmark.h"
 #include "scenarios/rr.h"
 #include "tests/support/servers.h"

@@ -19,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-#include "harness/fd.h"
+#include "harness/core/fd.h"
 
 namespace sockbench::servers {
 

@@ -1,5 +1,3 @@
-#include "harness/process.h"
-
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -25,6 +23,11 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "harness/core/cpus.h"
+#include "harness/core/procstat.h"
+#include "harness/core/spawn.h"
+#include "harness/core/sysinfo.h"
 
 namespace sockbench {
 namespace {

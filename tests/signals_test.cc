@@ -1,5 +1,5 @@
 // SignalWatcher changes the process signal mask, so it is tested in its own binary.
-#include "harness/signals.h"
+#include "harness/core/signals.h"
 
 #include <gtest/gtest.h>
 #include <pthread.h>

@@ -1,16 +1,16 @@
-#include "harness/sockstat.h"
+#include "harness/core/sockstat.h"
 
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
 #include <chrono>
 #include <map>
-#include <string>
 #include <set>
+#include <string>
 #include <vector>
 
-#include "harness/fd.h"
-#include "harness/net.h"
+#include "harness/core/fd.h"
+#include "harness/core/net.h"
 #include "tests/support/netns.h"
 #include "tests/support/servers.h"
 

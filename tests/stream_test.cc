@@ -1,4 +1,4 @@
-#include "harness/stream.h"
+#include "harness/load/stream.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -11,8 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "harness/net.h"
-#include "harness/process.h"
+#include "harness/core/net.h"
 #include "scenarios/benchmark.h"
 #include "scenarios/stream.h"
 #include "servers/server.h"

@@ -10,8 +10,7 @@
 
 #include "harness/cli/common.h"
 #include "harness/cli/targets.h"
-#include "harness/process.h"
-#include "harness/signals.h"
+#include "harness/core/signals.h"
 #include "results/writers.h"
 
 namespace sockbench::cli {

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "harness/net.h"
+#include "harness/core/net.h"
 #include "scenarios/check.h"
 
 namespace sockbench::cli {

@@ -13,7 +13,8 @@
 
 #include "harness/cli/options.h"
 #include "harness/cli/targets.h"
-#include "harness/process.h"
+#include "harness/core/cpus.h"
+#include "harness/core/sysinfo.h"
 #include "servers/server.h"
 
 namespace sockbench::cli {

@@ -15,9 +15,9 @@
 #include "harness/cli/common.h"
 #include "harness/cli/options.h"
 #include "harness/cli/targets.h"
-#include "harness/process.h"
-#include "harness/signals.h"
-#include "results/compare.h"
+#include "harness/core/cpus.h"
+#include "harness/core/signals.h"
+#include "results/aggregate.h"
 #include "results/writers.h"
 #include "scenarios/benchmark.h"
 #include "servers/server.h"
@@ -99,73 +99,6 @@ std::vector<results::Record> run_cell(const Cell& cell, const std::string& liste
     std::filesystem::remove(unix_path, ignored);
   }
   return records;
-}
-
-// Google Benchmark's aggregates over the repetitions of one name: mean, median, stddev, cv.
-std::vector<results::Record> aggregates(const std::vector<const results::Record*>& reps) {
-  std::vector<results::Record> out;
-  if (reps.size() < 2) return out;
-  const results::Record& first = *reps.front();
-  auto stat = [&](const std::string& which, auto&& value_of) {
-    std::vector<double> values;
-    for (const auto* r : reps) values.push_back(value_of(*r));
-    const double n = static_cast<double>(values.size());
-    double mean = 0;
-    for (double v : values) mean += v / n;
-    double var = 0;
-    for (double v : values) var += (v - mean) * (v - mean) / (n - 1);
-    const double stddev = std::sqrt(var);
-    if (which == "mean") return mean;
-    if (which == "median") return results::median(values);
-    if (which == "stddev") return stddev;
-    return mean != 0 ? stddev / mean : 0.0;  // cv
-  };
-  for (const std::string which : {"mean", "median", "stddev", "cv"}) {
-    results::Record a;
-    a.name = first.name + "_" + which;
-    a.scenario = first.scenario;
-    a.server = first.server;
-    a.params = first.params;
-    a.run_type = "aggregate";
-    a.aggregate_name = which;
-    a.repetitions = static_cast<int>(reps.size());
-    a.time_unit = first.time_unit;
-    a.iterations = static_cast<uint64_t>(reps.size());
-    a.real_time = stat(which, [](const results::Record& r) { return r.real_time; });
-    a.cpu_time = stat(which, [](const results::Record& r) { return r.cpu_time; });
-    for (const auto& m : first.metrics) {
-      a.set(m.name, stat(which, [&](const results::Record& r) {
-              return r.metric(m.name).value_or(std::nan(""));
-            }));
-    }
-    out.push_back(std::move(a));
-  }
-  return out;
-}
-
-// Groups repetitions of the same name together (first-seen order) and appends each group's
-// aggregates after it, the order Google Benchmark writes them in.
-std::vector<results::Record> with_aggregates(std::vector<results::Record> records,
-                                             int repetitions) {
-  std::vector<std::string> order;
-  std::map<std::string, std::vector<results::Record>> groups;
-  for (auto& r : records) {
-    if (!groups.count(r.name)) order.push_back(r.name);
-    groups[r.name].push_back(std::move(r));
-  }
-  std::vector<results::Record> out;
-  for (const auto& name : order) {
-    auto& group = groups[name];
-    std::vector<const results::Record*> ok;
-    for (auto& r : group) {
-      r.repetitions = repetitions;
-      if (r.error.empty()) ok.push_back(&r);
-    }
-    auto agg = repetitions > 1 ? aggregates(ok) : std::vector<results::Record>{};
-    std::move(group.begin(), group.end(), std::back_inserter(out));
-    std::move(agg.begin(), agg.end(), std::back_inserter(out));
-  }
-  return out;
 }
 
 // What the console shows: every cell once (the median when repeated).
@@ -385,7 +318,7 @@ int run_command(int argc, const char* const* argv) {
       }
     }
   }
-  run.records = with_aggregates(std::move(records), repetitions);
+  run.records = results::with_aggregates(std::move(records), repetitions);
   if (watcher.token().stop_requested()) run.context.error = "interrupted by signal";
 
   results::print_table(for_console(run, repetitions), stdout);

@@ -12,8 +12,8 @@
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"
-#include "harness/process.h"
-#include "harness/signals.h"
+#include "harness/core/procstat.h"
+#include "harness/core/signals.h"
 #include "servers/server.h"
 
 namespace sockbench::cli {

@@ -7,8 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "harness/loadgen.h"
-#include "harness/process.h"
+#include "harness/core/procstat.h"
+#include "harness/core/spawn.h"
+#include "harness/load/loadgen.h"
 #include "scenarios/check.h"
 #include "scenarios/scenario.h"
 

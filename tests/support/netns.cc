@@ -10,8 +10,8 @@
 #include <system_error>
 #include <thread>
 
-#include "harness/expected.h"
-#include "harness/fd.h"
+#include "harness/core/expected.h"
+#include "harness/core/fd.h"
 
 namespace sockbench::test_support {
 namespace {

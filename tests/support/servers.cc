@@ -11,7 +11,7 @@
 #include <cstdlib>
 #include <utility>
 
-#include "harness/frame.h"
+#include "harness/core/frame.h"
 
 namespace sockbench::test_support {
 

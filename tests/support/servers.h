@@ -21,10 +21,10 @@
 #include <thread>
 #include <vector>
 
-#include "harness/fd.h"
-#include "harness/loadgen.h"
-#include "harness/net.h"
-#include "harness/process.h"
+#include "harness/core/fd.h"
+#include "harness/core/net.h"
+#include "harness/core/procstat.h"
+#include "harness/load/loadgen.h"
 #include "scenarios/scenario.h"
 #include "servers/protocol.h"
 #include "servers/server.h"

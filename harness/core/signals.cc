@@ -1,4 +1,4 @@
-#include "harness/signals.h"
+#include "harness/core/signals.h"
 
 #include <poll.h>
 #include <pthread.h>

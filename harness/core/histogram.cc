@@ -1,4 +1,4 @@
-#include "harness/histogram.h"
+#include "harness/core/histogram.h"
 
 #include <algorithm>
 #include <bit>

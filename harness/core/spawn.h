@@ -1,5 +1,5 @@
-// Child-process control and /proc observation: start a server in its own process group, learn
-// its port through a pipe, pin it, sample it, stop it, reap it.
+// Child-process control: start a server in its own process group, learn its port through a
+// pipe, pin it, stop it, reap it.
 #pragma once
 
 #include <sys/types.h>
@@ -10,24 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "harness/expected.h"
-#include "harness/fd.h"
+#include "harness/core/expected.h"
+#include "harness/core/fd.h"
 
 namespace sockbench {
-
-// A snapshot of one process from /proc/<pid>.
-struct ProcSample {
-  double cpu_seconds = 0;       // utime + stime of all threads, live and exited
-  uint64_t rss_kb = 0;          // VmRSS
-  int threads = 0;              // Threads:
-  uint64_t voluntary_ctxt = 0;  // summed over /proc/<pid>/task/*
-  uint64_t involuntary_ctxt = 0;
-  int open_fds = 0;  // entries in /proc/<pid>/fd
-};
-
-// Reads /proc/<pid>. ESRCH when the process is gone (a zombie counts as gone); EACCES for another
-// user's process. Context switches are summed over the live threads only.
-Expected<ProcSample> sample_process(pid_t pid);
 
 // How a reaped child ended.
 struct ExitInfo {
@@ -89,26 +75,5 @@ class ChildProcess {
   std::string pending_;  // bytes read past the last returned line
   std::optional<ExitInfo> exit_;
 };
-
-// CPU sets. "0-1,3" -> {0,1,3} (sorted, unique; cpus 0..CPU_SETSIZE-1); an empty optional (with
-// `error` set when non-null) for malformed text.
-std::optional<std::vector<int>> parse_cpu_list(const std::string& text, std::string* error);
-std::string format_cpu_list(const std::vector<int>& cpus);  // {0,1,3} -> "0-1,3"
-std::vector<int> available_cpus();                          // sched_getaffinity of this process
-std::error_code pin_current_thread(const std::vector<int>& cpus);  // EINVAL for an empty set
-
-// Machine facts for result metadata.
-struct SystemInfo {
-  std::string kernel;  // uname -r
-  std::string hostname;
-  int num_cpus = 0;
-  std::string somaxconn;            // /proc/sys/net/core/somaxconn
-  std::string ip_local_port_range;  // "32768 60999": whitespace normalised to one space
-  std::string tcp_tw_reuse;
-  std::string date;  // ISO 8601, local time with offset: 2026-11-21T15:20:00+00:00
-};
-SystemInfo read_system_info();
-// The contents of a /proc/sys style file without the trailing newline; "" when unreadable.
-std::string read_sysctl(const std::string& path);
 
 }  // namespace sockbench

@@ -1,4 +1,4 @@
-#include "harness/net.h"
+#include "harness/core/net.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

@@ -7,7 +7,7 @@
 #include <set>
 #include <string>
 
-#include "harness/expected.h"
+#include "harness/core/expected.h"
 
 namespace sockbench {
 

@@ -1,4 +1,4 @@
-#include "harness/churn.h"
+#include "harness/load/churn.h"
 
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -10,7 +10,7 @@
 #include <memory>
 #include <string_view>
 
-#include "harness/frame.h"
+#include "harness/core/frame.h"
 
 namespace sockbench {
 namespace {

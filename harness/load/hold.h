@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "harness/expected.h"
-#include "harness/histogram.h"
-#include "harness/loadgen.h"
-#include "harness/net.h"
+#include "harness/core/expected.h"
+#include "harness/core/histogram.h"
+#include "harness/core/net.h"
+#include "harness/load/loadgen.h"
 
 namespace sockbench {
 

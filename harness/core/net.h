@@ -9,8 +9,8 @@
 #include <string_view>
 #include <system_error>
 
-#include "harness/expected.h"
-#include "harness/fd.h"
+#include "harness/core/expected.h"
+#include "harness/core/fd.h"
 
 namespace sockbench {
 

@@ -1,4 +1,4 @@
-#include "harness/frame.h"
+#include "harness/core/frame.h"
 
 namespace sockbench {
 

@@ -27,10 +27,10 @@
 #include <thread>
 #include <vector>
 
-#include "harness/expected.h"
-#include "harness/fd.h"
-#include "harness/histogram.h"
-#include "harness/net.h"
+#include "harness/core/expected.h"
+#include "harness/core/fd.h"
+#include "harness/core/histogram.h"
+#include "harness/core/net.h"
 
 namespace sockbench {
 

@@ -1,4 +1,4 @@
-#include "harness/client_threads.h"
+#include "harness/load/client_threads.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -10,7 +10,7 @@
 #include <thread>
 #include <vector>
 
-#include "harness/fd.h"
+#include "harness/core/fd.h"
 
 namespace sockbench {
 

@@ -1,4 +1,4 @@
-#include "harness/stream.h"
+#include "harness/load/stream.h"
 
 #include <poll.h>
 #include <sys/epoll.h>

@@ -1,4 +1,4 @@
-#include "harness/hold.h"
+#include "harness/load/hold.h"
 
 #include <sys/epoll.h>
 
@@ -7,8 +7,8 @@
 #include <cstring>
 #include <string_view>
 
-#include "harness/client_threads.h"
-#include "harness/frame.h"
+#include "harness/core/frame.h"
+#include "harness/load/client_threads.h"
 
 namespace sockbench {
 namespace {

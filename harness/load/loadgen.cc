@@ -1,4 +1,4 @@
-#include "harness/loadgen.h"
+#include "harness/load/loadgen.h"
 
 #include <fmt/format.h>
 #include <sys/epoll.h>
@@ -16,7 +16,7 @@
 #include <memory>
 #include <string_view>
 
-#include "harness/frame.h"
+#include "harness/core/frame.h"
 
 namespace sockbench {
 namespace {

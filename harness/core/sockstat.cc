@@ -1,4 +1,4 @@
-#include "harness/sockstat.h"
+#include "harness/core/sockstat.h"
 
 #include <unistd.h>
 

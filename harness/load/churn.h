@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
-#include "harness/client_threads.h"
-#include "harness/histogram.h"
-#include "harness/loadgen.h"
-#include "harness/net.h"
+#include "harness/core/histogram.h"
+#include "harness/core/net.h"
+#include "harness/load/client_threads.h"
+#include "harness/load/loadgen.h"
 
 namespace sockbench {
 
