@@ -11,8 +11,8 @@
 namespace sockbench::results {
 
 struct CompareOptions {
-  double alpha = 0.05;       // U-test significance level (two-sided)
-  double min_effect = 0.05;  // relative median change that matters (0.05 = 5 %)
+  double alpha = 0.05;         // U-test significance level (two-sided)
+  double min_effect = 0.05;    // relative median change that matters (0.05 = 5 %)
   bool allow_missing = false;  // a BASE cell absent from NEW is a note, not a regression
 };
 
@@ -39,13 +39,13 @@ struct FailedCell {
 
 struct CompareReport {
   std::vector<MetricComparison> rows;
-  std::vector<std::string> only_in_base;  // BASE cells with no record in NEW: MISSING in NEW
-  std::vector<std::string> only_in_new;   // new cells: reported, never a regression
-  std::vector<FailedCell> failed_in_new;  // a regression; its good repetitions still compared
+  std::vector<std::string> only_in_base;   // BASE cells with no record in NEW: MISSING in NEW
+  std::vector<std::string> only_in_new;    // new cells: reported, never a regression
+  std::vector<FailedCell> failed_in_new;   // a regression; its good repetitions still compared
   std::vector<FailedCell> failed_in_base;  // skipped: neither compared nor a regression
   size_t cells_in_both = 0;                // cells compared (failed in BASE excluded)
   bool missing_allowed = false;            // CompareOptions::allow_missing
-  size_t min_repetitions = 0;  // smallest sample size among compared rows
+  size_t min_repetitions = 0;              // smallest sample size among compared rows
   bool weak() const { return min_repetitions < 5; }
   // Nothing to judge: no cell is in both files. Neither OK nor a regression.
   bool nothing_compared() const { return cells_in_both == 0; }

@@ -42,8 +42,7 @@ class CompareCli : public test_support::ScratchDirTest {
     return path;
   }
 
-  static results::Record record(const std::string& cell, const std::vector<double>& rps,
-                                size_t i) {
+  static results::Record record(const std::string& cell, const std::vector<double>& rps, size_t i) {
     results::Record r;
     r.name = cell;
     r.scenario = "rr";
@@ -138,8 +137,7 @@ TEST_F(CompareCli, ACellMissingFromNewIsARegressionUnlessAllowed) {
 
   const auto allowed = sockbench("compare --allow-missing " + base + " " + next);
   EXPECT_EQ(allowed.status, 0) << allowed.out << allowed.err;
-  EXPECT_NE(allowed.out.find("note (--allow-missing): MISSING in NEW: " + kPoll),
-            std::string::npos)
+  EXPECT_NE(allowed.out.find("note (--allow-missing): MISSING in NEW: " + kPoll), std::string::npos)
       << allowed.out;
   EXPECT_NE(allowed.out.find("OK: 0 regression(s)"), std::string::npos) << allowed.out;
 

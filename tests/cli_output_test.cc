@@ -51,8 +51,8 @@ TEST_F(OutputCli, DevFullIsAWriteErrorWithExit1AndStaysADevice) {
 }
 
 TEST_F(OutputCli, DevNullAndDevStdoutAreWrittenThrough) {
-  const auto o = sockbench(std::string(kRun) + "--json /dev/null --csv /dev/null --timeseries " +
-                           "/dev/null");
+  const auto o =
+      sockbench(std::string(kRun) + "--json /dev/null --csv /dev/null --timeseries /dev/null");
   EXPECT_EQ(o.status, 0) << o.err;
   EXPECT_TRUE(is_char_device("/dev/null"));
 

@@ -39,7 +39,8 @@ std::vector<std::string> resolve_models(const std::string& text) {
 void check_writable(const std::string& flag, const std::string& path) {
   const auto target = results::resolve_output(path);
   if (target.error) {
-    throw UsageError(fmt::format("--{}: cannot write '{}': {}", flag, path, target.error.message()));
+    throw UsageError(
+        fmt::format("--{}: cannot write '{}': {}", flag, path, target.error.message()));
   }
   // Written in place (a device, a FIFO): the file itself. Otherwise a temporary is renamed over
   // the file: its directory. Not opened here: a FIFO would block until a reader comes.
