@@ -79,6 +79,11 @@ uint64_t choose(size_t n, size_t k, uint64_t cap) {
   return static_cast<uint64_t>(std::llround(c));
 }
 
+bool has_cell(const std::vector<FailedCell>& cells, const std::string& name) {
+  return std::any_of(cells.begin(), cells.end(),
+                     [&](const FailedCell& f) { return f.cell == name; });
+}
+
 }  // namespace
 
 double median(std::vector<double> values) {
@@ -123,20 +128,26 @@ const std::vector<MetricDirection>& compared_metrics() {
 }
 
 bool CompareReport::regressed() const {
-  return std::any_of(rows.begin(), rows.end(),
+  return !failed_in_new.empty() || (!missing_allowed && !only_in_base.empty()) ||
+         std::any_of(rows.begin(), rows.end(),
                      [](const MetricComparison& r) { return r.verdict == Verdict::kRegressed; });
 }
 
 CompareReport compare_runs(const RunResult& base, const RunResult& next,
                            const CompareOptions& options) {
-  // name -> metric -> samples, in first-seen cell order.
+  // name -> metric -> samples, in first-seen cell order; a cell whose repetitions all failed
+  // has no samples but is there.
   using Samples = std::map<std::string, std::vector<double>>;
-  auto collect = [](const RunResult& run, std::vector<std::string>& order) {
+  auto collect = [](const RunResult& run, std::vector<std::string>& order,
+                    std::vector<FailedCell>& failed) {
     std::map<std::string, Samples> cells;
     for (const auto& record : run.records) {
-      if (!record.error.empty()) continue;
       if (!cells.count(record.name)) order.push_back(record.name);
       auto& samples = cells[record.name];
+      if (!record.error.empty()) {
+        if (!has_cell(failed, record.name)) failed.push_back({record.name, record.error});
+        continue;
+      }
       for (const auto& m : record.metrics) {
         if (std::isfinite(m.value)) samples[m.name].push_back(m.value);
       }
@@ -145,17 +156,22 @@ CompareReport compare_runs(const RunResult& base, const RunResult& next,
   };
   std::vector<std::string> base_order;
   std::vector<std::string> new_order;
-  const auto base_cells = collect(base, base_order);
-  const auto new_cells = collect(next, new_order);
-
+  std::vector<FailedCell> failed_in_base;
+  std::vector<FailedCell> failed_in_new;
+  const auto base_cells = collect(base, base_order, failed_in_base);
+  const auto new_cells = collect(next, new_order, failed_in_new);
   CompareReport report;
+  report.missing_allowed = options.allow_missing;
+  report.failed_in_base = std::move(failed_in_base);
   report.min_repetitions = SIZE_MAX;
   for (const auto& name : base_order) {
+    if (has_cell(report.failed_in_base, name)) continue;
     const auto found = new_cells.find(name);
     if (found == new_cells.end()) {
       report.only_in_base.push_back(name);
       continue;
     }
+    ++report.cells_in_both;
     const auto& old_samples = base_cells.at(name);
     for (const auto& direction : compared_metrics()) {
       const auto a = old_samples.find(direction.name);
@@ -183,6 +199,10 @@ CompareReport compare_runs(const RunResult& base, const RunResult& next,
   }
   for (const auto& name : new_order) {
     if (!base_cells.count(name)) report.only_in_new.push_back(name);
+  }
+  // A failure of a cell that already failed in BASE is not news.
+  for (auto& f : failed_in_new) {
+    if (!has_cell(report.failed_in_base, f.cell)) report.failed_in_new.push_back(std::move(f));
   }
   if (report.min_repetitions == SIZE_MAX) report.min_repetitions = 0;
   return report;

@@ -11,8 +11,9 @@
 namespace sockbench::results {
 
 struct CompareOptions {
-  double alpha = 0.05;       // U-test significance level (two-sided)
-  double min_effect = 0.05;  // relative median change that matters (0.05 = 5 %)
+  double alpha = 0.05;         // U-test significance level (two-sided)
+  double min_effect = 0.05;    // relative median change that matters (0.05 = 5 %)
+  bool allow_missing = false;  // a BASE cell absent from NEW is a note, not a regression
 };
 
 enum class Verdict { kSame, kImproved, kRegressed, kMissing };
@@ -30,12 +31,25 @@ struct MetricComparison {
   Verdict verdict = Verdict::kSame;
 };
 
+// A cell with a failed repetition (error_occurred) and the first such error message.
+struct FailedCell {
+  std::string cell;
+  std::string error;
+};
+
 struct CompareReport {
   std::vector<MetricComparison> rows;
-  std::vector<std::string> only_in_base;  // cells that disappeared
-  std::vector<std::string> only_in_new;
-  size_t min_repetitions = 0;  // smallest sample size among compared rows
+  std::vector<std::string> only_in_base;   // BASE cells with no record in NEW: MISSING in NEW
+  std::vector<std::string> only_in_new;    // new cells: reported, never a regression
+  std::vector<FailedCell> failed_in_new;   // a regression; its good repetitions still compared
+  std::vector<FailedCell> failed_in_base;  // skipped: neither compared nor a regression
+  size_t cells_in_both = 0;                // cells compared (failed in BASE excluded)
+  bool missing_allowed = false;            // CompareOptions::allow_missing
+  size_t min_repetitions = 0;              // smallest sample size among compared rows
   bool weak() const { return min_repetitions < 5; }
+  // Nothing to judge: no cell is in both files. Neither OK nor a regression.
+  bool nothing_compared() const { return cells_in_both == 0; }
+  // A metric regressed, a cell failed in NEW, or a cell is missing from NEW (unless allowed).
   bool regressed() const;
 };
 
@@ -46,7 +60,8 @@ struct MetricDirection {
 };
 const std::vector<MetricDirection>& compared_metrics();
 
-// Matches cells by name; the samples of a cell are its repetitions (failed cells excluded).
+// Matches cells by name; the samples of a cell are its repetitions (failed ones excluded). A cell
+// with a failed repetition in BASE is skipped entirely.
 CompareReport compare_runs(const RunResult& base, const RunResult& next,
                            const CompareOptions& options);
 

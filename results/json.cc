@@ -2,6 +2,9 @@
 // the atomic file writer the writers share.
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/magic.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -376,10 +379,91 @@ std::error_code write_json_file(const RunResult& run, const std::string& path) {
   return write_file_atomically(path, text);
 }
 
+namespace {
+
+// Writes all of `contents` to `fd`, syncs and closes it; the first error wins. fsync on a
+// character device or a FIFO may say EINVAL (nothing to sync): not an error there, only there.
+std::error_code write_sync_close(Fd fd, std::string_view contents) {
+  std::error_code ec;
+  for (size_t done = 0; done < contents.size() && !ec;) {
+    const ssize_t n = ::write(fd.get(), contents.data() + done, contents.size() - done);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+    } else if (n == 0) {
+      ec = make_error(EIO);
+    } else if (errno != EINTR) {
+      ec = last_error();
+    }
+  }
+  struct stat st {};
+  const bool regular = ::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode);
+  if (!ec && ::fsync(fd.get()) != 0 && (regular || errno != EINVAL)) ec = last_error();
+  // close() reports deferred write errors (NFS); it is not retried, the fd is gone either way.
+  if (::close(fd.release()) != 0 && !ec) ec = last_error();
+  return ec;
+}
+
+bool on_procfs(const std::filesystem::path& dir) {
+  struct statfs fs {};
+  return ::statfs(dir.empty() ? "." : dir.c_str(), &fs) == 0 && fs.f_type == PROC_SUPER_MAGIC;
+}
+
+}  // namespace
+
+OutputTarget resolve_output(const std::string& path) {
+  namespace fs = std::filesystem;
+  OutputTarget target;
+  fs::path p(path);
+  if (!p.has_filename()) {
+    target.error = make_error(EISDIR);
+    return target;
+  }
+  for (int hops = 0;; ++hops) {
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) != 0) {
+      if (errno != ENOENT) target.error = last_error();  // ENOENT: a new file
+      break;
+    }
+    if (S_ISLNK(st.st_mode)) {
+      // /dev/stdout -> /proc/self/fd/1 -> "pipe:[123]": a /proc link names an open file, not a
+      // path to follow; only opening it reaches that file.
+      if (on_procfs(p.parent_path())) {
+        target.write_through = true;
+        if (::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) target.error = make_error(EISDIR);
+        break;
+      }
+      if (hops >= 40) {
+        target.error = make_error(ELOOP);
+        break;
+      }
+      std::error_code ec;
+      const fs::path link = fs::read_symlink(p, ec);
+      if (ec) {
+        target.error = ec;
+        break;
+      }
+      p = link.is_absolute() ? link : p.parent_path() / link;
+      continue;
+    }
+    if (S_ISDIR(st.st_mode)) target.error = make_error(EISDIR);
+    target.write_through = !S_ISREG(st.st_mode);
+    break;
+  }
+  target.path = p.string();
+  return target;
+}
+
 std::error_code write_file_atomically(const std::string& path, std::string_view contents) {
   namespace fs = std::filesystem;
-  const fs::path target(path);
-  if (!target.has_filename()) return make_error(EISDIR);
+  const OutputTarget resolved = resolve_output(path);
+  if (resolved.error) return resolved.error;
+  if (resolved.write_through) {
+    // O_APPEND: a regular file reached through /dev/stdout keeps what the process printed before.
+    Fd fd(::open(resolved.path.c_str(), O_WRONLY | O_APPEND | O_NOCTTY | O_CLOEXEC));
+    if (!fd) return last_error();
+    return write_sync_close(std::move(fd), contents);
+  }
+  const fs::path target(resolved.path);
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
 
   // Beside the target so that rename() stays within one file system; hidden; O_EXCL so that
@@ -394,21 +478,8 @@ std::error_code write_file_atomically(const std::string& path, std::string_view 
     fd.reset(raw);
   }
 
-  std::error_code ec;
-  for (size_t done = 0; done < contents.size() && !ec;) {
-    const ssize_t n = ::write(fd.get(), contents.data() + done, contents.size() - done);
-    if (n > 0) {
-      done += static_cast<size_t>(n);
-    } else if (n == 0) {
-      ec = make_error(EIO);
-    } else if (errno != EINTR) {
-      ec = last_error();
-    }
-  }
-  if (!ec && ::fsync(fd.get()) != 0) ec = last_error();
-  // close() reports deferred write errors (NFS); it is not retried, the fd is gone either way.
-  if (::close(fd.release()) != 0 && !ec) ec = last_error();
-  if (!ec && ::rename(temp.c_str(), path.c_str()) != 0) ec = last_error();
+  std::error_code ec = write_sync_close(std::move(fd), contents);
+  if (!ec && ::rename(temp.c_str(), resolved.path.c_str()) != 0) ec = last_error();
   if (ec) {
     ::unlink(temp.c_str());
     return ec;

@@ -35,13 +35,28 @@ LoadedRun read_json_file(const std::string& path);
 // {"name", "repetition_index", "t", "requests_per_second", "p99_us", "errors"}.
 std::string to_timeseries_lines(const RunResult& run);
 
-// Writes atomically (temporary file beside `path` + fsync + rename): a full disk or an
-// unwritable path returns the errno and leaves no truncated file behind (a previous file at
-// `path` stays intact). The caller ignores SIGXFSZ if it sets RLIMIT_FSIZE.
+// Writes a result file. A regular file or a path that does not exist yet is written atomically
+// (temporary file beside it + fsync + rename): a full disk or an unwritable path returns the errno
+// and leaves no truncated file behind (a previous file at `path` stays intact). A symbolic link is
+// followed: its final target gets the content, the link stays. A device, FIFO or socket (/dev/null,
+// /dev/full, /dev/stdout) is opened and written in place, and its write errors are returned
+// (ENOSPC from /dev/full). A directory is EISDIR. The caller ignores SIGXFSZ if it sets
+// RLIMIT_FSIZE.
 std::error_code write_json_file(const RunResult& run, const std::string& path);
 std::error_code write_csv_file(const RunResult& run, const std::string& path);
 // The same for any text (used by the writers above; JUnit and graphs may share it).
 std::error_code write_file_atomically(const std::string& path, std::string_view contents);
+
+// Where write_file_atomically would put `path`'s contents, found without writing: `path` with its
+// symbolic links followed (a /proc link such as /dev/stdout is kept as it is), whether that is
+// written in place (an existing file that is not regular, or a /proc link), and EISDIR for a
+// directory or the errno of a path that cannot be looked at (ENOENT is not one: a new file).
+struct OutputTarget {
+  std::string path;
+  bool write_through = false;
+  std::error_code error;
+};
+OutputTarget resolve_output(const std::string& path);
 
 // JUnit XML (results/junit.cc), what CI systems display for checks: one <testsuite> per check,
 // one <testcase> per record (classname = the check, name = "<subcheck>/<target>", taken from the

@@ -2,6 +2,7 @@
 // real runs: the same build twice is not a regression, a server slowed on purpose is.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -21,28 +22,40 @@ class CompareCli : public test_support::ScratchDirTest {
  protected:
   CompareCli() : ScratchDirTest("sockbench-compare") {}
 
-  // A result file with one rr cell whose repetitions have these requests/s.
-  std::string file_with(const std::string& name, const std::vector<double>& rps) {
+  // A result file with these rr cells (one by default), each with repetitions of these
+  // requests/s; the repetitions of the first cell whose index is in `failed` have an error.
+  std::string file_with(const std::string& name, const std::vector<double>& rps,
+                        const std::vector<std::string>& cells = {"rr/epoll/clients:32/msg:64"},
+                        const std::vector<size_t>& failed = {}) {
     results::RunResult run;
     run.context.git_sha = "abc";
-    for (size_t i = 0; i < rps.size(); ++i) {
-      results::Record r;
-      r.name = "rr/epoll/clients:32/msg:64";
-      r.scenario = "rr";
-      r.server = "epoll";
-      r.repetition_index = static_cast<int>(i);
-      r.repetitions = static_cast<int>(rps.size());
-      r.real_time = 1e6 / rps[i];
-      r.set("requests_per_second", rps[i]);
-      r.set("p99_us", 400);
-      Histogram h;
-      for (int v = 1; v <= 1000; ++v) h.record(static_cast<uint64_t>(v) * 1000);
-      r.latency = h;
-      run.records.push_back(r);
+    for (const auto& cell : cells) {
+      for (size_t i = 0; i < rps.size(); ++i) {
+        run.records.push_back(record(cell, rps, i));
+        if (cell == cells.front() && std::find(failed.begin(), failed.end(), i) != failed.end()) {
+          run.records.back().error = "server exited with status 1";
+        }
+      }
     }
     const auto path = (dir_ / name).string();
     EXPECT_FALSE(results::write_json_file(run, path));
     return path;
+  }
+
+  static results::Record record(const std::string& cell, const std::vector<double>& rps, size_t i) {
+    results::Record r;
+    r.name = cell;
+    r.scenario = "rr";
+    r.server = "epoll";
+    r.repetition_index = static_cast<int>(i);
+    r.repetitions = static_cast<int>(rps.size());
+    r.real_time = 1e6 / rps[i];
+    r.set("requests_per_second", rps[i]);
+    r.set("p99_us", 400);
+    Histogram h;
+    for (int v = 1; v <= 1000; ++v) h.record(static_cast<uint64_t>(v) * 1000);
+    r.latency = h;
+    return r;
   }
 };
 
@@ -78,6 +91,83 @@ TEST_F(CompareCli, FewRepetitionsAreCalledWeak) {
   const auto o = sockbench("compare " + a + " " + b);
   EXPECT_EQ(o.status, 0) << o.out;
   EXPECT_NE(o.out.find("weak verdict"), std::string::npos) << o.out;
+}
+
+const std::string kEpoll = "rr/epoll/clients:32/msg:64";
+const std::string kPoll = "rr/poll/clients:32/msg:64";
+
+TEST_F(CompareCli, AFailedCellInNewIsARegressionNamedWithItsError) {
+  const auto base = file_with("base.json", kBase);
+  const auto failed = file_with("failed.json", kBase, {kEpoll}, {0, 1, 2, 3, 4});
+  const auto o = sockbench("compare " + base + " " + failed);
+  EXPECT_EQ(o.status, 1) << o.out << o.err;
+  EXPECT_NE(o.out.find("FAILED in NEW: " + kEpoll + ": server exited with status 1"),
+            std::string::npos)
+      << o.out;
+  EXPECT_NE(o.out.find("REGRESSION"), std::string::npos) << o.out;
+  EXPECT_EQ(o.out.find("OK"), std::string::npos) << o.out;
+
+  // One failed repetition of five is a failure too; --allow-missing does not excuse it.
+  const auto one = file_with("one.json", kBase, {kEpoll}, {3});
+  const auto p = sockbench("compare --allow-missing " + base + " " + one);
+  EXPECT_EQ(p.status, 1) << p.out << p.err;
+  EXPECT_NE(p.out.find("FAILED in NEW: " + kEpoll), std::string::npos) << p.out;
+}
+
+TEST_F(CompareCli, AFailedCellInBaseIsReportedAndSkipped) {
+  const auto base = file_with("base.json", kBase, {kEpoll, kPoll}, {1});
+  const auto next = file_with("new.json", kBase, {kEpoll, kPoll});
+  const auto o = sockbench("compare " + base + " " + next);
+  EXPECT_EQ(o.status, 0) << o.out << o.err;
+  EXPECT_NE(o.out.find("FAILED in BASE (skipped, not compared): " + kEpoll +
+                       ": server exited with status 1"),
+            std::string::npos)
+      << o.out;
+  EXPECT_NE(o.out.find("OK: 0 regression(s)"), std::string::npos) << o.out;
+}
+
+TEST_F(CompareCli, ACellMissingFromNewIsARegressionUnlessAllowed) {
+  const auto base = file_with("base.json", kBase, {kEpoll, kPoll});
+  const auto next = file_with("new.json", kBase, {kEpoll});
+  const auto o = sockbench("compare " + base + " " + next);
+  EXPECT_EQ(o.status, 1) << o.out << o.err;
+  EXPECT_NE(o.out.find("MISSING in NEW: " + kPoll), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("REGRESSION: 0 regression(s)"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find(", 1 cell(s) failed or missing in NEW"), std::string::npos) << o.out;
+
+  const auto allowed = sockbench("compare --allow-missing " + base + " " + next);
+  EXPECT_EQ(allowed.status, 0) << allowed.out << allowed.err;
+  EXPECT_NE(allowed.out.find("note (--allow-missing): MISSING in NEW: " + kPoll), std::string::npos)
+      << allowed.out;
+  EXPECT_NE(allowed.out.find("OK: 0 regression(s)"), std::string::npos) << allowed.out;
+
+  // A real slowdown still fails with --allow-missing.
+  std::vector<double> slower;
+  for (double v : kBase) slower.push_back(v * 0.8);
+  const auto slow = file_with("slow.json", slower, {kEpoll});
+  EXPECT_EQ(sockbench("compare --allow-missing " + base + " " + slow).status, 1);
+}
+
+TEST_F(CompareCli, ACellOnlyInNewIsReportedNotAFailure) {
+  const auto base = file_with("base.json", kBase, {kEpoll});
+  const auto next = file_with("new.json", kBase, {kEpoll, kPoll});
+  const auto o = sockbench("compare " + base + " " + next);
+  EXPECT_EQ(o.status, 0) << o.out << o.err;
+  EXPECT_NE(o.out.find("new cell: " + kPoll), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("OK: 0 regression(s)"), std::string::npos) << o.out;
+}
+
+TEST_F(CompareCli, NoCellInBothFilesExits2NothingCompared) {
+  const auto base = file_with("base.json", kBase, {kEpoll});
+  const auto other = file_with("other.json", kBase, {kPoll});
+  for (const std::string flags : {"", "--allow-missing "}) {
+    const auto o = sockbench("compare " + flags + base + " " + other);
+    EXPECT_EQ(o.status, 2) << o.out << o.err;
+    EXPECT_NE(o.err.find("no cell is in both " + base + " and " + other + ": nothing compared"),
+              std::string::npos)
+        << o.err;
+    EXPECT_EQ(o.out.find("OK"), std::string::npos) << o.out;
+  }
 }
 
 TEST_F(CompareCli, UnreadableInputExits2WithAClearMessage) {

@@ -132,7 +132,7 @@ TEST(Compare, FewRepetitionsMakeAWeakVerdict) {
           .regressed());
 }
 
-TEST(Compare, CellsAreMatchedByNameAndFailuresIgnored) {
+TEST(Compare, CellsAreMatchedByNameAndAFailedRepetitionInNewIsARegression) {
   auto base = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
   auto next = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
   Record extra = next.records.front();
@@ -146,7 +146,51 @@ TEST(Compare, CellsAreMatchedByNameAndFailuresIgnored) {
   EXPECT_EQ(report.only_in_new, std::vector<std::string>{"rr/poll/clients:32/msg:64"});
   EXPECT_TRUE(report.only_in_base.empty());
   EXPECT_EQ(row(report, "requests_per_second").new_n, 5u);  // the failed cell is not a sample
+  ASSERT_EQ(report.failed_in_new.size(), 1u);
+  EXPECT_EQ(report.failed_in_new[0].cell, "rr/epoll/clients:32/msg:64");
+  EXPECT_EQ(report.failed_in_new[0].error, "server died");
+  EXPECT_EQ(report.cells_in_both, 1u);
+  EXPECT_TRUE(report.regressed());
+}
+
+TEST(Compare, ACellMissingFromNewIsARegressionUnlessAllowed) {
+  auto base = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
+  Record gone = base.records.front();
+  gone.name = "rr/select/clients:32/msg:64";
+  base.records.push_back(gone);
+  const auto next = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
+  const auto report = compare_runs(base, next, {});
+  EXPECT_EQ(report.only_in_base, std::vector<std::string>{"rr/select/clients:32/msg:64"});
+  EXPECT_TRUE(report.regressed());
+  CompareOptions allow;
+  allow.allow_missing = true;
+  const auto allowed = compare_runs(base, next, allow);
+  EXPECT_EQ(allowed.only_in_base, report.only_in_base);  // still listed
+  EXPECT_FALSE(allowed.regressed());
+}
+
+TEST(Compare, ACellFailedInBaseIsSkippedNotARegression) {
+  auto base = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
+  base.records[2].error = "connect: ECONNREFUSED";
+  auto next = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
+  next.records[0].error = "still broken";  // failing in both is not news
+  const auto report = compare_runs(base, next, {});
+  ASSERT_EQ(report.failed_in_base.size(), 1u);
+  EXPECT_EQ(report.failed_in_base[0].error, "connect: ECONNREFUSED");
+  EXPECT_TRUE(report.failed_in_new.empty());
+  EXPECT_TRUE(report.rows.empty());
+  EXPECT_TRUE(report.nothing_compared());  // the only cell was skipped
   EXPECT_FALSE(report.regressed());
+}
+
+TEST(Compare, NoCellInBothFilesIsNothingCompared) {
+  const auto base = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
+  auto next = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
+  for (auto& r : next.records) r.name = "rr/poll/clients:32/msg:64";
+  const auto report = compare_runs(base, next, {});
+  EXPECT_TRUE(report.nothing_compared());
+  EXPECT_EQ(report.cells_in_both, 0u);
+  EXPECT_FALSE(compare_runs(base, base, {}).nothing_compared());
 }
 
 }  // namespace

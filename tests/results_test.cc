@@ -24,6 +24,7 @@
 
 #include "results/record.h"
 #include "results/writers.h"
+#include "tests/support/fifo.h"
 
 namespace sockbench::results {
 namespace {
@@ -640,6 +641,113 @@ TEST(ResultsFiles, FullDiskReturnsEfbigAndKeepsThePreviousFile) {
   EXPECT_EQ(WEXITSTATUS(status), 0);
   EXPECT_EQ(read_file(previous), "{\"old\": true}\n");
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"previous.json"});
+}
+
+bool is_char_device(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISCHR(st.st_mode);
+}
+
+TEST(ResultsFiles, DeviceIsWrittenInPlaceAndStaysADevice) {
+  ASSERT_TRUE(is_char_device("/dev/null"));
+  const OutputTarget target = resolve_output("/dev/null");
+  EXPECT_FALSE(target.error);
+  EXPECT_TRUE(target.write_through);
+  EXPECT_EQ(target.path, "/dev/null");
+  EXPECT_FALSE(write_json_file(sample_run(), "/dev/null"));
+  EXPECT_FALSE(write_csv_file(sample_run(), "/dev/null"));
+  EXPECT_FALSE(write_junit_file(sample_run(), "/dev/null"));
+  EXPECT_TRUE(is_char_device("/dev/null"));  // not renamed over (as root it could be)
+}
+
+TEST(ResultsFiles, DevFullIsEnospcAndStaysADevice) {
+  ASSERT_TRUE(is_char_device("/dev/full"));
+  EXPECT_EQ(write_json_file(sample_run(), "/dev/full"), std::errc::no_space_on_device);
+  EXPECT_EQ(write_csv_file(sample_run(), "/dev/full"), std::errc::no_space_on_device);
+  EXPECT_EQ(write_junit_file(sample_run(), "/dev/full"), std::errc::no_space_on_device);
+  EXPECT_EQ(write_file_atomically("/dev/full", "x"), std::errc::no_space_on_device);
+  EXPECT_TRUE(is_char_device("/dev/full"));
+}
+
+TEST(ResultsFiles, StdoutIsWrittenThroughNotFollowedIntoProc) {
+  // /dev/stdout -> /proc/self/fd/1 -> "pipe:[...]" or a file: only opening it reaches the file.
+  const OutputTarget target = resolve_output("/dev/stdout");
+  EXPECT_FALSE(target.error) << target.error.message();
+  EXPECT_TRUE(target.write_through);
+}
+
+TEST(ResultsFiles, SymbolicLinkStaysAndItsTargetGetsTheContent) {
+  TempDir dir;
+  ASSERT_FALSE(write_file_atomically(dir.file("real.json"), "old\n"));
+  ASSERT_EQ(::symlink("real.json", dir.file("out.json").c_str()), 0);  // relative, as ln -s
+  ASSERT_EQ(::symlink(dir.file("out.json").c_str(), dir.file("chain.json").c_str()), 0);
+  EXPECT_EQ(resolve_output(dir.file("chain.json")).path, dir.file("real.json"));
+
+  ASSERT_FALSE(write_json_file(sample_run(), dir.file("out.json")));
+  expect_same_run(from_json(json::parse(read_file(dir.file("real.json")))), sample_run());
+  ASSERT_FALSE(write_file_atomically(dir.file("chain.json"), "via two links\n"));
+  EXPECT_EQ(read_file(dir.file("real.json")), "via two links\n");
+  struct stat st {};
+  ASSERT_EQ(::lstat(dir.file("out.json").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+  ASSERT_EQ(::lstat(dir.file("chain.json").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+
+  // A dangling link: its target is created, the link stays. No temporary left anywhere.
+  ASSERT_EQ(::symlink("later.json", dir.file("dangling.json").c_str()), 0);
+  ASSERT_FALSE(write_file_atomically(dir.file("dangling.json"), "created\n"));
+  EXPECT_EQ(read_file(dir.file("later.json")), "created\n");
+  ASSERT_EQ(::lstat(dir.file("dangling.json").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{"chain.json", "dangling.json", "later.json",
+                                                     "out.json", "real.json"}));
+}
+
+TEST(ResultsFiles, LinkIntoAnotherDirectoryPutsTheTemporaryBesideTheTarget) {
+  TempDir dir;
+  ASSERT_EQ(::mkdir(dir.file("a").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(dir.file("b").c_str(), 0755), 0);
+  ASSERT_EQ(::symlink("../b/real.json", dir.file("a/out.json").c_str()), 0);
+  ASSERT_EQ(::chmod(dir.file("a").c_str(), 0555), 0);  // a temporary in a/ would fail (not root)
+  const std::error_code ec = write_file_atomically(dir.file("a/out.json"), "through\n");
+  ::chmod(dir.file("a").c_str(), 0755);
+  EXPECT_FALSE(ec) << ec.message();
+  EXPECT_EQ(read_file(dir.file("b/real.json")), "through\n");
+  struct stat st {};
+  ASSERT_EQ(::lstat(dir.file("a/out.json").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+  ::unlink(dir.file("a/out.json").c_str());
+  ::unlink(dir.file("b/real.json").c_str());
+  EXPECT_EQ(::rmdir(dir.file("a").c_str()), 0);  // empty: no temporary left
+  EXPECT_EQ(::rmdir(dir.file("b").c_str()), 0);
+}
+
+TEST(ResultsFiles, FifoIsWrittenThroughToItsReader) {
+  TempDir dir;
+  const std::string fifo = dir.file("pipe");
+  test_support::FifoReader reader(fifo);
+  const std::string text = to_json(sample_run()).dump() + "\n";
+  const OutputTarget target = resolve_output(fifo);
+  EXPECT_TRUE(target.write_through);
+  ASSERT_FALSE(write_file_atomically(fifo, text));
+  EXPECT_EQ(reader.finish(), text);
+  struct stat st {};
+  ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"pipe"});
+}
+
+TEST(ResultsFiles, DirectoryOrLinkToOneIsEisdir) {
+  TempDir dir;
+  ASSERT_EQ(::mkdir(dir.file("sub").c_str(), 0755), 0);
+  ASSERT_EQ(::symlink("sub", dir.file("link").c_str()), 0);
+  EXPECT_EQ(resolve_output(dir.file("sub")).error, std::errc::is_a_directory);
+  EXPECT_EQ(resolve_output(dir.file("link")).error, std::errc::is_a_directory);
+  EXPECT_EQ(write_file_atomically(dir.file("sub"), "x"), std::errc::is_a_directory);
+  EXPECT_EQ(write_json_file(sample_run(), dir.file("link")), std::errc::is_a_directory);
+  EXPECT_EQ(resolve_output(dir.file("new.json")).error, std::error_code{});  // a new file
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{"link", "sub"}));
+  ::rmdir(dir.file("sub").c_str());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 #include "harness/cli/targets.h"
 #include "harness/core/cpus.h"
 #include "harness/core/sysinfo.h"
+#include "results/writers.h"
 #include "servers/server.h"
 
 namespace sockbench::cli {
@@ -37,8 +38,15 @@ std::vector<std::string> resolve_models(const std::string& text) {
 }
 
 void check_writable(const std::string& flag, const std::string& path) {
-  const auto dir = std::filesystem::path(path).parent_path();
-  const std::string d = dir.empty() ? "." : dir.string();
+  const auto target = results::resolve_output(path);
+  if (target.error) {
+    throw UsageError(
+        fmt::format("--{}: cannot write '{}': {}", flag, path, target.error.message()));
+  }
+  // Written in place (a device, a FIFO): the file itself. Otherwise a temporary is renamed over
+  // the file: its directory. Not opened here: a FIFO would block until a reader comes.
+  const auto dir = std::filesystem::path(target.path).parent_path();
+  const std::string d = target.write_through ? target.path : dir.empty() ? "." : dir.string();
   if (::access(d.c_str(), W_OK) != 0) {
     throw UsageError(fmt::format("--{}: cannot write into '{}': {}", flag, d,
                                  std::generic_category().message(errno)));

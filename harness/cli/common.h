@@ -14,8 +14,9 @@ namespace sockbench::cli {
 // unknown name is a UsageError naming --server.
 std::vector<std::string> resolve_models(const std::string& text);
 
-// A UsageError naming --flag when the file's directory is not writable: found before a run, not
-// after it.
+// A UsageError naming --flag when results::write_file_atomically could not write `path`: its
+// directory is missing or not writable, it is a directory, or it is a device or FIFO that is not
+// writable. Found before a run, not after it; /dev/full passes (its error comes at write time).
 void check_writable(const std::string& flag, const std::string& path);
 
 // Lifts the soft RLIMIT_NOFILE to the hard one (children inherit it) and returns the limit.

@@ -81,6 +81,7 @@ int compare_command(int argc, const char* const* argv) {
        cxxopts::value<std::string>()->default_value("0.05"))
       ("min-effect", "smallest median change that counts (0.05 or 5%)",
        cxxopts::value<std::string>()->default_value("5%"))
+      ("allow-missing", "a BASE cell absent from NEW is a note, not a regression")
       ("all", "show every compared metric, not only changes")
       ("files", "BASE.json NEW.json", cxxopts::value<std::vector<std::string>>())
       ("h,help", "show this help");
@@ -102,6 +103,7 @@ int compare_command(int argc, const char* const* argv) {
   opts.alpha = parse_fraction("alpha", str(parsed, "alpha"));
   if (opts.alpha <= 0) throw UsageError("--alpha: must be above 0");
   opts.min_effect = parse_fraction("min-effect", str(parsed, "min-effect"));
+  opts.allow_missing = parsed.count("allow-missing") > 0;
 
   results::RunResult base;
   results::RunResult next;
@@ -133,11 +135,22 @@ int compare_command(int argc, const char* const* argv) {
                fmt::format("{}/{}", row.base_n, row.new_n), verdict_text(row.verdict));
   }
   if (shown == 0) fmt::print("(no significant change in {} metrics)\n", report.rows.size());
-  for (const auto& name : report.only_in_base) fmt::print("missing in new: {}\n", name);
+  for (const auto& f : report.failed_in_base) {
+    fmt::print("FAILED in BASE (skipped, not compared): {}: {}\n", f.cell, f.error);
+  }
+  for (const auto& f : report.failed_in_new) fmt::print("FAILED in NEW: {}: {}\n", f.cell, f.error);
+  for (const auto& name : report.only_in_base) {
+    fmt::print("{}MISSING in NEW: {}\n", report.missing_allowed ? "note (--allow-missing): " : "",
+               name);
+  }
   for (const auto& name : report.only_in_new) fmt::print("new cell: {}\n", name);
-  if (report.rows.empty()) {
-    fmt::print("\nno cell is in both files: nothing compared\n");
-  } else if (report.weak()) {
+  if (report.nothing_compared()) {
+    // Files of different suites, or every BASE cell failed: neither OK nor a regression.
+    fmt::print(stderr, "sockbench compare: no cell is in both {} and {}: nothing compared\n",
+               files[0], files[1]);
+    return kExitUnreadable;
+  }
+  if (!report.rows.empty() && report.weak()) {
     fmt::print(
         "\nweak verdict: only {} repetition(s) per cell; with fewer than 5 the U test can rarely "
         "reach p < {} (run with --repetitions 5 or more)\n",
@@ -145,9 +158,12 @@ int compare_command(int argc, const char* const* argv) {
   }
   size_t regressions = 0;
   for (const auto& row : report.rows) regressions += row.verdict == results::Verdict::kRegressed;
-  fmt::print("\n{}: {} regression(s) in {} compared metrics\n", regressions ? "REGRESSION" : "OK",
-             regressions, report.rows.size());
-  return regressions ? kExitRegression : 0;
+  const size_t lost =
+      report.failed_in_new.size() + (report.missing_allowed ? 0 : report.only_in_base.size());
+  fmt::print("\n{}: {} regression(s) in {} compared metrics{}\n",
+             report.regressed() ? "REGRESSION" : "OK", regressions, report.rows.size(),
+             lost ? fmt::format(", {} cell(s) failed or missing in NEW", lost) : "");
+  return report.regressed() ? kExitRegression : 0;
 }
 
 int export_command(int argc, const char* const* argv) {

@@ -31,6 +31,8 @@ int shell(const std::string& command) {
   return WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
 }
 
+std::string sockbench_path() { return SOCKBENCH_BIN; }
+
 Outcome run_sockbench(const std::string& args, const std::filesystem::path& out,
                       const std::filesystem::path& err) {
   Outcome o;

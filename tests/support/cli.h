@@ -25,6 +25,9 @@ std::string slurp(const std::filesystem::path& path);
 // std::system: safe from several threads at once.
 int shell(const std::string& command);
 
+// The `sockbench` binary this build made (absolute path).
+std::string sockbench_path();
+
 // Runs `sockbench ARGS` (the binary this build made; ARGS as a shell would split them) with
 // stdin from /dev/null, stdout and stderr written to `out` and `err`, then read back.
 Outcome run_sockbench(const std::string& args, const std::filesystem::path& out,
