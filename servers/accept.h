@@ -126,8 +126,9 @@ class Listener {
   // How long the loop may sleep: -1 (until an event) unless backing off, else the ms left of the
   // back-off. The loop thread.
   int wait_timeout_ms() const;
-  // Ends a back-off early: an fd was just freed, so accept() may succeed again. The loop thread.
-  void end_back_off() { backing_off_ = false; }
+  // Ends a back-off early: an fd was just freed, so accept() may succeed again. Returns whether
+  // a back-off was under way. The loop thread.
+  bool end_back_off() { return std::exchange(backing_off_, false); }
 
   // Accepts until the backlog is empty (see accept_until_drained), handing each connection to
   // on_accepted(Fd) and counting into `counters`; out of fds or memory, it starts the back-off.

@@ -337,8 +337,7 @@ class ReactorServer final : public Server {
     connections_[static_cast<size_t>(fd)].reset();  // closes the fd; `c` is gone
     counters_.closed.fetch_add(1, std::memory_order_relaxed);
     // An fd was just freed: a listener paused by EMFILE may accept again.
-    listener_.end_back_off();
-    update_listener();
+    if (listener_.end_back_off()) update_listener();
   }
 
   void close_all() {
