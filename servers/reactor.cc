@@ -1,14 +1,11 @@
 #include "servers/reactor.h"
 
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
-#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -21,8 +18,6 @@
 
 namespace sockbench::servers {
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 bool would_block(const std::error_code& ec) {
   return ec.value() == EAGAIN || ec.value() == EWOULDBLOCK;
@@ -55,51 +50,41 @@ class ReactorServer final : public Server {
       : config_(config),
         options_(options),
         poller_(std::move(poller)),
-        wake_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)),
-        read_buffer_(std::max<size_t>(options_.read_chunk, 1)) {
-    if (!wake_) init_error_ = last_error();
-  }
+        listener_({.address = config.listen,
+                   .backlog = config.backlog,
+                   .reuseaddr = config.reuseaddr && !options.ignore_reuseaddr,
+                   .accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC,
+                   .emfile_backoff = options.emfile_backoff,
+                   .retry_accept_on_emfile = options.retry_accept_on_emfile}),
+        read_buffer_(std::max<size_t>(options_.read_chunk, 1)) {}
 
   ~ReactorServer() override = default;
 
-  std::error_code bind() override {
-    if (init_error_) return init_error_;
-    if (listen_) return make_error(EALREADY);
-    const bool reuseaddr = config_.reuseaddr && !options_.ignore_reuseaddr;
-    auto fd = listen_on(config_.listen, config_.backlog, reuseaddr, /*nonblocking=*/true);
-    if (!fd) return fd.error();
-    auto address = local_address(fd->get());
-    if (!address) return address.error();
-    listen_ = std::move(*fd);
-    address_ = *address;
-    return {};
-  }
+  std::error_code bind() override { return listener_.bind(); }
 
-  Address address() const override { return address_; }
+  Address address() const override { return listener_.address(); }
 
   std::error_code run() override {
-    if (init_error_) return init_error_;
-    if (!listen_) return make_error(EBADF);
-    if (auto ec = poller_->add(wake_.get(), kRead)) return ec;
-    if (auto ec = poller_->add(listen_.get(), kNone)) {
-      poller_->remove(wake_.get());
+    if (auto ec = listener_.status()) return ec;
+    if (auto ec = poller_->add(listener_.wake_fd(), kRead)) return ec;
+    if (auto ec = poller_->add(listener_.fd(), kNone)) {
+      poller_->remove(listener_.wake_fd());
       return ec;
     }
     listen_interest_ = kNone;
     std::error_code result;
     std::vector<PollEvent> events;
-    while (!stop_.load(std::memory_order_acquire)) {
-      if (emfile_paused_ && Clock::now() >= resume_at_) emfile_paused_ = false;
+    while (!listener_.stop_requested()) {
       // Every turn, so that a set_accept_paused() is applied whichever event woke the loop.
       update_listener();
-      if (auto ec = poller_->wait(events, wait_timeout_ms())) {
+      if (auto ec = poller_->wait(events, listener_.wait_timeout_ms())) {
         result = ec;
         break;
       }
       for (const PollEvent& event : events) {
-        if (event.fd == wake_.get()) {
-          drain_wake();
-        } else if (event.fd == listen_.get()) {
+        if (event.fd == listener_.wake_fd()) {
+          listener_.drain_wake();
+        } else if (event.fd == listener_.fd()) {
           // Not when an earlier event of this batch took the listener out of the set.
           if (listen_interest_ & kRead) result = accept_all();
         } else {
@@ -110,56 +95,26 @@ class ReactorServer final : public Server {
       if (result) break;
     }
     close_all();
-    poller_->remove(listen_.get());
-    poller_->remove(wake_.get());
-    emfile_paused_ = false;
+    poller_->remove(listener_.fd());
+    poller_->remove(listener_.wake_fd());
+    listener_.end_back_off();
     listen_interest_ = kNone;
     return result;
   }
 
-  void stop() override {
-    stop_.store(true, std::memory_order_release);
-    wake();
-  }
+  void stop() override { listener_.request_stop(); }
 
-  void set_accept_paused(bool paused) override {
-    accept_held_.store(paused, std::memory_order_release);
-    wake();
-  }
+  void set_accept_paused(bool paused) override { listener_.set_accept_paused(paused); }
 
   const ServerCounters& counters() const override { return counters_; }
 
  private:
-  void wake() {
-    if (!wake_) return;
-    const uint64_t one = 1;
-    // EAGAIN only when the counter is saturated, i.e. a wake-up is already pending.
-    [[maybe_unused]] const ssize_t n = ::write(wake_.get(), &one, sizeof one);
-  }
-
-  int wait_timeout_ms() const {
-    if (!emfile_paused_) return -1;
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(resume_at_ - Clock::now());
-    return static_cast<int>(std::max<std::chrono::milliseconds::rep>(left.count(), 0));
-  }
-
-  void drain_wake() {
-    uint64_t value = 0;
-    [[maybe_unused]] const ssize_t n = ::read(wake_.get(), &value, sizeof value);
-  }
-
-  // Accepts until the backlog is empty. Returns an error only for a failure of the listener
-  // itself, which ends serving.
+  // Accepts until the backlog is empty, then takes the listener out of the set if that ended in
+  // a back-off. Returns an error only for a failure of the listener itself, which ends serving.
   std::error_code accept_all() {
-    return accept_until_drained(
-        listen_.get(), SOCK_NONBLOCK | SOCK_CLOEXEC, config_.listen.family(), counters_,
-        [this](Fd fd) { add_connection(std::move(fd)); },
-        [this](AcceptOutcome outcome) {
-          // The faulty twin's defect: level-triggering reports the same pending connection
-          // again at once, and the loop spins at 100% CPU while the process is out of fds.
-          if (outcome == AcceptOutcome::kOutOfFds && options_.retry_accept_on_emfile) return;
-          pause_accepting();
-        });
+    auto ec = listener_.accept_all(counters_, [this](Fd fd) { add_connection(std::move(fd)); });
+    update_listener();
+    return ec;
   }
 
   // Registers a new connection with the poller, or refuses it when the poller cannot watch it.
@@ -188,27 +143,14 @@ class ReactorServer final : public Server {
     connections_[static_cast<size_t>(raw)] = std::move(connection);
   }
 
-  // Level-triggered: a listener left in the set would report the same pending connection on
-  // every turn and the loop would spin at 100% CPU while the process is out of fds.
-  void pause_accepting() {
-    emfile_paused_ = true;
-    resume_at_ = Clock::now() + options_.emfile_backoff;
-    update_listener();
-  }
-
-  void resume_accepting() {
-    if (!emfile_paused_) return;
-    emfile_paused_ = false;
-    update_listener();
-  }
-
-  // Watches the listener exactly when accepting is wanted: not held by set_accept_paused() and
-  // not backing off after EMFILE. A failed modify is retried on the next turn.
+  // Watches the listener exactly when the Listener wants accepting: not held by
+  // set_accept_paused() and not backing off after EMFILE (level-triggered, a listener left in the
+  // set would report the same pending connection on every turn and the loop would spin at 100%
+  // CPU while the process is out of fds). A failed modify is retried on the next turn.
   void update_listener() {
-    const bool held = accept_held_.load(std::memory_order_acquire);
-    const unsigned want = held || emfile_paused_ ? kNone : kRead;
+    const unsigned want = listener_.accepting() ? kRead : kNone;
     if (want == listen_interest_) return;
-    if (!poller_->modify(listen_.get(), want)) listen_interest_ = want;
+    if (!poller_->modify(listener_.fd(), want)) listen_interest_ = want;
   }
 
   Connection* find(int fd) {
@@ -324,7 +266,7 @@ class ReactorServer final : public Server {
         close_connection(c);
         return ReadResult::kClosed;
       }
-      pollfd fds[2] = {{c.fd.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
+      pollfd fds[2] = {{c.fd.get(), POLLIN, 0}, {listener_.wake_fd(), POLLIN, 0}};
       if (::poll(fds, 2, -1) < 0 && errno != EINTR) {
         counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
         close_connection(c);
@@ -333,8 +275,8 @@ class ReactorServer final : public Server {
       if (fds[1].revents != 0) {
         // Drained here, else the wake-up would keep poll() returning; the loop re-reads the
         // accept hold on its next turn anyway.
-        drain_wake();
-        if (stop_.load(std::memory_order_acquire)) return ReadResult::kStopped;
+        listener_.drain_wake();
+        if (listener_.stop_requested()) return ReadResult::kStopped;
       }
     }
     return ReadResult::kDone;
@@ -395,7 +337,7 @@ class ReactorServer final : public Server {
     connections_[static_cast<size_t>(fd)].reset();  // closes the fd; `c` is gone
     counters_.closed.fetch_add(1, std::memory_order_relaxed);
     // An fd was just freed: a listener paused by EMFILE may accept again.
-    resume_accepting();
+    if (listener_.end_back_off()) update_listener();
   }
 
   void close_all() {
@@ -412,19 +354,12 @@ class ReactorServer final : public Server {
   const ReactorOptions options_;
   std::unique_ptr<Poller> poller_;
   ServerCounters counters_;
-  std::error_code init_error_;
-  Fd wake_;  // eventfd: stop() from any thread makes the poller's wait return
-  Fd listen_;
-  Address address_;
-  std::atomic<bool> stop_{false};
-  std::atomic<bool> accept_held_{false};  // set_accept_paused(), from any thread
+  Listener listener_;  // its wake fd is in the poller: stop() from any thread ends the wait
 
   // Reactor-thread state.
   std::vector<std::unique_ptr<Connection>> connections_;  // indexed by fd
   std::vector<char> read_buffer_;
   unsigned listen_interest_ = kNone;  // what the poller watches the listener for
-  bool emfile_paused_ = false;        // backing off after EMFILE/ENFILE until resume_at_
-  Clock::time_point resume_at_{};
 };
 
 }  // namespace

@@ -2,14 +2,11 @@
 // run() thread is the acceptor; every client gets a std::jthread that the acceptor joins as soon
 // as it finishes, and stop() unblocks them all with shutdown(SHUT_RDWR).
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <condition_variable>
-#include <cstdint>
 #include <list>
 #include <mutex>
 #include <string>
@@ -26,64 +23,47 @@
 namespace sockbench::servers {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 class ThreadedServer final : public Server {
  public:
   ThreadedServer(const ServerConfig& config, ThreadedOptions options)
-      : config_(config), options_(options), wake_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
-    if (!wake_) init_error_ = last_error();
-  }
+      : config_(config),
+        options_(options),
+        // Client sockets stay blocking: that is the model.
+        listener_({.address = config.listen,
+                   .backlog = config.backlog,
+                   .reuseaddr = config.reuseaddr,
+                   .accept_flags = SOCK_CLOEXEC,
+                   .emfile_backoff = options.emfile_backoff}) {}
 
   // run() joins every client thread before it returns, so only Fds are left to close here.
   ~ThreadedServer() override = default;
 
-  std::error_code bind() override {
-    if (init_error_) return init_error_;
-    if (listen_) return make_error(EALREADY);
-    // Non-blocking even here: poll() may report a connection that is gone by the time accept()
-    // runs, and the acceptor must not then block where stop() cannot reach it.
-    auto fd = listen_on(config_.listen, config_.backlog, config_.reuseaddr, /*nonblocking=*/true);
-    if (!fd) return fd.error();
-    auto address = local_address(fd->get());
-    if (!address) return address.error();
-    listen_ = std::move(*fd);
-    address_ = *address;
-    return {};
-  }
+  std::error_code bind() override { return listener_.bind(); }
 
-  Address address() const override { return address_; }
+  Address address() const override { return listener_.address(); }
 
   std::error_code run() override {
-    if (init_error_) return init_error_;
-    if (!listen_) return make_error(EBADF);
+    if (auto ec = listener_.status()) return ec;
     std::error_code result;
-    bool paused = false;
-    Clock::time_point resume_at{};
-    while (!stop_.load(std::memory_order_acquire)) {
-      if (reap() > 0) paused = false;  // a client closed its fd: accept() may succeed again
-      if (paused && Clock::now() >= resume_at) paused = false;
-      // Read before poll(): a set_accept_paused() after this point wakes the poll() below.
-      const bool held = accept_held_.load(std::memory_order_acquire);
-      pollfd fds[2] = {{wake_.get(), POLLIN, 0}, {listen_.get(), POLLIN, 0}};
-      int timeout = -1;
-      if (paused) {
-        // While out of fds the listener stays readable; leave it out (negative fd) until the
-        // back-off ends so the acceptor sleeps instead of spinning.
-        fds[1].fd = -1;
-        const auto left = std::chrono::ceil<std::chrono::milliseconds>(resume_at - Clock::now());
-        timeout = static_cast<int>(std::max<std::chrono::milliseconds::rep>(left.count(), 0));
-      }
-      if (held) fds[1].fd = -1;  // held by set_accept_paused(): connections wait in the backlog
-      const int n = ::poll(fds, 2, timeout);
+    while (!listener_.stop_requested()) {
+      // A client closed its fd: accept() may succeed again.
+      if (reap() > 0) listener_.end_back_off();
+      // Read before poll(): a set_accept_paused() after this point wakes the poll() below. While
+      // held, or out of fds (the listener stays readable), the listener is left out (negative
+      // fd) so that connections wait in the backlog and the acceptor sleeps instead of spinning.
+      const bool accepting = listener_.accepting();
+      pollfd fds[2] = {{listener_.wake_fd(), POLLIN, 0},
+                       {accepting ? listener_.fd() : -1, POLLIN, 0}};
+      const int n = ::poll(fds, 2, listener_.wait_timeout_ms());
       if (n < 0) {
         if (errno == EINTR) continue;
         result = last_error();
         break;
       }
-      if (fds[0].revents != 0) drain_wake();
-      if (!paused && !held && fds[1].revents != 0) {
-        if (auto ec = accept_all(paused, resume_at)) {
+      if (fds[0].revents != 0) listener_.drain_wake();
+      if (accepting && fds[1].revents != 0) {
+        if (auto ec =
+                listener_.accept_all(counters_, [this](Fd fd) { start_client(std::move(fd)); })) {
           result = ec;
           break;
         }
@@ -95,15 +75,11 @@ class ThreadedServer final : public Server {
   }
 
   void stop() override {
-    stop_.store(true, std::memory_order_release);
-    wake();
+    listener_.request_stop();
     shutdown_clients();
   }
 
-  void set_accept_paused(bool paused) override {
-    accept_held_.store(paused, std::memory_order_release);
-    wake();
-  }
+  void set_accept_paused(bool paused) override { listener_.set_accept_paused(paused); }
 
   const ServerCounters& counters() const override { return counters_; }
 
@@ -112,31 +88,6 @@ class ThreadedServer final : public Server {
     Fd fd;  // closed by the client's own thread, under mu_, when it is done
     std::jthread thread;
   };
-
-  void wake() {
-    if (!wake_) return;
-    const uint64_t one = 1;
-    // EAGAIN only when the counter is saturated, i.e. a wake-up is already pending.
-    [[maybe_unused]] const ssize_t n = ::write(wake_.get(), &one, sizeof one);
-  }
-
-  void drain_wake() {
-    uint64_t value = 0;
-    [[maybe_unused]] const ssize_t n = ::read(wake_.get(), &value, sizeof value);
-  }
-
-  // Accepts until the backlog is empty; sets `paused` on fd exhaustion. Returns an error only
-  // for a failure of the listener itself.
-  std::error_code accept_all(bool& paused, Clock::time_point& resume_at) {
-    // Client sockets stay blocking: that is the model.
-    return accept_until_drained(
-        listen_.get(), SOCK_CLOEXEC, config_.listen.family(), counters_,
-        [this](Fd fd) { start_client(std::move(fd)); },
-        [&](AcceptOutcome) {
-          paused = true;
-          resume_at = Clock::now() + options_.emfile_backoff;
-        });
-  }
 
   void start_client(Fd fd) {
     std::lock_guard lock(mu_);
@@ -206,7 +157,7 @@ class ThreadedServer final : public Server {
     }
     counters_.closed.fetch_add(1, std::memory_order_relaxed);
     done_cv_.notify_all();
-    wake();
+    listener_.wake();
   }
 
   // Joins the finished client threads. Returns how many.
@@ -246,12 +197,7 @@ class ThreadedServer final : public Server {
   const ServerConfig config_;
   const ThreadedOptions options_;
   ServerCounters counters_;
-  std::error_code init_error_;
-  Fd wake_;  // eventfd: wakes the acceptor for stop() and for a client to reap
-  Fd listen_;
-  Address address_;
-  std::atomic<bool> stop_{false};
-  std::atomic<bool> accept_held_{false};  // set_accept_paused(), from any thread
+  Listener listener_;  // its wake fd also wakes the acceptor for a client to reap
 
   std::mutex mu_;
   std::condition_variable done_cv_;
