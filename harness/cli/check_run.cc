@@ -101,6 +101,32 @@ void print_evidence(const std::vector<results::Record>& records, bool verbose, s
   }
 }
 
+// A target whose every failure is a refused connection is most likely not listening at all: one
+// line says so, rather than leaving the reader to find it in each FAIL's evidence.
+std::vector<std::string> refused_targets(
+    const std::vector<results::Record>& records,
+    const std::vector<std::unique_ptr<scenarios::CheckTarget>>& targets) {
+  std::vector<std::string> lines;
+  for (const auto& target : targets) {
+    if (target->can_restart()) continue;  // sockbench started it: a refusal is a real failure
+    int refused = 0;
+    bool other_failure = false;
+    for (const auto& r : records) {
+      if (r.server != target->name() || r.verdict != "FAIL") continue;
+      if (r.evidence.find("ECONNREFUSED") != std::string::npos) {
+        ++refused;
+      } else {
+        other_failure = true;
+      }
+    }
+    if (refused > 0 && !other_failure) {
+      lines.push_back(fmt::format("{} {} refused every connection: is a server listening there?",
+                                  target->name(), target->address().to_string()));
+    }
+  }
+  return lines;
+}
+
 results::Record start_failure(const std::string& target, const std::string& error) {
   results::Record r;
   r.name = scenarios::check_record_name("start", "server", target);
@@ -173,6 +199,7 @@ int run_check_plan(CheckPlan plan) {
     }
     target->stop(3s);
   }
+  const auto refused = refused_targets(run.records, targets);
   targets.clear();  // every server stopped before the report
   if (watcher.token().stop_requested()) run.context.error = "interrupted by signal";
 
@@ -186,6 +213,7 @@ int run_check_plan(CheckPlan plan) {
   }
   print_verdict_table(run.records, names, stdout);
   print_evidence(run.records, plan.verbose, stdout);
+  for (const auto& line : refused) fmt::print("\n{}\n", line);
   fmt::print("\n{} PASS, {} FAIL, {} SKIP\n", passed, failed, skipped);
   std::fflush(stdout);
   int status = failed > 0 ? 1 : 0;
