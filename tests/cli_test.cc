@@ -184,12 +184,13 @@ TEST_F(Cli, AModelRegisteredInItsOwnFileIsListedAndRunByServerAll) {
   ASSERT_EQ(o.status, 0) << o.err << o.out;
   auto want = servers::model_names(/*faulty=*/false);
   want.push_back("extra");
+  const auto doc = nlohmann::json::parse(slurp(json_path));
   std::vector<std::string> got;
-  for (const auto& b : nlohmann::json::parse(slurp(json_path))["benchmarks"]) {
-    got.push_back(
-        b["name"].get<std::string>().substr(3, b["name"].get<std::string>().find('/', 3) - 3));
-    EXPECT_EQ(b["errors"].get<double>(), 0) << b["name"];
-    EXPECT_GT(b["iterations"].get<double>(), 0) << b["name"];
+  for (const auto& b : doc["benchmarks"]) {
+    const auto name = b["name"].get<std::string>();  // rr/MODEL/clients:2/msg:64
+    got.push_back(name.substr(3, name.find('/', 3) - 3));
+    EXPECT_EQ(b["errors"].get<double>(), 0) << name;
+    EXPECT_GT(b["iterations"].get<double>(), 0) << name;
   }
   EXPECT_EQ(got, want);
 }

@@ -10,6 +10,7 @@
 
 #include "harness/cli/common.h"
 #include "harness/cli/targets.h"
+#include "harness/core/net.h"
 #include "harness/core/signals.h"
 #include "results/writers.h"
 
@@ -101,28 +102,24 @@ void print_evidence(const std::vector<results::Record>& records, bool verbose, s
   }
 }
 
-// A target whose every failure is a refused connection is most likely not listening at all: one
-// line says so, rather than leaving the reader to find it in each FAIL's evidence.
+// A target that refused the checks' connections and still refuses one now is most likely not
+// listening at all: one line says so, rather than leaving it to each FAIL's evidence. Only for
+// targets sockbench did not start (it knows when its own server did not come up).
 std::vector<std::string> refused_targets(
     const std::vector<results::Record>& records,
     const std::vector<std::unique_ptr<scenarios::CheckTarget>>& targets) {
   std::vector<std::string> lines;
   for (const auto& target : targets) {
-    if (target->can_restart()) continue;  // sockbench started it: a refusal is a real failure
-    int refused = 0;
-    bool other_failure = false;
-    for (const auto& r : records) {
-      if (r.server != target->name() || r.verdict != "FAIL") continue;
-      if (r.evidence.find("ECONNREFUSED") != std::string::npos) {
-        ++refused;
-      } else {
-        other_failure = true;
-      }
-    }
-    if (refused > 0 && !other_failure) {
-      lines.push_back(fmt::format("{} {} refused every connection: is a server listening there?",
-                                  target->name(), target->address().to_string()));
-    }
+    if (target->can_restart()) continue;
+    const bool any_refused = std::any_of(records.begin(), records.end(), [&](const auto& r) {
+      return r.server == target->name() && r.verdict == "FAIL" &&
+             r.evidence.find("ECONNREFUSED") != std::string::npos;
+    });
+    if (!any_refused) continue;
+    const auto probe = connect_to(target->address(), /*nonblocking=*/false);
+    if (probe.ok() || probe.error() != std::errc::connection_refused) continue;
+    lines.push_back(fmt::format("{} {} refused every connection: is a server listening there?",
+                                target->name(), target->address().to_string()));
   }
   return lines;
 }
