@@ -1,5 +1,8 @@
 #include "scenarios/benchmark.h"
 
+#include <algorithm>
+
+#include "harness/load/loadgen.h"
 #include "scenarios/connections.h"
 #include "scenarios/crr.h"
 #include "scenarios/rr.h"
@@ -9,28 +12,55 @@ namespace sockbench::scenarios {
 
 const std::vector<BenchmarkInfo>& benchmarks() {
   static const std::vector<BenchmarkInfo> all = {
-      {"rr", "request/response over N connections, every reply verified",
+      {"rr",
+       "request/response over N connections, every reply verified",
        [](const BenchParams& p) { return p.wire == WireFormat::kFramed ? "framed" : "echo"; },
        [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
          return std::vector<results::Record>{run_rr(server, params, stop)};
-       }},
-      {"stream", "bulk transfer over N connections, one way or (duplex) echoed and verified",
+       },
+       {"framed", "echo"},
+       kMinMessageSize,
+       64,
+       {"pipeline", "rate"}},
+      {"stream",
+       "bulk transfer over N connections, one way or (duplex) echoed and verified",
        [](const BenchParams& p) { return p.duplex ? "echo" : "discard"; },
        [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
          return std::vector<results::Record>{run_stream_scenario(server, params, stop)};
-       }},
-      {"crr", "connect, one verified request, close (FIN or RST): connection churn",
+       },
+       {"discard", "echo"},
+       1,
+       128 << 10,
+       {"duplex"}},
+      {"crr",
+       "connect, one verified request, close (FIN or RST): connection churn",
        [](const BenchParams& p) { return p.wire == WireFormat::kFramed ? "framed" : "echo"; },
        [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
          return std::vector<results::Record>{run_crr(server, params, stop)};
-       }},
+       },
+       {"framed", "echo"},
+       kMinMessageSize,
+       64,
+       {"close"}},
       {"connections",
        "hold N connections (in --ramp steps) with a trickle of verified requests: connect "
        "latency, server memory per connection",
        [](const BenchParams& p) { return p.wire == WireFormat::kFramed ? "framed" : "echo"; },
-       run_connections},
+       run_connections,
+       {"framed", "echo"},
+       kMinMessageSize,
+       64,
+       {"ramp"}},
   };
   return all;
+}
+
+std::vector<std::string> scenarios_reading(const std::string& flag) {
+  std::vector<std::string> names;
+  for (const auto& b : benchmarks()) {
+    if (std::find(b.flags.begin(), b.flags.end(), flag) != b.flags.end()) names.push_back(b.name);
+  }
+  return names;
 }
 
 const BenchmarkInfo* find_benchmark(const std::string& name) {

@@ -22,9 +22,19 @@ struct BenchmarkInfo {
   // "<scenario>/<server>/" and then the parameters that identify the cell.
   std::function<std::vector<results::Record>(ServerHandle&, const BenchParams&, std::stop_token)>
       run;
+  // Every protocol `protocol` may return, for `sockbench list`.
+  std::vector<std::string> protocols;
+  // The smallest payload it can verify (--message-size), and its size without the flag.
+  size_t min_message_size = 1;
+  size_t default_message_size = 64;
+  // The run flags only this scenario reads ("rate", "duplex"...): the command line rejects one
+  // that no chosen scenario reads rather than ignoring it.
+  std::vector<std::string> flags;
 };
 
 const std::vector<BenchmarkInfo>& benchmarks();
 const BenchmarkInfo* find_benchmark(const std::string& name);
+// The scenarios that read `flag`, in registry order; empty for a flag no scenario owns.
+std::vector<std::string> scenarios_reading(const std::string& flag);
 
 }  // namespace sockbench::scenarios

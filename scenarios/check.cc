@@ -165,7 +165,10 @@ CheckRun::CheckRun(const CheckInfo& check, CheckTarget& target, const CheckOptio
     : check_(check), target_(target), options_(options) {}
 
 bool CheckRun::wanted(std::string_view subcheck) const {
-  if (options_.stop.stop_requested()) return false;
+  return !options_.stop.stop_requested() && selected(subcheck);
+}
+
+bool CheckRun::selected(std::string_view subcheck) const {
   if (options_.only.empty()) return true;
   const std::string full = fmt::format("{}/{}", check_.name, subcheck);
   return std::any_of(options_.only.begin(), options_.only.end(),
@@ -201,6 +204,17 @@ std::string CheckRun::missing(unsigned needs) const {
 
 void CheckRun::run(std::string_view subcheck, unsigned needs, const std::function<Outcome()>& body,
                    bool fresh) {
+  ran_.emplace_back(subcheck);
+  const auto& declared = check_.subchecks;
+  if (std::none_of(declared.begin(), declared.end(),
+                   [&](const SubcheckInfo& s) { return s.name == subcheck; })) {
+    add_record(subcheck,
+               Outcome().fail(fmt::format("internal error: sub-check '{}' is not declared by check "
+                                          "{} (scenarios/check.cc)",
+                                          subcheck, check_.name)),
+               0);
+    return;
+  }
   if (!wanted(subcheck)) return;
   if (options_.progress) options_.progress(fmt::format("{}/{}", check_.name, subcheck));
   const auto start = SteadyClock::now();
@@ -227,13 +241,30 @@ void CheckRun::run(std::string_view subcheck, unsigned needs, const std::functio
       }
     }
   }
+  add_record(subcheck, std::move(outcome), ms_between(start, SteadyClock::now()));
+}
+
+std::vector<results::Record> CheckRun::take() {
+  for (const auto& sub : check_.subchecks) {
+    if (!selected(sub.name) || options_.stop.stop_requested()) continue;
+    if (std::find(ran_.begin(), ran_.end(), sub.name) != ran_.end()) continue;
+    add_record(sub.name,
+               Outcome().fail(fmt::format("internal error: sub-check '{}' is declared by check {} "
+                                          "but was never run",
+                                          sub.name, check_.name)),
+               0);
+  }
+  return std::move(records_);
+}
+
+void CheckRun::add_record(std::string_view subcheck, Outcome outcome, double ms) {
   results::Record r;
   r.name = check_record_name(check_.name, subcheck, target_.name());
   r.scenario = "check";
   r.server = target_.name();
   r.params = {{"check", check_.name}, {"subcheck", std::string(subcheck)}};
   r.iterations = 1;
-  r.real_time = ms_between(start, SteadyClock::now());
+  r.real_time = ms;
   r.time_unit = "ms";
   r.verdict = std::string(verdict_name(outcome.verdict));
   r.evidence = join_lines(outcome.evidence);

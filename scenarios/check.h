@@ -137,16 +137,22 @@ class CheckRun {
   bool wanted(std::string_view subcheck) const;
   // Runs `body` as `subcheck` when wanted. `fresh`: start a new instance first even when one is
   // running with default options.
+  // A `subcheck` not declared in the check's CheckInfo is reported as a FAIL naming the mistake.
   void run(std::string_view subcheck, unsigned needs, const std::function<Outcome()>& body,
            bool fresh = false);
-  std::vector<results::Record> take() { return std::move(records_); }
+  // The records, plus a FAIL for every declared sub-check that was wanted but never run: what a
+  // check reports and what it declares cannot drift apart unseen.
+  std::vector<results::Record> take();
 
  private:
-  std::string missing(unsigned needs) const;  // the SKIP reason, "" when nothing is missing
+  std::string missing(unsigned needs) const;       // the SKIP reason, "" when nothing is missing
+  bool selected(std::string_view subcheck) const;  // by --only
+  void add_record(std::string_view subcheck, Outcome outcome, double ms);
   const CheckInfo& check_;
   CheckTarget& target_;
   const CheckOptions& options_;
   bool first_ = true;
+  std::vector<std::string> ran_;  // every run() call's sub-check, wanted or not
   std::vector<results::Record> records_;
 };
 

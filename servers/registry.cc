@@ -1,13 +1,18 @@
 // The one table of models, correct ones first in preference order; `sockbench list` prints it.
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 
 #include "servers/poller.h"
 #include "servers/reactor.h"
 #include "servers/server.h"
 
 namespace sockbench::servers {
+namespace {
 
-const std::vector<ModelInfo>& registry() {
+const std::vector<ModelInfo>& builtin_models() {
   static const std::vector<ModelInfo> models = {
       {"threaded", "one thread per client, blocking I/O", false,
        [](const ServerConfig& config) { return make_threaded_server(config); }},
@@ -66,6 +71,60 @@ const std::vector<ModelInfo>& registry() {
        }},
   };
   return models;
+}
+
+// Models added by ModelRegistration; written only during static initialisation.
+std::vector<ModelInfo>& registered_models() {
+  static std::vector<ModelInfo> models;
+  return models;
+}
+
+}  // namespace
+
+ModelRegistration::ModelRegistration(ModelInfo model) {
+  auto& added = registered_models();
+  const auto taken = [&](const std::vector<ModelInfo>& models) {
+    return std::any_of(models.begin(), models.end(),
+                       [&](const ModelInfo& m) { return m.name == model.name; });
+  };
+  if (model.name.empty() || taken(builtin_models()) || taken(added)) {
+    fmt::print(stderr, "sockbench: model name '{}' is empty or already registered\n", model.name);
+    std::abort();
+  }
+  added.push_back(std::move(model));
+}
+
+const std::vector<ModelInfo>& registry() {
+  static const std::vector<ModelInfo> models = [] {
+    std::vector<ModelInfo> all;
+    const std::vector<ModelInfo>* lists[] = {&builtin_models(), &registered_models()};
+    for (const bool faulty : {false, true}) {
+      for (const auto* list : lists) {
+        for (const auto& model : *list) {
+          if (model.faulty == faulty) all.push_back(model);
+        }
+      }
+    }
+    return all;
+  }();
+  return models;
+}
+
+std::vector<std::string> model_names(bool faulty) {
+  std::vector<std::string> names;
+  for (const auto& model : registry()) {
+    if (model.faulty == faulty) names.push_back(model.name);
+  }
+  return names;
+}
+
+const std::vector<ProtocolInfo>& protocols() {
+  static const std::vector<ProtocolInfo> all = {
+      {"echo", "raw bytes back (RFC 862)"},
+      {"framed", "4-byte big-endian length + payload, answered with the same frame"},
+      {"discard", "read and drop (RFC 863)"},
+  };
+  return all;
 }
 
 const ModelInfo* find_model(std::string_view name) {

@@ -63,6 +63,15 @@ struct ModelInfo {
   // The model relies on SIGPIPE's default action (faulty-sigpipe): `sockbench serve` sets it back
   // to SIG_DFL, which main() and the harness otherwise leave ignored.
   bool restore_sigpipe_default = false;
+  // What it serves: every model moves bytes for the shared protocol logic over any stream socket.
+  std::vector<std::string> protocols = {"echo", "framed", "discard"};
+  std::vector<std::string> transports = {"tcp", "unix"};
+};
+
+// A wire protocol the models speak (--protocol).
+struct ProtocolInfo {
+  std::string name;
+  std::string description;
 };
 
 // Knobs of the thread-per-client model. The defaults are the correct behaviour; a faulty twin
@@ -78,9 +87,25 @@ struct ThreadedOptions {
 std::unique_ptr<Server> make_threaded_server(const ServerConfig& config,
                                              ThreadedOptions options = {});
 
-// Every model, correct ones first in preference order.
+// Every model: the built-in correct ones in preference order, then registered correct ones, then
+// the faulty twins (built-in, then registered). Fixed once first called.
 const std::vector<ModelInfo>& registry();
 // nullptr when unknown.
 const ModelInfo* find_model(std::string_view name);
+// The names of the correct models (what --server all runs) or of the faulty twins, in registry
+// order.
+std::vector<std::string> model_names(bool faulty);
+// Every protocol of servers/protocol.h with a one-line description, as `sockbench list` shows it.
+const std::vector<ProtocolInfo>& protocols();
+
+// Adds a model defined in its own file outside this library (a static library drops an unused
+// object, so the built-in models are listed in registry.cc): one namespace-scope line,
+//   const ModelRegistration kRegistered{{"name", "description", false, make}};
+// Registration happens during static initialisation, before main() and before registry() is
+// first called; the table is read-only after that. A name already taken aborts at start-up.
+class ModelRegistration {
+ public:
+  explicit ModelRegistration(ModelInfo model);
+};
 
 }  // namespace sockbench::servers

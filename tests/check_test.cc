@@ -8,6 +8,7 @@
 
 #include <numeric>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -168,6 +169,7 @@ class FakeTarget final : public CheckTarget {
 TEST(CheckRunner, SkipsWhatTheTargetCannotGiveAndNamesRecords) {
   FakeTarget target(/*restartable=*/false, WireFormat::kRaw);
   CheckOptions options;
+  options.only = {"errors/refused", "errors/emfile", "errors/oversized", "errors/rcvtimeo"};
   CheckRun run(*find_check("errors"), target, options);
   int bodies = 0;
   auto body = [&bodies] {
@@ -226,6 +228,43 @@ TEST(CheckRunner, OnlyFiltersAndRestartsOnlyWhenNeeded) {
   EXPECT_TRUE(stopped.take().empty());
 }
 
+// What a check runs and what it declares cannot drift apart: an undeclared sub-check name and a
+// declared sub-check never run both come out as FAILs saying so.
+TEST(CheckRunner, UndeclaredAndNeverRunSubchecksFail) {
+  const CheckInfo check{"fake", "a check for this test", {{"a", "runs"}, {"b", "never runs"}}, {}};
+  FakeTarget target(/*restartable=*/false, WireFormat::kFramed);
+  CheckOptions options;
+  CheckRun run(check, target, options);
+  int bodies = 0;
+  auto pass = [&bodies] {
+    ++bodies;
+    return Outcome();
+  };
+  run.run("a", kNeedNothing, pass);
+  run.run("typo", kNeedNothing, pass);
+  const auto records = run.take();
+  EXPECT_EQ(bodies, 1);
+  ASSERT_EQ(records.size(), 3u);
+  EXPECT_EQ(records[0].name, "check/fake/a/fake");
+  EXPECT_EQ(records[0].verdict, "PASS");
+  EXPECT_EQ(records[1].name, "check/fake/typo/fake");
+  EXPECT_EQ(records[1].verdict, "FAIL");
+  EXPECT_NE(records[1].evidence.find("'typo' is not declared"), std::string::npos)
+      << records[1].evidence;
+  EXPECT_EQ(records[2].name, "check/fake/b/fake");
+  EXPECT_EQ(records[2].verdict, "FAIL");
+  EXPECT_NE(records[2].evidence.find("'b' is declared by check fake but was never run"),
+            std::string::npos)
+      << records[2].evidence;
+
+  // A sub-check left out by --only is not missing.
+  CheckOptions only_a;
+  only_a.only = {"fake/a"};
+  CheckRun filtered(check, target, only_a);
+  filtered.run("a", kNeedNothing, pass);
+  EXPECT_EQ(filtered.take().size(), 1u);
+}
+
 TEST(CheckRegistry, NamesAndOnlyValidation) {
   std::vector<std::string> names;
   for (const auto& c : checks()) names.push_back(c.name);
@@ -238,6 +277,11 @@ TEST(CheckRegistry, NamesAndOnlyValidation) {
   for (const auto& c : checks()) {
     EXPECT_FALSE(c.subchecks.empty()) << c.name;
     EXPECT_TRUE(c.run) << c.name;
+    std::set<std::string> unique;
+    for (const auto& sub : c.subchecks) {
+      EXPECT_TRUE(unique.insert(sub.name).second) << c.name << "/" << sub.name << " twice";
+      EXPECT_FALSE(sub.description.empty()) << c.name << "/" << sub.name;
+    }
   }
 }
 

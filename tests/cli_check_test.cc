@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "harness/core/spawn.h"
+#include "scenarios/check.h"
+#include "servers/server.h"
 #include "tests/support/cli.h"
 
 namespace sockbench {
@@ -42,12 +44,15 @@ class CliCheck : public test_support::ScratchDirTest {
   CliCheck() : ScratchDirTest("sockbench-check") {}
 
   // Runs `sockbench check ARGS --json FILE` through /bin/sh (posix_spawn: safe from threads).
-  CheckRunOutput check(const std::string& args, const std::string& tag) {
+  // `binary`: another build of sockbench (SOCKBENCH_EXTRA_BIN).
+  CheckRunOutput check(const std::string& args, const std::string& tag,
+                       const std::string& binary = SOCKBENCH_BIN) {
     const auto json = dir_ / (tag + ".json");
     CheckRunOutput r;
     const auto start = std::chrono::steady_clock::now();
-    static_cast<Outcome&>(r) = run_sockbench("check " + args + " --json " + json.string(),
-                                             dir_ / (tag + ".out"), dir_ / (tag + ".err"));
+    static_cast<Outcome&>(r) =
+        test_support::run_program(binary, "check " + args + " --json " + json.string(),
+                                  dir_ / (tag + ".out"), dir_ / (tag + ".err"));
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (std::filesystem::exists(json)) {
       r.json = nlohmann::json::parse(slurp(json));
@@ -91,33 +96,14 @@ class CliCheck : public test_support::ScratchDirTest {
   }
 };
 
-// Every sub-check a target runs, from `sockbench list`'s registry order as JSON names them.
-const std::vector<std::string> kAllSubchecks = {"partial/byte-at-a-time",
-                                                "partial/random-splits",
-                                                "partial/coalesced",
-                                                "partial/large-frame",
-                                                "partial/nonreading-client",
-                                                "backlog/listen-0",
-                                                "backlog/listen-1",
-                                                "backlog/listen-5",
-                                                "backlog/listen-64",
-                                                "backlog/burst-small",
-                                                "backlog/burst-large",
-                                                "timewait/live-listener",
-                                                "timewait/client-closes-first",
-                                                "timewait/server-closes-first",
-                                                "timewait/bind-without-reuseaddr",
-                                                "timewait/restart-same-port",
-                                                "timewait/duration",
-                                                "errors/refused",
-                                                "errors/abort-mid-frame",
-                                                "errors/kill-mid-frame",
-                                                "errors/sigpipe",
-                                                "errors/half-close",
-                                                "errors/rcvtimeo",
-                                                "errors/oversized",
-                                                "errors/slow-clients",
-                                                "errors/emfile"};
+// Every sub-check a target runs, in the check registry's order, as JSON names them.
+const std::vector<std::string> kAllSubchecks = [] {
+  std::vector<std::string> all;
+  for (const auto& check : scenarios::checks()) {
+    for (const auto& sub : check.subchecks) all.push_back(check.name + "/" + sub.name);
+  }
+  return all;
+}();
 
 // SKIP without --long: it waits ~60 s for TIME_WAIT to expire.
 const std::set<std::string> kJustifiedSkips = {"timewait/duration"};
@@ -181,6 +167,18 @@ TEST_F(CliCheck, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
   }
 }
 
+// Nothing listens on port 1: every FAIL is a refusal, and one line says what that means.
+TEST_F(CliCheck, ATargetThatRefusesEveryConnectionGetsOneSummaryLine) {
+  const auto r = plain("check --target 127.0.0.1:1");
+  EXPECT_EQ(r.status, 1) << r.err;
+  const std::string line =
+      "target 127.0.0.1:1 refused every connection: is a server listening there?\n";
+  const auto first = r.out.find(line);
+  ASSERT_NE(first, std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find(line, first + 1), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("ECONNREFUSED"), std::string::npos) << r.out;
+}
+
 TEST_F(CliCheck, HelpAndListNameEveryCheck) {
   const auto help = plain("check --help");
   ASSERT_EQ(help.status, 0) << help.err;
@@ -199,7 +197,8 @@ TEST_F(CliCheck, HelpAndListNameEveryCheck) {
 // The verdict matrix, part 1: every correct model passes every check (SKIP only where
 // justified). One process per model, two at a time.
 TEST_F(CliCheck, EveryCorrectModelPassesEveryCheck) {
-  const std::vector<std::string> models = {"threaded", "select", "poll", "epoll"};
+  const auto models = servers::model_names(/*faulty=*/false);
+  ASSERT_FALSE(models.empty());
   const auto runs = check_models(models, 2);
   for (const auto& model : models) {
     const CheckRunOutput& run = runs.at(model);
@@ -209,14 +208,27 @@ TEST_F(CliCheck, EveryCorrectModelPassesEveryCheck) {
   }
 }
 
+// A model registered from its own file (tests/support/extra_model.cc, linked only into
+// sockbench_with_extra_model) is checked like the built-in ones: every check PASS or SKIP.
+TEST_F(CliCheck, AModelRegisteredInItsOwnFilePassesEveryCheck) {
+  const auto run = check("--server extra", "extra", SOCKBENCH_EXTRA_BIN);
+  expect_matrix_row("extra", run, {});
+  EXPECT_NE(run.err.find("check errors on extra"), std::string::npos) << run.err;
+}
+
 // The verdict matrix, part 2: every faulty twin fails its own check and passes the rest.
 TEST_F(CliCheck, EveryFaultyTwinFailsExactlyItsOwnChecks) {
-  std::vector<std::string> twins;
-  for (const auto& [twin, fails] : kTwinFailures) twins.push_back(twin);
+  // Every twin in the registry has its expected failures here, and nothing else does.
+  const auto twins = servers::model_names(/*faulty=*/true);
+  std::vector<std::string> listed;
+  for (const auto& [twin, fails] : kTwinFailures) listed.push_back(twin);
+  EXPECT_EQ(std::set<std::string>(twins.begin(), twins.end()),
+            std::set<std::string>(listed.begin(), listed.end()));
   const auto runs = check_models(twins, 3);
   for (const auto& twin : twins) {
     const CheckRunOutput& run = runs.at(twin);
     std::printf("[ matrix ] %-20s %.1f s\n", twin.c_str(), run.seconds);
+    ASSERT_TRUE(kTwinFailures.count(twin)) << twin;
     expect_matrix_row(twin, run, kTwinFailures.at(twin));
     // The console shows the evidence of every FAIL.
     for (const auto& sub : kTwinFailures.at(twin)) {

@@ -18,6 +18,7 @@
 #include "harness/core/frame.h"
 #include "harness/core/net.h"
 #include "harness/core/spawn.h"
+#include "servers/server.h"
 #include "tests/support/servers.h"
 
 namespace sockbench {
@@ -149,7 +150,7 @@ TEST_P(CliAcceptPausedTest, BacklogPlusOneCompleteWhilePausedAllAfterSigusr1) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CliAcceptPausedTest,
-                         ::testing::Values("threaded", "select", "poll", "epoll"),
+                         ::testing::ValuesIn(servers::model_names(/*faulty=*/false)),
                          [](const auto& model) { return model.param; });
 
 TEST(CliFaultyTest, DelayUsSlowsEveryRoundTrip) {

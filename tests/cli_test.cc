@@ -2,6 +2,7 @@
 // a server dying mid-run, and Ctrl-C leaving no process behind.
 #include "tests/support/cli.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -18,6 +19,9 @@
 #include "harness/core/net.h"
 #include "harness/core/procstat.h"
 #include "harness/core/spawn.h"
+#include "scenarios/benchmark.h"
+#include "scenarios/check.h"
+#include "servers/server.h"
 
 namespace sockbench {
 namespace {
@@ -56,6 +60,16 @@ TEST_F(Cli, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
       {"--clients 0", "--clients"},
       {"--clients 99999999", "--clients"},
       {"--bogus-flag", "bogus-flag"},
+      // A flag only other scenarios read is an error, not silently ignored.
+      {"--scenario stream --rate 1000", "--rate"},
+      {"--scenario crr --pipeline 2", "--pipeline"},
+      {"--duplex", "--duplex"},
+      {"--close rst", "--close"},
+      {"--scenario rr,crr --ramp 5", "--ramp"},
+      {"--scenario crr --message-size 8", "--message-size"},
+      // The open loop takes no pipeline depth: the error names the flags, not the engine's
+      // max_outstanding.
+      {"--rate 1000 --pipeline 2", "--pipeline"},
       {"--server nope", "--server"},
       {"--server epoll,", "--server"},
       {"--duration 5x", "--duration"},
@@ -81,19 +95,104 @@ TEST_F(Cli, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
     EXPECT_NE(o.err.find(flag), std::string::npos) << args << " -> " << o.err;
     EXPECT_EQ(std::count(o.err.begin(), o.err.end(), '\n'), 1) << args << " -> " << o.err;
     EXPECT_TRUE(o.out.empty()) << args;
+    EXPECT_EQ(o.err.find("max_outstanding"), std::string::npos) << args << " -> " << o.err;
   }
 }
 
-TEST_F(Cli, HelpAndListNameEveryModel) {
-  const auto help = sockbench("--help");
-  EXPECT_EQ(help.status, 0);
-  EXPECT_NE(help.out.find("--clients"), std::string::npos);
-  const auto list = sockbench("list");
-  ASSERT_EQ(list.status, 0) << list.err;
-  for (const char* model : {"threaded", "select", "poll", "epoll"}) {
-    EXPECT_NE(list.out.find(model), std::string::npos) << model;
+const char* const kCommands[] = {"run", "serve", "check", "list", "compare", "export", "version"};
+
+TEST_F(Cli, HelpShowsEveryCommandThenRunsOptions) {
+  for (const char* args : {"--help", "help", "-h"}) {
+    const auto help = sockbench(args);
+    EXPECT_EQ(help.status, 0) << args;
+    const auto options = help.out.find("--clients");
+    ASSERT_NE(options, std::string::npos) << help.out;
+    for (const char* command : kCommands) {
+      const auto at = help.out.find(fmt::format("\n  {} ", command));
+      EXPECT_LT(at, options) << command << " in\n" << help.out;
+    }
+    for (const auto& model : servers::model_names(/*faulty=*/false)) {
+      EXPECT_LT(help.out.find(model), options) << model;
+    }
   }
   EXPECT_EQ(sockbench("serve --help").status, 0);
+}
+
+TEST_F(Cli, AnUnknownCommandNamesEveryCommand) {
+  const auto o = sockbench("nosuchcmd");
+  EXPECT_EQ(o.status, 2);
+  EXPECT_EQ(std::count(o.err.begin(), o.err.end(), '\n'), 1) << o.err;
+  EXPECT_NE(o.err.find("unknown command 'nosuchcmd'"), std::string::npos) << o.err;
+  for (const char* command : kCommands) {
+    EXPECT_NE(o.err.find(command), std::string::npos) << command << " in " << o.err;
+  }
+}
+
+TEST_F(Cli, VersionNamesTheVersionAndGitShaAsTheJsonContextDoes) {
+  const std::string want =
+      fmt::format("sockbench {} (git {})\n", SOCKBENCH_VERSION, SOCKBENCH_GIT_SHA);
+  for (const char* args : {"--version", "version"}) {
+    const auto o = sockbench(args);
+    EXPECT_EQ(o.status, 0) << args;
+    EXPECT_EQ(o.out, want) << args;
+  }
+  const auto json_path = dir_ / "out.json";
+  const auto o = sockbench("--server epoll --clients 1 --duration 100ms --warmup 0s --json " +
+                           json_path.string());
+  ASSERT_EQ(o.status, 0) << o.err;
+  const auto doc = nlohmann::json::parse(slurp(json_path));
+  EXPECT_EQ(doc["context"]["sockbench_version"], SOCKBENCH_VERSION);
+  EXPECT_EQ(doc["context"]["git_sha"], SOCKBENCH_GIT_SHA);
+}
+
+TEST_F(Cli, ListShowsEveryModelProtocolScenarioAndCheckFromTheRegistries) {
+  const auto list = sockbench("list");
+  ASSERT_EQ(list.status, 0) << list.err;
+  for (const auto& model : servers::registry()) {
+    EXPECT_NE(list.out.find(model.name + " "), std::string::npos) << model.name;
+    EXPECT_NE(list.out.find(model.description), std::string::npos) << model.name;
+  }
+  for (const auto& protocol : servers::protocols()) {
+    EXPECT_NE(list.out.find(protocol.description), std::string::npos) << protocol.name;
+  }
+  const auto scenarios_at = list.out.find("scenarios (--scenario):\n");
+  ASSERT_NE(scenarios_at, std::string::npos) << list.out;
+  for (const auto& scenario : scenarios::benchmarks()) {
+    EXPECT_NE(list.out.find("\n  " + scenario.name + " ", scenarios_at), std::string::npos)
+        << scenario.name;
+    EXPECT_NE(list.out.find(scenario.description), std::string::npos) << scenario.name;
+    for (const auto& flag : scenario.flags) {
+      EXPECT_NE(list.out.find("--" + flag, scenarios_at), std::string::npos) << flag;
+    }
+  }
+  for (const auto& check : scenarios::checks()) {
+    EXPECT_NE(list.out.find(check.description), std::string::npos) << check.name;
+  }
+}
+
+// A model added in one file (tests/support/extra_model.cc) with one registration line, linked
+// into sockbench_with_extra_model: it is listed and runs with --server all, no errors.
+TEST_F(Cli, AModelRegisteredInItsOwnFileIsListedAndRunByServerAll) {
+  const auto list = program(SOCKBENCH_EXTRA_BIN, "list");
+  ASSERT_EQ(list.status, 0) << list.err;
+  EXPECT_NE(list.out.find("\n  extra "), std::string::npos) << list.out;
+  EXPECT_EQ(sockbench("list").out.find("\n  extra "), std::string::npos);
+  const auto json_path = dir_ / "out.json";
+  const auto o = program(
+      SOCKBENCH_EXTRA_BIN,
+      "run --server all --duration 1s --warmup 0s --clients 2 --json " + json_path.string());
+  ASSERT_EQ(o.status, 0) << o.err << o.out;
+  auto want = servers::model_names(/*faulty=*/false);
+  want.push_back("extra");
+  const auto doc = nlohmann::json::parse(slurp(json_path));
+  std::vector<std::string> got;
+  for (const auto& b : doc["benchmarks"]) {
+    const auto name = b["name"].get<std::string>();  // rr/MODEL/clients:2/msg:64
+    got.push_back(name.substr(3, name.find('/', 3) - 3));
+    EXPECT_EQ(b["errors"].get<double>(), 0) << name;
+    EXPECT_GT(b["iterations"].get<double>(), 0) << name;
+  }
+  EXPECT_EQ(got, want);
 }
 
 TEST_F(Cli, RunAllModelsWritesJsonAndCsvWithEveryReplyVerified) {
@@ -102,14 +201,13 @@ TEST_F(Cli, RunAllModelsWritesJsonAndCsvWithEveryReplyVerified) {
   const auto o = sockbench("--server all --clients 20 --duration 1s --warmup 200ms --json " +
                            json_path.string() + " --csv " + csv_path.string());
   ASSERT_EQ(o.status, 0) << o.err << o.out;
-  for (const char* model : {"threaded", "select", "poll", "epoll"}) {
-    EXPECT_NE(o.out.find(model), std::string::npos) << o.out;
-  }
+  const auto models = servers::model_names(/*faulty=*/false);
+  for (const auto& model : models) EXPECT_NE(o.out.find(model), std::string::npos) << o.out;
   const auto doc = nlohmann::json::parse(slurp(json_path));
   ASSERT_TRUE(doc.contains("context"));
   EXPECT_FALSE(doc["context"]["git_sha"].get<std::string>().empty());
   EXPECT_FALSE(doc["context"]["kernel"].get<std::string>().empty());
-  ASSERT_EQ(doc["benchmarks"].size(), 4u);
+  ASSERT_EQ(doc["benchmarks"].size(), models.size());
   std::vector<std::string> names;
   for (const auto& b : doc["benchmarks"]) {
     names.push_back(b["name"].get<std::string>());
@@ -123,23 +221,26 @@ TEST_F(Cli, RunAllModelsWritesJsonAndCsvWithEveryReplyVerified) {
     EXPECT_GE(b["server_threads"].get<double>(), 1) << b["name"];
     EXPECT_FALSE(b.contains("error_occurred") && b["error_occurred"].get<bool>()) << b["name"];
   }
-  EXPECT_EQ(names, (std::vector<std::string>{
-                       "rr/threaded/clients:20/msg:64", "rr/select/clients:20/msg:64",
-                       "rr/poll/clients:20/msg:64", "rr/epoll/clients:20/msg:64"}));
+  std::vector<std::string> want;
+  for (const auto& model : models) want.push_back(fmt::format("rr/{}/clients:20/msg:64", model));
+  EXPECT_EQ(names, want);
   // Every serve process has its main thread and the signal watcher; the thread-per-client model
   // adds one per client, the reactor models none.
-  EXPECT_EQ(doc["benchmarks"][0]["server_threads"].get<double>(), 22);
-  for (int i = 1; i < 4; ++i) EXPECT_EQ(doc["benchmarks"][i]["server_threads"].get<double>(), 2);
+  for (size_t i = 0; i < models.size(); ++i) {
+    EXPECT_EQ(doc["benchmarks"][i]["server_threads"].get<double>(),
+              models[i] == "threaded" ? 22 : 2)
+        << models[i];
+  }
   const auto csv = slurp(csv_path);
-  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 5) << csv;
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), static_cast<long>(models.size()) + 1) << csv;
 }
 
 // `serve` as users and the harness run it: SIGTERM while clients are connected (one of them
 // mid-frame) ends it with exit 0, every thread joined and every connection fd closed.
 TEST_F(Cli, ServeShutsDownCleanlyOnSigtermWithClientsConnected) {
-  for (const char* model : {"threaded", "select", "poll", "epoll"}) {
+  for (const auto& model : servers::model_names(/*faulty=*/false)) {
     SCOPED_TRACE(model);
-    const auto err_path = dir_ / (std::string(model) + ".err");
+    const auto err_path = dir_ / (model + ".err");
     ChildProcess::Options options;
     options.argv = {"/bin/sh", "-c",
                     std::string("exec ") + SOCKBENCH_BIN + " serve --server " + model +

@@ -447,9 +447,29 @@ TEST_P(ServersTest, ReplyDelaySlowsEveryRoundTrip) {
   EXPECT_GT(mean_delayed, 4 * mean_plain);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, ServersTest,
-                         ::testing::Values("threaded", "select", "poll", "epoll"),
+INSTANTIATE_TEST_SUITE_P(Models, ServersTest, ::testing::ValuesIn(model_names(/*faulty=*/false)),
                          [](const auto& model) { return model.param; });
+
+TEST(RegistryTest, ModelNamesSplitTheRegistryIntoCorrectThenFaulty) {
+  auto names = model_names(/*faulty=*/false);
+  EXPECT_EQ(names, (std::vector<std::string>{"threaded", "select", "poll", "epoll"}));
+  const auto twins = model_names(/*faulty=*/true);
+  names.insert(names.end(), twins.begin(), twins.end());
+  ASSERT_EQ(names.size(), registry().size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    EXPECT_EQ(names[i], registry()[i].name);
+    // Every model serves every protocol the registry lists, over TCP and AF_UNIX.
+    EXPECT_EQ(registry()[i].protocols.size(), protocols().size()) << names[i];
+    EXPECT_EQ(registry()[i].transports, (std::vector<std::string>{"tcp", "unix"})) << names[i];
+  }
+  std::vector<std::string> protocol_names;
+  for (const auto& p : protocols()) {
+    protocol_names.push_back(p.name);
+    EXPECT_TRUE(parse_protocol(p.name).has_value()) << p.name;
+    EXPECT_FALSE(p.description.empty());
+  }
+  EXPECT_EQ(protocol_names, (std::vector<std::string>{"echo", "framed", "discard"}));
+}
 
 TEST(RegistryTest, ListsTheFourModelsInOrderThenOnlyFaultyTwins) {
   const auto& models = registry();

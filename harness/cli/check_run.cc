@@ -10,6 +10,7 @@
 
 #include "harness/cli/common.h"
 #include "harness/cli/targets.h"
+#include "harness/core/net.h"
 #include "harness/core/signals.h"
 #include "results/writers.h"
 
@@ -101,6 +102,28 @@ void print_evidence(const std::vector<results::Record>& records, bool verbose, s
   }
 }
 
+// A target that refused the checks' connections and still refuses one now is most likely not
+// listening at all: one line says so, rather than leaving it to each FAIL's evidence. Only for
+// targets sockbench did not start (it knows when its own server did not come up).
+std::vector<std::string> refused_targets(
+    const std::vector<results::Record>& records,
+    const std::vector<std::unique_ptr<scenarios::CheckTarget>>& targets) {
+  std::vector<std::string> lines;
+  for (const auto& target : targets) {
+    if (target->can_restart()) continue;
+    const bool any_refused = std::any_of(records.begin(), records.end(), [&](const auto& r) {
+      return r.server == target->name() && r.verdict == "FAIL" &&
+             r.evidence.find("ECONNREFUSED") != std::string::npos;
+    });
+    if (!any_refused) continue;
+    const auto probe = connect_to(target->address(), /*nonblocking=*/false);
+    if (probe.ok() || probe.error() != std::errc::connection_refused) continue;
+    lines.push_back(fmt::format("{} {} refused every connection: is a server listening there?",
+                                target->name(), target->address().to_string()));
+  }
+  return lines;
+}
+
 results::Record start_failure(const std::string& target, const std::string& error) {
   results::Record r;
   r.name = scenarios::check_record_name("start", "server", target);
@@ -173,6 +196,7 @@ int run_check_plan(CheckPlan plan) {
     }
     target->stop(3s);
   }
+  const auto refused = refused_targets(run.records, targets);
   targets.clear();  // every server stopped before the report
   if (watcher.token().stop_requested()) run.context.error = "interrupted by signal";
 
@@ -186,6 +210,7 @@ int run_check_plan(CheckPlan plan) {
   }
   print_verdict_table(run.records, names, stdout);
   print_evidence(run.records, plan.verbose, stdout);
+  for (const auto& line : refused) fmt::print("\n{}\n", line);
   fmt::print("\n{} PASS, {} FAIL, {} SKIP\n", passed, failed, skipped);
   std::fflush(stdout);
   int status = failed > 0 ? 1 : 0;

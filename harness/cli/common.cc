@@ -24,9 +24,7 @@ std::vector<std::string> resolve_models(const std::string& text) {
   std::vector<std::string> names;
   for (const auto& item : split_list("server", text)) {
     if (item == "all") {
-      for (const auto& model : servers::registry()) {
-        if (!model.faulty) names.push_back(model.name);
-      }
+      for (auto& name : servers::model_names(/*faulty=*/false)) names.push_back(std::move(name));
       continue;
     }
     if (!servers::find_model(item)) {

@@ -10,7 +10,7 @@
 
 namespace sockbench::cli {
 
-// "all" (the four correct models, faulty twins left out), a name, or a comma list of both; an
+// "all" (every correct model, faulty twins left out), a name, or a comma list of both; an
 // unknown name is a UsageError naming --server.
 std::vector<std::string> resolve_models(const std::string& text);
 

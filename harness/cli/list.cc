@@ -1,10 +1,12 @@
 // `sockbench list`: every server model (correct and faulty), protocol and scenario.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <cstdio>
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"
+#include "scenarios/benchmark.h"
 #include "scenarios/check.h"
 #include "servers/server.h"
 
@@ -22,14 +24,22 @@ int list_command(int argc, const char* const* argv) {
   for (const auto& model : servers::registry()) {
     fmt::print("  {:<22} {:<8} {}\n", model.name, model.faulty ? "faulty" : "correct",
                model.description);
+    fmt::print("  {:<22} {:<8} protocols {}; transports {}\n", "", "",
+               fmt::join(model.protocols, ", "), fmt::join(model.transports, ", "));
   }
   fmt::print("protocols (--protocol):\n");
-  fmt::print("  {:<22} raw bytes back (RFC 862)\n", "echo");
-  fmt::print("  {:<22} 4-byte big-endian length + payload, answered with the same frame\n",
-             "framed");
-  fmt::print("  {:<22} read and drop (RFC 863)\n", "discard");
+  for (const auto& protocol : servers::protocols()) {
+    fmt::print("  {:<22} {}\n", protocol.name, protocol.description);
+  }
   fmt::print("scenarios (--scenario):\n");
-  fmt::print("  {:<22} request/response, closed loop, every reply verified\n", "rr");
+  for (const auto& scenario : scenarios::benchmarks()) {
+    fmt::print("  {:<22} {}\n", scenario.name, scenario.description);
+    std::string flags;
+    for (const auto& flag : scenario.flags) flags += fmt::format(", --{}", flag);
+    fmt::print("  {:<22} protocols {}; --message-size >= {} (default {}){}\n", "",
+               fmt::join(scenario.protocols, ", "), scenario.min_message_size,
+               scenario.default_message_size, flags);
+  }
   fmt::print("checks (sockbench check --only CHECK or CHECK/SUBCHECK):\n");
   for (const auto& check : scenarios::checks()) {
     fmt::print("  {:<22} {}\n", check.name, check.description);

@@ -1,5 +1,6 @@
 // sockbench: runs interchangeable TCP server models under scripted load and measures them.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <csignal>
 #include <cstdio>
@@ -8,39 +9,70 @@
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"
+#include "servers/server.h"
 
 namespace {
 
-constexpr const char* kUsage =
-    "usage: sockbench [run] --server threaded|select|poll|epoll|all|a,b --clients N [flags]\n"
-    "       sockbench serve --server MODEL [--listen ADDR] [--protocol echo|framed|discard]\n"
-    "       sockbench compare BASE.json NEW.json [--alpha A] [--min-effect E]\n"
-    "       sockbench export --format bencher|gab-bigger|gab-smaller FILE.json\n"
-    "       sockbench check [--server all|a,b | --target HOST:PORT | --server-cmd 'CMD {port}']\n"
-    "       sockbench list\n"
-    "Each subcommand takes --help.\n";
+using namespace sockbench::cli;
+
+int version_command(int /*argc*/, const char* const* /*argv*/) {
+  fmt::print("sockbench {} (git {})\n", SOCKBENCH_VERSION, SOCKBENCH_GIT_SHA);
+  return 0;
+}
+
+struct Command {
+  std::string_view name;
+  int (*handler)(int argc, const char* const* argv);
+  std::string_view summary;
+};
+
+// The one list of commands: dispatch, the usage text and the unknown-command error read it.
+constexpr Command kCommands[] = {
+    {"run", run_command, "measure server models under load, side by side (the default command)"},
+    {"serve", serve_command, "run one server model in the foreground"},
+    {"check", check_command, "check a server's socket behaviour: PASS, FAIL or SKIP per check"},
+    {"list", list_command, "list server models, protocols, scenarios and checks"},
+    {"compare", compare_command, "compare two result files; exit 1 on a regression"},
+    {"export", export_command, "convert a result file for Bencher or github-action-benchmark"},
+    {"version", version_command, "print the version and git sha (also --version)"},
+};
+
+std::string command_names() {
+  std::string names;
+  for (const auto& command : kCommands) {
+    if (!names.empty()) names += &command == std::end(kCommands) - 1 ? " or " : ", ";
+    names += command.name;
+  }
+  return names;
+}
+
+void print_usage() {
+  fmt::print("usage: sockbench [COMMAND] [flags]   (without a command: run)\n\ncommands:\n");
+  for (const auto& command : kCommands) fmt::print("  {:<9} {}\n", command.name, command.summary);
+  fmt::print("\nmodels (--server): {} or all (faulty twins: sockbench list)\n",
+             fmt::join(sockbench::servers::model_names(/*faulty=*/false), ", "));
+  fmt::print("Each command takes --help. The options of run:\n\n");
+  std::fflush(stdout);
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
   // A peer that closes while we write must be an EPIPE value, never a death.
   std::signal(SIGPIPE, SIG_IGN);
-  using namespace sockbench::cli;
   const std::string_view first = argc > 1 ? argv[1] : "";
   try {
-    if (first == "serve") return serve_command(argc - 1, argv + 1);
-    if (first == "list") return list_command(argc - 1, argv + 1);
-    if (first == "compare") return compare_command(argc - 1, argv + 1);
-    if (first == "export") return export_command(argc - 1, argv + 1);
-    if (first == "run") return run_command(argc - 1, argv + 1);
-    if (first == "check") return check_command(argc - 1, argv + 1);
-    if (first == "help" || first == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
+    for (const auto& command : kCommands) {
+      if (first == command.name) return command.handler(argc - 1, argv + 1);
+    }
+    if (first == "--version") return version_command(argc - 1, argv + 1);
+    if (first == "help" || first == "-h" || first == "--help") {
+      print_usage();
+      const char* const help[] = {"run", "--help"};
+      return run_command(2, help);
     }
     if (first.empty() || first.starts_with("-")) return run_command(argc, argv);
-    throw UsageError(
-        fmt::format("unknown command '{}' (expected run, serve, compare, export or list)", first));
+    throw UsageError(fmt::format("unknown command '{}' (expected {})", first, command_names()));
   } catch (const UsageError& e) {
     fmt::print(stderr, "sockbench: {}\n", e.what());
     return kExitUsage;

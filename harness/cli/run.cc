@@ -1,5 +1,6 @@
 // `sockbench run` (the default command): start each model as a child, drive load, report.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <climits>
@@ -122,6 +123,12 @@ std::vector<int> int_list(const cxxopts::ParseResult& parsed, const std::string&
   return values;
 }
 
+std::vector<std::string> scenario_names() {
+  std::vector<std::string> names;
+  for (const auto& b : scenarios::benchmarks()) names.push_back(b.name);
+  return names;
+}
+
 }  // namespace
 
 int run_command(int argc, const char* const* argv) {
@@ -129,9 +136,10 @@ int run_command(int argc, const char* const* argv) {
                            "Run server models under load and measure them side by side.");
   // clang-format off
   options.add_options()
-      ("server", "threaded, select, poll, epoll, all, or a comma list",
+      ("server", fmt::format("{}, all, or a comma list",
+                             fmt::join(servers::model_names(/*faulty=*/false), ", ")),
        cxxopts::value<std::string>()->default_value("threaded"))
-      ("scenario", "rr, stream, crr, connections, or a comma list",
+      ("scenario", fmt::format("{}, or a comma list", fmt::join(scenario_names(), ", ")),
        cxxopts::value<std::string>()->default_value("rr"))
       ("clients", "concurrent connections, or a comma list to sweep (10,100,1000)",
        cxxopts::value<std::string>()->default_value("100"))
@@ -185,10 +193,8 @@ int run_command(int argc, const char* const* argv) {
   for (const auto& name : split_list("scenario", str(parsed, "scenario"))) {
     const auto* info = scenarios::find_benchmark(name);
     if (!info) {
-      std::string known;
-      for (const auto& b : scenarios::benchmarks()) known += (known.empty() ? "" : ", ") + b.name;
-      throw UsageError(
-          fmt::format("--scenario: unknown scenario '{}' (available: {})", name, known));
+      throw UsageError(fmt::format("--scenario: unknown scenario '{}' (available: {})", name,
+                                   fmt::join(scenario_names(), ", ")));
     }
     scenario_list.push_back(info);
   }
@@ -210,11 +216,21 @@ int run_command(int argc, const char* const* argv) {
   base.message_size = sized ? static_cast<size_t>(parse_int(
                                   "message-size", str(parsed, "message-size"), 1, kDefaultMaxFrame))
                             : 64;
-  if ((has("rr") || has("crr") || has("connections")) && base.message_size < kMinMessageSize) {
-    throw UsageError(fmt::format(
-        "--message-size: rr, crr and connections need >= {} bytes (sequence number + send "
-        "time), got {}",
-        kMinMessageSize, base.message_size));
+  for (const auto* scenario : scenario_list) {
+    if (base.message_size < scenario->min_message_size) {
+      throw UsageError(fmt::format("--message-size: {} needs >= {} bytes, got {}", scenario->name,
+                                   scenario->min_message_size, base.message_size));
+    }
+  }
+  // A flag that no chosen scenario reads would be silently ignored: say whose it is.
+  for (const auto& b : scenarios::benchmarks()) {
+    for (const auto& flag : b.flags) {
+      const auto readers = scenarios::scenarios_reading(flag);
+      if (parsed.count(flag) && std::none_of(readers.begin(), readers.end(), has)) {
+        throw UsageError(
+            fmt::format("--{}: applies only to --scenario {}", flag, fmt::join(readers, ", ")));
+      }
+    }
   }
   base.pipeline = static_cast<int>(parse_int("pipeline", str(parsed, "pipeline"), 1, 4096));
   base.duplex = parsed.count("duplex") > 0;
@@ -265,6 +281,11 @@ int run_command(int argc, const char* const* argv) {
                      : std::max<int>(1, static_cast<int>(client_cpus.size()));
   if (parsed.count("rate")) {
     base.rate = static_cast<double>(parse_int("rate", str(parsed, "rate"), 1, 100'000'000));
+    if (base.pipeline != 1) {
+      throw UsageError(
+          "--pipeline: applies to the closed loop only; with --rate requests follow the rate's "
+          "schedule (drop one of the two flags)");
+    }
     for (int clients : clients_list) {
       // The engine's own validation says what is wrong; the CLI names the flag.
       LoadConfig probe;
@@ -296,7 +317,7 @@ int run_command(int argc, const char* const* argv) {
       for (const auto& server : server_names) {
         Cell cell{scenario, server, base};
         cell.params.clients = clients;
-        if (!sized && scenario->name == "stream") cell.params.message_size = 128 << 10;
+        if (!sized) cell.params.message_size = scenario->default_message_size;
         cells.push_back(std::move(cell));
       }
     }

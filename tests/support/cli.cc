@@ -35,9 +35,14 @@ std::string sockbench_path() { return SOCKBENCH_BIN; }
 
 Outcome run_sockbench(const std::string& args, const std::filesystem::path& out,
                       const std::filesystem::path& err) {
+  return run_program(SOCKBENCH_BIN, args, out, err);
+}
+
+Outcome run_program(const std::string& binary, const std::string& args,
+                    const std::filesystem::path& out, const std::filesystem::path& err) {
   Outcome o;
-  o.status = shell(std::string(SOCKBENCH_BIN) + " " + args + " >" + out.string() + " 2>" +
-                   err.string() + " </dev/null");
+  o.status =
+      shell(binary + " " + args + " >" + out.string() + " 2>" + err.string() + " </dev/null");
   o.out = slurp(out);
   o.err = slurp(err);
   return o;
@@ -54,6 +59,10 @@ void ScratchDirTest::TearDown() { std::filesystem::remove_all(dir_); }
 
 Outcome ScratchDirTest::sockbench(const std::string& args) {
   return run_sockbench(args, dir_ / "stdout", dir_ / "stderr");
+}
+
+Outcome ScratchDirTest::program(const std::string& binary, const std::string& args) {
+  return run_program(binary, args, dir_ / "stdout", dir_ / "stderr");
 }
 
 }  // namespace sockbench::test_support

@@ -32,6 +32,9 @@ std::string sockbench_path();
 // stdin from /dev/null, stdout and stderr written to `out` and `err`, then read back.
 Outcome run_sockbench(const std::string& args, const std::filesystem::path& out,
                       const std::filesystem::path& err);
+// The same with another build of it, e.g. SOCKBENCH_EXTRA_BIN.
+Outcome run_program(const std::string& binary, const std::string& args,
+                    const std::filesystem::path& out, const std::filesystem::path& err);
 
 // A fixture with a scratch directory per test, dir_ = TMPDIR/PREFIX-PID-TESTNAME, created
 // before the test and removed after it.
@@ -43,6 +46,8 @@ class ScratchDirTest : public ::testing::Test {
 
   // `sockbench ARGS`, its output captured in dir_/stdout and dir_/stderr.
   Outcome sockbench(const std::string& args);
+  // `BINARY ARGS`, captured the same way.
+  Outcome program(const std::string& binary, const std::string& args);
 
   std::filesystem::path dir_;
 
