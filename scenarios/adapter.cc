@@ -6,6 +6,17 @@
 
 namespace sockbench::scenarios {
 
+results::Record start_record(const std::string& scenario, const std::string& server,
+                             std::string_view cell,
+                             std::vector<std::pair<std::string, std::string>> params) {
+  results::Record record;
+  record.scenario = scenario;
+  record.server = server;
+  record.name = fmt::format("{}/{}/{}", scenario, record.server, cell);
+  record.params = std::move(params);
+  return record;
+}
+
 double set_iterations(results::Record& record, uint64_t count, double measured_seconds) {
   const double seconds = measured_seconds > 0 ? measured_seconds : 1e-9;
   const auto n = static_cast<double>(count);

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "harness/core/histogram.h"
@@ -16,6 +17,12 @@
 #include "scenarios/scenario.h"
 
 namespace sockbench::scenarios {
+
+// A record of `scenario` for the server named `server`, named "<scenario>/<server>/<cell>" (cell:
+// the parameters that identify it, "clients:100/msg:64"), with `params`.
+results::Record start_record(const std::string& scenario, const std::string& server,
+                             std::string_view cell,
+                             std::vector<std::pair<std::string, std::string>> params);
 
 // ns as us, the unit of every latency metric.
 inline double us(uint64_t ns) { return static_cast<double>(ns) / 1e3; }

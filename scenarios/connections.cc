@@ -21,12 +21,8 @@ constexpr uint64_t kFdReserve = 100;
 constexpr auto kTrickleInterval = std::chrono::seconds(1);
 
 results::Record make_record(const std::string& server, int target) {
-  results::Record record;
-  record.scenario = "connections";
-  record.server = server;
-  record.name = fmt::format("connections/{}/conns:{}", server, target);
-  record.params = {{"conns", std::to_string(target)}};
-  return record;
+  return start_record("connections", server, fmt::format("conns:{}", target),
+                      {{"conns", std::to_string(target)}});
 }
 
 // The soft RLIMIT_NOFILE of this process; nullopt when unlimited or unknown.

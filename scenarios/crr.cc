@@ -20,11 +20,6 @@ namespace {
 
 const char* close_name(CloseMode mode) { return mode == CloseMode::kRst ? "rst" : "fin"; }
 
-std::string record_name(const std::string& server, const BenchParams& params) {
-  return fmt::format("crr/{}/clients:{}/msg:{}/close:{}", server, params.clients,
-                     params.message_size, close_name(params.close));
-}
-
 // "32768 60999", whitespace collapsed; "unknown" when unreadable.
 std::string port_range() {
   const std::string raw = read_sysctl("/proc/sys/net/ipv4/ip_local_port_range");
@@ -76,13 +71,12 @@ uint64_t time_wait(const std::map<TcpState, uint64_t>& counts) {
 }  // namespace
 
 results::Record run_crr(ServerHandle& server, const BenchParams& params, std::stop_token stop) {
-  results::Record record;
-  record.scenario = "crr";
-  record.server = server.name();
-  record.name = record_name(record.server, params);
-  record.params = {{"clients", std::to_string(params.clients)},
-                   {"msg", std::to_string(params.message_size)},
-                   {"close", close_name(params.close)}};
+  results::Record record = start_record("crr", server.name(),
+                                        fmt::format("clients:{}/msg:{}/close:{}", params.clients,
+                                                    params.message_size, close_name(params.close)),
+                                        {{"clients", std::to_string(params.clients)},
+                                         {"msg", std::to_string(params.message_size)},
+                                         {"close", close_name(params.close)}});
 
   WindowSamples server_samples(server);
   ChurnConfig config;

@@ -19,9 +19,9 @@ bool open_loop(const BenchParams& options) { return options.rate > 0; }
 // The rate as it appears in names and params: an integer.
 std::string rate_text(double rate) { return fmt::format("{:.0f}", std::round(rate)); }
 
-std::string record_name(const std::string& server, const BenchParams& options) {
-  std::string name =
-      fmt::format("rr/{}/clients:{}/msg:{}", server, options.clients, options.message_size);
+// The cell's part of the record's name.
+std::string cell_name(const BenchParams& options) {
+  std::string name = fmt::format("clients:{}/msg:{}", options.clients, options.message_size);
   if (options.pipeline > 1) name += fmt::format("/pipeline:{}", options.pipeline);
   if (open_loop(options)) name += "/rate:" + rate_text(options.rate);
   return name;
@@ -30,13 +30,10 @@ std::string record_name(const std::string& server, const BenchParams& options) {
 }  // namespace
 
 results::Record run_rr(ServerHandle& server, const BenchParams& options, std::stop_token stop) {
-  results::Record record;
-  record.scenario = "rr";
-  record.server = server.name();
-  record.name = record_name(record.server, options);
-  record.params = {{"clients", std::to_string(options.clients)},
-                   {"msg", std::to_string(options.message_size)},
-                   {"pipeline", std::to_string(options.pipeline)}};
+  results::Record record = start_record("rr", server.name(), cell_name(options),
+                                        {{"clients", std::to_string(options.clients)},
+                                         {"msg", std::to_string(options.message_size)},
+                                         {"pipeline", std::to_string(options.pipeline)}});
   if (open_loop(options)) record.params.emplace_back("rate", rate_text(options.rate));
 
   WindowSamples server_samples(server);

@@ -8,9 +8,9 @@
 namespace sockbench::scenarios {
 namespace {
 
-std::string record_name(const std::string& server, const BenchParams& params) {
-  std::string name =
-      fmt::format("stream/{}/clients:{}/msg:{}", server, params.clients, params.message_size);
+// The cell's part of the record's name.
+std::string cell_name(const BenchParams& params) {
+  std::string name = fmt::format("clients:{}/msg:{}", params.clients, params.message_size);
   if (params.duplex) name += "/duplex";
   return name;
 }
@@ -19,12 +19,9 @@ std::string record_name(const std::string& server, const BenchParams& params) {
 
 results::Record run_stream_scenario(ServerHandle& server, const BenchParams& params,
                                     std::stop_token stop) {
-  results::Record record;
-  record.scenario = "stream";
-  record.server = server.name();
-  record.name = record_name(record.server, params);
-  record.params = {{"clients", std::to_string(params.clients)},
-                   {"msg", std::to_string(params.message_size)}};
+  results::Record record = start_record(
+      "stream", server.name(), cell_name(params),
+      {{"clients", std::to_string(params.clients)}, {"msg", std::to_string(params.message_size)}});
   if (params.duplex) record.params.emplace_back("duplex", "1");
 
   WindowSamples server_samples(server);

@@ -67,16 +67,9 @@ struct Plan {
 struct Counters {
   explicit Counters(size_t slot_count) : slots(slot_count) {}
 
-  uint64_t bytes_sent = 0;
-  uint64_t bytes_received = 0;
-  uint64_t messages = 0;
-  uint64_t short_writes = 0;
-  uint64_t total_sent = 0;
-  uint64_t total_received = 0;
-  uint64_t mismatches = 0;
-  uint64_t achieved = 0;
-  Histogram connect_latency;
-  ErrnoCounts errors;
+  // StreamStats' counts (the engine's result, less what only the run knows): whole run and
+  // measured window; merged after join.
+  StreamStats stats;
   std::vector<Slot> slots;
 
   Slot* slot(const Plan& plan, int64_t now) {
@@ -85,44 +78,38 @@ struct Counters {
     return s < slots.size() ? &slots[s] : nullptr;
   }
   void on_sent(const Plan& plan, int64_t now, uint64_t n, bool offered_all, bool message_done) {
-    total_sent += n;
+    stats.total_bytes_sent += n;
     if (!plan.window.contains(now)) return;
-    bytes_sent += n;
-    if (!offered_all) ++short_writes;
-    if (message_done) ++messages;
+    stats.bytes_sent += n;
+    if (!offered_all) ++stats.short_writes;
+    if (message_done) ++stats.messages;
     if (Slot* s = slot(plan, now)) {
       s->bytes_sent += n;
       if (message_done) ++s->messages;
     }
   }
   void on_received(const Plan& plan, int64_t now, uint64_t n) {
-    total_received += n;
+    stats.total_bytes_received += n;
     if (!plan.window.contains(now)) return;
-    bytes_received += n;
+    stats.bytes_received += n;
     if (Slot* s = slot(plan, now)) s->bytes_received += n;
   }
   void on_short_write(const Plan& plan, int64_t now) {
-    if (plan.window.contains(now)) ++short_writes;
+    if (plan.window.contains(now)) ++stats.short_writes;
   }
   void on_error(const Plan& plan, std::string_view name, int64_t now) {
-    if (!name.empty()) ++errors[std::string(name)];
+    if (!name.empty()) ++stats.errors[std::string(name)];
     if (Slot* s = slot(plan, now)) ++s->errors;
   }
   void on_mismatch(const Plan& plan, int64_t now) {
-    ++mismatches;
+    ++stats.mismatches;
     on_error(plan, {}, now);
   }
   void merge(const Counters& other) {
-    bytes_sent += other.bytes_sent;
-    bytes_received += other.bytes_received;
-    messages += other.messages;
-    short_writes += other.short_writes;
-    total_sent += other.total_sent;
-    total_received += other.total_received;
-    mismatches += other.mismatches;
-    achieved += other.achieved;
-    connect_latency.merge(other.connect_latency);
-    add_counts(errors, other.errors);
+    using S = StreamStats;
+    merge_fields(stats, other.stats, &S::bytes_sent, &S::bytes_received, &S::messages,
+                 &S::short_writes, &S::total_bytes_sent, &S::total_bytes_received, &S::mismatches,
+                 &S::connections_achieved, &S::connect_latency, &S::errors);
     for (size_t s = 0; s < slots.size() && s < other.slots.size(); ++s) {
       slots[s].bytes_sent += other.slots[s].bytes_sent;
       slots[s].bytes_received += other.slots[s].bytes_received;
@@ -169,7 +156,7 @@ class SingleStream : public StreamThread {
     both.merge(writer_);
     both.merge(reader_);
     // The connection is one, whichever thread saw it move data.
-    both.achieved = std::min<uint64_t>(both.achieved, 1);
+    both.stats.connections_achieved = std::min<uint64_t>(both.stats.connections_achieved, 1);
     total.merge(both);
   }
 
@@ -223,7 +210,7 @@ bool SingleStream::connect() {
     writer_.on_error(plan_, error, steady_now_ns());
     return false;
   }
-  writer_.connect_latency.record(static_cast<uint64_t>(steady_now_ns() - start));
+  writer_.stats.connect_latency.record(static_cast<uint64_t>(steady_now_ns() - start));
   const timeval timeout{0, kBlockingTimeoutMs * 1000};
   if (const auto err = set_nonblocking(fd_.get(), false);
       err || ::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout) != 0 ||
@@ -246,7 +233,7 @@ void SingleStream::run() {
     write_loop();
     end_connection();
     if (reader.joinable()) reader.join();
-    if (achieved_) writer_.achieved = 1;
+    if (achieved_) writer_.stats.connections_achieved = 1;
   }
   fd_.reset();
   done_ns = steady_now_ns();
@@ -308,7 +295,7 @@ void SingleStream::read_loop() {
     reader_.on_received(plan_, now, got);
     verified = true;
   }
-  if (verified) reader_.achieved = 1;
+  if (verified) reader_.stats.connections_achieved = 1;
   end_connection();
 }
 
@@ -344,7 +331,7 @@ class EpollWorker : public StreamThread {
   }
   void on_wait_error(int err) { counters_.on_error(plan_, errno_name(err), steady_now_ns()); }
   void on_event(uint64_t id, uint32_t events) {
-    conns_.dispatch(static_cast<size_t>(id), events, *this, counters_.connect_latency);
+    conns_.dispatch(static_cast<size_t>(id), events, *this, counters_.stats.connect_latency);
   }
   void after_pass() { conns_.after_pass(plan_.connect_timeout_ns, *this); }
   void on_connected(Conn& c, size_t i, int64_t now);
@@ -377,7 +364,7 @@ void EpollWorker::run() {
   epoll_event events[kMaxEvents];
   run_client_loop(threads_, epoll_, events, *this);
   if (done_ns == 0) done_ns = steady_now_ns();
-  for (const Conn& c : conns_) counters_.achieved += c.achieved ? 1 : 0;
+  for (const Conn& c : conns_) counters_.stats.connections_achieved += c.achieved ? 1 : 0;
   conns_.reset(0);  // closes every fd this thread opened
 }
 
@@ -503,18 +490,8 @@ Expected<StreamStats> run_stream(const StreamConfig& config, std::stop_token sto
   Counters total(plan.seconds);
   for (const auto& w : run->workers) w->add_to(total);
 
-  StreamStats stats;
-  stats.bytes_sent = total.bytes_sent;
-  stats.bytes_received = total.bytes_received;
-  stats.messages = total.messages;
-  stats.short_writes = total.short_writes;
-  stats.total_bytes_sent = total.total_sent;
-  stats.total_bytes_received = total.total_received;
-  stats.mismatches = total.mismatches;
-  stats.connect_latency = std::move(total.connect_latency);
+  StreamStats stats = std::move(total.stats);
   stats.connections_requested = static_cast<uint64_t>(config.connections);
-  stats.connections_achieved = total.achieved;
-  stats.errors = std::move(total.errors);
   stats.measured_seconds = window.seconds();
   for (size_t s = 0; s < window.whole_seconds(plan.seconds); ++s) {
     const Slot& slot = total.slots[s];
