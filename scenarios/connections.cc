@@ -9,6 +9,7 @@
 #include <string>
 
 #include "harness/load/hold.h"
+#include "scenarios/adapter.h"
 
 namespace sockbench::scenarios {
 namespace {
@@ -19,15 +20,9 @@ using namespace std::chrono_literals;
 constexpr uint64_t kFdReserve = 100;
 constexpr auto kTrickleInterval = std::chrono::seconds(1);
 
-double us(uint64_t ns) { return static_cast<double>(ns) / 1e3; }
-
 results::Record make_record(const std::string& server, int target) {
-  results::Record record;
-  record.scenario = "connections";
-  record.server = server;
-  record.name = fmt::format("connections/{}/conns:{}", server, target);
-  record.params = {{"conns", std::to_string(target)}};
-  return record;
+  return start_record("connections", server, fmt::format("conns:{}", target),
+                      {{"conns", std::to_string(target)}});
 }
 
 // The soft RLIMIT_NOFILE of this process; nullopt when unlimited or unknown.
@@ -125,17 +120,13 @@ void add_metrics(results::Record& record, const HoldStepStats& st,
   record.real_time = st.connect_latency.mean() / 1e3;  // mean connect latency, us
   record.set("connections_requested", static_cast<double>(st.connections_requested));
   record.set("connections_achieved", static_cast<double>(st.connections_open));
-  record.set("connect_p50_us", us(st.connect_latency.percentile(50)));
-  record.set("connect_p99_us", us(st.connect_latency.percentile(99)));
-  record.set("connect_max_us", us(st.connect_latency.max()));
+  set_latency_metrics(record, "connect_", st.connect_latency, {50, 99}, /*max=*/true);
   record.set("connects_per_second",
              st.connect_seconds > 0 ? static_cast<double>(st.established) / st.connect_seconds : 0);
-  record.set("first_reply_p50_us", us(st.first_reply_latency.percentile(50)));
-  record.set("first_reply_p99_us", us(st.first_reply_latency.percentile(99)));
+  set_latency_metrics(record, "first_reply_", st.first_reply_latency, {50, 99});
   record.set("trickle_requests", static_cast<double>(st.trickle_requests));
   record.set("trickle_skipped", static_cast<double>(st.trickle_skipped));
-  record.set("trickle_p50_us", us(st.trickle_latency.percentile(50)));
-  record.set("trickle_p99_us", us(st.trickle_latency.percentile(99)));
+  set_latency_metrics(record, "trickle_", st.trickle_latency, {50, 99});
   if (now) {
     record.set("server_rss_kb", static_cast<double>(now->rss_kb));
     if (baseline && st.connections_open > 0) {
@@ -174,11 +165,8 @@ std::vector<results::Record> run_connections(ServerHandle& server, const BenchPa
   if (auto error = check_ramp(steps); !error.empty()) return fail_all(error);
 
   HoldConfig config;
-  config.target = server.address();
-  config.wire = params.wire;
+  fill_engine_config(config, params, server);
   config.threads = std::max(params.threads, 1);
-  config.cpus = params.client_cpus;
-  config.message_size = params.message_size;
   config.trickle_interval = kTrickleInterval;
   if (config.message_size < kMinMessageSize || config.message_size > kMaxHoldMessage) {
     return fail_all(fmt::format("message size {} is outside [{}, {}] bytes for the trickle",

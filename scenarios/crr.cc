@@ -13,18 +13,12 @@
 #include "harness/core/sockstat.h"
 #include "harness/core/sysinfo.h"
 #include "harness/load/churn.h"
+#include "scenarios/adapter.h"
 
 namespace sockbench::scenarios {
 namespace {
 
-double us(uint64_t ns) { return static_cast<double>(ns) / 1e3; }
-
 const char* close_name(CloseMode mode) { return mode == CloseMode::kRst ? "rst" : "fin"; }
-
-std::string record_name(const std::string& server, const BenchParams& params) {
-  return fmt::format("crr/{}/clients:{}/msg:{}/close:{}", server, params.clients,
-                     params.message_size, close_name(params.close));
-}
 
 // "32768 60999", whitespace collapsed; "unknown" when unreadable.
 std::string port_range() {
@@ -77,25 +71,17 @@ uint64_t time_wait(const std::map<TcpState, uint64_t>& counts) {
 }  // namespace
 
 results::Record run_crr(ServerHandle& server, const BenchParams& params, std::stop_token stop) {
-  results::Record record;
-  record.scenario = "crr";
-  record.server = server.name();
-  record.name = record_name(record.server, params);
-  record.params = {{"clients", std::to_string(params.clients)},
-                   {"msg", std::to_string(params.message_size)},
-                   {"close", close_name(params.close)}};
+  results::Record record = start_record("crr", server.name(),
+                                        fmt::format("clients:{}/msg:{}/close:{}", params.clients,
+                                                    params.message_size, close_name(params.close)),
+                                        {{"clients", std::to_string(params.clients)},
+                                         {"msg", std::to_string(params.message_size)},
+                                         {"close", close_name(params.close)}});
 
   WindowSamples server_samples(server);
   ChurnConfig config;
-  config.target = server.address();
-  config.wire = params.wire;
-  config.connections = params.clients;
-  config.threads = params.threads;
-  config.cpus = params.client_cpus;
-  config.message_size = params.message_size;
+  fill_engine_config(config, params, server);
   config.close = params.close == CloseMode::kRst ? ChurnClose::kRst : ChurnClose::kFin;
-  config.warmup = params.warmup;
-  config.duration = params.duration;
   server_samples.attach(config);
 
   const auto overflows_before = time_wait_overflows();
@@ -105,32 +91,14 @@ results::Record run_crr(ServerHandle& server, const BenchParams& params, std::st
     return record;
   }
   const ChurnStats& stats = *churned;
-  const double seconds = stats.measured_seconds > 0 ? stats.measured_seconds : 1e-9;
-  const double cycles = static_cast<double>(stats.cycles);
-
-  record.iterations = stats.cycles;
-  record.real_time = cycles > 0 ? seconds * 1e6 / cycles : 0;
-  record.set("connections_per_second", cycles / seconds);
-  record.set("connect_p50_us", us(stats.connect_latency.percentile(50)));
-  record.set("connect_p99_us", us(stats.connect_latency.percentile(99)));
-  record.set("connect_p999_us", us(stats.connect_latency.percentile(99.9)));
-  record.set("p50_us", us(stats.latency.percentile(50)));
-  record.set("p99_us", us(stats.latency.percentile(99)));
-  record.set("p999_us", us(stats.latency.percentile(99.9)));
-  record.set("cycle_p50_us", us(stats.cycle_latency.percentile(50)));
-  record.set("cycle_p99_us", us(stats.cycle_latency.percentile(99)));
-  record.set("connections_requested", static_cast<double>(stats.slots_requested));
-  record.set("connections_achieved", static_cast<double>(stats.slots_achieved));
-  record.set("errors", static_cast<double>(stats.error_count()));
-  record.set("unverified_replies", static_cast<double>(stats.unverified_replies));
-  record.set("short_reads", static_cast<double>(stats.short_reads));
-  record.set("short_writes", static_cast<double>(stats.short_writes));
-  if (server_samples.complete()) {
-    const double cpu_us = server_samples.cpu_seconds() * 1e6;
-    record.cpu_time = cycles > 0 ? cpu_us / cycles : 0;
-    record.set("server_cpu_us_per_connection", record.cpu_time);
-    server_samples.set_metrics(record);
-  }
+  const double seconds = set_iterations(record, stats.cycles, stats.measured_seconds);
+  record.set("connections_per_second", static_cast<double>(stats.cycles) / seconds);
+  set_latency_metrics(record, "connect_", stats.connect_latency, {50, 99, 99.9});
+  set_latency_metrics(record, "", stats.latency, {50, 99, 99.9});
+  set_latency_metrics(record, "cycle_", stats.cycle_latency, {50, 99});
+  set_count_metrics(record, stats, stats.slots_requested, stats.slots_achieved);
+  set_server_metrics(record, server_samples, "server_cpu_us_per_connection",
+                     ServerCpu::kPerIteration, seconds);
 
   // Who holds the TIME_WAIT: the side that closed first. Client sockets are the ones whose
   // remote port is the server's; server sockets have it as their local port, which only means
@@ -165,14 +133,7 @@ results::Record run_crr(ServerHandle& server, const BenchParams& params, std::st
 
   record.errors = stats.errors;
   record.latency = stats.latency;
-  for (const auto& interval : stats.timeseries) {
-    results::TimePoint point;
-    point.t_seconds = interval.t_seconds;
-    point.requests_per_second = static_cast<double>(interval.cycles);  // connections completed
-    point.p99_us = us(interval.p99_ns);
-    point.errors = interval.errors;
-    record.timeseries.push_back(point);
-  }
+  add_timeseries(record, stats.timeseries, &ChurnInterval::cycles);  // connections completed
 
   if (run_ended_cleanly(server, stop, record) && stats.slots_achieved < stats.slots_requested) {
     record.warnings.push_back(fmt::format("only {} of {} connection slots completed a cycle",
@@ -184,10 +145,7 @@ results::Record run_crr(ServerHandle& server, const BenchParams& params, std::st
                     "with EADDRNOTAVAIL",
                     port_range(), it->second));
   }
-  if (stats.unverified_replies > 0) {
-    record.warnings.push_back(
-        fmt::format("{} replies differed from their request", stats.unverified_replies));
-  }
+  warn_unverified(record, stats.unverified_replies);
   return record;
 }
 

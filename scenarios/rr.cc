@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "scenarios/adapter.h"
+
 namespace sockbench::scenarios {
 namespace {
 
@@ -12,16 +14,14 @@ constexpr double kClientSaturation = 0.9;
 // Open loop: an achieved rate further than this below the intended one is worth a warning.
 constexpr double kRateShortfall = 0.01;
 
-double us(uint64_t ns) { return static_cast<double>(ns) / 1e3; }
-
 bool open_loop(const BenchParams& options) { return options.rate > 0; }
 
 // The rate as it appears in names and params: an integer.
 std::string rate_text(double rate) { return fmt::format("{:.0f}", std::round(rate)); }
 
-std::string record_name(const std::string& server, const BenchParams& options) {
-  std::string name =
-      fmt::format("rr/{}/clients:{}/msg:{}", server, options.clients, options.message_size);
+// The cell's part of the record's name.
+std::string cell_name(const BenchParams& options) {
+  std::string name = fmt::format("clients:{}/msg:{}", options.clients, options.message_size);
   if (options.pipeline > 1) name += fmt::format("/pipeline:{}", options.pipeline);
   if (open_loop(options)) name += "/rate:" + rate_text(options.rate);
   return name;
@@ -30,28 +30,18 @@ std::string record_name(const std::string& server, const BenchParams& options) {
 }  // namespace
 
 results::Record run_rr(ServerHandle& server, const BenchParams& options, std::stop_token stop) {
-  results::Record record;
-  record.scenario = "rr";
-  record.server = server.name();
-  record.name = record_name(record.server, options);
-  record.params = {{"clients", std::to_string(options.clients)},
-                   {"msg", std::to_string(options.message_size)},
-                   {"pipeline", std::to_string(options.pipeline)}};
+  results::Record record = start_record("rr", server.name(), cell_name(options),
+                                        {{"clients", std::to_string(options.clients)},
+                                         {"msg", std::to_string(options.message_size)},
+                                         {"pipeline", std::to_string(options.pipeline)}});
   if (open_loop(options)) record.params.emplace_back("rate", rate_text(options.rate));
 
   WindowSamples server_samples(server);
   LoadConfig config;
-  config.target = server.address();
-  config.wire = options.wire;
-  config.connections = options.clients;
-  config.threads = options.threads;
-  config.cpus = options.client_cpus;
-  config.message_size = options.message_size;
+  fill_engine_config(config, options, server);
   config.pipeline = options.pipeline;
   // A negative rate is passed on too, for the engine's validation to name it.
   config.rate = options.rate;
-  config.warmup = options.warmup;
-  config.duration = options.duration;
   server_samples.attach(config);
 
   if (const auto why = describe_invalid(config); !why.empty()) {
@@ -64,62 +54,32 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
     return record;
   }
   const LoadStats& stats = *loaded;
-  const double seconds = stats.measured_seconds > 0 ? stats.measured_seconds : 1e-9;
+  const double seconds = set_iterations(record, stats.requests, stats.measured_seconds);
   const double requests = static_cast<double>(stats.requests);
-
-  record.iterations = stats.requests;
-  record.real_time = requests > 0 ? seconds * 1e6 / requests : 0;
   record.set("requests_per_second", requests / seconds);
   record.set("bytes_per_second", static_cast<double>(stats.bytes_received) / seconds);
-  record.set("p50_us", us(stats.latency.percentile(50)));
-  record.set("p90_us", us(stats.latency.percentile(90)));
-  record.set("p99_us", us(stats.latency.percentile(99)));
-  record.set("p999_us", us(stats.latency.percentile(99.9)));
-  record.set("max_us", us(stats.latency.max()));
-  record.set("connect_p50_us", us(stats.connect_latency.percentile(50)));
-  record.set("connect_p99_us", us(stats.connect_latency.percentile(99)));
-  record.set("connections_requested", static_cast<double>(stats.connections_requested));
-  record.set("connections_achieved", static_cast<double>(stats.connections_achieved));
-  record.set("errors", static_cast<double>(stats.error_count()));
-  record.set("unverified_replies", static_cast<double>(stats.unverified_replies));
-  record.set("short_reads", static_cast<double>(stats.short_reads));
-  record.set("short_writes", static_cast<double>(stats.short_writes));
+  set_latency_metrics(record, "", stats.latency, {50, 90, 99, 99.9}, /*max=*/true);
+  set_latency_metrics(record, "connect_", stats.connect_latency, {50, 99});
+  set_count_metrics(record, stats, stats.connections_requested, stats.connections_achieved);
   record.set("client_cpu_percent", stats.client_cpu_utilisation * 100);
   if (open_loop(options)) {
     record.set("intended_rate", options.rate);
-    record.set("service_p50_us", us(stats.service_time.percentile(50)));
-    record.set("service_p99_us", us(stats.service_time.percentile(99)));
+    set_latency_metrics(record, "service_", stats.service_time, {50, 99});
     record.set("late_sends", static_cast<double>(stats.late_sends));
     record.set("capped_sends", static_cast<double>(stats.capped_sends));
     record.set("dropped_sends", static_cast<double>(stats.dropped_sends));
-    record.set("generator_lag_p99_us", us(stats.generator_lag.percentile(99)));
-    record.set("generator_lag_max_us", us(stats.generator_lag.max()));
+    set_latency_metrics(record, "generator_lag_", stats.generator_lag, {99}, /*max=*/true);
   }
-  if (server_samples.complete()) {
-    const double cpu_us = server_samples.cpu_seconds() * 1e6;
-    record.cpu_time = requests > 0 ? cpu_us / requests : 0;
-    record.set("server_cpu_us_per_request", record.cpu_time);
-    server_samples.set_metrics(record);
-  }
+  set_server_metrics(record, server_samples, "server_cpu_us_per_request", ServerCpu::kPerIteration,
+                     seconds);
   record.errors = stats.errors;
   record.latency = stats.latency;
-  for (const IntervalSample& sample : stats.timeseries) {
-    // Each sample is one whole second, so its request count is its rate.
-    record.timeseries.push_back({.t_seconds = sample.t_seconds,
-                                 .requests_per_second = static_cast<double>(sample.requests),
-                                 .p99_us = us(sample.p99_ns),
-                                 .errors = sample.errors});
-  }
+  add_timeseries(record, stats.timeseries, &IntervalSample::requests);
 
-  if (run_ended_cleanly(server, stop, record) &&
-      stats.connections_achieved < stats.connections_requested) {
-    record.warnings.push_back(fmt::format("only {} of {} connections achieved",
-                                          stats.connections_achieved, stats.connections_requested));
+  if (run_ended_cleanly(server, stop, record)) {
+    warn_connections_short(record, stats.connections_achieved, stats.connections_requested);
   }
-  if (stats.unverified_replies > 0) {
-    record.warnings.push_back(
-        fmt::format("{} replies differed from their request", stats.unverified_replies));
-  }
+  warn_unverified(record, stats.unverified_replies);
   if (stats.client_cpu_utilisation > kClientSaturation) {
     record.warnings.push_back(fmt::format(
         "client CPUs saturated ({:.0f} %): the load generator, not the server, may be the "

@@ -65,23 +65,19 @@ class Worker {
 
   void run();
 
-  Histogram connect_latency;
-  Histogram latency;
-  Histogram cycle_latency;
-  uint64_t cycles = 0;
-  uint64_t total_cycles = 0;
-  uint64_t connects_started = 0;
-  uint64_t unverified = 0;
-  uint64_t short_reads = 0;
-  uint64_t short_writes = 0;
-  uint64_t achieved = 0;
-  ErrnoCounts errors;
+  // The loop's handler (run_client_loop).
+  std::optional<int> prepare_pass();
+  void on_wait_error(int err) { ++stats.errors[errno_name(err)]; }
+  void on_event(uint64_t id, uint32_t events);
+  void after_pass();
+
+  ChurnStats stats;  // this thread's counts
   PerSecondLog per_second;
 
  private:
   bool in_window(int64_t now) const { return plan_.window.contains(now); }
   void start_cycle(size_t i, int64_t now);
-  void on_event(size_t i, uint32_t events);
+  void on_slot_event(size_t i, uint32_t events);
   void on_connected(Slot& s, size_t i, int64_t now);
   void flush(Slot& s, size_t i);
   void read(Slot& s, size_t i);
@@ -112,47 +108,42 @@ void Worker::run() {
   recv_buffer_.resize(kRecvBufferSize);
   next_scan_ns_ = steady_now_ns() + kScanEveryNs;
   epoll_event events[kMaxEvents];
-  while (!threads_.stop_requested()) {
-    int64_t now = steady_now_ns();
-    for (int k = 0; k < kConnectBatch && next_start_ < count_; ++k) start_cycle(next_start_++, now);
-    // Bounded by the queue's length on entry: a slot that fails again at once waits its turn.
-    for (size_t due = backoff_.size();
-         due > 0 && !backoff_.empty() && slots_[backoff_.front()].retry_at_ns <= now; --due) {
-      const size_t i = backoff_.front();
-      backoff_.pop_front();
-      start_cycle(i, now);
-    }
-    int timeout = kPollTimeoutMs;
-    if (next_start_ < count_) {
-      timeout = 0;
-    } else if (!backoff_.empty()) {
-      const int64_t wait_ns = slots_[backoff_.front()].retry_at_ns - now;
-      timeout =
-          static_cast<int>(std::clamp<int64_t>((wait_ns + 999'999) / 1'000'000, 0, kPollTimeoutMs));
-    }
-    const ClientEvents ready = wait_events(epoll_, events, timeout);
-    if (ready.interrupted) continue;
-    if (ready.error != 0) {
-      ++errors[errno_name(ready.error)];
-      break;
-    }
-    for (int e = 0; e < ready.count; ++e) {
-      const uint64_t id = events[e].data.u64;
-      if (id == kStopEventId) continue;
-      const auto i = static_cast<size_t>(id & 0xffffffff);
-      if (slots_[i].generation != static_cast<uint32_t>(id >> 32)) continue;  // an older fd
-      on_event(i, events[e].events);
-    }
-    if (ready.stop) break;
-    now = steady_now_ns();
-    if (now >= next_scan_ns_) {
-      expire(now);
-      next_scan_ns_ = now + kScanEveryNs;
-    }
-  }
+  run_client_loop(threads_, epoll_, events, *this);
   per_second.close();
-  for (const Slot& s : slots_) achieved += s.achieved ? 1 : 0;
+  for (const Slot& s : slots_) stats.slots_achieved += s.achieved ? 1 : 0;
   slots_.clear();  // closes every fd this thread opened
+}
+
+// First connects in batches, then the slots whose backoff is over; the wait ends at the next of
+// those.
+std::optional<int> Worker::prepare_pass() {
+  const int64_t now = steady_now_ns();
+  for (int k = 0; k < kConnectBatch && next_start_ < count_; ++k) start_cycle(next_start_++, now);
+  // Bounded by the queue's length on entry: a slot that fails again at once waits its turn.
+  for (size_t due = backoff_.size();
+       due > 0 && !backoff_.empty() && slots_[backoff_.front()].retry_at_ns <= now; --due) {
+    const size_t i = backoff_.front();
+    backoff_.pop_front();
+    start_cycle(i, now);
+  }
+  if (next_start_ < count_) return 0;
+  if (backoff_.empty()) return kPollTimeoutMs;
+  const int64_t wait_ns = slots_[backoff_.front()].retry_at_ns - now;
+  return static_cast<int>(std::clamp<int64_t>((wait_ns + 999'999) / 1'000'000, 0, kPollTimeoutMs));
+}
+
+void Worker::on_event(uint64_t id, uint32_t events) {
+  const auto i = static_cast<size_t>(id & 0xffffffff);
+  if (slots_[i].generation != static_cast<uint32_t>(id >> 32)) return;  // an older fd
+  on_slot_event(i, events);
+}
+
+void Worker::after_pass() {
+  const int64_t now = steady_now_ns();
+  if (now >= next_scan_ns_) {
+    expire(now);
+    next_scan_ns_ = now + kScanEveryNs;
+  }
 }
 
 void Worker::start_cycle(size_t i, int64_t now) {
@@ -160,7 +151,7 @@ void Worker::start_cycle(size_t i, int64_t now) {
   ++s.generation;
   s.connect_start_ns = now;
   s.deadline_ns = now + config_.connect_timeout.count();
-  ++connects_started;
+  ++stats.connects_started;
   auto fd = config_.connect ? config_.connect(config_.target)
                             : connect_to(config_.target, /*nonblocking=*/true);
   if (!fd) {
@@ -182,7 +173,7 @@ void Worker::start_cycle(size_t i, int64_t now) {
   }
 }
 
-void Worker::on_event(size_t i, uint32_t events) {
+void Worker::on_slot_event(size_t i, uint32_t events) {
   Slot& s = slots_[i];
   const uint32_t generation = s.generation;
   if (s.phase == Phase::kConnecting) {
@@ -202,7 +193,7 @@ void Worker::on_connected(Slot& s, size_t i, int64_t now) {
     fail(s, i, error, now);
     return;
   }
-  if (in_window(now)) connect_latency.record(static_cast<uint64_t>(now - s.connect_start_ns));
+  if (in_window(now)) stats.connect_latency.record(static_cast<uint64_t>(now - s.connect_start_ns));
   const uint64_t seq = (static_cast<uint64_t>(first_slot_ + i) << kSeqSlotShift) + s.seq++;
   fill_payload(seq, static_cast<uint64_t>(now), config_.message_size, payload_);
   s.wire.clear();
@@ -228,13 +219,13 @@ void Worker::flush(Slot& s, size_t i) {
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {  // the next EPOLLOUT edge resumes
-        if (in_window(now)) ++short_writes;
+        if (in_window(now)) ++stats.short_writes;
         return;
       }
       fail(s, i, errno_name(errno), now);
       return;
     }
-    if (static_cast<size_t>(n) < want && in_window(now)) ++short_writes;
+    if (static_cast<size_t>(n) < want && in_window(now)) ++stats.short_writes;
     s.sent += static_cast<size_t>(n);
   }
   s.phase = Phase::kReceiving;
@@ -244,21 +235,16 @@ void Worker::read(Slot& s, size_t i) {
   for (;;) {
     const ssize_t n = ::recv(s.fd.get(), recv_buffer_.data(), recv_buffer_.size(), 0);
     const int64_t now = steady_now_ns();
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;  // the next EPOLLIN edge resumes
-      fail(s, i, errno_name(errno), now);
-      return;
-    }
-    if (n == 0) {
-      fail(s, i, "EOF", now);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {  // EAGAIN: the next EPOLLIN edge resumes
+      if (const std::string why = recv_end(n); !why.empty()) fail(s, i, why, now);
       return;
     }
     const auto got = static_cast<size_t>(n);
     ++s.recvs;
     if (got > s.wire.size() - s.received ||
         std::memcmp(recv_buffer_.data(), s.wire.data() + s.received, got) != 0) {
-      ++unverified;
+      ++stats.unverified_replies;
       fail(s, i, {}, now);
       return;
     }
@@ -274,25 +260,25 @@ void Worker::complete(Slot& s, size_t i, int64_t now) {
   s.fd.reset();
   s.phase = Phase::kIdle;
   s.achieved = true;
-  ++total_cycles;
+  ++stats.total_cycles;
   if (in_window(now)) {
-    ++cycles;
+    ++stats.cycles;
     const auto ns = static_cast<uint64_t>(now - s.send_start_ns);
-    latency.record(ns);
-    cycle_latency.record(static_cast<uint64_t>(now - s.connect_start_ns));
-    if (s.recvs > 1) ++short_reads;
+    stats.latency.record(ns);
+    stats.cycle_latency.record(static_cast<uint64_t>(now - s.connect_start_ns));
+    if (s.recvs > 1) ++stats.short_reads;
     per_second.record(now, ns);
   }
   start_cycle(i, steady_now_ns());
 }
 
-// Ends the cycle as failed (error empty: already counted, e.g. an unverified reply) and parks
-// the slot for `backoff` before it connects again.
+// Ends the cycle as failed (error empty: already counted, e.g. an unverified_replies reply) and
+// parks the slot for `backoff` before it connects again.
 void Worker::fail(Slot& s, size_t i, std::string_view error, int64_t now) {
   s.fd.reset();
   s.phase = Phase::kBackoff;
   ++s.generation;
-  if (!error.empty()) ++errors[std::string(error)];
+  if (!error.empty()) ++stats.errors[std::string(error)];
   per_second.count_error(now);
   s.retry_at_ns = now + config_.backoff.count();
   backoff_.push_back(i);
@@ -305,6 +291,14 @@ void Worker::expire(int64_t now) {
         s.phase == Phase::kConnecting || s.phase == Phase::kSending || s.phase == Phase::kReceiving;
     if (waiting && now >= s.deadline_ns) fail(s, i, "ETIMEDOUT", now);
   }
+}
+
+// Adds one client thread's statistics to the total, after join.
+void merge_into(ChurnStats& total, const ChurnStats& s) {
+  using S = ChurnStats;
+  merge_fields(total, s, &S::connect_latency, &S::latency, &S::cycle_latency, &S::cycles,
+               &S::total_cycles, &S::connects_started, &S::unverified_replies, &S::short_reads,
+               &S::short_writes, &S::slots_achieved, &S::errors);
 }
 
 std::error_code validate(const ChurnConfig& c) {
@@ -331,39 +325,22 @@ Expected<ChurnStats> run_churn(const ChurnConfig& config, std::stop_token stop) 
   plan.tcp = is_tcp_target(config.target);
   plan.seconds = seconds_rounded_up(config.duration);
 
-  auto threads = ClientThreads::create(thread_count, config.cpus);
-  if (!threads) return threads.error();
-  ClientThreads& pool = **threads;
-  std::vector<std::unique_ptr<Worker>> workers;
-  for (int t = 0; t < thread_count; ++t) {
-    workers.push_back(
-        std::make_unique<Worker>(plan, pool, t, thread_share(slot_count, t, thread_count)));
-  }
-
-  plan.window = measured_window(config, steady_now_ns());
-  pool.start([&workers](int t) { workers[static_cast<size_t>(t)]->run(); });
   // Slots never die (a failed cycle starts over), so only the clock or `stop` ends the run; a
   // thread that ended on an epoll_wait failure ends the window where it is now.
-  const WindowOutcome window = pool.measure(plan.window, stop, config.on_measure_start,
-                                            config.on_measure_end, steady_now_ns);
+  auto run = run_measured<Worker>(
+      config, thread_count, ClientLoops::kEpoll, plan.window, stop,
+      [&](ClientThreads& pool, int t) {
+        return std::make_unique<Worker>(plan, pool, t, thread_share(slot_count, t, thread_count));
+      },
+      [](const auto& /*workers*/) { return steady_now_ns(); });
+  if (!run) return run.error();
+  const WindowOutcome& window = run->window;
 
-  ChurnStats stats;
+  ChurnStats stats = merge_thread_stats<ChurnStats>(run->workers, merge_into);
   stats.slots_requested = slot_count;
-  for (const auto& w : workers) {
-    stats.connect_latency.merge(w->connect_latency);
-    stats.latency.merge(w->latency);
-    stats.cycle_latency.merge(w->cycle_latency);
-    stats.cycles += w->cycles;
-    stats.total_cycles += w->total_cycles;
-    stats.connects_started += w->connects_started;
-    stats.unverified_replies += w->unverified;
-    stats.short_reads += w->short_reads;
-    stats.short_writes += w->short_writes;
-    stats.slots_achieved += w->achieved;
-    add_counts(stats.errors, w->errors);
-  }
   stats.measured_seconds = window.seconds();
-  stats.timeseries = per_second_series<ChurnInterval>(workers, window.whole_seconds(plan.seconds));
+  stats.timeseries =
+      per_second_series<ChurnInterval>(run->workers, window.whole_seconds(plan.seconds));
   return stats;
 }
 

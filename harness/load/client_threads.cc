@@ -260,6 +260,12 @@ std::string connect_error(int fd) {
   return err ? errno_name(err.value()) : std::string();
 }
 
+std::string recv_end(ssize_t n) {
+  if (n == 0) return "EOF";
+  const int err = errno;
+  return err == EAGAIN || err == EWOULDBLOCK ? std::string() : errno_name(err);
+}
+
 LoopbackSources::LoopbackSources(const Address& target, int count)
     : count_(is_ipv4_loopback(target) ? count : 0) {}
 

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <sys/epoll.h>
+#include <sys/types.h>
 
 #include <algorithm>
 #include <atomic>
@@ -25,6 +26,7 @@
 #include <stop_token>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "harness/core/expected.h"
@@ -194,6 +196,68 @@ struct ClientEvents {
 };
 ClientEvents wait_events(int epoll, std::span<epoll_event> events, int timeout_ms);
 
+// How one pass of a client thread's event loop (client_pass) ended.
+enum class PassEnd {
+  kDispatched,   // its events were dispatched
+  kInterrupted,  // EINTR: no events
+  kStop,         // the stop wake-up was seen (the other events dispatched first), or the
+                 // handler's before_dispatch ended the pass
+  kError,        // epoll_wait failed, handler.on_wait_error() was called: the loop should end
+};
+
+// One pass of a client thread's event loop: epoll_wait on `epoll` for up to timeout_ms, then
+// every event but the stop wake-up to handler.on_event(id, events), in the order epoll reported
+// them. Handler is a template parameter, so each event costs a direct call. It provides:
+//   void on_event(uint64_t id, uint32_t events);
+//   void on_wait_error(int err);  // epoll_wait failed (not EINTR); nothing is dispatched
+// and, optionally, for work that must come before the connections' events (timers, schedules):
+//   bool before_dispatch(std::span<const epoll_event> ready, bool stop);  // false: kStop, no
+//                                                                         // event dispatched
+template <typename Handler>
+PassEnd client_pass(int epoll, std::span<epoll_event> events, int timeout_ms, Handler& handler) {
+  const ClientEvents ready = wait_events(epoll, events, timeout_ms);
+  if (ready.interrupted) return PassEnd::kInterrupted;
+  if (ready.error != 0) {
+    handler.on_wait_error(ready.error);
+    return PassEnd::kError;
+  }
+  const auto got = events.first(static_cast<size_t>(ready.count));
+  if constexpr (requires { handler.before_dispatch(std::span<const epoll_event>(got), true); }) {
+    if (!handler.before_dispatch(std::span<const epoll_event>(got), ready.stop)) {
+      return PassEnd::kStop;
+    }
+  }
+  for (const epoll_event& e : got) {
+    if (e.data.u64 != kStopEventId) handler.on_event(e.data.u64, e.events);
+  }
+  return ready.stop ? PassEnd::kStop : PassEnd::kDispatched;
+}
+
+// A client thread's whole event loop: client_pass() after client_pass() until `threads` is
+// stopped, the stop wake-up is seen, epoll_wait fails, or the handler ends it. Besides what
+// client_pass() calls, Handler provides:
+//   std::optional<int> prepare_pass();  // before every pass (start connects...): the
+//                                       // epoll_wait timeout in ms, nullopt to end the loop
+//   void after_pass();                  // after every pass that dispatched (connect timeouts...)
+template <typename Handler>
+void run_client_loop(const ClientThreads& threads, int epoll, std::span<epoll_event> events,
+                     Handler& handler) {
+  while (!threads.stop_requested()) {
+    const std::optional<int> timeout = handler.prepare_pass();
+    if (!timeout) return;
+    switch (client_pass(epoll, events, *timeout, handler)) {
+      case PassEnd::kDispatched:
+        handler.after_pass();
+        break;
+      case PassEnd::kInterrupted:
+        break;
+      case PassEnd::kStop:
+      case PassEnd::kError:
+        return;
+    }
+  }
+}
+
 // ---- Connections ------------------------------------------------------------------------------
 
 // A target the engines connect to: IPv4, IPv6 or AF_UNIX.
@@ -207,6 +271,11 @@ std::error_code epoll_modify(int epoll, int fd, uint32_t events, uint64_t id);
 // The outcome of a non-blocking connect whose socket became writable (or reported an error):
 // "" when established, else the errno name of SO_ERROR ("ECONNREFUSED").
 std::string connect_error(int fd);
+
+// What a client does after a recv() on a non-blocking socket returned n <= 0 (EINTR retried by
+// the caller): "" to wait for the next readiness (EAGAIN), else why the connection ends, "EOF"
+// for 0 and the errno name for an error. Reads errno: call it before anything may change it.
+std::string recv_end(ssize_t n);
 
 // A connection of a fixed set (FixedConnections); an engine's connection type derives from it.
 enum class ConnState : uint8_t { kIdle, kConnecting, kOpen, kDead };
@@ -251,6 +320,54 @@ class FixedConnections {
   }
   // The epoll_wait timeout: 0 while connections remain to be started, else `idle_ms`.
   int poll_timeout_ms(int idle_ms) const { return all_started() ? idle_ms : 0; }
+
+  // Before a pass of the thread's loop (run_client_loop's prepare_pass): start_batch(batch,
+  // start), then the epoll_wait timeout, poll_timeout_ms(idle_ms); nullopt once every connection
+  // is dead, before or after the batch.
+  template <typename Start>
+  std::optional<int> prepare_pass(int batch, int idle_ms, Start&& start) {
+    if (live_ == 0) return std::nullopt;
+    start_batch(batch, start);
+    if (live_ == 0) return std::nullopt;
+    return poll_timeout_ms(idle_ms);
+  }
+
+  // After a pass (run_client_loop's after_pass): while any connection is connecting, ends the
+  // connects that took timeout_ns or more with engine.kill(c, "ETIMEDOUT", now).
+  template <typename Engine>
+  void after_pass(int64_t timeout_ns, Engine& engine) {
+    if (connecting_ == 0) return;
+    expire_connects(steady_now_ns(), timeout_ns,
+                    [&engine](Conn& c, int64_t now) { engine.kill(c, "ETIMEDOUT", now); });
+  }
+
+  // Dispatches an event of connection i by its state. Connecting: the connect's outcome, either
+  // engine.kill(c, errno name, now) or, established, its latency into connect_latency and then
+  // engine.on_connected(c, i, now). Open: engine.on_open(c, i, events). An event of a connection
+  // closed earlier in the same batch of events is dropped.
+  template <typename Engine>
+  void dispatch(size_t i, uint32_t events, Engine& engine, Histogram& connect_latency) {
+    Conn& c = conns_[i];
+    switch (c.state) {
+      case ConnState::kConnecting: {
+        const std::string error = finish_connect(c);
+        const int64_t now = steady_now_ns();
+        if (!error.empty()) {
+          engine.kill(c, error, now);
+          return;
+        }
+        connect_latency.record(static_cast<uint64_t>(now - c.connect_start_ns));
+        engine.on_connected(c, i, now);
+        return;
+      }
+      case ConnState::kOpen:
+        engine.on_open(c, i, events);
+        return;
+      case ConnState::kIdle:
+      case ConnState::kDead:
+        return;
+    }
+  }
 
   // Starts connection i's non-blocking connect to `target` and registers it with `epoll` for
   // EPOLLOUT, data i. With `nodelay`, TCP_NODELAY is set before the handshake completes, so not
@@ -342,6 +459,18 @@ using ErrnoCounts = std::map<std::string, uint64_t>;
 void add_counts(ErrnoCounts& into, const ErrnoCounts& from);
 uint64_t sum_counts(const ErrnoCounts& counts);
 
+// Adds one client thread's statistics to the total, after join, field by field: `fields` are
+// pointers to the members of Stats to add (histograms merged, counters summed, errno counts
+// added); the others are left alone.
+inline void merge_field(Histogram& into, const Histogram& from) { into.merge(from); }
+inline void merge_field(uint64_t& into, uint64_t from) { into += from; }
+inline void merge_field(double& into, double from) { into += from; }
+inline void merge_field(ErrnoCounts& into, const ErrnoCounts& from) { add_counts(into, from); }
+template <typename Stats, typename... Fields>
+void merge_fields(Stats& into, const Stats& from, Fields... fields) {
+  (merge_field(into.*fields, from.*fields), ...);
+}
+
 // One client thread's per-second record of the measured window: operations completed, errors,
 // and each second's latency histogram. Only its thread writes it; read after join.
 class PerSecondLog {
@@ -404,6 +533,62 @@ int64_t last_done_ns(const Workers& workers) {
   int64_t last = 0;
   for (const auto& w : workers) last = std::max(last, w->done_ns);
   return last;
+}
+
+// One run of an engine with a measured window (run_load, run_churn, run_stream), after join:
+// its client threads' workers, whose statistics the engine merges, and the window as measured.
+template <typename Worker>
+struct MeasuredRun {
+  std::vector<std::unique_ptr<Worker>> workers;
+  WindowOutcome window;
+};
+
+// Runs an engine's client threads through a measured window: creates `threads` client threads
+// (pinned to config.cpus, with `loops`), one worker per thread from make(pool, t) (a
+// std::unique_ptr<Worker>, or an Expected of one when its setup can fail), fixes `window` to
+// measured_window(config, now), runs worker->run() on every thread, then ClientThreads::measure()
+// with config's callbacks; last_done(workers) says when the last loop ended (by default
+// last_done_ns(workers)). `window` must outlive the run (the workers read it). Errors:
+// ClientThreads::create's and make's.
+struct LastDoneNs {
+  template <typename Workers>
+  int64_t operator()(const Workers& workers) const {
+    return last_done_ns(workers);
+  }
+};
+template <typename Worker, typename Make, typename LastDone = LastDoneNs>
+Expected<MeasuredRun<Worker>> run_measured(const ClientRunConfig& config, int threads,
+                                           ClientLoops loops, MeasuredWindow& window,
+                                           std::stop_token stop, Make&& make,
+                                           LastDone&& last_done = LastDone{}) {
+  auto created = ClientThreads::create(threads, config.cpus, loops);
+  if (!created) return created.error();
+  ClientThreads& pool = **created;
+  MeasuredRun<Worker> run;
+  for (int t = 0; t < threads; ++t) {
+    auto worker = make(pool, t);
+    if constexpr (requires { worker.error(); }) {
+      if (!worker) return worker.error();
+      run.workers.push_back(std::move(*worker));
+    } else {
+      run.workers.push_back(std::move(worker));
+    }
+  }
+  window = measured_window(config, steady_now_ns());
+  auto& workers = run.workers;
+  pool.start([&workers](int t) { workers[static_cast<size_t>(t)]->run(); });
+  run.window = pool.measure(window, stop, config.on_measure_start, config.on_measure_end,
+                            [&] { return last_done(std::as_const(workers)); });
+  return run;
+}
+
+// The statistics of every worker ((smart) pointers, each with its client thread's statistics in
+// `stats`), merged after join: merge(total, w->stats) for each, into a Stats that starts empty.
+template <typename Stats, typename Workers, typename Merge>
+Stats merge_thread_stats(const Workers& workers, Merge&& merge) {
+  Stats total;
+  for (const auto& w : workers) merge(total, w->stats);
+  return total;
 }
 
 }  // namespace sockbench

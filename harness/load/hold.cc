@@ -71,6 +71,10 @@ class Worker {
   // hold starting when every thread is ready for it (ClientThreads::arrive_and_wait()).
   void run_step(uint32_t first_id, size_t count, int64_t hold_ns);
 
+  // The handler of the loop's passes (client_pass).
+  void on_event(uint64_t id, uint32_t events);
+  void on_wait_error(int err);
+
   HoldStepStats stats;  // the last step's
   uint64_t open() const { return open_; }
 
@@ -83,7 +87,6 @@ class Worker {
   void poll_once(int timeout_ms);
   void scan_timeouts(int64_t now);
   void start_connect(size_t i);
-  void on_event(size_t i, uint32_t events);
   void on_connected(Conn& c, size_t i);
   void on_readable(Conn& c, size_t i);
   void issue(Conn& c, size_t i, bool trickle, int64_t now);
@@ -204,17 +207,8 @@ void Worker::drain_phase() {
 
 void Worker::poll_once(int timeout_ms) {
   epoll_event events[kMaxEvents];
-  const ClientEvents ready = wait_events(epoll_, events, timeout_ms);
-  if (ready.error != 0) {
-    // Not expected with a valid epoll fd; count it and end the step rather than spin.
-    ++stats.errors[errno_name(ready.error)];
-    threads_.request_stop();
-    return;
-  }
-  for (int e = 0; e < ready.count; ++e) {
-    const uint64_t id = events[e].data.u64;
-    if (id != kStopEventId) on_event(static_cast<size_t>(id), events[e].events);
-  }
+  // The phases' own loops see the stop; the timeouts are scanned whatever the pass saw.
+  if (client_pass(epoll_, events, timeout_ms, *this) == PassEnd::kError) return;
   const int64_t now = steady_now_ns();
   if (now >= next_scan_ns_) {
     scan_timeouts(now);
@@ -254,7 +248,14 @@ void Worker::start_connect(size_t i) {
   }
 }
 
-void Worker::on_event(size_t i, uint32_t events) {
+// Not expected with a valid epoll fd; count it and end the step rather than spin.
+void Worker::on_wait_error(int err) {
+  ++stats.errors[errno_name(err)];
+  threads_.request_stop();
+}
+
+void Worker::on_event(uint64_t id, uint32_t events) {
+  const auto i = static_cast<size_t>(id);
   Conn& c = conns_[i];
   if (c.state == State::kConnecting) {
     on_connected(c, i);
@@ -408,22 +409,13 @@ void Worker::lose(Conn& c, std::string_view error, Loss loss) {
 }
 
 void merge_into(HoldStepStats& total, const HoldStepStats& s) {
-  total.attempted += s.attempted;
-  total.not_attempted += s.not_attempted;
-  total.established += s.established;
-  total.verified += s.verified;
-  total.closed_before_reply += s.closed_before_reply;
-  total.connect_failed += s.connect_failed;
-  total.closed_after_reply += s.closed_after_reply;
-  total.timeouts += s.timeouts;
-  total.unverified_replies += s.unverified_replies;
-  total.trickle_requests += s.trickle_requests;
-  total.trickle_skipped += s.trickle_skipped;
-  total.connections_open += s.connections_open;
-  total.connect_latency.merge(s.connect_latency);
-  total.first_reply_latency.merge(s.first_reply_latency);
-  total.trickle_latency.merge(s.trickle_latency);
-  add_counts(total.errors, s.errors);
+  using S = HoldStepStats;
+  merge_fields(total, s, &S::attempted, &S::not_attempted, &S::established, &S::verified,
+               &S::closed_before_reply, &S::connect_failed, &S::closed_after_reply, &S::timeouts,
+               &S::unverified_replies, &S::trickle_requests, &S::trickle_skipped,
+               &S::connections_open, &S::connect_latency, &S::first_reply_latency,
+               &S::trickle_latency, &S::errors);
+  // The threads work at the same time: the step took as long as the slowest.
   total.gave_up = total.gave_up || s.gave_up;
   total.connect_seconds = std::max(total.connect_seconds, s.connect_seconds);
   total.hold_seconds = std::max(total.hold_seconds, s.hold_seconds);
@@ -507,9 +499,8 @@ Expected<HoldStepStats> HoldEngine::step(uint64_t target, std::chrono::nanosecon
   s.requested = target;
   if (failed) return failed;
 
-  HoldStepStats total;
+  HoldStepStats total = merge_thread_stats<HoldStepStats>(s.workers, merge_into);
   total.connections_requested = target;
-  for (const auto& w : s.workers) merge_into(total, w->stats);
   total.interrupted = stop.stop_requested() || pool.stop_requested();
   return total;
 }

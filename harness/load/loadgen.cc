@@ -63,11 +63,13 @@ struct Plan {
   double rate = 0;
   int connections = 0;
   uint32_t max_outstanding = 0;
-  int64_t origin_ns = 0;  // the schedule's time zero: start of the run
-  std::string cycle;      // filler_byte(i) for i in [0, 256 + filler_size)
+  std::string cycle;  // filler_byte(i) for i in [0, 256 + filler_size)
   MeasuredWindow window;
   int64_t connect_timeout_ns = 0;
   size_t seconds = 0;  // of the planned window, rounded up
+
+  // The schedule's time zero: the start of the run, a warm-up before the window.
+  int64_t origin_ns() const { return window.start_ns - config->warmup.count(); }
 };
 
 // The two times of one outstanding request.
@@ -112,22 +114,18 @@ class Worker {
 
   void run();
 
-  Histogram latency;
-  Histogram service_time;
-  Histogram generator_lag;
-  Histogram connect_latency;
-  uint64_t requests = 0;
-  uint64_t late_sends = 0;
-  uint64_t capped_sends = 0;
-  uint64_t dropped_sends = 0;
-  int64_t cpu_ns = 0;  // this thread's CPU time in the measured window
-  uint64_t bytes_sent = 0;
-  uint64_t bytes_received = 0;
-  uint64_t unverified = 0;
-  uint64_t short_reads = 0;
-  uint64_t short_writes = 0;
-  uint64_t achieved = 0;
-  ErrnoCounts errors;
+  // The loop's handler (run_client_loop) and its connections' (FixedConnections::dispatch).
+  std::optional<int> prepare_pass();
+  void on_wait_error(int err);
+  bool before_dispatch(std::span<const epoll_event> ready, bool stop);
+  void on_event(uint64_t id, uint32_t events);
+  void after_pass();
+  void on_connected(Conn& c, size_t i, int64_t now);
+  void on_open(Conn& c, size_t i, uint32_t events);
+  void kill(Conn& c, std::string_view error, int64_t now);
+
+  // This thread's counts; client_cpu_seconds is its own CPU time in the measured window.
+  LoadStats stats;
   int64_t done_ns = 0;  // when the last connection died (or the loop ended)
   PerSecondLog per_second;
 
@@ -138,13 +136,11 @@ class Worker {
     return static_cast<uint64_t>(first_connection_ + i) << kSeqConnectionShift;
   }
   int64_t slot_ns(size_t i, uint64_t k) const {
-    return plan_.origin_ns + intended_send_ns(static_cast<int>(first_connection_ + i),
-                                              plan_.connections, plan_.rate, k);
+    return plan_.origin_ns() + intended_send_ns(static_cast<int>(first_connection_ + i),
+                                                plan_.connections, plan_.rate, k);
   }
 
   void start_connect(size_t i);
-  void on_event(size_t i, uint32_t events);
-  void on_connected(Conn& c, size_t i);
   void on_readable(Conn& c, size_t i);
   bool matches(uint64_t seq, int64_t origin, uint64_t offset, const char* data, size_t n) const;
   void reserve(Conn& c, uint32_t needed);
@@ -156,7 +152,6 @@ class Worker {
   void arm_timer();
   void on_timer(int64_t now);
   void take_cpu_edges(int64_t now);
-  void kill(Conn& c, std::string_view error, int64_t now);
   void reject_reply(Conn& c, int64_t now);
   void count_error(std::string_view name, int64_t now);
   void record_latency(int64_t now, const Stamp& s);
@@ -185,6 +180,7 @@ class Worker {
   bool cpu_started_ = false;
   bool cpu_ended_ = false;
   int64_t cpu_start_ns_ = 0;
+  int64_t cpu_ns_ = 0;  // this thread's CPU time in the measured window
 };
 
 // Level-triggered epoll, on purpose. Request/response traffic makes each ready connection worth
@@ -207,40 +203,41 @@ void Worker::run() {
   if (plan_.open) next_slot_ns_ = slot_ns(0, 0);
 
   epoll_event events[kMaxEvents];
-  while (!threads_.stop_requested() && conns_.live() > 0) {
-    conns_.start_batch(kConnectBatch, [this](size_t i) { start_connect(i); });
-    if (conns_.live() == 0) break;
-    arm_timer();
-    const int timeout = conns_.poll_timeout_ms(kPollTimeoutMs);
-    const ClientEvents ready = wait_events(epoll_, events, timeout);
-    const int64_t woke_at = steady_now_ns();
-    if (ready.interrupted) continue;
-    if (ready.error != 0) {
-      count_error(errno_name(ready.error), woke_at);
-      break;
-    }
-    for (int e = 0; e < ready.count; ++e) {
-      if (events[e].data.u64 == kTimerId) on_timer(woke_at);
-    }
-    if (ready.stop) break;
-    take_cpu_edges(woke_at);
-    if (woke_at >= next_slot_ns_) run_schedule(woke_at);
-    for (int e = 0; e < ready.count; ++e) {
-      const uint64_t id = events[e].data.u64;
-      if (id != kStopEventId && id != kTimerId) {
-        on_event(static_cast<size_t>(id), events[e].events);
-      }
-    }
-    if (conns_.connecting() > 0) {
-      conns_.expire_connects(steady_now_ns(), plan_.connect_timeout_ns,
-                             [this](Conn& c, int64_t now) { kill(c, "ETIMEDOUT", now); });
-    }
-  }
+  run_client_loop(threads_, epoll_, events, *this);
   if (done_ns == 0) done_ns = steady_now_ns();
-  if (cpu_started_ && !cpu_ended_) cpu_ns = thread_cpu_ns() - cpu_start_ns_;
+  if (cpu_started_ && !cpu_ended_) cpu_ns_ = thread_cpu_ns() - cpu_start_ns_;
+  stats.client_cpu_seconds = static_cast<double>(cpu_ns_) / static_cast<double>(kNsPerSecond);
   per_second.close();
   conns_.reset(0);  // closes every fd this thread opened
 }
+
+std::optional<int> Worker::prepare_pass() {
+  const auto timeout =
+      conns_.prepare_pass(kConnectBatch, kPollTimeoutMs, [this](size_t i) { start_connect(i); });
+  if (timeout) arm_timer();
+  return timeout;
+}
+
+void Worker::on_wait_error(int err) { count_error(errno_name(err), steady_now_ns()); }
+
+// The timer first, then the schedule: every slot due is issued before any reply is read.
+bool Worker::before_dispatch(std::span<const epoll_event> ready, bool stop) {
+  const int64_t woke_at = steady_now_ns();
+  for (const epoll_event& e : ready) {
+    if (e.data.u64 == kTimerId) on_timer(woke_at);
+  }
+  if (stop) return false;
+  take_cpu_edges(woke_at);
+  if (woke_at >= next_slot_ns_) run_schedule(woke_at);
+  return true;
+}
+
+void Worker::on_event(uint64_t id, uint32_t events) {
+  if (id != kTimerId)
+    conns_.dispatch(static_cast<size_t>(id), events, *this, stats.connect_latency);
+}
+
+void Worker::after_pass() { conns_.after_pass(plan_.connect_timeout_ns, *this); }
 
 void Worker::start_connect(size_t i) {
   Conn& c = conns_[i];
@@ -253,30 +250,12 @@ void Worker::start_connect(size_t i) {
   c.want_out = true;
 }
 
-void Worker::on_event(size_t i, uint32_t events) {
-  Conn& c = conns_[i];
-  switch (c.state) {
-    case ConnState::kConnecting:
-      on_connected(c, i);
-      break;
-    case ConnState::kOpen:
-      if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(c, i);
-      if (c.state == ConnState::kOpen && (events & EPOLLOUT) && c.want_out) flush(c, i);
-      break;
-    case ConnState::kIdle:
-    case ConnState::kDead:  // closed earlier in this same batch of events
-      break;
-  }
+void Worker::on_open(Conn& c, size_t i, uint32_t events) {
+  if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(c, i);
+  if (c.state == ConnState::kOpen && (events & EPOLLOUT) && c.want_out) flush(c, i);
 }
 
-void Worker::on_connected(Conn& c, size_t i) {
-  const std::string error = conns_.finish_connect(c);
-  const int64_t now = steady_now_ns();
-  if (!error.empty()) {
-    kill(c, error, now);
-    return;
-  }
-  connect_latency.record(static_cast<uint64_t>(now - c.connect_start_ns));
+void Worker::on_connected(Conn& c, size_t i, int64_t now) {
   set_want_out(c, i, false);
   if (plan_.open) {
     // Its schedule starts at its next slot not yet passed by the cursor: slot k of connection
@@ -371,7 +350,7 @@ void Worker::flush(Conn& c, size_t i) {
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        if (in_window(now)) ++short_writes;
+        if (in_window(now)) ++stats.short_writes;
         set_want_out(c, i, true);
         return;
       }
@@ -380,7 +359,7 @@ void Worker::flush(Conn& c, size_t i) {
     }
     const auto sent = static_cast<uint64_t>(n);
     const bool window = in_window(now);
-    if (window) bytes_sent += sent;
+    if (window) stats.bytes_sent += sent;
     // The requests whose first byte this call took: [started, end).
     const uint32_t started = c.unsent_off == 0 ? c.unsent : c.unsent + 1;
     const uint64_t pos = c.unsent_off + sent;
@@ -390,10 +369,10 @@ void Worker::flush(Conn& c, size_t i) {
     for (uint32_t r = started; r < end; ++r) {
       Stamp& s = stamp(c, c.base_seq + r);
       s.sent = now;
-      if (plan_.open && window && now - s.origin > kLateSendThreshold.count()) ++late_sends;
+      if (plan_.open && window && now - s.origin > kLateSendThreshold.count()) ++stats.late_sends;
     }
     if (sent < offered) {
-      if (in_window(now)) ++short_writes;
+      if (in_window(now)) ++stats.short_writes;
       set_want_out(c, i, true);
       return;
     }
@@ -430,17 +409,12 @@ void Worker::on_readable(Conn& c, size_t i) {
     n = ::recv(c.fd.get(), recv_buffer_.data(), recv_buffer_.size(), 0);
   } while (n < 0 && errno == EINTR);
   const int64_t now = steady_now_ns();
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-    kill(c, errno_name(errno), now);
-    return;
-  }
-  if (n == 0) {
-    kill(c, "EOF", now);
+  if (n <= 0) {
+    if (const std::string why = recv_end(n); !why.empty()) kill(c, why, now);
     return;
   }
   const bool window = in_window(now);
-  if (window) bytes_received += static_cast<uint64_t>(n);
+  if (window) stats.bytes_received += static_cast<uint64_t>(n);
   const char* data = recv_buffer_.data();
   auto left = static_cast<size_t>(n);
   bool continued = c.recv_off > 0;  // the head reply began in an earlier recv()
@@ -467,8 +441,8 @@ void Worker::on_readable(Conn& c, size_t i) {
       return;
     }
     if (window) {
-      ++requests;
-      if (continued) ++short_reads;
+      ++stats.requests;
+      if (continued) ++stats.short_reads;
       record_latency(now, s);
     }
     c.recv_off = 0;
@@ -478,7 +452,7 @@ void Worker::on_readable(Conn& c, size_t i) {
     ++completed;
     if (!c.verified) {
       c.verified = true;
-      ++achieved;
+      ++stats.connections_achieved;
     }
     continued = false;
   }
@@ -498,11 +472,11 @@ void Worker::run_schedule(int64_t now) {
     const int64_t slot = next_slot_ns_;
     Conn& c = conns_[cursor_];
     if (c.state == ConnState::kOpen) {
-      if (c.in_flight >= plan_.max_outstanding && in_window(slot)) ++capped_sends;
+      if (c.in_flight >= plan_.max_outstanding && in_window(slot)) ++stats.capped_sends;
       ++c.due;
       issue_due(c, cursor_);
     } else if (in_window(slot)) {
-      ++dropped_sends;
+      ++stats.dropped_sends;
     }
     if (++cursor_ == count_) {
       cursor_ = 0;
@@ -538,7 +512,7 @@ void Worker::on_timer(int64_t now) {
   [[maybe_unused]] const auto n = ::read(timer_.get(), &expirations, sizeof expirations);
   if (armed_ == kNever) return;
   if (plan_.open && in_window(armed_)) {
-    generator_lag.record(static_cast<uint64_t>(std::max<int64_t>(now - armed_, 0)));
+    stats.generator_lag.record(static_cast<uint64_t>(std::max<int64_t>(now - armed_, 0)));
   }
   armed_ = kNever;
 }
@@ -551,19 +525,19 @@ void Worker::take_cpu_edges(int64_t now) {
   }
   if (cpu_started_ && !cpu_ended_ && now >= plan_.window.end_ns) {
     cpu_ended_ = true;
-    cpu_ns = thread_cpu_ns() - cpu_start_ns_;
+    cpu_ns_ = thread_cpu_ns() - cpu_start_ns_;
   }
 }
 
 void Worker::record_latency(int64_t now, const Stamp& s) {
   const auto ns = static_cast<uint64_t>(std::max<int64_t>(now - s.origin, 0));
-  latency.record(ns);
-  service_time.record(static_cast<uint64_t>(std::max<int64_t>(now - s.sent, 0)));
+  stats.latency.record(ns);
+  stats.service_time.record(static_cast<uint64_t>(std::max<int64_t>(now - s.sent, 0)));
   per_second.record(now, ns);
 }
 
 void Worker::reject_reply(Conn& c, int64_t now) {
-  ++unverified;
+  ++stats.unverified_replies;
   per_second.count_error(now);
   kill(c, {}, now);
 }
@@ -578,8 +552,17 @@ void Worker::kill(Conn& c, std::string_view error, int64_t now) {
 }
 
 void Worker::count_error(std::string_view name, int64_t now) {
-  ++errors[std::string(name)];
+  ++stats.errors[std::string(name)];
   per_second.count_error(now);
+}
+
+// Adds one client thread's statistics to the total, after join.
+void merge_into(LoadStats& total, const LoadStats& s) {
+  using S = LoadStats;
+  merge_fields(total, s, &S::latency, &S::service_time, &S::generator_lag, &S::connect_latency,
+               &S::late_sends, &S::capped_sends, &S::dropped_sends, &S::client_cpu_seconds,
+               &S::requests, &S::bytes_sent, &S::bytes_received, &S::unverified_replies,
+               &S::short_reads, &S::short_writes, &S::connections_achieved, &S::errors);
 }
 
 double seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double>(d).count(); }
@@ -688,52 +671,28 @@ Expected<LoadStats> run_load(const LoadConfig& config, std::stop_token stop) {
   plan.connect_timeout_ns = config.connect_timeout.count();
   plan.seconds = seconds_rounded_up(config.duration);
 
-  auto threads = ClientThreads::create(thread_count, config.cpus);
-  if (!threads) return threads.error();
-  ClientThreads& pool = **threads;
-  std::vector<std::unique_ptr<Worker>> workers;
-  for (int t = 0; t < thread_count; ++t) {
-    Fd timer(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-    if (!timer) return last_error();
-    if (auto err = epoll_add(pool.epoll(t), timer.get(), EPOLLIN, kTimerId)) return err;
-    workers.push_back(std::make_unique<Worker>(plan, pool, t, std::move(timer),
-                                               thread_share(connections, t, thread_count)));
-  }
+  auto run = run_measured<Worker>(
+      config, thread_count, ClientLoops::kEpoll, plan.window, stop,
+      [&](ClientThreads& pool, int t) -> Expected<std::unique_ptr<Worker>> {
+        Fd timer(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+        if (!timer) return last_error();
+        if (auto err = epoll_add(pool.epoll(t), timer.get(), EPOLLIN, kTimerId)) return err;
+        return std::make_unique<Worker>(plan, pool, t, std::move(timer),
+                                        thread_share(connections, t, thread_count));
+      });
+  if (!run) return run.error();
+  const WindowOutcome& window = run->window;
 
-  plan.origin_ns = steady_now_ns();
-  plan.window = measured_window(config, plan.origin_ns);
-  pool.start([&workers](int t) { workers[static_cast<size_t>(t)]->run(); });
-  const WindowOutcome window =
-      pool.measure(plan.window, stop, config.on_measure_start, config.on_measure_end,
-                   [&workers] { return last_done_ns(workers); });
-
-  LoadStats stats;
+  LoadStats stats = merge_thread_stats<LoadStats>(run->workers, merge_into);
   stats.connections_requested = connections;
-  for (const auto& w : workers) {
-    stats.latency.merge(w->latency);
-    stats.service_time.merge(w->service_time);
-    stats.generator_lag.merge(w->generator_lag);
-    stats.connect_latency.merge(w->connect_latency);
-    stats.late_sends += w->late_sends;
-    stats.capped_sends += w->capped_sends;
-    stats.dropped_sends += w->dropped_sends;
-    stats.client_cpu_seconds += static_cast<double>(w->cpu_ns) / static_cast<double>(kNsPerSecond);
-    stats.requests += w->requests;
-    stats.bytes_sent += w->bytes_sent;
-    stats.bytes_received += w->bytes_received;
-    stats.unverified_replies += w->unverified;
-    stats.short_reads += w->short_reads;
-    stats.short_writes += w->short_writes;
-    stats.connections_achieved += w->achieved;
-    add_counts(stats.errors, w->errors);
-  }
   stats.measured_seconds = window.seconds();
   if (stats.measured_seconds > 0) {
     stats.client_cpu_utilisation =
         stats.client_cpu_seconds /
         (stats.measured_seconds * client_cpu_capacity(config.cpus, thread_count));
   }
-  stats.timeseries = per_second_series<IntervalSample>(workers, window.whole_seconds(plan.seconds));
+  stats.timeseries =
+      per_second_series<IntervalSample>(run->workers, window.whole_seconds(plan.seconds));
   return stats;
 }
 

@@ -67,16 +67,9 @@ struct Plan {
 struct Counters {
   explicit Counters(size_t slot_count) : slots(slot_count) {}
 
-  uint64_t bytes_sent = 0;
-  uint64_t bytes_received = 0;
-  uint64_t messages = 0;
-  uint64_t short_writes = 0;
-  uint64_t total_sent = 0;
-  uint64_t total_received = 0;
-  uint64_t mismatches = 0;
-  uint64_t achieved = 0;
-  Histogram connect_latency;
-  ErrnoCounts errors;
+  // StreamStats' counts (the engine's result, less what only the run knows): whole run and
+  // measured window; merged after join.
+  StreamStats stats;
   std::vector<Slot> slots;
 
   Slot* slot(const Plan& plan, int64_t now) {
@@ -85,44 +78,38 @@ struct Counters {
     return s < slots.size() ? &slots[s] : nullptr;
   }
   void on_sent(const Plan& plan, int64_t now, uint64_t n, bool offered_all, bool message_done) {
-    total_sent += n;
+    stats.total_bytes_sent += n;
     if (!plan.window.contains(now)) return;
-    bytes_sent += n;
-    if (!offered_all) ++short_writes;
-    if (message_done) ++messages;
+    stats.bytes_sent += n;
+    if (!offered_all) ++stats.short_writes;
+    if (message_done) ++stats.messages;
     if (Slot* s = slot(plan, now)) {
       s->bytes_sent += n;
       if (message_done) ++s->messages;
     }
   }
   void on_received(const Plan& plan, int64_t now, uint64_t n) {
-    total_received += n;
+    stats.total_bytes_received += n;
     if (!plan.window.contains(now)) return;
-    bytes_received += n;
+    stats.bytes_received += n;
     if (Slot* s = slot(plan, now)) s->bytes_received += n;
   }
   void on_short_write(const Plan& plan, int64_t now) {
-    if (plan.window.contains(now)) ++short_writes;
+    if (plan.window.contains(now)) ++stats.short_writes;
   }
   void on_error(const Plan& plan, std::string_view name, int64_t now) {
-    if (!name.empty()) ++errors[std::string(name)];
+    if (!name.empty()) ++stats.errors[std::string(name)];
     if (Slot* s = slot(plan, now)) ++s->errors;
   }
   void on_mismatch(const Plan& plan, int64_t now) {
-    ++mismatches;
+    ++stats.mismatches;
     on_error(plan, {}, now);
   }
   void merge(const Counters& other) {
-    bytes_sent += other.bytes_sent;
-    bytes_received += other.bytes_received;
-    messages += other.messages;
-    short_writes += other.short_writes;
-    total_sent += other.total_sent;
-    total_received += other.total_received;
-    mismatches += other.mismatches;
-    achieved += other.achieved;
-    connect_latency.merge(other.connect_latency);
-    add_counts(errors, other.errors);
+    using S = StreamStats;
+    merge_fields(stats, other.stats, &S::bytes_sent, &S::bytes_received, &S::messages,
+                 &S::short_writes, &S::total_bytes_sent, &S::total_bytes_received, &S::mismatches,
+                 &S::connections_achieved, &S::connect_latency, &S::errors);
     for (size_t s = 0; s < slots.size() && s < other.slots.size(); ++s) {
       slots[s].bytes_sent += other.slots[s].bytes_sent;
       slots[s].bytes_received += other.slots[s].bytes_received;
@@ -137,12 +124,24 @@ bool echo_matches(const Plan& plan, uint64_t index, uint64_t offset, const char*
   return std::memcmp(data, plan.at(index, offset), n) == 0;
 }
 
+// One client thread of a run: the single stream, or an epoll loop over a share of many. run()
+// is the thread's whole loop (one virtual call a thread); add_to() merges its counters after
+// join.
+class StreamThread {
+ public:
+  virtual ~StreamThread() = default;
+  virtual void run() = 0;
+  virtual void add_to(Counters& total) const = 0;
+
+  int64_t done_ns = 0;  // when the last connection died (or the loop ended)
+};
+
 // ---- One connection: blocking send() of whole messages from one thread --------------------
 //
 // The fastest way to push one TCP stream: the kernel copies the whole message in one call and
 // sleeps the thread only when the socket buffer is full; no readiness syscalls at all. When
 // duplex, a second thread reads the echo with blocking recv().
-class SingleStream {
+class SingleStream : public StreamThread {
  public:
   SingleStream(Plan& plan, ClientThreads& threads)
       : plan_(plan),
@@ -151,10 +150,15 @@ class SingleStream {
         writer_(plan.seconds),
         reader_(plan.seconds) {}
 
-  void run();
-  Counters& writer() { return writer_; }
-  Counters& reader() { return reader_; }
-  int64_t done_ns = 0;
+  void run() override;
+  void add_to(Counters& total) const override {
+    Counters both(plan_.seconds);
+    both.merge(writer_);
+    both.merge(reader_);
+    // The connection is one, whichever thread saw it move data.
+    both.stats.connections_achieved = std::min<uint64_t>(both.stats.connections_achieved, 1);
+    total.merge(both);
+  }
 
  private:
   bool connect();
@@ -206,7 +210,7 @@ bool SingleStream::connect() {
     writer_.on_error(plan_, error, steady_now_ns());
     return false;
   }
-  writer_.connect_latency.record(static_cast<uint64_t>(steady_now_ns() - start));
+  writer_.stats.connect_latency.record(static_cast<uint64_t>(steady_now_ns() - start));
   const timeval timeout{0, kBlockingTimeoutMs * 1000};
   if (const auto err = set_nonblocking(fd_.get(), false);
       err || ::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout) != 0 ||
@@ -229,7 +233,7 @@ void SingleStream::run() {
     write_loop();
     end_connection();
     if (reader.joinable()) reader.join();
-    if (achieved_) writer_.achieved = 1;
+    if (achieved_) writer_.stats.connections_achieved = 1;
   }
   fd_.reset();
   done_ns = steady_now_ns();
@@ -291,7 +295,7 @@ void SingleStream::read_loop() {
     reader_.on_received(plan_, now, got);
     verified = true;
   }
-  if (verified) reader_.achieved = 1;
+  if (verified) reader_.stats.connections_achieved = 1;
   end_connection();
 }
 
@@ -306,7 +310,7 @@ struct Conn : FixedConn {
 
 // One client thread: its epoll loop, its connections, its counters. Only its own thread touches
 // it between start and join.
-class EpollWorker {
+class EpollWorker : public StreamThread {
  public:
   EpollWorker(Plan& plan, ClientThreads& threads, int index, ThreadShare share)
       : plan_(plan),
@@ -317,18 +321,28 @@ class EpollWorker {
         count_(share.count),
         counters_(plan.seconds) {}
 
-  void run();
-  Counters& counters() { return counters_; }
-  int64_t done_ns = 0;  // when the last connection died (or the loop ended)
+  void run() override;
+  void add_to(Counters& total) const override { total.merge(counters_); }
+
+  // The loop's handler (run_client_loop) and its connections' (FixedConnections::dispatch).
+  std::optional<int> prepare_pass() {
+    return conns_.prepare_pass(kConnectBatch, kPollTimeoutMs,
+                               [this](size_t i) { start_connect(i); });
+  }
+  void on_wait_error(int err) { counters_.on_error(plan_, errno_name(err), steady_now_ns()); }
+  void on_event(uint64_t id, uint32_t events) {
+    conns_.dispatch(static_cast<size_t>(id), events, *this, counters_.stats.connect_latency);
+  }
+  void after_pass() { conns_.after_pass(plan_.connect_timeout_ns, *this); }
+  void on_connected(Conn& c, size_t i, int64_t now);
+  void on_open(Conn& c, size_t i, uint32_t events);
+  void kill(Conn& c, std::string_view error, int64_t now);
 
  private:
   uint64_t stream_index(const Conn& c) const { return first_connection_ + conns_.index_of(c); }
   void start_connect(size_t i);
-  void on_event(size_t i, uint32_t events);
-  void on_connected(Conn& c, size_t i);
   void write(Conn& c);
   void read(Conn& c);
-  void kill(Conn& c, std::string_view error, int64_t now);
 
   Plan& plan_;
   const StreamConfig& config_;
@@ -348,28 +362,9 @@ void EpollWorker::run() {
   conns_.reset(count_);
   if (config_.duplex) recv_buffer_.resize(kRecvBufferSize);
   epoll_event events[kMaxEvents];
-  while (!threads_.stop_requested() && conns_.live() > 0) {
-    conns_.start_batch(kConnectBatch, [this](size_t i) { start_connect(i); });
-    if (conns_.live() == 0) break;
-    const int timeout = conns_.poll_timeout_ms(kPollTimeoutMs);
-    const ClientEvents ready = wait_events(epoll_, events, timeout);
-    if (ready.interrupted) continue;
-    if (ready.error != 0) {
-      counters_.on_error(plan_, errno_name(ready.error), steady_now_ns());
-      break;
-    }
-    for (int e = 0; e < ready.count; ++e) {
-      const uint64_t id = events[e].data.u64;
-      if (id != kStopEventId) on_event(static_cast<size_t>(id), events[e].events);
-    }
-    if (ready.stop) break;
-    if (conns_.connecting() > 0) {
-      conns_.expire_connects(steady_now_ns(), plan_.connect_timeout_ns,
-                             [this](Conn& c, int64_t now) { kill(c, "ETIMEDOUT", now); });
-    }
-  }
+  run_client_loop(threads_, epoll_, events, *this);
   if (done_ns == 0) done_ns = steady_now_ns();
-  for (const Conn& c : conns_) counters_.achieved += c.achieved ? 1 : 0;
+  for (const Conn& c : conns_) counters_.stats.connections_achieved += c.achieved ? 1 : 0;
   conns_.reset(0);  // closes every fd this thread opened
 }
 
@@ -380,31 +375,13 @@ void EpollWorker::start_connect(size_t i) {
   }
 }
 
-void EpollWorker::on_event(size_t i, uint32_t events) {
-  Conn& c = conns_[i];
-  switch (c.state) {
-    case ConnState::kConnecting:
-      on_connected(c, i);
-      break;
-    case ConnState::kOpen:
-      if (config_.duplex && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) read(c);
-      // One way, an error is reported by the send() it makes fail.
-      if (c.state == ConnState::kOpen && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) write(c);
-      break;
-    case ConnState::kIdle:
-    case ConnState::kDead:  // closed earlier in this same batch of events
-      break;
-  }
+void EpollWorker::on_open(Conn& c, size_t /*i*/, uint32_t events) {
+  if (config_.duplex && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) read(c);
+  // One way, an error is reported by the send() it makes fail.
+  if (c.state == ConnState::kOpen && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) write(c);
 }
 
-void EpollWorker::on_connected(Conn& c, size_t i) {
-  const std::string error = conns_.finish_connect(c);
-  const int64_t now = steady_now_ns();
-  if (!error.empty()) {
-    kill(c, error, now);
-    return;
-  }
-  counters_.connect_latency.record(static_cast<uint64_t>(now - c.connect_start_ns));
+void EpollWorker::on_connected(Conn& c, size_t i, int64_t now) {
   if (const auto err =
           epoll_modify(epoll_, c.fd.get(), EPOLLOUT | (config_.duplex ? EPOLLIN : 0u), i)) {
     kill(c, errno_name(err.value()), now);
@@ -446,14 +423,9 @@ void EpollWorker::read(Conn& c) {
   for (int k = 0; k < kRecvsPerEvent && c.state == ConnState::kOpen;) {
     const ssize_t n = ::recv(c.fd.get(), recv_buffer_.data(), recv_buffer_.size(), 0);
     const int64_t now = steady_now_ns();
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      kill(c, errno_name(errno), now);
-      return;
-    }
-    if (n == 0) {
-      kill(c, "EOF", now);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (const std::string why = recv_end(n); !why.empty()) kill(c, why, now);
       return;
     }
     ++k;
@@ -505,55 +477,21 @@ Expected<StreamStats> run_stream(const StreamConfig& config, std::stop_token sto
   plan.connect_timeout_ns = config.connect_timeout.count();
   plan.seconds = seconds_rounded_up(config.duration);
 
-  auto threads = ClientThreads::create(thread_count, config.cpus,
-                                       single ? ClientLoops::kNone : ClientLoops::kEpoll);
-  if (!threads) return threads.error();
-  ClientThreads& pool = **threads;
-  std::unique_ptr<SingleStream> single_stream;
-  std::vector<std::unique_ptr<EpollWorker>> workers;
-  if (single) {
-    single_stream = std::make_unique<SingleStream>(plan, pool);
-  } else {
-    const auto connections = static_cast<size_t>(config.connections);
-    for (int t = 0; t < thread_count; ++t) {
-      workers.push_back(
-          std::make_unique<EpollWorker>(plan, pool, t, thread_share(connections, t, thread_count)));
-    }
-  }
-
-  plan.window = measured_window(config, steady_now_ns());
-  pool.start([&](int t) {
-    if (single_stream) {
-      single_stream->run();
-    } else {
-      workers[static_cast<size_t>(t)]->run();
-    }
-  });
-  const WindowOutcome window =
-      pool.measure(plan.window, stop, config.on_measure_start, config.on_measure_end,
-                   [&] { return single_stream ? single_stream->done_ns : last_done_ns(workers); });
-
+  const auto connections = static_cast<size_t>(config.connections);
+  auto run = run_measured<StreamThread>(
+      config, thread_count, single ? ClientLoops::kNone : ClientLoops::kEpoll, plan.window, stop,
+      [&](ClientThreads& pool, int t) -> std::unique_ptr<StreamThread> {
+        if (single) return std::make_unique<SingleStream>(plan, pool);
+        return std::make_unique<EpollWorker>(plan, pool, t,
+                                             thread_share(connections, t, thread_count));
+      });
+  if (!run) return run.error();
+  const WindowOutcome& window = run->window;
   Counters total(plan.seconds);
-  if (single_stream) {
-    total.merge(single_stream->writer());
-    total.merge(single_stream->reader());
-    // The connection is one, whichever thread saw it move data.
-    total.achieved = std::min<uint64_t>(total.achieved, 1);
-  }
-  for (const auto& w : workers) total.merge(w->counters());
+  for (const auto& w : run->workers) w->add_to(total);
 
-  StreamStats stats;
-  stats.bytes_sent = total.bytes_sent;
-  stats.bytes_received = total.bytes_received;
-  stats.messages = total.messages;
-  stats.short_writes = total.short_writes;
-  stats.total_bytes_sent = total.total_sent;
-  stats.total_bytes_received = total.total_received;
-  stats.mismatches = total.mismatches;
-  stats.connect_latency = std::move(total.connect_latency);
+  StreamStats stats = std::move(total.stats);
   stats.connections_requested = static_cast<uint64_t>(config.connections);
-  stats.connections_achieved = total.achieved;
-  stats.errors = std::move(total.errors);
   stats.measured_seconds = window.seconds();
   for (size_t s = 0; s < window.whole_seconds(plan.seconds); ++s) {
     const Slot& slot = total.slots[s];

@@ -1,0 +1,60 @@
+#include "scenarios/adapter.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace sockbench::scenarios {
+
+results::Record start_record(const std::string& scenario, const std::string& server,
+                             std::string_view cell,
+                             std::vector<std::pair<std::string, std::string>> params) {
+  results::Record record;
+  record.scenario = scenario;
+  record.server = server;
+  record.name = fmt::format("{}/{}/{}", scenario, record.server, cell);
+  record.params = std::move(params);
+  return record;
+}
+
+double set_iterations(results::Record& record, uint64_t count, double measured_seconds) {
+  const double seconds = measured_seconds > 0 ? measured_seconds : 1e-9;
+  const auto n = static_cast<double>(count);
+  record.iterations = count;
+  record.real_time = n > 0 ? seconds * 1e6 / n : 0;
+  return seconds;
+}
+
+void set_latency_metrics(results::Record& record, std::string_view prefix, const Histogram& latency,
+                         std::initializer_list<double> percentiles, bool max) {
+  for (const double p : percentiles) {
+    // 50 -> "p50", 99.9 -> "p999".
+    std::string digits = fmt::format("{}", p);
+    std::erase(digits, '.');
+    record.set(fmt::format("{}p{}_us", prefix, digits), us(latency.percentile(p)));
+  }
+  if (max) record.set(fmt::format("{}max_us", prefix), us(latency.max()));
+}
+
+void set_server_metrics(results::Record& record, const WindowSamples& samples,
+                        const std::string& name, ServerCpu cpu, double seconds) {
+  if (!samples.complete()) return;
+  const double cpu_seconds = samples.cpu_seconds();
+  const auto iterations = static_cast<double>(record.iterations);
+  record.cpu_time = iterations > 0 ? cpu_seconds * 1e6 / iterations : 0;
+  record.set(name, cpu == ServerCpu::kPercent ? cpu_seconds / seconds * 100 : record.cpu_time);
+  samples.set_metrics(record);
+}
+
+void warn_connections_short(results::Record& record, uint64_t achieved, uint64_t requested) {
+  if (achieved >= requested) return;
+  record.warnings.push_back(fmt::format("only {} of {} connections achieved", achieved, requested));
+}
+
+void warn_unverified(results::Record& record, uint64_t unverified_replies) {
+  if (unverified_replies == 0) return;
+  record.warnings.push_back(
+      fmt::format("{} replies differed from their request", unverified_replies));
+}
+
+}  // namespace sockbench::scenarios
