@@ -6,6 +6,15 @@
 #include "scenarios/stream.h"
 
 namespace sockbench::scenarios {
+namespace {
+
+// BenchmarkInfo::records for a scenario whose cell is one record.
+template <results::Record (*make)(const std::string&, const BenchParams&)>
+std::vector<results::Record> one_record(const std::string& server, const BenchParams& params) {
+  return {make(server, params)};
+}
+
+}  // namespace
 
 const std::vector<BenchmarkInfo>& benchmarks() {
   static const std::vector<BenchmarkInfo> all = {
@@ -13,22 +22,25 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        [](const BenchParams& p) { return p.wire == WireFormat::kFramed ? "framed" : "echo"; },
        [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
          return std::vector<results::Record>{run_rr(server, params, stop)};
-       }},
+       },
+       one_record<rr_record>},
       {"stream", "bulk transfer over N connections, one way or (duplex) echoed and verified",
        [](const BenchParams& p) { return p.duplex ? "echo" : "discard"; },
        [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
          return std::vector<results::Record>{run_stream_scenario(server, params, stop)};
-       }},
+       },
+       one_record<stream_record>},
       {"crr", "connect, one verified request, close (FIN or RST): connection churn",
        [](const BenchParams& p) { return p.wire == WireFormat::kFramed ? "framed" : "echo"; },
        [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
          return std::vector<results::Record>{run_crr(server, params, stop)};
-       }},
+       },
+       one_record<crr_record>},
       {"connections",
        "hold N connections (in --ramp steps) with a trickle of verified requests: connect "
        "latency, server memory per connection",
        [](const BenchParams& p) { return p.wire == WireFormat::kFramed ? "framed" : "echo"; },
-       run_connections},
+       run_connections, connections_records},
   };
   return all;
 }

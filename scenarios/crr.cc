@@ -21,11 +21,6 @@ double us(uint64_t ns) { return static_cast<double>(ns) / 1e3; }
 
 const char* close_name(CloseMode mode) { return mode == CloseMode::kRst ? "rst" : "fin"; }
 
-std::string record_name(const std::string& server, const BenchParams& params) {
-  return fmt::format("crr/{}/clients:{}/msg:{}/close:{}", server, params.clients,
-                     params.message_size, close_name(params.close));
-}
-
 // "32768 60999", whitespace collapsed; "unknown" when unreadable.
 std::string port_range() {
   const std::string raw = read_sysctl("/proc/sys/net/ipv4/ip_local_port_range");
@@ -76,14 +71,20 @@ uint64_t time_wait(const std::map<TcpState, uint64_t>& counts) {
 
 }  // namespace
 
-results::Record run_crr(ServerHandle& server, const BenchParams& params, std::stop_token stop) {
+results::Record crr_record(const std::string& server, const BenchParams& params) {
   results::Record record;
   record.scenario = "crr";
-  record.server = server.name();
-  record.name = record_name(record.server, params);
+  record.server = server;
+  record.name = fmt::format("crr/{}/clients:{}/msg:{}/close:{}", server, params.clients,
+                            params.message_size, close_name(params.close));
   record.params = {{"clients", std::to_string(params.clients)},
                    {"msg", std::to_string(params.message_size)},
                    {"close", close_name(params.close)}};
+  return record;
+}
+
+results::Record run_crr(ServerHandle& server, const BenchParams& params, std::stop_token stop) {
+  results::Record record = crr_record(server.name(), params);
 
   WindowSamples server_samples(server);
   ChurnConfig config;
@@ -174,7 +175,8 @@ results::Record run_crr(ServerHandle& server, const BenchParams& params, std::st
     record.timeseries.push_back(point);
   }
 
-  if (run_ended_cleanly(server, stop, record) && stats.slots_achieved < stats.slots_requested) {
+  if (run_ended_cleanly(server, stop, stats.measured_seconds, params.duration, record) &&
+      stats.slots_achieved < stats.slots_requested) {
     record.warnings.push_back(fmt::format("only {} of {} connection slots completed a cycle",
                                           stats.slots_achieved, stats.slots_requested));
   }

@@ -19,25 +19,25 @@ bool open_loop(const BenchParams& options) { return options.rate > 0; }
 // The rate as it appears in names and params: an integer.
 std::string rate_text(double rate) { return fmt::format("{:.0f}", std::round(rate)); }
 
-std::string record_name(const std::string& server, const BenchParams& options) {
-  std::string name =
-      fmt::format("rr/{}/clients:{}/msg:{}", server, options.clients, options.message_size);
-  if (options.pipeline > 1) name += fmt::format("/pipeline:{}", options.pipeline);
-  if (open_loop(options)) name += "/rate:" + rate_text(options.rate);
-  return name;
-}
-
 }  // namespace
 
-results::Record run_rr(ServerHandle& server, const BenchParams& options, std::stop_token stop) {
+results::Record rr_record(const std::string& server, const BenchParams& options) {
   results::Record record;
   record.scenario = "rr";
-  record.server = server.name();
-  record.name = record_name(record.server, options);
+  record.server = server;
+  record.name =
+      fmt::format("rr/{}/clients:{}/msg:{}", server, options.clients, options.message_size);
+  if (options.pipeline > 1) record.name += fmt::format("/pipeline:{}", options.pipeline);
+  if (open_loop(options)) record.name += "/rate:" + rate_text(options.rate);
   record.params = {{"clients", std::to_string(options.clients)},
                    {"msg", std::to_string(options.message_size)},
                    {"pipeline", std::to_string(options.pipeline)}};
   if (open_loop(options)) record.params.emplace_back("rate", rate_text(options.rate));
+  return record;
+}
+
+results::Record run_rr(ServerHandle& server, const BenchParams& options, std::stop_token stop) {
+  results::Record record = rr_record(server.name(), options);
 
   WindowSamples server_samples(server);
   LoadConfig config;
@@ -111,7 +111,7 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
                                  .errors = sample.errors});
   }
 
-  if (run_ended_cleanly(server, stop, record) &&
+  if (run_ended_cleanly(server, stop, stats.measured_seconds, options.duration, record) &&
       stats.connections_achieved < stats.connections_requested) {
     record.warnings.push_back(fmt::format("only {} of {} connections achieved",
                                           stats.connections_achieved, stats.connections_requested));

@@ -9,24 +9,24 @@ namespace {
 
 double us(uint64_t ns) { return static_cast<double>(ns) / 1e3; }
 
-std::string record_name(const std::string& server, const BenchParams& params) {
-  std::string name =
-      fmt::format("stream/{}/clients:{}/msg:{}", server, params.clients, params.message_size);
-  if (params.duplex) name += "/duplex";
-  return name;
-}
-
 }  // namespace
 
-results::Record run_stream_scenario(ServerHandle& server, const BenchParams& params,
-                                    std::stop_token stop) {
+results::Record stream_record(const std::string& server, const BenchParams& params) {
   results::Record record;
   record.scenario = "stream";
-  record.server = server.name();
-  record.name = record_name(record.server, params);
+  record.server = server;
+  record.name =
+      fmt::format("stream/{}/clients:{}/msg:{}", server, params.clients, params.message_size);
+  if (params.duplex) record.name += "/duplex";
   record.params = {{"clients", std::to_string(params.clients)},
                    {"msg", std::to_string(params.message_size)}};
   if (params.duplex) record.params.emplace_back("duplex", "1");
+  return record;
+}
+
+results::Record run_stream_scenario(ServerHandle& server, const BenchParams& params,
+                                    std::stop_token stop) {
+  results::Record record = stream_record(server.name(), params);
 
   WindowSamples server_samples(server);
   StreamConfig config;
@@ -87,7 +87,7 @@ results::Record run_stream_scenario(ServerHandle& server, const BenchParams& par
     record.timeseries.push_back(point);
   }
 
-  if (run_ended_cleanly(server, stop, record)) {
+  if (run_ended_cleanly(server, stop, stats.measured_seconds, params.duration, record)) {
     if (stats.bytes_sent == 0) {
       record.error =
           fmt::format("no bytes were sent in the measured window ({} errors)", stats.error_count());
