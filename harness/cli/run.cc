@@ -293,6 +293,15 @@ int run_command(int argc, const char* const* argv) {
   }
   if (parsed.count("server-cpus")) server_cpus = cpus_flag(parsed, "server-cpus");
   if (parsed.count("client-cpus")) client_cpus = cpus_flag(parsed, "client-cpus");
+  // One set given: the other defaults to the rest of the machine, when there is any.
+  if (parsed.count("server-cpus") != parsed.count("client-cpus")) {
+    auto& other = parsed.count("server-cpus") ? client_cpus : server_cpus;
+    const auto& given = parsed.count("server-cpus") ? server_cpus : client_cpus;
+    std::vector<int> rest;
+    std::set_difference(available.begin(), available.end(), given.begin(), given.end(),
+                        std::back_inserter(rest));
+    if (!rest.empty()) other = std::move(rest);
+  }
   check_cpu_overlap(parsed, server_cpus, client_cpus, available.size());
   base.client_cpus = client_cpus;
   base.threads = parsed.count("threads")
