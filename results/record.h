@@ -42,6 +42,9 @@ struct Record {
   std::vector<std::string> warnings;       // shown under the table, kept in JSON
   std::optional<Histogram> latency;        // request latency (ns), when the scenario has one
   std::string error;                       // non-empty: this cell failed, metrics may be partial
+  // With `error`: the run was stopped (Ctrl-C) part-way through the measured window, and the
+  // metrics are figures for the part measured, worth showing as such.
+  bool interrupted = false;
   // "iteration" for a measured repetition; "aggregate" for mean/median/stddev/cv computed over
   // the repetitions of one name (aggregate_name says which), as Google Benchmark writes them.
   std::string run_type = "iteration";

@@ -183,7 +183,8 @@ std::vector<Row> make_rows(const std::vector<Record>& records) {
 }
 
 std::string cell(const Record& r, const Row& row) {
-  if (!r.error.empty()) return "ERROR";
+  // An interrupted cell's figures are real, for a shorter window: shown, and noted below.
+  if (!r.error.empty() && !r.interrupted) return "ERROR";
   if (row.errno_total) {
     const uint64_t total =
         std::accumulate(r.errors.begin(), r.errors.end(), uint64_t{0},
@@ -322,12 +323,16 @@ void print_table(const RunResult& run, std::FILE* out) {
       }
       print_note(out, fmt::format("  {}: ", headers.columns[i]), join(counts, ", "));
     }
-    heading = false;
-    for (size_t i = 0; i < run.records.size(); ++i) {
-      if (run.records[i].error.empty()) continue;
-      if (!heading) fmt::print(out, "\nfailed:\n");
-      heading = true;
-      print_note(out, fmt::format("  {}: ", headers.columns[i]), run.records[i].error);
+    for (const bool interrupted : {false, true}) {
+      heading = false;
+      for (size_t i = 0; i < run.records.size(); ++i) {
+        const Record& r = run.records[i];
+        if (r.error.empty() || r.interrupted != interrupted) continue;
+        if (!heading) fmt::print(out, "\n{}:\n", interrupted ? "interrupted" : "failed");
+        heading = true;
+        print_note(out, fmt::format("  {}: ", headers.columns[i]),
+                   interrupted ? r.error + ": the figures are for the part measured" : r.error);
+      }
     }
     heading = false;
     for (size_t i = 0; i < run.records.size(); ++i) {

@@ -9,6 +9,15 @@
 #include "scenarios/stream.h"
 
 namespace sockbench::scenarios {
+namespace {
+
+// BenchmarkInfo::records for a scenario whose cell is one record.
+template <results::Record (*make)(const std::string&, const BenchParams&)>
+std::vector<results::Record> one_record(const std::string& server, const BenchParams& params) {
+  return {make(server, params)};
+}
+
+}  // namespace
 
 const std::vector<BenchmarkInfo>& benchmarks() {
   static const std::vector<BenchmarkInfo> all = {
@@ -18,6 +27,7 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
          return std::vector<results::Record>{run_rr(server, params, stop)};
        },
+       one_record<rr_record>,
        {"framed", "echo"},
        kMinMessageSize,
        64,
@@ -28,6 +38,7 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
          return std::vector<results::Record>{run_stream_scenario(server, params, stop)};
        },
+       one_record<stream_record>,
        {"discard", "echo"},
        1,
        128 << 10,
@@ -38,6 +49,7 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
          return std::vector<results::Record>{run_crr(server, params, stop)};
        },
+       one_record<crr_record>,
        {"framed", "echo"},
        kMinMessageSize,
        64,
@@ -47,6 +59,7 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        "latency, server memory per connection",
        [](const BenchParams& p) { return p.wire == WireFormat::kFramed ? "framed" : "echo"; },
        run_connections,
+       connections_records,
        {"framed", "echo"},
        kMinMessageSize,
        64,

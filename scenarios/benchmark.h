@@ -22,6 +22,11 @@ struct BenchmarkInfo {
   // "<scenario>/<server>/" and then the parameters that identify the cell.
   std::function<std::vector<results::Record>(ServerHandle&, const BenchParams&, std::stop_token)>
       run;
+  // The records run() returns for a server of this name and these params, before anything is
+  // measured: named and with their params, no figures. A cell that cannot run (its server did
+  // not start) is filed under these, so that it matches the same cell of a run that worked.
+  std::function<std::vector<results::Record>(const std::string& server, const BenchParams&)>
+      records;
   // Every protocol `protocol` may return, for `sockbench list`.
   std::vector<std::string> protocols;
   // The smallest payload it can verify (--message-size), and its size without the flag.

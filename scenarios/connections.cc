@@ -145,20 +145,29 @@ void add_metrics(results::Record& record, const HoldStepStats& st,
   record.latency = st.trickle_latency;
 }
 
+// The connection counts of the ramp: params.ramp, or {params.clients} without one.
+std::vector<int> ramp_steps(const BenchParams& params) {
+  return params.ramp.empty() ? std::vector<int>{params.clients} : params.ramp;
+}
+
 }  // namespace
+
+std::vector<results::Record> connections_records(const std::string& server,
+                                                 const BenchParams& params) {
+  std::vector<results::Record> records;
+  for (int target : ramp_steps(params)) records.push_back(make_record(server, target));
+  return records;
+}
 
 std::vector<results::Record> run_connections(ServerHandle& server, const BenchParams& params,
                                              std::stop_token stop) {
-  const std::vector<int> steps =
-      params.ramp.empty() ? std::vector<int>{params.clients} : params.ramp;
+  const std::vector<int> steps = ramp_steps(params);
   const std::string name = server.name();
   std::vector<results::Record> records;
 
   const auto fail_all = [&](const std::string& error) {
-    for (int target : steps) {
-      records.push_back(make_record(name, target));
-      records.back().error = error;
-    }
+    records = connections_records(name, params);
+    for (auto& record : records) record.error = error;
     return records;
   };
   if (steps.empty()) return fail_all("no connection count given");

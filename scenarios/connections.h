@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stop_token>
+#include <string>
 #include <vector>
 
 #include "results/record.h"
@@ -17,5 +18,11 @@ namespace sockbench::scenarios {
 // up front. Failures are in Record::error, never thrown.
 std::vector<results::Record> run_connections(ServerHandle& server, const BenchParams& params,
                                              std::stop_token stop);
+
+// The records run_connections returns for `server` and `params` before anything is measured, one
+// per step: scenario, server, name and params. Also what a cell whose server never started is
+// filed under.
+std::vector<results::Record> connections_records(const std::string& server,
+                                                 const BenchParams& params);
 
 }  // namespace sockbench::scenarios

@@ -70,13 +70,17 @@ uint64_t time_wait(const std::map<TcpState, uint64_t>& counts) {
 
 }  // namespace
 
+results::Record crr_record(const std::string& server, const BenchParams& params) {
+  return start_record("crr", server,
+                      fmt::format("clients:{}/msg:{}/close:{}", params.clients, params.message_size,
+                                  close_name(params.close)),
+                      {{"clients", std::to_string(params.clients)},
+                       {"msg", std::to_string(params.message_size)},
+                       {"close", close_name(params.close)}});
+}
+
 results::Record run_crr(ServerHandle& server, const BenchParams& params, std::stop_token stop) {
-  results::Record record = start_record("crr", server.name(),
-                                        fmt::format("clients:{}/msg:{}/close:{}", params.clients,
-                                                    params.message_size, close_name(params.close)),
-                                        {{"clients", std::to_string(params.clients)},
-                                         {"msg", std::to_string(params.message_size)},
-                                         {"close", close_name(params.close)}});
+  results::Record record = crr_record(server.name(), params);
 
   WindowSamples server_samples(server);
   ChurnConfig config;
@@ -135,7 +139,8 @@ results::Record run_crr(ServerHandle& server, const BenchParams& params, std::st
   record.latency = stats.latency;
   add_timeseries(record, stats.timeseries, &ChurnInterval::cycles);  // connections completed
 
-  if (run_ended_cleanly(server, stop, record) && stats.slots_achieved < stats.slots_requested) {
+  if (run_ended_cleanly(server, stop, stats.measured_seconds, params.duration, record) &&
+      stats.slots_achieved < stats.slots_requested) {
     record.warnings.push_back(fmt::format("only {} of {} connection slots completed a cycle",
                                           stats.slots_achieved, stats.slots_requested));
   }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stop_token>
+#include <string>
 
 #include "results/record.h"
 #include "scenarios/scenario.h"
@@ -13,5 +14,9 @@ namespace sockbench::scenarios {
 // "crr/<server>/clients:<N>/msg:<bytes>/close:fin|rst". Failures are in Record::error, never
 // thrown.
 results::Record run_crr(ServerHandle& server, const BenchParams& params, std::stop_token stop);
+
+// The record run_crr returns for `server` and `params` before anything is measured: scenario,
+// server, name and params. Also what a cell whose server never started is filed under.
+results::Record crr_record(const std::string& server, const BenchParams& params);
 
 }  // namespace sockbench::scenarios

@@ -29,12 +29,17 @@ std::string cell_name(const BenchParams& options) {
 
 }  // namespace
 
-results::Record run_rr(ServerHandle& server, const BenchParams& options, std::stop_token stop) {
-  results::Record record = start_record("rr", server.name(), cell_name(options),
+results::Record rr_record(const std::string& server, const BenchParams& options) {
+  results::Record record = start_record("rr", server, cell_name(options),
                                         {{"clients", std::to_string(options.clients)},
                                          {"msg", std::to_string(options.message_size)},
                                          {"pipeline", std::to_string(options.pipeline)}});
   if (open_loop(options)) record.params.emplace_back("rate", rate_text(options.rate));
+  return record;
+}
+
+results::Record run_rr(ServerHandle& server, const BenchParams& options, std::stop_token stop) {
+  results::Record record = rr_record(server.name(), options);
 
   WindowSamples server_samples(server);
   LoadConfig config;
@@ -76,7 +81,7 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   record.latency = stats.latency;
   add_timeseries(record, stats.timeseries, &IntervalSample::requests);
 
-  if (run_ended_cleanly(server, stop, record)) {
+  if (run_ended_cleanly(server, stop, stats.measured_seconds, options.duration, record)) {
     warn_connections_short(record, stats.connections_achieved, stats.connections_requested);
   }
   warn_unverified(record, stats.unverified_replies);

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <stop_token>
+#include <string>
 #include <vector>
 
 #include "results/record.h"
@@ -23,5 +24,9 @@ namespace sockbench::scenarios {
 // send), late_sends, capped_sends, dropped_sends, generator_lag_p99_us, generator_lag_max_us.
 // Record::timeseries holds one point per whole second of the window.
 results::Record run_rr(ServerHandle& server, const BenchParams& params, std::stop_token stop);
+
+// The record run_rr returns for `server` and `params` before anything is measured: scenario,
+// server, name and params. Also what a cell whose server never started is filed under.
+results::Record rr_record(const std::string& server, const BenchParams& params);
 
 }  // namespace sockbench::scenarios

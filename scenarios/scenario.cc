@@ -19,14 +19,19 @@ void WindowSamples::set_metrics(results::Record& record) const {
   record.set("server_open_fds", after_->open_fds);
 }
 
-bool run_ended_cleanly(ServerHandle& server, const std::stop_token& stop, results::Record& record) {
+bool run_ended_cleanly(ServerHandle& server, const std::stop_token& stop, double measured_seconds,
+                       std::chrono::nanoseconds planned, results::Record& record) {
   std::string why;
   if (!server.alive(&why)) {
     record.error = fmt::format("server {} exited during the run ({})", record.server, why);
     return false;
   }
   if (stop.stop_requested()) {
-    record.error = "interrupted";
+    record.interrupted = measured_seconds > 0;
+    record.error = record.interrupted
+                       ? fmt::format("interrupted after {:.1f} s of {:.3g} s", measured_seconds,
+                                     std::chrono::duration<double>(planned).count())
+                       : "interrupted";
     return false;
   }
   return true;

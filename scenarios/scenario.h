@@ -72,8 +72,10 @@ class WindowSamples {
 };
 
 // Names why a finished run's record failed: "server <name> exited during the run (<why>)" when
-// the server is gone, else "interrupted" when `stop` was requested. True (record.error left
-// alone) when neither.
-bool run_ended_cleanly(ServerHandle& server, const std::stop_token& stop, results::Record& record);
+// the server is gone, else, when `stop` was requested, "interrupted after <measured> s of
+// <planned> s" with record.interrupted set (its figures stand for the part measured), or
+// "interrupted" when nothing of the window was measured. True (record left alone) when neither.
+bool run_ended_cleanly(ServerHandle& server, const std::stop_token& stop, double measured_seconds,
+                       std::chrono::nanoseconds planned, results::Record& record);
 
 }  // namespace sockbench::scenarios

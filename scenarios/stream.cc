@@ -17,12 +17,17 @@ std::string cell_name(const BenchParams& params) {
 
 }  // namespace
 
-results::Record run_stream_scenario(ServerHandle& server, const BenchParams& params,
-                                    std::stop_token stop) {
+results::Record stream_record(const std::string& server, const BenchParams& params) {
   results::Record record = start_record(
-      "stream", server.name(), cell_name(params),
+      "stream", server, cell_name(params),
       {{"clients", std::to_string(params.clients)}, {"msg", std::to_string(params.message_size)}});
   if (params.duplex) record.params.emplace_back("duplex", "1");
+  return record;
+}
+
+results::Record run_stream_scenario(ServerHandle& server, const BenchParams& params,
+                                    std::stop_token stop) {
+  results::Record record = stream_record(server.name(), params);
 
   WindowSamples server_samples(server);
   StreamConfig config;
@@ -59,7 +64,7 @@ results::Record run_stream_scenario(ServerHandle& server, const BenchParams& par
   record.errors = stats.errors;
   add_timeseries(record, stats.timeseries, &StreamInterval::messages);  // messages written
 
-  if (run_ended_cleanly(server, stop, record)) {
+  if (run_ended_cleanly(server, stop, stats.measured_seconds, params.duration, record)) {
     if (stats.bytes_sent == 0) {
       record.error =
           fmt::format("no bytes were sent in the measured window ({} errors)", stats.error_count());

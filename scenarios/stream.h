@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stop_token>
+#include <string>
 
 #include "results/record.h"
 #include "scenarios/scenario.h"
@@ -14,5 +15,9 @@ namespace sockbench::scenarios {
 // never thrown.
 results::Record run_stream_scenario(ServerHandle& server, const BenchParams& params,
                                     std::stop_token stop);
+
+// The record run_stream_scenario returns for `server` and `params` before anything is measured:
+// scenario, server, name and params. Also what a cell whose server never started is filed under.
+results::Record stream_record(const std::string& server, const BenchParams& params);
 
 }  // namespace sockbench::scenarios

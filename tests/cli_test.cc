@@ -35,15 +35,6 @@ class Cli : public test_support::ScratchDirTest {
   Cli() : ScratchDirTest("sockbench-cli") {}
 };
 
-// Children of `pid`, from /proc (the kernel's list for the main thread).
-std::vector<pid_t> children_of(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-  std::vector<pid_t> kids;
-  pid_t kid = 0;
-  while (in >> kid) kids.push_back(kid);
-  return kids;
-}
-
 bool process_gone(pid_t pid) {
   // A zombie still answers kill(0); look at its state too.
   if (::kill(pid, 0) != 0) return true;
@@ -301,20 +292,11 @@ TEST_F(Cli, ServerDyingMidRunIsAnErrorWithValidJson) {
   options.ready_pipe = false;
   auto run = ChildProcess::spawn(options);
   ASSERT_TRUE(run.ok());
-  std::vector<pid_t> servers;
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (servers.empty() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(100ms);
-    servers = children_of(run->pid());
-  }
+  const auto servers = test_support::await_children(run->pid(), 5s);
   ASSERT_EQ(servers.size(), 1u);
   std::this_thread::sleep_for(1s);
   ASSERT_EQ(::kill(servers[0], SIGKILL), 0);
-  const auto end = std::chrono::steady_clock::now() + 10s;
-  while (run->alive() && std::chrono::steady_clock::now() < end) {
-    std::this_thread::sleep_for(20ms);
-  }
-  ASSERT_FALSE(run->alive());
+  ASSERT_TRUE(test_support::await_exit(*run, 10s));
   EXPECT_EQ(run->exit_info()->code, 1) << run->exit_info()->describe();
   const auto doc = nlohmann::json::parse(slurp(json_path));
   ASSERT_EQ(doc["benchmarks"].size(), 1u);
@@ -331,20 +313,12 @@ TEST_F(Cli, InterruptStopsPromptlyAndLeavesNoServerBehind) {
   options.ready_pipe = false;
   auto run = ChildProcess::spawn(options);
   ASSERT_TRUE(run.ok());
-  std::vector<pid_t> servers;
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (servers.empty() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(100ms);
-    servers = children_of(run->pid());
-  }
+  const auto servers = test_support::await_children(run->pid(), 5s);
   ASSERT_EQ(servers.size(), 1u);
   std::this_thread::sleep_for(1500ms);
   const auto sent = std::chrono::steady_clock::now();
   ASSERT_EQ(::kill(run->pid(), SIGINT), 0);
-  while (run->alive() && std::chrono::steady_clock::now() < sent + 10s) {
-    std::this_thread::sleep_for(20ms);
-  }
-  ASSERT_FALSE(run->alive());
+  ASSERT_TRUE(test_support::await_exit(*run, 10s));
   EXPECT_LT(std::chrono::steady_clock::now() - sent, 5s);
   EXPECT_EQ(run->exit_info()->code, 128 + SIGINT) << run->exit_info()->describe();
   EXPECT_TRUE(process_gone(servers[0])) << "server " << servers[0] << " left behind";

@@ -905,6 +905,25 @@ TEST(ResultsTable, ModelsSideBySide) {
   for (auto it = header; it != lines.end() && !it->empty(); ++it) EXPECT_EQ(it->size(), width);
 }
 
+// Ctrl-C part-way: the figures measured so far are shown, marked, not replaced by ERROR.
+TEST(ResultsTable, InterruptedCellShowsItsFiguresMarkedInterrupted) {
+  RunResult run = five_models();
+  run.records.pop_back();
+  run.records[3].error = "interrupted after 2.9 s of 10 s";
+  run.records[3].interrupted = true;
+  run.records[2].error = "interrupted";  // before the window: nothing measured
+  const std::string text = print_to_string(run);
+  SCOPED_TRACE(text);
+  std::string row;
+  for (const std::string& l : lines_of(text)) {
+    if (l.rfind("requests_per_second ", 0) == 0) row = l;
+  }
+  EXPECT_THAT(row, ::testing::MatchesRegex(".*24,692/s +24,692/s +ERROR +24,692/s"));
+  EXPECT_THAT(text, HasSubstr("failed:\n  poll: interrupted\n"));
+  EXPECT_THAT(text, HasSubstr("interrupted:\n  epoll: interrupted after 2.9 s of 10 s: the figures "
+                              "are for the part measured"));
+}
+
 TEST(ResultsTable, ManyRecordsSplitIntoTablesThatFit) {
   RunResult run = five_models();
   const std::vector<Record> five = run.records;

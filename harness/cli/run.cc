@@ -3,12 +3,14 @@
 #include <fmt/ranges.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <optional>
 
@@ -40,6 +42,39 @@ std::vector<int> cpus_flag(const cxxopts::ParseResult& parsed, const std::string
     }
   }
   return *cpus;
+}
+
+// Server and client on shared CPUs measure each other's contention as much as the server: refused
+// (a UsageError naming both flags) unless --allow-overlap, then a warning. With a single CPU
+// there is no other choice, so only the warning.
+void check_cpu_overlap(const cxxopts::ParseResult& parsed, const std::vector<int>& server_cpus,
+                       const std::vector<int>& client_cpus, size_t available) {
+  std::vector<int> shared;
+  std::set_intersection(server_cpus.begin(), server_cpus.end(), client_cpus.begin(),
+                        client_cpus.end(), std::back_inserter(shared));
+  if (shared.empty()) return;
+  const auto given = [&](const char* flag, const std::vector<int>& cpus) {
+    return fmt::format("--{} {}{}", flag, format_cpu_list(cpus),
+                       parsed.count(flag) ? "" : " (the default)");
+  };
+  const std::string sets = fmt::format("{} and {}", given("server-cpus", server_cpus),
+                                       given("client-cpus", client_cpus));
+  const std::string which =
+      fmt::format("CPU{} {}", shared.size() > 1 ? "s" : "", format_cpu_list(shared));
+  if (available < 2) {
+    fmt::print(stderr,
+               "sockbench: warning: only one CPU is available, so server and client share {}: "
+               "the figures include their contention\n",
+               which);
+  } else if (parsed.count("allow-overlap")) {
+    fmt::print(stderr,
+               "sockbench: warning: {} share {} (--allow-overlap): the figures include their "
+               "contention\n",
+               sets, which);
+  } else {
+    throw UsageError(fmt::format(
+        "{} share {}: give disjoint sets, or --allow-overlap to measure anyway", sets, which));
+  }
 }
 
 // One cell of the matrix: a scenario against a server with one set of parameters.
@@ -74,13 +109,10 @@ std::vector<results::Record> run_cell(const Cell& cell, const std::string& liste
   auto server = ChildServer::start(spec, &error);
   std::vector<results::Record> records;
   if (!server) {
-    results::Record failed;
-    failed.scenario = cell.scenario->name;
-    failed.server = cell.server;
-    failed.name =
-        fmt::format("{}/{}/clients:{}", cell.scenario->name, cell.server, cell.params.clients);
-    failed.error = error;
-    records.push_back(std::move(failed));
+    fmt::print(stderr, "sockbench: error: {}\n", error);
+    // Filed under the names a run that worked gets, so that compare matches the cell.
+    records = cell.scenario->records(cell.server, cell.params);
+    for (auto& record : records) record.error = error;
   } else {
     fmt::print(stderr, "sockbench: {} against {} at {}: {} clients, {:.3g} s\n",
                cell.scenario->name, cell.server, server->address().to_string(), cell.params.clients,
@@ -175,6 +207,8 @@ int run_command(int argc, const char* const* argv) {
        cxxopts::value<std::string>())
       ("client-cpus", "CPUs for the load generator (default: the rest)",
        cxxopts::value<std::string>())
+      ("allow-overlap", "run even when --server-cpus and --client-cpus share CPUs (with a "
+       "warning)")
       ("json", "write Google Benchmark-style JSON here", cxxopts::value<std::string>())
       ("csv", "write CSV here", cxxopts::value<std::string>())
       ("timeseries", "write per-second samples of every cell here as JSON lines",
@@ -275,6 +309,16 @@ int run_command(int argc, const char* const* argv) {
   }
   if (parsed.count("server-cpus")) server_cpus = cpus_flag(parsed, "server-cpus");
   if (parsed.count("client-cpus")) client_cpus = cpus_flag(parsed, "client-cpus");
+  // One set given: the other defaults to the rest of the machine, when there is any.
+  if (parsed.count("server-cpus") != parsed.count("client-cpus")) {
+    auto& other = parsed.count("server-cpus") ? client_cpus : server_cpus;
+    const auto& given = parsed.count("server-cpus") ? server_cpus : client_cpus;
+    std::vector<int> rest;
+    std::set_difference(available.begin(), available.end(), given.begin(), given.end(),
+                        std::back_inserter(rest));
+    if (!rest.empty()) other = std::move(rest);
+  }
+  check_cpu_overlap(parsed, server_cpus, client_cpus, available.size());
   base.client_cpus = client_cpus;
   base.threads = parsed.count("threads")
                      ? static_cast<int>(parse_int("threads", str(parsed, "threads"), 1, 1024))
@@ -360,6 +404,9 @@ int run_command(int argc, const char* const* argv) {
   write("timeseries", timeseries_path, [&](const std::string& p) {
     return results::write_file_atomically(p, results::to_timeseries_lines(run));
   });
+  // Interrupted: 128 + the signal (130 for Ctrl-C), as a shell reports a command killed by it, and
+  // never 0 (wrk and iperf3 do not exit 0 on SIGINT either), though the files hold what was
+  // measured and the console shows it marked "interrupted".
   return watcher.received() ? 128 + watcher.received() : status;
 }
 

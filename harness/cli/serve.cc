@@ -4,10 +4,12 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <string_view>
 #include <thread>
 
 #include "harness/cli/commands.h"
@@ -17,6 +19,20 @@
 #include "servers/server.h"
 
 namespace sockbench::cli {
+namespace {
+
+// Writes all of `text` to `fd`, retrying on EINTR; gives up on any other error (the reader is
+// gone, and nothing else would hear of it).
+void write_all(int fd, std::string_view text) {
+  while (!text.empty()) {
+    const ssize_t n = ::write(fd, text.data(), text.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    text.remove_prefix(static_cast<size_t>(n));
+  }
+}
+
+}  // namespace
 
 int serve_command(int argc, const char* const* argv) {
   cxxopts::Options options("sockbench serve",
@@ -107,19 +123,20 @@ int serve_command(int argc, const char* const* argv) {
       },
       std::vector<int>{SIGUSR1, SIGUSR2});
   if (const auto ec = server->bind()) {
-    fmt::print(stderr, "sockbench serve: cannot listen on {}: {} ({})\n", config.listen.to_string(),
-               ec.message(), errno_name(ec.value()));
+    const std::string why = fmt::format("cannot listen on {}: {} ({})", config.listen.to_string(),
+                                        ec.message(), errno_name(ec.value()));
+    // The parent reads the ready pipe, not our stderr: the reason goes where it looks.
+    if (ready) {
+      write_all(ready.get(), fmt::format("error {}\n", why));
+    } else {
+      fmt::print(stderr, "sockbench serve: {}\n", why);
+    }
     return 1;
   }
   const std::string line = fmt::format("listening {}\n", server->address().to_string());
   if (ready) {
     // The parent waits for this line on a pipe; if it is gone, SIGKILL (PDEATHSIG) follows.
-    for (std::string_view rest = line; !rest.empty();) {
-      const ssize_t n = ::write(ready.get(), rest.data(), rest.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
-      rest.remove_prefix(static_cast<size_t>(n));
-    }
+    write_all(ready.get(), line);
     ready.reset();
   } else {
     std::fputs(line.c_str(), stdout);

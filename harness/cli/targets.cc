@@ -38,6 +38,11 @@ std::optional<ChildServer> ChildServer::start(const ServeSpec& spec, std::string
     return std::nullopt;
   }
   auto line = child->read_line(10s);
+  if (line && line->starts_with("error ")) {
+    // The child's own reason (bind failed...), not the pipe's end that follows it.
+    *error = fmt::format("server {} did not start: {}", spec.model, line->substr(6));
+    return std::nullopt;
+  }
   if (!line || !line->starts_with("listening ")) {
     std::string why = line ? fmt::format("unexpected line '{}'", *line) : line.error().message();
     if (!child->alive() && child->exit_info()) why += ", " + child->exit_info()->describe();

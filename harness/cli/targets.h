@@ -31,7 +31,8 @@ struct ServeSpec {
 class ChildServer final : public scenarios::ServerHandle {
  public:
   // Starts the child and waits (up to 10 s) for its "listening ADDR" line. On failure `error`
-  // says why (including how the child ended, if it did).
+  // says why: the child's own reason when it wrote "error WHY" instead (bind failed), else what
+  // the pipe showed and how the child ended, if it did.
   static std::optional<ChildServer> start(const ServeSpec& spec, std::string* error);
 
   Address address() const override { return address_; }

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 extern char** environ;
 
@@ -46,6 +47,26 @@ Outcome run_program(const std::string& binary, const std::string& args,
   o.out = slurp(out);
   o.err = slurp(err);
   return o;
+}
+
+std::vector<pid_t> await_children(pid_t pid, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::vector<pid_t> kids;
+  while (kids.empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    // The kernel's list for the main thread.
+    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+    for (pid_t kid = 0; in >> kid;) kids.push_back(kid);
+  }
+  return kids;
+}
+
+bool await_exit(ChildProcess& child, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (child.alive() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return !child.alive();
 }
 
 void ScratchDirTest::SetUp() {

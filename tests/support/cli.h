@@ -3,10 +3,15 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sys/types.h>
 
+#include <chrono>
 #include <filesystem>
 #include <string>
 #include <utility>
+#include <vector>
+
+#include "harness/core/spawn.h"
 
 namespace sockbench::test_support {
 
@@ -35,6 +40,13 @@ Outcome run_sockbench(const std::string& args, const std::filesystem::path& out,
 // The same with another build of it, e.g. SOCKBENCH_EXTRA_BIN.
 Outcome run_program(const std::string& binary, const std::string& args,
                     const std::filesystem::path& out, const std::filesystem::path& err);
+
+// The children of `pid` (from /proc) once it has any, polled every 100 ms for up to `timeout`;
+// empty when none appeared.
+std::vector<pid_t> await_children(pid_t pid, std::chrono::milliseconds timeout);
+
+// Polls until `child` has exited, for up to `timeout`; true when it has.
+bool await_exit(ChildProcess& child, std::chrono::milliseconds timeout);
 
 // A fixture with a scratch directory per test, dir_ = TMPDIR/PREFIX-PID-TESTNAME, created
 // before the test and removed after it.

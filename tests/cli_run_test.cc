@@ -1,0 +1,186 @@
+// `sockbench run` when things go wrong: a server that cannot start (its own reason, under the
+// cell's usual name), Ctrl-C part-way (the partial figures shown as such), and CPU sets that
+// overlap (refused unless --allow-overlap). `check` with a server that cannot start, too.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "harness/core/cpus.h"
+#include "harness/core/net.h"
+#include "harness/core/spawn.h"
+#include "tests/support/cli.h"
+
+namespace sockbench {
+namespace {
+
+using namespace std::chrono_literals;
+
+using test_support::slurp;
+
+class CliRun : public test_support::ScratchDirTest {
+ protected:
+  CliRun() : ScratchDirTest("sockbench-cli-run") {}
+
+  // Every benchmark's name in the JSON file at `path`, in order.
+  static std::vector<std::string> names(const std::filesystem::path& path) {
+    std::vector<std::string> out;
+    const auto doc = nlohmann::json::parse(slurp(path));
+    for (const auto& b : doc["benchmarks"]) out.push_back(b["name"].get<std::string>());
+    return out;
+  }
+};
+
+constexpr const char* kNoAddress = "Cannot assign requested address";
+
+// Whether a TCP socket can listen on `ip` (port 0) here.
+bool bindable(const std::string& ip) {
+  const auto parsed = parse_address(ip + ":0");
+  return parsed.error.empty() && listen_on(parsed.address, 1, true, false).ok();
+}
+
+// 10.0.0.1 is no address of this machine: the server's bind fails, and nothing is sent anywhere.
+TEST_F(CliRun, ServerThatCannotBindGivesItsOwnReasonUnderTheCellsUsualName) {
+  if (bindable("10.0.0.1")) GTEST_SKIP() << "10.0.0.1 is an address of this machine here";
+  // The same cells against `host`, with their JSON in `json`.
+  const auto run_on = [&](const std::string& host, const std::filesystem::path& json) {
+    return sockbench(
+        "run --server epoll --scenario rr,stream,crr --duration 300ms --warmup 0s "
+        "--clients 1 --host " +
+        host + " --json " + json.string());
+  };
+  const auto ok_json = dir_ / "ok.json";
+  const auto ok = run_on("127.0.0.1", ok_json);
+  ASSERT_EQ(ok.status, 0) << ok.out << ok.err;
+  const std::vector<std::string> expected = {"rr/epoll/clients:1/msg:64",
+                                             "stream/epoll/clients:1/msg:131072",
+                                             "crr/epoll/clients:1/msg:64/close:fin"};
+  ASSERT_EQ(names(ok_json), expected);
+
+  const auto failed_json = dir_ / "failed.json";
+  const auto failed = run_on("10.0.0.1", failed_json);
+  EXPECT_EQ(failed.status, 1) << failed.out << failed.err;
+  const std::string console = failed.out + failed.err;
+  EXPECT_NE(console.find(kNoAddress), std::string::npos) << console;
+  EXPECT_NE(console.find("server epoll did not start"), std::string::npos) << console;
+  EXPECT_EQ(console.find("Broken pipe"), std::string::npos) << console;
+  // Matched by compare: the same names as the cells that worked.
+  EXPECT_EQ(names(failed_json), expected);
+  const auto doc = nlohmann::json::parse(slurp(failed_json));
+  for (const auto& b : doc["benchmarks"]) {
+    EXPECT_TRUE(b["error_occurred"].get<bool>()) << b;
+    EXPECT_NE(b["error_message"].get<std::string>().find(kNoAddress), std::string::npos) << b;
+  }
+}
+
+// A network namespace of its own with lo up but without 127.0.0.1: the built-in server's bind
+// fails there as 10.0.0.1's does here.
+TEST_F(CliRun, CheckWithAServerThatCannotBindGivesItsOwnReason) {
+  const std::string setup = "ip link set lo up && ip addr del 127.0.0.1/8 dev lo";
+  if (test_support::shell("unshare -n sh -c '" + setup + "' >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "cannot make a network namespace without 127.0.0.1 (unshare -n, ip)";
+  }
+  const int status =
+      test_support::shell("unshare -n sh -c '" + setup + " && exec " + SOCKBENCH_BIN +
+                          " check --server epoll --only partial' >" + (dir_ / "out").string() +
+                          " 2>" + (dir_ / "err").string() + " </dev/null");
+  const std::string console = slurp(dir_ / "out") + slurp(dir_ / "err");
+  EXPECT_NE(status, 0) << console;
+  EXPECT_NE(console.find("server epoll did not start"), std::string::npos) << console;
+  EXPECT_NE(console.find(kNoAddress), std::string::npos) << console;
+  EXPECT_EQ(console.find("Broken pipe"), std::string::npos) << console;
+}
+
+TEST_F(CliRun, InterruptShowsThePartialFiguresMarkedInterrupted) {
+  const auto json_path = dir_ / "partial.json";
+  ChildProcess::Options options;
+  // exec: the pid that gets SIGINT is sockbench's own, as Ctrl-C's would be.
+  options.argv = {"/bin/sh", "-c",
+                  std::string("exec ") + SOCKBENCH_BIN +
+                      " run --server epoll --clients 4 --duration 10s --warmup 0s --json " +
+                      json_path.string() + " >" + (dir_ / "out").string() + " 2>" +
+                      (dir_ / "err").string() + " </dev/null"};
+  options.ready_pipe = false;
+  auto run = ChildProcess::spawn(options);
+  ASSERT_TRUE(run.ok());
+  ASSERT_EQ(test_support::await_children(run->pid(), 5s).size(), 1u) << slurp(dir_ / "err");
+  std::this_thread::sleep_for(2s);
+  ASSERT_EQ(::kill(run->pid(), SIGINT), 0);
+  ASSERT_TRUE(test_support::await_exit(*run, 10s));
+  // As today, and as wrk and iperf3 do: an interrupted run does not exit 0.
+  EXPECT_EQ(run->exit_info()->code, 128 + SIGINT) << run->exit_info()->describe();
+
+  const std::string out = slurp(dir_ / "out");
+  EXPECT_EQ(out.find("ERROR"), std::string::npos) << out;
+  EXPECT_NE(out.find("interrupted after "), std::string::npos) << out;
+  EXPECT_NE(out.find(" s of 10 s"), std::string::npos) << out;
+  std::smatch row;
+  ASSERT_TRUE(std::regex_search(out, row, std::regex(R"(requests_per_second +([0-9,]+)/s)")))
+      << out;
+  EXPECT_NE(std::regex_replace(row[1].str(), std::regex(","), ""), "0") << out;
+
+  const auto doc = nlohmann::json::parse(slurp(json_path));
+  ASSERT_EQ(doc["benchmarks"].size(), 1u);
+  const auto& b = doc["benchmarks"][0];
+  EXPECT_GT(b["requests_per_second"].get<double>(), 0) << b;
+  EXPECT_NE(b["error_message"].get<std::string>().find("interrupted after "), std::string::npos)
+      << b;
+}
+
+TEST_F(CliRun, OverlappingCpuSetsAreRefusedUnlessAllowed) {
+  const auto available = available_cpus();
+  if (available.size() < 2) GTEST_SKIP() << "needs two CPUs";
+  const std::string cpu = std::to_string(available.front());
+  const std::string sets = "--server-cpus " + cpu + " --client-cpus " + cpu;
+
+  const auto refused = sockbench("run --duration 200ms --warmup 0s --clients 1 " + sets);
+  EXPECT_EQ(refused.status, 2) << refused.err;
+  EXPECT_NE(refused.err.find("--server-cpus " + cpu), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("--client-cpus " + cpu), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("share CPU " + cpu), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("--allow-overlap"), std::string::npos) << refused.err;
+  EXPECT_EQ(refused.out, "");
+
+  // Only one of them given: the other takes the rest of the machine, overlapping only when there
+  // is no rest.
+  const std::string last = std::to_string(available.back());
+  const auto one_flag =
+      sockbench("run --duration 200ms --warmup 0s --clients 1 --server-cpus " + last);
+  EXPECT_EQ(one_flag.status, 0) << one_flag.err;
+  EXPECT_EQ(one_flag.err.find("warning"), std::string::npos) << one_flag.err;
+  const auto all = sockbench("run --duration 200ms --warmup 0s --clients 1 --server-cpus " +
+                             format_cpu_list(available));
+  EXPECT_EQ(all.status, 2) << all.err;
+  EXPECT_NE(all.err.find("(the default)"), std::string::npos) << all.err;
+
+  const auto allowed =
+      sockbench("run --duration 200ms --warmup 0s --clients 1 --allow-overlap " + sets);
+  EXPECT_EQ(allowed.status, 0) << allowed.err;
+  EXPECT_NE(allowed.err.find("warning: --server-cpus " + cpu), std::string::npos) << allowed.err;
+  EXPECT_NE(allowed.out.find("requests_per_second"), std::string::npos) << allowed.out;
+}
+
+TEST_F(CliRun, OneCpuOnlyRunsWithAWarningThatServerAndClientShareIt) {
+  const std::string cpu = std::to_string(available_cpus().front());
+  if (test_support::shell("taskset -c " + cpu + " true >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "no taskset";
+  }
+  const int status = test_support::shell("taskset -c " + cpu + " " + SOCKBENCH_BIN +
+                                         " run --duration 200ms --warmup 0s --clients 1 >" +
+                                         (dir_ / "out").string() + " 2>" + (dir_ / "err").string() +
+                                         " </dev/null");
+  const std::string err = slurp(dir_ / "err");
+  EXPECT_EQ(status, 0) << err;
+  EXPECT_NE(err.find("only one CPU is available"), std::string::npos) << err;
+  EXPECT_NE(err.find("share CPU " + cpu), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace sockbench
