@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 #include <utility>
 
 #include "harness/core/expected.h"
@@ -48,6 +50,7 @@ constexpr std::string_view kReservedKeys[] = {"name",
                                               "label",
                                               "error_occurred",
                                               "error_message",
+                                              "interrupted",
                                               "skipped",
                                               "skip_message",
                                               "aggregate_name",
@@ -189,6 +192,8 @@ ojson record_json(const Record& r, Indices ix) {
   if (!r.error.empty()) {
     e["error_occurred"] = true;
     e["error_message"] = utf8(r.error);
+    // The figures are real, for a shorter window than asked: readers of the file can tell.
+    if (r.interrupted) e["interrupted"] = true;
   }
   e["scenario"] = utf8(r.scenario);
   e["server"] = utf8(r.server);
@@ -270,6 +275,7 @@ Record record_from_json(const json& e) {
   if (e.value("error_occurred", false)) {
     r.error = e.value("error_message", std::string());
     if (r.error.empty()) r.error = "error";  // keeps "non-empty error means failed"
+    r.interrupted = e.value("interrupted", false);
   }
   return r;
 }
@@ -403,6 +409,9 @@ std::error_code write_sync_close(Fd fd, std::string_view contents) {
   return ec;
 }
 
+// How long a result file that is a FIFO waits for its reader to open it.
+constexpr auto kFifoReaderWait = std::chrono::seconds(5);
+
 bool on_procfs(const std::filesystem::path& dir) {
   struct statfs fs {};
   return ::statfs(dir.empty() ? "." : dir.c_str(), &fs) == 0 && fs.f_type == PROC_SUPER_MAGIC;
@@ -446,6 +455,8 @@ OutputTarget resolve_output(const std::string& path) {
       continue;
     }
     if (S_ISDIR(st.st_mode)) target.error = make_error(EISDIR);
+    // open() of a unix socket's path always fails (ENXIO): say so before a run, not after it.
+    if (S_ISSOCK(st.st_mode)) target.error = make_error(EOPNOTSUPP);
     target.write_through = !S_ISREG(st.st_mode);
     break;
   }
@@ -459,8 +470,21 @@ std::error_code write_file_atomically(const std::string& path, std::string_view 
   if (resolved.error) return resolved.error;
   if (resolved.write_through) {
     // O_APPEND: a regular file reached through /dev/stdout keeps what the process printed before.
-    Fd fd(::open(resolved.path.c_str(), O_WRONLY | O_APPEND | O_NOCTTY | O_CLOEXEC));
+    // O_NONBLOCK: a blocking open of a FIFO waits for a reader forever, with the run's signals
+    // blocked; a reader gets kFifoReaderWait to appear, then the write fails with ENXIO.
+    const int flags = O_WRONLY | O_APPEND | O_NOCTTY | O_CLOEXEC | O_NONBLOCK;
+    const auto give_up = std::chrono::steady_clock::now() + kFifoReaderWait;
+    Fd fd(::open(resolved.path.c_str(), flags));
+    while (!fd && errno == ENXIO && std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      fd.reset(::open(resolved.path.c_str(), flags));
+    }
     if (!fd) return last_error();
+    // Blocking writes from here on: a slow reader is waited for, not an EAGAIN.
+    if (const int fl = ::fcntl(fd.get(), F_GETFL);
+        fl < 0 || ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK) < 0) {
+      return last_error();
+    }
     return write_sync_close(std::move(fd), contents);
   }
   const fs::path target(resolved.path);

@@ -190,6 +190,16 @@ std::vector<results::Record> run_connections(ServerHandle& server, const BenchPa
       kTrickleInterval, params.duration / static_cast<std::chrono::nanoseconds::rep>(steps.size()));
   const auto baseline = server.sample();
 
+  // A failed or interrupted ramp still files every step it was asked for, so that compare sees
+  // them as failed cells rather than missing ones.
+  const auto file_not_run = [&](size_t after, const std::string& why) {
+    for (size_t j = after + 1; j < steps.size(); ++j) {
+      results::Record skipped = make_record(name, steps[j]);
+      skipped.error = fmt::format("not run: {}", why);
+      records.push_back(std::move(skipped));
+    }
+  };
+
   for (size_t i = 0; i < steps.size(); ++i) {
     const int target = steps[i];
     results::Record record = make_record(name, target);
@@ -197,7 +207,9 @@ std::vector<results::Record> run_connections(ServerHandle& server, const BenchPa
     if (!stepped) {
       record.error = fmt::format("hold engine failed: {}{}", stepped.error().message(),
                                  remaining_steps(steps, i));
+      const std::string why_not_run = record.error;
       records.push_back(std::move(record));
+      file_not_run(i, why_not_run);
       break;
     }
     const HoldStepStats& st = *stepped;
@@ -210,7 +222,9 @@ std::vector<results::Record> run_connections(ServerHandle& server, const BenchPa
       record.error = fmt::format("server {} exited during step {} ({}){}", name, target, why,
                                  remaining_steps(steps, i));
     } else if (st.interrupted) {
-      record.error = "interrupted";
+      // The step's figures are real, for the part of the hold that ran: shown, marked.
+      record.interrupted = true;
+      record.error = fmt::format("interrupted during step {}", target);
     } else if (st.connections_open < st.connections_requested) {
       stopped_scaling = true;
       record.warnings.push_back(fmt::format("stopped scaling at step {}: {} of {} achieved; {}{}",
@@ -226,8 +240,14 @@ std::vector<results::Record> run_connections(ServerHandle& server, const BenchPa
           us(st.trickle_latency.percentile(99)) / 1e3));
     }
     const bool go_on = record.error.empty() && !stopped_scaling;
+    const std::string why_not_run = record.error;
     records.push_back(std::move(record));
-    if (!go_on) break;
+    if (!go_on) {
+      // A model that stopped scaling has nothing left to measure: its later steps are its
+      // result, not a failure.
+      if (!why_not_run.empty()) file_not_run(i, why_not_run);
+      break;
+    }
   }
   return records;
 }

@@ -205,9 +205,37 @@ TEST(ConnectionsScenario, AServerThatDiesEndsTheRampWithAnError) {
   params.ramp = {5, 10, 20};
   params.duration = 1s;
   const auto records = scenarios::run_connections(server, params, {});
-  ASSERT_EQ(records.size(), 1u);
-  EXPECT_EQ(records[0].error,
-            "server epoll exited during step 5 (killed by SIGKILL); steps 10, 20 not attempted");
+  // Every step asked for is filed, so that compare sees failed cells, not missing ones.
+  ASSERT_EQ(records.size(), 3u);
+  const std::string why =
+      "server epoll exited during step 5 (killed by SIGKILL); steps 10, 20 not attempted";
+  EXPECT_EQ(records[0].error, why);
+  EXPECT_EQ(records[1].name, "connections/epoll/conns:10");
+  EXPECT_EQ(records[1].error, "not run: " + why);
+  EXPECT_EQ(records[2].name, "connections/epoll/conns:20");
+  EXPECT_EQ(records[2].error, "not run: " + why);
+  for (const auto& r : records) EXPECT_FALSE(r.interrupted);
+}
+
+TEST(ConnectionsScenario, AnInterruptedStepKeepsItsFiguresAndFilesTheRest) {
+  InProcessServer server("epoll");
+  ASSERT_TRUE(server.ok());
+  scenarios::BenchParams params;
+  params.ramp = {5, 10};
+  params.duration = 20s;
+  std::stop_source stop;
+  std::jthread stopper([&stop] {
+    std::this_thread::sleep_for(1500ms);
+    stop.request_stop();
+  });
+  const auto records = scenarios::run_connections(server, params, stop.get_token());
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_TRUE(records[0].interrupted);
+  EXPECT_EQ(records[0].error, "interrupted during step 5");
+  EXPECT_EQ(metric(records[0], "connections_achieved"), 5);
+  EXPECT_FALSE(records[1].interrupted);
+  EXPECT_EQ(records[1].name, "connections/epoll/conns:10");
+  EXPECT_EQ(records[1].error, "not run: interrupted during step 5");
 }
 
 TEST(ConnectionsScenario, MalformedRampIsRejected) {

@@ -5,7 +5,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -341,6 +343,19 @@ TEST(ResultsJson, RoundTripKeepsEveryField) {
   expect_same_run(from_json(to_json(run)), run);
   // Through text, as a file is read back.
   expect_same_run(from_json(json::parse(to_json(run).dump(2))), run);
+}
+
+TEST(ResultsJson, InterruptedCellKeepsItsMarkThroughTheFile) {
+  RunResult run = sample_run();
+  run.records[0].error = "interrupted after 3.0 s of 10 s";
+  run.records[0].interrupted = true;
+  const json doc = json::parse(to_json(run).dump());
+  EXPECT_EQ(doc.at("benchmarks").at(0).at("interrupted"), true);
+  EXPECT_EQ(doc.at("benchmarks").at(0).at("error_occurred"), true);
+  EXPECT_FALSE(doc.at("benchmarks").at(1).contains("interrupted"));
+  const RunResult back = from_json(doc);
+  EXPECT_TRUE(back.records[0].interrupted);
+  EXPECT_FALSE(back.records[1].interrupted);
 }
 
 TEST(ResultsJson, NonFiniteNumbersStayValidJson) {
@@ -735,6 +750,32 @@ TEST(ResultsFiles, FifoIsWrittenThroughToItsReader) {
   ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
   EXPECT_TRUE(S_ISFIFO(st.st_mode));
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"pipe"});
+}
+
+TEST(ResultsFiles, FifoWithoutAReaderFailsWithEnxioInsteadOfWaitingForever) {
+  TempDir dir;
+  const std::string fifo = dir.file("pipe");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  EXPECT_EQ(write_file_atomically(fifo, "x"), std::error_code(ENXIO, std::generic_category()));
+  struct stat st {};
+  ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+}
+
+TEST(ResultsFiles, UnixSocketPathIsRefusedBeforeAnythingIsWritten) {
+  TempDir dir;
+  const std::string path = dir.file("sock");
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  ASSERT_LT(path.size(), sizeof addr.sun_path);
+  std::copy(path.begin(), path.end(), addr.sun_path);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr), 0);
+  EXPECT_EQ(resolve_output(path).error, std::errc::operation_not_supported);
+  EXPECT_EQ(write_json_file(sample_run(), path), std::errc::operation_not_supported);
+  ::close(fd);
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"sock"});
 }
 
 TEST(ResultsFiles, DirectoryOrLinkToOneIsEisdir) {

@@ -13,6 +13,7 @@
 #include "harness/core/net.h"
 #include "harness/core/signals.h"
 #include "results/writers.h"
+#include "scenarios/steps.h"
 
 namespace sockbench::cli {
 namespace {
@@ -116,7 +117,9 @@ std::vector<std::string> refused_targets(
              r.evidence.find("ECONNREFUSED") != std::string::npos;
     });
     if (!any_refused) continue;
-    const auto probe = connect_to(target->address(), /*nonblocking=*/false);
+    // Bounded: a target that now drops SYNs, or a unix listener with a full queue, must not
+    // hold the report for the kernel's two minutes of retries.
+    const auto probe = scenarios::Client::connect(target->address(), std::chrono::seconds(2));
     if (probe.ok() || probe.error() != std::errc::connection_refused) continue;
     lines.push_back(fmt::format("{} {} refused every connection: is a server listening there?",
                                 target->name(), target->address().to_string()));
