@@ -200,10 +200,8 @@ CompareReport compare_runs(const RunResult& base, const RunResult& next,
   for (const auto& name : new_order) {
     if (!base_cells.count(name)) report.only_in_new.push_back(name);
   }
-  // A failure of a cell that already failed in BASE is not news.
-  for (auto& f : failed_in_new) {
-    if (!has_cell(report.failed_in_base, f.cell)) report.failed_in_new.push_back(std::move(f));
-  }
+  // Even a cell that already failed in BASE: a gate must never pass a build whose cell fails.
+  report.failed_in_new = std::move(failed_in_new);
   if (report.min_repetitions == SIZE_MAX) report.min_repetitions = 0;
   return report;
 }

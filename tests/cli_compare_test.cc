@@ -126,6 +126,14 @@ TEST_F(CompareCli, AFailedCellInBaseIsReportedAndSkipped) {
   EXPECT_NE(o.out.find("OK: 0 regression(s)"), std::string::npos) << o.out;
 }
 
+TEST_F(CompareCli, ACellFailingInBothFilesIsARegressionNotNothingCompared) {
+  const auto base = file_with("base.json", kBase, {kEpoll}, {0, 1, 2, 3, 4});
+  const auto next = file_with("new.json", kBase, {kEpoll}, {0, 1, 2, 3, 4});
+  const auto o = sockbench("compare " + base + " " + next);
+  EXPECT_EQ(o.status, 1) << o.out << o.err;
+  EXPECT_NE(o.out.find("FAILED in NEW: " + kEpoll), std::string::npos) << o.out;
+}
+
 TEST_F(CompareCli, ACellMissingFromNewIsARegressionUnlessAllowed) {
   const auto base = file_with("base.json", kBase, {kEpoll, kPoll});
   const auto next = file_with("new.json", kBase, {kEpoll});

@@ -172,8 +172,7 @@ TEST(Compare, ACellMissingFromNewIsARegressionUnlessAllowed) {
 TEST(Compare, ACellFailedInBaseIsSkippedNotARegression) {
   auto base = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
   base.records[2].error = "connect: ECONNREFUSED";
-  auto next = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
-  next.records[0].error = "still broken";  // failing in both is not news
+  const auto next = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
   const auto report = compare_runs(base, next, {});
   ASSERT_EQ(report.failed_in_base.size(), 1u);
   EXPECT_EQ(report.failed_in_base[0].error, "connect: ECONNREFUSED");
@@ -181,6 +180,17 @@ TEST(Compare, ACellFailedInBaseIsSkippedNotARegression) {
   EXPECT_TRUE(report.rows.empty());
   EXPECT_TRUE(report.nothing_compared());  // the only cell was skipped
   EXPECT_FALSE(report.regressed());
+}
+
+TEST(Compare, ACellFailingInBothFilesIsStillARegression) {
+  auto base = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
+  base.records[2].error = "connect: ECONNREFUSED";
+  auto next = run_with({1, 2, 3, 4, 5}, {1, 1, 1, 1, 1});
+  next.records[0].error = "still broken";  // a gate never passes a failing cell
+  const auto report = compare_runs(base, next, {});
+  ASSERT_EQ(report.failed_in_new.size(), 1u);
+  EXPECT_EQ(report.failed_in_new[0].error, "still broken");
+  EXPECT_TRUE(report.regressed());
 }
 
 TEST(Compare, NoCellInBothFilesIsNothingCompared) {

@@ -144,8 +144,9 @@ int compare_command(int argc, const char* const* argv) {
                name);
   }
   for (const auto& name : report.only_in_new) fmt::print("new cell: {}\n", name);
-  if (report.nothing_compared()) {
-    // Files of different suites, or every BASE cell failed: neither OK nor a regression.
+  if (report.nothing_compared() && report.failed_in_new.empty()) {
+    // Files of different suites, or every BASE cell failed: neither OK nor a regression. A cell
+    // that fails in NEW is a regression whatever BASE holds.
     fmt::print(stderr, "sockbench compare: no cell is in both {} and {}: nothing compared\n",
                files[0], files[1]);
     return kExitUnreadable;
