@@ -127,10 +127,14 @@ const std::vector<MetricDirection>& compared_metrics() {
   return metrics;
 }
 
+size_t CompareReport::lost_cells() const {
+  return failed_in_new.size() + (missing_allowed ? 0 : only_in_base.size());
+}
+
 bool CompareReport::regressed() const {
-  return !failed_in_new.empty() || (!missing_allowed && !only_in_base.empty()) ||
-         std::any_of(rows.begin(), rows.end(),
-                     [](const MetricComparison& r) { return r.verdict == Verdict::kRegressed; });
+  return lost_cells() > 0 || std::any_of(rows.begin(), rows.end(), [](const MetricComparison& r) {
+           return r.verdict == Verdict::kRegressed;
+         });
 }
 
 CompareReport compare_runs(const RunResult& base, const RunResult& next,

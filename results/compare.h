@@ -49,7 +49,9 @@ struct CompareReport {
   bool weak() const { return min_repetitions < 5; }
   // Nothing to judge: no cell is in both files. Neither OK nor a regression.
   bool nothing_compared() const { return cells_in_both == 0; }
-  // A metric regressed, a cell failed in NEW, or a cell is missing from NEW (unless allowed).
+  // Cells failed in NEW, plus those missing from NEW unless allowed: each one a regression.
+  size_t lost_cells() const;
+  // A metric regressed, or lost_cells() > 0.
   bool regressed() const;
 };
 

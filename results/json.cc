@@ -390,17 +390,7 @@ namespace {
 // Writes all of `contents` to `fd`, syncs and closes it; the first error wins. fsync on a
 // character device or a FIFO may say EINVAL (nothing to sync): not an error there, only there.
 std::error_code write_sync_close(Fd fd, std::string_view contents) {
-  std::error_code ec;
-  for (size_t done = 0; done < contents.size() && !ec;) {
-    const ssize_t n = ::write(fd.get(), contents.data() + done, contents.size() - done);
-    if (n > 0) {
-      done += static_cast<size_t>(n);
-    } else if (n == 0) {
-      ec = make_error(EIO);
-    } else if (errno != EINTR) {
-      ec = last_error();
-    }
-  }
+  std::error_code ec = write_all(fd.get(), contents);
   struct stat st {};
   const bool regular = ::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode);
   if (!ec && ::fsync(fd.get()) != 0 && (regular || errno != EINVAL)) ec = last_error();

@@ -4,6 +4,7 @@
 // names; each adapter adds only what is specific to its engine.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
@@ -28,14 +29,14 @@ results::Record start_record(const std::string& scenario, const std::string& ser
 inline double us(uint64_t ns) { return static_cast<double>(ns) / 1e3; }
 
 // The engine config fields every benchmark takes from its params alike: target (the server's
-// address), threads, cpus (client_cpus) and message_size, and, where the config has them, wire,
-// connections (clients), warmup and duration.
+// address), threads (at least 1), cpus (client_cpus) and message_size, and, where the config has
+// them, wire, connections (clients), warmup and duration.
 template <typename Config>
 void fill_engine_config(Config& config, const BenchParams& params, const ServerHandle& server) {
   config.target = server.address();
   if constexpr (requires { config.wire; }) config.wire = params.wire;
   if constexpr (requires { config.connections; }) config.connections = params.clients;
-  config.threads = params.threads;
+  config.threads = std::max(params.threads, 1);
   config.cpus = params.client_cpus;
   config.message_size = params.message_size;
   if constexpr (requires { config.duration; }) {

@@ -1,6 +1,7 @@
 #include "scenarios/benchmark.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "harness/load/loadgen.h"
 #include "scenarios/connections.h"
@@ -17,16 +18,26 @@ std::vector<results::Record> one_record(const std::string& server, const BenchPa
   return {make(server, params)};
 }
 
+// BenchmarkInfo::run for a scenario whose cell is one record.
+template <results::Record (*run)(ServerHandle&, const BenchParams&, std::stop_token)>
+std::vector<results::Record> one_run(ServerHandle& server, const BenchParams& params,
+                                     std::stop_token stop) {
+  return {run(server, params, std::move(stop))};
+}
+
+// The server protocol of a scenario that sends what --protocol says.
+std::string wire_protocol(const BenchParams& params) {
+  return params.wire == WireFormat::kFramed ? "framed" : "echo";
+}
+
 }  // namespace
 
 const std::vector<BenchmarkInfo>& benchmarks() {
   static const std::vector<BenchmarkInfo> all = {
       {"rr",
        "request/response over N connections, every reply verified",
-       [](const BenchParams& p) { return p.wire == WireFormat::kFramed ? "framed" : "echo"; },
-       [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
-         return std::vector<results::Record>{run_rr(server, params, stop)};
-       },
+       wire_protocol,
+       one_run<run_rr>,
        one_record<rr_record>,
        {"framed", "echo"},
        kMinMessageSize,
@@ -35,9 +46,7 @@ const std::vector<BenchmarkInfo>& benchmarks() {
       {"stream",
        "bulk transfer over N connections, one way or (duplex) echoed and verified",
        [](const BenchParams& p) { return p.duplex ? "echo" : "discard"; },
-       [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
-         return std::vector<results::Record>{run_stream_scenario(server, params, stop)};
-       },
+       one_run<run_stream_scenario>,
        one_record<stream_record>,
        {"discard", "echo"},
        1,
@@ -45,10 +54,8 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        {"duplex"}},
       {"crr",
        "connect, one verified request, close (FIN or RST): connection churn",
-       [](const BenchParams& p) { return p.wire == WireFormat::kFramed ? "framed" : "echo"; },
-       [](ServerHandle& server, const BenchParams& params, std::stop_token stop) {
-         return std::vector<results::Record>{run_crr(server, params, stop)};
-       },
+       wire_protocol,
+       one_run<run_crr>,
        one_record<crr_record>,
        {"framed", "echo"},
        kMinMessageSize,
@@ -57,7 +64,7 @@ const std::vector<BenchmarkInfo>& benchmarks() {
       {"connections",
        "hold N connections (in --ramp steps) with a trickle of verified requests: connect "
        "latency, server memory per connection",
-       [](const BenchParams& p) { return p.wire == WireFormat::kFramed ? "framed" : "echo"; },
+       wire_protocol,
        run_connections,
        connections_records,
        {"framed", "echo"},

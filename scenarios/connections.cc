@@ -175,7 +175,6 @@ std::vector<results::Record> run_connections(ServerHandle& server, const BenchPa
 
   HoldConfig config;
   fill_engine_config(config, params, server);
-  config.threads = std::max(params.threads, 1);
   config.trickle_interval = kTrickleInterval;
   if (config.message_size < kMinMessageSize || config.message_size > kMaxHoldMessage) {
     return fail_all(fmt::format("message size {} is outside [{}, {}] bytes for the trickle",

@@ -159,8 +159,7 @@ int compare_command(int argc, const char* const* argv) {
   }
   size_t regressions = 0;
   for (const auto& row : report.rows) regressions += row.verdict == results::Verdict::kRegressed;
-  const size_t lost =
-      report.failed_in_new.size() + (report.missing_allowed ? 0 : report.only_in_base.size());
+  const size_t lost = report.lost_cells();
   fmt::print("\n{}: {} regression(s) in {} compared metrics{}\n",
              report.regressed() ? "REGRESSION" : "OK", regressions, report.rows.size(),
              lost ? fmt::format(", {} cell(s) failed or missing in NEW", lost) : "");

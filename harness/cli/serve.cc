@@ -14,25 +14,12 @@
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"
+#include "harness/core/fd.h"
 #include "harness/core/procstat.h"
 #include "harness/core/signals.h"
 #include "servers/server.h"
 
 namespace sockbench::cli {
-namespace {
-
-// Writes all of `text` to `fd`, retrying on EINTR; gives up on any other error (the reader is
-// gone, and nothing else would hear of it).
-void write_all(int fd, std::string_view text) {
-  while (!text.empty()) {
-    const ssize_t n = ::write(fd, text.data(), text.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
-    text.remove_prefix(static_cast<size_t>(n));
-  }
-}
-
-}  // namespace
 
 int serve_command(int argc, const char* const* argv) {
   cxxopts::Options options("sockbench serve",
@@ -127,7 +114,8 @@ int serve_command(int argc, const char* const* argv) {
                                         ec.message(), errno_name(ec.value()));
     // The parent reads the ready pipe, not our stderr: the reason goes where it looks.
     if (ready) {
-      write_all(ready.get(), fmt::format("error {}\n", why));
+      // Ignored: if the reader is gone, nothing else would hear of it.
+      (void)write_all(ready.get(), fmt::format("error {}\n", why));
     } else {
       fmt::print(stderr, "sockbench serve: {}\n", why);
     }
@@ -136,7 +124,7 @@ int serve_command(int argc, const char* const* argv) {
   const std::string line = fmt::format("listening {}\n", server->address().to_string());
   if (ready) {
     // The parent waits for this line on a pipe; if it is gone, SIGKILL (PDEATHSIG) follows.
-    write_all(ready.get(), line);
+    (void)write_all(ready.get(), line);
     ready.reset();
   } else {
     std::fputs(line.c_str(), stdout);

@@ -3,6 +3,9 @@
 
 #include <unistd.h>
 
+#include <cerrno>
+#include <string_view>
+#include <system_error>
 #include <utility>
 
 namespace sockbench {
@@ -36,5 +39,18 @@ class Fd {
  private:
   int fd_ = -1;
 };
+
+// Writes all of `data` to a file, pipe or device: write() until done, EINTR retried; any other
+// failure as its errno, a write() of 0 as EIO. (Sockets: send_all in net.h, for MSG_NOSIGNAL.)
+inline std::error_code write_all(int fd, std::string_view data) {
+  while (!data.empty()) {
+    const ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return {errno, std::generic_category()};
+    if (n == 0) return std::make_error_code(std::errc::io_error);
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return {};
+}
 
 }  // namespace sockbench
