@@ -121,16 +121,27 @@ ojson context_json(const RunContext& c) {
   j["somaxconn"] = utf8(c.somaxconn);
   j["ip_local_port_range"] = utf8(c.ip_local_port_range);
   j["tcp_tw_reuse"] = utf8(c.tcp_tw_reuse);
+  if (c.shard) {
+    j["shard_index"] = c.shard->index;
+    j["shard_count"] = c.shard->count;
+  }
+  if (c.merged_shards > 0) j["merged_shards"] = c.merged_shards;
+  if (!c.clock_offsets_us.empty()) j["clock_offsets_us"] = c.clock_offsets_us;
   if (!c.error.empty()) j["error"] = utf8(c.error);
   return j;
 }
 
-ojson histogram_json(const Histogram& h) {
+ojson histogram_json(const Histogram& h, const std::string& metric_prefix) {
   const Histogram::Serialized s = h.serialize();
   ojson buckets = ojson::array();
   for (const auto& [index, count] : s.buckets) buckets.push_back(ojson::array({index, count}));
-  return {{"unit", "ns"}, {"buckets", std::move(buckets)}, {"min", s.min}, {"max", s.max},
-          {"sum", s.sum}, {"clamped", s.clamped}};
+  return {{"unit", "ns"},
+          {"buckets", std::move(buckets)},
+          {"min", s.min},
+          {"max", s.max},
+          {"sum", s.sum},
+          {"clamped", s.clamped},
+          {"metric_prefix", utf8(metric_prefix)}};
 }
 
 Histogram histogram_from_json(const json& j) {
@@ -230,7 +241,7 @@ ojson record_json(const Record& r, Indices ix) {
     }
     e["timeseries"] = std::move(series);
   }
-  if (r.latency) e["latency_histogram"] = histogram_json(*r.latency);
+  if (r.latency) e["latency_histogram"] = histogram_json(*r.latency, r.latency_prefix);
   return e;
 }
 
@@ -263,7 +274,10 @@ Record record_from_json(const json& e) {
     r.errors = e.at("errors_by_errno").get<std::map<std::string, uint64_t>>();
   }
   if (e.contains("warnings")) r.warnings = e.at("warnings").get<std::vector<std::string>>();
-  if (e.contains("latency_histogram")) r.latency = histogram_from_json(e.at("latency_histogram"));
+  if (e.contains("latency_histogram")) {
+    r.latency = histogram_from_json(e.at("latency_histogram"));
+    r.latency_prefix = e.at("latency_histogram").value("metric_prefix", std::string());
+  }
   r.verdict = e.value("verdict", std::string());
   r.evidence = e.value("evidence", std::string());
   if (e.contains("timeseries")) {
@@ -297,6 +311,13 @@ RunContext context_from_json(const json& j) {
   c.somaxconn = j.value("somaxconn", std::string());
   c.ip_local_port_range = j.value("ip_local_port_range", std::string());
   c.tcp_tw_reuse = j.value("tcp_tw_reuse", std::string());
+  if (j.contains("shard_count")) {
+    c.shard = Shard{j.at("shard_index").get<int>(), j.at("shard_count").get<int>()};
+  }
+  c.merged_shards = j.value("merged_shards", 0);
+  if (j.contains("clock_offsets_us")) {
+    c.clock_offsets_us = j.at("clock_offsets_us").get<std::vector<double>>();
+  }
   c.error = j.value("error", std::string());
   return c;
 }

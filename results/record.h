@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "harness/core/histogram.h"
+#include "harness/core/shard.h"
 
 namespace sockbench::results {
 
@@ -41,7 +42,11 @@ struct Record {
   std::map<std::string, uint64_t> errors;  // by errno name
   std::vector<std::string> warnings;       // shown under the table, kept in JSON
   std::optional<Histogram> latency;        // request latency (ns), when the scenario has one
-  std::string error;                       // non-empty: this cell failed, metrics may be partial
+  // The metrics `latency` stands for: "<latency_prefix>p50_us" ... "<latency_prefix>max_us"
+  // ("" for rr and crr, "trickle_" for connections). A merge recomputes them from the merged
+  // histogram.
+  std::string latency_prefix;
+  std::string error;  // non-empty: this cell failed, metrics may be partial
   // With `error`: the run was stopped (Ctrl-C) part-way through the measured window, and the
   // metrics are figures for the part measured, worth showing as such.
   bool interrupted = false;
@@ -74,6 +79,12 @@ struct RunContext {
   std::string somaxconn;
   std::string ip_local_port_range;
   std::string tcp_tw_reuse;
+  // This run's share of a load split over several processes (--shard I/N, an MPI rank).
+  std::optional<Shard> shard;
+  // A merge of shard results: how many, and (under mpirun) each rank's clock offset to rank 0's,
+  // in rank order, measured by ping-pong before the run.
+  int merged_shards = 0;
+  std::vector<double> clock_offsets_us;
   std::string error;  // non-empty: the run as a whole failed
 };
 

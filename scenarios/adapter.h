@@ -30,12 +30,13 @@ inline double us(uint64_t ns) { return static_cast<double>(ns) / 1e3; }
 
 // The engine config fields every benchmark takes from its params alike: target (the server's
 // address), threads (at least 1), cpus (client_cpus) and message_size, and, where the config has
-// them, wire, connections (clients), warmup and duration.
+// them, wire, connections (the shard's share of clients), warmup and duration.
 template <typename Config>
 void fill_engine_config(Config& config, const BenchParams& params, const ServerHandle& server) {
   config.target = server.address();
   if constexpr (requires { config.wire; }) config.wire = params.wire;
-  if constexpr (requires { config.connections; }) config.connections = params.clients;
+  if constexpr (requires { config.connections; })
+    config.connections = static_cast<int>(shard_share(params.clients, params.shard));
   config.threads = std::max(params.threads, 1);
   config.cpus = params.client_cpus;
   config.message_size = params.message_size;

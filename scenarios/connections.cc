@@ -34,8 +34,9 @@ std::optional<uint64_t> fd_limit() {
   return static_cast<uint64_t>(limit.rlim_cur);
 }
 
-// Why the ramp cannot run at all, or "" when it can.
-std::string check_ramp(const std::vector<int>& steps) {
+// Why the ramp cannot run at all, or "" when it can. `steps` are the whole load's; `shard` opens
+// its share of each.
+std::string check_ramp(const std::vector<int>& steps, Shard shard) {
   for (size_t i = 0; i < steps.size(); ++i) {
     if (steps[i] < 1)
       return fmt::format("ramp step {} is not a positive connection count", steps[i]);
@@ -45,7 +46,8 @@ std::string check_ramp(const std::vector<int>& steps) {
   }
   if (const auto limit = fd_limit()) {
     const uint64_t most = *limit > kFdReserve ? *limit - kFdReserve : 0;
-    for (int step : steps) {
+    for (int whole : steps) {
+      const auto step = shard_share(whole, shard);
       if (static_cast<uint64_t>(step) > most) {
         return fmt::format(
             "{} connections exceed what this client can open: its fd limit (RLIMIT_NOFILE) is "
@@ -143,6 +145,7 @@ void add_metrics(results::Record& record, const HoldStepStats& st,
   record.set("unverified_replies", static_cast<double>(st.unverified_replies));
   record.errors = st.errors;
   record.latency = st.trickle_latency;
+  record.latency_prefix = "trickle_";
 }
 
 // The connection counts of the ramp: params.ramp, or {params.clients} without one.
@@ -171,7 +174,7 @@ std::vector<results::Record> run_connections(ServerHandle& server, const BenchPa
     return records;
   };
   if (steps.empty()) return fail_all("no connection count given");
-  if (auto error = check_ramp(steps); !error.empty()) return fail_all(error);
+  if (auto error = check_ramp(steps, params.shard); !error.empty()) return fail_all(error);
 
   HoldConfig config;
   fill_engine_config(config, params, server);
@@ -202,7 +205,10 @@ std::vector<results::Record> run_connections(ServerHandle& server, const BenchPa
   for (size_t i = 0; i < steps.size(); ++i) {
     const int target = steps[i];
     results::Record record = make_record(name, target);
-    auto stepped = engine->step(static_cast<uint64_t>(target), hold, stop);
+    // A shard holds its share of every step; its steps may repeat (or start at 0) when the
+    // whole ramp's steps differ by less than the shard count, which the engine takes as holds.
+    const auto share = static_cast<uint64_t>(shard_share(target, params.shard));
+    auto stepped = engine->step(share, hold, stop);
     if (!stepped) {
       record.error = fmt::format("hold engine failed: {}{}", stepped.error().message(),
                                  remaining_steps(steps, i));
@@ -227,7 +233,7 @@ std::vector<results::Record> run_connections(ServerHandle& server, const BenchPa
     } else if (st.connections_open < st.connections_requested) {
       stopped_scaling = true;
       record.warnings.push_back(fmt::format("stopped scaling at step {}: {} of {} achieved; {}{}",
-                                            target, st.connections_open, target,
+                                            target, st.connections_open, st.connections_requested,
                                             shortfall(name, st), remaining_steps(steps, i)));
     }
     if (st.trickle_skipped > 0) {

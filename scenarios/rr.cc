@@ -45,8 +45,9 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   LoadConfig config;
   fill_engine_config(config, options, server);
   config.pipeline = options.pipeline;
-  // A negative rate is passed on too, for the engine's validation to name it.
-  config.rate = options.rate;
+  // A negative rate is passed on too, for the engine's validation to name it. A shard sends its
+  // segment of the rate; the record keeps the whole rate, which names the cell.
+  config.rate = options.rate > 0 ? shard_rate(options.rate, options.shard) : options.rate;
   server_samples.attach(config);
 
   if (const auto why = describe_invalid(config); !why.empty()) {
@@ -68,7 +69,7 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   set_count_metrics(record, stats, stats.connections_requested, stats.connections_achieved);
   record.set("client_cpu_percent", stats.client_cpu_utilisation * 100);
   if (open_loop(options)) {
-    record.set("intended_rate", options.rate);
+    record.set("intended_rate", config.rate);
     set_latency_metrics(record, "service_", stats.service_time, {50, 99});
     record.set("late_sends", static_cast<double>(stats.late_sends));
     record.set("capped_sends", static_cast<double>(stats.capped_sends));
@@ -93,9 +94,9 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   }
   if (open_loop(options) && stats.measured_seconds > 0) {
     const double achieved = requests / seconds;
-    if (achieved < options.rate * (1 - kRateShortfall)) {
+    if (achieved < config.rate * (1 - kRateShortfall)) {
       record.warnings.push_back(fmt::format("achieved {:.0f} requests/s of the intended {}",
-                                            achieved, rate_text(options.rate)));
+                                            achieved, rate_text(config.rate)));
     }
     // Not caught by the CPU figure when other processes take the client's CPUs.
     const uint64_t lag_p99 = stats.generator_lag.percentile(99);

@@ -37,4 +37,9 @@ bool run_ended_cleanly(ServerHandle& server, const std::stop_token& stop, double
   return true;
 }
 
+bool idle_shard(const BenchParams& params) {
+  const int most = params.ramp.empty() ? params.clients : params.ramp.back();
+  return shard_share(most, params.shard) == 0;
+}
+
 }  // namespace sockbench::scenarios

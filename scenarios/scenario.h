@@ -10,6 +10,7 @@
 
 #include "harness/core/net.h"
 #include "harness/core/procstat.h"
+#include "harness/core/shard.h"
 #include "harness/load/client_threads.h"
 #include "harness/load/loadgen.h"
 #include "results/record.h"
@@ -32,7 +33,14 @@ struct BenchParams {
   WireFormat wire = WireFormat::kFramed;
   std::chrono::nanoseconds warmup = std::chrono::seconds(1);
   std::chrono::nanoseconds duration = std::chrono::seconds(5);
+  // This process's share of the cell (--shard, an MPI rank): clients, rate and every ramp step
+  // above are the whole load's, which names the records; the engines get shard_share() of them.
+  Shard shard;
 };
+
+// True when `params.shard`'s share of the cell is no connection at all (more shards than
+// clients): there is nothing for this shard to run, and its records are filed empty.
+bool idle_shard(const BenchParams& params);
 
 // The server under test, as a scenario may use it. Used from the scenario's calling thread only.
 class ServerHandle {

@@ -90,7 +90,8 @@ TEST_F(Cli, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
   }
 }
 
-const char* const kCommands[] = {"run", "serve", "check", "list", "compare", "export", "version"};
+const char* const kCommands[] = {"run",     "serve",  "check", "list",
+                                 "compare", "export", "merge", "version"};
 
 TEST_F(Cli, HelpShowsEveryCommandThenRunsOptions) {
   for (const char* args : {"--help", "help", "-h"}) {
@@ -120,12 +121,15 @@ TEST_F(Cli, AnUnknownCommandNamesEveryCommand) {
 }
 
 TEST_F(Cli, VersionNamesTheVersionAndGitShaAsTheJsonContextDoes) {
+  // Whether this build can run under mpirun is part of what it is.
   const std::string want =
-      fmt::format("sockbench {} (git {})\n", SOCKBENCH_VERSION, SOCKBENCH_GIT_SHA);
+      fmt::format("sockbench {} (git {})\nMPI: {}", SOCKBENCH_VERSION, SOCKBENCH_GIT_SHA,
+                  SOCKBENCH_WITH_MPI ? "Open MPI v" : "absent (built without MPI)\n");
   for (const char* args : {"--version", "version"}) {
     const auto o = sockbench(args);
     EXPECT_EQ(o.status, 0) << args;
-    EXPECT_EQ(o.out, want) << args;
+    EXPECT_TRUE(o.out.starts_with(want)) << args << ": " << o.out;
+    EXPECT_EQ(std::count(o.out.begin(), o.out.end(), '\n'), 2) << o.out;
   }
   const auto json_path = dir_ / "out.json";
   const auto o = sockbench("--server epoll --clients 1 --duration 100ms --warmup 0s --json " +

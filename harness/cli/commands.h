@@ -11,5 +11,6 @@ int list_command(int argc, const char* const* argv);
 int check_command(int argc, const char* const* argv);
 int compare_command(int argc, const char* const* argv);
 int export_command(int argc, const char* const* argv);
+int merge_command(int argc, const char* const* argv);
 
 }  // namespace sockbench::cli

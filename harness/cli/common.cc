@@ -101,4 +101,42 @@ results::RunContext make_context(const std::string& command_line,
   return context;
 }
 
+namespace {
+
+// What the console shows: every cell once (the median when repeated).
+results::RunResult for_console(const results::RunResult& run, int repetitions) {
+  results::RunResult shown;
+  shown.context = run.context;
+  for (const auto& r : run.records) {
+    const bool show = repetitions > 1 ? (r.run_type == "aggregate" && r.aggregate_name == "median")
+                                      : r.run_type == "iteration";
+    if (show || (repetitions > 1 && !r.error.empty())) shown.records.push_back(r);
+  }
+  return shown;
+}
+
+}  // namespace
+
+int report_run(const results::RunResult& run, int repetitions, const OutputPaths& paths) {
+  results::print_table(for_console(run, repetitions), stdout);
+  std::fflush(stdout);
+  int status = 0;
+  for (const auto& record : run.records) {
+    if (!record.error.empty()) status = 1;
+  }
+  const auto write = [&](const char* flag, const std::optional<std::string>& path, auto&& writer) {
+    if (!path) return;
+    if (const auto ec = writer(*path)) {
+      fmt::print(stderr, "sockbench: cannot write --{} {}: {}\n", flag, *path, ec.message());
+      status = 1;
+    }
+  };
+  write("json", paths.json, [&](const std::string& p) { return results::write_json_file(run, p); });
+  write("csv", paths.csv, [&](const std::string& p) { return results::write_csv_file(run, p); });
+  write("timeseries", paths.timeseries, [&](const std::string& p) {
+    return results::write_file_atomically(p, results::to_timeseries_lines(run));
+  });
+  return status;
+}
+
 }  // namespace sockbench::cli

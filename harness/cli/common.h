@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,5 +31,16 @@ std::string command_line(const std::string& prefix, int argc, const char* const*
 results::RunContext make_context(const std::string& command_line,
                                  const std::vector<int>& server_cpus = {},
                                  const std::vector<int>& client_cpus = {});
+
+// Where a finished run goes besides the console: --json, --csv, --timeseries (each optional).
+struct OutputPaths {
+  std::optional<std::string> json;
+  std::optional<std::string> csv;
+  std::optional<std::string> timeseries;
+};
+
+// Prints the run's table (every cell once: the median when repeated) and writes its files.
+// Returns 1 when a record failed or a file could not be written (said on stderr), else 0.
+int report_run(const results::RunResult& run, int repetitions, const OutputPaths& paths);
 
 }  // namespace sockbench::cli

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "harness/cli/commands.h"
+#include "harness/cli/dist.h"
 #include "harness/cli/options.h"
 #include "scenarios/benchmark.h"
 #include "scenarios/check.h"
@@ -40,6 +41,8 @@ int list_command(int argc, const char* const* argv) {
                fmt::join(scenario.protocols, ", "), scenario.min_message_size,
                scenario.default_message_size, flags);
   }
+  fmt::print("mpirun (sockbench run under mpirun -np N, rank r = shard r/N): MPI {}\n",
+             mpi_summary());
   fmt::print("checks (sockbench check --only CHECK or CHECK/SUBCHECK):\n");
   for (const auto& check : scenarios::checks()) {
     fmt::print("  {:<22} {}\n", check.name, check.description);

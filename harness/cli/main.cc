@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "harness/cli/commands.h"
+#include "harness/cli/dist.h"
 #include "harness/cli/options.h"
 #include "servers/server.h"
 
@@ -16,7 +17,8 @@ namespace {
 using namespace sockbench::cli;
 
 int version_command(int /*argc*/, const char* const* /*argv*/) {
-  fmt::print("sockbench {} (git {})\n", SOCKBENCH_VERSION, SOCKBENCH_GIT_SHA);
+  fmt::print("sockbench {} (git {})\nMPI: {}\n", SOCKBENCH_VERSION, SOCKBENCH_GIT_SHA,
+             mpi_summary());
   return 0;
 }
 
@@ -34,6 +36,7 @@ constexpr Command kCommands[] = {
     {"list", list_command, "list server models, protocols, scenarios and checks"},
     {"compare", compare_command, "compare two result files; exit 1 on a regression"},
     {"export", export_command, "convert a result file for Bencher or github-action-benchmark"},
+    {"merge", merge_command, "merge the result files of a load's shards (--shard I/N) exactly"},
     {"version", version_command, "print the version and git sha (also --version)"},
 };
 

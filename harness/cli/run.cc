@@ -4,25 +4,32 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
+#include <thread>
 
 #include "harness/cli/commands.h"
 #include "harness/cli/common.h"
+#include "harness/cli/dist.h"
 #include "harness/cli/options.h"
 #include "harness/cli/targets.h"
 #include "harness/core/cpus.h"
 #include "harness/core/signals.h"
 #include "results/aggregate.h"
+#include "results/merge.h"
 #include "results/writers.h"
 #include "scenarios/benchmark.h"
+#include "scenarios/steps.h"
 #include "servers/server.h"
 
 namespace sockbench::cli {
@@ -92,6 +99,75 @@ std::string unix_socket_path() {
       .string();
 }
 
+// A server this process did not start (--target): an address, observed only by connecting to it.
+// Used from the run's thread.
+class TargetServer final : public scenarios::ServerHandle {
+ public:
+  explicit TargetServer(Address address) : address_(address) {}
+  Address address() const override { return address_; }
+  std::string name() const override { return "target"; }
+  std::optional<ProcSample> sample() override { return std::nullopt; }
+  // A connect refused or timed out: the target is lost (a probe, reset at once so that it leaves
+  // no TIME_WAIT behind).
+  bool alive(std::string* why) override {
+    auto probe = scenarios::Client::connect(address_, kProbeTimeout);
+    if (probe) {
+      probe->abort();
+      return true;
+    }
+    *why = fmt::format("{} lost: a connect failed with {}", address_.to_string(),
+                       errno_name(probe.error().value()));
+    return false;
+  }
+
+ private:
+  static constexpr std::chrono::milliseconds kProbeTimeout{2000};
+  Address address_;
+};
+
+// The cell's records, filed under its names but without figures, each with `error` (may be "").
+std::vector<results::Record> unmeasured(const Cell& cell, const std::string& server,
+                                        const std::string& error) {
+  auto records = cell.scenario->records(server, cell.params);
+  for (auto& record : records) record.error = error;
+  return records;
+}
+
+// Runs one cell against `server`, or files it empty when this shard has no client in it.
+std::vector<results::Record> run_on(const Cell& cell, scenarios::ServerHandle& server,
+                                    std::stop_token stop) {
+  if (scenarios::idle_shard(cell.params)) {
+    auto records = unmeasured(cell, server.name(), "");
+    for (auto& record : records) {
+      record.warnings.push_back(
+          fmt::format("shard {} has no clients in this cell: {} shards share {}",
+                      cell.params.shard.to_string(), cell.params.shard.count,
+                      cell.params.ramp.empty() ? cell.params.clients : cell.params.ramp.back()));
+    }
+    return records;
+  }
+  fmt::print(stderr, "sockbench: {} against {} at {}: {} clients{}, {:.3g} s\n",
+             cell.scenario->name, server.name(), server.address().to_string(), cell.params.clients,
+             cell.params.shard.sharded()
+                 ? fmt::format(" (shard {}: {})", cell.params.shard.to_string(),
+                               shard_share(cell.params.clients, cell.params.shard))
+                 : "",
+             std::chrono::duration<double>(cell.params.duration).count());
+  return cell.scenario->run(server, cell.params, std::move(stop));
+}
+
+// Runs one cell against --target: nothing to start or stop.
+std::vector<results::Record> run_cell_on_target(const Cell& cell, Address target,
+                                                std::stop_token stop) {
+  TargetServer server(target);
+  std::string why;
+  if (!server.alive(&why)) {
+    fmt::print(stderr, "sockbench: error: --target {}\n", why);
+    return unmeasured(cell, server.name(), "--target " + why);
+  }
+  return run_on(cell, server, std::move(stop));
+}
+
 // Runs one cell: starts its server, runs the scenario, stops the server.
 std::vector<results::Record> run_cell(const Cell& cell, const std::string& listen_host,
                                       bool unix_transport, int backlog,
@@ -111,13 +187,9 @@ std::vector<results::Record> run_cell(const Cell& cell, const std::string& liste
   if (!server) {
     fmt::print(stderr, "sockbench: error: {}\n", error);
     // Filed under the names a run that worked gets, so that compare matches the cell.
-    records = cell.scenario->records(cell.server, cell.params);
-    for (auto& record : records) record.error = error;
+    records = unmeasured(cell, cell.server, error);
   } else {
-    fmt::print(stderr, "sockbench: {} against {} at {}: {} clients, {:.3g} s\n",
-               cell.scenario->name, cell.server, server->address().to_string(), cell.params.clients,
-               std::chrono::duration<double>(cell.params.duration).count());
-    records = cell.scenario->run(*server, cell.params, stop);
+    records = run_on(cell, *server, stop);
     const auto exit = server->stop();
     const bool clean = (exit.exited && exit.code == 0) || (!exit.exited && exit.signal == SIGTERM);
     for (auto& record : records) {
@@ -134,18 +206,6 @@ std::vector<results::Record> run_cell(const Cell& cell, const std::string& liste
   return records;
 }
 
-// What the console shows: every cell once (the median when repeated).
-results::RunResult for_console(const results::RunResult& run, int repetitions) {
-  results::RunResult shown;
-  shown.context = run.context;
-  for (const auto& r : run.records) {
-    const bool show = repetitions > 1 ? (r.run_type == "aggregate" && r.aggregate_name == "median")
-                                      : r.run_type == "iteration";
-    if (show || (repetitions > 1 && !r.error.empty())) shown.records.push_back(r);
-  }
-  return shown;
-}
-
 std::vector<int> int_list(const cxxopts::ParseResult& parsed, const std::string& flag, int64_t min,
                           int64_t max) {
   std::vector<int> values;
@@ -159,6 +219,88 @@ std::vector<std::string> scenario_names() {
   std::vector<std::string> names;
   for (const auto& b : scenarios::benchmarks()) names.push_back(b.name);
   return names;
+}
+
+// How long past a cell's own time the ranks of an MPI job wait for one another.
+constexpr auto kGroupGrace = std::chrono::seconds(60);
+constexpr auto kGroupPoll = std::chrono::milliseconds(10);
+
+// Runs `body` (one cell of this rank) while watching the other ranks: when one says its cell
+// failed, this rank's is stopped (within the engine's stop latency) and its records say which
+// rank failed; when this rank's cell fails, it tells the others.
+std::vector<results::Record> run_in_group(
+    MpiGroup& group, int cell,
+    const std::function<std::vector<results::Record>(std::stop_token)>& body,
+    std::stop_token interrupted) {
+  std::stop_source stop;
+  std::stop_callback forward(interrupted, [&stop] { stop.request_stop(); });
+  std::vector<results::Record> records;
+  std::atomic<bool> done{false};
+  std::optional<int> failed;
+  {
+    std::jthread worker([&] {
+      records = body(stop.get_token());
+      done = true;
+    });
+    // MPI is called from this thread only (MPI_THREAD_FUNNELED).
+    while (!done) {
+      if (!failed && (failed = group.failed_peer(cell))) stop.request_stop();
+      std::this_thread::sleep_for(kGroupPoll);
+    }
+  }
+  const bool failed_here =
+      std::any_of(records.begin(), records.end(), [](const auto& r) { return !r.error.empty(); });
+  for (auto& record : records) {
+    if (failed) {
+      record.error = fmt::format("stopped because rank {} failed{}", *failed,
+                                 record.error.empty() ? "" : " (" + record.error + ")");
+    }
+  }
+  if (failed_here && !failed && !interrupted.stop_requested()) group.tell_failed(cell);
+  return records;
+}
+
+// Rank 0 gathers every rank's result, merges them and reports the whole (with --per-rank, each
+// rank's rows too); the other ranks send theirs and print nothing. Returns the exit status.
+int report_group(MpiGroup& group, results::RunResult run, int repetitions,
+                 const OutputPaths& outputs, bool per_rank, std::chrono::milliseconds timeout) {
+  const bool failed = std::any_of(run.records.begin(), run.records.end(),
+                                  [](const auto& r) { return !r.error.empty(); });
+  auto texts = group.gather(
+      results::to_json(run).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+      timeout);
+  if (group.shard().index != 0) return failed ? 1 : 0;
+  std::vector<results::ShardInput> inputs;
+  std::vector<std::string> missing;
+  for (size_t rank = 0; rank < texts.size(); ++rank) {
+    const std::string label = fmt::format("rank {}", rank);
+    if (!texts[rank]) {
+      missing.push_back(label);
+      continue;
+    }
+    try {
+      inputs.push_back({label, results::from_json(nlohmann::json::parse(*texts[rank]))});
+    } catch (const nlohmann::json::exception& e) {
+      missing.push_back(fmt::format("{} (unreadable: {})", label, e.what()));
+    }
+  }
+  const auto offsets = group.clock_offsets_us();
+  if (!missing.empty()) {
+    // This rank's own figures, said to be only that; the ranks still away are ended with the job.
+    run.context.error = fmt::format("no result from {} within {} s: this file holds rank 0's only",
+                                    fmt::join(missing, ", "), timeout.count() / 1000);
+    fmt::print(stderr, "sockbench: error: {}\n", run.context.error);
+    report_run(run, repetitions, outputs);
+    group.abort(1);
+  }
+  auto merged = results::merge_shards(inputs, {per_rank});
+  if (!merged.error.empty()) {
+    fmt::print(stderr, "sockbench: error: cannot merge the ranks' results: {}\n", merged.error);
+    return 1;
+  }
+  merged.run.context.clock_offsets_us = offsets;
+  const int status = report_run(merged.run, repetitions, outputs);
+  return failed ? 1 : status;
 }
 
 }  // namespace
@@ -209,6 +351,14 @@ int run_command(int argc, const char* const* argv) {
        cxxopts::value<std::string>())
       ("allow-overlap", "run even when --server-cpus and --client-cpus share CPUs (with a "
        "warning)")
+      ("target", "drive the server already listening at HOST:PORT (sockbench serve, or any "
+       "server of the protocol) instead of starting --server", cxxopts::value<std::string>())
+      ("shard", "run share I of N (I from 0) of the load: of the clients, the --rate and every "
+       "--ramp step; needs --target; sockbench merge joins the N result files",
+       cxxopts::value<std::string>())
+      ("mpi", "expect an MPI launch (mpirun -np N sockbench run --target ...; detected without "
+       "it): rank r runs shard r/N and rank 0 writes the merged result")
+      ("per-rank", "under mpirun: rank 0 also writes each rank's own rows")
       ("json", "write Google Benchmark-style JSON here", cxxopts::value<std::string>())
       ("csv", "write CSV here", cxxopts::value<std::string>())
       ("timeseries", "write per-second samples of every cell here as JSON lines",
@@ -222,7 +372,51 @@ int run_command(int argc, const char* const* argv) {
   }
 
   const auto fd_limit = raise_fd_limit();
-  const auto server_names = resolve_models(str(parsed, "server"));
+  const bool under_mpi = parsed.count("mpi") > 0 || launched_by_mpirun();
+  if (under_mpi && !mpi_built()) {
+    throw UsageError(fmt::format("{}: {}", parsed.count("mpi") ? "--mpi" : "mpirun",
+                                 "this sockbench was built without MPI (CMake found no Open MPI: "
+                                 "install openmpi-bin and libopenmpi-dev, then rebuild)"));
+  }
+  if (under_mpi && parsed.count("shard")) {
+    throw UsageError("--shard: under mpirun rank r of N is shard r/N; drop --shard");
+  }
+  if (parsed.count("per-rank") && !under_mpi) {
+    throw UsageError(
+        "--per-rank: applies under mpirun; for --shard files use sockbench merge --per-rank");
+  }
+  std::optional<Address> target;
+  if (parsed.count("target")) {
+    if (parsed.count("server")) {
+      throw UsageError("--target: drives the server at that address; drop --server");
+    }
+    const auto parsed_target = parse_address(str(parsed, "target"));
+    if (!parsed_target.error.empty()) throw UsageError("--target: " + parsed_target.error);
+    target = parsed_target.address;
+  } else if (under_mpi || parsed.count("shard")) {
+    throw UsageError(fmt::format(
+        "{}: the shards drive one server together: start it (sockbench serve --server epoll) and "
+        "give --target HOST:PORT",
+        under_mpi ? "mpirun" : "--shard"));
+  }
+  Shard shard;
+  if (parsed.count("shard")) {
+    std::string why;
+    const auto given = parse_shard(str(parsed, "shard"), &why);
+    if (!given) throw UsageError("--shard: " + why);
+    shard = *given;
+  }
+  // Joined before the flags are checked further: each rank checks its own share, and a rank
+  // that refuses a flag leaves the job (MPI_Finalize) as every other rank does.
+  std::unique_ptr<MpiGroup> mpi;
+  if (under_mpi) {
+    std::string why;
+    mpi = join_mpi(&why);
+    if (!mpi) throw std::runtime_error(why);
+    shard = mpi->shard();
+  }
+  const auto server_names =
+      target ? std::vector<std::string>{"target"} : resolve_models(str(parsed, "server"));
   std::vector<const scenarios::BenchmarkInfo*> scenario_list;
   for (const auto& name : split_list("scenario", str(parsed, "scenario"))) {
     const auto* info = scenarios::find_benchmark(name);
@@ -240,7 +434,21 @@ int run_command(int argc, const char* const* argv) {
   scenarios::BenchParams base;
   // Each connection costs the client one fd; keep headroom for the process's own.
   const auto max_clients = static_cast<int64_t>(fd_limit > 100 ? fd_limit - 100 : 1);
-  const auto clients_list = int_list(parsed, "clients", 1, max_clients);
+  // A shard opens its share of the clients: only that must fit this process's fd limit.
+  const auto within_limit = [&](const char* flag, const std::vector<int>& counts) {
+    for (int count : counts) {
+      if (shard_share(count, shard) > max_clients) {
+        throw UsageError(
+            fmt::format("--{}: {} is out of range [1, {}] for this process's fd limit{}", flag,
+                        count, max_clients,
+                        shard.sharded() ? fmt::format(" (shard {} would open {})",
+                                                      shard.to_string(), shard_share(count, shard))
+                                        : ""));
+      }
+    }
+    return counts;
+  };
+  const auto clients_list = within_limit("clients", int_list(parsed, "clients", 1, INT_MAX));
   base.duration = parse_duration("duration", str(parsed, "duration"), 100ms, 24h);
   base.warmup = parse_duration("warmup", str(parsed, "warmup"), 0ms, 1h);
   const int repetitions =
@@ -273,7 +481,8 @@ int run_command(int argc, const char* const* argv) {
     throw UsageError(fmt::format("--close: expected fin or rst, got '{}'", close));
   }
   base.close = close == "fin" ? scenarios::CloseMode::kFin : scenarios::CloseMode::kRst;
-  if (parsed.count("ramp")) base.ramp = int_list(parsed, "ramp", 1, max_clients);
+  if (parsed.count("ramp")) base.ramp = within_limit("ramp", int_list(parsed, "ramp", 1, INT_MAX));
+  base.shard = shard;
   const auto protocol = str(parsed, "protocol");
   if (protocol != "framed" && protocol != "echo") {
     throw UsageError(fmt::format("--protocol: expected framed or echo, got '{}'", protocol));
@@ -331,11 +540,13 @@ int run_command(int argc, const char* const* argv) {
           "schedule (drop one of the two flags)");
     }
     for (int clients : clients_list) {
-      // The engine's own validation says what is wrong; the CLI names the flag.
+      // The engine's own validation says what is wrong; the CLI names the flag. A shard checks
+      // the share it runs.
       LoadConfig probe;
       probe.target = parse_address("127.0.0.1:1").address;
-      probe.connections = clients;
-      probe.rate = base.rate;
+      probe.connections = static_cast<int>(shard_share(clients, shard));
+      if (probe.connections == 0) continue;
+      probe.rate = shard_rate(base.rate, shard);
       probe.open_loop = true;
       probe.pipeline = base.pipeline;
       probe.warmup = base.warmup;
@@ -346,13 +557,11 @@ int run_command(int argc, const char* const* argv) {
       }
     }
   }
-  std::optional<std::string> json_path;
-  std::optional<std::string> csv_path;
-  std::optional<std::string> timeseries_path;
-  if (parsed.count("json")) check_writable("json", *(json_path = str(parsed, "json")));
-  if (parsed.count("csv")) check_writable("csv", *(csv_path = str(parsed, "csv")));
+  OutputPaths outputs;
+  if (parsed.count("json")) check_writable("json", *(outputs.json = str(parsed, "json")));
+  if (parsed.count("csv")) check_writable("csv", *(outputs.csv = str(parsed, "csv")));
   if (parsed.count("timeseries")) {
-    check_writable("timeseries", *(timeseries_path = str(parsed, "timeseries")));
+    check_writable("timeseries", *(outputs.timeseries = str(parsed, "timeseries")));
   }
 
   std::vector<Cell> cells;
@@ -369,41 +578,43 @@ int run_command(int argc, const char* const* argv) {
 
   results::RunResult run;
   run.context = make_context(command_line("sockbench", argc, argv), server_cpus, client_cpus);
+  if (parsed.count("shard") || mpi) run.context.shard = shard;
   SignalWatcher watcher(
       [](int signo) { fmt::print(stderr, "sockbench: caught signal {}, stopping\n", signo); });
+  // Under mpirun every rank waits for the others before each cell, for at most the cell's time
+  // plus kGroupGrace; a rank that stays away longer stopped the job.
+  const auto group_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
+      base.warmup + base.duration + kGroupGrace);
   std::vector<results::Record> records;
+  int cell_index = 0;
   // Interleaved (A B C A B C ...) so slow drift of the machine spreads over every cell.
   for (int rep = 0; rep < repetitions && !watcher.token().stop_requested(); ++rep) {
     for (const auto& cell : cells) {
       if (watcher.token().stop_requested()) break;
-      for (auto& record : run_cell(cell, host, transport == "unix", backlog, serve_args,
-                                   server_cpus, watcher.token())) {
+      const auto body = [&](std::stop_token stop) {
+        return target ? run_cell_on_target(cell, *target, stop)
+                      : run_cell(cell, host, transport == "unix", backlog, serve_args, server_cpus,
+                                 stop);
+      };
+      std::string why;
+      if (mpi && !mpi->barrier(cell_index, group_timeout, &why)) {
+        fmt::print(stderr, "sockbench: error: {}; ending the MPI job\n", why);
+        mpi->abort(1);
+      }
+      for (auto& record :
+           mpi ? run_in_group(*mpi, cell_index, body, watcher.token()) : body(watcher.token())) {
         record.repetition_index = rep;
         records.push_back(std::move(record));
       }
+      ++cell_index;
     }
   }
   run.records = results::with_aggregates(std::move(records), repetitions);
   if (watcher.token().stop_requested()) run.context.error = "interrupted by signal";
 
-  results::print_table(for_console(run, repetitions), stdout);
-  std::fflush(stdout);
-  int status = 0;
-  for (const auto& record : run.records) {
-    if (!record.error.empty()) status = 1;
-  }
-  const auto write = [&](const char* flag, const std::optional<std::string>& path, auto&& writer) {
-    if (!path) return;
-    if (const auto ec = writer(*path)) {
-      fmt::print(stderr, "sockbench: cannot write --{} {}: {}\n", flag, *path, ec.message());
-      status = 1;
-    }
-  };
-  write("json", json_path, [&](const std::string& p) { return results::write_json_file(run, p); });
-  write("csv", csv_path, [&](const std::string& p) { return results::write_csv_file(run, p); });
-  write("timeseries", timeseries_path, [&](const std::string& p) {
-    return results::write_file_atomically(p, results::to_timeseries_lines(run));
-  });
+  const int status = mpi ? report_group(*mpi, std::move(run), repetitions, outputs,
+                                        parsed.count("per-rank") > 0, group_timeout)
+                         : report_run(run, repetitions, outputs);
   // Interrupted: 128 + the signal (130 for Ctrl-C), as a shell reports a command killed by it, and
   // never 0 (wrk and iperf3 do not exit 0 on SIGINT either), though the files hold what was
   // measured and the console shows it marked "interrupted".
