@@ -19,6 +19,7 @@
 #include "harness/core/net.h"
 #include "harness/core/spawn.h"
 #include "servers/server.h"
+#include "tests/support/cli.h"
 #include "tests/support/servers.h"
 
 namespace sockbench {
@@ -30,29 +31,8 @@ using Clock = std::chrono::steady_clock;
 using test_support::connect_client;
 using test_support::exchange;
 using test_support::read_frame;
+using test_support::serve;
 using test_support::write_to_a_vanished_peer;
-
-// A `sockbench serve` child on 127.0.0.1:<any port>, with its address.
-struct Served {
-  ChildProcess child;
-  Address address;
-};
-
-std::optional<Served> serve(const std::string& model, const std::vector<std::string>& extra = {}) {
-  ChildProcess::Options options;
-  options.argv = {SOCKBENCH_BIN, "serve",   "--server",   model,       "--listen",
-                  "127.0.0.1:0", "--quiet", "--ready-fd", "{ready_fd}"};
-  options.argv.insert(options.argv.end(), extra.begin(), extra.end());
-  auto child = ChildProcess::spawn(options);
-  EXPECT_TRUE(child.ok()) << child.error().message();
-  if (!child) return std::nullopt;
-  auto line = child->read_line(10s);
-  EXPECT_TRUE(line.ok()) << line.error().message();
-  if (!line || !line->starts_with("listening ")) return std::nullopt;
-  const auto parsed = parse_address(line->substr(10));
-  EXPECT_TRUE(parsed.error.empty()) << parsed.error;
-  return Served{std::move(*child), parsed.address};
-}
 
 bool wait_dead(ChildProcess& child, std::chrono::milliseconds limit) {
   const auto deadline = Clock::now() + limit;

@@ -22,7 +22,7 @@ class MpiGroup {
   virtual ~MpiGroup() = default;
   // Rank r of N as shard r/N.
   virtual Shard shard() const = 0;
-  // Rank 0: every rank's clock offset to rank 0 (MPI_Wtime), in us, in rank order, measured by
+  // Rank 0: every rank's wall clock offset to rank 0's, in us, in rank order, measured by
   // ping-pong when the group was joined (the exchange with the smallest round trip of several).
   // Other ranks: empty.
   virtual std::vector<double> clock_offsets_us() const = 0;

@@ -20,12 +20,21 @@ using namespace std::chrono_literals;
 
 enum Tag : int {
   kPing = 1,    // rank 0 -> r: measure the clock offset
-  kPong = 2,    // r -> rank 0: r's MPI_Wtime
+  kPong = 2,    // r -> rank 0: r's wall clock
   kFailed = 3,  // any -> all: my cell (the int sent) failed, stop yours
   kResult = 4,  // r -> rank 0: r's result as JSON text
 };
 
 constexpr int kPingRounds = 8;
+
+// Open MPI's MPI_Wtime counts from each process's own MPI_Init, so it cannot compare processes:
+// the wall clock can (the clock NTP keeps in step across hosts, which the per-second series of
+// the ranks are aligned by), in us.
+double wall_us() {
+  return std::chrono::duration<double, std::micro>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 constexpr auto kPoll = 1ms;
 constexpr auto kClockTimeout = 30s;
 
@@ -70,7 +79,7 @@ class OpenMpiGroup final : public MpiGroup {
         MPI_Request request;
         MPI_Irecv(&unused, 1, MPI_DOUBLE, 0, kPing, MPI_COMM_WORLD, &request);
         if (!wait_until(request, deadline)) return fail(error, "rank 0's clock ping");
-        const double now = MPI_Wtime();
+        const double now = wall_us();
         MPI_Isend(&now, 1, MPI_DOUBLE, 0, kPong, MPI_COMM_WORLD, &request);
         if (!wait_until(request, deadline)) return fail(error, "rank 0 to take a clock reply");
       }
@@ -83,15 +92,15 @@ class OpenMpiGroup final : public MpiGroup {
         MPI_Request requests[2];
         double theirs = 0;
         MPI_Irecv(&theirs, 1, MPI_DOUBLE, peer, kPong, MPI_COMM_WORLD, &requests[1]);
-        const double sent = MPI_Wtime();
+        const double sent = wall_us();
         MPI_Isend(&sent, 1, MPI_DOUBLE, peer, kPing, MPI_COMM_WORLD, &requests[0]);
         if (!wait_until(requests[0], deadline) || !wait_until(requests[1], deadline)) {
           return fail(error, fmt::format("rank {}'s clock reply", peer));
         }
-        const double received = MPI_Wtime();
+        const double received = wall_us();
         if (received - sent < best_rtt) {
           best_rtt = received - sent;
-          offsets_us_[static_cast<size_t>(peer)] = (theirs - (sent + received) / 2) * 1e6;
+          offsets_us_[static_cast<size_t>(peer)] = theirs - (sent + received) / 2;
         }
       }
     }

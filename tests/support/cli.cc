@@ -49,6 +49,22 @@ Outcome run_program(const std::string& binary, const std::string& args,
   return o;
 }
 
+std::optional<Served> serve(const std::string& model, const std::vector<std::string>& extra) {
+  ChildProcess::Options options;
+  options.argv = {SOCKBENCH_BIN, "serve",   "--server",   model,       "--listen",
+                  "127.0.0.1:0", "--quiet", "--ready-fd", "{ready_fd}"};
+  options.argv.insert(options.argv.end(), extra.begin(), extra.end());
+  auto child = ChildProcess::spawn(options);
+  EXPECT_TRUE(child.ok()) << child.error().message();
+  if (!child) return std::nullopt;
+  auto line = child->read_line(std::chrono::seconds(10));
+  EXPECT_TRUE(line.ok()) << line.error().message();
+  if (!line || !line->starts_with("listening ")) return std::nullopt;
+  const auto parsed = parse_address(line->substr(10));
+  EXPECT_TRUE(parsed.error.empty()) << parsed.error;
+  return Served{std::move(*child), parsed.address};
+}
+
 std::vector<pid_t> await_children(pid_t pid, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   std::vector<pid_t> kids;

@@ -7,10 +7,12 @@
 
 #include <chrono>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "harness/core/net.h"
 #include "harness/core/spawn.h"
 
 namespace sockbench::test_support {
@@ -40,6 +42,14 @@ Outcome run_sockbench(const std::string& args, const std::filesystem::path& out,
 // The same with another build of it, e.g. SOCKBENCH_EXTRA_BIN.
 Outcome run_program(const std::string& binary, const std::string& args,
                     const std::filesystem::path& out, const std::filesystem::path& err);
+
+// A `sockbench serve --server MODEL [EXTRA...]` child on 127.0.0.1:<any port>, and its address;
+// nullopt (with a test failure) when it did not start listening within 10 s.
+struct Served {
+  ChildProcess child;
+  Address address;
+};
+std::optional<Served> serve(const std::string& model, const std::vector<std::string>& extra = {});
 
 // The children of `pid` (from /proc) once it has any, polled every 100 ms for up to `timeout`;
 // empty when none appeared.
