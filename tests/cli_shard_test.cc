@@ -234,5 +234,92 @@ TEST_F(ShardCli, ARankThatLosesItsTargetIsNamedAndNothingHangs) {
   EXPECT_THAT(error, HasSubstr("shard 0/2: stopped because rank 1 failed"));
 }
 
+// --- Shards on separate "hosts": network namespaces joined by a bridge.
+
+// A server namespace with a bridge at 10.77.0.1/24 and `clients` client namespaces, each joined to
+// the bridge by a veth pair and holding its own address 10.77.0.11, .12, ...: shards that reach
+// the server from different source addresses, as from different machines. The names carry the
+// test's pid, so that concurrent runs never share one; the destructor removes every namespace
+// (and with it the links), whatever the test did.
+class ShardNamespaces {
+ public:
+  ShardNamespaces(int clients, const std::string& tag) {
+    server_ = fmt::format("sbs-{}-{}-srv", tag, ::getpid());
+    std::string script = fmt::format(
+        "set -e; ip netns add {0}; ip -n {0} link set lo up; "
+        "ip -n {0} link add br0 type bridge; ip -n {0} addr add 10.77.0.1/24 dev br0; "
+        "ip -n {0} link set br0 up; ",
+        server_);
+    for (int i = 0; i < clients; ++i) {
+      clients_.push_back(fmt::format("sbs-{}-{}-c{}", tag, ::getpid(), i));
+      script += fmt::format(
+          "ip netns add {1}; ip -n {1} link set lo up; "
+          "ip -n {0} link add vs{2} type veth peer name vc netns {1}; "
+          "ip -n {0} link set vs{2} master br0; ip -n {0} link set vs{2} up; "
+          "ip -n {1} addr add 10.77.0.{3}/24 dev vc; ip -n {1} link set vc up; ",
+          server_, clients_.back(), i, 11 + i);
+    }
+    ok_ = test_support::shell(script + " >/dev/null 2>&1") == 0;
+  }
+  ~ShardNamespaces() {
+    for (const auto& ns : clients_) test_support::shell("ip netns del " + ns + " 2>/dev/null");
+    test_support::shell("ip netns del " + server_ + " 2>/dev/null");
+  }
+  ShardNamespaces(const ShardNamespaces&) = delete;
+  ShardNamespaces& operator=(const ShardNamespaces&) = delete;
+
+  bool ok() const { return ok_; }
+  const std::string& server() const { return server_; }
+  const std::string& client(int i) const { return clients_[static_cast<size_t>(i)]; }
+
+ private:
+  std::string server_;
+  std::vector<std::string> clients_;
+  bool ok_ = false;
+};
+
+// Why namespaces cannot be made here, or "".
+std::string netns_missing() {
+  if (::geteuid() != 0) return "not root: ip netns needs CAP_SYS_ADMIN";
+  if (test_support::shell("ip netns list >/dev/null 2>&1") != 0) return "ip netns is unavailable";
+  return "";
+}
+
+TEST_F(ShardCli, FourShardsInTheirOwnNamespacesHoldTheWholeCountAgainstOneServer) {
+  if (const auto why = netns_missing(); !why.empty()) GTEST_SKIP() << why;
+  constexpr int kShards = 4;
+  constexpr int kConnections = 2000;
+  ShardNamespaces ns(kShards, "t");
+  ASSERT_TRUE(ns.ok()) << "could not make the namespaces, the bridge and the veth pairs";
+  auto served =
+      test_support::serve("epoll", {}, {"ip", "netns", "exec", ns.server()}, "10.77.0.1:0");
+  ASSERT_TRUE(served);
+  const auto files =
+      run_shards(kShards,
+                 fmt::format("--scenario connections --ramp {} --duration 2s --target {}",
+                             kConnections, served->address.to_string()),
+                 [&](int i) { return "ip netns exec " + ns.client(i) + " "; });
+  // Each shard reached the server from its own address: the only one its namespace has.
+  for (int i = 0; i < kShards; ++i) {
+    EXPECT_EQ(test_support::shell(fmt::format("ip -n {} -4 -o addr show dev vc | grep -q "
+                                              "'inet 10.77.0.{}/24'",
+                                              ns.client(i), 11 + i)),
+              0);
+  }
+  const auto all = (dir_ / "all.json").string();
+  const auto merged = sockbench("merge" + joined(files) + " --per-rank --json " + all);
+  ASSERT_EQ(merged.status, 0) << merged.err << merged.out << test_support::slurp(dir_ / "out-0");
+  const json doc = load(all);
+  const auto& whole = doc["benchmarks"][0];
+  EXPECT_EQ(whole["name"], fmt::format("connections/target/conns:{}", kConnections));
+  EXPECT_EQ(whole["connections_achieved"], kConnections);
+  EXPECT_EQ(whole["errors"], 0);
+  EXPECT_EQ(whole["connections_not_attempted"], 0);
+  for (int i = 1; i <= kShards; ++i) {
+    EXPECT_EQ(doc["benchmarks"][static_cast<size_t>(i)]["connections_achieved"],
+              kConnections / kShards);
+  }
+}
+
 }  // namespace
 }  // namespace sockbench

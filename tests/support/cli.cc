@@ -49,10 +49,13 @@ Outcome run_program(const std::string& binary, const std::string& args,
   return o;
 }
 
-std::optional<Served> serve(const std::string& model, const std::vector<std::string>& extra) {
+std::optional<Served> serve(const std::string& model, const std::vector<std::string>& extra,
+                            const std::vector<std::string>& launcher, const std::string& listen) {
   ChildProcess::Options options;
-  options.argv = {SOCKBENCH_BIN, "serve",   "--server",   model,       "--listen",
-                  "127.0.0.1:0", "--quiet", "--ready-fd", "{ready_fd}"};
+  options.argv = launcher;
+  for (const char* arg : {SOCKBENCH_BIN, "serve", "--server"}) options.argv.push_back(arg);
+  options.argv.insert(options.argv.end(),
+                      {model, "--listen", listen, "--quiet", "--ready-fd", "{ready_fd}"});
   options.argv.insert(options.argv.end(), extra.begin(), extra.end());
   auto child = ChildProcess::spawn(options);
   EXPECT_TRUE(child.ok()) << child.error().message();

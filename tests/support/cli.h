@@ -43,13 +43,16 @@ Outcome run_sockbench(const std::string& args, const std::filesystem::path& out,
 Outcome run_program(const std::string& binary, const std::string& args,
                     const std::filesystem::path& out, const std::filesystem::path& err);
 
-// A `sockbench serve --server MODEL [EXTRA...]` child on 127.0.0.1:<any port>, and its address;
+// A `sockbench serve --server MODEL --listen LISTEN [EXTRA...]` child (run through `launcher`
+// when given, e.g. {"ip", "netns", "exec", NS}: it must exec the server), and its address;
 // nullopt (with a test failure) when it did not start listening within 10 s.
 struct Served {
   ChildProcess child;
   Address address;
 };
-std::optional<Served> serve(const std::string& model, const std::vector<std::string>& extra = {});
+std::optional<Served> serve(const std::string& model, const std::vector<std::string>& extra = {},
+                            const std::vector<std::string>& launcher = {},
+                            const std::string& listen = "127.0.0.1:0");
 
 // The children of `pid` (from /proc) once it has any, polled every 100 ms for up to `timeout`;
 // empty when none appeared.
