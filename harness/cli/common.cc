@@ -117,6 +117,16 @@ results::RunResult for_console(const results::RunResult& run, int repetitions) {
 
 }  // namespace
 
+OutputPaths output_paths(const cxxopts::ParseResult& parsed) {
+  OutputPaths outputs;
+  if (parsed.count("json")) check_writable("json", *(outputs.json = str(parsed, "json")));
+  if (parsed.count("csv")) check_writable("csv", *(outputs.csv = str(parsed, "csv")));
+  if (parsed.count("timeseries")) {
+    check_writable("timeseries", *(outputs.timeseries = str(parsed, "timeseries")));
+  }
+  return outputs;
+}
+
 int report_run(const results::RunResult& run, int repetitions, const OutputPaths& paths) {
   results::print_table(for_console(run, repetitions), stdout);
   std::fflush(stdout);

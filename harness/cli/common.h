@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cxxopts.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -38,6 +39,9 @@ struct OutputPaths {
   std::optional<std::string> csv;
   std::optional<std::string> timeseries;
 };
+
+// The --json, --csv and --timeseries paths given, each checked with check_writable().
+OutputPaths output_paths(const cxxopts::ParseResult& parsed);
 
 // Prints the run's table (every cell once: the median when repeated) and writes its files.
 // Returns 1 when a record failed or a file could not be written (said on stderr), else 0.

@@ -86,15 +86,9 @@ int compare_command(int argc, const char* const* argv) {
       ("files", "BASE.json NEW.json", cxxopts::value<std::vector<std::string>>())
       ("h,help", "show this help");
   // clang-format on
-  options.parse_positional({"files"});
-  options.positional_help("BASE.json NEW.json");
-  const auto parsed = parse_or_throw(options, argc, argv);
-  if (parsed.count("help")) {
-    std::fputs(options.help().c_str(), stdout);
-    return 0;
-  }
-  const auto files = parsed.count("files") ? parsed["files"].as<std::vector<std::string>>()
-                                           : std::vector<std::string>{};
+  const auto given = parse_with_files(options, "files", "BASE.json NEW.json", argc, argv);
+  if (!given) return 0;
+  const auto& [parsed, files] = *given;
   if (files.size() != 2) {
     throw UsageError(
         fmt::format("compare: expected BASE.json NEW.json, got {} file(s)", files.size()));
@@ -179,13 +173,9 @@ int export_command(int argc, const char* const* argv) {
       ("file", "result JSON", cxxopts::value<std::vector<std::string>>())
       ("h,help", "show this help");
   // clang-format on
-  options.parse_positional({"file"});
-  options.positional_help("FILE.json");
-  const auto parsed = parse_or_throw(options, argc, argv);
-  if (parsed.count("help")) {
-    std::fputs(options.help().c_str(), stdout);
-    return 0;
-  }
+  const auto given = parse_with_files(options, "file", "FILE.json", argc, argv);
+  if (!given) return 0;
+  const auto& [parsed, files] = *given;
   if (!parsed.count("format"))
     throw UsageError("--format: required (bencher, gab-bigger, gab-smaller or spectrum)");
   const auto format = str(parsed, "format");
@@ -194,8 +184,6 @@ int export_command(int argc, const char* const* argv) {
     throw UsageError(fmt::format(
         "--format: expected bencher, gab-bigger, gab-smaller or spectrum, got '{}'", format));
   }
-  const auto files = parsed.count("file") ? parsed["file"].as<std::vector<std::string>>()
-                                          : std::vector<std::string>{};
   if (files.size() != 1) throw UsageError("export: expected exactly one FILE.json");
   results::RunResult run;
   try {

@@ -4,8 +4,6 @@
 
 #include <fmt/format.h>
 
-#include <cstdio>
-
 #include "harness/cli/commands.h"
 #include "harness/cli/common.h"
 #include "harness/cli/options.h"
@@ -26,22 +24,11 @@ int merge_command(int argc, const char* const* argv) {
       ("files", "SHARD.json ...", cxxopts::value<std::vector<std::string>>())
       ("h,help", "show this help");
   // clang-format on
-  options.parse_positional({"files"});
-  options.positional_help("SHARD0.json SHARD1.json ...");
-  const auto parsed = parse_or_throw(options, argc, argv);
-  if (parsed.count("help")) {
-    std::fputs(options.help().c_str(), stdout);
-    return 0;
-  }
-  const auto files = parsed.count("files") ? parsed["files"].as<std::vector<std::string>>()
-                                           : std::vector<std::string>{};
+  const auto given = parse_with_files(options, "files", "SHARD0.json SHARD1.json ...", argc, argv);
+  if (!given) return 0;
+  const auto& [parsed, files] = *given;
   if (files.empty()) throw UsageError("merge: expected the shards' result files");
-  OutputPaths outputs;
-  if (parsed.count("json")) check_writable("json", *(outputs.json = str(parsed, "json")));
-  if (parsed.count("csv")) check_writable("csv", *(outputs.csv = str(parsed, "csv")));
-  if (parsed.count("timeseries")) {
-    check_writable("timeseries", *(outputs.timeseries = str(parsed, "timeseries")));
-  }
+  const OutputPaths outputs = output_paths(parsed);
 
   std::vector<results::ShardInput> inputs;
   for (const auto& file : files) {

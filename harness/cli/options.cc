@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 
 namespace sockbench::cli {
 
@@ -17,6 +18,21 @@ cxxopts::ParseResult parse_or_throw(cxxopts::Options& options, int argc, const c
   } catch (const cxxopts::exceptions::exception& e) {
     throw UsageError(e.what());
   }
+}
+
+std::optional<ParsedWithFiles> parse_with_files(cxxopts::Options& options, const std::string& name,
+                                                const std::string& usage, int argc,
+                                                const char* const* argv) {
+  options.parse_positional({name});
+  options.positional_help(usage);
+  auto parsed = parse_or_throw(options, argc, argv);
+  if (parsed.count("help")) {
+    std::fputs(options.help().c_str(), stdout);
+    return std::nullopt;
+  }
+  auto files =
+      parsed.count(name) ? parsed[name].as<std::vector<std::string>>() : std::vector<std::string>{};
+  return ParsedWithFiles{std::move(parsed), std::move(files)};
 }
 
 int64_t parse_int(const std::string& flag, const std::string& text, int64_t min, int64_t max) {

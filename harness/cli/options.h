@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cxxopts.hpp>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -20,6 +21,17 @@ inline constexpr int kExitUsage = 2;
 
 // Parses argv with cxxopts, turning its exceptions into UsageError; rejects stray positionals.
 cxxopts::ParseResult parse_or_throw(cxxopts::Options& options, int argc, const char* const* argv);
+
+// A command that takes files as its free arguments: `name` (a std::vector<std::string> option
+// already added) receives them, shown as `usage` in the help. nullopt when --help was given
+// (the help is printed); else the parse and the files (empty when none).
+struct ParsedWithFiles {
+  cxxopts::ParseResult parsed;
+  std::vector<std::string> files;
+};
+std::optional<ParsedWithFiles> parse_with_files(cxxopts::Options& options, const std::string& name,
+                                                const std::string& usage, int argc,
+                                                const char* const* argv);
 
 // "--flag: expected ..., got 'x'" on failure.
 int64_t parse_int(const std::string& flag, const std::string& text, int64_t min, int64_t max);

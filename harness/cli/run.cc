@@ -557,12 +557,7 @@ int run_command(int argc, const char* const* argv) {
       }
     }
   }
-  OutputPaths outputs;
-  if (parsed.count("json")) check_writable("json", *(outputs.json = str(parsed, "json")));
-  if (parsed.count("csv")) check_writable("csv", *(outputs.csv = str(parsed, "csv")));
-  if (parsed.count("timeseries")) {
-    check_writable("timeseries", *(outputs.timeseries = str(parsed, "timeseries")));
-  }
+  const OutputPaths outputs = output_paths(parsed);
 
   std::vector<Cell> cells;
   for (const auto* scenario : scenario_list) {
