@@ -44,8 +44,9 @@ Combine combine_of(const std::string& name, const Record& record) {
       return Combine::kRecomputed;
     }
   }
+  // The server is one for all shards: what each shard observed of it is not added up.
   if (ends_with(name, "_us") || ends_with(name, "_percent") || ends_with(name, "_kb") ||
-      name.starts_with("server_")) {
+      name.starts_with("server_") || ends_with(name, "_server")) {
     return Combine::kLargest;
   }
   return Combine::kSum;

@@ -35,7 +35,8 @@ struct MergeOutcome {
 //   iterations, errors by errno, and every count and rate metric: the sum over shards;
 //   latency: the shards' histograms merged; "<latency_prefix>pNN_us" and "..max_us"
 //     recomputed from it;
-//   any other latency (_us), percentage (_percent), size (_kb) or server_ metric: the largest
+//   any other latency (_us), percentage (_percent), size (_kb) or server metric (server_...,
+//     ..._server: the one server, observed by every shard): the largest
 //     shard's value, with a warning that says so (the files carry no histogram for them);
 //   real_time: wall time per iteration of the whole (the longest shard window over all
 //     iterations), or for connections (mean connect latency) the iteration-weighted mean;

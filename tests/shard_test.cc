@@ -110,6 +110,8 @@ results::RunResult shard_result(int index, const std::vector<uint64_t>& samples,
   scenarios::set_latency_metrics(r, "", h, {50, 90, 99, 99.9}, /*max=*/true);
   scenarios::set_latency_metrics(r, "connect_", h, {50});
   r.set("connections_achieved", 2);
+  r.set("server_rss_kb", 1000 + index);  // the one server, seen by every shard
+  r.set("time_wait_server", 10 + index);
   r.set("errors", index == 1 ? 3 : 0);
   r.errors = {{"ECONNRESET", index == 1 ? 3u : 0u}};
   r.latency = h;
@@ -168,7 +170,10 @@ TEST(MergeShards, BucketsAndPercentilesEqualAHistogramOfAllRawSamples) {
   EXPECT_EQ(r.metric("connections_achieved"), 2.0 * kShards);
   EXPECT_EQ(r.metric("errors"), 3.0);
   EXPECT_EQ(r.errors.at("ECONNRESET"), 3u);
-  EXPECT_THAT(r.warnings.back(), HasSubstr("connect_p50_us are the largest shard's values"));
+  EXPECT_EQ(r.metric("server_rss_kb"), 1003);  // not added up: one server
+  EXPECT_EQ(r.metric("time_wait_server"), 13);
+  EXPECT_THAT(r.warnings.back(),
+              HasSubstr("connect_p50_us, server_rss_kb, time_wait_server are the largest shard's"));
   EXPECT_DOUBLE_EQ(r.real_time * static_cast<double>(r.iterations) / 1e6, 2.0);
   // Per-second series aligned by second: rates and errors summed.
   ASSERT_EQ(r.timeseries.size(), 2u);

@@ -414,6 +414,13 @@ int run_command(int argc, const char* const* argv) {
     mpi = join_mpi(&why);
     if (!mpi) throw std::runtime_error(why);
     shard = mpi->shard();
+    if (shard.index == 0) {
+      std::vector<std::string> offsets;
+      for (double us : mpi->clock_offsets_us()) offsets.push_back(fmt::format("{:+.1f}", us));
+      fmt::print(stderr,
+                 "sockbench: MPI job of {} ranks ({}); wall-clock offsets to rank 0: {} us\n",
+                 shard.count, mpi_summary(), fmt::join(offsets, ", "));
+    }
   }
   const auto server_names =
       target ? std::vector<std::string>{"target"} : resolve_models(str(parsed, "server"));
