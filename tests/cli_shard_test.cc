@@ -14,6 +14,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "harness/core/histogram.h"
@@ -171,6 +172,23 @@ std::string mpirun(int ranks, const std::string& program) {
       "timeout -k 5 120 {} --oversubscribe --allow-run-as-root -x ASAN_OPTIONS -x LSAN_OPTIONS "
       "-np {} {}",
       SOCKBENCH_SOURCE_DIR, SOCKBENCH_MPIRUN, ranks, program);
+}
+
+// A build without MPI says so where MPI is asked for, rather than running every rank as the
+// whole load.
+TEST_F(ShardCli, WithoutMpiTheMpiPathsSayBuiltWithoutMpi) {
+  if (SOCKBENCH_WITH_MPI) GTEST_SKIP() << "this build has MPI (tested by the mpirun tests)";
+  const std::pair<std::string, std::string> launches[] = {
+      {"", "run --mpi --target 127.0.0.1:9"},
+      {"OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_RANK=0 ", "run --target 127.0.0.1:9"},
+  };
+  for (const auto& [env, args] : launches) {
+    const auto o = program(env + test_support::sockbench_path(), args);
+    EXPECT_EQ(o.status, 2) << env << args;
+    EXPECT_THAT(o.err, HasSubstr("built without MPI")) << env << args;
+    EXPECT_TRUE(o.out.empty()) << env << args;
+  }
+  EXPECT_THAT(sockbench("list").out, HasSubstr("MPI absent (built without MPI)"));
 }
 
 TEST_F(ShardCli, FourMpiRanksHoldTheOpenLoopRateAndMergeExactly) {
