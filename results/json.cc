@@ -61,6 +61,7 @@ constexpr std::string_view kReservedKeys[] = {"name",
                                               "errors_by_errno",
                                               "warnings",
                                               "latency_histogram",
+                                              "metric_histograms",
                                               "sockbench_metrics",
                                               "verdict",
                                               "evidence",
@@ -242,6 +243,13 @@ ojson record_json(const Record& r, Indices ix) {
     e["timeseries"] = std::move(series);
   }
   if (r.latency) e["latency_histogram"] = histogram_json(*r.latency, r.latency_prefix);
+  // The other families; the one latency_histogram holds is not written twice.
+  ojson families = ojson::object();
+  for (const auto& [prefix, h] : r.histograms) {
+    if (!(r.latency && prefix == r.latency_prefix))
+      families[utf8(prefix)] = histogram_json(h, prefix);
+  }
+  if (!families.empty()) e["metric_histograms"] = std::move(families);
   return e;
 }
 
@@ -277,6 +285,12 @@ Record record_from_json(const json& e) {
   if (e.contains("latency_histogram")) {
     r.latency = histogram_from_json(e.at("latency_histogram"));
     r.latency_prefix = e.at("latency_histogram").value("metric_prefix", std::string());
+    r.histograms[r.latency_prefix] = *r.latency;
+  }
+  if (e.contains("metric_histograms")) {
+    for (const auto& [prefix, h] : e.at("metric_histograms").items()) {
+      r.histograms[prefix] = histogram_from_json(h);
+    }
   }
   r.verdict = e.value("verdict", std::string());
   r.evidence = e.value("evidence", std::string());
@@ -381,26 +395,29 @@ std::string to_timeseries_lines(const RunResult& run) {
 
 std::error_code write_json_file(const RunResult& run, const std::string& path) {
   ojson doc = to_ordered_json(run);
-  // Indented like Google Benchmark's output, except that each histogram stays on one line rather
-  // than four lines per bucket: it is swapped for a placeholder, dumped compactly, put back. The
-  // placeholder follows an unescaped `"latency_histogram": "`, which no string value can hold.
-  std::vector<std::string> histograms;
+  // Indented like Google Benchmark's output, except that histograms stay on one line each rather
+  // than four lines per bucket: each is swapped for a placeholder, dumped compactly, put back. The
+  // placeholder follows an unescaped `"latency_histogram": "` (or `"metric_histograms": "`),
+  // which no string value can hold.
+  std::vector<std::pair<std::string, std::string>> compact;  // key, compact value
   for (ojson& e : doc["benchmarks"]) {
-    if (!e.contains("latency_histogram")) continue;
-    histograms.push_back(e["latency_histogram"].dump());
-    e["latency_histogram"] = fmt::format("sockbench-histogram-{}", histograms.size() - 1);
+    for (const char* key : {"latency_histogram", "metric_histograms"}) {
+      if (!e.contains(key)) continue;
+      compact.emplace_back(key, e[key].dump());
+      e[key] = fmt::format("sockbench-histogram-{}", compact.size() - 1);
+    }
   }
   // to_ordered_json already replaced invalid UTF-8; replace again rather than ever throw here.
   std::string text = doc.dump(2, ' ', false, ojson::error_handler_t::replace);
   size_t from = 0;
-  for (size_t i = 0; i < histograms.size(); ++i) {
-    const std::string placeholder =
-        fmt::format("\"latency_histogram\": \"sockbench-histogram-{}\"", i);
+  for (size_t i = 0; i < compact.size(); ++i) {
+    const auto& [key, value] = compact[i];
+    const std::string placeholder = fmt::format("\"{}\": \"sockbench-histogram-{}\"", key, i);
     const size_t at = text.find(placeholder, from);
     if (at == std::string::npos) continue;  // cannot happen; the placeholder stays valid JSON
-    const std::string value = "\"latency_histogram\": " + histograms[i];
-    text.replace(at, placeholder.size(), value);
-    from = at + value.size();
+    const std::string replacement = fmt::format("\"{}\": {}", key, value);
+    text.replace(at, placeholder.size(), replacement);
+    from = at + replacement.size();
   }
   text += '\n';
   return write_file_atomically(path, text);

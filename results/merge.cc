@@ -38,12 +38,20 @@ std::optional<double> percentile_of(std::string_view name, std::string_view pref
   return q;
 }
 
-Combine combine_of(const std::string& name, const Record& record) {
-  if (record.latency) {
-    if (name == record.latency_prefix + "max_us" || percentile_of(name, record.latency_prefix)) {
-      return Combine::kRecomputed;
-    }
+// The histogram family `name` is a percentile or max of ("connect_p99_us": "connect_"), if the
+// record has that family's histogram.
+const Histogram* family_of(const std::string& name, const Record& record,
+                           std::optional<double>* percentile) {
+  for (const auto& [prefix, histogram] : record.histograms) {
+    *percentile = percentile_of(name, prefix);
+    if (*percentile || name == prefix + "max_us") return &histogram;
   }
+  return nullptr;
+}
+
+Combine combine_of(const std::string& name, const Record& record) {
+  std::optional<double> percentile;
+  if (family_of(name, record, &percentile)) return Combine::kRecomputed;
   // The server is one for all shards: what each shard observed of it is not added up.
   if (ends_with(name, "_us") || ends_with(name, "_percent") || ends_with(name, "_kb") ||
       name.starts_with("server_") || ends_with(name, "_server")) {
@@ -98,6 +106,7 @@ Record merge_records(const std::vector<const Record*>& parts, int count) {
       out.latency->merge(*r.latency);
     }
     if (out.latency_prefix.empty()) out.latency_prefix = r.latency_prefix;
+    for (const auto& [prefix, histogram] : r.histograms) out.histograms[prefix].merge(histogram);
     for (size_t t = 0; t < r.timeseries.size(); ++t) {
       if (out.timeseries.size() <= t) out.timeseries.emplace_back();
       TimePoint& point = out.timeseries[t];
@@ -123,8 +132,9 @@ Record merge_records(const std::vector<const Record*>& parts, int count) {
       const Combine how = combine_of(m.name, out);
       double value = how == Combine::kLargest ? -INFINITY : 0;
       if (how == Combine::kRecomputed) {
-        const auto q = percentile_of(m.name, out.latency_prefix);
-        value = static_cast<double>(q ? out.latency->percentile(*q) : out.latency->max()) / 1e3;
+        std::optional<double> q;
+        const Histogram* merged = family_of(m.name, out, &q);
+        value = static_cast<double>(q ? merged->percentile(*q) : merged->max()) / 1e3;
       } else {
         for (const Record* other : parts) {
           const auto v = other->metric(m.name);

@@ -33,8 +33,8 @@ struct MergeOutcome {
 // same order). The merged context is shard 0's, without a shard, with merged_shards = N and the
 // run errors of the shards named by shard. A merged record:
 //   iterations, errors by errno, and every count and rate metric: the sum over shards;
-//   latency: the shards' histograms merged; "<latency_prefix>pNN_us" and "..max_us"
-//     recomputed from it;
+//   latency and every histogram family (Record::histograms): the shards' histograms merged
+//     bucket by bucket; "<prefix>pNN_us" and "<prefix>max_us" recomputed from them;
 //   any other latency (_us), percentage (_percent), size (_kb) or server metric (server_...,
 //     ..._server: the one server, observed by every shard): the largest
 //     shard's value, with a warning that says so (the files carry no histogram for them);

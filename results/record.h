@@ -43,9 +43,12 @@ struct Record {
   std::vector<std::string> warnings;       // shown under the table, kept in JSON
   std::optional<Histogram> latency;        // request latency (ns), when the scenario has one
   // The metrics `latency` stands for: "<latency_prefix>p50_us" ... "<latency_prefix>max_us"
-  // ("" for rr and crr, "trickle_" for connections). A merge recomputes them from the merged
-  // histogram.
+  // ("" for rr and crr, "trickle_" for connections).
   std::string latency_prefix;
+  // Every latency metric family by its prefix ("", "connect_", "service_"...): the histogram its
+  // "<prefix>pNN_us" and "<prefix>max_us" metrics were computed from (`latency` among them), so
+  // that a merge of shards recomputes each from the merged histogram.
+  std::map<std::string, Histogram> histograms;
   std::string error;  // non-empty: this cell failed, metrics may be partial
   // With `error`: the run was stopped (Ctrl-C) part-way through the measured window, and the
   // metrics are figures for the part measured, worth showing as such.

@@ -34,6 +34,7 @@ void set_latency_metrics(results::Record& record, std::string_view prefix, const
     record.set(fmt::format("{}p{}_us", prefix, digits), us(latency.percentile(p)));
   }
   if (max) record.set(fmt::format("{}max_us", prefix), us(latency.max()));
+  record.histograms[std::string(prefix)] = latency;
 }
 
 void set_server_metrics(results::Record& record, const WindowSamples& samples,

@@ -52,7 +52,8 @@ void fill_engine_config(Config& config, const BenchParams& params, const ServerH
 double set_iterations(results::Record& record, uint64_t count, double measured_seconds);
 
 // Metrics "<prefix>p50_us", "<prefix>p90_us", "<prefix>p99_us", "<prefix>p999_us" of `latency`
-// for the given percentiles (in that order), then, with `max`, "<prefix>max_us".
+// for the given percentiles (in that order), then, with `max`, "<prefix>max_us"; keeps `latency`
+// as record.histograms[prefix].
 void set_latency_metrics(results::Record& record, std::string_view prefix, const Histogram& latency,
                          std::initializer_list<double> percentiles, bool max = false);
 

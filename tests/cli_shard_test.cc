@@ -214,18 +214,24 @@ TEST_F(ShardCli, FourMpiRanksHoldTheOpenLoopRateAndMergeExactly) {
   EXPECT_EQ(b[0]["errors"], 0);
   EXPECT_EQ(b[0]["connections_achieved"], 40);
   Histogram sum;
+  Histogram connect_sum;  // every latency family travels and merges, not only the requests'
   uint64_t iterations = 0;
   for (size_t rank = 1; rank <= 4; ++rank) {
     EXPECT_EQ(b[rank]["name"],
               fmt::format("rr/target/clients:40/msg:64/rate:20000/shard:{}", rank - 1));
     EXPECT_NEAR(b[rank]["intended_rate"].get<double>(), 5000, 1e-9);
     sum.merge(*records[rank].latency);
+    connect_sum.merge(records[rank].histograms.at("connect_"));
     iterations += records[rank].iterations;
   }
   EXPECT_EQ(records[0].latency->serialize().buckets, sum.serialize().buckets);
   EXPECT_EQ(records[0].iterations, iterations);
   EXPECT_EQ(b[0]["p99_us"].get<double>(), static_cast<double>(sum.percentile(99)) / 1e3);
   EXPECT_EQ(b[0]["p999_us"].get<double>(), static_cast<double>(sum.percentile(99.9)) / 1e3);
+  EXPECT_EQ(records[0].histograms.at("connect_").serialize().buckets,
+            connect_sum.serialize().buckets);
+  EXPECT_EQ(b[0]["connect_p99_us"].get<double>(),
+            static_cast<double>(connect_sum.percentile(99)) / 1e3);
 }
 
 TEST_F(ShardCli, ARankThatLosesItsTargetIsNamedAndNothingHangs) {

@@ -172,8 +172,12 @@ TEST(MergeShards, BucketsAndPercentilesEqualAHistogramOfAllRawSamples) {
   EXPECT_EQ(r.errors.at("ECONNRESET"), 3u);
   EXPECT_EQ(r.metric("server_rss_kb"), 1003);  // not added up: one server
   EXPECT_EQ(r.metric("time_wait_server"), 13);
-  EXPECT_THAT(r.warnings.back(),
-              HasSubstr("connect_p50_us, server_rss_kb, time_wait_server are the largest shard's"));
+  // Every latency family whose histogram travels is exact too: connect_ here.
+  EXPECT_EQ(r.metric("connect_p50_us"), static_cast<double>(whole.percentile(50)) / 1e3);
+  EXPECT_EQ(r.histograms.at("connect_").serialize().buckets, want.buckets);
+  EXPECT_THAT(
+      r.warnings.back(),
+      HasSubstr("merged 4 shards: server_rss_kb, time_wait_server are the largest shard's"));
   EXPECT_DOUBLE_EQ(r.real_time * static_cast<double>(r.iterations) / 1e6, 2.0);
   // Per-second series aligned by second: rates and errors summed.
   ASSERT_EQ(r.timeseries.size(), 2u);
@@ -209,6 +213,7 @@ TEST(MergeShards, AZeroClientShardAddsNothing) {
   results::RunResult idle = s.inputs[0].run;  // shard 2
   idle.records[0].metrics.clear();
   idle.records[0].latency.reset();
+  idle.records[0].histograms.clear();
   idle.records[0].iterations = 0;
   idle.records[0].real_time = 0;
   idle.records[0].timeseries.clear();
