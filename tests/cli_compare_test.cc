@@ -352,6 +352,15 @@ TEST_F(CompareMicro, ReadsEveryRepetitionAndSkipsAggregatesAndTheFit) {
   EXPECT_NE(again.out.find("in 9 compared metrics"), std::string::npos) << again.out;
   EXPECT_EQ(again.out.find("MISSING"), std::string::npos) << again.out;
 
+  // Bencher reads the same measurement: median, min and max of the five repetitions.
+  const auto bencher = sockbench("export --format bencher " + base);
+  ASSERT_EQ(bencher.status, 0) << bencher.err;
+  const auto exported = nlohmann::json::parse(bencher.out);
+  EXPECT_EQ(exported.size(), 4u) << bencher.out;  // the four cells, no aggregate, no fit
+  EXPECT_TRUE(exported["BM_HistogramRecord"].contains("real_time_ns")) << bencher.out;
+  EXPECT_TRUE(exported["BM_HistogramRecord"].contains("cpu_time_ns")) << bencher.out;
+  EXPECT_TRUE(exported["BM_FrameEncode/16"].contains("bytes_per_second")) << bencher.out;
+
   // Twice the time per value is a regression of that cell, in both of its times.
   const auto slow = sockbench("compare " + base + " " + scaled(base, 2.0));
   EXPECT_EQ(slow.status, 1) << slow.out;
