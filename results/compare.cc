@@ -123,8 +123,22 @@ const std::vector<MetricDirection>& compared_metrics() {
       {"p999_us", false},
       {"server_cpu_us_per_request", false},
       {"server_rss_kb", false},
+      // Google Benchmark's own files (judged_values).
+      {"real_time_ns", false},
+      {"cpu_time_ns", false},
   };
   return metrics;
+}
+
+std::vector<Metric> judged_values(const Record& record) {
+  std::vector<Metric> values = record.metrics;
+  // sockbench's own records say what real_time and cpu_time are per request in their metrics.
+  if (!record.scenario.empty()) return values;
+  const std::string& unit = record.time_unit;
+  const double ns = unit == "s" ? 1e9 : unit == "ms" ? 1e6 : unit == "us" ? 1e3 : 1.0;
+  values.push_back({"real_time_ns", record.real_time * ns});
+  values.push_back({"cpu_time_ns", record.cpu_time * ns});
+  return values;
 }
 
 size_t CompareReport::lost_cells() const {
@@ -152,7 +166,7 @@ CompareReport compare_runs(const RunResult& base, const RunResult& next,
         if (!has_cell(failed, record.name)) failed.push_back({record.name, record.error});
         continue;
       }
-      for (const auto& m : record.metrics) {
+      for (const auto& m : judged_values(record)) {
         if (std::isfinite(m.value)) samples[m.name].push_back(m.value);
       }
     }

@@ -62,6 +62,11 @@ struct MetricDirection {
 };
 const std::vector<MetricDirection>& compared_metrics();
 
+// The values of one record that compare judges and export writes: its metrics and, for a record
+// Google Benchmark wrote itself (no scenario, e.g. sockbench_micro's), its real_time and cpu_time
+// in ns as real_time_ns and cpu_time_ns -- that file's measurement, the one compare.py compares.
+std::vector<Metric> judged_values(const Record& record);
+
 // Matches cells by name; the samples of a cell are its repetitions (failed ones excluded). A cell
 // with a failed repetition in BASE is skipped entirely.
 CompareReport compare_runs(const RunResult& base, const RunResult& next,

@@ -79,7 +79,7 @@ std::string to_export(const RunResult& run, ExportFormat format) {
   for (const auto& r : run.records) {
     if (!r.error.empty() || r.run_type == "aggregate") continue;
     if (!samples.count(r.name)) order.push_back(r.name);
-    for (const auto& m : r.metrics) {
+    for (const auto& m : judged_values(r)) {
       if (std::isfinite(m.value)) samples[r.name][m.name].push_back(m.value);
     }
   }

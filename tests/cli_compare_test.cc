@@ -1,12 +1,14 @@
 // `sockbench compare` and `sockbench export` as CI calls them: exit codes, output, formats, and
 // real runs: the same build twice is not a regression, a server slowed on purpose is.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <string>
 
@@ -270,6 +272,130 @@ TEST_F(CompareCli, SameBuildTwiceIsNotFlaggedASlowedServerIs) {
   EXPECT_NE(slowed.out.find("requests_per_second (+)"), std::string::npos) << slowed.out;
   EXPECT_NE(slowed.out.find("p50_us (-)"), std::string::npos)
       << slowed.out << sockbench("compare --all " + a + " " + (dir_ / "slow.json").string()).out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// sockbench_micro's own Google Benchmark JSON, as ci/regress gates it: repetitions, the
+// mean/median/stddev/cv aggregates and a complexity fit's BigO and RMS rows in the file.
+
+class CompareMicro : public test_support::ScratchDirTest {
+ protected:
+  CompareMicro() : ScratchDirTest("sockbench-compare-micro") {}
+
+  // Five repetitions of a few fast benchmarks, two of them one complexity family (so the file
+  // has BigO and RMS rows); the path of the JSON.
+  std::string micro_json(const std::string& name) {
+    const auto path = (dir_ / name).string();
+    const auto r = program(SOCKBENCH_MICRO_BIN,
+                           "--benchmark_filter='BM_HistogramRecord|BM_FrameEncode/16$|"
+                           "BM_ReadinessWakeup/epoll/(16|32)$' --benchmark_min_time=0.01 "
+                           "--benchmark_repetitions=5 --benchmark_out_format=json "
+                           "--benchmark_out=" +
+                               path);
+    EXPECT_EQ(r.status, 0) << r.err;
+    return path;
+  }
+
+  // `path` with real_time and cpu_time of every BM_HistogramRecord repetition times `factor`.
+  std::string scaled(const std::string& path, double factor) {
+    auto doc = nlohmann::json::parse(slurp(path));
+    for (auto& b : doc["benchmarks"]) {
+      if (b["run_name"] != "BM_HistogramRecord" || b["run_type"] != "iteration") continue;
+      b["real_time"] = b["real_time"].get<double>() * factor;
+      b["cpu_time"] = b["cpu_time"].get<double>() * factor;
+    }
+    const auto out = (dir_ / "scaled.json").string();
+    std::ofstream(out) << doc.dump(2);
+    return out;
+  }
+};
+
+const char* const kMicroCells[] = {"BM_HistogramRecord", "BM_FrameEncode/16",
+                                   "BM_ReadinessWakeup/epoll/16", "BM_ReadinessWakeup/epoll/32"};
+
+TEST_F(CompareMicro, ReadsEveryRepetitionAndSkipsAggregatesAndTheFit) {
+  const auto base = micro_json("base.json");
+  const auto doc = nlohmann::json::parse(slurp(base));
+  std::set<std::string> aggregates;
+  for (const auto& b : doc["benchmarks"]) {
+    if (b["run_type"] == "aggregate") aggregates.insert(b["aggregate_name"].get<std::string>());
+  }
+  // What the file holds besides the repetitions: compare must read past all of it.
+  EXPECT_EQ(aggregates, (std::set<std::string>{"mean", "median", "stddev", "cv", "BigO", "RMS"}));
+
+  const auto o = sockbench("compare --all " + base + " " + base);
+  EXPECT_EQ(o.status, 0) << o.out << o.err;
+  for (const char* cell : kMicroCells) {
+    // Google Benchmark's measurement, in ns, over all five repetitions.
+    for (const std::string metric : {"real_time_ns (-)", "cpu_time_ns (-)"}) {
+      EXPECT_NE(o.out.find(std::string(cell) + " "), std::string::npos) << cell << "\n" << o.out;
+      EXPECT_NE(o.out.find(metric), std::string::npos) << o.out;
+    }
+  }
+  EXPECT_NE(o.out.find("bytes_per_second (+)"), std::string::npos) << o.out;
+  // 4 cells x (real, cpu) + the frame's bytes/s; the aggregates and the fit are not cells.
+  EXPECT_NE(o.out.find("OK: 0 regression(s) in 9 compared metrics"), std::string::npos) << o.out;
+  size_t five_against_five = 0;
+  for (size_t at = o.out.find(" 5/5 "); at != std::string::npos; at = o.out.find(" 5/5 ", at + 1)) {
+    ++five_against_five;
+  }
+  EXPECT_EQ(five_against_five, 9u) << o.out;  // every repetition read, on both sides
+  for (const char* row : {"_BigO", "_RMS", "_mean", "_median", "_stddev", "_cv", "new cell",
+                          "MISSING", "weak verdict"}) {
+    EXPECT_EQ(o.out.find(row), std::string::npos) << row << "\n" << o.out;
+  }
+
+  // A second real run reads the same way: the same cells, none missing or new.
+  const auto next = micro_json("new.json");
+  const auto again = sockbench("compare " + base + " " + next);
+  EXPECT_TRUE(again.status == 0 || again.status == 1) << again.out << again.err;
+  EXPECT_NE(again.out.find("in 9 compared metrics"), std::string::npos) << again.out;
+  EXPECT_EQ(again.out.find("MISSING"), std::string::npos) << again.out;
+
+  // Bencher reads the same measurement: median, min and max of the five repetitions.
+  const auto bencher = sockbench("export --format bencher " + base);
+  ASSERT_EQ(bencher.status, 0) << bencher.err;
+  const auto exported = nlohmann::json::parse(bencher.out);
+  EXPECT_EQ(exported.size(), 4u) << bencher.out;  // the four cells, no aggregate, no fit
+  EXPECT_TRUE(exported["BM_HistogramRecord"].contains("real_time_ns")) << bencher.out;
+  EXPECT_TRUE(exported["BM_HistogramRecord"].contains("cpu_time_ns")) << bencher.out;
+  EXPECT_TRUE(exported["BM_FrameEncode/16"].contains("bytes_per_second")) << bencher.out;
+
+  // Twice the time per value is a regression of that cell, in both of its times.
+  const auto slow = sockbench("compare " + base + " " + scaled(base, 2.0));
+  EXPECT_EQ(slow.status, 1) << slow.out;
+  EXPECT_NE(slow.out.find("REGRESSION: 2 regression(s) in 9 compared metrics"), std::string::npos)
+      << slow.out;
+  EXPECT_NE(slow.out.find("+100.0%"), std::string::npos) << slow.out;
+}
+
+TEST_F(CompareMicro, ComparePyReadsTheSameFiles) {
+  constexpr char kComparePy[] = "/usr/share/benchmark/compare.py";
+  if (::access(kComparePy, R_OK) != 0) GTEST_SKIP() << kComparePy << " missing";
+  if (test_support::shell("/usr/bin/python3 -c 'import numpy, scipy' 2>/dev/null") != 0) {
+    GTEST_SKIP() << "python3 numpy/scipy missing";
+  }
+  const auto base = micro_json("base.json");
+  const auto slow = scaled(base, 2.0);
+  const auto o = program("/usr/bin/python3",
+                         std::string(kComparePy) + " --no-color benchmarks " + base + " " + slow);
+  ASSERT_EQ(o.status, 0) << o.out << o.err;
+  for (const char* cell : kMicroCells) EXPECT_NE(o.out.find(cell), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("U Test, Repetitions: 5 vs 5"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("+1.0000"), std::string::npos) << o.out;  // BM_HistogramRecord, x2
+}
+
+// The committed micro baseline stays readable by compare: every cell compared against itself.
+TEST_F(CompareMicro, TheCommittedMicroBaselineReads) {
+  const std::string baseline = SOCKBENCH_SOURCE_DIR "/results/baseline/baseline_micro.json";
+  const auto o = sockbench("compare " + baseline + " " + baseline);
+  EXPECT_EQ(o.status, 0) << o.out << o.err;
+  EXPECT_NE(o.out.find("OK: 0 regression(s)"), std::string::npos) << o.out;
+  EXPECT_EQ(o.out.find("weak verdict"), std::string::npos) << o.out;
+  const auto doc = nlohmann::json::parse(slurp(baseline));
+  size_t iterations = 0;
+  for (const auto& b : doc["benchmarks"]) iterations += b["run_type"] == "iteration";
+  EXPECT_GT(iterations, 0u);
 }
 
 }  // namespace

@@ -203,5 +203,45 @@ TEST(Compare, NoCellInBothFilesIsNothingCompared) {
   EXPECT_FALSE(compare_runs(base, base, {}).nothing_compared());
 }
 
+// A Google Benchmark file's measurement is its time: judged in ns, whatever unit it was written
+// in; sockbench's own records are judged by their metrics only.
+TEST(Compare, GoogleBenchmarkRecordsAreJudgedByTheirTimesInNanoseconds) {
+  Record micro;
+  micro.name = "BM_FrameEncode/16";
+  micro.time_unit = "us";
+  micro.real_time = 1.5;
+  micro.cpu_time = 1.25;
+  micro.set("bytes_per_second", 1e9);
+  const auto values = judged_values(micro);
+  ASSERT_EQ(values.size(), 3u);
+  EXPECT_EQ(values[0].name, "bytes_per_second");
+  EXPECT_EQ(values[1].name, "real_time_ns");
+  EXPECT_DOUBLE_EQ(values[1].value, 1500);
+  EXPECT_EQ(values[2].name, "cpu_time_ns");
+  EXPECT_DOUBLE_EQ(values[2].value, 1250);
+
+  Record own = micro;
+  own.scenario = "rr";
+  EXPECT_EQ(judged_values(own).size(), 1u);
+
+  // Twice as slow in every repetition: a regression in real and CPU time, none in bytes/s.
+  RunResult base;
+  RunResult next;
+  for (int i = 0; i < 5; ++i) {
+    micro.real_time = 1.5 + 0.01 * i;
+    micro.cpu_time = 1.25 + 0.01 * i;
+    base.records.push_back(micro);
+    micro.real_time *= 2;
+    micro.cpu_time *= 2;
+    next.records.push_back(micro);
+  }
+  const auto report = compare_runs(base, next, {});
+  ASSERT_EQ(report.rows.size(), 3u);
+  EXPECT_EQ(report.rows[0].verdict, Verdict::kSame);
+  EXPECT_EQ(report.rows[1].verdict, Verdict::kRegressed);
+  EXPECT_NEAR(report.rows[1].change, 1.0, 1e-9);
+  EXPECT_EQ(report.rows[2].verdict, Verdict::kRegressed);
+}
+
 }  // namespace
 }  // namespace sockbench::results

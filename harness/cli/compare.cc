@@ -148,7 +148,8 @@ int compare_command(int argc, const char* const* argv) {
   if (!report.rows.empty() && report.weak()) {
     fmt::print(
         "\nweak verdict: only {} repetition(s) per cell; with fewer than 5 the U test can rarely "
-        "reach p < {} (run with --repetitions 5 or more)\n",
+        "reach p < {} (run with --repetitions 5 or more; a Google Benchmark binary with "
+        "--benchmark_repetitions=5)\n",
         report.min_repetitions, opts.alpha);
   }
   size_t regressions = 0;

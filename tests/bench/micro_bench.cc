@@ -2,26 +2,40 @@
 // own overhead, as a Google Benchmark matrix:
 //   - frame encode and decode bytes/s next to a plain memcpy of the same bytes, 16 B .. 4 MiB;
 //   - histogram record (ns per value) and merge;
-//   - one readiness wake-up with N idle fds and one ready, per Poller backend, with the
-//     complexity fitted over N (select stops below FD_SETSIZE).
+//   - one readiness wake-up with N idle fds and one ready, per Poller backend, N = 16 .. 16,384,
+//     with the complexity fitted over N (select stops below FD_SETSIZE);
+//   - connect + accept + close per connection: through the Listener every model shares (accepted
+//     fd blocking, as threaded takes it, or non-blocking, as the reactors do), and through each
+//     correct model of the registry, whole (its poller or its thread per client included).
 //
 //   build/sockbench_micro --benchmark_format=json --benchmark_out=micro.json
 #include <benchmark/benchmark.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/select.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <memory>
 #include <random>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "harness/core/fd.h"
 #include "harness/core/frame.h"
 #include "harness/core/histogram.h"
+#include "harness/core/net.h"
+#include "servers/accept.h"
 #include "servers/poller.h"
+#include "servers/server.h"
 
 namespace sockbench {
 namespace {
@@ -183,23 +197,165 @@ void BM_ReadinessWakeup(benchmark::State& state,
   state.SetItemsProcessed(state.iterations());
 }
 
-void register_readiness() {
+// The readiness benchmarks hold up to 16,384 idle fds, above the usual soft limit of 1,024: lifted
+// to the hard limit, as the sockbench command does. Returns the soft limit now in force.
+int64_t raise_fd_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return 1024;
+  if (limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    (void)::setrlimit(RLIMIT_NOFILE, &limit);
+    (void)::getrlimit(RLIMIT_NOFILE, &limit);
+  }
+  return limit.rlim_cur == RLIM_INFINITY ? INT64_MAX : static_cast<int64_t>(limit.rlim_cur);
+}
+
+// `fd_limit`: the process's fd limit. N stops below it rather than fail: Google Benchmark 1.7
+// crashes fitting a family whose every instance failed.
+void register_readiness(int64_t fd_limit) {
   struct Backend {
     const char* name;
     std::unique_ptr<servers::Poller> (*make)();
     int64_t max_idle;
   };
-  // select: fd numbers must stay below FD_SETSIZE (1024), with stdio and the active fd.
-  const Backend backends[] = {{"select", servers::make_select_poller, 512},
+  // select: every fd number must stay below FD_SETSIZE (1024), with stdio, the benchmark's own
+  // files and the active fd below it too.
+  constexpr int64_t kSelectMaxIdle = FD_SETSIZE - 24;
+  const Backend backends[] = {{"select", servers::make_select_poller, kSelectMaxIdle},
                               {"poll", servers::make_poll_poller, 16384},
                               {"epoll", servers::make_epoll_poller, 16384}};
+  // Room for stdio, the output file and the active fd.
+  const int64_t fd_room = fd_limit - 64;
   for (const Backend& backend : backends) {
+    const int64_t max_idle = std::min(backend.max_idle, fd_room);
+    if (max_idle < backend.max_idle) {
+      std::fprintf(
+          stderr, "sockbench_micro: fd limit %lld: BM_ReadinessWakeup/%s stops at N = %lld\n",
+          static_cast<long long>(fd_limit), backend.name, static_cast<long long>(max_idle));
+    }
+    if (max_idle < 16) continue;
+    // Doubling N: 7 points for select, 11 for poll and epoll, so that one noisy point cannot
+    // turn the fit (the test of tests/micro_complexity_test.cc relies on it).
     benchmark::RegisterBenchmark(
         (std::string("BM_ReadinessWakeup/") + backend.name).c_str(),
         [make = backend.make](benchmark::State& state) { BM_ReadinessWakeup(state, make); })
-        ->RangeMultiplier(4)
-        ->Range(16, backend.max_idle)
+        ->RangeMultiplier(2)
+        ->Range(16, max_idle)
         ->Complexity();
+  }
+}
+
+Address loopback() { return parse_address("127.0.0.1:0").address; }
+
+// A blocking connect to `to`, closed by the caller with an RST: an abortive close leaves no
+// TIME_WAIT, so the ephemeral ports last however many iterations Google Benchmark runs.
+Expected<Fd> connect_abortive(const Address& to) {
+  auto client = connect_to(to, /*nonblocking=*/false);
+  if (!client) return client;
+  if (auto ec = set_linger_zero(client->get())) return ec;
+  return client;
+}
+
+// connect + accept + close through the Listener alone, in one thread: accept4 (and TCP_NODELAY)
+// with the accepted fd blocking (range(0) == 0, threaded's flags) or non-blocking (the
+// reactors' flags). The listening socket is non-blocking for every model (Listener::bind).
+void BM_ListenerAcceptClose(benchmark::State& state) {
+  const bool nonblocking = state.range(0) != 0;
+  servers::Listener listener(
+      {.address = loopback(),
+       .accept_flags = nonblocking ? SOCK_NONBLOCK | SOCK_CLOEXEC : SOCK_CLOEXEC});
+  if (auto ec = listener.bind()) {
+    state.SkipWithError(("Listener::bind: " + ec.message()).c_str());
+    return;
+  }
+  servers::ServerCounters counters;
+  for (auto _ : state) {
+    auto client = connect_abortive(listener.address());
+    if (!client) {
+      state.SkipWithError(("connect: " + client.error().message()).c_str());
+      break;
+    }
+    // On loopback the handshake is done when connect() returns, so the first accept_all()
+    // finds it; the bound only keeps a lost connection from hanging the benchmark.
+    Fd accepted;
+    std::error_code accept_error;
+    for (int tries = 0; !accepted && !accept_error && tries < 100'000; ++tries) {
+      accept_error = listener.accept_all(counters, [&](Fd fd) { accepted = std::move(fd); });
+    }
+    if (!accepted) {
+      state.SkipWithError(accept_error ? ("accept: " + accept_error.message()).c_str()
+                                       : "the connection never reached accept()");
+      break;
+    }
+    client->reset();
+    accepted.reset();
+  }
+  if (!state.error_occurred() &&
+      counters.accepted.load() != static_cast<uint64_t>(state.iterations())) {
+    state.SkipWithError("accepted connections != iterations");
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+// The same through a whole model, its server on its own thread as `sockbench serve` runs it: per
+// connection the client connects and resets, and waits until the model has accepted it, seen it
+// go and closed it (ServerCounters::closed) -- the poller add/remove of a reactor, the thread
+// start and reap of threaded.
+void BM_ModelAcceptClose(benchmark::State& state, const servers::ModelInfo& model) {
+  servers::ServerConfig config;
+  config.listen = loopback();
+  const auto server = model.make(config);
+  if (auto ec = server->bind()) {
+    state.SkipWithError(("bind: " + ec.message()).c_str());
+    return;
+  }
+  std::error_code run_error;
+  std::jthread serving([&] { run_error = server->run(); });
+  const servers::ServerCounters& counters = server->counters();
+  uint64_t closed = counters.closed.load();
+  for (auto _ : state) {
+    auto client = connect_abortive(server->address());
+    if (!client) {
+      state.SkipWithError(("connect: " + client.error().message()).c_str());
+      break;
+    }
+    client->reset();
+    ++closed;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (counters.closed.load(std::memory_order_acquire) < closed &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::yield();
+    }
+    if (counters.closed.load(std::memory_order_acquire) < closed) {
+      state.SkipWithError("the model did not close the connection within 5 s");
+      break;
+    }
+  }
+  server->stop();
+  serving.join();
+  if (run_error && !state.error_occurred()) {
+    state.SkipWithError(("run: " + run_error.message()).c_str());
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+void register_accept() {
+  benchmark::RegisterBenchmark("BM_ListenerAcceptClose", BM_ListenerAcceptClose)
+      ->ArgName("nonblocking")
+      ->Arg(0)
+      ->Arg(1);
+  // Every correct model that serves TCP, including one added with ModelRegistration.
+  for (const servers::ModelInfo& model : servers::registry()) {
+    const auto& transports = model.transports;
+    if (model.faulty ||
+        std::find(transports.begin(), transports.end(), "tcp") == transports.end()) {
+      continue;
+    }
+    benchmark::RegisterBenchmark(
+        ("BM_ModelAcceptClose/" + model.name).c_str(),
+        [&model](benchmark::State& state) { BM_ModelAcceptClose(state, model); })
+        // The work happens on the server's threads: CPU time of this thread would miss it.
+        ->UseRealTime();
   }
 }
 
@@ -207,7 +363,8 @@ void register_readiness() {
 }  // namespace sockbench
 
 int main(int argc, char** argv) {
-  sockbench::register_readiness();
+  sockbench::register_readiness(sockbench::raise_fd_limit());
+  sockbench::register_accept();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
   benchmark::RunSpecifiedBenchmarks();
