@@ -19,8 +19,9 @@ namespace sockbench::scenarios {
 // (latency; open loop: from the intended send time, coordinated omission corrected),
 // connect_p50_us, connect_p99_us, connections_requested, connections_achieved, errors,
 // unverified_replies, short_reads, short_writes, client_cpu_percent (client CPU time over the
-// client CPUs' capacity in the window; a warning above 90 %), and server_* when the server can
-// be observed. Open loop adds: intended_rate, service_p50_us, service_p99_us (from the actual
+// client CPUs' capacity in the window; a warning above 90 %), client_cpu_us_per_request (the
+// client threads' CPU time per request, the unit of server_cpu_us_per_request beside it), and
+// server_* when the server can be observed. Open loop adds: intended_rate, service_p50_us, service_p99_us (from the actual
 // send), late_sends, capped_sends, dropped_sends, generator_lag_p99_us, generator_lag_max_us.
 // Record::timeseries holds one point per whole second of the window.
 results::Record run_rr(ServerHandle& server, const BenchParams& params, std::stop_token stop);

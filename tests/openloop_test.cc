@@ -547,6 +547,11 @@ TEST(RrRecord, ClosedLoopKeepsItsNameAndMetrics) {
   for (const auto& name : kClosedLoopMetrics) EXPECT_TRUE(has(names, name)) << name;
   for (const auto& name : kOpenLoopMetrics) EXPECT_FALSE(has(names, name)) << name;
   EXPECT_TRUE(has(names, "client_cpu_percent"));
+  // The generator's CPU per request, in the unit of the server's: positive, and no more than the
+  // whole window's time spent on each request.
+  ASSERT_TRUE(r.metric("client_cpu_us_per_request"));
+  EXPECT_GT(*r.metric("client_cpu_us_per_request"), 0.0);
+  EXPECT_LT(*r.metric("client_cpu_us_per_request") * static_cast<double>(r.iterations), 300e3);
   EXPECT_TRUE(r.timeseries.empty());  // no whole second
 }
 

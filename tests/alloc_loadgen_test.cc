@@ -1,0 +1,106 @@
+// The load engine allocates nothing per request: a counting operator new (this binary's only) sees
+// the allocations of run_load() against a server in another process (so the server's own
+// allocations are not counted), and a run three times as long, with thousands more requests,
+// makes no more than a handful more allocations (per-second bookkeeping), never one per request.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <string>
+
+#include "harness/load/loadgen.h"
+#include "tests/support/cli.h"
+#include "tests/support/servers.h"
+
+namespace {
+std::atomic<uint64_t> g_allocations{0};
+
+void* counted_alloc(size_t size) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+}  // namespace
+
+// Replaces the program's operator new: every new-expression and std::allocator in this binary
+// (the engine's threads included) goes through counted_alloc().
+void* operator new(size_t size) { return counted_alloc(size); }
+void* operator new[](size_t size) { return counted_alloc(size); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+void operator delete[](void* p, size_t) noexcept { std::free(p); }
+
+namespace sockbench {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Counted {
+  uint64_t requests = 0;
+  uint64_t allocations = 0;
+};
+
+// One run of the engine and the allocations made while it ran.
+Counted count_run(LoadConfig config) {
+  const uint64_t before = g_allocations.load();
+  auto stats = run_load(config);
+  const uint64_t after = g_allocations.load();
+  EXPECT_TRUE(stats.ok()) << stats.error().message();
+  if (!stats) return {};
+  EXPECT_EQ(stats->error_count(), 0u);
+  EXPECT_EQ(stats->unverified_replies, 0u);
+  return {stats->requests, after - before};
+}
+
+// Short and long runs of one configuration: the extra requests of the long one cost (almost) no
+// extra allocation. One allocation per 1,000 requests is allowed for what grows with time.
+void expect_no_allocation_per_request(const LoadConfig& base, const char* what) {
+  LoadConfig short_run = base;
+  short_run.duration = 300ms;
+  LoadConfig long_run = base;
+  long_run.duration = 1200ms;
+  const Counted a = count_run(short_run);
+  const Counted b = count_run(long_run);
+  ASSERT_GT(b.requests, a.requests + 1000) << what << ": too few requests to tell";
+  const uint64_t extra_requests = b.requests - a.requests;
+  const uint64_t extra_allocations =
+      b.allocations > a.allocations ? b.allocations - a.allocations : 0;
+  EXPECT_LT(extra_allocations * 1000, extra_requests)
+      << what << ": " << a.allocations << " allocations for " << a.requests << " requests, then "
+      << b.allocations << " for " << b.requests;
+}
+
+TEST(LoadAllocations, ClosedLoopMakesNoAllocationPerRequest) {
+  auto served = test_support::serve("epoll");
+  ASSERT_TRUE(served);
+  expect_no_allocation_per_request(test_support::load_config(served->address, 10, 1, 0ms, 0ms),
+                                   "closed loop, 10 connections, 1 thread");
+  LoadConfig pipelined = test_support::load_config(served->address, 4, 2, 0ms, 0ms);
+  pipelined.pipeline = 8;
+  pipelined.message_size = 1000;
+  expect_no_allocation_per_request(pipelined, "closed loop, pipeline 8, 2 threads, 1000 B");
+}
+
+TEST(LoadAllocations, OpenLoopMakesNoAllocationPerRequest) {
+  auto served = test_support::serve("epoll");
+  ASSERT_TRUE(served);
+  LoadConfig open = test_support::load_config(served->address, 10, 1, 0ms, 0ms);
+  open.rate = 20000;
+  expect_no_allocation_per_request(open, "open loop at 20,000/s");
+}
+
+// The counter itself counts: a test whose allocations were invisible could not fail.
+TEST(LoadAllocations, TheCounterSeesAllocations) {
+  const uint64_t before = g_allocations.load();
+  auto* s = new std::string(100, 'x');
+  const uint64_t after = g_allocations.load();
+  delete s;
+  EXPECT_GE(after - before, 2u);  // the string object and its buffer
+}
+
+}  // namespace
+}  // namespace sockbench
