@@ -1,0 +1,253 @@
+// harness/core/tls: handshakes, data, verification failures with OpenSSL's reason, resumption,
+// close_notify and truncation, all through memory (no socket), so every outcome is exact.
+#include "harness/core/tls.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+namespace sockbench::tls {
+namespace {
+
+using std::chrono::hours;
+using ::testing::HasSubstr;
+
+Identity loopback() {
+  std::string error;
+  Identity id = make_loopback_identity(&error);
+  EXPECT_EQ(error, "");
+  EXPECT_THAT(id.cert_pem, HasSubstr("BEGIN CERTIFICATE"));
+  EXPECT_THAT(id.key_pem, HasSubstr("PRIVATE KEY"));
+  return id;
+}
+
+std::shared_ptr<Context> server_context(const Identity& id, int version = 13, bool tickets = true) {
+  std::string error;
+  auto ctx = Context::make(
+      {.role = Role::kServer, .version = version, .identity = id, .session_tickets = tickets},
+      &error);
+  EXPECT_TRUE(ctx) << error;
+  return ctx;
+}
+
+std::shared_ptr<Context> client_context(const std::string& trusted, const std::string& name,
+                                        int version = 13) {
+  std::string error;
+  auto ctx = Context::make(
+      {.role = Role::kClient, .version = version, .trusted_pem = trusted, .server_name = name},
+      &error);
+  EXPECT_TRUE(ctx) << error;
+  return ctx;
+}
+
+// A client and a server session joined by memory: pump() carries each one's output to the other,
+// `piece` bytes per receive() call (0: all at once), until neither has anything to send.
+struct Pair {
+  std::unique_ptr<Session> client;
+  std::unique_ptr<Session> server;
+  std::string client_got;  // plaintext the client received
+  std::string server_got;
+
+  Pair(std::shared_ptr<Context> c, std::shared_ptr<Context> s,
+       const SavedSession* resume = nullptr) {
+    std::string error;
+    client = Session::make(std::move(c), &error, resume);
+    EXPECT_TRUE(client) << error;
+    server = Session::make(std::move(s), &error);
+    EXPECT_TRUE(server) << error;
+  }
+
+  static void carry(Session& from, Session& to, std::string& got, size_t piece) {
+    std::string bytes = std::move(from.output());
+    from.output().clear();
+    if (piece == 0) {
+      to.receive(bytes, got);
+      return;
+    }
+    for (size_t off = 0; off < bytes.size(); off += piece) {
+      to.receive(std::string_view(bytes).substr(off, piece), got);
+    }
+  }
+
+  void pump(size_t piece = 0) {
+    for (int round = 0; round < 20; ++round) {
+      if (client->output().empty() && server->output().empty()) return;
+      carry(*client, *server, server_got, piece);
+      carry(*server, *client, client_got, piece);
+    }
+    ADD_FAILURE() << "the sessions kept talking for 20 rounds";
+  }
+};
+
+TEST(Tls, Tls13HandshakeThenDataBothWaysInAnySplit) {
+  const Identity id = loopback();
+  for (const size_t piece : {size_t{0}, size_t{1}, size_t{7}}) {
+    Pair p(client_context(id.cert_pem, "127.0.0.1"), server_context(id));
+    EXPECT_FALSE(p.client->output().empty());  // the ClientHello, at once
+    p.pump(piece);
+    ASSERT_EQ(p.client->state(), Session::State::kOpen) << p.client->error();
+    ASSERT_EQ(p.server->state(), Session::State::kOpen) << p.server->error();
+    EXPECT_EQ(p.client->version(), "TLSv1.3");
+    const std::string request(100000, 'q');
+    p.client->send(request);
+    p.pump(piece);
+    EXPECT_EQ(p.server_got, request) << "piece " << piece;
+    p.server->send("reply");
+    p.pump(piece);
+    EXPECT_EQ(p.client_got, "reply");
+  }
+}
+
+TEST(Tls, DataSentBeforeTheHandshakeEndsGoesOutAfterIt) {
+  const Identity id = loopback();
+  Pair p(client_context(id.cert_pem, "localhost"), server_context(id));
+  p.client->send("early");
+  p.pump();
+  EXPECT_EQ(p.server_got, "early");
+}
+
+TEST(Tls, Tls12WithAChosenCipher) {
+  const Identity id = loopback();
+  std::string error;
+  auto client = Context::make({.role = Role::kClient,
+                               .version = 12,
+                               .ciphers = "ECDHE-ECDSA-AES128-GCM-SHA256",
+                               .trusted_pem = id.cert_pem,
+                               .server_name = "::1"},
+                              &error);
+  ASSERT_TRUE(client) << error;
+  Pair p(client, server_context(id, 12));
+  p.pump();
+  ASSERT_EQ(p.client->state(), Session::State::kOpen) << p.client->error();
+  EXPECT_EQ(p.client->version(), "TLSv1.2");
+  EXPECT_EQ(p.client->cipher(), "ECDHE-ECDSA-AES128-GCM-SHA256");
+}
+
+TEST(Tls, VersionMismatchFailsBothSides) {
+  const Identity id = loopback();
+  Pair p(client_context(id.cert_pem, "127.0.0.1", 12), server_context(id, 13));
+  p.pump();
+  EXPECT_EQ(p.client->state(), Session::State::kFailed);
+  EXPECT_EQ(p.server->state(), Session::State::kFailed);
+  EXPECT_THAT(p.server->error(), HasSubstr("protocol"));
+}
+
+TEST(Tls, WrongNameExpiredAndUntrustedCertificatesAreRejectedWithTheReason) {
+  const Identity id = loopback();
+  {
+    Pair p(client_context(id.cert_pem, "example.com"), server_context(id));
+    p.pump();
+    EXPECT_EQ(p.client->state(), Session::State::kFailed);
+    EXPECT_THAT(p.client->error(), HasSubstr("certificate verify failed"));
+    EXPECT_THAT(p.client->error(), HasSubstr("hostname mismatch"));
+  }
+  {
+    std::string error;
+    const Identity expired = make_self_signed({"127.0.0.1"}, -hours(48), -hours(24), &error);
+    ASSERT_EQ(error, "");
+    Pair p(client_context(expired.cert_pem, "127.0.0.1"), server_context(expired));
+    p.pump();
+    EXPECT_EQ(p.client->state(), Session::State::kFailed);
+    EXPECT_THAT(p.client->error(), HasSubstr("certificate has expired"));
+  }
+  {
+    const Identity other = loopback();
+    Pair p(client_context(other.cert_pem, "127.0.0.1"), server_context(id));
+    p.pump();
+    EXPECT_EQ(p.client->state(), Session::State::kFailed);
+    EXPECT_THAT(p.client->error(), HasSubstr("self-signed certificate"));
+  }
+  {  // --insecure takes any of them
+    std::string error;
+    auto insecure = Context::make({.role = Role::kClient, .insecure = true}, &error);
+    ASSERT_TRUE(insecure) << error;
+    Pair p(insecure, server_context(id));
+    p.pump();
+    EXPECT_EQ(p.client->state(), Session::State::kOpen) << p.client->error();
+  }
+}
+
+TEST(Tls, SessionTicketsResumeAndCanBeTurnedOff) {
+  const Identity id = loopback();
+  for (const bool tickets : {true, false}) {
+    auto server = server_context(id, 13, tickets);
+    auto client = client_context(id.cert_pem, "127.0.0.1");
+    Pair first(client, server);
+    first.pump();
+    ASSERT_EQ(first.client->state(), Session::State::kOpen);
+    EXPECT_FALSE(first.client->resumed());
+    SavedSession saved = first.client->saved_session();
+    EXPECT_EQ(static_cast<bool>(saved), tickets);
+    Pair second(client, server, &saved);
+    second.pump();
+    ASSERT_EQ(second.client->state(), Session::State::kOpen) << second.client->error();
+    EXPECT_EQ(second.client->resumed(), tickets);
+    EXPECT_EQ(second.server->resumed(), tickets);
+  }
+}
+
+TEST(Tls, CloseNotifyIsACleanEndAndEofWithoutItIsATruncation) {
+  const Identity id = loopback();
+  {
+    Pair p(client_context(id.cert_pem, "127.0.0.1"), server_context(id));
+    p.pump();
+    p.client->send("last");
+    p.client->close();
+    p.pump();
+    EXPECT_EQ(p.server_got, "last");
+    EXPECT_EQ(p.server->state(), Session::State::kClosed);
+    p.server->transport_eof();
+    EXPECT_FALSE(p.server->truncated());
+  }
+  {
+    Pair p(client_context(id.cert_pem, "127.0.0.1"), server_context(id));
+    p.pump();
+    p.client->send("cut");
+    p.pump();
+    p.server->transport_eof();  // the socket ended, no close_notify came
+    EXPECT_TRUE(p.server->truncated());
+    EXPECT_EQ(p.server->state(), Session::State::kFailed);
+    EXPECT_THAT(p.server->error(), HasSubstr("without close_notify"));
+  }
+  {
+    Pair p(client_context(id.cert_pem, "127.0.0.1"), server_context(id));
+    p.server->transport_eof();  // before any handshake byte
+    EXPECT_THAT(p.server->error(), HasSubstr("during the handshake"));
+  }
+}
+
+TEST(Tls, PlaintextIntoATlsServerFailsThatSessionWithAReason) {
+  const Identity id = loopback();
+  std::string error;
+  auto session = Session::make(server_context(id), &error);
+  ASSERT_TRUE(session) << error;
+  std::string got;
+  EXPECT_EQ(session->receive("GET / HTTP/1.1\r\nHost: x\r\n\r\n", got), Session::State::kFailed);
+  EXPECT_THAT(session->error(), HasSubstr("handshake failed"));
+  EXPECT_EQ(got, "");
+}
+
+TEST(Tls, BadConfigurationsAreErrorsNotCrashes) {
+  const Identity id = loopback();
+  const Identity other = loopback();
+  std::string error;
+  EXPECT_FALSE(Context::make({.role = Role::kServer, .version = 11, .identity = id}, &error));
+  EXPECT_THAT(error, HasSubstr("1.2 or 1.3"));
+  EXPECT_FALSE(Context::make(
+      {.role = Role::kServer, .version = 12, .ciphers = "NO-SUCH-CIPHER", .identity = id}, &error));
+  EXPECT_THAT(error, HasSubstr("unknown cipher"));
+  EXPECT_FALSE(
+      Context::make({.role = Role::kServer, .identity = {id.cert_pem, other.key_pem}}, &error));
+  EXPECT_THAT(error, HasSubstr("does not go with the certificate"));
+  EXPECT_FALSE(Context::make({.role = Role::kServer, .identity = {"junk", "junk"}}, &error));
+  EXPECT_THAT(error, HasSubstr("cannot read the certificate"));
+  EXPECT_FALSE(Context::make({.role = Role::kClient, .trusted_pem = "junk"}, &error));
+  EXPECT_THAT(error, HasSubstr("no certificate to trust"));
+  EXPECT_EQ(make_self_signed({}, hours(0), hours(1), &error).cert_pem, "");
+}
+
+}  // namespace
+}  // namespace sockbench::tls
