@@ -1,7 +1,9 @@
 #include "servers/protocol.h"
 
 #include <algorithm>
+#include <string>
 #include <thread>
+#include <utility>
 
 namespace sockbench::servers {
 namespace {
@@ -71,6 +73,59 @@ class OneRecvOneFrameSession final : public Session {
   std::chrono::microseconds delay_;
 };
 
+// Any protocol over TLS: ciphertext in, the inner session's replies encrypted out. The handshake,
+// tickets and alerts are bytes like any other, so every model that moves a session's bytes serves
+// TLS without a line of its own. A TLS failure (a plaintext client, a bad handshake) closes the
+// connection as a protocol error, after the alert that says why has been queued.
+class TlsSession final : public Session {
+ public:
+  TlsSession(std::unique_ptr<Session> inner, std::unique_ptr<tls::Session> tls)
+      : inner_(std::move(inner)), tls_(std::move(tls)) {}
+  Verdict on_bytes(std::string_view in, std::string& out) override {
+    plain_.clear();
+    auto state = tls_->receive(in, plain_);
+    Verdict verdict = Verdict::kContinue;
+    if (!plain_.empty()) {
+      reply_.clear();
+      verdict = inner_->on_bytes(plain_, reply_);
+      if (!reply_.empty()) state = tls_->send(reply_);
+    }
+    // The client's close_notify: answer it; the connection ends when the client closes it.
+    if (state == tls::Session::State::kClosed && !close_sent_) {
+      tls_->close();
+      close_sent_ = true;
+    }
+    out.append(tls_->output());
+    tls_->output().clear();
+    return state == tls::Session::State::kFailed ? Verdict::kClose : verdict;
+  }
+
+ private:
+  std::unique_ptr<Session> inner_;
+  std::unique_ptr<tls::Session> tls_;
+  std::string plain_;
+  std::string reply_;
+  bool close_sent_ = false;
+};
+
+// A session whose TLS state could not even be made (out of memory): the connection is closed.
+class RefusingSession final : public Session {
+ public:
+  Verdict on_bytes(std::string_view, std::string&) override { return Verdict::kClose; }
+};
+
+std::unique_ptr<Session> make_plain_session(const ProtocolOptions& options) {
+  switch (options.protocol) {
+    case Protocol::kEcho:
+      return std::make_unique<EchoSession>(options.reply_delay);
+    case Protocol::kDiscard:
+      return std::make_unique<DiscardSession>();
+    case Protocol::kFramed:
+      break;
+  }
+  return std::make_unique<FramedSession>(options.max_frame, options.reply_delay);
+}
+
 }  // namespace
 
 std::optional<Protocol> parse_protocol(std::string_view name) {
@@ -93,15 +148,12 @@ std::string_view protocol_name(Protocol protocol) {
 }
 
 std::unique_ptr<Session> make_session(const ProtocolOptions& options) {
-  switch (options.protocol) {
-    case Protocol::kEcho:
-      return std::make_unique<EchoSession>(options.reply_delay);
-    case Protocol::kDiscard:
-      return std::make_unique<DiscardSession>();
-    case Protocol::kFramed:
-      break;
-  }
-  return std::make_unique<FramedSession>(options.max_frame, options.reply_delay);
+  auto plain = make_plain_session(options);
+  if (!options.tls) return plain;
+  std::string error;
+  auto tls = tls::Session::make(options.tls, &error);
+  if (!tls) return std::make_unique<RefusingSession>();
+  return std::make_unique<TlsSession>(std::move(plain), std::move(tls));
 }
 
 std::unique_ptr<Session> make_one_recv_one_message_session(const ProtocolOptions& options) {

@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "harness/core/frame.h"
+#include "harness/core/tls.h"
 
 namespace sockbench::servers {
 
@@ -26,6 +27,8 @@ struct ProtocolOptions {
   // can be produced on purpose (to prove that a regression gate notices). It blocks the calling
   // thread: in a reactor every client waits, in the threaded model only the one.
   std::chrono::microseconds reply_delay{0};
+  // TLS (server role) around the protocol when set: every connection's bytes are TLS records.
+  std::shared_ptr<tls::Context> tls;
 };
 
 // Per-connection protocol state machine. One per connection, used by one thread at a time.
@@ -39,6 +42,8 @@ class Session {
   virtual Verdict on_bytes(std::string_view in, std::string& out) = 0;
 };
 
+// The protocol's session; wrapped in TLS when options.tls is set (the faulty twin's session of
+// make_one_recv_one_message_session keeps its framing plain: its defect is about plain recv()).
 std::unique_ptr<Session> make_session(const ProtocolOptions& options);
 
 // Faulty (faulty-single-recv): a session that takes every on_bytes() call as one whole message,

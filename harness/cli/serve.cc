@@ -14,6 +14,7 @@
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"
+#include "harness/cli/tls_options.h"
 #include "harness/core/fd.h"
 #include "harness/core/procstat.h"
 #include "harness/core/signals.h"
@@ -46,6 +47,7 @@ int serve_command(int argc, const char* const* argv) {
       cxxopts::value<std::string>())(
       "quiet", "no summary line on stderr at exit (errors are still printed)")("h,help",
                                                                                "show this help");
+  add_tls_server_options(options);
   const auto parsed = parse_or_throw(options, argc, argv);
   if (parsed.count("help")) {
     std::fputs(options.help().c_str(), stdout);
@@ -71,6 +73,7 @@ int serve_command(int argc, const char* const* argv) {
       static_cast<uint32_t>(parse_int("max-frame", str(parsed, "max-frame"), 0, 0xFFFFFFFFLL));
   config.backlog = static_cast<int>(parse_int("backlog", str(parsed, "backlog"), 0, 1 << 20));
   config.reuseaddr = parsed.count("no-reuseaddr") == 0;
+  config.protocol.tls = tls_server_context(parsed);
   config.protocol.reply_delay =
       std::chrono::microseconds(parse_int("delay-us", str(parsed, "delay-us"), 0, 60'000'000));
   Fd ready;

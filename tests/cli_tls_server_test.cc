@@ -1,0 +1,201 @@
+// Every correct model serves TLS through the shared protocol logic: handshake, framed replies
+// verified byte for byte with the ciphertext arriving one byte per segment (partial records),
+// close_notify answered; a plaintext client is closed as a protocol error and the next TLS client
+// is served. And `sockbench serve` refuses TLS flags it cannot use.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "harness/core/frame.h"
+#include "harness/core/tls.h"
+#include "scenarios/steps.h"
+#include "tests/support/cli.h"
+#include "tests/support/servers.h"
+
+namespace sockbench {
+namespace {
+
+using namespace std::chrono_literals;
+using scenarios::Client;
+using ::testing::HasSubstr;
+
+struct Tls {
+  tls::Identity identity;
+  std::shared_ptr<tls::Context> server;
+  std::shared_ptr<tls::Context> client;
+};
+
+const Tls& shared_tls() {
+  static const Tls made = [] {
+    Tls t;
+    std::string error;
+    t.identity = tls::make_loopback_identity(&error);
+    t.server = tls::Context::make({.role = tls::Role::kServer, .identity = t.identity}, &error);
+    t.client = tls::Context::make({.role = tls::Role::kClient,
+                                   .trusted_pem = t.identity.cert_pem,
+                                   .server_name = "127.0.0.1"},
+                                  &error);
+    return t;
+  }();
+  return made;
+}
+
+// A TLS client over a non-blocking socket; every wait bounded.
+class TlsClient {
+ public:
+  explicit TlsClient(const Address& address) {
+    auto c = Client::connect(address, 3000ms);
+    EXPECT_TRUE(c.ok()) << c.error().message();
+    if (c) client_ = std::move(*c);
+    std::string error;
+    session_ = tls::Session::make(shared_tls().client, &error);
+    EXPECT_TRUE(session_) << error;
+  }
+
+  // Sends what the session has queued, `piece` bytes per send() (0: at once).
+  bool flush(size_t piece = 0) {
+    std::string out = std::move(session_->output());
+    session_->output().clear();
+    if (piece == 0) piece = out.size();
+    for (size_t off = 0; off < out.size(); off += piece) {
+      if (client_.send(std::string_view(out).substr(off, piece), 3000ms)) return false;
+    }
+    return true;
+  }
+
+  // Reads until `done()` or EOF or 3 s; false on timeout.
+  template <typename Done>
+  bool read_until(Done done) {
+    const auto deadline = std::chrono::steady_clock::now() + 3s;
+    char buf[4096];
+    while (!done()) {
+      if (!flush()) return false;
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      pollfd p{client_.fd(), POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) continue;
+      const ssize_t n = ::recv(client_.fd(), buf, sizeof buf, 0);
+      if (n == 0) {
+        eof_ = true;
+        session_->transport_eof();
+        return done();
+      }
+      if (n < 0) continue;
+      session_->receive(std::string_view(buf, static_cast<size_t>(n)), got_);
+    }
+    return true;
+  }
+
+  tls::Session& session() { return *session_; }
+  std::string& got() { return got_; }
+  bool eof() const { return eof_; }
+  Client& socket() { return client_; }
+
+ private:
+  Client client_;
+  std::unique_ptr<tls::Session> session_;
+  std::string got_;
+  bool eof_ = false;
+};
+
+class TlsServers : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TlsServers, FramedRepliesOverTlsWithRecordsSplitIntoSingleBytes) {
+  servers::ServerConfig config = test_support::loopback_config();
+  config.protocol.tls = shared_tls().server;
+  test_support::RunningServer server(GetParam(), config);
+  ASSERT_TRUE(server.ok());
+
+  TlsClient c(server.address());
+  ASSERT_TRUE(c.read_until([&] { return c.session().handshake_done(); })) << c.session().error();
+  EXPECT_EQ(c.session().version(), "TLSv1.3");
+  std::string expected;
+  for (int i = 0; i < 3; ++i) {
+    const std::string message = encode_frame(std::string(200 + i, static_cast<char>('a' + i)));
+    expected += message;
+    c.session().send(message);
+    ASSERT_TRUE(c.flush(1));  // every TLS record arrives one byte per segment
+  }
+  ASSERT_TRUE(c.read_until([&] { return c.got().size() >= expected.size(); }));
+  EXPECT_EQ(c.got(), expected);
+
+  c.session().close();  // close_notify: the server answers with its own
+  ASSERT_TRUE(c.read_until([&] { return c.session().state() == tls::Session::State::kClosed; }));
+  EXPECT_FALSE(c.session().truncated());
+  EXPECT_EQ(server.counters().protocol_errors.load(), 0u);
+}
+
+TEST_P(TlsServers, PlaintextClientIsClosedAsAProtocolErrorAndTheNextTlsClientIsServed) {
+  servers::ServerConfig config = test_support::loopback_config();
+  config.protocol.tls = shared_tls().server;
+  test_support::RunningServer server(GetParam(), config);
+  ASSERT_TRUE(server.ok());
+
+  auto plain = Client::connect(server.address(), 3000ms);
+  ASSERT_TRUE(plain.ok());
+  ASSERT_FALSE(plain->send(encode_frame("hello in the clear"), 3000ms));
+  const auto answer = plain->expect_eof(3000ms);
+  EXPECT_TRUE(answer.eof || answer.error) << "the server kept a plaintext client open";
+  EXPECT_THAT(answer.bytes, ::testing::Not(HasSubstr("hello in the clear")));
+  ASSERT_TRUE(
+      test_support::wait_until([&] { return server.counters().protocol_errors.load() == 1; }));
+
+  TlsClient c(server.address());
+  c.session().send(encode_frame("after"));
+  ASSERT_TRUE(c.read_until([&] { return c.got().size() >= 4 + 5; })) << c.session().error();
+  EXPECT_EQ(c.got(), encode_frame("after"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, TlsServers,
+                         ::testing::ValuesIn(servers::model_names(/*faulty=*/false)),
+                         [](const auto& model) { return model.param; });
+
+class ServeTlsFlags : public test_support::ScratchDirTest {
+ protected:
+  ServeTlsFlags() : ScratchDirTest("sockbench-tls") {}
+  void write(const std::string& name, const std::string& text) {
+    std::ofstream(dir_ / name) << text;
+  }
+};
+
+TEST_F(ServeTlsFlags, FlagsWithoutTlsAndBadValuesExit2NamingTheFlag) {
+  const struct {
+    std::string args;
+    std::string says;
+  } cases[] = {
+      {"--cipher X", "--cipher needs --tls"},
+      {"--tls --tls-version 1.1", "--tls-version: expected 1.2 or 1.3, got '1.1'"},
+      {"--tls --cert /nonexistent.pem --key /nonexistent.pem",
+       "--cert: cannot read /nonexistent.pem"},
+      {"--tls --cert x.pem", "--cert and --key go together"},
+      {"--tls --tls-version 1.2 --cipher NO-SUCH", "unknown cipher 'NO-SUCH'"},
+  };
+  for (const auto& c : cases) {
+    const auto out = sockbench("serve --listen 127.0.0.1:0 " + c.args);
+    EXPECT_EQ(out.status, 2) << c.args;
+    EXPECT_THAT(out.err, HasSubstr(c.says)) << c.args;
+    EXPECT_THAT(out.out, ::testing::Not(HasSubstr("listening"))) << c.args;
+  }
+}
+
+TEST_F(ServeTlsFlags, ServeTlsWithItsOwnCertificateAnswersAVerifyingClient) {
+  // The certificate and key given as files, then a client that trusts exactly that certificate.
+  const Tls& t = shared_tls();
+  write("cert.pem", t.identity.cert_pem);
+  write("key.pem", t.identity.key_pem);
+  auto served = test_support::serve("epoll", {"--tls", "--cert", (dir_ / "cert.pem").string(),
+                                              "--key", (dir_ / "key.pem").string()});
+  ASSERT_TRUE(served);
+  TlsClient c(served->address);
+  c.session().send(encode_frame("over the wire"));
+  ASSERT_TRUE(c.read_until([&] { return c.got().size() >= 4 + 13; })) << c.session().error();
+  EXPECT_EQ(c.got(), encode_frame("over the wire"));
+}
+
+}  // namespace
+}  // namespace sockbench
