@@ -42,7 +42,7 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        {"framed", "echo"},
        kMinMessageSize,
        64,
-       {"pipeline", "rate"}},
+       {"pipeline", "rate", "tls", "tls-version", "cipher", "insecure", "ca"}},
       {"stream",
        "bulk transfer over N connections, one way or (duplex) echoed and verified",
        [](const BenchParams& p) { return p.duplex ? "echo" : "discard"; },

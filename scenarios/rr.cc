@@ -24,6 +24,7 @@ std::string cell_name(const BenchParams& options) {
   std::string name = fmt::format("clients:{}/msg:{}", options.clients, options.message_size);
   if (options.pipeline > 1) name += fmt::format("/pipeline:{}", options.pipeline);
   if (open_loop(options)) name += "/rate:" + rate_text(options.rate);
+  if (options.tls) name += options.tls->config().version == 12 ? "/tls:1.2" : "/tls:1.3";
   return name;
 }
 
@@ -45,6 +46,7 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   LoadConfig config;
   fill_engine_config(config, options, server);
   config.pipeline = options.pipeline;
+  config.tls = options.tls;
   // A negative rate is passed on too, for the engine's validation to name it. A shard sends its
   // segment of the rate; the record keeps the whole rate, which names the cell.
   config.rate = options.rate > 0 ? shard_rate(options.rate, options.shard) : options.rate;
@@ -66,6 +68,7 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   record.set("bytes_per_second", static_cast<double>(stats.bytes_received) / seconds);
   set_latency_metrics(record, "", stats.latency, {50, 90, 99, 99.9}, /*max=*/true);
   set_latency_metrics(record, "connect_", stats.connect_latency, {50, 99});
+  if (options.tls) set_latency_metrics(record, "tls_handshake_", stats.tls_handshake, {50, 99});
   set_count_metrics(record, stats, stats.connections_requested, stats.connections_achieved);
   record.set("client_cpu_percent", stats.client_cpu_utilisation * 100);
   // Beside server_cpu_us_per_request, in the same unit: the generator's own cost per request.

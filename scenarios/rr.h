@@ -21,9 +21,12 @@ namespace sockbench::scenarios {
 // unverified_replies, short_reads, short_writes, client_cpu_percent (client CPU time over the
 // client CPUs' capacity in the window; a warning above 90 %), client_cpu_us_per_request (the
 // client threads' CPU time per request, the unit of server_cpu_us_per_request beside it), and
-// server_* when the server can be observed. Open loop adds: intended_rate, service_p50_us, service_p99_us (from the actual
-// send), late_sends, capped_sends, dropped_sends, generator_lag_p99_us, generator_lag_max_us.
-// Record::timeseries holds one point per whole second of the window.
+// server_* when the server can be observed. Open loop adds: intended_rate, service_p50_us,
+// service_p99_us (from the actual send), late_sends, capped_sends, dropped_sends,
+// generator_lag_p99_us, generator_lag_max_us. With params.tls: "/tls:1.2" or "/tls:1.3" ends the
+// name, and tls_handshake_p50_us and tls_handshake_p99_us (established to handshake done) are
+// added; failed sessions are errors named "TLS: <OpenSSL's reason>". Record::timeseries holds one
+// point per whole second of the window.
 results::Record run_rr(ServerHandle& server, const BenchParams& params, std::stop_token stop);
 
 // The record run_rr returns for `server` and `params` before anything is measured: scenario,

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -11,6 +12,7 @@
 #include "harness/core/net.h"
 #include "harness/core/procstat.h"
 #include "harness/core/shard.h"
+#include "harness/core/tls.h"
 #include "harness/load/client_threads.h"
 #include "harness/load/loadgen.h"
 #include "results/record.h"
@@ -36,6 +38,8 @@ struct BenchParams {
   // This process's share of the cell (--shard, an MPI rank): clients, rate and every ramp step
   // above are the whole load's, which names the records; the engines get shard_share() of them.
   Shard shard;
+  // rr: TLS (client role) on every connection, the server serving TLS; nullptr: plain TCP.
+  std::shared_ptr<tls::Context> tls;
 };
 
 // True when `params.shard`'s share of the cell is no connection at all (more shards than

@@ -8,8 +8,10 @@
 #include <sys/socket.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "harness/core/frame.h"
@@ -195,6 +197,74 @@ TEST_F(ServeTlsFlags, ServeTlsWithItsOwnCertificateAnswersAVerifyingClient) {
   c.session().send(encode_frame("over the wire"));
   ASSERT_TRUE(c.read_until([&] { return c.got().size() >= 4 + 13; })) << c.session().error();
   EXPECT_EQ(c.got(), encode_frame("over the wire"));
+}
+
+// The JSON entry of the one cell a run wrote.
+nlohmann::json only_entry(const std::filesystem::path& path) {
+  const auto doc = nlohmann::json::parse(test_support::slurp(path), nullptr, false);
+  EXPECT_FALSE(doc.is_discarded()) << path;
+  if (doc.is_discarded() || doc["benchmarks"].size() != 1) return {};
+  return doc["benchmarks"][0];
+}
+
+TEST_F(ServeTlsFlags, RunTlsMeasuresHandshakesAndVerifiesEveryReplyAfterDecryption) {
+  const auto out = sockbench(
+      "run --server epoll --clients 4 --duration 500ms --warmup 100ms --tls "
+      "--json " +
+      (dir_ / "tls.json").string());
+  ASSERT_EQ(out.status, 0) << out.err;
+  const auto e = only_entry(dir_ / "tls.json");
+  EXPECT_EQ(e.value("name", ""), "rr/epoll/clients:4/msg:64/tls:1.3");
+  EXPECT_GT(e.value("iterations", 0), 0);
+  EXPECT_EQ(e.value("errors", -1.0), 0.0);
+  EXPECT_EQ(e.value("unverified_replies", -1.0), 0.0);
+  EXPECT_EQ(e.value("connections_achieved", 0.0), 4.0);
+  EXPECT_GT(e.value("tls_handshake_p50_us", 0.0), 0.0);
+}
+
+TEST_F(ServeTlsFlags, RunTlsFlagErrorsExit2) {
+  const struct {
+    std::string args;
+    std::string says;
+  } cases[] = {
+      {"--tls --scenario stream", "--tls: applies only to --scenario rr"},
+      {"--tls --insecure", "--insecure: applies to --target"},
+      {"--cipher X", "--cipher needs --tls"},
+      {"--tls --tls-version 1.0", "--tls-version: expected 1.2 or 1.3, got '1.0'"},
+  };
+  for (const auto& c : cases) {
+    const auto out = sockbench("run --server epoll --duration 200ms " + c.args);
+    EXPECT_EQ(out.status, 2) << c.args;
+    EXPECT_THAT(out.err, HasSubstr(c.says)) << c.args;
+  }
+}
+
+TEST_F(ServeTlsFlags, RunTlsAgainstATargetVerifiesItsCertificateAndNamesTheReason) {
+  const Tls& t = shared_tls();
+  write("cert.pem", t.identity.cert_pem);
+  write("key.pem", t.identity.key_pem);
+  auto served = test_support::serve("epoll", {"--tls", "--cert", (dir_ / "cert.pem").string(),
+                                              "--key", (dir_ / "key.pem").string()});
+  ASSERT_TRUE(served);
+  const std::string target = " --target " + served->address.to_string();
+  const std::string cell = " --clients 2 --duration 300ms --warmup 0s --tls --json ";
+  // Not trusted: every connection fails its handshake with OpenSSL's reason as the error.
+  auto out = sockbench("run" + target + cell + (dir_ / "untrusted.json").string());
+  auto e = only_entry(dir_ / "untrusted.json");
+  EXPECT_EQ(e.value("iterations", -1), 0);
+  EXPECT_EQ(e.value("errors", 0.0), 2.0);
+  EXPECT_EQ(e.value("connections_achieved", -1.0), 0.0);
+  EXPECT_THAT(out.out + out.err, HasSubstr("TLS: "));
+  EXPECT_THAT(out.out + out.err, HasSubstr("self-signed certificate"));
+  // Trusted with --ca, and with --insecure: replies verified.
+  for (const std::string& trust :
+       {" --ca " + (dir_ / "cert.pem").string(), std::string(" --insecure")}) {
+    out = sockbench("run" + target + cell + (dir_ / "ok.json").string() + trust);
+    ASSERT_EQ(out.status, 0) << trust << out.err;
+    e = only_entry(dir_ / "ok.json");
+    EXPECT_GT(e.value("iterations", 0), 0) << trust;
+    EXPECT_EQ(e.value("errors", -1.0), 0.0) << trust;
+  }
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 #include "harness/cli/dist.h"
 #include "harness/cli/options.h"
 #include "harness/cli/targets.h"
+#include "harness/cli/tls_options.h"
 #include "harness/core/cpus.h"
 #include "harness/core/signals.h"
 #include "results/aggregate.h"
@@ -365,6 +366,7 @@ int run_command(int argc, const char* const* argv) {
        cxxopts::value<std::string>())
       ("h,help", "show this help");
   // clang-format on
+  add_tls_client_options(options);
   const auto parsed = parse_or_throw(options, argc, argv);
   if (parsed.count("help")) {
     std::fputs(options.help().c_str(), stdout);
@@ -511,6 +513,17 @@ int run_command(int argc, const char* const* argv) {
         "--delay-us",
         std::to_string(parse_int("server-delay-us", str(parsed, "server-delay-us"), 0, 1'000'000))};
   }
+  // The name the server's certificate must carry: the host connected to (a unix socket's server
+  // is "localhost").
+  std::string tls_name = target ? target->to_string() : host;
+  if (!target && transport == "unix") tls_name = "localhost";
+  if (const auto colon = tls_name.rfind(':'); target && colon != std::string::npos) {
+    tls_name.resize(colon);
+  }
+  if (tls_name.starts_with("[")) tls_name = tls_name.substr(1, tls_name.size() - 2);
+  const RunTls tls = RunTls::from_flags(parsed, target.has_value(), tls_name);
+  serve_args.insert(serve_args.end(), tls.serve_args.begin(), tls.serve_args.end());
+  base.tls = tls.client;
 
   // Server and client on disjoint CPU sets by default, the same set for every model.
   const auto available = available_cpus();

@@ -1,9 +1,11 @@
 #include "harness/cli/tls_options.h"
 
 #include <fmt/format.h>
+#include <stdlib.h>
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -63,6 +65,73 @@ std::shared_ptr<tls::Context> tls_server_context(const cxxopts::ParseResult& par
   auto context = tls::Context::make(config, &error);
   if (!context) throw UsageError("--tls: " + error);
   return context;
+}
+
+void add_tls_client_options(cxxopts::Options& options) {
+  options.add_options("TLS")("tls", "rr: TLS on every connection (servers started here serve it)")(
+      "tls-version", "1.2 or 1.3 (default 1.3)", cxxopts::value<std::string>())(
+      "cipher", "TLS 1.2 cipher list or TLS 1.3 ciphersuites (OpenSSL names)",
+      cxxopts::value<std::string>())("insecure", "with --target: do not verify its certificate")(
+      "ca", "with --target: trust the certificates in this PEM file (default: the system's)",
+      cxxopts::value<std::string>());
+}
+
+RunTls RunTls::from_flags(const cxxopts::ParseResult& parsed, bool target,
+                          const std::string& server_name) {
+  RunTls run;
+  if (!parsed.count("tls")) {
+    for (const char* flag : {"tls-version", "cipher", "insecure", "ca"}) {
+      if (parsed.count(flag)) throw UsageError(fmt::format("--{} needs --tls", flag));
+    }
+    return run;
+  }
+  if (!target && (parsed.count("insecure") || parsed.count("ca"))) {
+    throw UsageError(
+        fmt::format("--{}: applies to --target; servers started here use a "
+                    "certificate made for the run, and only that is trusted",
+                    parsed.count("insecure") ? "insecure" : "ca"));
+  }
+  const std::string version = parsed.count("tls-version") ? str(parsed, "tls-version") : "1.3";
+  if (version != "1.2" && version != "1.3") {
+    throw UsageError(fmt::format("--tls-version: expected 1.2 or 1.3, got '{}'", version));
+  }
+  tls::Config client;
+  client.role = tls::Role::kClient;
+  client.version = version == "1.2" ? 12 : 13;
+  if (parsed.count("cipher")) client.ciphers = str(parsed, "cipher");
+  client.server_name = server_name;
+  std::string error;
+  if (target) {
+    client.insecure = parsed.count("insecure") > 0;
+    if (parsed.count("ca")) client.trusted_pem = read_pem("ca", str(parsed, "ca"));
+  } else {
+    const tls::Identity identity = tls::make_loopback_identity(&error);
+    if (identity.cert_pem.empty()) throw UsageError("--tls: " + error);
+    client.trusted_pem = identity.cert_pem;
+    char dir_template[] = "/tmp/sockbench-tls-XXXXXX";
+    if (!::mkdtemp(dir_template)) {
+      throw UsageError(fmt::format("--tls: cannot make a directory for the certificate: {}",
+                                   std::strerror(errno)));
+    }
+    run.dir_ = dir_template;
+    const std::string cert = run.dir_ + "/cert.pem";
+    const std::string key = run.dir_ + "/key.pem";
+    std::ofstream(cert) << identity.cert_pem;
+    std::ofstream(key) << identity.key_pem;
+    run.serve_args = {"--tls", "--tls-version", version, "--cert", cert, "--key", key};
+    if (parsed.count("cipher")) {
+      run.serve_args.insert(run.serve_args.end(), {"--cipher", str(parsed, "cipher")});
+    }
+  }
+  run.client = tls::Context::make(client, &error);
+  if (!run.client) throw UsageError("--tls: " + error);
+  return run;
+}
+
+RunTls::~RunTls() {
+  if (dir_.empty()) return;
+  std::error_code ignored;
+  std::filesystem::remove_all(dir_, ignored);
 }
 
 }  // namespace sockbench::cli

@@ -96,6 +96,8 @@ struct Conn : FixedConn {
   uint64_t base_seq = 0;
   uint64_t due = 0;  // open loop: intended send times passed, not yet issued (held by the cap)
   std::unique_ptr<Stamp[]> ring;
+  std::unique_ptr<tls::Session> tls;  // TLS runs only; requests start once handshake_done()
+  int64_t tls_start_ns = 0;           // when the TCP connection was established
 };
 
 // One client thread: its epoll loop, its connections, its statistics. Only its own thread
@@ -141,6 +143,11 @@ class Worker {
   }
 
   void start_connect(size_t i);
+  void begin_requests(Conn& c, size_t i, int64_t now);
+  void start_tls(Conn& c, size_t i, int64_t now);
+  bool send_ciphertext(Conn& c, size_t i);
+  void flush_tls(Conn& c, size_t i);
+  size_t write_prefix(uint64_t seq, int64_t origin, char* out) const;
   void on_readable(Conn& c, size_t i);
   bool matches(uint64_t seq, int64_t origin, uint64_t offset, const char* data, size_t n) const;
   void reserve(Conn& c, uint32_t needed);
@@ -169,6 +176,8 @@ class Worker {
   std::vector<char> recv_buffer_;
   std::vector<iovec> iov_;
   std::vector<char> prefixes_;
+  std::string tls_plain_;    // TLS: what one recv() decrypted to
+  std::string tls_request_;  // TLS: the plaintext of the requests one flush encrypts
 
   // The open-loop schedule of this thread's connections, in time order: the next slot is
   // request cursor_k_ of local connection cursor_, due at next_slot_ns_.
@@ -257,6 +266,15 @@ void Worker::on_open(Conn& c, size_t i, uint32_t events) {
 
 void Worker::on_connected(Conn& c, size_t i, int64_t now) {
   set_want_out(c, i, false);
+  if (config_.tls) {
+    start_tls(c, i, now);
+    return;
+  }
+  begin_requests(c, i, now);
+}
+
+// The connection is ready for requests: TCP established, and the TLS handshake done if any.
+void Worker::begin_requests(Conn& c, size_t i, int64_t now) {
   if (plan_.open) {
     // Its schedule starts at its next slot not yet passed by the cursor: slot k of connection
     // i is passed when (i, k) < (cursor_, cursor_k_) in the cursor's order.
@@ -274,6 +292,75 @@ void Worker::set_want_out(Conn& c, size_t i, bool on) {
     return;
   }
   c.want_out = on;
+}
+
+// The client's half of the handshake starts; on_readable() finishes it.
+void Worker::start_tls(Conn& c, size_t i, int64_t now) {
+  std::string error;
+  c.tls = tls::Session::make(config_.tls, &error);
+  if (!c.tls) {
+    kill(c, "TLS: " + error, now);
+    return;
+  }
+  c.tls_start_ns = now;
+  send_ciphertext(c, i);
+}
+
+// Sends the TLS session's pending ciphertext; a short send keeps the rest for EPOLLOUT. False
+// when the connection died.
+bool Worker::send_ciphertext(Conn& c, size_t i) {
+  std::string& out = c.tls->output();
+  size_t done = 0;
+  while (done < out.size()) {
+    const ssize_t n = ::send(c.fd.get(), out.data() + done, out.size() - done, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      kill(c, errno_name(errno), steady_now_ns());
+      return false;
+    }
+    done += static_cast<size_t>(n);
+  }
+  out.erase(0, done);
+  if (!out.empty() && in_window(steady_now_ns())) ++stats.short_writes;
+  set_want_out(c, i, !out.empty());
+  return c.state == ConnState::kOpen;
+}
+
+// TLS flush: every issued request not yet handed over is encrypted at once (its send time is
+// now), then the ciphertext goes out as the socket takes it.
+void Worker::flush_tls(Conn& c, size_t i) {
+  if (c.tls->handshake_done() && c.unsent < c.in_flight) {
+    const int64_t now = steady_now_ns();
+    const bool window = in_window(now);
+    tls_request_.clear();
+    for (uint32_t r = c.unsent; r < c.in_flight; ++r) {
+      const uint64_t seq = c.base_seq + r;
+      Stamp& s = stamp(c, seq);
+      char prefix[kMaxPrefix];
+      tls_request_.append(prefix, write_prefix(seq, s.origin, prefix));
+      tls_request_.append(plan_.cycle.data() + filler_phase(seq), plan_.filler_size);
+      s.sent = now;
+      if (plan_.open && window && now - s.origin > kLateSendThreshold.count()) ++stats.late_sends;
+    }
+    if (window) stats.bytes_sent += tls_request_.size();
+    c.unsent = c.in_flight;
+    c.unsent_off = 0;
+    c.tls->send(tls_request_);
+  }
+  send_ciphertext(c, i);
+}
+
+// A request's bytes before its filler: frame header (framed), seq, origin. Returns their count.
+size_t Worker::write_prefix(uint64_t seq, int64_t origin, char* out) const {
+  char* p = out;
+  if (plan_.header_size) {
+    write_be32(static_cast<uint32_t>(config_.message_size), p);
+    p += kFrameHeaderSize;
+  }
+  write_be64(seq, p);
+  write_be64(static_cast<uint64_t>(origin), p + 8);
+  return plan_.prefix_size;
 }
 
 // Makes the ring hold at least `needed` outstanding requests, keeping those it holds.
@@ -315,6 +402,10 @@ void Worker::issue_due(Conn& c, size_t i) {
 // A request's actual send time is that of the sendmsg() that took its first byte.
 void Worker::flush(Conn& c, size_t i) {
   if (c.state != ConnState::kOpen) return;
+  if (c.tls) {
+    flush_tls(c, i);
+    return;
+  }
   while (c.unsent < c.in_flight) {
     int iovcnt = 0;
     size_t offered = 0;
@@ -322,13 +413,7 @@ void Worker::flush(Conn& c, size_t i) {
     for (uint32_t r = c.unsent; r < c.in_flight && iovcnt + 2 <= kMaxIov; ++r) {
       const uint64_t seq = c.base_seq + r;
       const uint64_t off = r == c.unsent ? c.unsent_off : 0;
-      char* p = prefix;
-      if (plan_.header_size) {
-        write_be32(static_cast<uint32_t>(config_.message_size), p);
-        p += kFrameHeaderSize;
-      }
-      write_be64(seq, p);
-      write_be64(static_cast<uint64_t>(stamp(c, seq).origin), p + 8);
+      write_prefix(seq, stamp(c, seq).origin, prefix);
       if (off < plan_.prefix_size) {
         iov_[static_cast<size_t>(iovcnt++)] = {prefix + off, plan_.prefix_size - off};
         offered += plan_.prefix_size - off;
@@ -385,13 +470,7 @@ bool Worker::matches(uint64_t seq, int64_t origin, uint64_t offset, const char* 
                      size_t n) const {
   if (offset < plan_.prefix_size) {
     char prefix[kMaxPrefix];
-    char* p = prefix;
-    if (plan_.header_size) {
-      write_be32(static_cast<uint32_t>(config_.message_size), p);
-      p += kFrameHeaderSize;
-    }
-    write_be64(seq, p);
-    write_be64(static_cast<uint64_t>(origin), p + 8);
+    write_prefix(seq, origin, prefix);
     const size_t k = std::min<uint64_t>(n, plan_.prefix_size - offset);
     if (std::memcmp(data, prefix + offset, k) != 0) return false;
     data += k;
@@ -413,10 +492,31 @@ void Worker::on_readable(Conn& c, size_t i) {
     if (const std::string why = recv_end(n); !why.empty()) kill(c, why, now);
     return;
   }
-  const bool window = in_window(now);
-  if (window) stats.bytes_received += static_cast<uint64_t>(n);
   const char* data = recv_buffer_.data();
   auto left = static_cast<size_t>(n);
+  if (c.tls) {
+    tls_plain_.clear();
+    const auto state = c.tls->receive(std::string_view(data, left), tls_plain_);
+    if (state == tls::Session::State::kFailed) {
+      kill(c, "TLS: " + c.tls->error(), now);
+      return;
+    }
+    if (state == tls::Session::State::kClosed) {  // close_notify: the server ended it
+      kill(c, "EOF", now);
+      return;
+    }
+    if (!send_ciphertext(c, i)) return;
+    if (c.tls_start_ns != 0 && c.tls->handshake_done()) {
+      stats.tls_handshake.record(static_cast<uint64_t>(now - c.tls_start_ns));
+      c.tls_start_ns = 0;
+      begin_requests(c, i, now);
+      if (c.state != ConnState::kOpen) return;
+    }
+    data = tls_plain_.data();
+    left = tls_plain_.size();
+  }
+  const bool window = in_window(now);
+  if (window) stats.bytes_received += left;
   bool continued = c.recv_off > 0;  // the head reply began in an earlier recv()
   uint32_t completed = 0;
   while (left > 0) {
@@ -471,7 +571,8 @@ void Worker::run_schedule(int64_t now) {
   for (int pass = 0; pass < kMaxSlotsPerPass && next_slot_ns_ <= now; ++pass) {
     const int64_t slot = next_slot_ns_;
     Conn& c = conns_[cursor_];
-    if (c.state == ConnState::kOpen) {
+    // A connection still in its TLS handshake takes no slot, as one still connecting.
+    if (c.state == ConnState::kOpen && c.tls_start_ns == 0) {
       if (c.in_flight >= plan_.max_outstanding && in_window(slot)) ++stats.capped_sends;
       ++c.due;
       issue_due(c, cursor_);
@@ -546,6 +647,7 @@ void Worker::reject_reply(Conn& c, int64_t now) {
 void Worker::kill(Conn& c, std::string_view error, int64_t now) {
   if (!conns_.end(c)) return;
   c.ring.reset();
+  c.tls.reset();
   c.due = 0;
   if (!error.empty()) count_error(error, now);
   if (conns_.live() == 0) done_ns = now;
@@ -560,9 +662,10 @@ void Worker::count_error(std::string_view name, int64_t now) {
 void merge_into(LoadStats& total, const LoadStats& s) {
   using S = LoadStats;
   merge_fields(total, s, &S::latency, &S::service_time, &S::generator_lag, &S::connect_latency,
-               &S::late_sends, &S::capped_sends, &S::dropped_sends, &S::client_cpu_seconds,
-               &S::requests, &S::bytes_sent, &S::bytes_received, &S::unverified_replies,
-               &S::short_reads, &S::short_writes, &S::connections_achieved, &S::errors);
+               &S::tls_handshake, &S::late_sends, &S::capped_sends, &S::dropped_sends,
+               &S::client_cpu_seconds, &S::requests, &S::bytes_sent, &S::bytes_received,
+               &S::unverified_replies, &S::short_reads, &S::short_writes, &S::connections_achieved,
+               &S::errors);
 }
 
 double seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double>(d).count(); }

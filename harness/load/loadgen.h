@@ -12,12 +12,14 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <stop_token>
 #include <string>
 #include <vector>
 
 #include "harness/core/histogram.h"
 #include "harness/core/net.h"
+#include "harness/core/tls.h"
 #include "harness/load/client_threads.h"
 
 namespace sockbench {
@@ -43,6 +45,9 @@ struct LoadConfig : ClientRunConfig {
   // delayed, never dropped, and its latency still counts from its intended time. 1 is wrk2's
   // behaviour (one request on the wire per connection).
   int max_outstanding = 1 << 16;
+  // TLS (client role) on every connection when set: requests start once its handshake is done,
+  // replies are verified after decryption, byte counts are of plaintext.
+  std::shared_ptr<tls::Context> tls;
 };
 
 // The payload starts with the sequence number and send timestamp (8 bytes each, big-endian).
@@ -77,6 +82,7 @@ struct LoadStats {
   // closed loop.
   Histogram generator_lag;
   Histogram connect_latency;  // connect() to established (ns), every successful connect
+  Histogram tls_handshake;    // TLS: established to handshake done (ns), every one that finished
   uint64_t requests = 0;      // verified replies completed in the measured window
   uint64_t bytes_sent = 0;    // in the measured window, wire bytes (headers included)
   uint64_t bytes_received = 0;
@@ -105,7 +111,8 @@ struct LoadStats {
   uint64_t connections_requested = 0;
   uint64_t connections_achieved = 0;       // established and completed at least one verified reply
   std::map<std::string, uint64_t> errors;  // by errno name ("ECONNRESET"), plus "ETIMEDOUT" for
-                                           // connects that did not finish, "EOF" for a peer close
+                                           // connects that did not finish, "EOF" for a peer close,
+                                           // "TLS: <OpenSSL's reason>" for a failed TLS session
   double measured_seconds = 0;             // the actual window length (0: never started)
   std::vector<IntervalSample> timeseries;  // one per whole second of the actual window
   // Sum of `errors` plus unverified_replies.
