@@ -93,6 +93,9 @@ struct Pipe {
   bool source_eof = false;    // the source sent its FIN
   bool fin_sent = false;      // shutdown(SHUT_WR) done on the destination
   bool blocked = false;       // the destination's last send() hit EAGAIN
+  // The poller said the source is readable, and no recv() has drained it since: a recv() is
+  // tried only then, so an event on one side costs no EAGAIN on the other.
+  bool readable = false;
 
   size_t pending() const { return end - begin; }
 };
@@ -136,28 +139,25 @@ class Proxy::Loop {
         toxics_(config_.toxics) {}
 
   ~Loop() {
-    if (control_fd_ && control_address_.family() == AF_UNIX) {
-      ::unlink(reinterpret_cast<const sockaddr_un*>(control_address_.sa())->sun_path);
+    if (control_ && control_->address().family() == AF_UNIX) {
+      ::unlink(reinterpret_cast<const sockaddr_un*>(control_->address().sa())->sun_path);
     }
   }
 
   std::error_code bind() {
     if (auto ec = listener_.bind()) return ec;
-    if (config_.control) {
-      auto fd = listen_on(*config_.control, 16, true, true);
-      if (!fd) return fd.error();
-      auto address = local_address(fd->get());
-      if (!address) return address.error();
-      control_fd_ = std::move(*fd);
-      control_address_ = *address;
-    }
-    return {};
+    if (!config_.control) return {};
+    control_.emplace(ListenerConfig{.address = *config_.control,
+                                    .backlog = 16,
+                                    .reuseaddr = true,
+                                    .accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC});
+    return control_->bind();
   }
 
   Address address() const { return listener_.address(); }
   std::optional<Address> control_address() const {
-    if (!control_fd_) return std::nullopt;
-    return control_address_;
+    if (!control_) return std::nullopt;
+    return control_->address();
   }
   void stop() { listener_.request_stop(); }
   void toggle() {
@@ -170,47 +170,15 @@ class Proxy::Loop {
     if (auto ec = listener_.status()) return ec;
     timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
     if (!timer_) return last_error();
-    for (int fd : {listener_.wake_fd(), timer_.get(), control_fd_.get()}) {
+    for (int fd : {listener_.wake_fd(), timer_.get(), control_ ? control_->fd() : -1}) {
       if (fd < 0) continue;
       if (auto ec = poller_->add(fd, kRead)) return ec;
     }
     if (auto ec = poller_->add(listener_.fd(), kNone)) return ec;
     const auto started = Clock::now();
     for (const auto& toxic : toxics_) since_[toxic.name()] = started;
-    bool was_disabled = disabled_.load();
     std::error_code result;
-    std::vector<PollEvent> events;
-    while (!listener_.stop_requested() && !result) {
-      update_listener();
-      arm_timer();
-      if (auto ec = poller_->wait(events, listener_.wait_timeout_ms())) {
-        result = ec;
-        break;
-      }
-      for (const PollEvent& event : events) {
-        if (event.fd == listener_.wake_fd()) {
-          listener_.drain_wake();
-        } else if (event.fd == listener_.fd()) {
-          if (listen_interest_ & kRead) {
-            result =
-                listener_.accept_all(counters_, [this](Fd fd) { add_connection(std::move(fd)); });
-          }
-        } else if (event.fd == timer_.get()) {
-          uint64_t expirations = 0;
-          (void)!::read(timer_.get(), &expirations, sizeof expirations);
-          armed_at_ = kNever;
-        } else if (event.fd == control_fd_.get()) {
-          accept_control();
-        } else {
-          on_event(event);
-        }
-        if (result) break;
-      }
-      if (disabled_.load() != was_disabled) {
-        was_disabled = !was_disabled;
-        advance_all();
-      }
-      run_timers();
+    while (!listener_.stop_requested() && !(result = turn())) {
     }
     connections_.clear();
     owner_.clear();
@@ -219,6 +187,42 @@ class Proxy::Loop {
   }
 
  private:
+  // One wait and everything it woke. An error ends proxying.
+  std::error_code turn() {
+    update_listener();
+    arm_timer();
+    if (auto ec = poller_->wait(events_, listener_.wait_timeout_ms())) return ec;
+    for (const PollEvent& event : events_) {
+      if (auto ec = dispatch(event)) return ec;
+    }
+    if (disabled_.load() != was_disabled_) {
+      was_disabled_ = !was_disabled_;
+      advance_all();
+    }
+    run_timers();
+    return {};
+  }
+
+  std::error_code dispatch(const PollEvent& event) {
+    const int fd = event.fd;
+    if (fd == timer_.get()) {
+      uint64_t expirations = 0;
+      (void)!::read(fd, &expirations, sizeof expirations);
+      armed_at_ = kNever;
+    } else if (control_ && fd == control_->fd()) {
+      return control_->accept_all(control_counters_,
+                                  [this](Fd client) { add_control(std::move(client)); });
+    } else if (fd == listener_.wake_fd()) {
+      listener_.drain_wake();
+    } else if (fd != listener_.fd()) {
+      on_event(event);
+    } else if (listen_interest_ & kRead) {
+      return listener_.accept_all(counters_,
+                                  [this](Fd client) { add_connection(std::move(client)); });
+    }
+    return {};
+  }
+
   // --- Toxics in force.
 
   const Toxic* toxic(ToxicDirection direction, ToxicKind kind) const {
@@ -268,6 +272,10 @@ class Proxy::Loop {
       return;
     }
     auto& c = connections_.at(owner->second);
+    if (event.mask & kRead) {
+      if (event.fd == c.client.get()) c.up.readable = true;
+      if (event.fd == c.upstream.get()) c.down.readable = true;
+    }
     if (event.mask & kWrite) {
       if (event.fd == c.client.get()) c.down.blocked = false;
       if (event.fd == c.upstream.get()) {
@@ -353,7 +361,7 @@ class Proxy::Loop {
   }
 
   Step read_into(Pipe& p, int from, TimePoint now) {
-    if (p.source_eof) return Step::kOk;
+    if (p.source_eof || !p.readable) return Step::kOk;
     const auto* latency = toxic(p.direction, ToxicKind::kLatency);
     size_t budget = kReadBudget;
     while (budget > 0 && p.pending() < p.buffer.size()) {
@@ -366,7 +374,10 @@ class Proxy::Loop {
       const size_t ask = std::min(budget, p.buffer.size() - p.end);
       auto got = recv_some(from, std::span<char>(p.buffer.data() + p.end, ask));
       if (!got) {
-        if (would_block(got.error())) break;
+        if (would_block(got.error())) {
+          p.readable = false;
+          break;
+        }
         counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
         return Step::kReset;  // the source reset (or failed): the destination gets a reset too
       }
@@ -378,7 +389,10 @@ class Proxy::Loop {
       p.end += *got;
       p.read_total += *got;
       budget -= *got;
-      if (*got < ask) break;  // very likely drained; spare the EAGAIN
+      if (*got < ask) {
+        p.readable = false;  // very likely drained; spare the EAGAIN (level-triggering tells)
+        break;
+      }
     }
     return Step::kOk;
   }
@@ -535,16 +549,10 @@ class Proxy::Loop {
 
   // --- The control socket.
 
-  void accept_control() {
-    for (;;) {
-      auto accepted =
-          accept_one(control_fd_.get(), SOCK_NONBLOCK | SOCK_CLOEXEC, control_address_.family());
-      if (accepted.outcome == AcceptOutcome::kRetry) continue;
-      if (accepted.outcome != AcceptOutcome::kAccepted) return;
-      const int fd = accepted.fd.get();
-      if (poller_->add(fd, kRead)) continue;
-      controls_[fd] = ControlClient{std::move(accepted.fd), {}, {}, kRead};
-    }
+  void add_control(Fd fd) {
+    const int raw = fd.get();
+    if (poller_->add(raw, kRead)) return;
+    controls_[raw] = ControlClient{std::move(fd), {}, {}, kRead};
   }
 
   void on_control_event(const PollEvent& event) {
@@ -596,8 +604,8 @@ class Proxy::Loop {
   std::unique_ptr<Poller> poller_;
   ServerCounters counters_;
   Listener listener_;  // its wake fd is in the poller: stop() and toggle() end the wait
-  Fd control_fd_;
-  Address control_address_;
+  std::optional<Listener> control_;  // the control socket, when configured
+  ServerCounters control_counters_;
   std::atomic<bool> disabled_{false};
 
   // Loop-thread state.
@@ -605,6 +613,8 @@ class Proxy::Loop {
   std::vector<Toxic> toxics_;
   std::map<std::string, TimePoint> since_;  // when each toxic was (last) added
   Fd timer_;
+  std::vector<PollEvent> events_;
+  bool was_disabled_ = false;  // what the loop last applied of disabled_
   TimePoint armed_at_ = kNever;
   using Timer = std::pair<TimePoint, uint64_t>;
   std::priority_queue<Timer, std::vector<Timer>, std::greater<>> timers_;

@@ -73,9 +73,16 @@ TEST_F(ProxyCli, BadToxicIsOneClearLineAndExit2WithNothingListening) {
 TEST_F(ProxyCli, ForwardsAndStopsCleanlyOnSigterm) {
   auto server = test_support::serve("epoll", {"--protocol", "echo"});
   ASSERT_TRUE(server);
-  auto proxy = ChildProcess::spawn(
-      {.argv = {test_support::sockbench_path(), "proxy", "--upstream", server->address.to_string(),
-                "--toxic", "both:slicer=1-2@0", "--ready-fd", "{ready_fd}"}});
+  ChildProcess::Options options;
+  options.argv = {test_support::sockbench_path(),
+                  "proxy",
+                  "--upstream",
+                  server->address.to_string(),
+                  "--toxic",
+                  "both:slicer=1-2@0",
+                  "--ready-fd",
+                  "{ready_fd}"};
+  auto proxy = ChildProcess::spawn(options);
   ASSERT_TRUE(proxy);
   auto line = proxy->read_line(10s);
   ASSERT_TRUE(line);
@@ -114,7 +121,9 @@ TEST_F(ProxyCli, LatencyToxicRaisesTheRrP50ByItsAmount) {
 }
 
 TEST_F(ProxyCli, PartialCheckPassesThroughASlicer) {
-  const auto o = sockbench("check --server epoll --only partial --via-proxy up:slicer=1-7@50");
+  const auto o = sockbench(
+      "check --server epoll --only partial/byte-at-a-time,partial/random-splits,partial/coalesced "
+      "--via-proxy up:slicer=1-7@50");
   EXPECT_EQ(o.status, 0) << o.out << o.err;
   EXPECT_NE(o.out.find("0 FAIL"), std::string::npos) << o.out;
 }

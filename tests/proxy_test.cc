@@ -170,22 +170,22 @@ TEST(ProxyControl, AddRemoveListReset) {
             "error unknown command 'frobnic");
 }
 
-TEST(Proxy, StreamsHundredsOfMegabytesUnchangedBothWays) {
+// Streams `total` bytes to an echo server through a proxy with `toxics` and back: every byte
+// must return, in order.
+void expect_stream_unchanged(const std::string& toxics, uint64_t total) {
   InProcessServer echo("epoll", Protocol::kEcho);
   ASSERT_TRUE(echo.ok());
-  RunningProxy proxy(echo.address(), "");
+  RunningProxy proxy(echo.address(), toxics);
   Fd client = connect_client(proxy->address());
-  constexpr uint64_t kTotal = 256ull << 20;
-  EXPECT_EQ(echo_stream(client.get(), kTotal), kTotal);
+  EXPECT_EQ(echo_stream(client.get(), total), total) << toxics;
+}
+
+TEST(Proxy, StreamsHundredsOfMegabytesUnchangedBothWays) {
+  expect_stream_unchanged("", 256ull << 20);
 }
 
 TEST(Proxy, SlicedStreamArrivesUnchanged) {
-  InProcessServer echo("epoll", Protocol::kEcho);
-  ASSERT_TRUE(echo.ok());
-  RunningProxy proxy(echo.address(), "up:slicer=1000-20000@0,down:slicer=1-40000@0");
-  Fd client = connect_client(proxy->address());
-  constexpr uint64_t kTotal = 48ull << 20;
-  EXPECT_EQ(echo_stream(client.get(), kTotal), kTotal);
+  expect_stream_unchanged("up:slicer=1000-20000@0,down:slicer=1-40000@0", 48ull << 20);
 }
 
 TEST(Proxy, SlicerBoundsEveryChunkTheClientReceives) {
