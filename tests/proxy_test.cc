@@ -216,6 +216,47 @@ TEST(Proxy, LatencyDelaysEveryRoundTripByTheToxic) {
   }
 }
 
+TEST(Proxy, BandwidthPacesTheBytes) {
+  InProcessServer echo("epoll", Protocol::kEcho);
+  ASSERT_TRUE(echo.ok());
+  RunningProxy proxy(echo.address(), "down:bandwidth=100000");
+  Fd client = connect_client(proxy->address());
+  // 50 KB at 100 KB/s: 0.5 s, less the 10 ms of credit an idle direction may start with.
+  const std::string payload(50'000, 'b');
+  EXPECT_GE(round_trip(client.get(), payload), 450ms);
+}
+
+TEST(Proxy, ASourceWhoseDestinationDoesNotReadIsNotReadEither) {
+  // A listener that never accepts: its connections take bytes into their receive buffers, then
+  // push back.
+  auto silent = listen_on(loopback_any_port(), 16, true, false);
+  ASSERT_TRUE(silent);
+  auto silent_address = local_address(silent->get());
+  ASSERT_TRUE(silent_address);
+  RunningProxy proxy(*silent_address, "");
+  Fd client = connect_client(proxy->address());
+  ASSERT_FALSE(set_nonblocking(client.get(), true));
+  const std::vector<char> chunk(1 << 20, 'q');
+  uint64_t sent = 0;
+  auto last_progress = Clock::now();
+  const auto deadline = Clock::now() + 3s;
+  // Until the proxy stops taking bytes for 300 ms (or 3 s pass: a proxy that buffers without
+  // bound takes gigabytes by then).
+  while (Clock::now() < deadline && Clock::now() - last_progress < 300ms) {
+    auto n = send_some(client.get(), chunk);
+    if (n && *n > 0) {
+      sent += *n;
+      last_progress = Clock::now();
+    } else {
+      std::this_thread::sleep_for(1ms);
+    }
+  }
+  // The proxy's 256 KiB plus the kernel's socket buffers on the way, which autotuning caps at
+  // a few MiB each.
+  EXPECT_LT(sent, 64ull << 20);
+  EXPECT_GT(sent, 256ull << 10);
+}
+
 TEST(Proxy, LimitDataClosesAfterExactlyThatManyBytes) {
   InProcessServer echo("epoll", Protocol::kEcho);
   ASSERT_TRUE(echo.ok());
