@@ -3,8 +3,12 @@
 // toxic raises an rr p50 by the configured amount, and checks pass through a slicer.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -70,34 +74,66 @@ TEST_F(ProxyCli, BadToxicIsOneClearLineAndExit2WithNothingListening) {
             "down or both\n");
 }
 
-TEST_F(ProxyCli, ForwardsAndStopsCleanlyOnSigterm) {
+TEST_F(ProxyCli, ForwardsObeysItsControlSocketAndSignalsAndStopsCleanly) {
   auto server = test_support::serve("epoll", {"--protocol", "echo"});
   ASSERT_TRUE(server);
+  const auto control_path = dir_ / "control.sock";
   ChildProcess::Options options;
   options.argv = {test_support::sockbench_path(),
                   "proxy",
                   "--upstream",
                   server->address.to_string(),
                   "--toxic",
-                  "both:slicer=1-2@0",
+                  "down:latency=300,up:slicer=1-2@0",
+                  "--control",
+                  "unix:" + control_path.string(),
                   "--ready-fd",
                   "{ready_fd}"};
   auto proxy = ChildProcess::spawn(options);
   ASSERT_TRUE(proxy);
+  auto control_line = proxy->read_line(10s);
+  ASSERT_TRUE(control_line);
+  EXPECT_EQ(*control_line, "control unix:" + control_path.string());
   auto line = proxy->read_line(10s);
   ASSERT_TRUE(line);
   ASSERT_TRUE(line->starts_with("listening 127.0.0.1:")) << *line;
   Fd client = test_support::connect_client(parse_address(line->substr(10)).address);
-  const std::string payload = "through the proxy, two bytes at a time";
-  ASSERT_FALSE(send_all(client.get(), payload));
-  std::string back(payload.size(), '\0');
-  ASSERT_FALSE(recv_exact(client.get(), back));
-  EXPECT_EQ(back, payload);
+  const auto round_trip = [&](const std::string& payload) {
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_FALSE(send_all(client.get(), payload));
+    std::string back(payload.size(), '\0');
+    EXPECT_FALSE(recv_exact(client.get(), back));
+    EXPECT_EQ(back, payload);
+    return std::chrono::steady_clock::now() - start;
+  };
+  EXPECT_GE(round_trip("through the proxy, two bytes at a time"), 300ms);
+
+  auto connected = connect_to(parse_address("unix:" + control_path.string()).address, false);
+  ASSERT_TRUE(connected);
+  Fd control = std::move(*connected);
+  const timeval five_seconds{5, 0};  // a proxy that does not answer fails the test, not hangs it
+  ::setsockopt(control.get(), SOL_SOCKET, SO_RCVTIMEO, &five_seconds, sizeof five_seconds);
+  ASSERT_FALSE(send_all(control.get(), "list\nremove down:latency\nlist\n"));
+  std::string replies;
+  char c = 0;
+  while (std::count(replies.begin(), replies.end(), '\n') < 3 &&
+         ::recv(control.get(), &c, 1, 0) == 1) {
+    replies += c;
+  }
+  EXPECT_EQ(replies, "ok down:latency=300 up:slicer=1-2@0\nok down:latency\nok up:slicer=1-2@0\n");
+  EXPECT_LT(round_trip("no latency now"), 300ms);
+  ASSERT_FALSE(send_all(control.get(), "add down:latency=300\n"));
+
+  // SIGUSR1 switches every toxic off: the latency goes, though it is still in the list.
+  ::kill(proxy->pid(), SIGUSR1);
+  EXPECT_TRUE(test_support::wait_until([&] { return round_trip("toggled") < 300ms; }, 5s));
+
   ::kill(proxy->pid(), SIGTERM);
   ASSERT_TRUE(test_support::await_exit(*proxy, 5s));
   const auto exit = proxy->stop();
   EXPECT_TRUE(exit.exited);
   EXPECT_EQ(exit.code, 0);
+  EXPECT_FALSE(std::filesystem::exists(control_path));
 }
 
 // The issue's own figure: 20 ms of latency on `down` adds 20 ms to an rr p50, on both ways 40 ms,
