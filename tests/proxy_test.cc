@@ -17,6 +17,7 @@
 #include "harness/core/fd.h"
 #include "harness/core/net.h"
 #include "servers/toxics.h"
+#include "tests/support/fd_limit.h"
 #include "tests/support/servers.h"
 
 namespace sockbench::servers {
@@ -255,6 +256,36 @@ TEST(Proxy, ASourceWhoseDestinationDoesNotReadIsNotReadEither) {
   // a few MiB each.
   EXPECT_LT(sent, 64ull << 20);
   EXPECT_GT(sent, 256ull << 10);
+}
+
+TEST(Proxy, FdExhaustionBacksOffWithoutSpinningThenRecovers) {
+  InProcessServer echo("epoll", Protocol::kEcho);
+  ASSERT_TRUE(echo.ok());
+  RunningProxy proxy(echo.address(), "");
+  // Every fd the proxy and the server close late is closed before the limit is taken (see
+  // LowestFreeFdLimit).
+  {
+    Fd warm = connect_client(proxy->address());
+    round_trip(warm.get(), "warm");
+  }
+  ASSERT_TRUE(wait_until(
+      [&] { return proxy->counters().closed.load() == 1 && echo.counters().closed.load() == 1; }));
+  Fd client = unconnected_client();
+  ASSERT_TRUE(client);
+  LowestFreeFdLimit fd_limit(client.get());
+  ASSERT_EQ(fd_limit.error(), "");
+  const Address address = proxy->address();
+  ASSERT_EQ(::connect(client.get(), address.sa(), address.length), 0);  // into the backlog
+  ASSERT_TRUE(wait_until([&] { return proxy->counters().accept_emfile.load() > 0; }));
+  const uint64_t before = proxy->counters().accept_emfile.load();
+  std::this_thread::sleep_for(300ms);
+  const uint64_t retries = proxy->counters().accept_emfile.load() - before;
+  fd_limit.restore();
+  // A spinning loop retries accept() millions of times; a backed-off one about every 100 ms.
+  EXPECT_LE(retries, 10u);
+  EXPECT_EQ(proxy->counters().accepted.load(), 1u);
+  round_trip(client.get(), "after EMFILE");
+  EXPECT_EQ(proxy->counters().accepted.load(), 2u);
 }
 
 TEST(Proxy, LimitDataClosesAfterExactlyThatManyBytes) {
