@@ -164,5 +164,14 @@ TEST_F(ProxyCli, PartialCheckPassesThroughASlicer) {
   EXPECT_NE(o.out.find("0 FAIL"), std::string::npos) << o.out;
 }
 
+TEST_F(ProxyCli, ChecksThroughAProxySkipTheBacklogAndStillSeeRefusals) {
+  const auto o =
+      sockbench("check --server epoll --only backlog/listen-0,errors/refused --via-proxy ''");
+  EXPECT_EQ(o.status, 0) << o.out << o.err;
+  EXPECT_NE(o.out.find("backlog/listen-0  SKIP"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("errors/refused    PASS"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("which a --via-proxy server does not have"), std::string::npos) << o.out;
+}
+
 }  // namespace
 }  // namespace sockbench

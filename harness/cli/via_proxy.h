@@ -59,10 +59,10 @@ class ProxiedServer final : public scenarios::ServerHandle {
   ChildProxy proxy_;
 };
 
-// A check target behind a proxy: everything is the target's but the address. A restartable
-// target gets a proxy per start (on the previous proxy port for a same-port restart) and none
-// while stopped, so a stopped server still refuses connections; any other target gets one for
-// its whole life (see behind_proxy). Owns the target and the proxy; used from one thread.
+// A check target behind a proxy: everything is the target's but the address and the serve flags. A
+// restartable target gets a proxy per start (on the previous proxy port for a same-port restart)
+// and none while stopped, so a stopped server still refuses connections; any other target gets one
+// for its whole life (see behind_proxy). Owns the target and the proxy; used from one thread.
 class ProxiedTarget final : public scenarios::CheckTarget {
  public:
   ProxiedTarget(std::unique_ptr<scenarios::CheckTarget> target, ProxySpec spec)
@@ -78,8 +78,10 @@ class ProxiedTarget final : public scenarios::CheckTarget {
   WireFormat wire() const override { return target_->wire(); }
   bool can_restart() const override { return target_->can_restart(); }
   bool can_observe() const override { return target_->can_observe(); }
-  bool has_serve_flags() const override { return target_->has_serve_flags(); }
-  std::string kind() const override { return target_->kind() + " via proxy"; }
+  // The proxy accepts every connection at once, whatever the server's accept or backlog: the
+  // backlog checks would measure the proxy, so they SKIP.
+  bool has_serve_flags() const override { return false; }
+  std::string kind() const override { return "--via-proxy"; }
   bool start(const scenarios::StartOptions& options, std::string* error) override;
   std::optional<ExitInfo> stop(std::chrono::milliseconds grace) override;
   bool running() const override { return target_->running(); }
