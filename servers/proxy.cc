@@ -63,6 +63,7 @@ using TimePoint = Clock::time_point;
 
 constexpr size_t kReadBudget = 256 << 10;  // bytes read per direction per turn: fairness
 constexpr size_t kControlLineMax = 4096;
+constexpr size_t kFirstBuffer = 16 << 10;  // bytes of a direction's buffer until it needs more
 constexpr auto kNever = TimePoint::max();
 
 bool would_block(const std::error_code& ec) {
@@ -82,7 +83,7 @@ struct Hold {
 struct Pipe {
   explicit Pipe(ToxicDirection d) : direction(d) {}
   ToxicDirection direction;
-  std::vector<char> buffer;  // pending bytes are buffer[begin, end)
+  std::vector<char> buffer;  // pending bytes are buffer[begin, end); grows up to the limit
   size_t begin = 0;
   size_t end = 0;
   uint64_t read_total = 0;  // stream offsets: what the buffer holds is [sent_total, read_total)
@@ -253,8 +254,6 @@ class Proxy::Loop {
     c.client = std::move(client);
     c.upstream = std::move(*upstream);
     c.started = Clock::now();
-    c.up.buffer.resize(config_.buffer_bytes);
-    c.down.buffer.resize(config_.buffer_bytes);
     if (poller_->add(c.client.get(), kNone) || poller_->add(c.upstream.get(), kNone)) {
       counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
       close(c, Step::kReset);
@@ -364,13 +363,8 @@ class Proxy::Loop {
     if (p.source_eof || !p.readable) return Step::kOk;
     const auto* latency = toxic(p.direction, ToxicKind::kLatency);
     size_t budget = kReadBudget;
-    while (budget > 0 && p.pending() < p.buffer.size()) {
-      if (p.end == p.buffer.size()) {
-        std::copy(p.buffer.begin() + static_cast<long>(p.begin),
-                  p.buffer.begin() + static_cast<long>(p.end), p.buffer.begin());
-        p.end -= p.begin;
-        p.begin = 0;
-      }
+    while (budget > 0 && p.pending() < config_.buffer_bytes) {
+      make_room(p);
       const size_t ask = std::min(budget, p.buffer.size() - p.end);
       auto got = recv_some(from, std::span<char>(p.buffer.data() + p.end, ask));
       if (!got) {
@@ -395,6 +389,22 @@ class Proxy::Loop {
       }
     }
     return Step::kOk;
+  }
+
+  // Frees the buffer's end for a read: moves the pending bytes to the front when they fill at
+  // most half of it, else doubles it up to the configured bytes. Buffers start small, so an idle
+  // connection costs little, and grow only for a connection that streams.
+  void make_room(Pipe& p) const {
+    if (p.end < p.buffer.size()) return;
+    if (p.pending() <= p.buffer.size() / 2 || p.buffer.size() >= config_.buffer_bytes) {
+      std::copy(p.buffer.begin() + static_cast<long>(p.begin),
+                p.buffer.begin() + static_cast<long>(p.end), p.buffer.begin());
+      p.end -= p.begin;
+      p.begin = 0;
+    }
+    if (p.end == p.buffer.size()) {
+      p.buffer.resize(std::min(config_.buffer_bytes, std::max(kFirstBuffer, 2 * p.buffer.size())));
+    }
   }
 
   // The `n` bytes just read wait for the latency (+- jitter), never overtaking earlier bytes.
@@ -473,7 +483,7 @@ class Proxy::Loop {
   // Sets the poller's interest for both sockets of `c`. False (and `c` closed) when it fails.
   bool watch(Connection& c) {
     const auto reading = [&](const Pipe& p) {
-      return !p.source_eof && p.pending() < p.buffer.size() ? kRead : kNone;
+      return !p.source_eof && p.pending() < config_.buffer_bytes ? kRead : kNone;
     };
     const unsigned client = reading(c.up) | (c.down.blocked ? kWrite : kNone);
     const unsigned upstream =
