@@ -285,7 +285,12 @@ class Proxy::Loop {
             close(c, Step::kReset);
             return;
           }
-          c.connecting = false;
+          // A stale event (for an fd closed and reused within this batch) can arrive before the
+          // connect completes: only a peer address says it has.
+          sockaddr_storage peer{};
+          socklen_t length = sizeof peer;
+          c.connecting =
+              ::getpeername(c.upstream.get(), reinterpret_cast<sockaddr*>(&peer), &length) != 0;
         }
       }
     }
