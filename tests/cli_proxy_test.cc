@@ -173,5 +173,26 @@ TEST_F(ProxyCli, ChecksThroughAProxySkipTheBacklogAndStillSeeRefusals) {
   EXPECT_NE(o.out.find("which a --via-proxy server does not have"), std::string::npos) << o.out;
 }
 
+// The point of a slicer: a server that takes one recv() as one message serves whole frames
+// sent at once without an error, and fails as soon as they arrive in pieces, even a --target
+// server sockbench did not start.
+TEST_F(ProxyCli, ASlicerExposesAServerThatTakesOneRecvAsOneMessage) {
+  auto server = test_support::serve("faulty-single-recv");
+  ASSERT_TRUE(server);
+  const auto errors = [&](const std::string& via) -> std::optional<double> {
+    const auto path = (dir_ / "rr.json").string();
+    const auto o = sockbench("run --target " + server->address.to_string() +
+                             " --clients 2 --duration 500ms --warmup 0s --json " + path + via);
+    EXPECT_EQ(o.status, 0) << o.err;
+    if (o.status != 0) return std::nullopt;
+    const auto doc = nlohmann::json::parse(test_support::slurp(path));
+    return doc["benchmarks"][0]["errors"].get<double>();
+  };
+  EXPECT_EQ(errors(""), 0.0);
+  const auto sliced = errors(" --via-proxy up:slicer=1-7@0");
+  ASSERT_TRUE(sliced);
+  EXPECT_GE(*sliced, 1.0);
+}
+
 }  // namespace
 }  // namespace sockbench
