@@ -90,7 +90,7 @@ TEST_F(Cli, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
   }
 }
 
-const char* const kCommands[] = {"run",     "serve",  "check", "list",
+const char* const kCommands[] = {"run",     "serve",  "proxy", "check",  "list",
                                  "compare", "export", "merge", "version"};
 
 TEST_F(Cli, HelpShowsEveryCommandThenRunsOptions) {

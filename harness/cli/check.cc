@@ -18,6 +18,7 @@
 #include "harness/cli/commands.h"
 #include "harness/cli/common.h"
 #include "harness/cli/options.h"
+#include "harness/cli/via_proxy.h"
 #include "servers/server.h"
 
 namespace sockbench::cli {
@@ -42,6 +43,10 @@ int check_command(int argc, const char* const* argv) {
       "'python3 server.py {port}'; sockbench picks the port, starts, restarts and observes it",
       cxxopts::value<std::string>())("protocol", "what the target speaks: framed or echo",
                                      cxxopts::value<std::string>()->default_value("framed"))(
+      "via-proxy",
+      "check through a sockbench proxy with these toxics (comma list of DIR:TOXIC=ARGS, e.g. "
+      "up:slicer=1-3@100)",
+      cxxopts::value<std::string>())(
       "only", "checks to run: partial, backlog, timewait, errors, or check/subcheck (comma list)",
       cxxopts::value<std::string>())("long", "also the slow measurements (TIME_WAIT's 60 s)")(
       "seed", "seed of the random split points", cxxopts::value<std::string>()->default_value("1"))(
@@ -68,6 +73,9 @@ int check_command(int argc, const char* const* argv) {
   }
   CheckPlan plan;
   plan.protocol = protocol;
+  if (parsed.count("via-proxy")) {
+    check_via_proxy_flag(*(plan.via_proxy = str(parsed, "via-proxy")));
+  }
   scenarios::CheckOptions& check_options = plan.options;
   if (parsed.count("only")) {
     for (const auto& item : split_list("only", str(parsed, "only"))) {

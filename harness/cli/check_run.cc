@@ -10,6 +10,7 @@
 
 #include "harness/cli/common.h"
 #include "harness/cli/targets.h"
+#include "harness/cli/via_proxy.h"
 #include "harness/core/net.h"
 #include "harness/core/signals.h"
 #include "results/writers.h"
@@ -161,6 +162,15 @@ int run_check_plan(CheckPlan plan) {
     targets.push_back(std::make_unique<CommandServer>(*plan.command, wire, loopback));
   }
   if (plan.target) targets.push_back(std::make_unique<AddressTarget>(*plan.target, wire));
+  if (plan.via_proxy) {
+    ProxySpec spec;
+    spec.toxics = *plan.via_proxy;
+    for (auto& target : targets) {
+      std::string error;
+      target = behind_proxy(std::move(target), spec, &error);
+      if (!target) throw std::runtime_error(error);
+    }
+  }
 
   results::RunResult run;
   run.context = make_context(plan.command_line);

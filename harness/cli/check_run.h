@@ -22,6 +22,8 @@ struct CheckPlan {
   std::optional<std::string> json_path;
   std::optional<std::string> junit_path;
   std::string command_line;  // for the results' context
+  // --via-proxy: the toxics of a proxy put in front of every target.
+  std::optional<std::string> via_proxy;
 };
 
 // Runs the plan; returns the exit code: 0 when nothing FAILed, 1 when something did (or an

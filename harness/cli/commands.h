@@ -12,5 +12,6 @@ int check_command(int argc, const char* const* argv);
 int compare_command(int argc, const char* const* argv);
 int export_command(int argc, const char* const* argv);
 int merge_command(int argc, const char* const* argv);
+int proxy_command(int argc, const char* const* argv);
 
 }  // namespace sockbench::cli

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -147,6 +148,31 @@ int report_run(const results::RunResult& run, int repetitions, const OutputPaths
     return results::write_file_atomically(p, results::to_timeseries_lines(run));
   });
   return status;
+}
+
+Fd ready_fd_flag(const cxxopts::ParseResult& parsed) {
+  if (!parsed.count("ready-fd")) return Fd();
+  return Fd(static_cast<int>(parse_int("ready-fd", str(parsed, "ready-fd"), 3, 1 << 20)));
+}
+
+void announce_ready(Fd& ready, const std::string& lines) {
+  if (ready) {
+    // The parent waits for this on a pipe; if it is gone, SIGKILL (PDEATHSIG) follows.
+    (void)write_all(ready.get(), lines);
+    ready.reset();
+  } else {
+    std::fputs(lines.c_str(), stdout);
+    std::fflush(stdout);
+  }
+}
+
+void announce_failure(Fd& ready, const std::string& command, const std::string& why) {
+  if (ready) {
+    // Ignored: if the reader is gone, nothing else would hear of it.
+    (void)write_all(ready.get(), fmt::format("error {}\n", why));
+  } else {
+    fmt::print(stderr, "sockbench {}: {}\n", command, why);
+  }
 }
 
 }  // namespace sockbench::cli

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "harness/core/fd.h"
 #include "results/record.h"
 
 namespace sockbench::cli {
@@ -46,5 +47,15 @@ OutputPaths output_paths(const cxxopts::ParseResult& parsed);
 // Prints the run's table (every cell once: the median when repeated) and writes its files.
 // Returns 1 when a record failed or a file could not be written (said on stderr), else 0.
 int report_run(const results::RunResult& run, int repetitions, const OutputPaths& paths);
+
+// --ready-fd of serve and proxy: the fd (3 or above) a parent reads "listening ADDR" from, now
+// owned; an invalid Fd when the flag is absent.
+Fd ready_fd_flag(const cxxopts::ParseResult& parsed);
+// Tells whoever started this process that it is up: `lines` to the ready fd when there is one
+// (then closed, so the reader sees the end), else to stdout.
+void announce_ready(Fd& ready, const std::string& lines);
+// Tells it why not: "error WHY" to the ready fd (the parent reads that pipe, not our stderr), else
+// "sockbench COMMAND: WHY" to stderr.
+void announce_failure(Fd& ready, const std::string& command, const std::string& why);
 
 }  // namespace sockbench::cli

@@ -32,6 +32,7 @@ struct Command {
 constexpr Command kCommands[] = {
     {"run", run_command, "measure server models under load, side by side (the default command)"},
     {"serve", serve_command, "run one server model in the foreground"},
+    {"proxy", proxy_command, "forward TCP to an upstream, injecting faults (toxics)"},
     {"check", check_command, "check a server's socket behaviour: PASS, FAIL or SKIP per check"},
     {"list", list_command, "list server models, protocols, scenarios and checks"},
     {"compare", compare_command, "compare two result files; exit 1 on a regression"},

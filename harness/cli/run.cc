@@ -24,6 +24,7 @@
 #include "harness/cli/options.h"
 #include "harness/cli/targets.h"
 #include "harness/cli/tls_options.h"
+#include "harness/cli/via_proxy.h"
 #include "harness/core/cpus.h"
 #include "harness/core/signals.h"
 #include "results/aggregate.h"
@@ -90,6 +91,7 @@ struct Cell {
   const scenarios::BenchmarkInfo* scenario;
   std::string server;
   scenarios::BenchParams params;
+  std::optional<ProxySpec> via_proxy;  // --via-proxy: the server is reached through this proxy
 };
 
 // A fresh unix socket path per server start, so a stale file never makes a bind fail.
@@ -137,6 +139,18 @@ std::vector<results::Record> unmeasured(const Cell& cell, const std::string& ser
 // Runs one cell against `server`, or files it empty when this shard has no client in it.
 std::vector<results::Record> run_on(const Cell& cell, scenarios::ServerHandle& server,
                                     std::stop_token stop) {
+  if (cell.via_proxy) {
+    std::string error;
+    auto proxy = ChildProxy::start(server.address(), *cell.via_proxy, &error);
+    if (!proxy) {
+      fmt::print(stderr, "sockbench: error: {}\n", error);
+      return unmeasured(cell, server.name(), error);
+    }
+    ProxiedServer proxied(server, std::move(*proxy));
+    Cell direct = cell;
+    direct.via_proxy.reset();
+    return run_on(direct, proxied, std::move(stop));
+  }
   if (scenarios::idle_shard(cell.params)) {
     auto records = unmeasured(cell, server.name(), "");
     for (auto& record : records) {
@@ -354,6 +368,8 @@ int run_command(int argc, const char* const* argv) {
        "warning)")
       ("target", "drive the server already listening at HOST:PORT (sockbench serve, or any "
        "server of the protocol) instead of starting --server", cxxopts::value<std::string>())
+      ("via-proxy", "reach the server through a sockbench proxy with these toxics (comma list of "
+       "DIR:TOXIC=ARGS, e.g. down:latency=20; \"\" for none)", cxxopts::value<std::string>())
       ("shard", "run share I of N (I from 0) of the load: of the clients, the --rate and every "
        "--ramp step; needs --target; sockbench merge joins the N result files",
        cxxopts::value<std::string>())
@@ -578,12 +594,18 @@ int run_command(int argc, const char* const* argv) {
     }
   }
   const OutputPaths outputs = output_paths(parsed);
+  std::optional<ProxySpec> via_proxy;
+  if (parsed.count("via-proxy")) {
+    check_via_proxy_flag(str(parsed, "via-proxy"));
+    via_proxy =
+        ProxySpec{.toxics = str(parsed, "via-proxy"), .listen = host + ":0", .cpus = server_cpus};
+  }
 
   std::vector<Cell> cells;
   for (const auto* scenario : scenario_list) {
     for (int clients : clients_list) {
       for (const auto& server : server_names) {
-        Cell cell{scenario, server, base};
+        Cell cell{scenario, server, base, via_proxy};
         cell.params.clients = clients;
         if (!sized) cell.params.message_size = scenario->default_message_size;
         cells.push_back(std::move(cell));

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "harness/cli/commands.h"
+#include "harness/cli/common.h"
 #include "harness/cli/options.h"
 #include "harness/cli/tls_options.h"
 #include "harness/core/fd.h"
@@ -76,12 +77,8 @@ int serve_command(int argc, const char* const* argv) {
   config.protocol.tls = tls_server_context(parsed);
   config.protocol.reply_delay =
       std::chrono::microseconds(parse_int("delay-us", str(parsed, "delay-us"), 0, 60'000'000));
-  Fd ready;
-  int ready_fd_number = -1;
-  if (parsed.count("ready-fd")) {
-    ready_fd_number = static_cast<int>(parse_int("ready-fd", str(parsed, "ready-fd"), 3, 1 << 20));
-    ready.reset(ready_fd_number);
-  }
+  Fd ready = ready_fd_flag(parsed);
+  const bool with_ready_fd = ready.valid();
 
   if (model->restore_sigpipe_default) {
     // main() ignores SIGPIPE; this twin exists to show what happens when nobody does.
@@ -115,24 +112,10 @@ int serve_command(int argc, const char* const* argv) {
   if (const auto ec = server->bind()) {
     const std::string why = fmt::format("cannot listen on {}: {} ({})", config.listen.to_string(),
                                         ec.message(), errno_name(ec.value()));
-    // The parent reads the ready pipe, not our stderr: the reason goes where it looks.
-    if (ready) {
-      // Ignored: if the reader is gone, nothing else would hear of it.
-      (void)write_all(ready.get(), fmt::format("error {}\n", why));
-    } else {
-      fmt::print(stderr, "sockbench serve: {}\n", why);
-    }
+    announce_failure(ready, "serve", why);
     return 1;
   }
-  const std::string line = fmt::format("listening {}\n", server->address().to_string());
-  if (ready) {
-    // The parent waits for this line on a pipe; if it is gone, SIGKILL (PDEATHSIG) follows.
-    (void)write_all(ready.get(), line);
-    ready.reset();
-  } else {
-    std::fputs(line.c_str(), stdout);
-    std::fflush(stdout);
-  }
+  announce_ready(ready, fmt::format("listening {}\n", server->address().to_string()));
   const auto ec = server->run();
   const int signo = watcher->received();
   const auto& c = server->counters();
@@ -161,7 +144,7 @@ int serve_command(int argc, const char* const* argv) {
                "sockbench serve: stopped{}: {}; now {} threads, {} open fds ({} at start{})\n",
                signo ? fmt::format(" on signal {}", signo) : "", summary, self ? self->threads : -1,
                self ? self->open_fds : -1, at_start ? at_start->open_fds : -1,
-               ready_fd_number >= 0 ? " with the ready fd" : "");
+               with_ready_fd ? " with the ready fd" : "");
   }
   if (ec) {
     fmt::print(stderr, "sockbench serve: {} failed: {}\n", model->name, ec.message());

@@ -23,6 +23,28 @@ std::string self_executable() {
   return ec ? std::string("sockbench") : path.string();
 }
 
+std::optional<Address> await_listening(ChildProcess& child, const std::string& what,
+                                       std::string* error) {
+  auto line = child.read_line(10s);
+  if (line && line->starts_with("error ")) {
+    // The child's own reason (bind failed...), not the pipe's end that follows it.
+    *error = fmt::format("{} did not start: {}", what, line->substr(6));
+    return std::nullopt;
+  }
+  if (!line || !line->starts_with("listening ")) {
+    std::string why = line ? fmt::format("unexpected line '{}'", *line) : line.error().message();
+    if (!child.alive() && child.exit_info()) why += ", " + child.exit_info()->describe();
+    *error = fmt::format("{} did not start: {}", what, why);
+    return std::nullopt;
+  }
+  const auto parsed = parse_address(line->substr(10));
+  if (!parsed.error.empty()) {
+    *error = fmt::format("{} reported a bad address: {}", what, parsed.error);
+    return std::nullopt;
+  }
+  return parsed.address;
+}
+
 std::optional<ChildServer> ChildServer::start(const ServeSpec& spec, std::string* error) {
   ChildProcess::Options options;
   options.argv = {
@@ -37,24 +59,9 @@ std::optional<ChildServer> ChildServer::start(const ServeSpec& spec, std::string
     *error = fmt::format("cannot start server {}: {}", spec.model, child.error().message());
     return std::nullopt;
   }
-  auto line = child->read_line(10s);
-  if (line && line->starts_with("error ")) {
-    // The child's own reason (bind failed...), not the pipe's end that follows it.
-    *error = fmt::format("server {} did not start: {}", spec.model, line->substr(6));
-    return std::nullopt;
-  }
-  if (!line || !line->starts_with("listening ")) {
-    std::string why = line ? fmt::format("unexpected line '{}'", *line) : line.error().message();
-    if (!child->alive() && child->exit_info()) why += ", " + child->exit_info()->describe();
-    *error = fmt::format("server {} did not start: {}", spec.model, why);
-    return std::nullopt;
-  }
-  const auto parsed = parse_address(line->substr(10));
-  if (!parsed.error.empty()) {
-    *error = fmt::format("server {} reported a bad address: {}", spec.model, parsed.error);
-    return std::nullopt;
-  }
-  return ChildServer(spec, std::move(*child), parsed.address);
+  const auto address = await_listening(*child, "server " + spec.model, error);
+  if (!address) return std::nullopt;
+  return ChildServer(spec, std::move(*child), *address);
 }
 
 std::optional<ProcSample> ChildServer::sample() {

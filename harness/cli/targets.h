@@ -51,6 +51,12 @@ class ChildServer final : public scenarios::ServerHandle {
   Address address_;
 };
 
+// Waits (up to 10 s) for a `sockbench serve` or `proxy` child's "listening ADDR" line on its
+// ready pipe. On failure `error` says why, naming it `what`: the child's own reason when it wrote
+// "error WHY" instead (bind failed), else what the pipe showed and how the child ended, if it did.
+std::optional<Address> await_listening(ChildProcess& child, const std::string& what,
+                                       std::string* error);
+
 // The path of the running sockbench binary (re-executed for `serve`).
 std::string self_executable();
 

@@ -1,0 +1,73 @@
+#include "harness/cli/via_proxy.h"
+
+#include <fmt/format.h>
+
+#include "harness/cli/options.h"
+#include "servers/toxics.h"
+
+namespace sockbench::cli {
+
+void check_via_proxy_flag(const std::string& toxics) {
+  const auto parsed = servers::parse_toxics(toxics);
+  if (!parsed.error.empty()) throw UsageError("--via-proxy: " + parsed.error);
+}
+
+std::optional<ChildProxy> ChildProxy::start(const Address& upstream, const ProxySpec& spec,
+                                            std::string* error) {
+  ChildProcess::Options options;
+  options.argv = {self_executable(),    "proxy",      "--listen",   spec.listen, "--upstream",
+                  upstream.to_string(), "--ready-fd", "{ready_fd}", "--quiet"};
+  if (!spec.toxics.empty()) {
+    options.argv.push_back("--toxic");
+    options.argv.push_back(spec.toxics);
+  }
+  options.cpus = spec.cpus;
+  auto child = ChildProcess::spawn(options);
+  if (!child) {
+    *error = fmt::format("cannot start the proxy: {}", child.error().message());
+    return std::nullopt;
+  }
+  auto address = await_listening(*child, "the proxy", error);
+  if (!address) return std::nullopt;
+  return ChildProxy(std::move(*child), *address);
+}
+
+bool ProxiedServer::alive(std::string* why) {
+  if (!server_.alive(why)) return false;
+  if (proxy_.alive()) return true;
+  if (why) *why = "the proxy in front of it exited";
+  return false;
+}
+
+bool ProxiedTarget::start_proxy(bool same_port, std::string* error) {
+  if (proxy_) last_proxy_address_ = proxy_->address();
+  proxy_.reset();
+  ProxySpec spec = spec_;
+  if (same_port && last_proxy_address_) spec.listen = last_proxy_address_->to_string();
+  proxy_ = ChildProxy::start(target_->address(), spec, error);
+  return proxy_.has_value();
+}
+
+bool ProxiedTarget::start(const scenarios::StartOptions& options, std::string* error) {
+  if (!target_->start(options, error)) return false;
+  if (start_proxy(options.same_port, error)) return true;
+  target_->stop(std::chrono::seconds(3));
+  return false;
+}
+
+std::optional<ExitInfo> ProxiedTarget::stop(std::chrono::milliseconds grace) {
+  if (target_->can_restart() && proxy_) {
+    last_proxy_address_ = proxy_->address();
+    proxy_.reset();
+  }
+  return target_->stop(grace);
+}
+
+std::unique_ptr<scenarios::CheckTarget> behind_proxy(std::unique_ptr<scenarios::CheckTarget> target,
+                                                     const ProxySpec& spec, std::string* error) {
+  auto proxied = std::make_unique<ProxiedTarget>(std::move(target), spec);
+  if (!proxied->can_restart() && !proxied->start_proxy(false, error)) return nullptr;
+  return proxied;
+}
+
+}  // namespace sockbench::cli
