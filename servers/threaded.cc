@@ -1,22 +1,18 @@
 // Thread per client, blocking I/O: the model of the first socket tutorials, done right. The
 // run() thread is the acceptor; every client gets a std::jthread that the acceptor joins as soon
 // as it finishes, and stop() unblocks them all with shutdown(SHUT_RDWR).
-#include <poll.h>
 #include <sys/socket.h>
 
-#include <algorithm>
-#include <cerrno>
 #include <condition_variable>
 #include <list>
 #include <mutex>
-#include <string>
 #include <thread>
-#include <vector>
 
 #include "harness/core/expected.h"
 #include "harness/core/fd.h"
 #include "harness/core/net.h"
 #include "servers/accept.h"
+#include "servers/blocking.h"
 #include "servers/protocol.h"
 #include "servers/server.h"
 
@@ -44,31 +40,10 @@ class ThreadedServer final : public Server {
 
   std::error_code run() override {
     if (auto ec = listener_.status()) return ec;
-    std::error_code result;
-    while (!listener_.stop_requested()) {
-      // A client closed its fd: accept() may succeed again.
-      if (reap() > 0) listener_.end_back_off();
-      // Read before poll(): a set_accept_paused() after this point wakes the poll() below. While
-      // held, or out of fds (the listener stays readable), the listener is left out (negative
-      // fd) so that connections wait in the backlog and the acceptor sleeps instead of spinning.
-      const bool accepting = listener_.accepting();
-      pollfd fds[2] = {{listener_.wake_fd(), POLLIN, 0},
-                       {accepting ? listener_.fd() : -1, POLLIN, 0}};
-      const int n = ::poll(fds, 2, listener_.wait_timeout_ms());
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        result = last_error();
-        break;
-      }
-      if (fds[0].revents != 0) listener_.drain_wake();
-      if (accepting && fds[1].revents != 0) {
-        if (auto ec =
-                listener_.accept_all(counters_, [this](Fd fd) { start_client(std::move(fd)); })) {
-          result = ec;
-          break;
-        }
-      }
-    }
+    // A client closed its fd (reaped): accept() may succeed again.
+    const std::error_code result = run_acceptor(
+        listener_, counters_, SIZE_MAX, [this] { return reap() > 0; },
+        [this](Fd fd) { start_client(std::move(fd)); });
     shutdown_clients();
     join_clients();
     return result;
@@ -104,7 +79,7 @@ class ThreadedServer final : public Server {
     try {
       // The thread cannot reach finish() before this assignment completes: finish() takes mu_.
       it->thread = std::jthread([this, raw, it] {
-        serve(raw);
+        serve_blocking(raw, config_.protocol, options_.recv_chunk, counters_);
         finish(it);
       });
     } catch (const std::system_error&) {
@@ -112,38 +87,6 @@ class ThreadedServer final : public Server {
       clients_.erase(it);
       counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
       counters_.closed.fetch_add(1, std::memory_order_relaxed);
-    }
-  }
-
-  // The client thread's loop: blocking recv -> Session -> send_all, until EOF, an error, a
-  // protocol error or shutdown() by stop().
-  void serve(int fd) {
-    const auto session = make_session(config_.protocol);
-    std::vector<char> buffer(std::max<size_t>(options_.recv_chunk, 1));
-    std::string out;
-    for (;;) {
-      auto got = recv_some(fd, buffer);
-      if (!got) {
-        counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
-        return;
-      }
-      if (*got == 0) return;
-      if (session->on_bytes(std::string_view(buffer.data(), *got), out) ==
-          Session::Verdict::kClose) {
-        counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
-        return;
-      }
-      if (out.empty()) continue;
-      if (send_all(fd, out)) {
-        counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
-        return;
-      }
-      // Give back the memory of a burst (one huge frame) instead of keeping it per thread.
-      if (out.capacity() > (2u << 20)) {
-        std::string().swap(out);
-      } else {
-        out.clear();
-      }
     }
   }
 
