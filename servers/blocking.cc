@@ -74,6 +74,15 @@ void serve_to_end(Fd fd, LiveConnections& live, const ProtocolOptions& protocol,
   counters.closed.fetch_add(1, std::memory_order_relaxed);
 }
 
+BlockingServer::BlockingServer(const ServerConfig& config, ThreadedOptions options)
+    : config_(config),
+      options_(options),
+      listener_({.address = config.listen,
+                 .backlog = config.backlog,
+                 .reuseaddr = config.reuseaddr,
+                 .accept_flags = SOCK_CLOEXEC,  // no SOCK_NONBLOCK: blocking I/O is the model
+                 .emfile_backoff = options.emfile_backoff}) {}
+
 std::error_code run_acceptor(Listener& listener, ServerCounters& counters, size_t per_wake,
                              const std::function<bool()>& fd_freed,
                              const std::function<void(Fd)>& on_accepted) {

@@ -8,8 +8,10 @@
 #include <mutex>
 #include <set>
 #include <system_error>
+#include <utility>
 
 #include "harness/core/fd.h"
+#include "harness/core/net.h"
 #include "servers/accept.h"
 #include "servers/protocol.h"
 #include "servers/server.h"
@@ -46,6 +48,30 @@ class LiveConnections {
 // accepted connection in a blocking model. The calling thread.
 void serve_to_end(Fd fd, LiveConnections& live, const ProtocolOptions& protocol, size_t recv_chunk,
                   ServerCounters& counters);
+
+// What the blocking models (threaded, iterative, pool) have alike besides their loops: the
+// configuration, the counters and a Listener whose accepted sockets stay blocking (that is the
+// model), with bind(), address(), set_accept_paused() and counters() as Server says.
+class BlockingServer : public Server {
+ public:
+  BlockingServer(const ServerConfig& config, ThreadedOptions options);
+
+  std::error_code bind() override { return listener_.bind(); }
+  Address address() const override { return listener_.address(); }
+  void set_accept_paused(bool paused) override { listener_.set_accept_paused(paused); }
+  const ServerCounters& counters() const override { return counters_; }
+
+ protected:
+  // serve_to_end() with this server's protocol, receive chunk and counters. The calling thread.
+  void serve(Fd fd, LiveConnections& live) {
+    serve_to_end(std::move(fd), live, config_.protocol, options_.recv_chunk, counters_);
+  }
+
+  const ServerConfig config_;
+  const ThreadedOptions options_;
+  ServerCounters counters_;
+  Listener listener_;  // its wake fd is also the models' own doorbell (a finished client...)
+};
 
 // The acceptor loop of a blocking model, on the calling thread, until listener.stop_requested()
 // or a failure of the listener (returned): waits in poll() on the wake fd and, while

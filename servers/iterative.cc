@@ -18,20 +18,9 @@
 namespace sockbench::servers {
 namespace {
 
-class IterativeServer final : public Server {
+class IterativeServer final : public BlockingServer {
  public:
-  IterativeServer(const ServerConfig& config, ThreadedOptions options)
-      : config_(config),
-        options_(options),
-        listener_({.address = config.listen,
-                   .backlog = config.backlog,
-                   .reuseaddr = config.reuseaddr,
-                   .accept_flags = SOCK_CLOEXEC,  // the connection stays blocking: the model
-                   .emfile_backoff = options.emfile_backoff}) {}
-
-  std::error_code bind() override { return listener_.bind(); }
-
-  Address address() const override { return listener_.address(); }
+  using BlockingServer::BlockingServer;
 
   std::error_code run() override {
     if (auto ec = listener_.status()) return ec;
@@ -39,7 +28,7 @@ class IterativeServer final : public Server {
     return run_acceptor(
         listener_, counters_, /*per_wake=*/1, [&served] { return std::exchange(served, false); },
         [this, &served](Fd fd) {
-          serve_to_end(std::move(fd), live_, config_.protocol, options_.recv_chunk, counters_);
+          serve(std::move(fd), live_);
           served = true;
         });
   }
@@ -49,15 +38,7 @@ class IterativeServer final : public Server {
     live_.shutdown_all();  // unblocks the connection being served
   }
 
-  void set_accept_paused(bool paused) override { listener_.set_accept_paused(paused); }
-
-  const ServerCounters& counters() const override { return counters_; }
-
  private:
-  const ServerConfig config_;
-  const ThreadedOptions options_;
-  ServerCounters counters_;
-  Listener listener_;
   LiveConnections live_;
 };
 

@@ -23,24 +23,14 @@
 namespace sockbench::servers {
 namespace {
 
-class PoolServer final : public Server {
+class PoolServer final : public BlockingServer {
  public:
   PoolServer(const ServerConfig& config, ThreadedOptions options)
-      : config_(config),
-        options_(options),
-        workers_wanted_(static_cast<size_t>(pool_workers(config))),
-        listener_({.address = config.listen,
-                   .backlog = config.backlog,
-                   .reuseaddr = config.reuseaddr,
-                   .accept_flags = SOCK_CLOEXEC,  // connections stay blocking: the model
-                   .emfile_backoff = options.emfile_backoff}) {}
+      : BlockingServer(config, options),
+        workers_wanted_(static_cast<size_t>(pool_workers(config))) {}
 
   // run() joins every worker before it returns, so only Fds are left to close here.
   ~PoolServer() override = default;
-
-  std::error_code bind() override { return listener_.bind(); }
-
-  Address address() const override { return listener_.address(); }
 
   std::error_code run() override {
     if (auto ec = listener_.status()) return ec;
@@ -72,10 +62,6 @@ class PoolServer final : public Server {
     close_queue();
     live_.shutdown_all();
   }
-
-  void set_accept_paused(bool paused) override { listener_.set_accept_paused(paused); }
-
-  const ServerCounters& counters() const override { return counters_; }
 
  private:
   // The acceptor's side of the queue.
@@ -114,7 +100,7 @@ class PoolServer final : public Server {
         queue_.pop_front();
         --free_;
       }
-      serve_to_end(std::move(fd), live_, config_.protocol, options_.recv_chunk, counters_);
+      serve(std::move(fd), live_);
       {
         std::lock_guard lock(mu_);
         ++free_;
@@ -137,11 +123,7 @@ class PoolServer final : public Server {
     counters_.closed.fetch_add(dropped.size(), std::memory_order_relaxed);
   }
 
-  const ServerConfig config_;
-  const ThreadedOptions options_;
   const size_t workers_wanted_;
-  ServerCounters counters_;
-  Listener listener_;  // its wake fd also tells the acceptor that a worker freed an fd
   LiveConnections live_;
   std::atomic<bool> freed_{false};
 

@@ -19,24 +19,12 @@
 namespace sockbench::servers {
 namespace {
 
-class ThreadedServer final : public Server {
+class ThreadedServer final : public BlockingServer {
  public:
-  ThreadedServer(const ServerConfig& config, ThreadedOptions options)
-      : config_(config),
-        options_(options),
-        // Client sockets stay blocking: that is the model.
-        listener_({.address = config.listen,
-                   .backlog = config.backlog,
-                   .reuseaddr = config.reuseaddr,
-                   .accept_flags = SOCK_CLOEXEC,
-                   .emfile_backoff = options.emfile_backoff}) {}
+  using BlockingServer::BlockingServer;
 
   // run() joins every client thread before it returns, so only Fds are left to close here.
   ~ThreadedServer() override = default;
-
-  std::error_code bind() override { return listener_.bind(); }
-
-  Address address() const override { return listener_.address(); }
 
   std::error_code run() override {
     if (auto ec = listener_.status()) return ec;
@@ -53,10 +41,6 @@ class ThreadedServer final : public Server {
     listener_.request_stop();
     shutdown_clients();
   }
-
-  void set_accept_paused(bool paused) override { listener_.set_accept_paused(paused); }
-
-  const ServerCounters& counters() const override { return counters_; }
 
  private:
   struct Client {
@@ -136,11 +120,6 @@ class ThreadedServer final : public Server {
       finished.clear();
     }
   }
-
-  const ServerConfig config_;
-  const ThreadedOptions options_;
-  ServerCounters counters_;
-  Listener listener_;  // its wake fd also wakes the acceptor for a client to reap
 
   std::mutex mu_;
   std::condition_variable done_cv_;

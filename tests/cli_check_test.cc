@@ -149,9 +149,9 @@ std::map<std::string, std::string> bounded_verdicts(const std::string& model) {
 void expect_matrix_row(const std::string& target, const CheckRunOutput& run,
                        const std::set<std::string>& must_fail,
                        const std::map<std::string, std::string>& bounded = {}) {
-  const bool fails = !must_fail.empty() ||
-                     std::any_of(bounded.begin(), bounded.end(),
-                                 [](const auto& entry) { return entry.second == "FAIL"; });
+  const bool fails =
+      !must_fail.empty() || std::any_of(bounded.begin(), bounded.end(),
+                                        [](const auto& entry) { return entry.second == "FAIL"; });
   EXPECT_EQ(run.status, fails ? 1 : 0) << target << "\n" << run.err << run.out;
   for (const auto& sub : kAllSubchecks) {
     const auto it = run.verdict.find(sub);

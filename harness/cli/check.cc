@@ -46,10 +46,10 @@ int check_command(int argc, const char* const* argv) {
       cxxopts::value<std::string>())("long", "also the slow measurements (TIME_WAIT's 60 s)")(
       "seed", "seed of the random split points", cxxopts::value<std::string>()->default_value("1"))(
       "workers", "pool: worker threads (default: the CPUs the server may run on)",
-      cxxopts::value<std::string>())(
-      "junit", "write JUnit XML here (one testcase per check x target)",
-      cxxopts::value<std::string>())("json", "write JSON (Google Benchmark schema) here",
+      cxxopts::value<std::string>())("junit",
+                                     "write JUnit XML here (one testcase per check x target)",
                                      cxxopts::value<std::string>())(
+      "json", "write JSON (Google Benchmark schema) here", cxxopts::value<std::string>())(
       "v,verbose", "evidence for every check, PASS included")("h,help", "show this help");
   const auto parsed = parse_or_throw(options, argc, argv);
   if (parsed.count("help")) {
