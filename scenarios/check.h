@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -62,6 +63,9 @@ class CheckTarget : public ServerHandle {
   // Holds (true) or resumes (false) accept(): SIGUSR2 / SIGUSR1 to the server. Needs
   // has_serve_flags(); ENOTSUP otherwise, ESRCH when it is gone.
   virtual std::error_code pause_accept(bool paused) = 0;
+  // How many clients the server serves at the same time by design (a built-in model's
+  // ClientConcurrency: iterative 1, pool its workers); 0 when unbounded or unknown.
+  virtual size_t concurrent_clients() const { return 0; }
 };
 
 enum class Verdict { kPass, kFail, kSkip };
@@ -107,6 +111,13 @@ enum Need : unsigned {
 struct SubcheckInfo {
   std::string name;  // "byte-at-a-time"
   std::string description;
+  // Connections the sub-check's script needs served at the same time. A target that serves
+  // fewer at once by design (CheckTarget::concurrent_clients(): iterative, a small pool) gets a
+  // SKIP naming both numbers, since what the sub-check is about cannot be seen past the stall...
+  size_t clients_at_once = 1;
+  // ... unless the stall is what it measures (one client holding up others): then it runs on
+  // every target, and such a target FAILs it for what it really does.
+  bool measures_concurrency = false;
 };
 
 struct CheckInfo {

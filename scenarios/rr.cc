@@ -68,8 +68,10 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   record.set("bytes_per_second", static_cast<double>(stats.bytes_received) / seconds);
   set_latency_metrics(record, "", stats.latency, {50, 90, 99, 99.9}, /*max=*/true);
   set_latency_metrics(record, "connect_", stats.connect_latency, {50, 99});
+  set_latency_metrics(record, "first_reply_", stats.first_reply_latency, {50, 99}, /*max=*/true);
   if (options.tls) set_latency_metrics(record, "tls_handshake_", stats.tls_handshake, {50, 99});
   set_count_metrics(record, stats, stats.connections_requested, stats.connections_achieved);
+  record.set("connections_unanswered", static_cast<double>(stats.connections_unanswered));
   record.set("client_cpu_percent", stats.client_cpu_utilisation * 100);
   // Beside server_cpu_us_per_request, in the same unit: the generator's own cost per request.
   if (stats.requests > 0) {
@@ -91,6 +93,12 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
 
   if (run_ended_cleanly(server, stop, stats.measured_seconds, options.duration, record)) {
     warn_connections_short(record, stats.connections_achieved, stats.connections_requested);
+    if (stats.connections_unanswered > 0) {
+      record.warnings.push_back(fmt::format(
+          "{} connections never got a first reply before the run ended (queued behind the "
+          "clients the server was serving; see first_reply_max_us)",
+          stats.connections_unanswered));
+    }
   }
   warn_unverified(record, stats.unverified_replies);
   if (stats.client_cpu_utilisation > kClientSaturation) {

@@ -17,7 +17,9 @@ namespace sockbench::scenarios {
 //
 // Metrics, both modes: requests_per_second (achieved), bytes_per_second, p50/p90/p99/p999/max_us
 // (latency; open loop: from the intended send time, coordinated omission corrected),
-// connect_p50_us, connect_p99_us, connections_requested, connections_achieved, errors,
+// connect_p50_us, connect_p99_us, first_reply_p50_us, first_reply_p99_us, first_reply_max_us
+// (connect() to a connection's first verified reply, warm-up included), connections_requested,
+// connections_achieved, connections_unanswered (neither answered nor failed at the end), errors,
 // unverified_replies, short_reads, short_writes, client_cpu_percent (client CPU time over the
 // client CPUs' capacity in the window; a warning above 90 %), client_cpu_us_per_request (the
 // client threads' CPU time per request, the unit of server_cpu_us_per_request beside it), and

@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
+#include <cstdint>
 #include <system_error>
 #include <utility>
 
@@ -37,18 +39,21 @@ struct Accepted {
 // accept4(listen_fd, flags); `family` is the listener's address family.
 Accepted accept_one(int listen_fd, int flags, int family);
 
-// Accepts until the backlog is empty, counting into `counters`: each new connection goes to
-// on_accepted(Fd); when fds or memory run out, back_off(outcome) is called and the loop stops
-// (the connection stays queued). Returns an error only for a failure of the listener itself.
+// Accepts until the backlog is empty or `limit` connections were accepted, counting into
+// `counters`: each new connection goes to on_accepted(Fd); when fds or memory run out,
+// back_off(outcome) is called and the loop stops (the connection stays queued). Returns an error
+// only for a failure of the listener itself.
 template <typename OnAccepted, typename BackOff>
 std::error_code accept_until_drained(int listen_fd, int flags, int family, ServerCounters& counters,
-                                     OnAccepted&& on_accepted, BackOff&& back_off) {
-  for (;;) {
+                                     OnAccepted&& on_accepted, BackOff&& back_off,
+                                     size_t limit = SIZE_MAX) {
+  for (size_t taken = 0; taken < limit;) {
     Accepted accepted = accept_one(listen_fd, flags, family);
     switch (accepted.outcome) {
       case AcceptOutcome::kAccepted:
         counters.accepted.fetch_add(1, std::memory_order_relaxed);
         on_accepted(std::move(accepted.fd));
+        ++taken;
         continue;
       case AcceptOutcome::kRetry:
         continue;
@@ -66,6 +71,7 @@ std::error_code accept_until_drained(int listen_fd, int flags, int family, Serve
         return make_error(accepted.error);
     }
   }
+  return {};
 }
 
 struct ListenerConfig {
@@ -135,9 +141,16 @@ class Listener {
   // Returns an error only for a failure of the listener itself. The loop thread.
   template <typename OnAccepted>
   std::error_code accept_all(ServerCounters& counters, OnAccepted&& on_accepted) {
-    return accept_until_drained(fd_.get(), config_.accept_flags, config_.address.family(), counters,
-                                std::forward<OnAccepted>(on_accepted),
-                                [this](AcceptOutcome outcome) { back_off(outcome); });
+    return accept_some(counters, SIZE_MAX, std::forward<OnAccepted>(on_accepted));
+  }
+  // accept_all(), but stops after `limit` connections: a model that serves one at a time takes
+  // one and leaves the rest queued in the kernel. The loop thread.
+  template <typename OnAccepted>
+  std::error_code accept_some(ServerCounters& counters, size_t limit, OnAccepted&& on_accepted) {
+    return accept_until_drained(
+        fd_.get(), config_.accept_flags, config_.address.family(), counters,
+        std::forward<OnAccepted>(on_accepted), [this](AcceptOutcome outcome) { back_off(outcome); },
+        limit);
   }
 
  private:

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "harness/core/cpus.h"
 #include "servers/poller.h"
 #include "servers/reactor.h"
 #include "servers/server.h"
@@ -24,6 +25,16 @@ const std::vector<ModelInfo>& builtin_models() {
        [](const ServerConfig& config) { return make_reactor_server(config, make_poll_poller()); }},
       {"epoll", "single-threaded reactor over level-triggered epoll(7)", false,
        [](const ServerConfig& config) { return make_reactor_server(config, make_epoll_poller()); }},
+      {.name = "iterative",
+       .description = "one client at a time, blocking I/O, served to its end before the next "
+                      "accept (socketserver.TCPServer); one slow client stalls all",
+       .make = [](const ServerConfig& config) { return make_iterative_server(config); },
+       .concurrency = ClientConcurrency::kOne},
+      {.name = "pool",
+       .description = "fixed pool of --workers threads (default: the server's CPUs) serving "
+                      "queued connections with blocking I/O; N slow clients stall N workers",
+       .make = [](const ServerConfig& config) { return make_pool_server(config); },
+       .concurrency = ClientConcurrency::kWorkers},
       // The faulty twins: each is one correct model with exactly one defect switched on, to prove
       // that the check named in its description can fail.
       {"faulty-single-recv",
@@ -125,6 +136,23 @@ const std::vector<ProtocolInfo>& protocols() {
       {"discard", "read and drop (RFC 863)"},
   };
   return all;
+}
+
+int pool_workers(const ServerConfig& config) {
+  if (config.workers > 0) return config.workers;
+  return std::max(static_cast<int>(available_cpus().size()), 1);
+}
+
+size_t concurrent_clients(const ModelInfo& model, const ServerConfig& config) {
+  switch (model.concurrency) {
+    case ClientConcurrency::kUnbounded:
+      return 0;
+    case ClientConcurrency::kOne:
+      return 1;
+    case ClientConcurrency::kWorkers:
+      return static_cast<size_t>(pool_workers(config));
+  }
+  return 0;
 }
 
 const ModelInfo* find_model(std::string_view name) {

@@ -23,6 +23,8 @@ struct ServerConfig {
   int backlog = 4096;     // listen(2) backlog; the kernel caps it at somaxconn
   bool reuseaddr = true;  // SO_REUSEADDR before bind
   ProtocolOptions protocol;
+  // pool: worker threads; 0 = the number of CPUs in this process's affinity set. Others ignore it.
+  int workers = 0;
 };
 
 // Counters a model keeps while it runs; written by server threads, read by anyone.
@@ -33,6 +35,10 @@ struct ServerCounters {
   std::atomic<uint64_t> protocol_errors{0};     // e.g. oversized frame
   std::atomic<uint64_t> accept_emfile{0};       // accept() failed with EMFILE/ENFILE
   std::atomic<uint64_t> io_errors{0};           // ECONNRESET, EPIPE... on a connection
+  // pool: accepted connections that found every worker busy and waited in the queue, and the
+  // most that waited at once. Zero for the other models.
+  std::atomic<uint64_t> queued{0};
+  std::atomic<uint64_t> queue_peak{0};
 };
 
 // Lifecycle: construct -> bind() -> run() on one thread -> stop() from any thread -> run()
@@ -55,6 +61,15 @@ class Server {
   virtual const ServerCounters& counters() const = 0;
 };
 
+// How many clients a model serves at the same time. A bounded model (one at a time, or one per
+// worker) is stalled by as many slow clients as it has slots: checks and tests that measure
+// concurrency expect that of it instead of pretending it does not happen.
+enum class ClientConcurrency {
+  kUnbounded,  // thread per client, readiness loops: as many as fds and threads allow
+  kOne,        // iterative: one connection served to its end, then the next
+  kWorkers,    // pool: ServerConfig::workers (resolved by pool_workers())
+};
+
 struct ModelInfo {
   std::string name;
   std::string description;
@@ -66,7 +81,14 @@ struct ModelInfo {
   // What it serves: every model moves bytes for the shared protocol logic over any stream socket.
   std::vector<std::string> protocols = {"echo", "framed", "discard"};
   std::vector<std::string> transports = {"tcp", "unix"};
+  ClientConcurrency concurrency = ClientConcurrency::kUnbounded;
 };
+
+// The worker count a pool built with `config` runs: config.workers, or when 0 the CPUs in this
+// process's affinity set (at least 1).
+int pool_workers(const ServerConfig& config);
+// How many clients `model` built with `config` serves at once; 0 when unbounded.
+size_t concurrent_clients(const ModelInfo& model, const ServerConfig& config);
 
 // A wire protocol the models speak (--protocol).
 struct ProtocolInfo {
@@ -74,8 +96,9 @@ struct ProtocolInfo {
   std::string description;
 };
 
-// Knobs of the thread-per-client model. The defaults are the correct behaviour; a faulty twin
-// (a deliberately broken variant, see DESIGN.md) adds one flag here per defect, default off.
+// Knobs of the blocking models (threaded, iterative, pool). The defaults are the correct behaviour;
+// a faulty twin (a deliberately broken variant, see DESIGN.md) adds one flag here per defect,
+// default off.
 struct ThreadedOptions {
   size_t recv_chunk = 64 << 10;  // bytes asked of one recv()
   // How long the listener is left alone after accept() fails with EMFILE/ENFILE.
@@ -86,6 +109,14 @@ struct ThreadedOptions {
 // make_reactor_server() in servers/reactor.h.
 std::unique_ptr<Server> make_threaded_server(const ServerConfig& config,
                                              ThreadedOptions options = {});
+
+// One connection at a time, served to its end with blocking I/O, then the next (servers/
+// iterative.cc): socketserver.TCPServer, the first server of every tutorial.
+std::unique_ptr<Server> make_iterative_server(const ServerConfig& config,
+                                              ThreadedOptions options = {});
+// A fixed pool of pool_workers(config) threads taking accepted connections from a queue, each
+// serving one connection to its end with blocking I/O (servers/pool.cc).
+std::unique_ptr<Server> make_pool_server(const ServerConfig& config, ThreadedOptions options = {});
 
 // Every model: the built-in correct ones in preference order, then registered correct ones, then
 // the faulty twins (built-in, then registered). Fixed once first called.

@@ -1,74 +1,37 @@
 // Thread per client, blocking I/O: the model of the first socket tutorials, done right. The
 // run() thread is the acceptor; every client gets a std::jthread that the acceptor joins as soon
 // as it finishes, and stop() unblocks them all with shutdown(SHUT_RDWR).
-#include <poll.h>
 #include <sys/socket.h>
 
-#include <algorithm>
-#include <cerrno>
 #include <condition_variable>
 #include <list>
 #include <mutex>
-#include <string>
 #include <thread>
-#include <vector>
 
 #include "harness/core/expected.h"
 #include "harness/core/fd.h"
 #include "harness/core/net.h"
 #include "servers/accept.h"
+#include "servers/blocking.h"
 #include "servers/protocol.h"
 #include "servers/server.h"
 
 namespace sockbench::servers {
 namespace {
 
-class ThreadedServer final : public Server {
+class ThreadedServer final : public BlockingServer {
  public:
-  ThreadedServer(const ServerConfig& config, ThreadedOptions options)
-      : config_(config),
-        options_(options),
-        // Client sockets stay blocking: that is the model.
-        listener_({.address = config.listen,
-                   .backlog = config.backlog,
-                   .reuseaddr = config.reuseaddr,
-                   .accept_flags = SOCK_CLOEXEC,
-                   .emfile_backoff = options.emfile_backoff}) {}
+  using BlockingServer::BlockingServer;
 
   // run() joins every client thread before it returns, so only Fds are left to close here.
   ~ThreadedServer() override = default;
 
-  std::error_code bind() override { return listener_.bind(); }
-
-  Address address() const override { return listener_.address(); }
-
   std::error_code run() override {
     if (auto ec = listener_.status()) return ec;
-    std::error_code result;
-    while (!listener_.stop_requested()) {
-      // A client closed its fd: accept() may succeed again.
-      if (reap() > 0) listener_.end_back_off();
-      // Read before poll(): a set_accept_paused() after this point wakes the poll() below. While
-      // held, or out of fds (the listener stays readable), the listener is left out (negative
-      // fd) so that connections wait in the backlog and the acceptor sleeps instead of spinning.
-      const bool accepting = listener_.accepting();
-      pollfd fds[2] = {{listener_.wake_fd(), POLLIN, 0},
-                       {accepting ? listener_.fd() : -1, POLLIN, 0}};
-      const int n = ::poll(fds, 2, listener_.wait_timeout_ms());
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        result = last_error();
-        break;
-      }
-      if (fds[0].revents != 0) listener_.drain_wake();
-      if (accepting && fds[1].revents != 0) {
-        if (auto ec =
-                listener_.accept_all(counters_, [this](Fd fd) { start_client(std::move(fd)); })) {
-          result = ec;
-          break;
-        }
-      }
-    }
+    // A client closed its fd (reaped): accept() may succeed again.
+    const std::error_code result = run_acceptor(
+        listener_, counters_, SIZE_MAX, [this] { return reap() > 0; },
+        [this](Fd fd) { start_client(std::move(fd)); });
     shutdown_clients();
     join_clients();
     return result;
@@ -78,10 +41,6 @@ class ThreadedServer final : public Server {
     listener_.request_stop();
     shutdown_clients();
   }
-
-  void set_accept_paused(bool paused) override { listener_.set_accept_paused(paused); }
-
-  const ServerCounters& counters() const override { return counters_; }
 
  private:
   struct Client {
@@ -104,7 +63,7 @@ class ThreadedServer final : public Server {
     try {
       // The thread cannot reach finish() before this assignment completes: finish() takes mu_.
       it->thread = std::jthread([this, raw, it] {
-        serve(raw);
+        serve_blocking(raw, config_.protocol, options_.recv_chunk, counters_);
         finish(it);
       });
     } catch (const std::system_error&) {
@@ -112,38 +71,6 @@ class ThreadedServer final : public Server {
       clients_.erase(it);
       counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
       counters_.closed.fetch_add(1, std::memory_order_relaxed);
-    }
-  }
-
-  // The client thread's loop: blocking recv -> Session -> send_all, until EOF, an error, a
-  // protocol error or shutdown() by stop().
-  void serve(int fd) {
-    const auto session = make_session(config_.protocol);
-    std::vector<char> buffer(std::max<size_t>(options_.recv_chunk, 1));
-    std::string out;
-    for (;;) {
-      auto got = recv_some(fd, buffer);
-      if (!got) {
-        counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
-        return;
-      }
-      if (*got == 0) return;
-      if (session->on_bytes(std::string_view(buffer.data(), *got), out) ==
-          Session::Verdict::kClose) {
-        counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
-        return;
-      }
-      if (out.empty()) continue;
-      if (send_all(fd, out)) {
-        counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
-        return;
-      }
-      // Give back the memory of a burst (one huge frame) instead of keeping it per thread.
-      if (out.capacity() > (2u << 20)) {
-        std::string().swap(out);
-      } else {
-        out.clear();
-      }
     }
   }
 
@@ -193,11 +120,6 @@ class ThreadedServer final : public Server {
       finished.clear();
     }
   }
-
-  const ServerConfig config_;
-  const ThreadedOptions options_;
-  ServerCounters counters_;
-  Listener listener_;  // its wake fd also wakes the acceptor for a client to reap
 
   std::mutex mu_;
   std::condition_variable done_cv_;

@@ -127,15 +127,39 @@ const std::map<std::string, std::set<std::string>> kTwinFailures = {
     {"faulty-emfile-spin", {"errors/emfile"}},
 };
 
+// What a correct model that serves few clients at once by design (ModelInfo::concurrency:
+// iterative 1, pool its workers, here the CPUs this process may use, which the checked server
+// inherits) gets instead of PASS: FAIL where the stall is what the sub-check measures (one slow
+// client holds it up: that is what the model does), SKIP where the sub-check only needs more
+// clients served at once than the model has. Empty for an unbounded model.
+std::map<std::string, std::string> bounded_verdicts(const std::string& model) {
+  std::map<std::string, std::string> verdicts;
+  const size_t at_once =
+      servers::concurrent_clients(*servers::find_model(model), servers::ServerConfig{});
+  if (at_once == 0) return verdicts;
+  for (const auto& check : scenarios::checks()) {
+    for (const auto& sub : check.subchecks) {
+      if (at_once >= sub.clients_at_once) continue;
+      verdicts[check.name + "/" + sub.name] = sub.measures_concurrency ? "FAIL" : "SKIP";
+    }
+  }
+  return verdicts;
+}
+
 void expect_matrix_row(const std::string& target, const CheckRunOutput& run,
-                       const std::set<std::string>& must_fail) {
-  EXPECT_EQ(run.status, must_fail.empty() ? 0 : 1) << target << "\n" << run.err << run.out;
+                       const std::set<std::string>& must_fail,
+                       const std::map<std::string, std::string>& bounded = {}) {
+  const bool fails =
+      !must_fail.empty() || std::any_of(bounded.begin(), bounded.end(),
+                                        [](const auto& entry) { return entry.second == "FAIL"; });
+  EXPECT_EQ(run.status, fails ? 1 : 0) << target << "\n" << run.err << run.out;
   for (const auto& sub : kAllSubchecks) {
     const auto it = run.verdict.find(sub);
     ASSERT_NE(it, run.verdict.end()) << target << " has no verdict for " << sub << "\n" << run.out;
     std::string want = "PASS";
     if (must_fail.count(sub)) want = "FAIL";
     if (kJustifiedSkips.count(sub)) want = "SKIP";
+    if (const auto b = bounded.find(sub); b != bounded.end()) want = b->second;
     EXPECT_EQ(it->second, want) << target << " " << sub << ":\n" << run.evidence.at(sub);
   }
   EXPECT_EQ(run.verdict.size(), kAllSubchecks.size()) << target;
@@ -195,7 +219,8 @@ TEST_F(CliCheck, HelpAndListNameEveryCheck) {
 }
 
 // The verdict matrix, part 1: every correct model passes every check (SKIP only where
-// justified). One process per model, two at a time.
+// justified), except what a model that serves few clients at once cannot pass by design
+// (bounded_verdicts). One process per model, two at a time.
 TEST_F(CliCheck, EveryCorrectModelPassesEveryCheck) {
   const auto models = servers::model_names(/*faulty=*/false);
   ASSERT_FALSE(models.empty());
@@ -203,9 +228,30 @@ TEST_F(CliCheck, EveryCorrectModelPassesEveryCheck) {
   for (const auto& model : models) {
     const CheckRunOutput& run = runs.at(model);
     std::printf("[ matrix ] %-20s %.1f s\n", model.c_str(), run.seconds);
-    expect_matrix_row(model, run, {});
+    const auto bounded = bounded_verdicts(model);
+    expect_matrix_row(model, run, {}, bounded);
     EXPECT_NE(run.out.find("PASS"), std::string::npos);
+    // A bounded model's FAIL says why: its concurrency, measured.
+    for (const auto& [sub, verdict] : bounded) {
+      if (verdict == "FAIL") {
+        EXPECT_NE(run.evidence.at(sub).find("at a time by design"), std::string::npos)
+            << model << " " << sub << ": " << run.evidence.at(sub);
+      }
+    }
   }
+}
+
+// The one-at-a-time model is stalled by a client that does not read and by slow clients: the
+// checks say FAIL, with the evidence, whatever the machine.
+TEST_F(CliCheck, TheIterativeModelFailsTheChecksThatMeasureConcurrency) {
+  const auto run = check("--server iterative --only partial/nonreading-client,errors/slow-clients",
+                         "iterative-concurrency");
+  EXPECT_EQ(run.status, 1) << run.err << run.out;
+  EXPECT_EQ(run.verdict.at("partial/nonreading-client"), "FAIL") << run.out;
+  EXPECT_EQ(run.verdict.at("errors/slow-clients"), "FAIL") << run.out;
+  EXPECT_NE(run.evidence.at("errors/slow-clients").find("serves 1 client(s) at a time"),
+            std::string::npos)
+      << run.evidence.at("errors/slow-clients");
 }
 
 // A model registered from its own file (tests/support/extra_model.cc, linked only into

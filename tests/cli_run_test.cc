@@ -1,6 +1,7 @@
 // `sockbench run` when things go wrong: a server that cannot start (its own reason, under the
 // cell's usual name), Ctrl-C part-way (the partial figures shown as such), and CPU sets that
 // overlap (refused unless --allow-overlap). `check` with a server that cannot start, too.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -132,6 +133,35 @@ TEST_F(CliRun, InterruptShowsThePartialFiguresMarkedInterrupted) {
   EXPECT_GT(b["requests_per_second"].get<double>(), 0) << b;
   EXPECT_NE(b["error_message"].get<std::string>().find("interrupted after "), std::string::npos)
       << b;
+}
+
+// The one-at-a-time server under more clients than it can serve: the run ends on time by
+// itself, exit 0, and says how many connections were served at all and how many never got a
+// first reply, instead of hanging or calling the waiting ones errors.
+TEST_F(CliRun, IterativeServerWithFiftyClientsEndsOnTimeAndSaysHowManyWereServed) {
+  const auto json_path = dir_ / "iterative.json";
+  const auto r = test_support::run_sockbench(
+      "run --server iterative --clients 50 --duration 2s --warmup 0s --json " + json_path.string(),
+      dir_ / "out", dir_ / "err");
+  ASSERT_EQ(r.status, 0) << r.err << r.out;
+  const auto doc = nlohmann::json::parse(slurp(json_path));
+  ASSERT_EQ(doc["benchmarks"].size(), 1u);
+  const auto& b = doc["benchmarks"][0];
+  EXPECT_EQ(b["connections_requested"].get<double>(), 50) << b;
+  const double achieved = b["connections_achieved"].get<double>();
+  const double unanswered = b["connections_unanswered"].get<double>();
+  EXPECT_GE(achieved, 1) << b;
+  EXPECT_LT(achieved, 50) << b;
+  EXPECT_EQ(achieved + unanswered, 50) << b;  // every connection is one or the other
+  EXPECT_EQ(b["errors"].get<double>(), 0) << b;
+  EXPECT_EQ(b["unverified_replies"].get<double>(), 0) << b;
+  EXPECT_TRUE(b.contains("first_reply_p99_us")) << b;
+  EXPECT_NE(r.out.find(fmt::format("only {:.0f} of 50 connections achieved", achieved)),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find(fmt::format("{:.0f} connections never got a first reply", unanswered)),
+            std::string::npos)
+      << r.out;
 }
 
 TEST_F(CliRun, OverlappingCpuSetsAreRefusedUnlessAllowed) {

@@ -222,6 +222,8 @@ void expect_clean_run(const LoadStats& s, const LoadConfig& c) {
   EXPECT_EQ(s.connections_requested, n);
   EXPECT_EQ(s.connections_achieved, n);
   EXPECT_EQ(s.connect_latency.count(), n);
+  EXPECT_EQ(s.first_reply_latency.count(), n);  // one per connection: its first reply
+  EXPECT_EQ(s.connections_unanswered, 0u);
   EXPECT_EQ(s.latency.count(), s.requests);
   EXPECT_GT(s.latency.min(), 0u);
   // Bytes are counted as they cross the window, replies as they complete: they differ by at
@@ -310,6 +312,25 @@ TEST(RunLoad, FramedEchoPipelineOne) {
   EXPECT_EQ(server.accepted(), 8u);
   EXPECT_EQ(server.bad_requests(), 0u);
   EXPECT_GE(server.replies(), s.requests);
+}
+
+// A server that serves one connection at a time to its end (the iterative model): the first
+// connection gets every reply, the others wait connected for the whole run. They are neither
+// achieved nor errors but unanswered, and only the served one has a first-reply latency.
+TEST(RunLoad, ConnectionsQueuedBehindAOneAtATimeServerAreUnansweredNotErrors) {
+  test_support::RunningServer server("iterative", test_support::loopback_config());
+  ASSERT_TRUE(server.ok());
+  const auto config = make_config(server.address(), 4, 2, 1, 0ms, 300ms);
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  const LoadStats& s = *result;
+  EXPECT_GT(s.requests, 0u);
+  EXPECT_EQ(s.error_count(), 0u);
+  EXPECT_EQ(s.connections_requested, 4u);
+  EXPECT_EQ(s.connect_latency.count(), 4u);  // the kernel completes every handshake
+  EXPECT_EQ(s.connections_achieved, 1u);
+  EXPECT_EQ(s.first_reply_latency.count(), 1u);
+  EXPECT_EQ(s.connections_unanswered, 3u);
 }
 
 TEST(RunLoad, FramedEchoPipelineFour) {

@@ -13,11 +13,13 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "harness/core/cpus.h"
 #include "harness/core/fd.h"
 #include "harness/core/frame.h"
 #include "harness/core/net.h"
@@ -66,7 +68,10 @@ size_t count_entries(const char* dir) {
 class ServersTest : public ::testing::TestWithParam<std::string> {
  protected:
   const std::string model_ = GetParam();
-  bool is_reactor() const { return model_ != "threaded"; }
+  // How many clients the model serves at once with loopback_config() (0: unbounded). A bounded
+  // model leaves the rest waiting, which is what it is: the tests expect that, by this trait.
+  const size_t capacity_ = concurrent_clients(*find_model(model_), loopback_config());
+  bool serves_at_most(size_t n) const { return capacity_ != 0 && capacity_ <= n; }
 };
 
 TEST_P(ServersTest, HundredConcurrentClientsGetTheirOwnReplies) {
@@ -182,12 +187,13 @@ TEST_P(ServersTest, DiscardSendsNothingBackAndKeepsServing) {
 TEST_P(ServersTest, OversizedLengthClosesOnlyThatConnection) {
   RunningServer server(model_, loopback_config());
   ASSERT_TRUE(server.ok());
-  Fd good = connect_client(server.address());
+  // `bad` first: a server that serves one client at a time gets to `good` once `bad` is closed.
   Fd bad = connect_client(server.address());
+  Fd good = connect_client(server.address());
   ASSERT_TRUE(good && bad);
-  ASSERT_EQ(exchange(good.get(), "before"), "before");
   ASSERT_FALSE(send_all(bad.get(), std::string(4, '\xff')));  // 4 GiB - 1 announced
-  EXPECT_LE(bytes_arriving(bad.get(), 2000ms), 0);            // EOF or reset, no data
+  ASSERT_EQ(exchange(good.get(), "before"), "before");
+  EXPECT_LE(bytes_arriving(bad.get(), 2000ms), 0);  // EOF or reset, no data
   EXPECT_TRUE(wait_until([&] { return server.counters().protocol_errors.load() >= 1; }));
   for (int i = 0; i < 5; ++i) {
     const std::string payload = payload_for(1, i);
@@ -205,12 +211,15 @@ TEST_P(ServersTest, StopWithClientsConnectedReleasesEveryFdAndThread) {
   {
     RunningServer server(model_, loopback_config());
     ASSERT_TRUE(server.ok());
+    // A bounded model serves its first `capacity_` clients; the rest wait unaccepted (iterative)
+    // or queued (pool) when stop() comes, and must be released all the same.
+    const auto served = [&](size_t i) { return capacity_ == 0 || i < capacity_; };
     const std::string frame = encode_frame(std::string(1000, 'm'));
-    for (int i = 0; i < 8; ++i) {
+    for (size_t i = 0; i < 8; ++i) {
       clients.push_back(connect_client(server.address()));
       ASSERT_TRUE(clients.back());
       const int fd = clients.back().get();
-      switch (i % 4) {
+      switch (served(i) ? i % 4 : 0) {
         case 0:  // idle
           break;
         case 1:  // mid-header
@@ -227,16 +236,20 @@ TEST_P(ServersTest, StopWithClientsConnectedReleasesEveryFdAndThread) {
     // One client has a big reply pending that it never reads: a threaded server is blocked in
     // send(), a reactor holds the rest in its output buffer.
     clients.push_back(connect_client(server.address()));
-    ASSERT_FALSE(send_all(clients.back().get(), encode_frame(std::string(12 << 20, 'b'))));
-    pollfd p{clients.back().get(), POLLIN, 0};
-    ASSERT_EQ(::poll(&p, 1, 3000), 1);
-    ASSERT_TRUE(wait_until([&] { return server.counters().accepted.load() == 9; }));
+    if (served(8)) {
+      ASSERT_FALSE(send_all(clients.back().get(), encode_frame(std::string(12 << 20, 'b'))));
+      pollfd p{clients.back().get(), POLLIN, 0};
+      ASSERT_EQ(::poll(&p, 1, 3000), 1);
+    }
+    // The iterative model accepts only the one it serves; the pool queues the rest.
+    const uint64_t accepted = find_model(model_)->concurrency == ClientConcurrency::kOne ? 1 : 9;
+    ASSERT_TRUE(wait_until([&] { return server.counters().accepted.load() == accepted; }));
     std::this_thread::sleep_for(20ms);  // let the server reach its blocked/partial states
 
     const auto start = Clock::now();
     EXPECT_FALSE(server.stop());
     stop_took = Clock::now() - start;
-    EXPECT_EQ(server.counters().closed.load(), 9u);
+    EXPECT_EQ(server.counters().closed.load(), accepted);
   }
   EXPECT_LT(stop_took, 2s);
   // Every server-side connection was closed: the clients see EOF (or a reset), not a hang.
@@ -254,8 +267,9 @@ TEST_P(ServersTest, StopWithClientsConnectedReleasesEveryFdAndThread) {
   EXPECT_EQ(count_entries("/proc/self/task"), tasks_before);
 }
 
+// ... unless the model serves one client at a time: then the other is stalled until the hog goes,
+// and the test says so instead of skipping it.
 TEST_P(ServersTest, ClientThatNeverReadsDoesNotStallOthers) {
-  if (!is_reactor()) GTEST_SKIP() << "a thread per client cannot be stalled by another client";
   RunningServer server(model_, loopback_config());
   ASSERT_TRUE(server.ok());
   Fd hog = connect_client(server.address());
@@ -273,6 +287,16 @@ TEST_P(ServersTest, ClientThatNeverReadsDoesNotStallOthers) {
   pollfd p{hog_fd, POLLIN, 0};
   ASSERT_EQ(::poll(&p, 1, 3000), 1);  // the server has started answering the hog
 
+  if (serves_at_most(1)) {
+    ASSERT_FALSE(send_all(other.get(), encode_frame("stalled")));
+    EXPECT_EQ(bytes_arriving(other.get(), 200ms), 0);
+    EXPECT_EQ(server.counters().closed.load(), 0u);
+    ::shutdown(hog_fd, SHUT_RDWR);  // unblocks the hog's send
+    hog_sender.join();
+    hog.reset();  // the hog goes (a reset: its replies are unread): the server gets to the other
+    EXPECT_EQ(read_frame(other.get()), "stalled");
+    return;
+  }
   const auto start = Clock::now();
   for (int i = 0; i < 20; ++i) {
     const std::string payload = payload_for(2, i);
@@ -313,6 +337,8 @@ TEST_P(ServersTest, ClientThatNeverReadsCannotMakeTheServerBufferWithoutBound) {
   EXPECT_LT(total, 128u << 20) << "the server kept reading from a client that never reads";
   EXPECT_GT(total, 1u << 20);  // it did answer until its output backed up
 
+  // A one-at-a-time server gets to another client only once the hog is gone.
+  if (serves_at_most(1)) hog.reset();
   Fd other = connect_client(server.address());
   ASSERT_TRUE(other);
   EXPECT_EQ(exchange(other.get(), "still served"), "still served");
@@ -376,8 +402,10 @@ TEST_P(ServersTest, AcceptPausedLeavesConnectionsInTheBacklogUntilResumed) {
     ~StopAtExit() { server.stop(); }
   } stop_at_exit{*server};
 
+  // As many clients as the model serves at once (at most 3), all answered once resumed.
+  const size_t n = serves_at_most(3) ? capacity_ : 3;
   std::vector<Fd> clients;
-  for (int i = 0; i < 3; ++i) {
+  for (size_t i = 0; i < n; ++i) {
     clients.push_back(connect_client(server->address()));  // completes in the kernel's queue
     ASSERT_TRUE(clients.back());
     ASSERT_FALSE(send_all(clients.back().get(), encode_frame("queued " + std::to_string(i))));
@@ -386,23 +414,29 @@ TEST_P(ServersTest, AcceptPausedLeavesConnectionsInTheBacklogUntilResumed) {
   EXPECT_EQ(server->counters().accepted.load(), 0u);
 
   server->set_accept_paused(false);
-  for (int i = 0; i < 3; ++i)
+  for (size_t i = 0; i < n; ++i)
     EXPECT_EQ(read_frame(clients[i].get()), "queued " + std::to_string(i));
-  EXPECT_EQ(server->counters().accepted.load(), 3u);
+  EXPECT_EQ(server->counters().accepted.load(), n);
 
   server->set_accept_paused(true);
+  // One client goes, so that even a bounded model has room for another: only the pause keeps
+  // the late one out.
+  clients.pop_back();
+  ASSERT_TRUE(wait_until([&] { return server->counters().closed.load() == 1; }));
   std::this_thread::sleep_for(20ms);  // the server has applied the pause
   Fd late = connect_client(server->address());
   ASSERT_TRUE(late);
   ASSERT_FALSE(send_all(late.get(), encode_frame("late")));
   EXPECT_EQ(bytes_arriving(late.get(), 150ms), 0);
-  EXPECT_EQ(server->counters().accepted.load(), 3u);
+  EXPECT_EQ(server->counters().accepted.load(), n);
   // Connections accepted before the pause are still served.
-  EXPECT_EQ(exchange(clients[1].get(), "still served"), "still served");
+  if (!clients.empty()) {
+    EXPECT_EQ(exchange(clients[0].get(), "still served"), "still served");
+  }
 
   server->set_accept_paused(false);
   EXPECT_EQ(read_frame(late.get()), "late");
-  EXPECT_EQ(server->counters().accepted.load(), 4u);
+  EXPECT_EQ(server->counters().accepted.load(), n + 1);
   server->stop();
   runner.join();
   EXPECT_FALSE(run_result);
@@ -452,7 +486,8 @@ INSTANTIATE_TEST_SUITE_P(Models, ServersTest, ::testing::ValuesIn(model_names(/*
 
 TEST(RegistryTest, ModelNamesSplitTheRegistryIntoCorrectThenFaulty) {
   auto names = model_names(/*faulty=*/false);
-  EXPECT_EQ(names, (std::vector<std::string>{"threaded", "select", "poll", "epoll"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"threaded", "select", "poll", "epoll", "iterative", "pool"}));
   const auto twins = model_names(/*faulty=*/true);
   names.insert(names.end(), twins.begin(), twins.end());
   ASSERT_EQ(names.size(), registry().size());
@@ -482,13 +517,113 @@ TEST(RegistryTest, ListsTheFourModelsInOrderThenOnlyFaultyTwins) {
     EXPECT_FALSE(models[i].restore_sigpipe_default);
     EXPECT_EQ(find_model(names[i]), &models[i]);
   }
-  // The rest are the faulty twins (tests/faulty_test.cc), never part of --server all.
-  for (size_t i = 4; i < models.size(); ++i) {
+  // After the correct models come the faulty twins (tests/faulty_test.cc), never part of
+  // --server all.
+  for (size_t i = model_names(/*faulty=*/false).size(); i < models.size(); ++i) {
     EXPECT_TRUE(models[i].faulty) << models[i].name;
     EXPECT_TRUE(models[i].name.starts_with("faulty-")) << models[i].name;
     EXPECT_FALSE(models[i].description.empty());
   }
   EXPECT_EQ(find_model("nope"), nullptr);
+}
+
+// Sends a frame on `fd` and reads the reply on a thread of its own; `released` tells whether the
+// reply came after the test said so (release()). Ordering, not timing.
+class PendingReply {
+ public:
+  PendingReply(int fd, std::string payload) : payload_(std::move(payload)) {
+    EXPECT_FALSE(send_all(fd, encode_frame(payload_)));
+    reader_ = std::jthread([this, fd] {
+      reply_ = read_frame(fd);
+      released_at_reply_ = released_.load();
+    });
+  }
+  void release() { released_ = true; }
+  // Waits for the reply; true when it is the payload and came after release().
+  bool answered_after_release() {
+    reader_.join();
+    EXPECT_EQ(reply_, payload_);
+    return reply_ == payload_ && released_at_reply_;
+  }
+
+ private:
+  std::string payload_;
+  std::atomic<bool> released_{false};
+  std::optional<std::string> reply_;
+  bool released_at_reply_ = false;
+  std::jthread reader_;
+};
+
+TEST(IterativeServerTest, ServesClientsOneAfterAnotherAndTheNextWaitsForTheFirstToClose) {
+  RunningServer server("iterative", loopback_config());
+  ASSERT_TRUE(server.ok());
+  for (int c = 0; c < 20; ++c) {
+    Fd fd = connect_client(server.address());
+    ASSERT_TRUE(fd);
+    for (int seq = 0; seq < 3; ++seq) {
+      const std::string payload = payload_for(c, seq);
+      ASSERT_EQ(exchange(fd.get(), payload), payload) << "client " << c;
+    }
+  }
+  ASSERT_TRUE(wait_until([&] { return server.counters().closed.load() == 20; }));
+
+  // A second client connects (the kernel completes the handshake) while the first is served: its
+  // request is answered only once the first has closed, and it was never accepted before that.
+  Fd first = connect_client(server.address());
+  ASSERT_EQ(exchange(first.get(), "first"), "first");
+  Fd second = connect_client(server.address());
+  ASSERT_TRUE(second);
+  PendingReply waiting(second.get(), "second");
+  for (int i = 0; i < 5; ++i)
+    ASSERT_EQ(exchange(first.get(), payload_for(1, i)), payload_for(1, i));
+  EXPECT_EQ(server.counters().accepted.load(), 21u);  // the second still waits in the backlog
+  waiting.release();
+  first.reset();
+  EXPECT_TRUE(waiting.answered_after_release());
+  EXPECT_EQ(server.counters().accepted.load(), 22u);
+  EXPECT_EQ(server.counters().queued.load(), 0u);
+}
+
+TEST(PoolServerTest, TwoWorkersServeTwoClientsAtOnceAndTheThirdWaitsForOneToClose) {
+  ServerConfig config = loopback_config();
+  config.workers = 2;
+  ASSERT_EQ(concurrent_clients(*find_model("pool"), config), 2u);
+  RunningServer server("pool", config);
+  ASSERT_TRUE(server.ok());
+  Fd a = connect_client(server.address());
+  Fd b = connect_client(server.address());
+  ASSERT_TRUE(a && b);
+  // Interleaved exchanges with both open: two workers serve them at the same time.
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_EQ(exchange(a.get(), payload_for(0, i)), payload_for(0, i));
+    ASSERT_EQ(exchange(b.get(), payload_for(1, i)), payload_for(1, i));
+  }
+  Fd c = connect_client(server.address());
+  ASSERT_TRUE(c);
+  PendingReply waiting(c.get(), "third");
+  // The pool accepts the third at once and queues it: every worker is busy.
+  ASSERT_TRUE(wait_until([&] { return server.counters().accepted.load() == 3; }));
+  ASSERT_TRUE(wait_until([&] { return server.counters().queued.load() == 1; }));
+  EXPECT_EQ(server.counters().queue_peak.load(), 1u);
+  ASSERT_EQ(exchange(b.get(), "b still served"), "b still served");
+  waiting.release();
+  a.reset();
+  EXPECT_TRUE(waiting.answered_after_release());
+  ASSERT_EQ(exchange(b.get(), "b after"), "b after");
+  ASSERT_EQ(exchange(c.get(), "c after"), "c after");
+  EXPECT_EQ(server.counters().closed.load(), 1u);
+}
+
+TEST(RegistryTest, ConcurrencyTraitsOfTheBoundedModels) {
+  const ServerConfig config = loopback_config();
+  EXPECT_EQ(concurrent_clients(*find_model("threaded"), config), 0u);
+  EXPECT_EQ(concurrent_clients(*find_model("epoll"), config), 0u);
+  EXPECT_EQ(concurrent_clients(*find_model("iterative"), config), 1u);
+  // The pool's default: the CPUs this process may run on.
+  EXPECT_EQ(concurrent_clients(*find_model("pool"), config), available_cpus().size());
+  ServerConfig three = config;
+  three.workers = 3;
+  EXPECT_EQ(pool_workers(three), 3);
 }
 
 TEST(SelectServerTest, FdAboveFdSetsizeIsRefusedAndServingContinues) {

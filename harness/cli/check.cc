@@ -50,9 +50,11 @@ int check_command(int argc, const char* const* argv) {
       "only", "checks to run: partial, backlog, timewait, errors, or check/subcheck (comma list)",
       cxxopts::value<std::string>())("long", "also the slow measurements (TIME_WAIT's 60 s)")(
       "seed", "seed of the random split points", cxxopts::value<std::string>()->default_value("1"))(
-      "junit", "write JUnit XML here (one testcase per check x target)",
-      cxxopts::value<std::string>())("json", "write JSON (Google Benchmark schema) here",
+      "workers", "pool: worker threads (default: the CPUs the server may run on)",
+      cxxopts::value<std::string>())("junit",
+                                     "write JUnit XML here (one testcase per check x target)",
                                      cxxopts::value<std::string>())(
+      "json", "write JSON (Google Benchmark schema) here", cxxopts::value<std::string>())(
       "v,verbose", "evidence for every check, PASS included")("h,help", "show this help");
   const auto parsed = parse_or_throw(options, argc, argv);
   if (parsed.count("help")) {
@@ -88,6 +90,9 @@ int check_command(int argc, const char* const* argv) {
   check_options.long_checks = parsed.count("long") > 0;
   check_options.seed =
       static_cast<uint64_t>(parse_int("seed", str(parsed, "seed"), 0, int64_t{1} << 62));
+  if (parsed.count("workers")) {
+    plan.workers = static_cast<int>(parse_int("workers", str(parsed, "workers"), 1, 1 << 16));
+  }
   plan.verbose = parsed.count("verbose") > 0;
   std::optional<Address>& target_address = plan.target;
   if (parsed.count("target")) {

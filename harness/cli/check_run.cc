@@ -156,6 +156,7 @@ int run_check_plan(CheckPlan plan) {
     ServeSpec spec;
     spec.model = model;
     spec.protocol = plan.protocol;
+    spec.workers = plan.workers;
     targets.push_back(std::make_unique<BuiltinTarget>(spec));
   }
   if (plan.command) {

@@ -18,6 +18,7 @@ struct CheckPlan {
   std::optional<Address> target;       // --target
   std::string protocol = "framed";     // framed or echo
   scenarios::CheckOptions options;     // only, long_checks, seed; the runner sets stop/progress
+  int workers = 0;                     // --workers for the pool model; 0: its default
   bool verbose = false;                // evidence for PASS too, progress per sub-check
   std::optional<std::string> json_path;
   std::optional<std::string> junit_path;

@@ -360,6 +360,8 @@ int run_command(int argc, const char* const* argv) {
       ("backlog", "server listen(2) backlog", cxxopts::value<std::string>()->default_value("4096"))
       ("server-delay-us", "slow every server on purpose: this delay before each reply (to prove "
        "that a regression gate catches a slower server)", cxxopts::value<std::string>())
+      ("workers", "pool: worker threads (default: the CPUs of the server's CPU set)",
+       cxxopts::value<std::string>())
       ("server-cpus", "CPUs for the server, e.g. 0 or 0-1 (default: first half)",
        cxxopts::value<std::string>())
       ("client-cpus", "CPUs for the load generator (default: the rest)",
@@ -540,6 +542,11 @@ int run_command(int argc, const char* const* argv) {
   const RunTls tls = RunTls::from_flags(parsed, target.has_value(), tls_name);
   serve_args.insert(serve_args.end(), tls.serve_args.begin(), tls.serve_args.end());
   base.tls = tls.client;
+  if (parsed.count("workers")) {
+    serve_args.insert(
+        serve_args.end(),
+        {"--workers", std::to_string(parse_int("workers", str(parsed, "workers"), 1, 1 << 16))});
+  }
 
   // Server and client on disjoint CPU sets by default, the same set for every model.
   const auto available = available_cpus();

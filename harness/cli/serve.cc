@@ -28,8 +28,8 @@ int serve_command(int argc, const char* const* argv) {
                            "Run one server model until SIGINT/SIGTERM. SIGUSR1 resumes accept(), "
                            "SIGUSR2 pauses it.");
   options.add_options()("server",
-                        "model: threaded, select, poll, epoll or a faulty-* twin (see sockbench "
-                        "list)",
+                        "model: threaded, select, poll, epoll, iterative, pool or a faulty-* twin "
+                        "(see sockbench list)",
                         cxxopts::value<std::string>()->default_value("epoll"))(
       "listen", "address to bind: 127.0.0.1:PORT, [::1]:PORT, localhost:PORT (port 0: any)",
       cxxopts::value<std::string>()->default_value("127.0.0.1:7000"))(
@@ -43,6 +43,10 @@ int serve_command(int argc, const char* const* argv) {
       "accept-paused",
       "listen but do not accept() until SIGUSR1 (connections wait in the kernel's backlog)")(
       "delay-us", "sleep this long before answering each frame (echo: each chunk)",
+      cxxopts::value<std::string>()->default_value("0"))(
+      "workers",
+      "pool: worker threads (0: the number of CPUs this process may run on); other models ignore "
+      "it",
       cxxopts::value<std::string>()->default_value("0"))(
       "ready-fd", "write 'listening ADDR' to this fd once listening (used by sockbench run)",
       cxxopts::value<std::string>())(
@@ -77,6 +81,7 @@ int serve_command(int argc, const char* const* argv) {
   config.protocol.tls = tls_server_context(parsed);
   config.protocol.reply_delay =
       std::chrono::microseconds(parse_int("delay-us", str(parsed, "delay-us"), 0, 60'000'000));
+  config.workers = static_cast<int>(parse_int("workers", str(parsed, "workers"), 0, 1 << 16));
   Fd ready = ready_fd_flag(parsed);
   const bool with_ready_fd = ready.valid();
 
@@ -121,9 +126,9 @@ int serve_command(int argc, const char* const* argv) {
   const auto& c = server->counters();
   const std::string summary = fmt::format(
       "accepted {}, closed {}, protocol errors {}, refused (FD_SETSIZE) {}, accept EMFILE {}, io "
-      "errors {}",
+      "errors {}, queued for a worker {} (peak {})",
       c.accepted.load(), c.closed.load(), c.protocol_errors.load(), c.refused_fd_setsize.load(),
-      c.accept_emfile.load(), c.io_errors.load());
+      c.accept_emfile.load(), c.io_errors.load(), c.queued.load(), c.queue_peak.load());
   // Everything the server and the watcher opened is released here; what remains is what a
   // leak would leave.
   {

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "scenarios/steps.h"
+#include "servers/server.h"
 
 namespace sockbench::cli {
 
@@ -52,6 +53,9 @@ std::optional<ChildServer> ChildServer::start(const ServeSpec& spec, std::string
       spec.listen,       "--protocol", spec.protocol, "--backlog", std::to_string(spec.backlog),
       "--ready-fd",      "{ready_fd}", "--quiet"};
   options.argv.insert(options.argv.end(), spec.extra_args.begin(), spec.extra_args.end());
+  if (spec.workers > 0) {
+    options.argv.insert(options.argv.end(), {"--workers", std::to_string(spec.workers)});
+  }
   options.cpus = spec.cpus;
   options.rlimit_nofile = spec.rlimit_nofile;
   auto child = ChildProcess::spawn(options);
@@ -160,6 +164,15 @@ std::error_code BuiltinTarget::pause_accept(bool paused) {
   if (!server_) return make_error(ESRCH);
   if (::kill(server_->pid(), paused ? SIGUSR2 : SIGUSR1) != 0) return last_error();
   return {};
+}
+
+size_t BuiltinTarget::concurrent_clients() const {
+  const servers::ModelInfo* model = servers::find_model(spec_.model);
+  if (model == nullptr) return 0;
+  servers::ServerConfig config;
+  // The server's default is the CPUs it may run on: its own set, or this process's it inherits.
+  config.workers = spec_.workers > 0 ? spec_.workers : static_cast<int>(spec_.cpus.size());
+  return servers::concurrent_clients(*model, config);
 }
 
 CommandServer::CommandServer(std::string command, WireFormat wire, Address host,

@@ -24,6 +24,7 @@ struct ServeSpec {
   std::vector<int> cpus;                // server CPU set; empty: inherit
   std::vector<std::string> extra_args;  // further `serve` flags (e.g. --no-reuseaddr)
   std::optional<uint64_t> rlimit_nofile;
+  int workers = 0;  // pool: --workers; 0: the server's default (the CPUs it may run on)
 };
 
 // A built-in model running as `sockbench serve` in its own process group. Owns the child: the
@@ -83,6 +84,8 @@ class BuiltinTarget final : public scenarios::CheckTarget {
   const scenarios::StartOptions& options() const override { return options_; }
   pid_t pid() const override { return server_ ? server_->pid() : -1; }
   std::error_code pause_accept(bool paused) override;
+  // The model's ClientConcurrency with this spec's workers and CPU set.
+  size_t concurrent_clients() const override;
 
  private:
   ServeSpec spec_;

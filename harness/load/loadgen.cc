@@ -217,6 +217,10 @@ void Worker::run() {
   if (cpu_started_ && !cpu_ended_) cpu_ns_ = thread_cpu_ns() - cpu_start_ns_;
   stats.client_cpu_seconds = static_cast<double>(cpu_ns_) / static_cast<double>(kNsPerSecond);
   per_second.close();
+  for (size_t i = 0; i < count_; ++i) {
+    const Conn& c = conns_[i];
+    if (!c.verified && c.state != ConnState::kDead) ++stats.connections_unanswered;
+  }
   conns_.reset(0);  // closes every fd this thread opened
 }
 
@@ -553,6 +557,7 @@ void Worker::on_readable(Conn& c, size_t i) {
     if (!c.verified) {
       c.verified = true;
       ++stats.connections_achieved;
+      stats.first_reply_latency.record(static_cast<uint64_t>(now - c.connect_start_ns));
     }
     continued = false;
   }
@@ -662,10 +667,10 @@ void Worker::count_error(std::string_view name, int64_t now) {
 void merge_into(LoadStats& total, const LoadStats& s) {
   using S = LoadStats;
   merge_fields(total, s, &S::latency, &S::service_time, &S::generator_lag, &S::connect_latency,
-               &S::tls_handshake, &S::late_sends, &S::capped_sends, &S::dropped_sends,
-               &S::client_cpu_seconds, &S::requests, &S::bytes_sent, &S::bytes_received,
-               &S::unverified_replies, &S::short_reads, &S::short_writes, &S::connections_achieved,
-               &S::errors);
+               &S::tls_handshake, &S::first_reply_latency, &S::connections_unanswered,
+               &S::late_sends, &S::capped_sends, &S::dropped_sends, &S::client_cpu_seconds,
+               &S::requests, &S::bytes_sent, &S::bytes_received, &S::unverified_replies,
+               &S::short_reads, &S::short_writes, &S::connections_achieved, &S::errors);
 }
 
 double seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double>(d).count(); }

@@ -83,8 +83,12 @@ struct LoadStats {
   Histogram generator_lag;
   Histogram connect_latency;  // connect() to established (ns), every successful connect
   Histogram tls_handshake;    // TLS: established to handshake done (ns), every one that finished
-  uint64_t requests = 0;      // verified replies completed in the measured window
-  uint64_t bytes_sent = 0;    // in the measured window, wire bytes (headers included)
+  // connect() to the connection's first verified reply (ns), every connection that got one,
+  // warm-up included: a server that accepts late, or serves one client at a time (iterative, a
+  // busy pool), shows its queueing here, while the kernel completes the handshakes at once.
+  Histogram first_reply_latency;
+  uint64_t requests = 0;    // verified replies completed in the measured window
+  uint64_t bytes_sent = 0;  // in the measured window, wire bytes (headers included)
   uint64_t bytes_received = 0;
   // A reply that differs from its request (or bytes nobody asked for): an error, never a sample;
   // the connection is closed. Counted over the whole run, like `errors`.
@@ -109,7 +113,11 @@ struct LoadStats {
   double client_cpu_seconds = 0;
   double client_cpu_utilisation = 0;
   uint64_t connections_requested = 0;
-  uint64_t connections_achieved = 0;       // established and completed at least one verified reply
+  uint64_t connections_achieved = 0;  // established and completed at least one verified reply
+  // Neither achieved nor failed when the run ended: not yet connected, or established and still
+  // waiting for a first reply (queued behind the clients a server was serving). Not an error:
+  // the server did not get to them.
+  uint64_t connections_unanswered = 0;
   std::map<std::string, uint64_t> errors;  // by errno name ("ECONNRESET"), plus "ETIMEDOUT" for
                                            // connects that did not finish, "EOF" for a peer close,
                                            // "TLS: <OpenSSL's reason>" for a failed TLS session
