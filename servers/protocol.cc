@@ -92,6 +92,14 @@ std::string_view protocol_name(Protocol protocol) {
   return "?";
 }
 
+void release_reply_buffer(std::string& out, size_t keep) {
+  if (out.capacity() > keep) {
+    std::string().swap(out);
+  } else {
+    out.clear();
+  }
+}
+
 std::unique_ptr<Session> make_session(const ProtocolOptions& options) {
   switch (options.protocol) {
     case Protocol::kEcho:

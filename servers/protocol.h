@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -40,6 +41,10 @@ class Session {
 };
 
 std::unique_ptr<Session> make_session(const ProtocolOptions& options);
+
+// Empties a model's reply buffer once every byte of it is sent. A buffer that grew beyond `keep`
+// bytes (a burst, one huge frame) gives its memory back instead of keeping it per connection.
+void release_reply_buffer(std::string& out, size_t keep);
 
 // Faulty (faulty-single-recv): a session that takes every on_bytes() call as one whole message,
 // as a server does that assumes one recv() returns one message. Framed: the input minus its

@@ -24,6 +24,10 @@ const std::vector<ModelInfo>& builtin_models() {
        [](const ServerConfig& config) { return make_reactor_server(config, make_poll_poller()); }},
       {"epoll", "single-threaded reactor over level-triggered epoll(7)", false,
        [](const ServerConfig& config) { return make_reactor_server(config, make_epoll_poller()); }},
+      {"coro", "single thread, a C++20 coroutine per connection over the epoll poller", false,
+       make_coro_server},
+      {"asio", "single thread, an asio::awaitable per connection on one asio::io_context", false,
+       make_asio_server},
       // The faulty twins: each is one correct model with exactly one defect switched on, to prove
       // that the check named in its description can fail.
       {"faulty-single-recv",

@@ -33,6 +33,10 @@ struct ServerCounters {
   std::atomic<uint64_t> protocol_errors{0};     // e.g. oversized frame
   std::atomic<uint64_t> accept_emfile{0};       // accept() failed with EMFILE/ENFILE
   std::atomic<uint64_t> io_errors{0};           // ECONNRESET, EPIPE... on a connection
+  // coro: its live coroutine frames (the accept loop's and one per connection) and their bytes,
+  // counted by the promise's operator new/delete; 0 in every other model.
+  std::atomic<uint64_t> coroutine_frames{0};
+  std::atomic<uint64_t> coroutine_frame_bytes{0};
 };
 
 // Lifecycle: construct -> bind() -> run() on one thread -> stop() from any thread -> run()
@@ -86,6 +90,10 @@ struct ThreadedOptions {
 // make_reactor_server() in servers/reactor.h.
 std::unique_ptr<Server> make_threaded_server(const ServerConfig& config,
                                              ThreadedOptions options = {});
+// One thread, a coroutine per connection over the epoll Poller (servers/coro.cc).
+std::unique_ptr<Server> make_coro_server(const ServerConfig& config);
+// One thread, one asio::io_context, an asio::awaitable per connection (servers/asio.cc).
+std::unique_ptr<Server> make_asio_server(const ServerConfig& config);
 
 // Every model: the built-in correct ones in preference order, then registered correct ones, then
 // the faulty twins (built-in, then registered). Fixed once first called.

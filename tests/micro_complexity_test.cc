@@ -139,7 +139,7 @@ TEST_F(MicroComplexity, MatrixNamesSizesAndModels) {
     ++models;
     EXPECT_TRUE(names.count("BM_ModelAcceptClose/" + model.name + "/real_time")) << model.name;
   }
-  EXPECT_EQ(models, 4u);  // threaded, select, poll, epoll
+  EXPECT_EQ(models, 6u);  // threaded, select, poll, epoll, coro, asio
   EXPECT_FALSE(names.count("BM_ModelAcceptClose/faulty-sigpipe/real_time"));
 }
 

@@ -452,7 +452,8 @@ INSTANTIATE_TEST_SUITE_P(Models, ServersTest, ::testing::ValuesIn(model_names(/*
 
 TEST(RegistryTest, ModelNamesSplitTheRegistryIntoCorrectThenFaulty) {
   auto names = model_names(/*faulty=*/false);
-  EXPECT_EQ(names, (std::vector<std::string>{"threaded", "select", "poll", "epoll"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"threaded", "select", "poll", "epoll", "coro", "asio"}));
   const auto twins = model_names(/*faulty=*/true);
   names.insert(names.end(), twins.begin(), twins.end());
   ASSERT_EQ(names.size(), registry().size());
@@ -471,11 +472,12 @@ TEST(RegistryTest, ModelNamesSplitTheRegistryIntoCorrectThenFaulty) {
   EXPECT_EQ(protocol_names, (std::vector<std::string>{"echo", "framed", "discard"}));
 }
 
-TEST(RegistryTest, ListsTheFourModelsInOrderThenOnlyFaultyTwins) {
+TEST(RegistryTest, ListsTheCorrectModelsInOrderThenOnlyFaultyTwins) {
   const auto& models = registry();
-  ASSERT_GE(models.size(), 4u);
-  const char* names[] = {"threaded", "select", "poll", "epoll"};
-  for (size_t i = 0; i < 4; ++i) {
+  const char* names[] = {"threaded", "select", "poll", "epoll", "coro", "asio"};
+  const size_t correct = std::size(names);
+  ASSERT_GE(models.size(), correct);
+  for (size_t i = 0; i < correct; ++i) {
     EXPECT_EQ(models[i].name, names[i]);
     EXPECT_FALSE(models[i].description.empty());
     EXPECT_FALSE(models[i].faulty);
@@ -483,7 +485,7 @@ TEST(RegistryTest, ListsTheFourModelsInOrderThenOnlyFaultyTwins) {
     EXPECT_EQ(find_model(names[i]), &models[i]);
   }
   // The rest are the faulty twins (tests/faulty_test.cc), never part of --server all.
-  for (size_t i = 4; i < models.size(); ++i) {
+  for (size_t i = correct; i < models.size(); ++i) {
     EXPECT_TRUE(models[i].faulty) << models[i].name;
     EXPECT_TRUE(models[i].name.starts_with("faulty-")) << models[i].name;
     EXPECT_FALSE(models[i].description.empty());

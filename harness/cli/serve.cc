@@ -25,10 +25,11 @@ int serve_command(int argc, const char* const* argv) {
   cxxopts::Options options("sockbench serve",
                            "Run one server model until SIGINT/SIGTERM. SIGUSR1 resumes accept(), "
                            "SIGUSR2 pauses it.");
-  options.add_options()("server",
-                        "model: threaded, select, poll, epoll or a faulty-* twin (see sockbench "
-                        "list)",
-                        cxxopts::value<std::string>()->default_value("epoll"))(
+  options.add_options()(
+      "server",
+      "model: threaded, select, poll, epoll, coro, asio or a faulty-* twin (see sockbench "
+      "list)",
+      cxxopts::value<std::string>()->default_value("epoll"))(
       "listen", "address to bind: 127.0.0.1:PORT, [::1]:PORT, localhost:PORT (port 0: any)",
       cxxopts::value<std::string>()->default_value("127.0.0.1:7000"))(
       "protocol", "echo, framed or discard",
