@@ -61,24 +61,16 @@ struct Loop {
   std::error_code error;                    // why serving ended, if it failed
 };
 
-class AsioServer final : public Server {
+class AsioServer final : public ListeningServer {
  public:
   AsioServer(const ServerConfig& config, ReactorOptions options)
-      : config_(config),
+      : ListeningServer(readiness_listener_config(config, options.emfile_backoff)),
+        config_(config),
         options_(options),
-        listener_({.address = config.listen,
-                   .backlog = config.backlog,
-                   .reuseaddr = config.reuseaddr,
-                   .accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC,
-                   .emfile_backoff = options.emfile_backoff}),
         read_buffer_(std::max<size_t>(options.read_chunk, 1)) {}
 
   // run() ends every coroutine and closes every connection before it returns.
   ~AsioServer() override = default;
-
-  std::error_code bind() override { return listener_.bind(); }
-
-  Address address() const override { return listener_.address(); }
 
   std::error_code run() override {
     if (auto ec = listener_.status()) return ec;
@@ -97,12 +89,6 @@ class AsioServer final : public Server {
   }
 
   // The loop thread sees the stop flag through the Listener's eventfd and shuts down there.
-  void stop() override { listener_.request_stop(); }
-
-  void set_accept_paused(bool paused) override { listener_.set_accept_paused(paused); }
-
-  const ServerCounters& counters() const override { return counters_; }
-
  private:
   // Registers a connection's socket in the loop for shut_down() to close; the destructor, as the
   // coroutine ends, counts it closed (the socket closes with the coroutine's frame).
@@ -251,8 +237,6 @@ class AsioServer final : public Server {
 
   const ServerConfig config_;
   const ReactorOptions options_;  // the reactor's read chunk, read budget and back-off
-  ServerCounters counters_;
-  Listener listener_;  // its eventfd wakes the loop for stop() and set_accept_paused()
 
   // Loop-thread state.
   std::vector<char> read_buffer_;

@@ -106,38 +106,28 @@ bool would_block(const std::error_code& ec) {
   return ec.value() == EAGAIN || ec.value() == EWOULDBLOCK;
 }
 
-class CoroServer final : public Server {
+class CoroServer final : public ListeningServer {
  public:
   CoroServer(const ServerConfig& config, ReactorOptions options)
-      : config_(config),
+      : ListeningServer(readiness_listener_config(config, options.emfile_backoff)),
+        config_(config),
         options_(options),
         poller_(make_epoll_poller()),
-        listener_({.address = config.listen,
-                   .backlog = config.backlog,
-                   .reuseaddr = config.reuseaddr,
-                   .accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC,
-                   .emfile_backoff = options.emfile_backoff}),
         read_buffer_(std::max<size_t>(options.read_chunk, 1)) {}
 
   // run() destroys every coroutine before it returns.
   ~CoroServer() override = default;
 
-  std::error_code bind() override { return listener_.bind(); }
-
-  Address address() const override { return listener_.address(); }
-
   std::error_code run() override {
     if (auto ec = listener_.status()) return ec;
-    if (auto ec = poller_->add(listener_.wake_fd(), kRead)) return ec;
-    if (auto ec = poller_->add(listener_.fd(), kNone)) {
-      poller_->remove(listener_.wake_fd());
-      return ec;
-    }
-    slot(listener_.fd()) = Slot{};
     result_ = {};
-    Task acceptor = accept_loop();
+    // The loop's own coroutines, one on each fd of the Listener: a failure of either ends it.
+    Task waker;
+    Task acceptor;
+    if (!(result_ = attach(listener_.wake_fd()))) waker = wake_loop();
+    if (!result_ && !(result_ = attach(listener_.fd()))) acceptor = accept_loop();
     std::vector<PollEvent> events;
-    while (!listener_.stop_requested() && !acceptor.done()) {
+    while (!result_ && !listener_.stop_requested()) {
       // Every turn, so that a set_accept_paused() or the end of a back-off is applied whichever
       // event woke the loop.
       (void)watch(listener_.fd());
@@ -146,30 +136,21 @@ class CoroServer final : public Server {
         break;
       }
       for (const PollEvent& event : events) {
-        if (event.fd == listener_.wake_fd()) {
-          listener_.drain_wake();
-        } else {
-          resume(event);
-        }
-        if (acceptor.done()) break;  // the listener failed: result_ says why
+        resume(event);
+        if (result_) break;
       }
     }
-    // Every suspended connection coroutine is destroyed where it waits: its Connection guard
+    // Every suspended coroutine is destroyed where it waits; a connection's Connection guard
     // unwatches and closes its fd.
     for (Slot& s : slots_) s.task.reset();
     acceptor.reset();
+    waker.reset();
+    detach(listener_.fd());
+    detach(listener_.wake_fd());
     slots_.clear();
-    poller_->remove(listener_.fd());
-    poller_->remove(listener_.wake_fd());
     listener_.end_back_off();
     return result_;
   }
-
-  void stop() override { listener_.request_stop(); }
-
-  void set_accept_paused(bool paused) override { listener_.set_accept_paused(paused); }
-
-  const ServerCounters& counters() const override { return counters_; }
 
   // Where Task's promise charges the bytes of this server's coroutine frames.
   ServerCounters& frame_counters() { return counters_; }
@@ -261,30 +242,50 @@ class CoroServer final : public Server {
     if (after.task.done()) after.task.reset();
   }
 
+  // Consumes the Listener's wake-ups (stop(), set_accept_paused()): the loop itself looks at
+  // what they announce on every turn.
+  Task wake_loop() {
+    while (!result_) {
+      if (auto ec = co_await readiness(listener_.wake_fd(), kRead)) result_ = ec;
+      listener_.drain_wake();
+    }
+  }
+
   // The accept loop: waits for the listener, then lets the Listener accept until the backlog is
   // empty, each connection becoming a coroutine of its own. Ends only when the listener fails.
   Task accept_loop() {
-    for (;;) {
+    while (!result_) {
       if (auto ec = co_await readiness(listener_.fd(), kRead)) {
         result_ = ec;
-        co_return;
-      }
-      if (auto ec = listener_.accept_all(counters_, [this](Fd fd) { start(std::move(fd)); })) {
-        result_ = ec;
-        co_return;
+      } else {
+        result_ = listener_.accept_all(counters_, [this](Fd fd) { start(std::move(fd)); });
       }
     }
+  }
+
+  // Starts watching fd (for nothing yet) with a fresh slot.
+  std::error_code attach(int fd) {
+    if (auto ec = poller_->add(fd, kNone)) return ec;
+    slot(fd) = Slot{};
+    return {};
+  }
+
+  // Stops watching fd, before it is closed; its slot keeps only its Task.
+  void detach(int fd) {
+    poller_->remove(fd);
+    Slot& s = slot(fd);
+    s.waiter = {};
+    s.waiting_for = s.interest = kNone;
   }
 
   // Watches a new connection and starts its coroutine, which runs until it first waits.
   void start(Fd fd) {
     const int raw = fd.get();
-    if (poller_->add(raw, kNone)) {
+    if (attach(raw)) {
       counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
       counters_.closed.fetch_add(1, std::memory_order_relaxed);
       return;  // `fd` closes
     }
-    slot(raw) = Slot{};
     Task task = serve(std::move(fd));
     if (!task.done()) slot(raw).task = std::move(task);
   }
@@ -341,11 +342,7 @@ class CoroServer final : public Server {
   // Called by a Connection as its coroutine ends or is destroyed: the fd leaves the poller before
   // it is closed.
   void finish(Fd fd) {
-    const int raw = fd.get();
-    poller_->remove(raw);
-    Slot& s = slot(raw);
-    s.waiter = {};
-    s.waiting_for = s.interest = kNone;
+    detach(fd.get());
     fd.reset();
     counters_.closed.fetch_add(1, std::memory_order_relaxed);
     // An fd was just freed: a listener paused by EMFILE may accept again.
@@ -355,8 +352,6 @@ class CoroServer final : public Server {
   const ServerConfig config_;
   const ReactorOptions options_;
   std::unique_ptr<Poller> poller_;
-  ServerCounters counters_;
-  Listener listener_;  // its wake fd is in the poller: stop() from any thread ends the wait
 
   // Loop-thread state.
   std::vector<Slot> slots_;

@@ -24,15 +24,16 @@ namespace {
 using namespace test_support;
 
 // A connection's coroutine frame is counted while it lives and given back when it ends: N held
-// connections are N frames of one size on top of the accept loop's, and closing them (or
-// stopping the server) brings the count back.
+// connections are N frames of one size on top of the loop's own two (the accept loop and the
+// wake-up watcher), and closing them (or stopping the server) brings the count back.
 TEST(CoroServerTest, CountsOneFramePerHeldConnectionAndFreesItOnClose) {
   constexpr int kConnections = 20;
   RunningServer server("coro", loopback_config());
   ASSERT_TRUE(server.ok());
   const ServerCounters& counters = server.counters();
-  // Only the accept loop's frame while no client is connected.
-  ASSERT_TRUE(wait_until([&] { return counters.coroutine_frames.load() == 1; }));
+  // Only the loop's own frames while no client is connected.
+  constexpr uint64_t kLoopFrames = 2;
+  ASSERT_TRUE(wait_until([&] { return counters.coroutine_frames.load() == kLoopFrames; }));
   const uint64_t idle_bytes = counters.coroutine_frame_bytes.load();
   EXPECT_GT(idle_bytes, 0u);
 
@@ -44,7 +45,7 @@ TEST(CoroServerTest, CountsOneFramePerHeldConnectionAndFreesItOnClose) {
     const std::string payload = "held " + std::to_string(i);
     ASSERT_EQ(exchange(clients.back().get(), payload), payload);
   }
-  EXPECT_EQ(counters.coroutine_frames.load(), uint64_t{kConnections} + 1);
+  EXPECT_EQ(counters.coroutine_frames.load(), uint64_t{kConnections} + kLoopFrames);
   const uint64_t held_bytes = counters.coroutine_frame_bytes.load() - idle_bytes;
   ASSERT_EQ(held_bytes % kConnections, 0u) << held_bytes;
   const uint64_t per_connection = held_bytes / kConnections;
@@ -57,7 +58,7 @@ TEST(CoroServerTest, CountsOneFramePerHeldConnectionAndFreesItOnClose) {
 
   clients.resize(kConnections / 2);  // the other half hang up
   ASSERT_TRUE(wait_until([&] { return counters.closed.load() == kConnections / 2; }));
-  EXPECT_EQ(counters.coroutine_frames.load(), uint64_t{kConnections / 2} + 1);
+  EXPECT_EQ(counters.coroutine_frames.load(), uint64_t{kConnections / 2} + kLoopFrames);
   EXPECT_EQ(counters.coroutine_frame_bytes.load(), idle_bytes + per_connection * kConnections / 2);
 
   // The rest are still connected when the server stops: every frame is destroyed where it waits.
