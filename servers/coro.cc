@@ -161,7 +161,7 @@ class CoroServer final : public ListeningServer {
     std::coroutine_handle<> waiter;  // the coroutine suspended on this fd, if any
     unsigned waiting_for = kNone;    // what it waits for: kRead or kWrite
     unsigned interest = kNone;       // what the poller watches the fd for
-    Task task;                       // the connection's coroutine (the listener's slot: none)
+    Task task;                       // a connection's coroutine (the Listener's fds: none)
   };
 
   // co_await readiness(fd, kRead or kWrite): suspends until the poller reports fd ready; an
@@ -356,7 +356,7 @@ class CoroServer final : public ListeningServer {
   // Loop-thread state.
   std::vector<Slot> slots_;
   std::vector<char> read_buffer_;
-  std::error_code result_;  // why the accept loop ended
+  std::error_code result_;  // why the loop ended: its accept or wake-up coroutine failed
 };
 
 }  // namespace
