@@ -161,6 +161,11 @@ class AsioServer final : public ListeningServer {
       }
       co_await loop.listen.async_wait(asio::posix::descriptor_base::wait_read,
                                       asio::redirect_error(asio::use_awaitable, ec));
+      if (ec && ec != asio::error::operation_aborted) {
+        loop.error = ec;  // the listener itself is broken
+        shut_down(loop);
+        break;
+      }
       // Cancelled by a wake-up: look at the hold again.
       if (ec || loop.stopping || !listener_.accepting()) continue;
       if (auto failed = listener_.accept_all(
