@@ -9,17 +9,31 @@
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <string_view>
 #include <thread>
 
 #include "harness/cli/commands.h"
 #include "harness/cli/options.h"
 #include "harness/core/fd.h"
+#include "harness/core/net.h"
 #include "harness/core/procstat.h"
 #include "harness/core/signals.h"
 #include "servers/server.h"
 
 namespace sockbench::cli {
+
+namespace {
+
+// Answers the harness's SIGWINCH on the ready pipe with one line (shorter than PIPE_BUF, so it
+// is written whole or not at all): what the model reports of itself beyond /proc.
+void report_counters(int fd, const servers::ServerCounters& c) {
+  const std::string line = fmt::format("counters coroutine_frames {} coroutine_frame_bytes {}\n",
+                                       c.coroutine_frames.load(), c.coroutine_frame_bytes.load());
+  [[maybe_unused]] const ssize_t n = ::write(fd, line.data(), line.size());
+}
+
+}  // namespace
 
 int serve_command(int argc, const char* const* argv) {
   cxxopts::Options options("sockbench serve",
@@ -43,7 +57,9 @@ int serve_command(int argc, const char* const* argv) {
       "listen but do not accept() until SIGUSR1 (connections wait in the kernel's backlog)")(
       "delay-us", "sleep this long before answering each frame (echo: each chunk)",
       cxxopts::value<std::string>()->default_value("0"))(
-      "ready-fd", "write 'listening ADDR' to this fd once listening (used by sockbench run)",
+      "ready-fd",
+      "write 'listening ADDR' to this fd once listening, then a 'counters ...' line on each "
+      "SIGWINCH (used by sockbench run)",
       cxxopts::value<std::string>())(
       "quiet", "no summary line on stderr at exit (errors are still printed)")("h,help",
                                                                                "show this help");
@@ -96,20 +112,23 @@ int serve_command(int argc, const char* const* argv) {
   // The watcher thread reaches the server through this pointer, cleared before the server goes.
   std::mutex target_mu;
   servers::Server* target = server.get();
+  int report_fd = -1;  // guarded by target_mu: the ready fd, once the listening line is written
   // Signals are blocked before the model starts any thread, so only the watcher sees them.
   auto watcher = std::make_unique<SignalWatcher>(
-      [&target_mu, &target](int signo) {
+      [&target_mu, &target, &report_fd](int signo) {
         std::lock_guard lock(target_mu);
         if (target == nullptr) return;
         if (signo == SIGUSR1) {
           target->set_accept_paused(false);
         } else if (signo == SIGUSR2) {
           target->set_accept_paused(true);
+        } else if (signo == SIGWINCH) {
+          if (report_fd >= 0) report_counters(report_fd, target->counters());
         } else {
           target->stop();
         }
       },
-      std::vector<int>{SIGUSR1, SIGUSR2});
+      std::vector<int>{SIGUSR1, SIGUSR2, SIGWINCH});
   if (const auto ec = server->bind()) {
     const std::string why = fmt::format("cannot listen on {}: {} ({})", config.listen.to_string(),
                                         ec.message(), errno_name(ec.value()));
@@ -126,7 +145,11 @@ int serve_command(int argc, const char* const* argv) {
   if (ready) {
     // The parent waits for this line on a pipe; if it is gone, SIGKILL (PDEATHSIG) follows.
     (void)write_all(ready.get(), line);
-    ready.reset();
+    // Kept open for the counters asked for by SIGWINCH; non-blocking, so that a parent that
+    // stops reading can never hold up the signal watcher (and with it SIGTERM).
+    (void)set_nonblocking(ready.get(), true);
+    std::lock_guard lock(target_mu);
+    report_fd = ready.get();
   } else {
     std::fputs(line.c_str(), stdout);
     std::fflush(stdout);
@@ -147,6 +170,7 @@ int serve_command(int argc, const char* const* argv) {
   }
   server.reset();
   watcher.reset();
+  ready.reset();  // after the watcher, its last user
   // A joined thread leaves the kernel's Threads: count a moment after pthread_join returns (the
   // tid is cleared before the task is released): give it up to 200 ms to drop to the main thread.
   auto self = sample_process(::getpid());
