@@ -59,12 +59,12 @@ class Task {
  public:
   struct promise_type {
     // The coroutine's own arguments follow the size, and the first of them is the object of the
-    // member coroutine: its frame_counters() are charged with the frame's bytes, so that the
-    // model can report what a connection's coroutine costs. No size-only overload: a coroutine
-    // of this type that could not be charged does not compile.
+    // member coroutine: its frame_counters(rest of the arguments) are charged with the frame's
+    // bytes, so that the model can report what a connection's coroutine costs. No size-only
+    // overload: a coroutine of this type that could not be charged does not compile.
     template <typename Owner, typename... Args>
-    static void* operator new(size_t size, Owner& owner, Args&...) {
-      return allocate_frame(size, owner.frame_counters());
+    static void* operator new(size_t size, Owner& owner, Args&... args) {
+      return allocate_frame(size, owner.frame_counters(args...));
     }
     static void operator delete(void* frame, size_t size) noexcept { free_frame(frame, size); }
 
@@ -152,8 +152,12 @@ class CoroServer final : public ListeningServer {
     return result_;
   }
 
-  // Where Task's promise charges the bytes of this server's coroutine frames.
-  ServerCounters& frame_counters() { return counters_; }
+  // Where Task's promise charges a coroutine frame, chosen by the coroutine's arguments: a
+  // connection's (serve(Fd)) to the counters everyone reads, so that they hold exactly one frame
+  // per connection; the loop's own two (no arguments) to counters of their own, so that a server
+  // sampled before or after its run() started reports the same for the same connections.
+  ServerCounters& frame_counters(const Fd&) { return counters_; }
+  ServerCounters& frame_counters() { return loop_frames_; }
 
  private:
   // What the loop knows of one fd (the listener's or a connection's), indexed by fd.
@@ -356,7 +360,8 @@ class CoroServer final : public ListeningServer {
   // Loop-thread state.
   std::vector<Slot> slots_;
   std::vector<char> read_buffer_;
-  std::error_code result_;  // why the loop ended: its accept or wake-up coroutine failed
+  std::error_code result_;      // why the loop ended: its accept or wake-up coroutine failed
+  ServerCounters loop_frames_;  // only its coroutine_frames and coroutine_frame_bytes are used
 };
 
 }  // namespace

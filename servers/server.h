@@ -33,8 +33,8 @@ struct ServerCounters {
   std::atomic<uint64_t> protocol_errors{0};     // e.g. oversized frame
   std::atomic<uint64_t> accept_emfile{0};       // accept() failed with EMFILE/ENFILE
   std::atomic<uint64_t> io_errors{0};           // ECONNRESET, EPIPE... on a connection
-  // coro: its live coroutine frames (the accept loop's and one per connection) and their bytes,
-  // counted by the promise's operator new/delete; 0 in every other model.
+  // coro: its connections' live coroutine frames (one per connection, the loop's own not
+  // included) and their bytes, counted by the promise's operator new/delete; 0 in other models.
   std::atomic<uint64_t> coroutine_frames{0};
   std::atomic<uint64_t> coroutine_frame_bytes{0};
 };

@@ -24,18 +24,21 @@ namespace {
 using namespace test_support;
 
 // A connection's coroutine frame is counted while it lives and given back when it ends: N held
-// connections are N frames of one size on top of the loop's own two (the accept loop and the
-// wake-up watcher), and closing them (or stopping the server) brings the count back.
+// connections are N frames of one size (the loop's own coroutines are not counted), and closing
+// them (or stopping the server) brings the count back.
 TEST(CoroServerTest, CountsOneFramePerHeldConnectionAndFreesItOnClose) {
   constexpr int kConnections = 20;
   RunningServer server("coro", loopback_config());
   ASSERT_TRUE(server.ok());
   const ServerCounters& counters = server.counters();
-  // Only the loop's own frames while no client is connected.
-  constexpr uint64_t kLoopFrames = 2;
-  ASSERT_TRUE(wait_until([&] { return counters.coroutine_frames.load() == kLoopFrames; }));
-  const uint64_t idle_bytes = counters.coroutine_frame_bytes.load();
-  EXPECT_GT(idle_bytes, 0u);
+  // Nothing while no client is connected, though the loop's own coroutines run.
+  {
+    Fd probe = connect_client(server.address());
+    ASSERT_EQ(exchange(probe.get(), "probe"), "probe");
+  }
+  ASSERT_TRUE(wait_until([&] { return counters.closed.load() == 1; }));
+  EXPECT_EQ(counters.coroutine_frames.load(), 0u);
+  EXPECT_EQ(counters.coroutine_frame_bytes.load(), 0u);
 
   std::vector<Fd> clients;
   for (int i = 0; i < kConnections; ++i) {
@@ -45,8 +48,8 @@ TEST(CoroServerTest, CountsOneFramePerHeldConnectionAndFreesItOnClose) {
     const std::string payload = "held " + std::to_string(i);
     ASSERT_EQ(exchange(clients.back().get(), payload), payload);
   }
-  EXPECT_EQ(counters.coroutine_frames.load(), uint64_t{kConnections} + kLoopFrames);
-  const uint64_t held_bytes = counters.coroutine_frame_bytes.load() - idle_bytes;
+  EXPECT_EQ(counters.coroutine_frames.load(), uint64_t{kConnections});
+  const uint64_t held_bytes = counters.coroutine_frame_bytes.load();
   ASSERT_EQ(held_bytes % kConnections, 0u) << held_bytes;
   const uint64_t per_connection = held_bytes / kConnections;
   EXPECT_GT(per_connection, 0u);
@@ -57,13 +60,13 @@ TEST(CoroServerTest, CountsOneFramePerHeldConnectionAndFreesItOnClose) {
               static_cast<unsigned long long>(per_connection));
 
   clients.resize(kConnections / 2);  // the other half hang up
-  ASSERT_TRUE(wait_until([&] { return counters.closed.load() == kConnections / 2; }));
-  EXPECT_EQ(counters.coroutine_frames.load(), uint64_t{kConnections / 2} + kLoopFrames);
-  EXPECT_EQ(counters.coroutine_frame_bytes.load(), idle_bytes + per_connection * kConnections / 2);
+  ASSERT_TRUE(wait_until([&] { return counters.closed.load() == 1 + kConnections / 2; }));
+  EXPECT_EQ(counters.coroutine_frames.load(), uint64_t{kConnections / 2});
+  EXPECT_EQ(counters.coroutine_frame_bytes.load(), per_connection * kConnections / 2);
 
   // The rest are still connected when the server stops: every frame is destroyed where it waits.
   EXPECT_FALSE(server.stop());
-  EXPECT_EQ(counters.closed.load(), uint64_t{kConnections});
+  EXPECT_EQ(counters.closed.load(), 1 + uint64_t{kConnections});
   EXPECT_EQ(counters.coroutine_frames.load(), 0u);
   EXPECT_EQ(counters.coroutine_frame_bytes.load(), 0u);
 }

@@ -143,13 +143,16 @@ int serve_command(int argc, const char* const* argv) {
   }
   const std::string line = fmt::format("listening {}\n", server->address().to_string());
   if (ready) {
+    // Kept open for the counters asked for by SIGWINCH, which the parent may send as soon as it
+    // has read the line below: reported from before it is written. Non-blocking, so that a
+    // parent that stops reading can never hold up the signal watcher (and with it SIGTERM).
+    (void)set_nonblocking(ready.get(), true);
+    {
+      std::lock_guard lock(target_mu);
+      report_fd = ready.get();
+    }
     // The parent waits for this line on a pipe; if it is gone, SIGKILL (PDEATHSIG) follows.
     (void)write_all(ready.get(), line);
-    // Kept open for the counters asked for by SIGWINCH; non-blocking, so that a parent that
-    // stops reading can never hold up the signal watcher (and with it SIGTERM).
-    (void)set_nonblocking(ready.get(), true);
-    std::lock_guard lock(target_mu);
-    report_fd = ready.get();
   } else {
     std::fputs(line.c_str(), stdout);
     std::fflush(stdout);
