@@ -112,7 +112,7 @@ int serve_command(int argc, const char* const* argv) {
   // The watcher thread reaches the server through this pointer, cleared before the server goes.
   std::mutex target_mu;
   servers::Server* target = server.get();
-  int report_fd = -1;  // guarded by target_mu: the ready fd, once the listening line is written
+  int report_fd = -1;  // guarded by target_mu: the ready fd, from just before the listening line
   // Signals are blocked before the model starts any thread, so only the watcher sees them.
   auto watcher = std::make_unique<SignalWatcher>(
       [&target_mu, &target, &report_fd](int signo) {
