@@ -138,6 +138,17 @@ void add_metrics(results::Record& record, const HoldStepStats& st,
     }
     record.set("server_threads", now->threads);
     record.set("server_open_fds", now->open_fds);
+    // The coro model's coroutine frames, as the server counts them: a part of the RSS above that
+    // the server can name exactly.
+    if (now->coroutine_frames.value_or(0) > 0) {
+      record.set("server_coroutine_frames", static_cast<double>(*now->coroutine_frames));
+      if (baseline && baseline->coroutine_frame_bytes && st.connections_open > 0) {
+        const double grown = static_cast<double>(now->coroutine_frame_bytes.value_or(0)) -
+                             static_cast<double>(*baseline->coroutine_frame_bytes);
+        record.set("server_coroutine_frame_bytes_per_connection",
+                   grown / static_cast<double>(st.connections_open));
+      }
+    }
   }
   record.set("errors", static_cast<double>(st.error_count()));
   record.set("connections_closed_before_reply", static_cast<double>(st.closed_before_reply));

@@ -169,4 +169,34 @@ class Listener {
   std::chrono::steady_clock::time_point resume_at_{};
 };
 
+// What every model built on a Listener shares: bind(), address(), stop(), set_accept_paused()
+// and counters() are the Listener's and the counters', so that a model derived from it is its
+// run() loop and nothing else. Calls as Server's contracts say.
+class ListeningServer : public Server {
+ public:
+  explicit ListeningServer(ListenerConfig config) : listener_(std::move(config)) {}
+
+  std::error_code bind() override { return listener_.bind(); }
+  Address address() const override { return listener_.address(); }
+  // The Listener's eventfd wakes the model's loop, which sees the stop flag.
+  void stop() override { listener_.request_stop(); }
+  void set_accept_paused(bool paused) override { listener_.set_accept_paused(paused); }
+  const ServerCounters& counters() const override { return counters_; }
+
+ protected:
+  ServerCounters counters_;
+  Listener listener_;
+};
+
+// The Listener of a single-threaded readiness loop serving `config`: accepted sockets are
+// non-blocking, and accepting backs off for `emfile_backoff` when fds run out.
+inline ListenerConfig readiness_listener_config(const ServerConfig& config,
+                                                std::chrono::milliseconds emfile_backoff) {
+  return {.address = config.listen,
+          .backlog = config.backlog,
+          .reuseaddr = config.reuseaddr,
+          .accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC,
+          .emfile_backoff = emfile_backoff};
+}
+
 }  // namespace sockbench::servers

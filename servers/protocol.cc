@@ -147,6 +147,14 @@ std::string_view protocol_name(Protocol protocol) {
   return "?";
 }
 
+void release_reply_buffer(std::string& out, size_t keep) {
+  if (out.capacity() > keep) {
+    std::string().swap(out);
+  } else {
+    out.clear();
+  }
+}
+
 std::unique_ptr<Session> make_session(const ProtocolOptions& options) {
   auto plain = make_plain_session(options);
   if (!options.tls) return plain;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -45,6 +46,10 @@ class Session {
 // The protocol's session; wrapped in TLS when options.tls is set (the faulty twin's session of
 // make_one_recv_one_message_session keeps its framing plain: its defect is about plain recv()).
 std::unique_ptr<Session> make_session(const ProtocolOptions& options);
+
+// Empties a model's reply buffer once every byte of it is sent. A buffer that grew beyond `keep`
+// bytes (a burst, one huge frame) gives its memory back instead of keeping it per connection.
+void release_reply_buffer(std::string& out, size_t keep);
 
 // Faulty (faulty-single-recv): a session that takes every on_bytes() call as one whole message,
 // as a server does that assumes one recv() returns one message. Framed: the input minus its

@@ -35,6 +35,12 @@ const std::vector<ModelInfo>& builtin_models() {
                       "queued connections with blocking I/O; N slow clients stall N workers",
        .make = [](const ServerConfig& config) { return make_pool_server(config); },
        .concurrency = ClientConcurrency::kWorkers},
+      {.name = "coro",
+       .description = "single thread, a C++20 coroutine per connection over the epoll poller",
+       .make = make_coro_server},
+      {.name = "asio",
+       .description = "single thread, an asio::awaitable per connection on one asio::io_context",
+       .make = make_asio_server},
       // The faulty twins: each is one correct model with exactly one defect switched on, to prove
       // that the check named in its description can fail.
       {"faulty-single-recv",

@@ -39,6 +39,10 @@ struct ServerCounters {
   // most that waited at once. Zero for the other models.
   std::atomic<uint64_t> queued{0};
   std::atomic<uint64_t> queue_peak{0};
+  // coro: its connections' live coroutine frames (one per connection, the loop's own not
+  // included) and their bytes, counted by the promise's operator new/delete; 0 in other models.
+  std::atomic<uint64_t> coroutine_frames{0};
+  std::atomic<uint64_t> coroutine_frame_bytes{0};
 };
 
 // Lifecycle: construct -> bind() -> run() on one thread -> stop() from any thread -> run()
@@ -109,6 +113,10 @@ struct ThreadedOptions {
 // make_reactor_server() in servers/reactor.h.
 std::unique_ptr<Server> make_threaded_server(const ServerConfig& config,
                                              ThreadedOptions options = {});
+// One thread, a coroutine per connection over the epoll Poller (servers/coro.cc).
+std::unique_ptr<Server> make_coro_server(const ServerConfig& config);
+// One thread, one asio::io_context, an asio::awaitable per connection (servers/asio.cc).
+std::unique_ptr<Server> make_asio_server(const ServerConfig& config);
 
 // One connection at a time, served to its end with blocking I/O, then the next (servers/
 // iterative.cc): socketserver.TCPServer, the first server of every tutorial.

@@ -354,5 +354,37 @@ TEST_F(Cli, InterruptStopsPromptlyAndLeavesNoServerBehind) {
   EXPECT_TRUE(process_gone(servers[0])) << "server " << servers[0] << " left behind";
 }
 
+// The connections scenario reports what the coro model counts of its coroutine frames (asked of
+// the serve child by SIGWINCH): at every step one frame per held connection, so the bytes per
+// connection are one frame's size, the same at every step. Other models count none and report
+// none.
+TEST_F(Cli, ConnectionsReportsCoroFrameBytesPerConnection) {
+  const auto json_path = dir_ / "conns.json";
+  const auto o = sockbench(
+      "--server coro,epoll --scenario connections --ramp 10,40 --duration 2s --warmup 0s --json " +
+      json_path.string());
+  ASSERT_EQ(o.status, 0) << o.err << o.out;
+  const auto doc = nlohmann::json::parse(slurp(json_path));
+  ASSERT_EQ(doc["benchmarks"].size(), 4u);
+  std::vector<double> per_connection;
+  for (const auto& b : doc["benchmarks"]) {
+    const auto name = b["name"].get<std::string>();
+    EXPECT_EQ(b["errors"].get<double>(), 0) << name;
+    if (name.find("/coro/") != std::string::npos) {
+      ASSERT_TRUE(b.contains("server_coroutine_frame_bytes_per_connection")) << name;
+      EXPECT_EQ(b["server_coroutine_frames"].get<double>(), b["connections_achieved"].get<double>())
+          << name;
+      per_connection.push_back(b["server_coroutine_frame_bytes_per_connection"].get<double>());
+    } else {
+      EXPECT_FALSE(b.contains("server_coroutine_frames")) << name;
+      EXPECT_FALSE(b.contains("server_coroutine_frame_bytes_per_connection")) << name;
+    }
+  }
+  ASSERT_EQ(per_connection.size(), 2u);
+  EXPECT_GT(per_connection[0], 64);
+  EXPECT_LT(per_connection[0], 4096);
+  EXPECT_EQ(per_connection[0], per_connection[1]);
+}
+
 }  // namespace
 }  // namespace sockbench

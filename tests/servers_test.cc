@@ -486,8 +486,8 @@ INSTANTIATE_TEST_SUITE_P(Models, ServersTest, ::testing::ValuesIn(model_names(/*
 
 TEST(RegistryTest, ModelNamesSplitTheRegistryIntoCorrectThenFaulty) {
   auto names = model_names(/*faulty=*/false);
-  EXPECT_EQ(names,
-            (std::vector<std::string>{"threaded", "select", "poll", "epoll", "iterative", "pool"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"threaded", "select", "poll", "epoll", "iterative",
+                                             "pool", "coro", "asio"}));
   const auto twins = model_names(/*faulty=*/true);
   names.insert(names.end(), twins.begin(), twins.end());
   ASSERT_EQ(names.size(), registry().size());
@@ -506,11 +506,13 @@ TEST(RegistryTest, ModelNamesSplitTheRegistryIntoCorrectThenFaulty) {
   EXPECT_EQ(protocol_names, (std::vector<std::string>{"echo", "framed", "discard"}));
 }
 
-TEST(RegistryTest, ListsTheFourModelsInOrderThenOnlyFaultyTwins) {
+TEST(RegistryTest, ListsTheCorrectModelsInOrderThenOnlyFaultyTwins) {
   const auto& models = registry();
-  ASSERT_GE(models.size(), 4u);
-  const char* names[] = {"threaded", "select", "poll", "epoll"};
-  for (size_t i = 0; i < 4; ++i) {
+  const char* names[] = {"threaded",  "select", "poll", "epoll",
+                         "iterative", "pool",   "coro", "asio"};
+  const size_t correct = std::size(names);
+  ASSERT_GE(models.size(), correct);
+  for (size_t i = 0; i < correct; ++i) {
     EXPECT_EQ(models[i].name, names[i]);
     EXPECT_FALSE(models[i].description.empty());
     EXPECT_FALSE(models[i].faulty);

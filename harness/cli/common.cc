@@ -155,11 +155,11 @@ Fd ready_fd_flag(const cxxopts::ParseResult& parsed) {
   return Fd(static_cast<int>(parse_int("ready-fd", str(parsed, "ready-fd"), 3, 1 << 20)));
 }
 
-void announce_ready(Fd& ready, const std::string& lines) {
+void announce_ready(Fd& ready, const std::string& lines, bool keep_open) {
   if (ready) {
     // The parent waits for this on a pipe; if it is gone, SIGKILL (PDEATHSIG) follows.
     (void)write_all(ready.get(), lines);
-    ready.reset();
+    if (!keep_open) ready.reset();
   } else {
     std::fputs(lines.c_str(), stdout);
     std::fflush(stdout);

@@ -52,8 +52,8 @@ int report_run(const results::RunResult& run, int repetitions, const OutputPaths
 // owned; an invalid Fd when the flag is absent.
 Fd ready_fd_flag(const cxxopts::ParseResult& parsed);
 // Tells whoever started this process that it is up: `lines` to the ready fd when there is one
-// (then closed, so the reader sees the end), else to stdout.
-void announce_ready(Fd& ready, const std::string& lines);
+// (then closed, so the reader sees the end, unless `keep_open`), else to stdout.
+void announce_ready(Fd& ready, const std::string& lines, bool keep_open = false);
 // Tells it why not: "error WHY" to the ready fd (the parent reads that pipe, not our stderr), else
 // "sockbench COMMAND: WHY" to stderr.
 void announce_failure(Fd& ready, const std::string& command, const std::string& why);

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <string_view>
 #include <thread>
 
@@ -17,20 +18,34 @@
 #include "harness/cli/options.h"
 #include "harness/cli/tls_options.h"
 #include "harness/core/fd.h"
+#include "harness/core/net.h"
 #include "harness/core/procstat.h"
 #include "harness/core/signals.h"
 #include "servers/server.h"
 
 namespace sockbench::cli {
 
+namespace {
+
+// Answers the harness's SIGWINCH on the ready pipe with one line (shorter than PIPE_BUF, so it
+// is written whole or not at all): what the model reports of itself beyond /proc.
+void report_counters(int fd, const servers::ServerCounters& c) {
+  const std::string line = fmt::format("counters coroutine_frames {} coroutine_frame_bytes {}\n",
+                                       c.coroutine_frames.load(), c.coroutine_frame_bytes.load());
+  [[maybe_unused]] const ssize_t n = ::write(fd, line.data(), line.size());
+}
+
+}  // namespace
+
 int serve_command(int argc, const char* const* argv) {
   cxxopts::Options options("sockbench serve",
                            "Run one server model until SIGINT/SIGTERM. SIGUSR1 resumes accept(), "
                            "SIGUSR2 pauses it.");
-  options.add_options()("server",
-                        "model: threaded, select, poll, epoll, iterative, pool or a faulty-* twin "
-                        "(see sockbench list)",
-                        cxxopts::value<std::string>()->default_value("epoll"))(
+  options.add_options()(
+      "server",
+      "model: threaded, select, poll, epoll, iterative, pool, coro, asio or a faulty-* twin (see "
+      "sockbench list)",
+      cxxopts::value<std::string>()->default_value("epoll"))(
       "listen", "address to bind: 127.0.0.1:PORT, [::1]:PORT, localhost:PORT (port 0: any)",
       cxxopts::value<std::string>()->default_value("127.0.0.1:7000"))(
       "protocol", "echo, framed or discard",
@@ -48,7 +63,9 @@ int serve_command(int argc, const char* const* argv) {
       "pool: worker threads (0: the number of CPUs this process may run on); other models ignore "
       "it",
       cxxopts::value<std::string>()->default_value("0"))(
-      "ready-fd", "write 'listening ADDR' to this fd once listening (used by sockbench run)",
+      "ready-fd",
+      "write 'listening ADDR' to this fd once listening, then a 'counters ...' line on each "
+      "SIGWINCH (used by sockbench run)",
       cxxopts::value<std::string>())(
       "quiet", "no summary line on stderr at exit (errors are still printed)")("h,help",
                                                                                "show this help");
@@ -100,27 +117,40 @@ int serve_command(int argc, const char* const* argv) {
   // The watcher thread reaches the server through this pointer, cleared before the server goes.
   std::mutex target_mu;
   servers::Server* target = server.get();
+  int report_fd = -1;  // guarded by target_mu: the ready fd, from just before the listening line
   // Signals are blocked before the model starts any thread, so only the watcher sees them.
   auto watcher = std::make_unique<SignalWatcher>(
-      [&target_mu, &target](int signo) {
+      [&target_mu, &target, &report_fd](int signo) {
         std::lock_guard lock(target_mu);
         if (target == nullptr) return;
         if (signo == SIGUSR1) {
           target->set_accept_paused(false);
         } else if (signo == SIGUSR2) {
           target->set_accept_paused(true);
+        } else if (signo == SIGWINCH) {
+          if (report_fd >= 0) report_counters(report_fd, target->counters());
         } else {
           target->stop();
         }
       },
-      std::vector<int>{SIGUSR1, SIGUSR2});
+      std::vector<int>{SIGUSR1, SIGUSR2, SIGWINCH});
   if (const auto ec = server->bind()) {
     const std::string why = fmt::format("cannot listen on {}: {} ({})", config.listen.to_string(),
                                         ec.message(), errno_name(ec.value()));
     announce_failure(ready, "serve", why);
     return 1;
   }
-  announce_ready(ready, fmt::format("listening {}\n", server->address().to_string()));
+  if (ready) {
+    // Kept open for the counters asked for by SIGWINCH, which the parent may send as soon as it
+    // has read the listening line: reported from before it is written. Non-blocking, so that a
+    // parent that stops reading can never hold up the signal watcher (and with it SIGTERM).
+    (void)set_nonblocking(ready.get(), true);
+    std::lock_guard lock(target_mu);
+    report_fd = ready.get();
+  }
+  announce_ready(ready, fmt::format("listening {}
+", server->address().to_string()),
+                 /*keep_open=*/true);
   const auto ec = server->run();
   const int signo = watcher->received();
   const auto& c = server->counters();
@@ -137,6 +167,7 @@ int serve_command(int argc, const char* const* argv) {
   }
   server.reset();
   watcher.reset();
+  ready.reset();  // after the watcher, its last user
   // A joined thread leaves the kernel's Threads: count a moment after pthread_join returns (the
   // tid is cleared before the task is released): give it up to 200 ms to drop to the main thread.
   auto self = sample_process(::getpid());

@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 
 #include "harness/core/expected.h"
 
@@ -17,6 +18,11 @@ struct ProcSample {
   uint64_t voluntary_ctxt = 0;  // summed over /proc/<pid>/task/*
   uint64_t involuntary_ctxt = 0;
   int open_fds = 0;  // entries in /proc/<pid>/fd
+  // Not from /proc: what a `sockbench serve` child reports of itself when its harness asks
+  // (harness/cli/targets.cc), the coro model's live coroutine frames and their bytes; nullopt
+  // when nobody asked or the process did not answer.
+  std::optional<uint64_t> coroutine_frames;
+  std::optional<uint64_t> coroutine_frame_bytes;
 };
 
 // Reads /proc/<pid>. ESRCH when the process is gone (a zombie counts as gone); EACCES for another
