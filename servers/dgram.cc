@@ -1,6 +1,8 @@
 #include "servers/dgram.h"
 
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <thread>
 
@@ -23,6 +25,13 @@ DgramAction on_datagram(const ServerConfig& config, const DgramOptions& options,
 
 DgramPort::DgramPort(const ServerConfig& config, const DgramOptions& options)
     : config_(config), options_(options), waker_({.address = config.listen}) {}
+
+DgramPort::~DgramPort() {
+  if (fd_ && address_.family() == AF_UNIX) {
+    const auto* un = reinterpret_cast<const sockaddr_un*>(&address_.storage);
+    if (un->sun_path[0] != '\0') ::unlink(un->sun_path);  // not an abstract name
+  }
+}
 
 std::error_code DgramPort::bind() {
   if (fd_) return make_error(EALREADY);

@@ -54,6 +54,10 @@ DgramAction on_datagram(const ServerConfig& config, const DgramOptions& options,
 class DgramPort {
  public:
   DgramPort(const ServerConfig& config, const DgramOptions& options);
+  // Removes the AF_UNIX path it bound, so that a restart on the same path can bind it again.
+  ~DgramPort();
+  DgramPort(const DgramPort&) = delete;
+  DgramPort& operator=(const DgramPort&) = delete;
   // Creates and binds the socket (non-blocking, SO_RCVBUF as configured). EALREADY once bound.
   std::error_code bind();
   int fd() const { return fd_.get(); }

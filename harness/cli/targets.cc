@@ -240,6 +240,13 @@ bool CommandServer::start(const scenarios::StartOptions& options, std::string* e
       child_.reset();
       return false;
     }
+    if (address_.datagram()) {
+      // Nothing to connect to: ready once a datagram comes back.
+      const auto problem = scenarios::serve_once(address_, wire_, 16, 200ms);
+      if (problem.empty()) return true;
+      last = problem;
+      continue;
+    }
     auto probe = scenarios::Client::connect(address_, 200ms);
     if (probe) {
       // Reset, not closed: a probe must leave no TIME_WAIT behind for the timewait check to count.
