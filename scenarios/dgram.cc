@@ -18,7 +18,7 @@ results::Record dgram_record(const std::string& scenario, const std::string& ser
   std::string cell = fmt::format("clients:{}/msg:{}", params.clients, params.message_size);
   std::vector<std::pair<std::string, std::string>> named = {
       {"clients", std::to_string(params.clients)}, {"msg", std::to_string(params.message_size)}};
-  if (scenario == "rr" && params.pipeline > 1 && params.rate <= 0) {
+  if (scenario == "rr" && params.pipeline > 1) {
     cell += fmt::format("/pipeline:{}", params.pipeline);
     named.emplace_back("pipeline", std::to_string(params.pipeline));
   }
