@@ -76,7 +76,7 @@ results::Record run_dgram_cell(const std::string& scenario, ServerHandle& server
                      seconds);
   record.errors = stats.errors;
   record.latency = stats.latency;
-  add_timeseries(record, stats.timeseries, &DgramSample::echoed);
+  add_timeseries(record, stats.timeseries, &IntervalSample::requests);
   if (run_ended_cleanly(server, stop, stats.measured_seconds, params.duration, record)) {
     warn_connections_short(record, stats.connections_achieved, stats.connections_requested);
   }

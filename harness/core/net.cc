@@ -142,8 +142,11 @@ ParsedAddress parse_address(std::string_view text) {
   return {address, {}};
 }
 
-Expected<Fd> listen_on(const Address& address, int backlog, bool reuseaddr, bool nonblocking) {
-  const int flags = SOCK_STREAM | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0);
+namespace {
+
+// A socket of `type` bound to `address`, SO_REUSEADDR first when asked (never on AF_UNIX).
+Expected<Fd> bound_socket(const Address& address, int type, bool reuseaddr, bool nonblocking) {
+  const int flags = type | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0);
   Fd fd(::socket(address.family(), flags, 0));
   if (!fd) return last_error();
   if (reuseaddr && address.family() != AF_UNIX) {
@@ -153,22 +156,20 @@ Expected<Fd> listen_on(const Address& address, int backlog, bool reuseaddr, bool
     }
   }
   if (::bind(fd.get(), address.sa(), address.length) != 0) return last_error();
-  if (::listen(fd.get(), backlog) != 0) return last_error();
+  return fd;
+}
+
+}  // namespace
+
+Expected<Fd> listen_on(const Address& address, int backlog, bool reuseaddr, bool nonblocking) {
+  auto fd = bound_socket(address, SOCK_STREAM, reuseaddr, nonblocking);
+  if (!fd) return fd;
+  if (::listen(fd->get(), backlog) != 0) return last_error();
   return fd;
 }
 
 Expected<Fd> bind_datagram(const Address& address, bool reuseaddr, bool nonblocking) {
-  const int flags = SOCK_DGRAM | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0);
-  Fd fd(::socket(address.family(), flags, 0));
-  if (!fd) return last_error();
-  if (reuseaddr && address.family() != AF_UNIX) {
-    const int one = 1;
-    if (::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) {
-      return last_error();
-    }
-  }
-  if (::bind(fd.get(), address.sa(), address.length) != 0) return last_error();
-  return fd;
+  return bound_socket(address, SOCK_DGRAM, reuseaddr, nonblocking);
 }
 
 Expected<Fd> connect_datagram(const Address& address, bool nonblocking) {

@@ -328,7 +328,7 @@ Expected<DgramStats> run_dgram_load(const DgramConfig& given, std::stop_token st
                  &DgramStats::connections_achieved);
   }
   total.measured_seconds = run->window.seconds();
-  total.timeseries = per_second_series<DgramSample>(
+  total.timeseries = per_second_series<IntervalSample>(
       run->workers, run->window.whole_seconds(seconds_rounded_up(config.duration)));
   const auto after = read_udp_counters(config.target.family());
   if (before && after) {

@@ -17,6 +17,7 @@
 #include "harness/core/histogram.h"
 #include "harness/core/udpstat.h"
 #include "harness/load/client_threads.h"
+#include "harness/load/loadgen.h"
 
 namespace sockbench {
 
@@ -72,13 +73,6 @@ class SequenceLedger {
   uint64_t duplicated_ = 0;
 };
 
-struct DgramSample {
-  double t_seconds = 0;  // interval end, from measurement start
-  uint64_t echoed = 0;
-  uint64_t errors = 0;
-  uint64_t p99_ns = 0;
-};
-
 struct DgramStats {
   // Requests sent in the measured window, and of those: echoed whole (at any time before the
   // run ended), lost (sent - echoed: no whole reply came). Replies: reordered (came after a
@@ -101,7 +95,7 @@ struct DgramStats {
   double measured_seconds = 0;
   // The kernel's UDP drop counters over the run (udp only; nullopt for unixgram or unreadable).
   std::optional<UdpCounters> kernel_drops;
-  std::vector<DgramSample> timeseries;
+  std::vector<IntervalSample> timeseries;  // `requests`: echoed replies, per whole second
 
   uint64_t error_count() const { return sum_counts(errors); }
 };
