@@ -42,7 +42,7 @@ TEST_F(CliDgram, FloodOverUdpWritesEveryCounterWithSentEqualToEchoedPlusLost) {
     EXPECT_TRUE(b.contains(counter)) << counter;
   }
   const auto sent = b["sent"].get<double>();
-  EXPECT_GT(sent, 0);
+  EXPECT_GT(sent, 0) << r.out << r.err;
   EXPECT_EQ(sent, b["echoed"].get<double>() + b["lost"].get<double>());
   EXPECT_EQ(b["truncated"].get<double>(), 0);
   EXPECT_EQ(b["unverified_replies"].get<double>(), 0);

@@ -185,6 +185,15 @@ Expected<Fd> connect_datagram(const Address& address, bool nonblocking) {
     }
   }
   if (::connect(fd.get(), address.sa(), address.length) != 0) return last_error();
+  // Nobody bound there, the kernel may pick that very port as this socket's own: connected to
+  // itself, it would get every datagram it sends back, an echo from no server at all.
+  if (address.family() != AF_UNIX) {
+    const auto self = local_address(fd.get());
+    if (self && self->length == address.length &&
+        std::memcmp(&self->storage, &address.storage, address.length) == 0) {
+      return make_error(ECONNREFUSED);
+    }
+  }
   return fd;
 }
 

@@ -54,7 +54,8 @@ Expected<Fd> listen_on(const Address& address, int backlog, bool reuseaddr, bool
 Expected<Fd> bind_datagram(const Address& address, bool reuseaddr, bool nonblocking);
 // A datagram socket connected to `address`: send()/recv() talk to that peer only, and an ICMP
 // port unreachable comes back as ECONNREFUSED on a later call. AF_UNIX: autobound first to an
-// abstract name, so that the server has an address to answer to.
+// abstract name, so that the server has an address to answer to. ECONNREFUSED when the kernel
+// made the socket's own address the destination (a free port: nobody is there).
 Expected<Fd> connect_datagram(const Address& address, bool nonblocking);
 
 // The address a socket is bound to (resolves port 0 after bind), with the socket's type.
