@@ -98,6 +98,11 @@ TEST_F(CliDgram, RefusesWhatDoesNotFitADatagramRun) {
   EXPECT_EQ(flood_tcp.status, 2);
   EXPECT_NE(flood_tcp.err.find("dgram runs over udp, unixgram"), std::string::npos)
       << flood_tcp.err;
+  const auto tiny = sockbench("run --server epoll --transport udp --message-size 16");
+  EXPECT_EQ(tiny.status, 2);
+  EXPECT_NE(tiny.err.find("--message-size: a datagram carries 20 to 65507 bytes, got 16"),
+            std::string::npos)
+      << tiny.err;
   const auto serve = sockbench("serve --server threaded --listen udp:127.0.0.1:0");
   EXPECT_EQ(serve.status, 2);
   EXPECT_NE(serve.err.find("threaded does not serve udp"), std::string::npos) << serve.err;

@@ -25,6 +25,7 @@
 #include "harness/cli/targets.h"
 #include "harness/core/cpus.h"
 #include "harness/core/signals.h"
+#include "harness/load/dgram.h"
 #include "results/aggregate.h"
 #include "results/merge.h"
 #include "results/writers.h"
@@ -489,6 +490,11 @@ int run_command(int argc, const char* const* argv) {
       throw UsageError(fmt::format("--message-size: {} needs >= {} bytes, got {}", scenario->name,
                                    scenario->min_message_size, base.message_size));
     }
+  }
+  if ((transport == "udp" || transport == "unixgram") &&
+      (base.message_size < kDgramHeaderSize || base.message_size > kMaxUdpPayload)) {
+    throw UsageError(fmt::format("--message-size: a datagram carries {} to {} bytes, got {}",
+                                 kDgramHeaderSize, kMaxUdpPayload, base.message_size));
   }
   // A flag that no chosen scenario reads would be silently ignored: say whose it is.
   for (const auto& b : scenarios::benchmarks()) {

@@ -290,9 +290,9 @@ std::string describe_invalid(const DgramConfig& config) {
                        config.target.to_string());
   }
   if (config.connections < 1) return fmt::format("connections {} < 1", config.connections);
-  if (config.message_size < kDgramHeaderSize || config.message_size > 65507) {
-    return fmt::format("message size {} is outside [{}, 65507] bytes", config.message_size,
-                       kDgramHeaderSize);
+  if (config.message_size < kDgramHeaderSize || config.message_size > kMaxUdpPayload) {
+    return fmt::format("message size {} is outside [{}, {}] bytes", config.message_size,
+                       kDgramHeaderSize, kMaxUdpPayload);
   }
   if (config.rate < 0 || !std::isfinite(config.rate)) return "rate must be >= 0";
   if (config.window < 0) return fmt::format("window {} < 0", config.window);

@@ -24,6 +24,8 @@ namespace sockbench {
 // A request: sequence number (8 bytes), send time in steady ns (8), the socket's index (4), then
 // a fixed filler up to message_size; the reply must be the same bytes.
 inline constexpr size_t kDgramHeaderSize = 20;
+// The largest UDP payload over IPv4 (65,535 - 8 - 20): the largest request the engine sends.
+inline constexpr size_t kMaxUdpPayload = 65507;
 
 // Target (a datagram address), connections (sockets), threads, CPUs, warm-up, duration and the
 // window callbacks are ClientRunConfig's.
