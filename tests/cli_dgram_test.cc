@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "servers/server.h"
@@ -85,27 +86,24 @@ TEST_F(CliDgram, RrOverIpv6AndUnixgram) {
 }
 
 TEST_F(CliDgram, RefusesWhatDoesNotFitADatagramRun) {
-  const auto tcp_only = sockbench("run --server threaded --transport udp");
-  EXPECT_EQ(tcp_only.status, 2);
-  EXPECT_NE(tcp_only.err.find("--server: threaded serves tcp, unix, not --transport udp"),
-            std::string::npos)
-      << tcp_only.err;
-  const auto stream = sockbench("run --server epoll --scenario stream --transport udp");
-  EXPECT_EQ(stream.status, 2);
-  EXPECT_NE(stream.err.find("--scenario: stream runs over tcp, unix"), std::string::npos)
-      << stream.err;
-  const auto flood_tcp = sockbench("run --server epoll --scenario dgram");
-  EXPECT_EQ(flood_tcp.status, 2);
-  EXPECT_NE(flood_tcp.err.find("dgram runs over udp, unixgram"), std::string::npos)
-      << flood_tcp.err;
-  const auto tiny = sockbench("run --server epoll --transport udp --message-size 16");
-  EXPECT_EQ(tiny.status, 2);
-  EXPECT_NE(tiny.err.find("--message-size: a datagram carries 20 to 65507 bytes, got 16"),
-            std::string::npos)
-      << tiny.err;
-  const auto serve = sockbench("serve --server threaded --listen udp:127.0.0.1:0");
-  EXPECT_EQ(serve.status, 2);
-  EXPECT_NE(serve.err.find("threaded does not serve udp"), std::string::npos) << serve.err;
+  // Each is a usage error (exit 2) whose one line names the flag and why.
+  const std::pair<const char*, const char*> refused[] = {
+      {"run --server threaded --transport udp",
+       "--server: threaded serves tcp, unix, not --transport udp"},
+      {"run --server epoll --scenario stream --transport udp",
+       "--scenario: stream runs over tcp, unix, not --transport udp"},
+      {"run --server epoll --scenario dgram",
+       "--scenario: dgram runs over udp, unixgram, not --transport tcp"},
+      {"run --server epoll --transport udp --message-size 16",
+       "--message-size: a datagram carries 20 to 65507 bytes, got 16"},
+      {"serve --server threaded --listen udp:127.0.0.1:0",
+       "--listen: threaded does not serve udp (it serves tcp, unix)"},
+  };
+  for (const auto& [args, message] : refused) {
+    const auto r = sockbench(args);
+    EXPECT_EQ(r.status, 2) << args;
+    EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
+  }
 }
 
 // "check/subcheck" -> verdict of `target` in a check JSON.
