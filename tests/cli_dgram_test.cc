@@ -98,6 +98,7 @@ TEST_F(CliDgram, RefusesWhatDoesNotFitADatagramRun) {
        "--scenario: dgram runs over udp, unixgram, not --transport tcp"},
       {"run --server epoll --transport udp --message-size 16",
        "--message-size: a datagram carries 20 to 65507 bytes, got 16"},
+      {"run --target udp:127.0.0.1:5", "--target: udp:127.0.0.1:5 is a udp address, not tcp"},
       {"serve --server threaded --listen udp:127.0.0.1:0",
        "--listen: threaded does not serve udp (it serves tcp, unix)"},
   };

@@ -433,9 +433,12 @@ int run_command(int argc, const char* const* argv) {
     throw UsageError(
         fmt::format("--transport: expected tcp, unix, udp or unixgram, got '{}'", transport));
   }
-  if (target && target->datagram() != (transport == "udp" || transport == "unixgram")) {
-    throw UsageError(fmt::format("--target: {} is not a {} address (udp:HOST:PORT, unixgram:PATH)",
-                                 target->to_string(), transport));
+  if (target && transport_of(*target) != transport &&
+      (target->datagram() || transport == "udp" || transport == "unixgram")) {
+    throw UsageError(fmt::format(
+        "--target: {} is a {} address, not {} (give --transport {}, or write a datagram target "
+        "as udp:HOST:PORT or unixgram:PATH)",
+        target->to_string(), transport_of(*target), transport, transport_of(*target)));
   }
   const auto server_names = target ? std::vector<std::string>{"target"}
                                    : resolve_models(str(parsed, "server"), transport);
