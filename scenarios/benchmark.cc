@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <utility>
 
+#include "harness/load/dgram.h"
 #include "harness/load/loadgen.h"
 #include "scenarios/connections.h"
 #include "scenarios/crr.h"
+#include "scenarios/dgram.h"
 #include "scenarios/rr.h"
 #include "scenarios/stream.h"
 
@@ -42,7 +44,8 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        {"framed", "echo"},
        kMinMessageSize,
        64,
-       {"pipeline", "rate", "tls", "tls-version", "cipher", "insecure", "ca"}},
+       {"pipeline", "rate", "tls", "tls-version", "cipher", "insecure", "ca"},
+       {"tcp", "unix", "udp", "unixgram"}},
       {"stream",
        "bulk transfer over N connections, one way or (duplex) echoed and verified",
        [](const BenchParams& p) { return p.duplex ? "echo" : "discard"; },
@@ -71,6 +74,17 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        kMinMessageSize,
        64,
        {"ramp"}},
+      {"dgram",
+       "datagram flood: every socket sends flat out (or at --rate) and reads the echoes as they "
+       "come: sent, echoed, lost, reordered, duplicated, truncated, kernel drops",
+       [](const BenchParams&) { return "echo"; },
+       one_run<run_dgram_flood>,
+       one_record<dgram_flood_record>,
+       {"echo"},
+       kDgramHeaderSize,
+       64,
+       {"rate"},
+       {"udp", "unixgram"}},
   };
   return all;
 }

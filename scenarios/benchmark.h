@@ -35,6 +35,8 @@ struct BenchmarkInfo {
   // The run flags only this scenario reads ("rate", "duplex"...): the command line rejects one
   // that no chosen scenario reads rather than ignoring it.
   std::vector<std::string> flags;
+  // The --transport values it runs over.
+  std::vector<std::string> transports = {"tcp", "unix"};
 };
 
 const std::vector<BenchmarkInfo>& benchmarks();

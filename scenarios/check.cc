@@ -130,6 +130,18 @@ const std::vector<CheckInfo>& checks() {
          "low RLIMIT_NOFILE: existing clients served, no spinning, accepting again once fds free",
          4}},
        run_errors_check},
+      {"udp",
+       "datagrams: boundaries kept, MSG_TRUNC, ECONNREFUSED on a connected socket, the largest "
+       "datagram, a flood beyond the receive buffer (check --transport udp or unixgram)",
+       {{"boundaries", "two sends of 100 and 200 bytes are two receives, not one of 300"},
+        {"truncation",
+         "a 2,000-byte datagram read into 1,000 bytes: MSG_TRUNC; the server echoes it whole and "
+         "survives"},
+        {"refused", "a connected UDP socket to a port nobody binds: ECONNREFUSED on the next call"},
+        {"max-datagram", "a 65,507-byte datagram (65,527 over IPv6) round-trips whole"},
+        {"flood", "20,000 datagrams without pause: the kernel's drops counted, the server serves"}},
+       run_udp_check,
+       /*datagram=*/true},
   };
   return all;
 }

@@ -128,9 +128,11 @@ struct CheckInfo {
   // "check/<check>/<subcheck>/<target>". Never throws. The target is left running with default
   // options when it can be restarted.
   std::function<std::vector<results::Record>(CheckTarget&, const CheckOptions&)> run;
+  // Runs against datagram targets (udp, unixgram) only; the others against stream targets only.
+  bool datagram = false;
 };
 
-// Every check, in run order: partial, backlog, timewait, errors.
+// Every check, in run order: partial, backlog, timewait, errors, then udp (datagram targets).
 const std::vector<CheckInfo>& checks();
 const CheckInfo* find_check(std::string_view name);
 // Validates one --only item ("errors" or "errors/sigpipe"); an error message naming what is
@@ -183,5 +185,6 @@ std::vector<results::Record> run_partial_check(CheckTarget& target, const CheckO
 std::vector<results::Record> run_backlog_check(CheckTarget& target, const CheckOptions& options);
 std::vector<results::Record> run_timewait_check(CheckTarget& target, const CheckOptions& options);
 std::vector<results::Record> run_errors_check(CheckTarget& target, const CheckOptions& options);
+std::vector<results::Record> run_udp_check(CheckTarget& target, const CheckOptions& options);
 
 }  // namespace sockbench::scenarios

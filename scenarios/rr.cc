@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "scenarios/adapter.h"
+#include "scenarios/dgram.h"
 
 namespace sockbench::scenarios {
 namespace {
@@ -31,6 +32,7 @@ std::string cell_name(const BenchParams& options) {
 }  // namespace
 
 results::Record rr_record(const std::string& server, const BenchParams& options) {
+  if (datagram_transport(options.transport)) return dgram_record("rr", server, options);
   results::Record record = start_record("rr", server, cell_name(options),
                                         {{"clients", std::to_string(options.clients)},
                                          {"msg", std::to_string(options.message_size)},
@@ -40,6 +42,7 @@ results::Record rr_record(const std::string& server, const BenchParams& options)
 }
 
 results::Record run_rr(ServerHandle& server, const BenchParams& options, std::stop_token stop) {
+  if (server.address().datagram()) return run_dgram_cell("rr", server, options, std::move(stop));
   results::Record record = rr_record(server.name(), options);
 
   WindowSamples server_samples(server);

@@ -33,6 +33,8 @@ struct BenchParams {
   int threads = 1;
   std::vector<int> client_cpus;
   WireFormat wire = WireFormat::kFramed;
+  // tcp, unix, udp or unixgram (--transport): datagram cells are named with it (scenarios/dgram.h).
+  std::string transport = "tcp";
   std::chrono::nanoseconds warmup = std::chrono::seconds(1);
   std::chrono::nanoseconds duration = std::chrono::seconds(5);
   // This process's share of the cell (--shard, an MPI rank): clients, rate and every ramp step

@@ -327,7 +327,7 @@ void Client::abort() {
 void wait_for(Millis duration) { std::this_thread::sleep_for(duration); }
 
 Expected<int> free_port(const Address& address) {
-  Fd fd(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+  Fd fd(::socket(address.family(), address.socktype | SOCK_CLOEXEC, 0));
   if (!fd) return last_error();
   const Address any = address.with_port(0);
   if (::bind(fd.get(), any.sa(), any.length) != 0) return last_error();
@@ -383,9 +383,77 @@ std::optional<int> wait_fds_at_most(ServerHandle& server, int target, Millis tim
   }
 }
 
+Expected<DgramClient> DgramClient::connect(const Address& address, int rcvbuf) {
+  auto fd = connect_datagram(address, /*nonblocking=*/true);
+  if (!fd) return fd.error();
+  if (rcvbuf > 0 && ::setsockopt(fd->get(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf) != 0) {
+    return last_error();
+  }
+  return DgramClient(std::move(*fd));
+}
+
+std::error_code DgramClient::send(std::string_view datagram) {
+  for (;;) {
+    if (::send(fd_.get(), datagram.data(), datagram.size(), MSG_NOSIGNAL) >= 0) return {};
+    if (errno != EINTR) return last_error();
+  }
+}
+
+Datagram DgramClient::receive(size_t capacity, Millis timeout) {
+  const auto start = SteadyClock::now();
+  const auto deadline = start + timeout;
+  Datagram got;
+  std::string buffer(capacity, '\0');
+  for (;;) {
+    const ssize_t n = ::recv(fd_.get(), buffer.data(), buffer.size(), MSG_DONTWAIT | MSG_TRUNC);
+    if (n >= 0) {
+      got.length = static_cast<size_t>(n);
+      got.truncated = got.length > capacity;
+      buffer.resize(std::min(got.length, capacity));
+      got.bytes = std::move(buffer);
+      break;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      got.error = last_error();
+      break;
+    }
+    const auto left = std::chrono::duration_cast<Millis>(deadline - SteadyClock::now());
+    if (left.count() <= 0) {
+      got.error = make_error(ETIMEDOUT);
+      break;
+    }
+    pollfd p{fd_.get(), POLLIN, 0};
+    ::poll(&p, 1, static_cast<int>(left.count()));
+  }
+  got.elapsed_ms = ms_between(start, SteadyClock::now());
+  return got;
+}
+
+namespace {
+
+// serve_once over a datagram socket: the payload alone is the message.
+std::string serve_once_dgram(const Address& address, size_t payload_size, Millis timeout) {
+  auto client = DgramClient::connect(address);
+  if (!client) return "socket: " + errno_name(client.error().value());
+  const std::string message = make_payload(payload_size, 0x5eed);
+  if (auto ec = client->send(message)) return "send: " + errno_name(ec.value());
+  const auto got = client->receive(message.size() + 1, timeout);
+  if (got.error) return "no reply: " + errno_name(got.error.value());
+  if (got.bytes == message) return {};
+  return describe_mismatch(message, got.bytes);
+}
+
+}  // namespace
+
 std::string serve_once(const Address& address, WireFormat wire, size_t payload_size, Millis timeout,
                        double* latency_ms) {
   const auto start = SteadyClock::now();
+  if (address.datagram()) {
+    auto problem = serve_once_dgram(address, payload_size, timeout);
+    if (latency_ms) *latency_ms = ms_between(start, SteadyClock::now());
+    return problem;
+  }
   auto client = Client::connect(address, timeout);
   if (!client) return "connect: " + errno_name(client.error().value());
   const std::string message = wire_message(wire, make_payload(payload_size, 0x5eed));

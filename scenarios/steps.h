@@ -116,11 +116,38 @@ class Client {
   Fd fd_;
 };
 
+// What a datagram receive step saw.
+struct Datagram {
+  std::string bytes;       // what fit into the buffer
+  size_t length = 0;       // the datagram's real length (MSG_TRUNC): > bytes.size() when cut
+  bool truncated = false;  // MSG_TRUNC: the datagram did not fit and its rest is gone
+  std::error_code error;   // ECONNREFUSED...; ETIMEDOUT when nothing came in time
+  double elapsed_ms = 0;
+};
+
+// One connected datagram socket (udp, unixgram) driven step by step. Owns its fd (non-blocking;
+// every step waits with poll() against a deadline). Move-only; used by one thread.
+class DgramClient {
+ public:
+  // A socket connected to `address` (a datagram address); `rcvbuf` > 0 sets SO_RCVBUF.
+  static Expected<DgramClient> connect(const Address& address, int rcvbuf = 0);
+  int fd() const { return fd_.get(); }
+  // One datagram, whole; EAGAIN when the kernel will not take it now, ECONNREFUSED when an
+  // earlier datagram found nobody at the port, EMSGSIZE when it is too large.
+  std::error_code send(std::string_view datagram);
+  // One datagram into a buffer of `capacity` bytes, waiting up to `timeout`.
+  Datagram receive(size_t capacity, Millis timeout);
+
+ private:
+  explicit DgramClient(Fd fd) : fd_(std::move(fd)) {}
+  Fd fd_;
+};
+
 // Sleeps for `duration` (a step of its own so scripts read as what they do).
 void wait_for(Millis duration);
 
-// A free TCP port on `address`'s host (bound without listen, then released): connecting to it
-// is refused until somebody binds it again.
+// A free TCP (or, for a udp address, UDP) port on `address`'s host (bound without listen, then
+// released): connecting (sending) to it is refused until somebody binds it again.
 Expected<int> free_port(const Address& address);
 // bind() (no listen) on `address` with or without SO_REUSEADDR and release it at once: {} or
 // the errno (EADDRINUSE).
@@ -140,7 +167,8 @@ std::optional<int> settled_fds(ServerHandle& server, Millis timeout, Millis inte
 std::optional<int> wait_fds_at_most(ServerHandle& server, int target, Millis timeout);
 
 // One request/response round on a fresh connection: connect, send a `payload_size` message,
-// expect it back, close. Empty string when the server answered right; otherwise what went wrong.
+// expect it back, close (a datagram address: one datagram on a fresh socket, echoed whole).
+// Empty string when the server answered right; otherwise what went wrong.
 std::string serve_once(const Address& address, WireFormat wire, size_t payload_size, Millis timeout,
                        double* latency_ms = nullptr);
 

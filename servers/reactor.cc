@@ -14,6 +14,7 @@
 #include "harness/core/frame.h"
 #include "harness/core/net.h"
 #include "servers/accept.h"
+#include "servers/dgram.h"
 #include "servers/protocol.h"
 
 namespace sockbench::servers {
@@ -367,6 +368,8 @@ class ReactorServer final : public Server {
 std::unique_ptr<Server> make_reactor_server(const ServerConfig& config,
                                             std::unique_ptr<Poller> poller,
                                             ReactorOptions options) {
+  // The same poller over a datagram socket (udp, unixgram): no listener, no connections.
+  if (config.listen.datagram()) return make_dgram_reactor_server(config, std::move(poller));
   return std::make_unique<ReactorServer>(config, std::move(poller), options);
 }
 

@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "harness/core/cpus.h"
+#include "servers/dgram.h"
 #include "servers/poller.h"
 #include "servers/reactor.h"
 #include "servers/server.h"
@@ -14,17 +15,20 @@ namespace sockbench::servers {
 namespace {
 
 const std::vector<ModelInfo>& builtin_models() {
+  static const std::vector<std::string> kAllProtocols = {"echo", "framed", "discard"};
+  static const std::vector<std::string> kDatagramOnly = {"udp", "unixgram"};
   static const std::vector<ModelInfo> models = {
       {"threaded", "one thread per client, blocking I/O", false,
        [](const ServerConfig& config) { return make_threaded_server(config); }},
       {"select", "single-threaded reactor over select(2); refuses fds >= FD_SETSIZE", false,
-       [](const ServerConfig& config) {
-         return make_reactor_server(config, make_select_poller());
-       }},
+       [](const ServerConfig& config) { return make_reactor_server(config, make_select_poller()); },
+       false, kAllProtocols, stream_and_datagram_transports()},
       {"poll", "single-threaded reactor over poll(2), the portable one", false,
-       [](const ServerConfig& config) { return make_reactor_server(config, make_poll_poller()); }},
+       [](const ServerConfig& config) { return make_reactor_server(config, make_poll_poller()); },
+       false, kAllProtocols, stream_and_datagram_transports()},
       {"epoll", "single-threaded reactor over level-triggered epoll(7)", false,
-       [](const ServerConfig& config) { return make_reactor_server(config, make_epoll_poller()); }},
+       [](const ServerConfig& config) { return make_reactor_server(config, make_epoll_poller()); },
+       false, kAllProtocols, stream_and_datagram_transports()},
       {.name = "iterative",
        .description = "one client at a time, blocking I/O, served to its end before the next "
                       "accept (socketserver.TCPServer); one slow client stalls all",
@@ -41,6 +45,9 @@ const std::vector<ModelInfo>& builtin_models() {
       {.name = "asio",
        .description = "single thread, an asio::awaitable per connection on one asio::io_context",
        .make = make_asio_server},
+      {"udp-blocking", "recvfrom/sendto on one thread, one datagram at a time (UDPServer)", false,
+       [](const ServerConfig& config) { return make_udp_blocking_server(config); }, false,
+       kAllProtocols, kDatagramOnly},
       // The faulty twins: each is one correct model with exactly one defect switched on, to prove
       // that the check named in its description can fail.
       {"faulty-single-recv",
@@ -86,6 +93,14 @@ const std::vector<ModelInfo>& builtin_models() {
        [](const ServerConfig& config) {
          return make_reactor_server(config, make_epoll_poller(), {.retry_accept_on_emfile = true});
        }},
+      {"faulty-udp-truncate",
+       "udp-blocking, but reads into a 1,024-byte buffer and echoes a cut datagram as if whole; "
+       "caught by check udp/truncation and udp/max-datagram",
+       true,
+       [](const ServerConfig& config) {
+         return make_udp_blocking_server(config, {.recv_buffer = 1024, .echo_truncated = true});
+       },
+       false, kAllProtocols, kDatagramOnly},
   };
   return models;
 }
@@ -127,10 +142,14 @@ const std::vector<ModelInfo>& registry() {
   return models;
 }
 
-std::vector<std::string> model_names(bool faulty) {
+bool ModelInfo::serves(std::string_view transport) const {
+  return std::find(transports.begin(), transports.end(), transport) != transports.end();
+}
+
+std::vector<std::string> model_names(bool faulty, std::string_view transport) {
   std::vector<std::string> names;
   for (const auto& model : registry()) {
-    if (model.faulty == faulty) names.push_back(model.name);
+    if (model.faulty == faulty && model.serves(transport)) names.push_back(model.name);
   }
   return names;
 }

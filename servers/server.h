@@ -1,4 +1,4 @@
-// A TCP server model: one per concurrency model, chosen by name from one registry.
+// A server model: one per concurrency model, chosen by name from one registry.
 #pragma once
 
 #include <atomic>
@@ -43,6 +43,12 @@ struct ServerCounters {
   // included) and their bytes, counted by the promise's operator new/delete; 0 in other models.
   std::atomic<uint64_t> coroutine_frames{0};
   std::atomic<uint64_t> coroutine_frame_bytes{0};
+  // Datagram models (servers/dgram.h): datagrams received, of which cut by MSG_TRUNC (larger
+  // than the receive buffer: counted, not answered), and replies dropped (the pending-reply
+  // queue was full, or the kernel refused them).
+  std::atomic<uint64_t> datagrams{0};
+  std::atomic<uint64_t> truncated{0};
+  std::atomic<uint64_t> replies_dropped{0};
 };
 
 // Lifecycle: construct -> bind() -> run() on one thread -> stop() from any thread -> run()
@@ -82,10 +88,14 @@ struct ModelInfo {
   // The model relies on SIGPIPE's default action (faulty-sigpipe): `sockbench serve` sets it back
   // to SIG_DFL, which main() and the harness otherwise leave ignored.
   bool restore_sigpipe_default = false;
-  // What it serves: every model moves bytes for the shared protocol logic over any stream socket.
+  // What it serves: every model moves bytes for the shared protocol logic over any stream socket;
+  // those that also serve datagram sockets (servers/dgram.h) list udp and unixgram, and a
+  // datagram-only model lists only those. --server all runs the models of the chosen transport.
   std::vector<std::string> protocols = {"echo", "framed", "discard"};
   std::vector<std::string> transports = {"tcp", "unix"};
   ClientConcurrency concurrency = ClientConcurrency::kUnbounded;
+
+  bool serves(std::string_view transport) const;
 };
 
 // The worker count a pool built with `config` runs: config.workers, or when 0 the CPUs in this
@@ -131,9 +141,9 @@ std::unique_ptr<Server> make_pool_server(const ServerConfig& config, ThreadedOpt
 const std::vector<ModelInfo>& registry();
 // nullptr when unknown.
 const ModelInfo* find_model(std::string_view name);
-// The names of the correct models (what --server all runs) or of the faulty twins, in registry
-// order.
-std::vector<std::string> model_names(bool faulty);
+// The names of the correct models (what --server all runs) or of the faulty twins that serve
+// `transport` (tcp, unix, udp, unixgram), in registry order.
+std::vector<std::string> model_names(bool faulty, std::string_view transport = "tcp");
 // Every protocol of servers/protocol.h with a one-line description, as `sockbench list` shows it.
 const std::vector<ProtocolInfo>& protocols();
 

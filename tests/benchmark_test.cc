@@ -49,5 +49,23 @@ TEST(BenchmarkRecords, EveryScenarioNamesItsCellWithItsParameters) {
             (Names{"connections/epoll/conns:100", "connections/epoll/conns:200"}));
 }
 
+// Datagram cells carry their transport in the name, so a udp cell never matches a tcp one.
+TEST(BenchmarkRecords, DatagramCellsAreNamedWithTheirTransport) {
+  BenchParams p;
+  p.clients = 10;
+  p.transport = "udp";
+  EXPECT_EQ(names("rr", p), Names{"rr/epoll/clients:10/msg:64/transport:udp"});
+  EXPECT_EQ(names("dgram", p), Names{"dgram/epoll/clients:10/msg:64/transport:udp"});
+  p.transport = "unixgram";
+  p.rate = 10000;
+  EXPECT_EQ(names("dgram", p),
+            Names{"dgram/epoll/clients:10/msg:64/rate:10000/transport:unixgram"});
+  p.rate = 0;
+  p.pipeline = 4;
+  EXPECT_EQ(names("rr", p), Names{"rr/epoll/clients:10/msg:64/pipeline:4/transport:unixgram"});
+  EXPECT_EQ(find_benchmark("dgram")->transports, (std::vector<std::string>{"udp", "unixgram"}));
+  EXPECT_EQ(find_benchmark("stream")->transports, (std::vector<std::string>{"tcp", "unix"}));
+}
+
 }  // namespace
 }  // namespace sockbench::scenarios

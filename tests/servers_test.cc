@@ -485,17 +485,22 @@ INSTANTIATE_TEST_SUITE_P(Models, ServersTest, ::testing::ValuesIn(model_names(/*
                          [](const auto& model) { return model.param; });
 
 TEST(RegistryTest, ModelNamesSplitTheRegistryIntoCorrectThenFaulty) {
-  auto names = model_names(/*faulty=*/false);
-  EXPECT_EQ(names, (std::vector<std::string>{"threaded", "select", "poll", "epoll", "iterative",
-                                             "pool", "coro", "asio"}));
-  const auto twins = model_names(/*faulty=*/true);
-  names.insert(names.end(), twins.begin(), twins.end());
-  ASSERT_EQ(names.size(), registry().size());
-  for (size_t i = 0; i < names.size(); ++i) {
-    EXPECT_EQ(names[i], registry()[i].name);
-    // Every model serves every protocol the registry lists, over TCP and AF_UNIX.
-    EXPECT_EQ(registry()[i].protocols.size(), protocols().size()) << names[i];
-    EXPECT_EQ(registry()[i].transports, (std::vector<std::string>{"tcp", "unix"})) << names[i];
+  // --server all (tcp, the default transport) runs the stream models only; over udp the models
+  // with a datagram loop.
+  EXPECT_EQ(model_names(/*faulty=*/false),
+            (std::vector<std::string>{"threaded", "select", "poll", "epoll", "iterative", "pool",
+                                      "coro", "asio"}));
+  EXPECT_EQ(model_names(/*faulty=*/false, "udp"),
+            (std::vector<std::string>{"select", "poll", "epoll", "udp-blocking"}));
+  EXPECT_EQ(model_names(/*faulty=*/false, "unixgram"), model_names(/*faulty=*/false, "udp"));
+  EXPECT_EQ(model_names(/*faulty=*/true, "udp"), (std::vector<std::string>{"faulty-udp-truncate"}));
+  for (const auto& model : registry()) {
+    // Every model serves every protocol the registry lists, over TCP and AF_UNIX, or over
+    // datagrams only.
+    EXPECT_EQ(model.protocols.size(), protocols().size()) << model.name;
+    EXPECT_TRUE(model.serves("tcp") == model.serves("unix")) << model.name;
+    EXPECT_TRUE(model.serves("udp") == model.serves("unixgram")) << model.name;
+    EXPECT_TRUE(model.serves("tcp") || model.serves("udp")) << model.name;
   }
   std::vector<std::string> protocol_names;
   for (const auto& p : protocols()) {
@@ -519,9 +524,11 @@ TEST(RegistryTest, ListsTheCorrectModelsInOrderThenOnlyFaultyTwins) {
     EXPECT_FALSE(models[i].restore_sigpipe_default);
     EXPECT_EQ(find_model(names[i]), &models[i]);
   }
-  // After the correct models come the faulty twins (tests/faulty_test.cc), never part of
+  // Then the datagram-only model, then the faulty twins (tests/faulty_test.cc), never part of
   // --server all.
-  for (size_t i = model_names(/*faulty=*/false).size(); i < models.size(); ++i) {
+  EXPECT_EQ(models[correct].name, "udp-blocking");
+  EXPECT_FALSE(models[correct].faulty);
+  for (size_t i = correct + 1; i < models.size(); ++i) {
     EXPECT_TRUE(models[i].faulty) << models[i].name;
     EXPECT_TRUE(models[i].name.starts_with("faulty-")) << models[i].name;
     EXPECT_FALSE(models[i].description.empty());

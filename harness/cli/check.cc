@@ -41,8 +41,13 @@ int check_command(int argc, const char* const* argv) {
       "server-cmd",
       "an external server command run by /bin/sh, with {port} where its port goes, e.g. "
       "'python3 server.py {port}'; sockbench picks the port, starts, restarts and observes it",
-      cxxopts::value<std::string>())("protocol", "what the target speaks: framed or echo",
-                                     cxxopts::value<std::string>()->default_value("framed"))(
+      cxxopts::value<std::string>())(
+      "transport",
+      "tcp, udp or unixgram: what the built-in models and --server-cmd listen on (udp: the "
+      "udp check runs, the stream checks do not); --target takes udp:HOST:PORT",
+      cxxopts::value<std::string>()->default_value("tcp"))(
+      "protocol", "what the target speaks: framed or echo",
+      cxxopts::value<std::string>()->default_value("framed"))(
       "via-proxy",
       "check through a sockbench proxy with these toxics (comma list of DIR:TOXIC=ARGS, e.g. "
       "up:slicer=1-3@100)",
@@ -75,6 +80,11 @@ int check_command(int argc, const char* const* argv) {
   }
   CheckPlan plan;
   plan.protocol = protocol;
+  plan.transport = str(parsed, "transport");
+  if (plan.transport != "tcp" && plan.transport != "udp" && plan.transport != "unixgram") {
+    throw UsageError(
+        fmt::format("--transport: expected tcp, udp or unixgram, got '{}'", plan.transport));
+  }
   if (parsed.count("via-proxy")) {
     check_via_proxy_flag(*(plan.via_proxy = str(parsed, "via-proxy")));
   }
@@ -114,9 +124,9 @@ int check_command(int argc, const char* const* argv) {
   }
   std::vector<std::string>& models = plan.models;
   if (parsed.count("server")) {
-    models = resolve_models(str(parsed, "server"));
+    models = resolve_models(str(parsed, "server"), plan.transport);
   } else if (!target_address && !command) {
-    models = resolve_models("all");
+    models = resolve_models("all", plan.transport);
   }
   if (parsed.count("json")) check_writable("json", *(plan.json_path = str(parsed, "json")));
   if (parsed.count("junit")) check_writable("junit", *(plan.junit_path = str(parsed, "junit")));

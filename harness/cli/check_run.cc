@@ -2,9 +2,11 @@
 #include "harness/cli/check_run.h"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <memory>
 
@@ -128,6 +130,13 @@ std::vector<std::string> refused_targets(
   return lines;
 }
 
+// Where a built-in model checked over unixgram binds: one path per model and process.
+std::string unix_check_path(const std::string& model) {
+  return (std::filesystem::temp_directory_path() /
+          fmt::format("sockbench-check-{}-{}.sock", ::getpid(), model))
+      .string();
+}
+
 results::Record start_failure(const std::string& target, const std::string& error) {
   results::Record r;
   r.name = scenarios::check_record_name("start", "server", target);
@@ -150,13 +159,18 @@ int run_check_plan(CheckPlan plan) {
   raise_fd_limit();
   const WireFormat wire = plan.protocol == "framed" ? WireFormat::kFramed : WireFormat::kRaw;
   scenarios::CheckOptions& check_options = plan.options;
-  const Address loopback = parse_address("127.0.0.1:0").address;
+  const bool datagram = plan.transport == "udp" || plan.transport == "unixgram";
+  const Address loopback = parse_address(datagram ? "udp:127.0.0.1:0" : "127.0.0.1:0").address;
   std::vector<std::unique_ptr<scenarios::CheckTarget>> targets;
   for (const auto& model : plan.models) {
     ServeSpec spec;
     spec.model = model;
     spec.protocol = plan.protocol;
     spec.workers = plan.workers;
+    if (plan.transport == "udp") spec.listen = "udp:127.0.0.1:0";
+    if (plan.transport == "unixgram") {
+      spec.listen = plan.transport + ":" + unix_check_path(model);
+    }
     targets.push_back(std::make_unique<BuiltinTarget>(spec));
   }
   if (plan.command) {
@@ -195,6 +209,8 @@ int run_check_plan(CheckPlan plan) {
     }
     for (const auto& check : scenarios::checks()) {
       if (watcher.token().stop_requested()) break;
+      // Stream checks need a stream socket, the udp check a datagram one.
+      if (check.datagram != target->address().datagram()) continue;
       const bool wanted =
           check_options.only.empty() ||
           std::any_of(check_options.only.begin(), check_options.only.end(),

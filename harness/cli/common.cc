@@ -1,6 +1,7 @@
 #include "harness/cli/common.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -21,15 +22,22 @@
 
 namespace sockbench::cli {
 
-std::vector<std::string> resolve_models(const std::string& text) {
+std::vector<std::string> resolve_models(const std::string& text, const std::string& transport) {
   std::vector<std::string> names;
   for (const auto& item : split_list("server", text)) {
     if (item == "all") {
-      for (auto& name : servers::model_names(/*faulty=*/false)) names.push_back(std::move(name));
+      for (auto& name : servers::model_names(/*faulty=*/false, transport)) {
+        names.push_back(std::move(name));
+      }
       continue;
     }
-    if (!servers::find_model(item)) {
+    const auto* model = servers::find_model(item);
+    if (!model) {
       throw UsageError(fmt::format("--server: unknown model '{}' (see sockbench list)", item));
+    }
+    if (!model->serves(transport)) {
+      throw UsageError(fmt::format("--server: {} serves {}, not --transport {}", item,
+                                   fmt::join(model->transports, ", "), transport));
     }
     names.push_back(item);
   }

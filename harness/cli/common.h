@@ -13,9 +13,11 @@
 
 namespace sockbench::cli {
 
-// "all" (every correct model, faulty twins left out), a name, or a comma list of both; an
-// unknown name is a UsageError naming --server.
-std::vector<std::string> resolve_models(const std::string& text);
+// "all" (every correct model that serves `transport`, faulty twins left out), a name, or a comma
+// list of both; an unknown name, or one that does not serve `transport`, is a UsageError naming
+// --server.
+std::vector<std::string> resolve_models(const std::string& text,
+                                        const std::string& transport = "tcp");
 
 // A UsageError naming --flag when results::write_file_atomically could not write `path`: its
 // directory is missing or not writable, it is a directory, or it is a device or FIFO that is not

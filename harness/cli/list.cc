@@ -37,9 +37,9 @@ int list_command(int argc, const char* const* argv) {
     fmt::print("  {:<22} {}\n", scenario.name, scenario.description);
     std::string flags;
     for (const auto& flag : scenario.flags) flags += fmt::format(", --{}", flag);
-    fmt::print("  {:<22} protocols {}; --message-size >= {} (default {}){}\n", "",
-               fmt::join(scenario.protocols, ", "), scenario.min_message_size,
-               scenario.default_message_size, flags);
+    fmt::print("  {:<22} protocols {}; transports {}; --message-size >= {} (default {}){}\n", "",
+               fmt::join(scenario.protocols, ", "), fmt::join(scenario.transports, ", "),
+               scenario.min_message_size, scenario.default_message_size, flags);
   }
   fmt::print("mpirun (sockbench run under mpirun -np N, rank r = shard r/N): MPI {}\n",
              mpi_summary());

@@ -27,6 +27,7 @@
 #include "harness/cli/via_proxy.h"
 #include "harness/core/cpus.h"
 #include "harness/core/signals.h"
+#include "harness/load/dgram.h"
 #include "results/aggregate.h"
 #include "results/merge.h"
 #include "results/writers.h"
@@ -113,6 +114,7 @@ class TargetServer final : public scenarios::ServerHandle {
   // A connect refused or timed out: the target is lost (a probe, reset at once so that it leaves
   // no TIME_WAIT behind).
   bool alive(std::string* why) override {
+    if (address_.datagram()) return true;  // nothing to connect to: the counters say the rest
     auto probe = scenarios::Client::connect(address_, kProbeTimeout);
     if (probe) {
       probe->abort();
@@ -185,7 +187,7 @@ std::vector<results::Record> run_cell_on_target(const Cell& cell, Address target
 
 // Runs one cell: starts its server, runs the scenario, stops the server.
 std::vector<results::Record> run_cell(const Cell& cell, const std::string& listen_host,
-                                      bool unix_transport, int backlog,
+                                      const std::string& transport, int backlog,
                                       const std::vector<std::string>& serve_args,
                                       const std::vector<int>& server_cpus, std::stop_token stop) {
   ServeSpec spec;
@@ -194,8 +196,11 @@ std::vector<results::Record> run_cell(const Cell& cell, const std::string& liste
   spec.backlog = backlog;
   spec.cpus = server_cpus;
   spec.extra_args = serve_args;
+  const bool unix_transport = transport == "unix" || transport == "unixgram";
   const std::string unix_path = unix_transport ? unix_socket_path() : std::string();
-  spec.listen = unix_transport ? "unix:" + unix_path : listen_host + ":0";
+  // The address's prefix tells `serve` the transport: "unix:", "unixgram:", "udp:" or none (tcp).
+  spec.listen = unix_transport ? transport + ":" + unix_path
+                               : (transport == "udp" ? "udp:" : "") + listen_host + ":0";
   std::string error;
   auto server = ChildServer::start(spec, &error);
   std::vector<results::Record> records;
@@ -353,7 +358,8 @@ int run_command(int argc, const char* const* argv) {
        cxxopts::value<std::string>())
       ("protocol", "rr/crr wire format: framed (length-prefixed) or echo (raw bytes)",
        cxxopts::value<std::string>()->default_value("framed"))
-      ("transport", "tcp or unix (AF_UNIX stream sockets)",
+      ("transport", "tcp, unix (AF_UNIX stream), udp (with --host) or unixgram (AF_UNIX "
+       "datagram); --server all runs the models that serve it",
        cxxopts::value<std::string>()->default_value("tcp"))
       ("host", "server address for tcp: 127.0.0.1, ::1 or localhost",
        cxxopts::value<std::string>()->default_value("127.0.0.1"))
@@ -442,14 +448,31 @@ int run_command(int argc, const char* const* argv) {
                  shard.count, mpi_summary(), fmt::join(offsets, ", "));
     }
   }
-  const auto server_names =
-      target ? std::vector<std::string>{"target"} : resolve_models(str(parsed, "server"));
+  const auto transport = str(parsed, "transport");
+  if (transport != "tcp" && transport != "unix" && transport != "udp" && transport != "unixgram") {
+    throw UsageError(
+        fmt::format("--transport: expected tcp, unix, udp or unixgram, got '{}'", transport));
+  }
+  if (target && transport_of(*target) != transport &&
+      (target->datagram() || transport == "udp" || transport == "unixgram")) {
+    throw UsageError(fmt::format(
+        "--target: {} is a {} address, not {} (give --transport {}, or write a datagram target "
+        "as udp:HOST:PORT or unixgram:PATH)",
+        target->to_string(), transport_of(*target), transport, transport_of(*target)));
+  }
+  const auto server_names = target ? std::vector<std::string>{"target"}
+                                   : resolve_models(str(parsed, "server"), transport);
   std::vector<const scenarios::BenchmarkInfo*> scenario_list;
   for (const auto& name : split_list("scenario", str(parsed, "scenario"))) {
     const auto* info = scenarios::find_benchmark(name);
     if (!info) {
       throw UsageError(fmt::format("--scenario: unknown scenario '{}' (available: {})", name,
                                    fmt::join(scenario_names(), ", ")));
+    }
+    if (std::find(info->transports.begin(), info->transports.end(), transport) ==
+        info->transports.end()) {
+      throw UsageError(fmt::format("--scenario: {} runs over {}, not --transport {}", name,
+                                   fmt::join(info->transports, ", "), transport));
     }
     scenario_list.push_back(info);
   }
@@ -491,6 +514,11 @@ int run_command(int argc, const char* const* argv) {
                                    scenario->min_message_size, base.message_size));
     }
   }
+  if ((transport == "udp" || transport == "unixgram") &&
+      (base.message_size < kDgramHeaderSize || base.message_size > kMaxUdpPayload)) {
+    throw UsageError(fmt::format("--message-size: a datagram carries {} to {} bytes, got {}",
+                                 kDgramHeaderSize, kMaxUdpPayload, base.message_size));
+  }
   // A flag that no chosen scenario reads would be silently ignored: say whose it is.
   for (const auto& b : scenarios::benchmarks()) {
     for (const auto& flag : b.flags) {
@@ -515,10 +543,7 @@ int run_command(int argc, const char* const* argv) {
     throw UsageError(fmt::format("--protocol: expected framed or echo, got '{}'", protocol));
   }
   base.wire = protocol == "framed" ? WireFormat::kFramed : WireFormat::kRaw;
-  const auto transport = str(parsed, "transport");
-  if (transport != "tcp" && transport != "unix") {
-    throw UsageError(fmt::format("--transport: expected tcp or unix, got '{}'", transport));
-  }
+  base.transport = transport;
   std::string host = str(parsed, "host");
   if (host.find(':') != std::string::npos && !host.starts_with("[")) host = "[" + host + "]";
   if (const auto probe = parse_address(host + ":0"); !probe.error.empty()) {
@@ -637,8 +662,7 @@ int run_command(int argc, const char* const* argv) {
       if (watcher.token().stop_requested()) break;
       const auto body = [&](std::stop_token stop) {
         return target ? run_cell_on_target(cell, *target, stop)
-                      : run_cell(cell, host, transport == "unix", backlog, serve_args, server_cpus,
-                                 stop);
+                      : run_cell(cell, host, transport, backlog, serve_args, server_cpus, stop);
       };
       std::string why;
       if (mpi && !mpi->barrier(cell_index, group_timeout, &why)) {

@@ -1,6 +1,7 @@
 // `sockbench serve`: one model on its own, for the harness, other tools and other machines.
 #include <dirent.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -43,10 +44,12 @@ int serve_command(int argc, const char* const* argv) {
                            "SIGUSR2 pauses it.");
   options.add_options()(
       "server",
-      "model: threaded, select, poll, epoll, iterative, pool, coro, asio or a faulty-* twin (see "
-      "sockbench list)",
+      "model: threaded, select, poll, epoll, iterative, pool, coro, asio, udp-blocking or a "
+      "faulty-* twin (see sockbench list)",
       cxxopts::value<std::string>()->default_value("epoll"))(
-      "listen", "address to bind: 127.0.0.1:PORT, [::1]:PORT, localhost:PORT (port 0: any)",
+      "listen",
+      "address to bind: 127.0.0.1:PORT, [::1]:PORT, localhost:PORT (port 0: any), unix:PATH; "
+      "datagrams: udp:HOST:PORT, unixgram:PATH",
       cxxopts::value<std::string>()->default_value("127.0.0.1:7000"))(
       "protocol", "echo, framed or discard",
       cxxopts::value<std::string>()->default_value("framed"))(
@@ -85,6 +88,10 @@ int serve_command(int argc, const char* const* argv) {
   const auto address = parse_address(str(parsed, "listen"));
   if (!address.error.empty()) throw UsageError("--listen: " + address.error);
   config.listen = address.address;
+  if (!model->serves(transport_of(config.listen))) {
+    throw UsageError(fmt::format("--listen: {} does not serve {} (it serves {})", model->name,
+                                 transport_of(config.listen), fmt::join(model->transports, ", ")));
+  }
   const auto protocol = servers::parse_protocol(str(parsed, "protocol"));
   if (!protocol) {
     throw UsageError(fmt::format("--protocol: expected echo, framed or discard, got '{}'",
@@ -154,11 +161,15 @@ int serve_command(int argc, const char* const* argv) {
   const auto ec = server->run();
   const int signo = watcher->received();
   const auto& c = server->counters();
-  const std::string summary = fmt::format(
+  std::string summary = fmt::format(
       "accepted {}, closed {}, protocol errors {}, refused (FD_SETSIZE) {}, accept EMFILE {}, io "
       "errors {}, queued for a worker {} (peak {})",
       c.accepted.load(), c.closed.load(), c.protocol_errors.load(), c.refused_fd_setsize.load(),
       c.accept_emfile.load(), c.io_errors.load(), c.queued.load(), c.queue_peak.load());
+  if (config.listen.datagram()) {
+    summary += fmt::format(", datagrams {}, truncated {}, replies dropped {}", c.datagrams.load(),
+                           c.truncated.load(), c.replies_dropped.load());
+  }
   // Everything the server and the watcher opened is released here; what remains is what a
   // leak would leave.
   {

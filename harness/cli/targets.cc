@@ -246,7 +246,13 @@ bool CommandServer::start(const scenarios::StartOptions& options, std::string* e
     return false;
   }
   if (!options.same_port || !have_port_) {
+    // Not the previous instance's port: a process of its group still dying there (sh has exited,
+    // its child not yet) would answer the readiness probe in the new instance's place, and a
+    // datagram socket, bound with SO_REUSEADDR, can even share the port with it.
     auto port = scenarios::free_port(address_);
+    for (int tries = 0; port && have_port_ && *port == address_.port() && tries < 8; ++tries) {
+      port = scenarios::free_port(address_);
+    }
     if (!port) {
       *error = fmt::format("no free port: {}", port.error().message());
       return false;
@@ -274,6 +280,13 @@ bool CommandServer::start(const scenarios::StartOptions& options, std::string* e
                            exit.describe(), address_.to_string());
       child_.reset();
       return false;
+    }
+    if (address_.datagram()) {
+      // Nothing to connect to: ready once a datagram comes back.
+      const auto problem = scenarios::serve_once(address_, wire_, 16, 200ms);
+      if (problem.empty()) return true;
+      last = problem;
+      continue;
     }
     auto probe = scenarios::Client::connect(address_, 200ms);
     if (probe) {

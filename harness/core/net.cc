@@ -44,24 +44,45 @@ Address Address::with_port(int port) const {
 }
 
 std::string Address::to_string() const {
+  const char* dgram_prefix = datagram() ? "udp:" : "";
   char text[INET6_ADDRSTRLEN] = {};
   if (family() == AF_INET) {
     inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr, text,
               sizeof text);
-    return fmt::format("{}:{}", text, port());
+    return fmt::format("{}{}:{}", dgram_prefix, text, port());
   }
   if (family() == AF_INET6) {
     inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr, text,
               sizeof text);
-    return fmt::format("[{}]:{}", text, port());
+    return fmt::format("{}[{}]:{}", dgram_prefix, text, port());
   }
   if (family() == AF_UNIX) {
-    return fmt::format("unix:{}", reinterpret_cast<const sockaddr_un*>(&storage)->sun_path);
+    return fmt::format("{}:{}", datagram() ? "unixgram" : "unix",
+                       reinterpret_cast<const sockaddr_un*>(&storage)->sun_path);
   }
   return "<unset>";
 }
 
+std::string_view transport_of(const Address& address) {
+  if (address.family() == AF_UNIX) return address.datagram() ? "unixgram" : "unix";
+  return address.datagram() ? "udp" : "tcp";
+}
+
 ParsedAddress parse_address(std::string_view text) {
+  if (text.starts_with("udp:")) {
+    auto parsed = parse_address(text.substr(4));
+    if (parsed.error.empty() && parsed.address.family() == AF_UNIX) {
+      return fail(
+          fmt::format("bad address '{}': udp takes HOST:PORT (unixgram:/path for AF_UNIX)", text));
+    }
+    parsed.address.socktype = SOCK_DGRAM;
+    return parsed;
+  }
+  if (text.starts_with("unixgram:")) {
+    auto parsed = parse_address("unix:" + std::string(text.substr(9)));
+    parsed.address.socktype = SOCK_DGRAM;
+    return parsed;
+  }
   if (text.empty()) return fail("empty address: expected HOST:PORT, e.g. 127.0.0.1:7000");
   Address address;
   if (text.starts_with("unix:")) {
@@ -121,8 +142,11 @@ ParsedAddress parse_address(std::string_view text) {
   return {address, {}};
 }
 
-Expected<Fd> listen_on(const Address& address, int backlog, bool reuseaddr, bool nonblocking) {
-  const int flags = SOCK_STREAM | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0);
+namespace {
+
+// A socket of `type` bound to `address`, SO_REUSEADDR first when asked (never on AF_UNIX).
+Expected<Fd> bound_socket(const Address& address, int type, bool reuseaddr, bool nonblocking) {
+  const int flags = type | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0);
   Fd fd(::socket(address.family(), flags, 0));
   if (!fd) return last_error();
   if (reuseaddr && address.family() != AF_UNIX) {
@@ -132,7 +156,44 @@ Expected<Fd> listen_on(const Address& address, int backlog, bool reuseaddr, bool
     }
   }
   if (::bind(fd.get(), address.sa(), address.length) != 0) return last_error();
-  if (::listen(fd.get(), backlog) != 0) return last_error();
+  return fd;
+}
+
+}  // namespace
+
+Expected<Fd> listen_on(const Address& address, int backlog, bool reuseaddr, bool nonblocking) {
+  auto fd = bound_socket(address, SOCK_STREAM, reuseaddr, nonblocking);
+  if (!fd) return fd;
+  if (::listen(fd->get(), backlog) != 0) return last_error();
+  return fd;
+}
+
+Expected<Fd> bind_datagram(const Address& address, bool reuseaddr, bool nonblocking) {
+  return bound_socket(address, SOCK_DGRAM, reuseaddr, nonblocking);
+}
+
+Expected<Fd> connect_datagram(const Address& address, bool nonblocking) {
+  const int flags = SOCK_DGRAM | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0);
+  Fd fd(::socket(address.family(), flags, 0));
+  if (!fd) return last_error();
+  if (address.family() == AF_UNIX) {
+    // An address length of just the family asks the kernel to autobind an abstract name.
+    sockaddr_un self{};
+    self.sun_family = AF_UNIX;
+    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&self), sizeof(sa_family_t)) != 0) {
+      return last_error();
+    }
+  }
+  if (::connect(fd.get(), address.sa(), address.length) != 0) return last_error();
+  // Nobody bound there, the kernel may pick that very port as this socket's own: connected to
+  // itself, it would get every datagram it sends back, an echo from no server at all.
+  if (address.family() != AF_UNIX) {
+    const auto self = local_address(fd.get());
+    if (self && self->length == address.length &&
+        std::memcmp(&self->storage, &address.storage, address.length) == 0) {
+      return make_error(ECONNREFUSED);
+    }
+  }
   return fd;
 }
 
@@ -140,6 +201,10 @@ Expected<Address> local_address(int fd) {
   Address address;
   address.length = sizeof address.storage;
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&address.storage), &address.length) != 0) {
+    return last_error();
+  }
+  socklen_t type_length = sizeof address.socktype;
+  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &address.socktype, &type_length) != 0) {
     return last_error();
   }
   return address;

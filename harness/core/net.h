@@ -14,22 +14,31 @@
 
 namespace sockbench {
 
-// A resolved IPv4, IPv6 or AF_UNIX stream address.
+// A resolved IPv4, IPv6 or AF_UNIX address, stream or datagram.
 struct Address {
   sockaddr_storage storage{};
   socklen_t length = 0;
+  // SOCK_STREAM (tcp, unix) or SOCK_DGRAM (udp, unixgram): carried with the address so that a
+  // server, the load engine and the checks all learn the transport from the one value they share.
+  int socktype = SOCK_STREAM;
 
   int family() const { return storage.ss_family; }
+  bool datagram() const { return socktype == SOCK_DGRAM; }
   const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&storage); }
   // Port in host byte order (0 for AF_UNIX).
   int port() const;
   Address with_port(int port) const;
-  // "127.0.0.1:7000", "[::1]:7000", "unix:/path".
+  // "127.0.0.1:7000", "[::1]:7000", "unix:/path"; datagram: "udp:127.0.0.1:7000",
+  // "udp:[::1]:7000", "unixgram:/path" (what parse_address() reads back).
   std::string to_string() const;
 };
 
+// The transport an address is for: "tcp", "unix", "udp" or "unixgram".
+std::string_view transport_of(const Address& address);
+
 // Parses "127.0.0.1:7000", "[::1]:7000", "localhost:7000" (localhost resolves to 127.0.0.1) and
-// "unix:/path". Returns a message naming what is wrong for anything else.
+// "unix:/path"; with a "udp:" prefix (IPv4/IPv6) or as "unixgram:/path", a datagram address.
+// Returns a message naming what is wrong for anything else.
 struct ParsedAddress {
   Address address;
   std::string error;  // empty on success
@@ -40,7 +49,16 @@ ParsedAddress parse_address(std::string_view text);
 // when asked. Errors carry errno (EADDRINUSE, EACCES...).
 Expected<Fd> listen_on(const Address& address, int backlog, bool reuseaddr, bool nonblocking);
 
-// The address a socket is bound to (resolves port 0 after bind).
+// A datagram socket bound to `address` (SO_REUSEADDR when `reuseaddr`, not for AF_UNIX); the
+// server side of udp and unixgram.
+Expected<Fd> bind_datagram(const Address& address, bool reuseaddr, bool nonblocking);
+// A datagram socket connected to `address`: send()/recv() talk to that peer only, and an ICMP
+// port unreachable comes back as ECONNREFUSED on a later call. AF_UNIX: autobound first to an
+// abstract name, so that the server has an address to answer to. ECONNREFUSED when the kernel
+// made the socket's own address the destination (a free port: nobody is there).
+Expected<Fd> connect_datagram(const Address& address, bool nonblocking);
+
+// The address a socket is bound to (resolves port 0 after bind), with the socket's type.
 Expected<Address> local_address(int fd);
 
 // Starts a connect. With `nonblocking`, EINPROGRESS is success (check writability + SO_ERROR).
