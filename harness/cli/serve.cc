@@ -155,8 +155,7 @@ int serve_command(int argc, const char* const* argv) {
     std::lock_guard lock(target_mu);
     report_fd = ready.get();
   }
-  announce_ready(ready, fmt::format("listening {}
-", server->address().to_string()),
+  announce_ready(ready, fmt::format("listening {}\n", server->address().to_string()),
                  /*keep_open=*/true);
   const auto ec = server->run();
   const int signo = watcher->received();

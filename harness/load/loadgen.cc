@@ -224,10 +224,15 @@ void Worker::run() {
   conns_.reset(0);  // closes every fd this thread opened
 }
 
+// Once no connect is pending, epoll_wait blocks without a timeout: every deadline this thread has
+// (the schedule, the window's edges) is on its timerfd and a stop arrives as an event, while a
+// timeout would cost each wait the kernel's clock read and hrtimer set-up for nothing.
 std::optional<int> Worker::prepare_pass() {
-  const auto timeout =
+  auto timeout =
       conns_.prepare_pass(kConnectBatch, kPollTimeoutMs, [this](size_t i) { start_connect(i); });
-  if (timeout) arm_timer();
+  if (!timeout) return timeout;
+  arm_timer();
+  if (*timeout > 0 && conns_.connecting() == 0) timeout = -1;
   return timeout;
 }
 
@@ -638,7 +643,10 @@ void Worker::take_cpu_edges(int64_t now) {
 void Worker::record_latency(int64_t now, const Stamp& s) {
   const auto ns = static_cast<uint64_t>(std::max<int64_t>(now - s.origin, 0));
   stats.latency.record(ns);
-  stats.service_time.record(static_cast<uint64_t>(std::max<int64_t>(now - s.sent, 0)));
+  // Closed loop a request is sent when it is issued: service time would repeat the latency.
+  if (plan_.open) {
+    stats.service_time.record(static_cast<uint64_t>(std::max<int64_t>(now - s.sent, 0)));
+  }
   per_second.record(now, ns);
 }
 

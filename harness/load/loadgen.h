@@ -74,7 +74,8 @@ struct LoadStats {
   // place in the schedule) to the reply's last byte, coordinated omission corrected.
   Histogram latency;
   // From the moment the request's first byte was handed to the kernel to the reply's last byte
-  // (ns), the same samples as `latency`. Open loop: latency - service_time is time the request
+  // (ns), the same samples as `latency`, open loop only (closed loop a request goes out when it
+  // is issued, so this would repeat `latency`). latency - service_time is time the request
   // waited to be sent (behind the cap, a full socket buffer, or a late generator).
   Histogram service_time;
   // Open loop: how late each client thread's timer wake-ups in the measured window were against
