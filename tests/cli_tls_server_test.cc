@@ -12,7 +12,9 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "harness/core/frame.h"
 #include "harness/core/tls.h"
@@ -163,35 +165,45 @@ class ServeTlsFlags : public test_support::ScratchDirTest {
   void write(const std::string& name, const std::string& text) {
     std::ofstream(dir_ / name) << text;
   }
+  // `sockbench serve --server epoll --tls` with the shared certificate and key given as files.
+  std::optional<test_support::Served> serve_tls() {
+    const Tls& t = shared_tls();
+    write("cert.pem", t.identity.cert_pem);
+    write("key.pem", t.identity.key_pem);
+    return test_support::serve("epoll", {"--tls", "--cert", (dir_ / "cert.pem").string(), "--key",
+                                         (dir_ / "key.pem").string()});
+  }
+  struct UsageCase {
+    std::string args;
+    std::string says;
+  };
+  // Each `COMMAND ARGS` exits 2 with a line that says what it should.
+  void expect_usage_errors(const std::string& command, const std::vector<UsageCase>& cases) {
+    for (const auto& c : cases) {
+      const auto out = sockbench(command + " " + c.args);
+      EXPECT_EQ(out.status, 2) << c.args;
+      EXPECT_THAT(out.err, HasSubstr(c.says)) << c.args;
+      EXPECT_THAT(out.out, ::testing::Not(HasSubstr("listening"))) << c.args;
+    }
+  }
 };
 
 TEST_F(ServeTlsFlags, FlagsWithoutTlsAndBadValuesExit2NamingTheFlag) {
-  const struct {
-    std::string args;
-    std::string says;
-  } cases[] = {
-      {"--cipher X", "--cipher needs --tls"},
-      {"--tls --tls-version 1.1", "--tls-version: expected 1.2 or 1.3, got '1.1'"},
-      {"--tls --cert /nonexistent.pem --key /nonexistent.pem",
-       "--cert: cannot read /nonexistent.pem"},
-      {"--tls --cert x.pem", "--cert and --key go together"},
-      {"--tls --tls-version 1.2 --cipher NO-SUCH", "unknown cipher 'NO-SUCH'"},
-  };
-  for (const auto& c : cases) {
-    const auto out = sockbench("serve --listen 127.0.0.1:0 " + c.args);
-    EXPECT_EQ(out.status, 2) << c.args;
-    EXPECT_THAT(out.err, HasSubstr(c.says)) << c.args;
-    EXPECT_THAT(out.out, ::testing::Not(HasSubstr("listening"))) << c.args;
-  }
+  expect_usage_errors(
+      "serve --listen 127.0.0.1:0",
+      {
+          {"--cipher X", "--cipher needs --tls"},
+          {"--tls --tls-version 1.1", "--tls-version: expected 1.2 or 1.3, got '1.1'"},
+          {"--tls --cert /nonexistent.pem --key /nonexistent.pem",
+           "--cert: cannot read /nonexistent.pem"},
+          {"--tls --cert x.pem", "--cert and --key go together"},
+          {"--tls --tls-version 1.2 --cipher NO-SUCH", "unknown cipher 'NO-SUCH'"},
+      });
 }
 
 TEST_F(ServeTlsFlags, ServeTlsWithItsOwnCertificateAnswersAVerifyingClient) {
   // The certificate and key given as files, then a client that trusts exactly that certificate.
-  const Tls& t = shared_tls();
-  write("cert.pem", t.identity.cert_pem);
-  write("key.pem", t.identity.key_pem);
-  auto served = test_support::serve("epoll", {"--tls", "--cert", (dir_ / "cert.pem").string(),
-                                              "--key", (dir_ / "key.pem").string()});
+  auto served = serve_tls();
   ASSERT_TRUE(served);
   TlsClient c(served->address);
   c.session().send(encode_frame("over the wire"));
@@ -223,28 +235,18 @@ TEST_F(ServeTlsFlags, RunTlsMeasuresHandshakesAndVerifiesEveryReplyAfterDecrypti
 }
 
 TEST_F(ServeTlsFlags, RunTlsFlagErrorsExit2) {
-  const struct {
-    std::string args;
-    std::string says;
-  } cases[] = {
-      {"--tls --scenario stream", "--tls: applies only to --scenario rr"},
-      {"--tls --insecure", "--insecure: applies to --target"},
-      {"--cipher X", "--cipher needs --tls"},
-      {"--tls --tls-version 1.0", "--tls-version: expected 1.2 or 1.3, got '1.0'"},
-  };
-  for (const auto& c : cases) {
-    const auto out = sockbench("run --server epoll --duration 200ms " + c.args);
-    EXPECT_EQ(out.status, 2) << c.args;
-    EXPECT_THAT(out.err, HasSubstr(c.says)) << c.args;
-  }
+  expect_usage_errors(
+      "run --server epoll --duration 200ms",
+      {
+          {"--tls --scenario stream", "--tls: applies only to --scenario rr"},
+          {"--tls --insecure", "--insecure: applies to --target"},
+          {"--cipher X", "--cipher needs --tls"},
+          {"--tls --tls-version 1.0", "--tls-version: expected 1.2 or 1.3, got '1.0'"},
+      });
 }
 
 TEST_F(ServeTlsFlags, RunTlsAgainstATargetVerifiesItsCertificateAndNamesTheReason) {
-  const Tls& t = shared_tls();
-  write("cert.pem", t.identity.cert_pem);
-  write("key.pem", t.identity.key_pem);
-  auto served = test_support::serve("epoll", {"--tls", "--cert", (dir_ / "cert.pem").string(),
-                                              "--key", (dir_ / "key.pem").string()});
+  auto served = serve_tls();
   ASSERT_TRUE(served);
   const std::string target = " --target " + served->address.to_string();
   const std::string cell = " --clients 2 --duration 300ms --warmup 0s --tls --json ";
