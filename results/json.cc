@@ -145,13 +145,43 @@ ojson histogram_json(const Histogram& h, const std::string& metric_prefix) {
           {"metric_prefix", utf8(metric_prefix)}};
 }
 
+// An integer read from a document that may hold anything: a JSON integer as it is (a narrowing
+// of one integer type to another is defined), a float only when it is a whole number inside T's
+// range (casting any other float is undefined behaviour), else the type error every malformed
+// document gets, naming the field.
+template <typename T>
+T integer_of(const json& v, const char* field) {
+  if (!v.is_number_float()) return v.get<T>();
+  const double d = v.get<double>();
+  const double limit = std::ldexp(1.0, std::numeric_limits<T>::digits);
+  if (!(d < limit && d >= (std::numeric_limits<T>::is_signed ? -limit : 0.0)) ||
+      d != std::trunc(d)) {
+    throw json::type_error::create(
+        302, fmt::format("{} must be an integer that fits, got {}", field, v.dump()), &v);
+  }
+  return static_cast<T>(d);
+}
+// integer_of() of field `key` of `object`, `fallback` when absent.
+template <typename T>
+T integer_field(const json& object, const char* key, T fallback) {
+  if (!object.is_object()) return object.value(key, fallback);  // throws the usual type error
+  const auto it = object.find(key);
+  return it == object.end() ? fallback : integer_of<T>(*it, key);
+}
+
 Histogram histogram_from_json(const json& j) {
   Histogram::Serialized s;
-  s.buckets = j.at("buckets").get<std::vector<std::pair<uint32_t, uint64_t>>>();
-  s.min = j.value("min", uint64_t{0});
-  s.max = j.value("max", uint64_t{0});
-  s.sum = j.value("sum", uint64_t{0});
-  s.clamped = j.value("clamped", uint64_t{0});
+  for (const auto& bucket : j.at("buckets")) {
+    if (!bucket.is_array() || bucket.size() != 2) {
+      throw json::type_error::create(302, "a histogram bucket must be [index, count]", &bucket);
+    }
+    s.buckets.emplace_back(integer_of<uint32_t>(bucket[0], "bucket index"),
+                           integer_of<uint64_t>(bucket[1], "bucket count"));
+  }
+  s.min = integer_field(j, "min", uint64_t{0});
+  s.max = integer_field(j, "max", uint64_t{0});
+  s.sum = integer_field(j, "sum", uint64_t{0});
+  s.clamped = integer_field(j, "clamped", uint64_t{0});
   return Histogram::deserialize(s);
 }
 
@@ -261,9 +291,9 @@ Record record_from_json(const json& e) {
   if (e.contains("params")) {
     r.params = e.at("params").get<std::vector<std::pair<std::string, std::string>>>();
   }
-  r.repetitions = e.value("repetitions", 1);
-  r.repetition_index = e.value("repetition_index", 0);
-  r.iterations = e.value("iterations", uint64_t{0});
+  r.repetitions = integer_field(e, "repetitions", 1);
+  r.repetition_index = integer_field(e, "repetition_index", 0);
+  r.iterations = integer_field(e, "iterations", uint64_t{0});
   r.real_time = e.contains("real_time") ? read_number(e.at("real_time")) : 0.0;
   r.cpu_time = e.contains("cpu_time") ? read_number(e.at("cpu_time")) : 0.0;
   r.time_unit = e.value("time_unit", std::string("ns"));  // Google Benchmark's default
@@ -279,7 +309,9 @@ Record record_from_json(const json& e) {
     }
   }
   if (e.contains("errors_by_errno")) {
-    r.errors = e.at("errors_by_errno").get<std::map<std::string, uint64_t>>();
+    for (const auto& [name, count] : e.at("errors_by_errno").items()) {
+      r.errors[name] = integer_of<uint64_t>(count, "an error count");
+    }
   }
   if (e.contains("warnings")) r.warnings = e.at("warnings").get<std::vector<std::string>>();
   if (e.contains("latency_histogram")) {
@@ -297,7 +329,8 @@ Record record_from_json(const json& e) {
   if (e.contains("timeseries")) {
     for (const auto& p : e.at("timeseries")) {
       r.timeseries.push_back({read_number(p.at("t")), read_number(p.at("requests_per_second")),
-                              read_number(p.at("p99_us")), p.value("errors", uint64_t{0})});
+                              read_number(p.at("p99_us")),
+                              integer_field(p, "errors", uint64_t{0})});
     }
   }
   if (e.value("error_occurred", false)) {
@@ -313,7 +346,7 @@ RunContext context_from_json(const json& j) {
   c.date = j.value("date", std::string());
   c.host_name = j.value("host_name", std::string());
   c.executable = j.value("executable", std::string());
-  c.num_cpus = j.value("num_cpus", 0);
+  c.num_cpus = integer_field(j, "num_cpus", 0);
   c.mhz_per_cpu = j.value("mhz_per_cpu", 0.0);
   if (j.contains("load_avg")) c.load_avg = j.at("load_avg").get<std::vector<double>>();
   c.sockbench_version = j.value("sockbench_version", std::string());
@@ -326,9 +359,10 @@ RunContext context_from_json(const json& j) {
   c.ip_local_port_range = j.value("ip_local_port_range", std::string());
   c.tcp_tw_reuse = j.value("tcp_tw_reuse", std::string());
   if (j.contains("shard_count")) {
-    c.shard = Shard{j.at("shard_index").get<int>(), j.at("shard_count").get<int>()};
+    c.shard = Shard{integer_of<int>(j.at("shard_index"), "shard_index"),
+                    integer_of<int>(j.at("shard_count"), "shard_count")};
   }
-  c.merged_shards = j.value("merged_shards", 0);
+  c.merged_shards = integer_field(j, "merged_shards", 0);
   if (j.contains("clock_offsets_us")) {
     c.clock_offsets_us = j.at("clock_offsets_us").get<std::vector<double>>();
   }

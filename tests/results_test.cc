@@ -335,6 +335,30 @@ TEST(ResultsJson, FailedRunHasContextError) {
   expect_same_run(from_json(doc), run);
 }
 
+// Found by tests/fuzz/results_json_fuzz.cc: a float where an integer belongs was cast, which is
+// undefined for values out of range. Now it is the type error every malformed document gets;
+// a whole float in range is still read.
+TEST(ResultsJson, FloatsWhereIntegersBelongAreRefusedUnlessWholeAndInRange) {
+  const auto doc = [](const std::string& entry) {
+    return nlohmann::json::parse(R"({"context": {}, "benchmarks": [{"name": "x", )" + entry +
+                                 "}]}");
+  };
+  for (const std::string bad :
+       {R"("iterations": 1e30)", R"("iterations": -1.0)", R"("iterations": 2.5)",
+        R"("repetitions": 1e12)", R"("errors_by_errno": {"EPIPE": -3.5})",
+        R"("latency_histogram": {"buckets": [[1, 1e300]]})",
+        R"("latency_histogram": {"buckets": [[-1.5, 1]]})",
+        R"("latency_histogram": {"buckets": [[1]]})",
+        R"("latency_histogram": {"buckets": [], "max": 1.8446744073709552e19})"}) {
+    EXPECT_THROW(results::from_json(doc(bad)), nlohmann::json::exception) << bad;
+  }
+  const auto run =
+      results::from_json(doc(R"("iterations": 42.0, "errors_by_errno": {"EPIPE": 3})"));
+  ASSERT_EQ(run.records.size(), 1u);
+  EXPECT_EQ(run.records[0].iterations, 42u);
+  EXPECT_EQ(run.records[0].errors.at("EPIPE"), 3u);
+}
+
 TEST(ResultsJson, RoundTripKeepsEveryField) {
   RunResult run = sample_run();
   run.records[1].repetitions = 3;
