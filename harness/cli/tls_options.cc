@@ -11,17 +11,16 @@
 #include <string>
 
 #include "harness/cli/options.h"
+#include "harness/core/procfs.h"
 
 namespace sockbench::cli {
 namespace {
 
 std::string read_pem(const std::string& flag, const std::string& path) {
-  std::ifstream in(path);
-  if (!in)
-    throw UsageError(fmt::format("--{}: cannot read {}: {}", flag, path, std::strerror(errno)));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
+  auto text = read_whole_file(path);
+  if (!text)
+    throw UsageError(fmt::format("--{}: cannot read {}: {}", flag, path, text.error().message()));
+  return std::move(*text);
 }
 
 }  // namespace

@@ -2,11 +2,12 @@
 
 #include <sys/socket.h>
 
-#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "harness/core/procfs.h"
 
 namespace sockbench {
 namespace {
@@ -55,12 +56,10 @@ std::optional<UdpCounters> parse_snmp6_udp(std::string_view text) {
 
 std::optional<UdpCounters> read_udp_counters(int family) {
   if (family != AF_INET && family != AF_INET6) return std::nullopt;
-  std::ifstream file(family == AF_INET ? "/proc/net/snmp" : "/proc/net/snmp6");
-  if (!file) return std::nullopt;
-  std::stringstream text;
-  text << file.rdbuf();
+  const auto text = read_whole_file(family == AF_INET ? "/proc/net/snmp" : "/proc/net/snmp6");
+  if (!text) return std::nullopt;
   try {
-    return family == AF_INET ? parse_snmp_udp(text.str()) : parse_snmp6_udp(text.str());
+    return family == AF_INET ? parse_snmp_udp(text.value()) : parse_snmp6_udp(text.value());
   } catch (const std::exception&) {  // std::stoull on a malformed value
     return std::nullopt;
   }
