@@ -108,12 +108,17 @@ TEST_P(CliAcceptPausedTest, BacklogPlusOneCompleteWhilePausedAllAfterSigusr1) {
   }
   // A model that accepts only the client it serves (iterative) takes one: backlog + 1 more wait
   // in the accept queue, the rest stay in SYN retransmission until it gets to them. That is what
-  // it does; the rest of the test needs more clients served at once.
+  // it does; the rest of the test needs more clients served at once. When the last two SYN
+  // retransmissions arrive together, both get a SYN-ACK while the queue still has room, and the
+  // kernel drops the final ACK of the one that finds it full: that client believes it is
+  // connected. So a one-at-a-time model shows backlog + 2 or all four complete, never fewer.
   const bool one_at_a_time =
       servers::find_model(GetParam())->concurrency == servers::ClientConcurrency::kOne;
-  const int can_complete = one_at_a_time ? std::min(kClients, 1 + 1 + 1) : kClients;
-  ASSERT_EQ(complete, can_complete) << "connects completed after SIGUSR1";
-  if (can_complete < kClients) return;
+  if (one_at_a_time) {
+    EXPECT_GE(complete, 1 + 1 + 1) << "connects completed after SIGUSR1";
+    return;
+  }
+  ASSERT_EQ(complete, kClients) << "connects completed after SIGUSR1";
   for (int i = 0; i < kClients; ++i) {
     ASSERT_FALSE(set_nonblocking(clients[i].get(), false));
     const timeval timeout{5, 0};

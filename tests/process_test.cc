@@ -52,8 +52,9 @@ ChildProcess spawn_or_fail(const ChildProcess::Options& options) {
 
 // sh writes the ready line before `exec sleep`, and the dynamic loader of sleep opens files of
 // its own: wait until the child sits in its sleep syscall before counting anything in /proc.
+// Generous: on a shared CI machine under a sanitizer build, fork + exec once took over 3 s.
 bool wait_until_sleeping(pid_t pid) {
-  const auto deadline = Clock::now() + std::chrono::seconds(3);
+  const auto deadline = Clock::now() + std::chrono::seconds(15);
   while (Clock::now() < deadline) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/syscall");
     long number = -1;
