@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <utility>
 
+#include "harness/load/broadcast.h"
 #include "harness/load/dgram.h"
 #include "harness/load/loadgen.h"
+#include "scenarios/broadcast.h"
 #include "scenarios/connections.h"
 #include "scenarios/crr.h"
 #include "scenarios/dgram.h"
@@ -85,6 +87,17 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        64,
        {"rate"},
        {"udp", "unixgram"}},
+      {"broadcast",
+       "chat fan-out: N members send at --rate messages/s in total and read every other member's "
+       "messages; fan-out latency to the last reader, deliveries vs expected (exact), and what "
+       "--slow-readers that never read do to everyone else",
+       [](const BenchParams&) { return "chat"; },
+       one_run<run_broadcast_cell>,
+       one_record<broadcast_record>,
+       {"chat"},
+       kBroadcastHeaderSize,
+       64,
+       {"rate", "slow-readers"}},
   };
   return all;
 }

@@ -142,6 +142,20 @@ const std::vector<CheckInfo>& checks() {
         {"flood", "20,000 datagrams without pause: the kernel's drops counted, the server serves"}},
        run_udp_check,
        /*datagram=*/true},
+      {"chat",
+       "chat fan-out (check --protocol chat): every message to every other member once, in order; "
+       "a member that never reads does not stall the room",
+       {{"fan-out",
+         "5 members, 1,000 messages/s: every delivery exact, none duplicated, reordered or back "
+         "to its sender",
+         5},
+        {"slow-reader",
+         "one more member that never reads: the others still get every message, fan-out p99 "
+         "within 5x (or +100 ms) of the same load without it",
+         5, true}},
+       run_chat_check,
+       /*datagram=*/false,
+       /*chat=*/true},
   };
   return all;
 }

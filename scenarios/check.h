@@ -130,9 +130,13 @@ struct CheckInfo {
   std::function<std::vector<results::Record>(CheckTarget&, const CheckOptions&)> run;
   // Runs against datagram targets (udp, unixgram) only; the others against stream targets only.
   bool datagram = false;
+  // Runs against targets speaking the chat protocol only (check --protocol chat); the other
+  // checks never do (they expect an echo).
+  bool chat = false;
 };
 
-// Every check, in run order: partial, backlog, timewait, errors, then udp (datagram targets).
+// Every check, in run order: partial, backlog, timewait, errors, then udp (datagram targets)
+// and chat (chat targets).
 const std::vector<CheckInfo>& checks();
 const CheckInfo* find_check(std::string_view name);
 // Validates one --only item ("errors" or "errors/sigpipe"); an error message naming what is
@@ -186,5 +190,6 @@ std::vector<results::Record> run_backlog_check(CheckTarget& target, const CheckO
 std::vector<results::Record> run_timewait_check(CheckTarget& target, const CheckOptions& options);
 std::vector<results::Record> run_errors_check(CheckTarget& target, const CheckOptions& options);
 std::vector<results::Record> run_udp_check(CheckTarget& target, const CheckOptions& options);
+std::vector<results::Record> run_chat_check(CheckTarget& target, const CheckOptions& options);
 
 }  // namespace sockbench::scenarios

@@ -27,6 +27,7 @@ struct BenchParams {
   size_t message_size = 64;
   int pipeline = 1;
   double rate = 0;      // rr: total requests/s for the open loop; 0 = closed loop
+  int slow_readers = 0;  // broadcast: members that never read
   bool duplex = false;  // stream: through echo instead of one way into discard
   CloseMode close = CloseMode::kFin;
   std::vector<int> ramp;  // connections: steps (e.g. 1000,5000,19000); empty = {clients}

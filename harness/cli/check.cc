@@ -46,7 +46,9 @@ int check_command(int argc, const char* const* argv) {
       "tcp, udp or unixgram: what the built-in models and --server-cmd listen on (udp: the "
       "udp check runs, the stream checks do not); --target takes udp:HOST:PORT",
       cxxopts::value<std::string>()->default_value("tcp"))(
-      "protocol", "what the target speaks: framed or echo",
+      "protocol",
+      "what the target speaks: framed or echo (the stream checks), or chat (the chat check; "
+      "--server all: the models that serve chat)",
       cxxopts::value<std::string>()->default_value("framed"))(
       "via-proxy",
       "check through a sockbench proxy with these toxics (comma list of DIR:TOXIC=ARGS, e.g. "
@@ -75,8 +77,8 @@ int check_command(int argc, const char* const* argv) {
   }
 
   const auto protocol = str(parsed, "protocol");
-  if (protocol != "framed" && protocol != "echo") {
-    throw UsageError(fmt::format("--protocol: expected framed or echo, got '{}'", protocol));
+  if (protocol != "framed" && protocol != "echo" && protocol != "chat") {
+    throw UsageError(fmt::format("--protocol: expected framed, echo or chat, got '{}'", protocol));
   }
   CheckPlan plan;
   plan.protocol = protocol;
@@ -125,8 +127,15 @@ int check_command(int argc, const char* const* argv) {
   std::vector<std::string>& models = plan.models;
   if (parsed.count("server")) {
     models = resolve_models(str(parsed, "server"), plan.transport);
+    require_protocol(str(parsed, "server"), protocol, "--protocol " + protocol);
   } else if (!target_address && !command) {
     models = resolve_models("all", plan.transport);
+  }
+  std::erase_if(models,
+                [&](const std::string& model) { return !serves_protocol(model, protocol); });
+  if (models.empty() && !target_address && !command) {
+    throw UsageError(
+        fmt::format("--protocol: no built-in model serves {} (see sockbench list)", protocol));
   }
   if (parsed.count("json")) check_writable("json", *(plan.json_path = str(parsed, "json")));
   if (parsed.count("junit")) check_writable("junit", *(plan.junit_path = str(parsed, "junit")));

@@ -157,7 +157,7 @@ int run_check_plan(CheckPlan plan) {
   // Bursts and slow-client checks hold hundreds of sockets; servers get their own limit where a
   // check sets one.
   raise_fd_limit();
-  const WireFormat wire = plan.protocol == "framed" ? WireFormat::kFramed : WireFormat::kRaw;
+  const WireFormat wire = plan.protocol == "echo" ? WireFormat::kRaw : WireFormat::kFramed;
   scenarios::CheckOptions& check_options = plan.options;
   const bool datagram = plan.transport == "udp" || plan.transport == "unixgram";
   const Address loopback = parse_address(datagram ? "udp:127.0.0.1:0" : "127.0.0.1:0").address;
@@ -211,6 +211,8 @@ int run_check_plan(CheckPlan plan) {
       if (watcher.token().stop_requested()) break;
       // Stream checks need a stream socket, the udp check a datagram one.
       if (check.datagram != target->address().datagram()) continue;
+      // The chat check needs a chat server; the others an echo.
+      if (check.chat != (plan.protocol == "chat")) continue;
       const bool wanted =
           check_options.only.empty() ||
           std::any_of(check_options.only.begin(), check_options.only.end(),

@@ -16,7 +16,7 @@ struct CheckPlan {
   std::vector<std::string> models;     // built-in models (faulty twins included), in order
   std::optional<std::string> command;  // --server-cmd, with {port}
   std::optional<Address> target;       // --target
-  std::string protocol = "framed";     // framed or echo
+  std::string protocol = "framed";     // framed, echo or chat
   std::string transport = "tcp";       // tcp, udp or unixgram: where built-ins listen
   scenarios::CheckOptions options;     // only, long_checks, seed; the runner sets stop/progress
   int workers = 0;                     // --workers for the pool model; 0: its default

@@ -44,6 +44,24 @@ std::vector<std::string> resolve_models(const std::string& text, const std::stri
   return names;
 }
 
+bool serves_protocol(const std::string& model, const std::string& protocol) {
+  const auto* info = servers::find_model(model);
+  return info == nullptr || std::find(info->protocols.begin(), info->protocols.end(), protocol) !=
+                                info->protocols.end();
+}
+
+void require_protocol(const std::string& text, const std::string& protocol,
+                      const std::string& who) {
+  for (const auto& item : split_list("server", text)) {
+    if (item != "all" && !serves_protocol(item, protocol)) {
+      throw UsageError(
+          fmt::format("--server: {} does not serve the {} protocol that {} needs (it "
+                      "serves {})",
+                      item, protocol, who, fmt::join(servers::find_model(item)->protocols, ", ")));
+    }
+  }
+}
+
 void check_writable(const std::string& flag, const std::string& path) {
   const auto target = results::resolve_output(path);
   if (target.error) {

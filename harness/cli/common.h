@@ -13,6 +13,14 @@
 
 namespace sockbench::cli {
 
+// Whether built-in model `model` speaks `protocol` (ModelInfo::protocols); true for a name that is
+// no built-in model (an external server, "target"): it is taken at its word.
+bool serves_protocol(const std::string& model, const std::string& protocol);
+// A UsageError naming --server when a model named in `text` (not `all`) does not speak
+// `protocol`, which `who` ("the broadcast scenario") needs. Those that came with `all` are for
+// the caller to leave out.
+void require_protocol(const std::string& text, const std::string& protocol, const std::string& who);
+
 // "all" (every correct model that serves `transport`, faulty twins left out), a name, or a comma
 // list of both; an unknown name, or one that does not serve `transport`, is a UsageError naming
 // --server.

@@ -347,8 +347,11 @@ int run_command(int argc, const char* const* argv) {
        "(stream) (default: 64, stream 131072)", cxxopts::value<std::string>())
       ("pipeline", "rr: requests in flight per connection",
        cxxopts::value<std::string>()->default_value("1"))
-      ("rate", "rr: open loop at this many requests/s in total (latency from intended send time)",
+      ("rate", "rr: open loop at this many requests/s in total (latency from intended send "
+       "time); broadcast: messages/s in total (default 1000)",
        cxxopts::value<std::string>())
+      ("slow-readers", "broadcast: members that join and never read (what a correct chat "
+       "server does about them: bound, drop or disconnect)", cxxopts::value<std::string>())
       ("duplex", "stream: through echo (both ways) instead of one way into discard")
       ("close", "crr: fin (close) or rst (SO_LINGER 0)",
        cxxopts::value<std::string>()->default_value("fin"))
@@ -531,6 +534,10 @@ int run_command(int argc, const char* const* argv) {
   }
   base.pipeline = static_cast<int>(parse_int("pipeline", str(parsed, "pipeline"), 1, 4096));
   base.duplex = parsed.count("duplex") > 0;
+  if (parsed.count("slow-readers")) {
+    base.slow_readers =
+        static_cast<int>(parse_int("slow-readers", str(parsed, "slow-readers"), 0, 10000));
+  }
   const auto close = str(parsed, "close");
   if (close != "fin" && close != "rst") {
     throw UsageError(fmt::format("--close: expected fin or rst, got '{}'", close));
@@ -607,7 +614,7 @@ int run_command(int argc, const char* const* argv) {
           "--pipeline: applies to the closed loop only; with --rate requests follow the rate's "
           "schedule (drop one of the two flags)");
     }
-    for (int clients : clients_list) {
+    for (int clients : has("rr") ? clients_list : std::vector<int>{}) {
       // The engine's own validation says what is wrong; the CLI names the flag. A shard checks
       // the share it runs.
       LoadConfig probe;
@@ -633,10 +640,19 @@ int run_command(int argc, const char* const* argv) {
         ProxySpec{.toxics = str(parsed, "via-proxy"), .listen = host + ":0", .cpus = server_cpus};
   }
 
+  // A model that does not speak a scenario's protocol (chat: broadcast) gets no cell of it: said
+  // when the model was named, left out when it came with `all`.
+  if (!target) {
+    for (const auto* scenario : scenario_list) {
+      require_protocol(str(parsed, "server"), scenario->protocol(base),
+                       "the " + scenario->name + " scenario");
+    }
+  }
   std::vector<Cell> cells;
   for (const auto* scenario : scenario_list) {
     for (int clients : clients_list) {
       for (const auto& server : server_names) {
+        if (!target && !serves_protocol(server, scenario->protocol(base))) continue;
         Cell cell{scenario, server, base, via_proxy};
         cell.params.clients = clients;
         if (!sized) cell.params.message_size = scenario->default_message_size;
@@ -645,6 +661,10 @@ int run_command(int argc, const char* const* argv) {
     }
   }
 
+  if (cells.empty()) {
+    throw UsageError(fmt::format("--server: no model of '{}' serves what --scenario {} needs",
+                                 str(parsed, "server"), str(parsed, "scenario")));
+  }
   results::RunResult run;
   run.context = make_context(command_line("sockbench", argc, argv), server_cpus, client_cpus);
   if (parsed.count("shard") || mpi) run.context.shard = shard;
