@@ -58,4 +58,11 @@ void warn_unverified(results::Record& record, uint64_t unverified_replies) {
       fmt::format("{} replies differed from their request", unverified_replies));
 }
 
+std::string tls_cell(const BenchParams& params) {
+  if (!params.tls) return "";
+  std::string name = params.tls->config().version == 12 ? "/tls:1.2" : "/tls:1.3";
+  if (params.tls_resume) name += "/resume";
+  return name;
+}
+
 }  // namespace sockbench::scenarios

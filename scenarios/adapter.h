@@ -25,6 +25,10 @@ results::Record start_record(const std::string& scenario, const std::string& ser
                              std::string_view cell,
                              std::vector<std::pair<std::string, std::string>> params);
 
+// The TLS part of a cell's name: "/tls:1.2" or "/tls:1.3", then "/resume" with tls_resume; ""
+// without TLS.
+std::string tls_cell(const BenchParams& params);
+
 // ns as us, the unit of every latency metric.
 inline double us(uint64_t ns) { return static_cast<double>(ns) / 1e3; }
 

@@ -65,7 +65,7 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        {"framed", "echo"},
        kMinMessageSize,
        64,
-       {"close"}},
+       {"close", "tls", "tls-version", "cipher", "insecure", "ca", "tls-resume"}},
       {"connections",
        "hold N connections (in --ramp steps) with a trickle of verified requests: connect "
        "latency, server memory per connection",

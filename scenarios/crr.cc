@@ -72,8 +72,8 @@ uint64_t time_wait(const std::map<TcpState, uint64_t>& counts) {
 
 results::Record crr_record(const std::string& server, const BenchParams& params) {
   return start_record("crr", server,
-                      fmt::format("clients:{}/msg:{}/close:{}", params.clients, params.message_size,
-                                  close_name(params.close)),
+                      fmt::format("clients:{}/msg:{}/close:{}{}", params.clients,
+                                  params.message_size, close_name(params.close), tls_cell(params)),
                       {{"clients", std::to_string(params.clients)},
                        {"msg", std::to_string(params.message_size)},
                        {"close", close_name(params.close)}});
@@ -86,6 +86,8 @@ results::Record run_crr(ServerHandle& server, const BenchParams& params, std::st
   ChurnConfig config;
   fill_engine_config(config, params, server);
   config.close = params.close == CloseMode::kRst ? ChurnClose::kRst : ChurnClose::kFin;
+  config.tls = params.tls;
+  config.tls_resume = params.tls_resume;
   server_samples.attach(config);
 
   const auto overflows_before = time_wait_overflows();
@@ -100,6 +102,17 @@ results::Record run_crr(ServerHandle& server, const BenchParams& params, std::st
   set_latency_metrics(record, "connect_", stats.connect_latency, {50, 99, 99.9});
   set_latency_metrics(record, "", stats.latency, {50, 99, 99.9});
   set_latency_metrics(record, "cycle_", stats.cycle_latency, {50, 99});
+  if (params.tls) {
+    // Every connection is a handshake: connections/s is handshakes/s, and the server's CPU per
+    // connection is its CPU per handshake.
+    set_latency_metrics(record, "tls_handshake_", stats.tls_handshake, {50, 99, 99.9});
+    record.set("tls_handshakes", static_cast<double>(stats.tls_handshakes));
+    record.set("tls_resumed", static_cast<double>(stats.tls_resumed));
+    record.set("tls_resumed_percent", stats.tls_handshakes
+                                          ? 100.0 * static_cast<double>(stats.tls_resumed) /
+                                                static_cast<double>(stats.tls_handshakes)
+                                          : 0.0);
+  }
   set_count_metrics(record, stats, stats.slots_requested, stats.slots_achieved);
   set_server_metrics(record, server_samples, "server_cpu_us_per_connection",
                      ServerCpu::kPerIteration, seconds);

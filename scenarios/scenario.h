@@ -41,8 +41,10 @@ struct BenchParams {
   // This process's share of the cell (--shard, an MPI rank): clients, rate and every ramp step
   // above are the whole load's, which names the records; the engines get shard_share() of them.
   Shard shard;
-  // rr: TLS (client role) on every connection, the server serving TLS; nullptr: plain TCP.
+  // rr, crr: TLS (client role) on every connection, the server serving TLS; nullptr: plain TCP.
   std::shared_ptr<tls::Context> tls;
+  // crr with tls: offer each slot's previous session (--tls-resume) instead of full handshakes.
+  bool tls_resume = false;
 };
 
 // True when `params.shard`'s share of the cell is no connection at all (more shards than

@@ -234,11 +234,39 @@ TEST_F(ServeTlsFlags, RunTlsMeasuresHandshakesAndVerifiesEveryReplyAfterDecrypti
   EXPECT_GT(e.value("tls_handshake_p50_us", 0.0), 0.0);
 }
 
+// crr --tls: every connection a handshake, full or (--tls-resume) resumed from the slot's
+// previous session; both TLS versions; every reply verified after decryption.
+TEST_F(ServeTlsFlags, CrrTlsCountsFullAndResumedHandshakes) {
+  for (const std::string version : {"1.2", "1.3"}) {
+    for (const bool resume : {false, true}) {
+      const std::string file = "crr-" + version + (resume ? "-resume" : "") + ".json";
+      const auto out = sockbench(
+          "run --server epoll --scenario crr --clients 2 --duration 500ms --warmup 100ms --tls "
+          "--tls-version " +
+          version + (resume ? " --tls-resume" : "") + " --json " + (dir_ / file).string());
+      ASSERT_EQ(out.status, 0) << out.err << out.out;
+      const auto e = only_entry(dir_ / file);
+      EXPECT_EQ(e.value("name", ""),
+                "crr/epoll/clients:2/msg:64/close:fin/tls:" + version + (resume ? "/resume" : ""));
+      const double handshakes = e.value("tls_handshakes", 0.0);
+      EXPECT_GT(handshakes, 0) << file;
+      // A handshake per cycle that completed in the window (one may straddle its edge).
+      EXPECT_NEAR(handshakes, e.value("iterations", 0.0), 2) << file;
+      EXPECT_EQ(e.value("tls_resumed", -1.0), resume ? handshakes : 0.0) << file;
+      EXPECT_EQ(e.value("errors", -1.0), 0.0) << file;
+      EXPECT_EQ(e.value("unverified_replies", -1.0), 0.0) << file;
+      EXPECT_GT(e.value("tls_handshake_p50_us", 0.0), 0.0) << file;
+    }
+  }
+}
+
 TEST_F(ServeTlsFlags, RunTlsFlagErrorsExit2) {
   expect_usage_errors(
       "run --server epoll --duration 200ms",
       {
-          {"--tls --scenario stream", "--tls: applies only to --scenario rr"},
+          {"--tls --scenario stream", "--tls: applies only to --scenario rr, crr"},
+          {"--tls --tls-resume", "--tls-resume: applies only to --scenario crr"},
+          {"--scenario crr --tls-resume", "--tls-resume needs --tls"},
           {"--tls --insecure", "--insecure: applies to --target"},
           {"--cipher X", "--cipher needs --tls"},
           {"--tls --tls-version 1.0", "--tls-version: expected 1.2 or 1.3, got '1.0'"},

@@ -574,6 +574,7 @@ int run_command(int argc, const char* const* argv) {
   const RunTls tls = RunTls::from_flags(parsed, target.has_value(), tls_name);
   serve_args.insert(serve_args.end(), tls.serve_args.begin(), tls.serve_args.end());
   base.tls = tls.client;
+  base.tls_resume = tls.resume;
   if (parsed.count("workers")) {
     serve_args.insert(
         serve_args.end(),

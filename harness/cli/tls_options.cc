@@ -67,8 +67,12 @@ std::shared_ptr<tls::Context> tls_server_context(const cxxopts::ParseResult& par
 }
 
 void add_tls_client_options(cxxopts::Options& options) {
-  options.add_options("TLS")("tls", "rr: TLS on every connection (servers started here serve it)")(
-      "tls-version", "1.2 or 1.3 (default 1.3)", cxxopts::value<std::string>())(
+  options.add_options("TLS")("tls",
+                             "rr, crr: TLS on every connection (servers started here serve it)")(
+      "tls-resume",
+      "crr: resume each slot's previous session (tickets) instead of a full "
+      "handshake per connection")("tls-version", "1.2 or 1.3 (default 1.3)",
+                                  cxxopts::value<std::string>())(
       "cipher", "TLS 1.2 cipher list or TLS 1.3 ciphersuites (OpenSSL names)",
       cxxopts::value<std::string>())("insecure", "with --target: do not verify its certificate")(
       "ca", "with --target: trust the certificates in this PEM file (default: the system's)",
@@ -79,11 +83,12 @@ RunTls RunTls::from_flags(const cxxopts::ParseResult& parsed, bool target,
                           const std::string& server_name) {
   RunTls run;
   if (!parsed.count("tls")) {
-    for (const char* flag : {"tls-version", "cipher", "insecure", "ca"}) {
+    for (const char* flag : {"tls-version", "cipher", "insecure", "ca", "tls-resume"}) {
       if (parsed.count(flag)) throw UsageError(fmt::format("--{} needs --tls", flag));
     }
     return run;
   }
+  run.resume = parsed.count("tls-resume") > 0;
   if (!target && (parsed.count("insecure") || parsed.count("ca"))) {
     throw UsageError(
         fmt::format("--{}: applies to --target; servers started here use a "

@@ -19,7 +19,7 @@ void add_tls_server_options(cxxopts::Options& options);
 // bad value, an unreadable file or a key that does not go with the certificate.
 std::shared_ptr<tls::Context> tls_server_context(const cxxopts::ParseResult& parsed);
 
-// --tls, --tls-version, --cipher, --insecure, --ca FILE: the client side of `run`.
+// --tls, --tls-version, --cipher, --insecure, --ca FILE, --tls-resume: the client side of `run`.
 void add_tls_client_options(cxxopts::Options& options);
 
 // What `run --tls` needs: the load generator's context, and, for the servers the run starts, the
@@ -36,12 +36,14 @@ class RunTls {
   RunTls(RunTls&& other) noexcept
       : client(std::move(other.client)),
         serve_args(std::move(other.serve_args)),
+        resume(other.resume),
         dir_(std::exchange(other.dir_, {})) {}
   RunTls& operator=(RunTls&&) = delete;
   ~RunTls();
 
   std::shared_ptr<tls::Context> client;
   std::vector<std::string> serve_args;
+  bool resume = false;  // --tls-resume (crr)
 
  private:
   std::string dir_;  // removed with its files by the destructor

@@ -48,6 +48,11 @@ struct Slot {
   int64_t send_start_ns = 0;
   int64_t deadline_ns = 0;  // connect or reply timeout of the current phase
   int64_t retry_at_ns = 0;
+  // TLS runs: the connection's session (its output() is what flush sends), the session the
+  // previous connection got (tls_resume), and whether the handshake is still going.
+  std::unique_ptr<tls::Session> tls;
+  tls::SavedSession saved;
+  bool handshaking = false;
 };
 
 // One client thread: its epoll loop, its slots, its statistics. Only its own thread touches it
@@ -81,6 +86,11 @@ class Worker {
   void on_connected(Slot& s, size_t i, int64_t now);
   void flush(Slot& s, size_t i);
   void read(Slot& s, size_t i);
+  void flush_tls(Slot& s, size_t i);
+  void read_tls(Slot& s, size_t i);
+  // Compares reply bytes with the request; completes the cycle when whole. False when the
+  // cycle ended (completed or failed).
+  bool take_reply(Slot& s, size_t i, const char* data, size_t size, int64_t now);
   void complete(Slot& s, size_t i, int64_t now);
   void fail(Slot& s, size_t i, std::string_view error, int64_t now);
   void expire(int64_t now);
@@ -95,6 +105,7 @@ class Worker {
   std::vector<Slot> slots_;
   std::deque<size_t> backoff_;  // slots waiting to reconnect, in retry_at order
   std::string payload_;
+  std::string tls_plain_;  // TLS: what one recv() decrypted to
   std::vector<char> recv_buffer_;
   size_t next_start_ = 0;
   int64_t next_scan_ns_ = 0;
@@ -179,7 +190,13 @@ void Worker::on_slot_event(size_t i, uint32_t events) {
   if (s.phase == Phase::kConnecting) {
     if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
     on_connected(s, i, steady_now_ns());
-    if (s.phase == Phase::kSending) flush(s, i);
+    if (s.phase == Phase::kSending) s.tls ? flush_tls(s, i) : flush(s, i);
+    if (s.tls) return;  // the server speaks only after the ClientHello
+  } else if (s.tls) {
+    // Handshake and request alike: send what the session has queued, read what came.
+    if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) flush_tls(s, i);
+    if (s.generation == generation && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) read_tls(s, i);
+    return;
   } else if (s.phase == Phase::kSending && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
     flush(s, i);
   }
@@ -209,6 +226,99 @@ void Worker::on_connected(Slot& s, size_t i, int64_t now) {
   s.send_start_ns = now;
   s.deadline_ns = now + config_.reply_timeout.count();
   s.phase = Phase::kSending;
+  if (config_.tls) {
+    std::string error;
+    s.tls =
+        tls::Session::make(config_.tls, &error, config_.tls_resume && s.saved ? &s.saved : nullptr);
+    if (!s.tls) {
+      fail(s, i, "TLS: " + error, now);
+      return;
+    }
+    s.handshaking = true;
+    // Kept by the session until the handshake is done, then encrypted into its output.
+    if (s.tls->send(s.wire) == tls::Session::State::kFailed) {
+      fail(s, i, "TLS: " + s.tls->error(), now);
+    }
+  }
+}
+
+// Sends the session's queued ciphertext until the socket pushes back (the next EPOLLOUT edge
+// resumes).
+void Worker::flush_tls(Slot& s, size_t i) {
+  std::string& out = s.tls->output();
+  size_t sent = 0;
+  while (sent < out.size()) {
+    const ssize_t n = ::send(s.fd.get(), out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      out.erase(0, sent);
+      fail(s, i, errno_name(errno), steady_now_ns());
+      return;
+    }
+    sent += static_cast<size_t>(n);
+  }
+  out.erase(0, sent);
+}
+
+void Worker::read_tls(Slot& s, size_t i) {
+  for (;;) {
+    const ssize_t n = ::recv(s.fd.get(), recv_buffer_.data(), recv_buffer_.size(), 0);
+    const int64_t now = steady_now_ns();
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (const std::string why = recv_end(n); !why.empty()) fail(s, i, why, now);
+      return;
+    }
+    tls_plain_.clear();
+    const auto state =
+        s.tls->receive(std::string_view(recv_buffer_.data(), static_cast<size_t>(n)), tls_plain_);
+    if (state == tls::Session::State::kFailed) {
+      fail(s, i, "TLS: " + s.tls->error(), now);
+      return;
+    }
+    if (s.handshaking && s.tls->handshake_done()) {
+      s.handshaking = false;
+      if (in_window(now)) {
+        stats.tls_handshake.record(static_cast<uint64_t>(now - s.send_start_ns));
+        ++stats.tls_handshakes;
+        if (s.tls->resumed()) ++stats.tls_resumed;
+      }
+      s.send_start_ns = now;  // the request's latency starts once it can go
+    }
+    const uint32_t generation = s.generation;
+    flush_tls(s, i);  // the client's Finished, the request, a key update's answer
+    if (s.generation != generation) return;
+    if (!tls_plain_.empty()) {
+      ++s.recvs;
+      if (!take_reply(s, i, tls_plain_.data(), tls_plain_.size(), now)) return;
+    }
+    if (state == tls::Session::State::kClosed) {  // close_notify before the whole reply
+      fail(s, i, "EOF", now);
+      return;
+    }
+  }
+}
+
+bool Worker::take_reply(Slot& s, size_t i, const char* data, size_t size, int64_t now) {
+  if (size > s.wire.size() - s.received ||
+      std::memcmp(data, s.wire.data() + s.received, size) != 0) {
+    ++stats.unverified_replies;
+    fail(s, i, {}, now);
+    return false;
+  }
+  s.received += size;
+  if (s.received < s.wire.size()) return true;
+  if (s.tls) {
+    // The session to offer next time (its ticket came before the reply), then close_notify,
+    // sent as far as the socket takes it: the close is the server's to finish.
+    if (config_.tls_resume) s.saved = s.tls->saved_session();
+    s.tls->close();
+    flush_tls(s, i);
+    s.tls.reset();
+  }
+  complete(s, i, now);
+  return false;
 }
 
 void Worker::flush(Slot& s, size_t i) {
@@ -240,19 +350,8 @@ void Worker::read(Slot& s, size_t i) {
       if (const std::string why = recv_end(n); !why.empty()) fail(s, i, why, now);
       return;
     }
-    const auto got = static_cast<size_t>(n);
     ++s.recvs;
-    if (got > s.wire.size() - s.received ||
-        std::memcmp(recv_buffer_.data(), s.wire.data() + s.received, got) != 0) {
-      ++stats.unverified_replies;
-      fail(s, i, {}, now);
-      return;
-    }
-    s.received += got;
-    if (s.received == s.wire.size()) {
-      complete(s, i, now);
-      return;
-    }
+    if (!take_reply(s, i, recv_buffer_.data(), static_cast<size_t>(n), now)) return;
   }
 }
 
@@ -275,6 +374,8 @@ void Worker::complete(Slot& s, size_t i, int64_t now) {
 // Ends the cycle as failed (error empty: already counted, e.g. an unverified_replies reply) and
 // parks the slot for `backoff` before it connects again.
 void Worker::fail(Slot& s, size_t i, std::string_view error, int64_t now) {
+  s.tls.reset();
+  s.saved = tls::SavedSession();  // a failed connection's session is not offered again
   s.fd.reset();
   s.phase = Phase::kBackoff;
   ++s.generation;
@@ -298,7 +399,8 @@ void merge_into(ChurnStats& total, const ChurnStats& s) {
   using S = ChurnStats;
   merge_fields(total, s, &S::connect_latency, &S::latency, &S::cycle_latency, &S::cycles,
                &S::total_cycles, &S::connects_started, &S::unverified_replies, &S::short_reads,
-               &S::short_writes, &S::slots_achieved, &S::errors);
+               &S::short_writes, &S::slots_achieved, &S::errors, &S::tls_handshake,
+               &S::tls_handshakes, &S::tls_resumed);
 }
 
 std::error_code validate(const ChurnConfig& c) {
