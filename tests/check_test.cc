@@ -268,8 +268,12 @@ TEST(CheckRunner, UndeclaredAndNeverRunSubchecksFail) {
 TEST(CheckRegistry, NamesAndOnlyValidation) {
   std::vector<std::string> names;
   for (const auto& c : checks()) names.push_back(c.name);
-  EXPECT_EQ(names, (std::vector<std::string>{"partial", "backlog", "timewait", "errors", "udp"}));
-  for (const auto& c : checks()) EXPECT_EQ(c.datagram, c.name == "udp") << c.name;
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"partial", "backlog", "timewait", "errors", "udp", "chat"}));
+  for (const auto& c : checks()) {
+    EXPECT_EQ(c.datagram, c.name == "udp") << c.name;
+    EXPECT_EQ(c.chat, c.name == "chat") << c.name;
+  }
   EXPECT_EQ(validate_only("errors"), "");
   EXPECT_EQ(validate_only("errors/sigpipe"), "");
   EXPECT_NE(validate_only("nosuch").find("unknown check 'nosuch'"), std::string::npos);

@@ -96,12 +96,14 @@ class CliCheck : public test_support::ScratchDirTest {
   }
 };
 
-// Every sub-check a (TCP) target runs, in the check registry's order, as JSON names them; the
-// udp check runs over datagrams only (tests/cli_dgram_test.cc).
+// Every sub-check a (TCP, framed) target runs, in the check registry's order, as JSON names
+// them; the udp check runs over datagrams only (tests/cli_dgram_test.cc), the chat check against
+// chat servers only (tests/cli_chat_test.cc).
+bool framed_check(const scenarios::CheckInfo& check) { return !check.datagram && !check.chat; }
 const std::vector<std::string> kAllSubchecks = [] {
   std::vector<std::string> all;
   for (const auto& check : scenarios::checks()) {
-    if (check.datagram) continue;
+    if (!framed_check(check)) continue;
     for (const auto& sub : check.subchecks) all.push_back(check.name + "/" + sub.name);
   }
   return all;
@@ -140,6 +142,7 @@ std::map<std::string, std::string> bounded_verdicts(const std::string& model) {
       servers::concurrent_clients(*servers::find_model(model), servers::ServerConfig{});
   if (at_once == 0) return verdicts;
   for (const auto& check : scenarios::checks()) {
+    if (!framed_check(check)) continue;
     for (const auto& sub : check.subchecks) {
       if (at_once >= sub.clients_at_once) continue;
       verdicts[check.name + "/" + sub.name] = sub.measures_concurrency ? "FAIL" : "SKIP";
