@@ -156,6 +156,24 @@ const std::vector<CheckInfo>& checks() {
        run_chat_check,
        /*datagram=*/false,
        /*chat=*/true},
+      {"tls",
+       "TLS (check --tls): handshake, a plaintext client closed, a stalled handshake that holds "
+       "up no one else, a wrong-name certificate rejected, close_notify answered",
+       {{"handshake", "a TLS client's handshake and a 1,000-byte framed exchange"},
+        {"plaintext-client",
+         "a framed request in plaintext: closed, not answered; a TLS client served after"},
+        {"stalled-handshake",
+         "a client stops 5 bytes into its ClientHello: another completes its handshake and "
+         "request within 2 s",
+         2, true},
+        {"wrong-name",
+         "a client trusting the server's certificate but expecting another name rejects it "
+         "(hostname mismatch)"},
+        {"close-notify", "the client's close_notify is answered, not a truncated close"}},
+       run_tls_check,
+       /*datagram=*/false,
+       /*chat=*/false,
+       /*tls=*/true},
   };
   return all;
 }

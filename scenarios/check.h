@@ -92,6 +92,7 @@ struct CheckOptions {
   // Sub-checks to run as "check/subcheck" or "check"; empty: all.
   std::vector<std::string> only;
   std::stop_token stop;  // between sub-checks
+  int tls_version = 13;  // check --tls: the version the TLS probes offer (12 or 13)
   // Progress lines ("partial/byte-at-a-time"), may be empty.
   std::function<void(const std::string&)> progress;
 };
@@ -133,10 +134,12 @@ struct CheckInfo {
   // Runs against targets speaking the chat protocol only (check --protocol chat); the other
   // checks never do (they expect an echo).
   bool chat = false;
+  // Runs against TLS targets only (check --tls); the others never do (they speak plaintext).
+  bool tls = false;
 };
 
 // Every check, in run order: partial, backlog, timewait, errors, then udp (datagram targets)
-// and chat (chat targets).
+// and chat (chat targets), tls (check --tls).
 const std::vector<CheckInfo>& checks();
 const CheckInfo* find_check(std::string_view name);
 // Validates one --only item ("errors" or "errors/sigpipe"); an error message naming what is
@@ -191,5 +194,6 @@ std::vector<results::Record> run_timewait_check(CheckTarget& target, const Check
 std::vector<results::Record> run_errors_check(CheckTarget& target, const CheckOptions& options);
 std::vector<results::Record> run_udp_check(CheckTarget& target, const CheckOptions& options);
 std::vector<results::Record> run_chat_check(CheckTarget& target, const CheckOptions& options);
+std::vector<results::Record> run_tls_check(CheckTarget& target, const CheckOptions& options);
 
 }  // namespace sockbench::scenarios

@@ -63,6 +63,7 @@ int check_command(int argc, const char* const* argv) {
                                      cxxopts::value<std::string>())(
       "json", "write JSON (Google Benchmark schema) here", cxxopts::value<std::string>())(
       "v,verbose", "evidence for every check, PASS included")("h,help", "show this help");
+  add_tls_client_options(options);
   const auto parsed = parse_or_throw(options, argc, argv);
   if (parsed.count("help")) {
     std::fputs(options.help().c_str(), stdout);
@@ -106,6 +107,26 @@ int check_command(int argc, const char* const* argv) {
     plan.workers = static_cast<int>(parse_int("workers", str(parsed, "workers"), 1, 1 << 16));
   }
   plan.verbose = parsed.count("verbose") > 0;
+  if (parsed.count("tls-resume")) {
+    throw UsageError("--tls-resume: applies to run --scenario crr");
+  }
+  if (parsed.count("tls")) {
+    if (protocol != "framed") {
+      throw UsageError(
+          fmt::format("--tls: the tls check speaks framed, not --protocol {}", protocol));
+    }
+    if (plan.transport != "tcp") throw UsageError("--tls: over --transport tcp only");
+    // Built-in models serve with a certificate made for the run (their `serve` flags). The
+    // probes look at the server's behaviour and check its certificate themselves (wrong-name).
+    const bool builtins =
+        parsed.count("server") > 0 || (!parsed.count("target") && !parsed.count("server-cmd"));
+    plan.tls = std::make_shared<RunTls>(RunTls::from_flags(parsed, !builtins, "localhost"));
+    check_options.tls_version = plan.tls->client->config().version;
+  } else {
+    for (const char* flag : {"tls-version", "cipher", "insecure", "ca"}) {
+      if (parsed.count(flag)) throw UsageError(fmt::format("--{} needs --tls", flag));
+    }
+  }
   std::optional<Address>& target_address = plan.target;
   if (parsed.count("target")) {
     const auto address = parse_address(str(parsed, "target"));

@@ -167,6 +167,7 @@ int run_check_plan(CheckPlan plan) {
     spec.model = model;
     spec.protocol = plan.protocol;
     spec.workers = plan.workers;
+    if (plan.tls) spec.extra_args = plan.tls->serve_args;
     if (plan.transport == "udp") spec.listen = "udp:127.0.0.1:0";
     if (plan.transport == "unixgram") {
       spec.listen = plan.transport + ":" + unix_check_path(model);
@@ -213,6 +214,8 @@ int run_check_plan(CheckPlan plan) {
       if (check.datagram != target->address().datagram()) continue;
       // The chat check needs a chat server; the others an echo.
       if (check.chat != (plan.protocol == "chat")) continue;
+      // With --tls only the tls check; it needs TLS.
+      if (check.tls != (plan.tls != nullptr)) continue;
       const bool wanted =
           check_options.only.empty() ||
           std::any_of(check_options.only.begin(), check_options.only.end(),

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "harness/cli/tls_options.h"
 #include "harness/core/net.h"
 #include "scenarios/check.h"
 
@@ -26,6 +27,9 @@ struct CheckPlan {
   std::string command_line;  // for the results' context
   // --via-proxy: the toxics of a proxy put in front of every target.
   std::optional<std::string> via_proxy;
+  // --tls: only the tls check runs; the built-in models serve TLS with the certificate these
+  // files hold (their `serve` flags), which live as long as the plan.
+  std::shared_ptr<RunTls> tls;
 };
 
 // Runs the plan; returns the exit code: 0 when nothing FAILed, 1 when something did (or an

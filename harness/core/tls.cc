@@ -346,4 +346,13 @@ SavedSession Session::saved_session() const {
   return SavedSession(s);
 }
 
+std::string Session::peer_certificate_pem() const {
+  X509* cert = SSL_get1_peer_certificate(ssl_);
+  if (cert == nullptr) return "";
+  BioPtr out(BIO_new(BIO_s_mem()));
+  const bool written = out && PEM_write_bio_X509(out.get(), cert);
+  X509_free(cert);
+  return written ? bio_text(out.get()) : "";
+}
+
 }  // namespace sockbench::tls

@@ -127,6 +127,8 @@ class Session {
   std::string cipher() const;
   // The session for a later resumption (client), when the server gave one.
   SavedSession saved_session() const;
+  // The certificate the peer presented (PEM); "" before the handshake or when it sent none.
+  std::string peer_certificate_pem() const;
 
  private:
   Session(std::shared_ptr<Context> context, SSL* ssl);

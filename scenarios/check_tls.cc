@@ -1,0 +1,253 @@
+// Check `tls` (check --tls): what the tutorials' "wrap the socket in TLS" advice must survive. A
+// handshake and a framed exchange work; a plaintext client is closed, not answered, and the
+// server goes on; a client that stalls mid-handshake does not hold up anyone else (a thread per
+// client may block on it, a reactor must not); a certificate for another name is rejected by a
+// verifying client with OpenSSL's reason; and the server answers a close_notify instead of
+// ending in a truncated close. Every probe is a sans-I/O tls::Session moved over a step Client,
+// every wait bounded.
+#include <fmt/format.h>
+#include <poll.h>
+
+#include <functional>
+#include <optional>
+
+#include "harness/core/frame.h"
+#include "harness/core/tls.h"
+#include "scenarios/check.h"
+#include "scenarios/steps.h"
+
+namespace sockbench::scenarios {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr Millis kTimeout{2000};
+
+// A TLS client connection for the checks: verification as `config` says (insecure by default:
+// the checks look at the server's behaviour, wrong-name at its certificate).
+class TlsProbe {
+ public:
+  static std::optional<TlsProbe> connect(const Address& address, tls::Config config, Outcome& o) {
+    config.role = tls::Role::kClient;
+    std::string error;
+    auto context = tls::Context::make(config, &error);
+    if (!context) {
+      o.fail("TLS context: " + error);
+      return std::nullopt;
+    }
+    auto client = Client::connect(address, kTimeout);
+    if (!client) {
+      o.fail("connect: " + errno_name(client.error().value()));
+      return std::nullopt;
+    }
+    auto session = tls::Session::make(context, &error);
+    if (!session) {
+      o.fail("TLS session: " + error);
+      return std::nullopt;
+    }
+    return TlsProbe(std::move(*client), std::move(session));
+  }
+
+  // The handshake, within `timeout`.
+  bool handshake(Millis timeout) {
+    return pump(timeout, [this] { return session_->handshake_done(); });
+  }
+  // A framed request and its reply, within `timeout`; nullopt when none came.
+  std::optional<std::string> exchange(std::string_view payload, Millis timeout) {
+    const std::string frame = encode_frame(payload);
+    got_.clear();
+    if (session_->send(frame) == tls::Session::State::kFailed) return std::nullopt;
+    if (!pump(timeout, [&] { return got_.size() >= frame.size(); })) return std::nullopt;
+    return got_.substr(0, frame.size());
+  }
+  // Sends close_notify and waits for the server's: true when it came before the connection
+  // ended; false on a truncated close (or nothing within `timeout`).
+  bool close_cleanly(Millis timeout) {
+    session_->close();
+    pump(timeout, [this] { return session_->state() == tls::Session::State::kClosed; });
+    return session_->state() == tls::Session::State::kClosed;
+  }
+
+  tls::Session& session() { return *session_; }
+  const std::string& why() const { return why_.empty() ? session_->error() : why_; }
+
+ private:
+  TlsProbe(Client client, std::unique_ptr<tls::Session> session)
+      : client_(std::move(client)), session_(std::move(session)) {}
+
+  // Sends the session's output and feeds it what arrives until `done` or the deadline.
+  bool pump(Millis timeout, const std::function<bool()>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    char buffer[16384];
+    for (;;) {
+      std::string& out = session_->output();
+      if (!out.empty()) {
+        if (auto ec = client_.send(out, timeout)) {
+          why_ = "send: " + errno_name(ec.value());
+          return false;
+        }
+        out.clear();
+      }
+      if (done()) return true;
+      if (session_->state() == tls::Session::State::kFailed || eof_) return false;
+      const auto left =
+          std::chrono::duration_cast<Millis>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) {
+        why_ = fmt::format("nothing within {} ms", timeout.count());
+        return false;
+      }
+      pollfd p{client_.fd(), POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+      auto n = recv_some(client_.fd(), std::span<char>(buffer, sizeof buffer));
+      if (!n) {
+        if (n.error().value() == EAGAIN || n.error().value() == EINTR) continue;
+        why_ = errno_name(n.error().value());
+        eof_ = true;
+        session_->transport_eof();
+        continue;
+      }
+      if (*n == 0) {
+        eof_ = true;
+        session_->transport_eof();
+        continue;
+      }
+      session_->receive(std::string_view(buffer, *n), got_);
+    }
+  }
+
+  Client client_;
+  std::unique_ptr<tls::Session> session_;
+  std::string got_;
+  std::string why_;
+  bool eof_ = false;
+};
+
+tls::Config probe_config(const CheckOptions& options) {
+  tls::Config config;
+  config.version = options.tls_version;
+  config.insecure = true;
+  return config;
+}
+
+// A TLS client gets its framed request answered: evidence that the server still serves.
+bool expect_tls_serving(CheckTarget& target, const CheckOptions& options, Outcome& o,
+                        const std::string& what) {
+  auto probe = TlsProbe::connect(target.address(), probe_config(options), o);
+  if (!probe) return false;
+  const auto start = std::chrono::steady_clock::now();
+  const bool shook = probe->handshake(kTimeout);
+  const auto reply = shook ? probe->exchange("still serving", kTimeout) : std::nullopt;
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  return o.expect(reply == encode_frame("still serving"),
+                  fmt::format("{}: a TLS client's handshake and framed request answered{} "
+                              "({:.1f} ms)",
+                              what, reply ? "" : " — not: " + probe->why(), ms));
+}
+
+Outcome handshake(CheckTarget& target, const CheckOptions& options) {
+  Outcome o;
+  auto probe = TlsProbe::connect(target.address(), probe_config(options), o);
+  if (!probe) return o;
+  const auto start = std::chrono::steady_clock::now();
+  if (!o.expect(probe->handshake(kTimeout), "the handshake completed")) {
+    o.line("why: " + probe->why());
+    return o;
+  }
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  o.metric("handshake_ms", ms);
+  o.line(fmt::format("{} with {} in {:.2f} ms", probe->session().version(),
+                     probe->session().cipher(), ms));
+  const auto payload = make_payload(1000, options.seed);
+  o.expect(probe->exchange(payload, kTimeout) == encode_frame(payload),
+           "a 1,000-byte framed request came back decrypted and whole");
+  return o;
+}
+
+Outcome plaintext_client(CheckTarget& target, const CheckOptions& options) {
+  Outcome o;
+  auto client = Client::connect(target.address(), kTimeout);
+  if (!client) return o.fail("connect: " + errno_name(client.error().value())), o;
+  const std::string frame = encode_frame("plaintext, no TLS");
+  if (auto ec = client->send(frame, kTimeout)) {
+    o.line("the server refused the plaintext bytes at once: " + errno_name(ec.value()));
+  }
+  const Received got = client->expect_eof(kTimeout);
+  const bool echoed = got.bytes.find("plaintext, no TLS") != std::string::npos;
+  o.line(fmt::format("a framed request in plaintext: {}", got.summary(0)));
+  o.expect(!echoed, "not answered in plaintext");
+  const bool closed = got.eof || (got.error && got.error.value() != ETIMEDOUT);
+  o.expect(closed, "the server closed that connection (EOF or reset)");
+  expect_tls_serving(target, options, o, "afterwards");
+  return o;
+}
+
+Outcome stalled_handshake(CheckTarget& target, const CheckOptions& options) {
+  Outcome o;
+  auto stalled = Client::connect(target.address(), kTimeout);
+  if (!stalled) return o.fail("connect: " + errno_name(stalled.error().value())), o;
+  // A handshake record's header announcing 512 bytes of ClientHello, then nothing.
+  const char header[] = {0x16, 0x03, 0x01, 0x02, 0x00};
+  if (auto ec = stalled->send(std::string_view(header, sizeof header), kTimeout)) {
+    return o.fail("send: " + errno_name(ec.value())), o;
+  }
+  o.line("one client sent the first 5 bytes of a ClientHello and stopped");
+  expect_tls_serving(target, options, o, "meanwhile, another client");
+  return o;
+}
+
+Outcome wrong_name(CheckTarget& target, const CheckOptions& options) {
+  Outcome o;
+  std::string pem;
+  {
+    auto probe = TlsProbe::connect(target.address(), probe_config(options), o);
+    if (!probe) return o;
+    if (!probe->handshake(kTimeout)) return o.fail("handshake: " + probe->why()), o;
+    pem = probe->session().peer_certificate_pem();
+  }
+  if (pem.empty()) return o.fail("the server presented no certificate"), o;
+  // Trust exactly that certificate, but for a name it does not carry.
+  tls::Config config = probe_config(options);
+  config.insecure = false;
+  config.trusted_pem = pem;
+  config.server_name = "wrong-name.invalid";
+  auto probe = TlsProbe::connect(target.address(), config, o);
+  if (!probe) return o;
+  const bool shook = probe->handshake(kTimeout);
+  o.line(
+      "a client that trusts the server's own certificate but expects the name "
+      "wrong-name.invalid: " +
+      (shook ? std::string("handshake completed") : "refused: " + probe->why()));
+  o.expect(!shook && probe->why().find("hostname mismatch") != std::string::npos,
+           "rejected by the verifying client, with OpenSSL's reason (hostname mismatch)");
+  return o;
+}
+
+Outcome close_notify(CheckTarget& target, const CheckOptions& options) {
+  Outcome o;
+  auto probe = TlsProbe::connect(target.address(), probe_config(options), o);
+  if (!probe) return o;
+  if (!probe->handshake(kTimeout) || !probe->exchange("bye", kTimeout)) {
+    return o.fail("no exchange: " + probe->why()), o;
+  }
+  const bool clean = probe->close_cleanly(kTimeout);
+  o.line(clean ? "the client's close_notify was answered with the server's"
+               : "the server ended without close_notify: " + probe->why());
+  o.expect(clean, "a clean TLS close, not a truncated one");
+  return o;
+}
+
+}  // namespace
+
+std::vector<results::Record> run_tls_check(CheckTarget& target, const CheckOptions& options) {
+  CheckRun run(*find_check("tls"), target, options);
+  run.run("handshake", kNeedNothing, [&] { return handshake(target, options); });
+  run.run("plaintext-client", kNeedNothing, [&] { return plaintext_client(target, options); });
+  run.run("stalled-handshake", kNeedNothing, [&] { return stalled_handshake(target, options); });
+  run.run("wrong-name", kNeedNothing, [&] { return wrong_name(target, options); });
+  run.run("close-notify", kNeedNothing, [&] { return close_notify(target, options); });
+  return run.take();
+}
+
+}  // namespace sockbench::scenarios
