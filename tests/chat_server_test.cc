@@ -163,19 +163,27 @@ class ChatServerTest : public test_support::ScratchDirTest,
                        public ::testing::WithParamInterface<std::string> {
  protected:
   ChatServerTest() : ScratchDirTest("sockbench-chat") {}
+
+  // Serves chat (with `extra` flags) and makes A, B and C members; false, with a failure, if not.
+  bool start(const std::vector<std::string>& extra = {}) {
+    server_ = serve_chat(GetParam(), dir_ / "serve.log", extra);
+    if (!server_) return false;
+    a_ = connect_client(server_->address);
+    b_ = connect_client(server_->address);
+    c_ = connect_client(server_->address);
+    if (!a_ || !b_ || !c_) return false;
+    join_all(a_.get(), {b_.get(), c_.get()});
+    return !HasFatalFailure();
+  }
+
+  std::optional<ChatServer> server_;
+  Fd a_, b_, c_;
 };
 
 TEST_P(ChatServerTest, RelaysEveryFrameInOrderToEveryOtherMemberAndNothingBack) {
-  auto server = serve_chat(GetParam(), dir_ / "serve.log");
-  ASSERT_TRUE(server.has_value());
-  Fd a = connect_client(server->address);
-  Fd b = connect_client(server->address);
-  Fd c = connect_client(server->address);
-  ASSERT_TRUE(a && b && c);
-  join_all(a.get(), {b.get(), c.get()});
-  ASSERT_FALSE(HasFatalFailure());
-  const auto relayed_before = server->counter("chat_relayed");
-  const auto delivered_before = server->counter("chat_delivered");
+  ASSERT_TRUE(start());
+  const auto relayed_before = server_->counter("chat_relayed");
+  const auto delivered_before = server_->counter("chat_delivered");
   ASSERT_TRUE(relayed_before && delivered_before);
 
   // 200 frames from empty to 66 KB, every tenth a large one.
@@ -192,7 +200,7 @@ TEST_P(ChatServerTest, RelaysEveryFrameInOrderToEveryOtherMemberAndNothingBack) 
   {
     std::vector<std::jthread> readers;
     for (int r = 0; r < 2; ++r) {
-      readers.emplace_back([fd = r == 0 ? b.get() : c.get(), &out = got[r]] {
+      readers.emplace_back([fd = r == 0 ? b_.get() : c_.get(), &out = got[r]] {
         const auto deadline = Clock::now() + 60s;
         while (out.size() < kFrames) {
           auto frame = read_frame_by(fd, deadline);
@@ -205,7 +213,7 @@ TEST_P(ChatServerTest, RelaysEveryFrameInOrderToEveryOtherMemberAndNothingBack) 
     const size_t pieces[] = {1, 1, 1, 3, 4'099, 1, 65'537, 7, 2, 1, 150'001, 5};
     for (size_t at = 0, i = 0; at < wire.size(); ++i) {
       const size_t n = std::min(pieces[i % std::size(pieces)], wire.size() - at);
-      ASSERT_FALSE(send_all(a.get(), std::span<const char>(wire).subspan(at, n))) << at;
+      ASSERT_FALSE(send_all(a_.get(), std::span<const char>(wire).subspan(at, n))) << at;
       at += n;
     }
   }
@@ -214,70 +222,56 @@ TEST_P(ChatServerTest, RelaysEveryFrameInOrderToEveryOtherMemberAndNothingBack) 
     ASSERT_EQ(got[r].size(), kFrames);
     for (size_t i = 0; i < kFrames; ++i) ASSERT_EQ(got[r][i], sent[i]) << "frame " << i;
   }
-  EXPECT_FALSE(readable(a.get(), 200ms)) << "the sender got something back";
-  EXPECT_FALSE(readable(b.get(), 0ms));
-  EXPECT_EQ(server->counter("chat_relayed"), *relayed_before + kFrames);
-  EXPECT_EQ(server->counter("chat_delivered"), *delivered_before + 2 * kFrames);
+  EXPECT_FALSE(readable(a_.get(), 200ms)) << "the sender got something back";
+  EXPECT_FALSE(readable(b_.get(), 0ms));
+  EXPECT_EQ(server_->counter("chat_relayed"), *relayed_before + kFrames);
+  EXPECT_EQ(server_->counter("chat_delivered"), *delivered_before + 2 * kFrames);
 
   // SIGTERM with all three members connected.
-  const std::string summary = server->stop_cleanly();
+  const std::string summary = server_->stop_cleanly();
   EXPECT_NE(summary.find(", chat slow disconnects 0"), std::string::npos) << summary;
 }
 
 TEST_P(ChatServerTest, AMemberThatLeavesMidwayLeavesTheOthersServed) {
-  auto server = serve_chat(GetParam(), dir_ / "serve.log");
-  ASSERT_TRUE(server.has_value());
-  Fd a = connect_client(server->address);
-  Fd b = connect_client(server->address);
-  Fd c = connect_client(server->address);
-  ASSERT_TRUE(a && b && c);
-  join_all(a.get(), {b.get(), c.get()});
-  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_TRUE(start());
   const auto deadline = Clock::now() + 30s;
   for (int i = 0; i < 20; ++i) {
-    ASSERT_FALSE(send_all(a.get(), encode_frame("before " + std::to_string(i))));
-    for (const int fd : {b.get(), c.get()}) {
+    ASSERT_FALSE(send_all(a_.get(), encode_frame("before " + std::to_string(i))));
+    for (const int fd : {b_.get(), c_.get()}) {
       ASSERT_EQ(read_frame_by(fd, deadline), "before " + std::to_string(i));
     }
   }
   // C goes with a reset, unread bytes and all, while A keeps sending.
-  ASSERT_FALSE(send_all(a.get(), encode_frame("unread by C")));
-  ASSERT_FALSE(set_linger_zero(c.get()));
-  c.reset();
+  ASSERT_FALSE(send_all(a_.get(), encode_frame("unread by C")));
+  ASSERT_FALSE(set_linger_zero(c_.get()));
+  c_.reset();
   for (int i = 0; i < 20; ++i) {
-    ASSERT_FALSE(send_all(a.get(), encode_frame("after " + std::to_string(i))));
+    ASSERT_FALSE(send_all(a_.get(), encode_frame("after " + std::to_string(i))));
   }
-  ASSERT_EQ(read_frame_by(b.get(), deadline), "unread by C");
+  ASSERT_EQ(read_frame_by(b_.get(), deadline), "unread by C");
   for (int i = 0; i < 20; ++i) {
-    ASSERT_EQ(read_frame_by(b.get(), deadline), "after " + std::to_string(i));
+    ASSERT_EQ(read_frame_by(b_.get(), deadline), "after " + std::to_string(i));
   }
   // B sends too: A is still a member, and gets it.
-  ASSERT_FALSE(send_all(b.get(), encode_frame("from B")));
-  EXPECT_EQ(read_frame_by(a.get(), deadline), "from B");
-  const std::string summary = server->stop_cleanly();
+  ASSERT_FALSE(send_all(b_.get(), encode_frame("from B")));
+  EXPECT_EQ(read_frame_by(a_.get(), deadline), "from B");
+  const std::string summary = server_->stop_cleanly();
   EXPECT_NE(summary.find("protocol errors 0"), std::string::npos) << summary;
 }
 
 TEST_P(ChatServerTest, AnOversizedFrameClosesOnlyItsSender) {
-  auto server = serve_chat(GetParam(), dir_ / "serve.log", {"--max-frame", "1024"});
-  ASSERT_TRUE(server.has_value());
-  Fd a = connect_client(server->address);
-  Fd b = connect_client(server->address);
-  Fd c = connect_client(server->address);
-  ASSERT_TRUE(a && b && c);
-  join_all(a.get(), {b.get(), c.get()});
-  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_TRUE(start({"--max-frame", "1024"}));
   const auto deadline = Clock::now() + 30s;
   // B announces 1025 bytes: it is closed, and nobody gets a byte of it.
-  ASSERT_FALSE(send_all(b.get(), encode_frame(std::string(1025, 'x'))));
+  ASSERT_FALSE(send_all(b_.get(), encode_frame(std::string(1025, 'x'))));
   char byte;
-  EXPECT_FALSE(read_exactly(b.get(), &byte, 1, deadline)) << "B is still served";
-  ASSERT_FALSE(send_all(a.get(), encode_frame(std::string(1024, 'a'))));
-  EXPECT_EQ(read_frame_by(c.get(), deadline), std::string(1024, 'a'));
-  ASSERT_FALSE(send_all(c.get(), encode_frame("from C")));
-  EXPECT_EQ(read_frame_by(a.get(), deadline), "from C");
-  EXPECT_FALSE(readable(c.get(), 100ms));
-  const std::string summary = server->stop_cleanly();
+  EXPECT_FALSE(read_exactly(b_.get(), &byte, 1, deadline)) << "B is still served";
+  ASSERT_FALSE(send_all(a_.get(), encode_frame(std::string(1024, 'a'))));
+  EXPECT_EQ(read_frame_by(c_.get(), deadline), std::string(1024, 'a'));
+  ASSERT_FALSE(send_all(c_.get(), encode_frame("from C")));
+  EXPECT_EQ(read_frame_by(a_.get(), deadline), "from C");
+  EXPECT_FALSE(readable(c_.get(), 100ms));
+  const std::string summary = server_->stop_cleanly();
   EXPECT_NE(summary.find("protocol errors 1"), std::string::npos) << summary;
 }
 
