@@ -93,7 +93,7 @@ class AsioServer final : public ListeningServer {
   // The loop thread sees the stop flag through the Listener's eventfd and shuts down there.
  private:
   // Registers a connection's socket in the loop for shut_down() to close; the destructor, as the
-  // coroutine ends, counts it closed (the socket closes with the coroutine's frame).
+  // connection's Peer goes, closes the socket and counts it closed.
   class Registered {
    public:
     Registered(AsioServer& server, Loop& loop, Socket& socket)
