@@ -22,6 +22,7 @@
 #include "harness/core/frame.h"
 #include "harness/core/net.h"
 #include "harness/core/spawn.h"
+#include "servers/chat.h"
 #include "servers/server.h"
 #include "tests/support/cli.h"
 #include "tests/support/servers.h"
@@ -353,6 +354,18 @@ TEST_P(ChatServerTest, ASlowReaderIsDisconnectedAndTheOthersReceiveEverything) {
 INSTANTIATE_TEST_SUITE_P(Models, ChatServerTest, ::testing::ValuesIn(chat_models()),
                          [](const auto& model) { return model.param; });
 
+// The rules every model applies: frames counted from their headers, and the limit on what a
+// member may have pending, which a member with nothing pending never hits.
+TEST(ChatRulesTest, FramesAreCountedAndALimitHoldsOnlyMembersWithOutputPending) {
+  std::string wire;
+  for (const size_t size : {0, 3, 70'000}) encode_frame(std::string(size, 'x'), wire);
+  EXPECT_EQ(servers::count_frames(wire), 3u);
+  EXPECT_EQ(servers::count_frames(""), 0u);
+  EXPECT_TRUE(servers::chat_fits(0, 1 << 20, 65'536));
+  EXPECT_TRUE(servers::chat_fits(100, 65'436, 65'536));
+  EXPECT_FALSE(servers::chat_fits(100, 65'437, 65'536));
+}
+
 class ChatTwinTest : public test_support::ScratchDirTest {
  protected:
   ChatTwinTest() : ScratchDirTest("sockbench-chat-twin") {}
@@ -383,6 +396,11 @@ TEST_F(ChatTwinTest, ChatIsAUsageErrorWhereItCannotBeServed) {
   const auto udp = sockbench("serve --server epoll --protocol chat --listen udp:127.0.0.1:0");
   EXPECT_EQ(udp.status, 2) << udp.err;
   EXPECT_NE(udp.err.find("chat needs a stream listener"), std::string::npos) << udp.err;
+  const auto tls = sockbench("serve --server epoll --protocol chat --tls --listen 127.0.0.1:0");
+  EXPECT_EQ(tls.status, 2) << tls.err;
+  EXPECT_NE(tls.err.find("chat relays frames between connections and serves no TLS"),
+            std::string::npos)
+      << tls.err;
   const auto limit = sockbench("serve --server epoll --protocol chat --chat-limit 0");
   EXPECT_EQ(limit.status, 2) << limit.err;
 }
