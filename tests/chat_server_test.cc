@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "harness/core/fd.h"
@@ -388,21 +389,19 @@ TEST_F(ChatTwinTest, FaultyChatBlockingStallsEveryoneBehindTheSlowReader) {
 }
 
 TEST_F(ChatTwinTest, ChatIsAUsageErrorWhereItCannotBeServed) {
-  const auto iterative = sockbench("serve --server iterative --protocol chat --listen 127.0.0.1:0");
-  EXPECT_EQ(iterative.status, 2) << iterative.err;
-  EXPECT_NE(iterative.err.find("iterative does not serve chat (it serves echo, framed, discard)"),
-            std::string::npos)
-      << iterative.err;
-  const auto udp = sockbench("serve --server epoll --protocol chat --listen udp:127.0.0.1:0");
-  EXPECT_EQ(udp.status, 2) << udp.err;
-  EXPECT_NE(udp.err.find("chat needs a stream listener"), std::string::npos) << udp.err;
-  const auto tls = sockbench("serve --server epoll --protocol chat --tls --listen 127.0.0.1:0");
-  EXPECT_EQ(tls.status, 2) << tls.err;
-  EXPECT_NE(tls.err.find("chat relays frames between connections and serves no TLS"),
-            std::string::npos)
-      << tls.err;
-  const auto limit = sockbench("serve --server epoll --protocol chat --chat-limit 0");
-  EXPECT_EQ(limit.status, 2) << limit.err;
+  const std::pair<std::string, std::string> cases[] = {
+      {"--server iterative --listen 127.0.0.1:0",
+       "iterative does not serve chat (it serves echo, framed, discard)"},
+      {"--server epoll --listen udp:127.0.0.1:0", "chat needs a stream listener"},
+      {"--server epoll --tls --listen 127.0.0.1:0",
+       "chat relays frames between connections and serves no TLS"},
+      {"--server epoll --chat-limit 0", "--chat-limit"},
+  };
+  for (const auto& [args, why] : cases) {
+    const auto o = sockbench("serve --protocol chat " + args);
+    EXPECT_EQ(o.status, 2) << args << ": " << o.err;
+    EXPECT_NE(o.err.find(why), std::string::npos) << args << ": " << o.err;
+  }
 }
 
 }  // namespace
