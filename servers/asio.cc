@@ -16,6 +16,7 @@
 #include <asio/write.hpp>
 #include <chrono>
 #include <exception>
+#include <memory>
 #include <string>
 #include <unordered_set>
 #include <utility>
@@ -24,6 +25,7 @@
 #include "harness/core/fd.h"
 #include "harness/core/net.h"
 #include "servers/accept.h"
+#include "servers/chat.h"
 #include "servers/protocol.h"
 #include "servers/reactor.h"
 #include "servers/server.h"
@@ -91,7 +93,7 @@ class AsioServer final : public ListeningServer {
   // The loop thread sees the stop flag through the Listener's eventfd and shuts down there.
  private:
   // Registers a connection's socket in the loop for shut_down() to close; the destructor, as the
-  // coroutine ends, counts it closed (the socket closes with the coroutine's frame).
+  // connection's Peer goes, closes the socket and counts it closed.
   class Registered {
    public:
     Registered(AsioServer& server, Loop& loop, Socket& socket)
@@ -113,6 +115,41 @@ class AsioServer final : public ListeningServer {
     AsioServer& server_;
     Loop& loop_;
     Socket& socket_;
+  };
+
+  // One connection: its socket, registered for shut_down() for as long as the Peer lives, and
+  // its chat output. Shared by its reading coroutine and, in chat, its writing one: the socket
+  // closes (and the connection counts as closed) when the last of them ends.
+  struct Peer : std::enable_shared_from_this<Peer> {
+    Peer(AsioServer& server, Loop& loop, Socket accepted)
+        : socket(std::move(accepted)), registered(server, loop, socket) {}
+    Socket socket;
+    const Registered registered;
+    std::string queued;    // chat: relayed frames not being written yet
+    std::string sending;   // chat: the frames being written
+    bool writing = false;  // chat: its write_queued() coroutine runs
+    bool member = false;   // chat: in members_, relayed to
+  };
+
+  // A chat member for as long as its reading coroutine runs (nothing for other protocols).
+  class Membership {
+   public:
+    Membership(std::vector<Peer*>& members, Peer& peer, bool chat)
+        : members_(members), peer_(peer) {
+      if (!chat) return;
+      members_.push_back(&peer_);
+      peer_.member = true;
+    }
+    Membership(const Membership&) = delete;
+    Membership& operator=(const Membership&) = delete;
+    ~Membership() {
+      if (peer_.member) std::erase(members_, &peer_);
+      peer_.member = false;
+    }
+
+   private:
+    std::vector<Peer*>& members_;
+    Peer& peer_;
   };
 
   // Closes everything a coroutine can wait on, so that each ends and io_context::run() returns.
@@ -191,16 +228,20 @@ class AsioServer final : public ListeningServer {
       return;  // `fd` closes
     }
     (void)fd.release();
-    asio::co_spawn(loop.io, serve(loop, std::move(socket)), end_on_exception);
+    asio::co_spawn(loop.io, serve(loop, std::make_shared<Peer>(*this, loop, std::move(socket))),
+                   end_on_exception);
   }
 
   // One connection: wait until readable, read what is there into the loop's one buffer (Asio's
   // reactor-style wait, so that an idle connection holds no buffer), feed the session, and write
   // every reply with async_write before reading again. Reading only after the write completes
   // is the backpressure: a client that does not read its replies is not read either.
-  asio::awaitable<void> serve(Loop& loop, Socket socket) {
-    const Registered registered(*this, loop, socket);
+  // Chat: the replies are the frames to relay to the other members instead (relay()).
+  asio::awaitable<void> serve(Loop& loop, std::shared_ptr<Peer> peer) {
     if (loop.stopping) co_return;  // spawned after shut_down() closed the others
+    Socket& socket = peer->socket;
+    const bool chat = config_.protocol.protocol == Protocol::kChat;
+    const Membership membership(members_, *peer, chat);
     const auto session = make_session(config_.protocol);
     std::string out;
     // As in coro: a read that filled the buffer is followed by another, a short one by a wait,
@@ -231,6 +272,10 @@ class AsioServer final : public ListeningServer {
         co_return;
       }
       if (out.empty()) continue;
+      if (chat) {
+        relay(loop, *peer, out);
+        continue;
+      }
       co_await asio::async_write(socket, asio::buffer(out),
                                  asio::redirect_error(asio::use_awaitable, ec));
       if (ec) break;
@@ -240,11 +285,60 @@ class AsioServer final : public ListeningServer {
     if (!loop.stopping) counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
   }
 
+  // Chat: appends `frames` (whole frames from `from`) to every other member's queue, starting its
+  // writer if idle; a member whose queue would pass the limit is dropped (its reader sees EOF,
+  // its writer an error). Empties `frames`.
+  void relay(Loop& loop, const Peer& from, std::string& frames) {
+    const size_t n = count_frames(frames);
+    counters_.chat_relayed.fetch_add(n, std::memory_order_relaxed);
+    for (size_t i = 0; i < members_.size();) {
+      Peer& to = *members_[i];
+      if (&to == &from) {
+        ++i;
+      } else if (chat_fits(to.queued.size(), frames.size(), config_.protocol.chat_limit)) {
+        to.queued.append(frames);
+        counters_.chat_delivered.fetch_add(n, std::memory_order_relaxed);
+        if (!to.writing) {
+          to.writing = true;
+          asio::co_spawn(loop.io, write_queued(loop, to.shared_from_this()), end_on_exception);
+        }
+        ++i;
+      } else {
+        drop_slow_member(to.socket.native_handle(), counters_);
+        release_reply_buffer(to.queued, 0);
+        to.member = false;
+        members_.erase(members_.begin() + static_cast<std::ptrdiff_t>(i));
+      }
+    }
+    frames.clear();
+  }
+
+  // Chat: a member's writer, for as long as frames are queued for it. A write error ends the
+  // member's reader too.
+  asio::awaitable<void> write_queued(Loop& loop, std::shared_ptr<Peer> peer) {
+    std::error_code ec;
+    while (!peer->queued.empty()) {
+      peer->sending.swap(peer->queued);
+      peer->queued.clear();
+      co_await asio::async_write(peer->socket, asio::buffer(peer->sending),
+                                 asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) break;
+      release_reply_buffer(peer->sending, 2 * options_.high_water);
+    }
+    peer->writing = false;
+    if (!ec) co_return;
+    // Not an error when it was dropped as too slow, or left, or the server is stopping.
+    if (peer->member && !loop.stopping) counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
+    std::error_code ignored;
+    peer->socket.shutdown(Socket::shutdown_both, ignored);
+  }
+
   const ServerConfig config_;
   const ReactorOptions options_;  // the reactor's read chunk, read budget and back-off
 
   // Loop-thread state.
   std::vector<char> read_buffer_;
+  std::vector<Peer*> members_;  // chat: the connections being read, in joining order
 };
 
 }  // namespace

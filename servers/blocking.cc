@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "harness/core/expected.h"
@@ -13,8 +15,14 @@
 
 namespace sockbench::servers {
 
-void serve_blocking(int fd, const ProtocolOptions& protocol, size_t recv_chunk,
-                    ServerCounters& counters) {
+namespace {
+
+// Reads `fd` until EOF, an error or a protocol error, feeding a session of `protocol` and handing
+// every non-empty output to `deliver`, which returns false to stop (after counting why). Returns
+// true when the peer finished sending (EOF).
+template <typename Deliver>
+bool read_to_end(int fd, const ProtocolOptions& protocol, size_t recv_chunk,
+                 ServerCounters& counters, Deliver&& deliver) {
   const auto session = make_session(protocol);
   std::vector<char> buffer(std::max<size_t>(recv_chunk, 1));
   std::string out;
@@ -22,25 +30,70 @@ void serve_blocking(int fd, const ProtocolOptions& protocol, size_t recv_chunk,
     auto got = recv_some(fd, buffer);
     if (!got) {
       counters.io_errors.fetch_add(1, std::memory_order_relaxed);
-      return;
+      return false;
     }
-    if (*got == 0) return;
+    if (*got == 0) return true;
     if (session->on_bytes(std::string_view(buffer.data(), *got), out) == Session::Verdict::kClose) {
       counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
-      return;
+      return false;
     }
     if (out.empty()) continue;
-    if (send_all(fd, out)) {
-      counters.io_errors.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
+    if (!deliver(out)) return false;
     // Give back the memory of a burst (one huge frame) instead of keeping it per thread.
-    if (out.capacity() > (2u << 20)) {
-      std::string().swap(out);
-    } else {
-      out.clear();
-    }
+    release_reply_buffer(out, 2u << 20);
   }
+}
+
+// A chat member: this thread reads and relays; a writer thread of its own sends what the others
+// relay to it, so that this thread never waits on anyone's socket and nobody waits on this one.
+void serve_chat_member(int fd, const ProtocolOptions& protocol, size_t recv_chunk,
+                       ServerCounters& counters, ChatRoom& room) {
+  ChatRoom::Member member(fd);
+  room.join(member);
+  std::jthread writer;
+  try {
+    writer = std::jthread([fd, &member, &room, &counters] {
+      std::string batch;
+      while (room.take(member, batch)) {
+        if (send_all(fd, batch)) {
+          // Not an error when the room dropped it as too slow: that shut the socket down.
+          if (room.leave(member)) counters.io_errors.fetch_add(1, std::memory_order_relaxed);
+          ::shutdown(fd, SHUT_RDWR);  // ends the reader too
+          return;
+        }
+        release_reply_buffer(batch, 2u << 20);
+      }
+    });
+  } catch (const std::system_error&) {
+    // Out of threads (EAGAIN): this member cannot be served.
+    room.leave(member);
+    counters.io_errors.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  const bool eof = read_to_end(fd, protocol, recv_chunk, counters, [&](const std::string& out) {
+    room.relay(member, out);
+    return true;
+  });
+  // A member that finished sending still gets what was relayed to it before it left; after an
+  // error the writer is stopped where it is.
+  room.leave(member);
+  if (!eof) ::shutdown(fd, SHUT_RDWR);
+  writer.join();
+}
+
+}  // namespace
+
+void serve_blocking(int fd, const ProtocolOptions& protocol, size_t recv_chunk,
+                    ServerCounters& counters, ChatRoom& room) {
+  if (protocol.protocol == Protocol::kChat) {
+    serve_chat_member(fd, protocol, recv_chunk, counters, room);
+    return;
+  }
+  read_to_end(fd, protocol, recv_chunk, counters, [fd, &counters](const std::string& out) {
+    if (!send_all(fd, out)) return true;
+    counters.io_errors.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  });
 }
 
 bool LiveConnections::add(Fd& fd) {
@@ -66,9 +119,9 @@ void LiveConnections::shutdown_all() {
 }
 
 void serve_to_end(Fd fd, LiveConnections& live, const ProtocolOptions& protocol, size_t recv_chunk,
-                  ServerCounters& counters) {
+                  ServerCounters& counters, ChatRoom& room) {
   if (live.add(fd)) {
-    serve_blocking(fd.get(), protocol, recv_chunk, counters);
+    serve_blocking(fd.get(), protocol, recv_chunk, counters, room);
     live.close(fd);
   }
   counters.closed.fetch_add(1, std::memory_order_relaxed);

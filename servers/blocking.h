@@ -13,16 +13,19 @@
 #include "harness/core/fd.h"
 #include "harness/core/net.h"
 #include "servers/accept.h"
+#include "servers/chat.h"
 #include "servers/protocol.h"
 #include "servers/server.h"
 
 namespace sockbench::servers {
 
 // Serves the blocking socket `fd` until EOF, an error, a protocol error or a shutdown() from
-// another thread: blocking recv -> Session -> send_all (MSG_NOSIGNAL; EINTR retried). Counts
-// io_errors and protocol_errors into `counters`; does not close `fd`. The calling thread.
+// another thread: blocking recv -> Session -> send_all (MSG_NOSIGNAL; EINTR retried). Chat: the
+// session's output is relayed to the other members of `room` instead, and a writer thread of the
+// connection's own sends what they relay to it (joined before this returns). Counts io_errors and
+// protocol_errors into `counters`; does not close `fd`. The calling thread.
 void serve_blocking(int fd, const ProtocolOptions& protocol, size_t recv_chunk,
-                    ServerCounters& counters);
+                    ServerCounters& counters, ChatRoom& room);
 
 // The connections a blocking model is serving. A connection is added before it is served and
 // closed through close() after, both under one lock, so shutdown_all() never shuts down an fd
@@ -47,7 +50,7 @@ class LiveConnections {
 // add(), serve_blocking(), close(), then counts the connection closed: the whole life of one
 // accepted connection in a blocking model. The calling thread.
 void serve_to_end(Fd fd, LiveConnections& live, const ProtocolOptions& protocol, size_t recv_chunk,
-                  ServerCounters& counters);
+                  ServerCounters& counters, ChatRoom& room);
 
 // What the blocking models (threaded, iterative, pool) have alike besides their loops: the
 // configuration, the counters and a Listener whose accepted sockets stay blocking (that is the
@@ -64,12 +67,13 @@ class BlockingServer : public Server {
  protected:
   // serve_to_end() with this server's protocol, receive chunk and counters. The calling thread.
   void serve(Fd fd, LiveConnections& live) {
-    serve_to_end(std::move(fd), live, config_.protocol, options_.recv_chunk, counters_);
+    serve_to_end(std::move(fd), live, config_.protocol, options_.recv_chunk, counters_, chat_room_);
   }
 
   const ServerConfig config_;
   const ThreadedOptions options_;
   ServerCounters counters_;
+  ChatRoom chat_room_{config_.protocol.chat_limit, counters_};  // chat: the connections served
   Listener listener_;  // its wake fd is also the models' own doorbell (a finished client...)
 };
 

@@ -18,6 +18,7 @@
 #include "harness/core/fd.h"
 #include "harness/core/net.h"
 #include "servers/accept.h"
+#include "servers/chat.h"
 #include "servers/poller.h"
 #include "servers/protocol.h"
 #include "servers/reactor.h"
@@ -106,6 +107,25 @@ bool would_block(const std::error_code& ec) {
   return ec.value() == EAGAIN || ec.value() == EWOULDBLOCK;
 }
 
+// What the other chat members relayed to one member and the kernel has not taken yet.
+struct ChatOutput {
+  std::string out;
+  size_t sent = 0;  // consumed prefix of `out`
+
+  size_t pending() const { return out.size() - sent; }
+  // Sends until the kernel pushes back. False on an error (ECONNRESET, EPIPE...).
+  bool send(int fd, size_t keep) {
+    while (pending() > 0) {
+      auto n = send_some(fd, std::span<const char>(out).subspan(sent));
+      if (!n) return would_block(n.error());
+      sent += *n;
+    }
+    sent = 0;
+    release_reply_buffer(out, keep);
+    return true;
+  }
+};
+
 class CoroServer final : public ListeningServer {
  public:
   CoroServer(const ServerConfig& config, ReactorOptions options)
@@ -166,6 +186,7 @@ class CoroServer final : public ListeningServer {
     unsigned waiting_for = kNone;    // what it waits for: kRead or kWrite
     unsigned interest = kNone;       // what the poller watches the fd for
     Task task;                       // a connection's coroutine (the Listener's fds: none)
+    ChatOutput* chat = nullptr;      // chat: a member's output, in its coroutine's frame
   };
 
   // co_await readiness(fd, kRead or kWrite): suspends until the poller reports fd ready; an
@@ -280,6 +301,7 @@ class CoroServer final : public ListeningServer {
     Slot& s = slot(fd);
     s.waiter = {};
     s.waiting_for = s.interest = kNone;
+    s.chat = nullptr;
   }
 
   // Watches a new connection and starts its coroutine, which runs until it first waits.
@@ -290,7 +312,8 @@ class CoroServer final : public ListeningServer {
       counters_.closed.fetch_add(1, std::memory_order_relaxed);
       return;  // `fd` closes
     }
-    Task task = serve(std::move(fd));
+    Task task = config_.protocol.protocol == Protocol::kChat ? serve_chat(std::move(fd))
+                                                             : serve(std::move(fd));
     if (!task.done()) slot(raw).task = std::move(task);
   }
 
@@ -341,6 +364,75 @@ class CoroServer final : public ListeningServer {
       release_reply_buffer(out, 2 * options_.high_water);
     }
     counters_.io_errors.fetch_add(1, std::memory_order_relaxed);  // ECONNRESET, a poller error...
+  }
+
+  // A chat member, from accept to close: reads and hands the frames to relay(), and sends what
+  // the others relay to it. It waits for readable, and for writable too while output is pending;
+  // a relay to it while it waits adds writable to the wait. A member dropped as too slow was shut
+  // down (drop_slow_member): it reads EOF and ends.
+  Task serve_chat(Fd accepted) {
+    ChatOutput output;  // before the Connection: its slot forgets it (detach) before it goes
+    const Connection connection(*this, std::move(accepted));
+    const int fd = connection.fd();
+    slot(fd).chat = &output;
+    const auto session = make_session(config_.protocol);
+    std::string frames;
+    bool wait = false;
+    size_t read_since_wait = 0;
+    for (;;) {
+      if (wait) {
+        if (co_await readiness(fd, output.pending() > 0 ? kRead | kWrite : kRead)) break;
+        read_since_wait = 0;
+      }
+      if (!output.send(fd, 2 * options_.high_water)) break;
+      auto got = recv_some(fd, read_buffer_);
+      if (!got) {
+        if (!would_block(got.error())) break;
+        wait = true;
+        continue;
+      }
+      if (*got == 0) co_return;
+      read_since_wait += *got;
+      // As in serve(): a short read or the read budget spent sends this member back to wait.
+      wait = *got < read_buffer_.size() || read_since_wait >= options_.read_budget;
+      if (session->on_bytes(std::string_view(read_buffer_.data(), *got), frames) ==
+          Session::Verdict::kClose) {
+        counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+        co_return;
+      }
+      if (!frames.empty()) relay(fd, frames);
+    }
+    counters_.io_errors.fetch_add(1, std::memory_order_relaxed);  // ECONNRESET, a poller error...
+  }
+
+  // Chat: appends `frames` (whole frames from member `from`) to every other member's output and
+  // sends what the kernel takes now; a member whose pending output would pass the limit is
+  // dropped, and one left with output pending has writable added to its wait. Empties `frames`.
+  void relay(int from, std::string& frames) {
+    const size_t n = count_frames(frames);
+    counters_.chat_relayed.fetch_add(n, std::memory_order_relaxed);
+    for (size_t fd = 0; fd < slots_.size(); ++fd) {
+      Slot& s = slots_[fd];
+      ChatOutput* to = s.chat;
+      if (to == nullptr || static_cast<int>(fd) == from) continue;
+      if (!chat_fits(to->pending(), frames.size(), config_.protocol.chat_limit)) {
+        // Its coroutine reads EOF and ends; until then it is no member.
+        drop_slow_member(static_cast<int>(fd), counters_);
+        release_reply_buffer(to->out, 0);
+        to->sent = 0;
+        s.chat = nullptr;
+        continue;
+      }
+      to->out.append(frames);
+      counters_.chat_delivered.fetch_add(n, std::memory_order_relaxed);
+      // An error is left for the member's own coroutine to meet on its next send.
+      if (to->send(static_cast<int>(fd), 2 * options_.high_water) && to->pending() == 0) continue;
+      if (s.waiter && !(s.waiting_for & kWrite)) {
+        s.waiting_for |= kWrite;
+        (void)watch(static_cast<int>(fd));
+      }
+    }
+    frames.clear();
   }
 
   // Called by a Connection as its coroutine ends or is destroyed: the fd leaves the poller before

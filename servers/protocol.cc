@@ -121,6 +121,7 @@ std::unique_ptr<Session> make_plain_session(const ProtocolOptions& options) {
     case Protocol::kDiscard:
       return std::make_unique<DiscardSession>();
     case Protocol::kFramed:
+    case Protocol::kChat:  // the frames are relayed to the others by the model
       break;
   }
   return std::make_unique<FramedSession>(options.max_frame, options.reply_delay);
@@ -132,6 +133,7 @@ std::optional<Protocol> parse_protocol(std::string_view name) {
   if (name == "echo") return Protocol::kEcho;
   if (name == "framed") return Protocol::kFramed;
   if (name == "discard") return Protocol::kDiscard;
+  if (name == "chat") return Protocol::kChat;
   return std::nullopt;
 }
 
@@ -143,6 +145,8 @@ std::string_view protocol_name(Protocol protocol) {
       return "framed";
     case Protocol::kDiscard:
       return "discard";
+    case Protocol::kChat:
+      return "chat";
   }
   return "?";
 }

@@ -15,7 +15,10 @@
 
 namespace sockbench::servers {
 
-enum class Protocol { kEcho, kFramed, kDiscard };
+// kChat is framed input whose frames are relayed to every other connection instead of answered:
+// its session answers each complete frame with itself, and the model routes that output to the
+// other members (servers/chat.h) rather than back to the sender.
+enum class Protocol { kEcho, kFramed, kDiscard, kChat };
 
 std::optional<Protocol> parse_protocol(std::string_view name);
 std::string_view protocol_name(Protocol protocol);
@@ -28,6 +31,9 @@ struct ProtocolOptions {
   // can be produced on purpose (to prove that a regression gate notices). It blocks the calling
   // thread: in a reactor every client waits, in the threaded model only the one.
   std::chrono::microseconds reply_delay{0};
+  // chat: the most relayed bytes a member may have waiting (not yet being written) before it is
+  // disconnected as too slow; see chat_fits() in servers/chat.h.
+  size_t chat_limit = 4u << 20;
   // TLS (server role) around the protocol when set: every connection's bytes are TLS records.
   std::shared_ptr<tls::Context> tls;
 };

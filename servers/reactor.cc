@@ -14,6 +14,7 @@
 #include "harness/core/frame.h"
 #include "harness/core/net.h"
 #include "servers/accept.h"
+#include "servers/chat.h"
 #include "servers/dgram.h"
 #include "servers/protocol.h"
 
@@ -197,10 +198,16 @@ class ReactorServer final : public Server {
         break;
       }
       const std::string_view bytes(read_buffer_.data(), *got);
-      if (c.session->on_bytes(bytes, c.out) == Session::Verdict::kClose) {
+      // Chat: the frames go to the others, never back to the sender.
+      const bool chat = config_.protocol.protocol == Protocol::kChat;
+      if (c.session->on_bytes(bytes, chat ? relay_ : c.out) == Session::Verdict::kClose) {
         counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
         close_connection(c);
         return false;
+      }
+      if (!relay_.empty()) {
+        relay(c);
+        if (listener_.stop_requested()) return true;  // a blocking fan-out (the twin) was stopped
       }
       budget -= *got;
       if (*got < ask) break;  // the socket is very likely drained; don't pay for an EAGAIN
@@ -248,6 +255,48 @@ class ReactorServer final : public Server {
       left -= chunk.size();
     }
     return flush(c);
+  }
+
+  // Chat: appends relay_ (whole frames from `from`) to the output of every other member and
+  // sends what the kernel takes now; a member whose pending output would pass the limit is
+  // dropped. A member that reached EOF is leaving and gets nothing more. Never closes `from`.
+  void relay(const Connection& from) {
+    const size_t frames = count_frames(relay_);
+    counters_.chat_relayed.fetch_add(frames, std::memory_order_relaxed);
+    // By fd number: a member closed on the way only empties its own entry.
+    for (size_t fd = 0; fd < connections_.size(); ++fd) {
+      Connection* to = connections_[fd].get();
+      if (to == nullptr || to == &from || to->eof) continue;
+      if (!chat_fits(to->pending(), relay_.size(), config_.protocol.chat_limit)) {
+        drop_slow_member(to->fd.get(), counters_);
+        close_connection(*to);
+        continue;
+      }
+      to->out.append(relay_);
+      counters_.chat_delivered.fetch_add(frames, std::memory_order_relaxed);
+      if (options_.block_on_each_member) {
+        if (!write_blocking(*to)) break;
+      } else if (flush(*to)) {
+        update_interest(*to);
+      }
+    }
+    relay_.clear();
+  }
+
+  // The faulty-chat-blocking twin's write: all of c's pending output, waiting on c alone for as
+  // long as its client takes to read it. Returns false when stop() ended the wait.
+  bool write_blocking(Connection& c) {
+    while (flush(c) && c.pending() > 0) {
+      // The wake-up may have been drained by an earlier wait: the flag is what stays.
+      if (listener_.stop_requested()) return false;
+      pollfd fds[2] = {{c.fd.get(), POLLOUT, 0}, {listener_.wake_fd(), POLLIN, 0}};
+      if (::poll(fds, 2, -1) < 0 && errno != EINTR) return true;
+      if (fds[1].revents != 0) {
+        listener_.drain_wake();
+        if (listener_.stop_requested()) return false;
+      }
+    }
+    return true;
   }
 
   enum class ReadResult { kDone, kEof, kStopped, kClosed };
@@ -360,6 +409,7 @@ class ReactorServer final : public Server {
   // Reactor-thread state.
   std::vector<std::unique_ptr<Connection>> connections_;  // indexed by fd
   std::vector<char> read_buffer_;
+  std::string relay_;  // chat: frames read from one member, on their way to the others
   unsigned listen_interest_ = kNone;  // what the poller watches the listener for
 };
 

@@ -47,6 +47,11 @@ struct ReactorOptions {
   // faulty-emfile-spin: on EMFILE/ENFILE the listener stays watched and accept() is retried on
   // the very next turn, a busy loop for as long as the process is out of fds.
   bool retry_accept_on_emfile = false;
+  // faulty-chat-blocking: chat fan-out writes each frame to each member in turn and waits on that
+  // member alone until the kernel took all of it (the tutorials' `for c in clients:
+  // c.sendall(msg)`), so one member that does not read stalls every other. A stop() still ends
+  // the wait.
+  bool block_on_each_member = false;
 };
 
 // A Server whose run() drives `poller` on the calling thread. Owns the poller.

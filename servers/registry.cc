@@ -16,19 +16,22 @@ namespace {
 
 const std::vector<ModelInfo>& builtin_models() {
   static const std::vector<std::string> kAllProtocols = {"echo", "framed", "discard"};
+  // Chat needs several clients served at once over a stream: not the iterative model, and not a
+  // datagram-only one.
+  static const std::vector<std::string> kWithChat = {"echo", "framed", "discard", "chat"};
   static const std::vector<std::string> kDatagramOnly = {"udp", "unixgram"};
   static const std::vector<ModelInfo> models = {
       {"threaded", "one thread per client, blocking I/O", false,
-       [](const ServerConfig& config) { return make_threaded_server(config); }},
+       [](const ServerConfig& config) { return make_threaded_server(config); }, false, kWithChat},
       {"select", "single-threaded reactor over select(2); refuses fds >= FD_SETSIZE", false,
        [](const ServerConfig& config) { return make_reactor_server(config, make_select_poller()); },
-       false, kAllProtocols, stream_and_datagram_transports()},
+       false, kWithChat, stream_and_datagram_transports()},
       {"poll", "single-threaded reactor over poll(2), the portable one", false,
        [](const ServerConfig& config) { return make_reactor_server(config, make_poll_poller()); },
-       false, kAllProtocols, stream_and_datagram_transports()},
+       false, kWithChat, stream_and_datagram_transports()},
       {"epoll", "single-threaded reactor over level-triggered epoll(7)", false,
        [](const ServerConfig& config) { return make_reactor_server(config, make_epoll_poller()); },
-       false, kAllProtocols, stream_and_datagram_transports()},
+       false, kWithChat, stream_and_datagram_transports()},
       {.name = "iterative",
        .description = "one client at a time, blocking I/O, served to its end before the next "
                       "accept (socketserver.TCPServer); one slow client stalls all",
@@ -38,13 +41,16 @@ const std::vector<ModelInfo>& builtin_models() {
        .description = "fixed pool of --workers threads (default: the server's CPUs) serving "
                       "queued connections with blocking I/O; N slow clients stall N workers",
        .make = [](const ServerConfig& config) { return make_pool_server(config); },
+       .protocols = kWithChat,
        .concurrency = ClientConcurrency::kWorkers},
       {.name = "coro",
        .description = "single thread, a C++20 coroutine per connection over the epoll poller",
-       .make = make_coro_server},
+       .make = make_coro_server,
+       .protocols = kWithChat},
       {.name = "asio",
        .description = "single thread, an asio::awaitable per connection on one asio::io_context",
-       .make = make_asio_server},
+       .make = make_asio_server,
+       .protocols = kWithChat},
       {"udp-blocking", "recvfrom/sendto on one thread, one datagram at a time (UDPServer)", false,
        [](const ServerConfig& config) { return make_udp_blocking_server(config); }, false,
        kAllProtocols, kDatagramOnly},
@@ -93,6 +99,15 @@ const std::vector<ModelInfo>& builtin_models() {
        [](const ServerConfig& config) {
          return make_reactor_server(config, make_epoll_poller(), {.retry_accept_on_emfile = true});
        }},
+      {"faulty-chat-blocking",
+       "epoll, but its chat fan-out writes each frame to each member in turn and waits until that "
+       "one took it all, so one member that never reads stalls every other; caught by check "
+       "chat/slow-reader",
+       true,
+       [](const ServerConfig& config) {
+         return make_reactor_server(config, make_epoll_poller(), {.block_on_each_member = true});
+       },
+       false, kWithChat},
       {"faulty-udp-truncate",
        "udp-blocking, but reads into a 1,024-byte buffer and echoes a cut datagram as if whole; "
        "caught by check udp/truncation and udp/max-datagram",
@@ -159,6 +174,9 @@ const std::vector<ProtocolInfo>& protocols() {
       {"echo", "raw bytes back (RFC 862)"},
       {"framed", "4-byte big-endian length + payload, answered with the same frame"},
       {"discard", "read and drop (RFC 863)"},
+      {"chat",
+       "framed input; each frame is relayed byte-identical to every other connection, never "
+       "answered; a member that falls --chat-limit bytes behind is disconnected"},
   };
   return all;
 }

@@ -49,6 +49,11 @@ struct ServerCounters {
   std::atomic<uint64_t> datagrams{0};
   std::atomic<uint64_t> truncated{0};
   std::atomic<uint64_t> replies_dropped{0};
+  // chat: frames received for relay, frame copies handed to other members, and members
+  // disconnected because their pending output would have passed ProtocolOptions::chat_limit.
+  std::atomic<uint64_t> chat_relayed{0};
+  std::atomic<uint64_t> chat_delivered{0};
+  std::atomic<uint64_t> chat_slow_disconnects{0};
 };
 
 // Lifecycle: construct -> bind() -> run() on one thread -> stop() from any thread -> run()

@@ -63,7 +63,7 @@ class ThreadedServer final : public BlockingServer {
     try {
       // The thread cannot reach finish() before this assignment completes: finish() takes mu_.
       it->thread = std::jthread([this, raw, it] {
-        serve_blocking(raw, config_.protocol, options_.recv_chunk, counters_);
+        serve_blocking(raw, config_.protocol, options_.recv_chunk, counters_, chat_room_);
         finish(it);
       });
     } catch (const std::system_error&) {

@@ -129,6 +129,10 @@ const std::map<std::string, std::set<std::string>> kTwinFailures = {
      {"errors/abort-mid-frame", "errors/kill-mid-frame", "errors/half-close", "errors/oversized",
       "errors/emfile", "timewait/client-closes-first"}},
     {"faulty-emfile-spin", {"errors/emfile"}},
+    // Framed, it is epoll; its defect is in the chat fan-out only, which check chat/slow-reader
+    // (the chat check family, from the client side's branch) fails it on. Until that check is
+    // here it passes every check this branch has.
+    {"faulty-chat-blocking", {}},
 };
 
 // What a correct model that serves few clients at once by design (ModelInfo::concurrency:

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -31,8 +32,11 @@ namespace {
 // Answers the harness's SIGWINCH on the ready pipe with one line (shorter than PIPE_BUF, so it
 // is written whole or not at all): what the model reports of itself beyond /proc.
 void report_counters(int fd, const servers::ServerCounters& c) {
-  const std::string line = fmt::format("counters coroutine_frames {} coroutine_frame_bytes {}\n",
-                                       c.coroutine_frames.load(), c.coroutine_frame_bytes.load());
+  const std::string line = fmt::format(
+      "counters coroutine_frames {} coroutine_frame_bytes {} chat_relayed {} chat_delivered {} "
+      "chat_slow_disconnects {}\n",
+      c.coroutine_frames.load(), c.coroutine_frame_bytes.load(), c.chat_relayed.load(),
+      c.chat_delivered.load(), c.chat_slow_disconnects.load());
   [[maybe_unused]] const ssize_t n = ::write(fd, line.data(), line.size());
 }
 
@@ -51,13 +55,17 @@ int serve_command(int argc, const char* const* argv) {
       "address to bind: 127.0.0.1:PORT, [::1]:PORT, localhost:PORT (port 0: any), unix:PATH; "
       "datagrams: udp:HOST:PORT, unixgram:PATH",
       cxxopts::value<std::string>()->default_value("127.0.0.1:7000"))(
-      "protocol", "echo, framed or discard",
+      "protocol", "echo, framed, discard or chat (see sockbench list)",
       cxxopts::value<std::string>()->default_value("framed"))(
       "backlog", "listen(2) backlog (the kernel caps it at net.core.somaxconn)",
       cxxopts::value<std::string>()->default_value("4096"))("no-reuseaddr",
                                                             "do not set SO_REUSEADDR before bind")(
       "max-frame", "largest accepted frame payload in bytes (framed)",
       cxxopts::value<std::string>()->default_value(std::to_string(kDefaultMaxFrame)))(
+      "chat-limit",
+      "chat: a member whose pending relayed output would pass this many bytes is disconnected",
+      cxxopts::value<std::string>()->default_value(
+          std::to_string(servers::ProtocolOptions{}.chat_limit)))(
       "accept-paused",
       "listen but do not accept() until SIGUSR1 (connections wait in the kernel's backlog)")(
       "delay-us", "sleep this long before answering each frame (echo: each chunk)",
@@ -94,15 +102,31 @@ int serve_command(int argc, const char* const* argv) {
   }
   const auto protocol = servers::parse_protocol(str(parsed, "protocol"));
   if (!protocol) {
-    throw UsageError(fmt::format("--protocol: expected echo, framed or discard, got '{}'",
+    throw UsageError(fmt::format("--protocol: expected echo, framed, discard or chat, got '{}'",
                                  str(parsed, "protocol")));
   }
+  const std::string_view protocol_name = servers::protocol_name(*protocol);
+  if (std::find(model->protocols.begin(), model->protocols.end(), protocol_name) ==
+      model->protocols.end()) {
+    throw UsageError(fmt::format("--protocol: {} does not serve {} (it serves {})", model->name,
+                                 protocol_name, fmt::join(model->protocols, ", ")));
+  }
+  if (*protocol == servers::Protocol::kChat && config.listen.datagram()) {
+    throw UsageError(fmt::format("--protocol: chat needs a stream listener, not {}",
+                                 transport_of(config.listen)));
+  }
   config.protocol.protocol = *protocol;
+  config.protocol.chat_limit =
+      static_cast<size_t>(parse_int("chat-limit", str(parsed, "chat-limit"), 1, int64_t{1} << 40));
   config.protocol.max_frame =
       static_cast<uint32_t>(parse_int("max-frame", str(parsed, "max-frame"), 0, 0xFFFFFFFFLL));
   config.backlog = static_cast<int>(parse_int("backlog", str(parsed, "backlog"), 0, 1 << 20));
   config.reuseaddr = parsed.count("no-reuseaddr") == 0;
   config.protocol.tls = tls_server_context(parsed);
+  // A member's frames are relayed as they were read: over TLS they would be the sender's records.
+  if (config.protocol.tls && *protocol == servers::Protocol::kChat) {
+    throw UsageError("--tls: chat relays frames between connections and serves no TLS");
+  }
   config.protocol.reply_delay =
       std::chrono::microseconds(parse_int("delay-us", str(parsed, "delay-us"), 0, 60'000'000));
   config.workers = static_cast<int>(parse_int("workers", str(parsed, "workers"), 0, 1 << 16));
@@ -165,6 +189,11 @@ int serve_command(int argc, const char* const* argv) {
       "errors {}, queued for a worker {} (peak {})",
       c.accepted.load(), c.closed.load(), c.protocol_errors.load(), c.refused_fd_setsize.load(),
       c.accept_emfile.load(), c.io_errors.load(), c.queued.load(), c.queue_peak.load());
+  if (*protocol == servers::Protocol::kChat) {
+    summary +=
+        fmt::format(", chat relayed {}, chat delivered {}, chat slow disconnects {}",
+                    c.chat_relayed.load(), c.chat_delivered.load(), c.chat_slow_disconnects.load());
+  }
   if (config.listen.datagram()) {
     summary += fmt::format(", datagrams {}, truncated {}, replies dropped {}", c.datagrams.load(),
                            c.truncated.load(), c.replies_dropped.load());
