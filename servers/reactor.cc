@@ -143,6 +143,28 @@ class ReactorServer final : public Server {
       connections_.resize(static_cast<size_t>(raw) + 1);
     }
     connections_[static_cast<size_t>(raw)] = std::move(connection);
+    if (options_.block_until_first_reply && config_.protocol.tls) {
+      read_until_first_reply_blocking(raw);
+    }
+  }
+
+  // The faulty-tls-blocking twin's accept: the new TLS connection is read right here, waiting on
+  // it alone (and on stop()), until its session has something to answer: a whole ClientHello (the
+  // server's half of the handshake). A client that stalls mid-handshake stalls every other.
+  void read_until_first_reply_blocking(int fd) {
+    Connection* c = find(fd);
+    char byte = 0;
+    while (c != nullptr && c->out.empty()) {
+      // One byte at a time: never more than the handshake's first flight is taken here.
+      if (read_exactly_blocking(*c, std::span<char>(&byte, 1)) != ReadResult::kDone) break;
+      if (c->session->on_bytes(std::string_view(&byte, 1), c->out) == Session::Verdict::kClose) {
+        counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+        close_connection(*c);
+        return;
+      }
+    }
+    // EOF or stop: the loop sees it on its next turn. kClosed: the connection is gone.
+    if ((c = find(fd)) != nullptr && flush(*c)) update_interest(*c);
   }
 
   // Watches the listener exactly when the Listener wants accepting: not held by

@@ -52,6 +52,10 @@ struct ReactorOptions {
   // c.sendall(msg)`), so one member that does not read stalls every other. A stop() still ends
   // the wait.
   bool block_on_each_member = false;
+  // faulty-tls-blocking: serving TLS, a new connection is read at once, waiting on it alone, until
+  // its session answers (the handshake's first flight), so a client that stalls mid-handshake
+  // stalls every other client. Without TLS it is epoll. A stop() still ends the wait.
+  bool block_until_first_reply = false;
 };
 
 // A Server whose run() drives `poller` on the calling thread. Owns the poller.

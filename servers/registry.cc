@@ -99,6 +99,14 @@ const std::vector<ModelInfo>& builtin_models() {
        [](const ServerConfig& config) {
          return make_reactor_server(config, make_epoll_poller(), {.retry_accept_on_emfile = true});
        }},
+      {"faulty-tls-blocking",
+       "epoll, but reads a new connection's handshake (its first bytes, until they are answered) "
+       "waiting on it alone, so a client that stalls mid-handshake stalls everyone; caught by "
+       "check tls/stalled-handshake (check --tls)",
+       true,
+       [](const ServerConfig& config) {
+         return make_reactor_server(config, make_epoll_poller(), {.block_until_first_reply = true});
+       }},
       {"faulty-chat-blocking",
        "epoll, but its chat fan-out writes each frame to each member in turn and waits until that "
        "one took it all, so one member that never reads stalls every other; caught by check "

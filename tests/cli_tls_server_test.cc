@@ -10,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -258,6 +259,44 @@ TEST_F(ServeTlsFlags, CrrTlsCountsFullAndResumedHandshakes) {
       EXPECT_GT(e.value("tls_handshake_p50_us", 0.0), 0.0) << file;
     }
   }
+}
+
+// check --tls: a correct model passes every tls sub-check; the twin that reads a new
+// connection's handshake waiting on it alone FAILs exactly the stalled handshake; the iterative
+// model FAILs it for what it is (one client at a time); flags that do not fit exit 2.
+TEST_F(ServeTlsFlags, CheckTlsPassesEpollAndFailsTheBlockingHandshakeTwin) {
+  const auto out = sockbench("check --tls -v --server epoll,faulty-tls-blocking,iterative --json " +
+                             (dir_ / "check.json").string());
+  EXPECT_EQ(out.status, 1) << out.err << out.out;
+  const auto doc = nlohmann::json::parse(test_support::slurp(dir_ / "check.json"));
+  std::map<std::string, std::map<std::string, std::string>> verdicts;
+  for (const auto& b : doc["benchmarks"]) {
+    std::string check;
+    std::string sub;
+    for (const auto& p : b["params"]) {
+      if (p[0] == "check") check = p[1];
+      if (p[0] == "subcheck") sub = p[1];
+    }
+    verdicts[b.value("server", "")][check + "/" + sub] = b.value("verdict", "");
+  }
+  const std::map<std::string, std::string> pass = {{"tls/handshake", "PASS"},
+                                                   {"tls/plaintext-client", "PASS"},
+                                                   {"tls/stalled-handshake", "PASS"},
+                                                   {"tls/wrong-name", "PASS"},
+                                                   {"tls/close-notify", "PASS"}};
+  EXPECT_EQ(verdicts["epoll"], pass) << out.out;
+  auto stalled = pass;
+  stalled["tls/stalled-handshake"] = "FAIL";
+  EXPECT_EQ(verdicts["faulty-tls-blocking"], stalled) << out.out;
+  EXPECT_EQ(verdicts["iterative"], stalled) << out.out;
+  EXPECT_THAT(out.out, HasSubstr("refused: handshake failed: certificate verify failed "
+                                 "(hostname mismatch)"));
+  // Only the tls check runs with --tls.
+  EXPECT_THAT(out.out, ::testing::Not(HasSubstr("partial/")));
+  expect_usage_errors("check --server epoll",
+                      {{"--tls --tls-resume", "--tls-resume: applies to run --scenario crr"},
+                       {"--tls --protocol echo", "--tls: the tls check speaks framed"},
+                       {"--tls-version 1.2", "--tls-version needs --tls"}});
 }
 
 TEST_F(ServeTlsFlags, RunTlsFlagErrorsExit2) {

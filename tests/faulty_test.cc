@@ -56,7 +56,7 @@ int find_listener(const Address& address) {
 }
 
 // ---------------------------------------------------------------------------------------------
-TEST(FaultyRegistryTest, SevenTwinsAfterTheCorrectModelsEachNamingItsCheck) {
+TEST(FaultyRegistryTest, EightTwinsAfterTheCorrectModelsEachNamingItsCheck) {
   const std::vector<std::pair<std::string, std::string>> twins = {
       {"faulty-single-recv", "partial"},
       {"faulty-no-reuseaddr", "timewait"},
@@ -64,6 +64,7 @@ TEST(FaultyRegistryTest, SevenTwinsAfterTheCorrectModelsEachNamingItsCheck) {
       {"faulty-blocking", "errors/slow-clients"},
       {"faulty-fd-leak", "errors/abort-mid-frame"},
       {"faulty-emfile-spin", "errors/emfile"},
+      {"faulty-tls-blocking", "tls/stalled-handshake"},
       {"faulty-chat-blocking", "chat/slow-reader"},
   };
   // The TCP twins, in registry order (the datagram twin is tested in tests/dgram_test.cc).
