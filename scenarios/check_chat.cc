@@ -34,7 +34,7 @@ BroadcastConfig room(const CheckTarget& target, int members, size_t size, double
   config.message_size = size;
   config.rate = rate;
   config.warmup = 500ms;
-  config.duration = 2s;
+  config.duration = 1s;
   config.connect_timeout = 5s;
   return config;
 }
@@ -82,7 +82,7 @@ Outcome fan_out(CheckTarget& target, const CheckOptions& options) {
   const auto stats = run_room(room(target, 5, 200, 1000), options, o);
   if (!stats) return o;
   metrics(o, "", *stats);
-  o.line("5 members, 1,000 messages/s of 200 bytes in total for 2 s: " + describe(*stats));
+  o.line("5 members, 1,000 messages/s of 200 bytes in total for 1 s: " + describe(*stats));
   o.expect(stats->sent > 0 && stats->missing == 0 && stats->delivered == stats->expected,
            "every message reached every other member");
   o.expect(stats->duplicated == 0 && stats->reordered == 0 && stats->unverified == 0,

@@ -269,10 +269,12 @@ TEST(CheckRegistry, NamesAndOnlyValidation) {
   std::vector<std::string> names;
   for (const auto& c : checks()) names.push_back(c.name);
   EXPECT_EQ(names,
-            (std::vector<std::string>{"partial", "backlog", "timewait", "errors", "udp", "chat"}));
+            (std::vector<std::string>{"partial", "backlog", "timewait", "errors", "udp", "chat",
+                                      "tls"}));
   for (const auto& c : checks()) {
     EXPECT_EQ(c.datagram, c.name == "udp") << c.name;
     EXPECT_EQ(c.chat, c.name == "chat") << c.name;
+    EXPECT_EQ(c.tls, c.name == "tls") << c.name;
   }
   EXPECT_EQ(validate_only("errors"), "");
   EXPECT_EQ(validate_only("errors/sigpipe"), "");

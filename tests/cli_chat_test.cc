@@ -63,8 +63,9 @@ TEST_F(CliChat, BroadcastOverEveryChatModelDeliversEveryMessageExactly) {
   const auto models = chat_models();
   ASSERT_GE(models.size(), 5u) << "threaded, select, poll, epoll, coro and asio serve chat";
   ASSERT_EQ(models.count("iterative"), 0u);
+  // pool serves as many members at once as it has workers.
   const auto r = sockbench(
-      "run --server all --scenario broadcast --clients 4 --rate 400 "
+      "run --server all --workers 8 --scenario broadcast --clients 4 --rate 400 "
       "--duration 500ms --warmup 200ms --json " +
       (dir_ / "all.json").string());
   ASSERT_EQ(r.status, 0) << r.err << r.out;
@@ -97,7 +98,8 @@ TEST_F(CliChat, ASlowReaderIsDisconnectedAndTheOthersMissNothing) {
       "--rate 200 --duration 1s --warmup 500ms --json " +
       (dir_ / "slow.json").string());
   ASSERT_EQ(r.status, 0) << r.err << r.out;
-  const auto& b = json("slow.json")["benchmarks"][0];
+  const auto doc = json("slow.json");
+  const auto& b = doc["benchmarks"][0];
   EXPECT_EQ(b["name"], "broadcast/epoll/clients:3/msg:65536/rate:200/slow:1");
   EXPECT_EQ(b["slow_readers"].get<double>(), 1);
   EXPECT_EQ(b["slow_disconnected"].get<double>(), 1) << r.out;
@@ -107,8 +109,9 @@ TEST_F(CliChat, ASlowReaderIsDisconnectedAndTheOthersMissNothing) {
 }
 
 TEST_F(CliChat, CheckChatPassesEveryChatModelAndFailsTheBlockingRelayTwin) {
-  const auto r = sockbench("check --protocol chat --server all,faulty-chat-blocking --json " +
-                           (dir_ / "check.json").string());
+  const auto r =
+      sockbench("check --protocol chat --workers 8 --server all,faulty-chat-blocking --json " +
+                (dir_ / "check.json").string());
   EXPECT_EQ(r.status, 1) << r.err << r.out;
   const auto doc = json("check.json");
   const std::map<std::string, std::string> pass = {{"chat/fan-out", "PASS"},

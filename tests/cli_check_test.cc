@@ -98,8 +98,11 @@ class CliCheck : public test_support::ScratchDirTest {
 
 // Every sub-check a (TCP, framed) target runs, in the check registry's order, as JSON names
 // them; the udp check runs over datagrams only (tests/cli_dgram_test.cc), the chat check against
-// chat servers only (tests/cli_chat_test.cc).
-bool framed_check(const scenarios::CheckInfo& check) { return !check.datagram && !check.chat; }
+// chat servers only (tests/cli_chat_test.cc), the tls check with --tls only
+// (tests/cli_tls_server_test.cc).
+bool framed_check(const scenarios::CheckInfo& check) {
+  return !check.datagram && !check.chat && !check.tls;
+}
 const std::vector<std::string> kAllSubchecks = [] {
   std::vector<std::string> all;
   for (const auto& check : scenarios::checks()) {
