@@ -25,23 +25,6 @@ class CliChat : public test_support::ScratchDirTest {
 
   nlohmann::json json(const std::string& file) { return nlohmann::json::parse(slurp(dir_ / file)); }
 
-  // sub-check -> verdict of `target` in a check JSON (records "check/<check>/<sub>/<target>").
-  static std::map<std::string, std::string> verdicts(const nlohmann::json& doc,
-                                                     const std::string& target) {
-    std::map<std::string, std::string> got;
-    for (const auto& b : doc["benchmarks"]) {
-      if (!b["name"].get<std::string>().ends_with("/" + target)) continue;
-      std::string check;
-      std::string sub;
-      for (const auto& p : b["params"]) {
-        if (p[0] == "check") check = p[1];
-        if (p[0] == "subcheck") sub = p[1];
-      }
-      got[check + "/" + sub] = b.value("verdict", "");
-    }
-    return got;
-  }
-
   static std::string python_chat(const std::string& flags = "") {
     return "'python3 " + std::string(SOCKBENCH_SOURCE_DIR) +
            "/tests/servers/chat_server.py {port}" + flags + "'";
@@ -116,10 +99,11 @@ TEST_F(CliChat, CheckChatPassesEveryChatModelAndFailsTheBlockingRelayTwin) {
   const auto doc = json("check.json");
   const std::map<std::string, std::string> pass = {{"chat/fan-out", "PASS"},
                                                    {"chat/slow-reader", "PASS"}};
-  for (const auto& model : chat_models()) EXPECT_EQ(verdicts(doc, model), pass) << model;
+  for (const auto& model : chat_models())
+    EXPECT_EQ(test_support::check_verdicts(doc, model), pass) << model;
   auto twin = pass;
   twin["chat/slow-reader"] = "FAIL";
-  EXPECT_EQ(verdicts(doc, "faulty-chat-blocking"), twin) << r.out;
+  EXPECT_EQ(test_support::check_verdicts(doc, "faulty-chat-blocking"), twin) << r.out;
   // Only the chat check runs against chat servers.
   EXPECT_EQ(r.out.find("partial/"), std::string::npos) << r.out;
 }
@@ -129,13 +113,13 @@ TEST_F(CliChat, CheckChatPassesThePythonChatServerAndFailsItsNaiveRelay) {
                      (dir_ / "py.json").string());
   EXPECT_EQ(r.status, 0) << r.err << r.out;
   EXPECT_EQ(
-      verdicts(json("py.json"), "cmd"),
+      test_support::check_verdicts(json("py.json"), "cmd"),
       (std::map<std::string, std::string>{{"chat/fan-out", "PASS"}, {"chat/slow-reader", "PASS"}}));
   r = sockbench("check --protocol chat -v --server-cmd " + python_chat(" --blocking") + " --json " +
                 (dir_ / "naive.json").string());
   EXPECT_EQ(r.status, 1) << r.err << r.out;
   EXPECT_EQ(
-      verdicts(json("naive.json"), "cmd"),
+      test_support::check_verdicts(json("naive.json"), "cmd"),
       (std::map<std::string, std::string>{{"chat/fan-out", "PASS"}, {"chat/slow-reader", "FAIL"}}));
   EXPECT_NE(r.out.find("FAIL: the other members got every message"), std::string::npos) << r.out;
 }

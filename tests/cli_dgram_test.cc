@@ -109,22 +109,6 @@ TEST_F(CliDgram, RefusesWhatDoesNotFitADatagramRun) {
   }
 }
 
-// "check/subcheck" -> verdict of `target` in a check JSON.
-std::map<std::string, std::string> verdicts(const nlohmann::json& doc, const std::string& target) {
-  std::map<std::string, std::string> out;
-  for (const auto& b : doc["benchmarks"]) {
-    if (b["name"].get<std::string>().find("/" + target) == std::string::npos) continue;
-    std::string check;
-    std::string sub;
-    for (const auto& p : b["params"]) {
-      if (p[0] == "check") check = p[1];
-      if (p[0] == "subcheck") sub = p[1];
-    }
-    out[check + "/" + sub] = b.value("verdict", "");
-  }
-  return out;
-}
-
 TEST_F(CliDgram, CheckUdpFailsTheTruncatingTwinAndPassesUdpBlocking) {
   const auto r =
       sockbench("check --transport udp --server udp-blocking,faulty-udp-truncate --json " +
@@ -136,10 +120,10 @@ TEST_F(CliDgram, CheckUdpFailsTheTruncatingTwinAndPassesUdpBlocking) {
                                                        {"udp/refused", "PASS"},
                                                        {"udp/max-datagram", "PASS"},
                                                        {"udp/flood", "PASS"}};
-  EXPECT_EQ(verdicts(doc, "udp-blocking"), all_pass);
+  EXPECT_EQ(test_support::check_verdicts(doc, "udp-blocking"), all_pass);
   auto twin = all_pass;
   twin["udp/truncation"] = twin["udp/max-datagram"] = "FAIL";
-  EXPECT_EQ(verdicts(doc, "faulty-udp-truncate"), twin);
+  EXPECT_EQ(test_support::check_verdicts(doc, "faulty-udp-truncate"), twin);
   EXPECT_NE(r.out.find("the server's reply is 1024 bytes for a 2000-byte datagram"),
             std::string::npos)
       << r.out;
@@ -155,7 +139,7 @@ TEST_F(CliDgram, CheckUdpPassesAPythonUdpServerStartedByServerCmd) {
                            " {port}' --json " + (dir_ / "cmd.json").string());
   EXPECT_EQ(r.status, 0) << r.err << r.out;
   const auto doc = json("cmd.json");
-  const auto got = verdicts(doc, "cmd");
+  const auto got = test_support::check_verdicts(doc, "cmd");
   EXPECT_EQ(got.size(), 5u);
   for (const auto& [sub, verdict] : got) EXPECT_EQ(verdict, "PASS") << sub;
 }

@@ -269,26 +269,16 @@ TEST_F(ServeTlsFlags, CheckTlsPassesEpollAndFailsTheBlockingHandshakeTwin) {
                              (dir_ / "check.json").string());
   EXPECT_EQ(out.status, 1) << out.err << out.out;
   const auto doc = nlohmann::json::parse(test_support::slurp(dir_ / "check.json"));
-  std::map<std::string, std::map<std::string, std::string>> verdicts;
-  for (const auto& b : doc["benchmarks"]) {
-    std::string check;
-    std::string sub;
-    for (const auto& p : b["params"]) {
-      if (p[0] == "check") check = p[1];
-      if (p[0] == "subcheck") sub = p[1];
-    }
-    verdicts[b.value("server", "")][check + "/" + sub] = b.value("verdict", "");
-  }
   const std::map<std::string, std::string> pass = {{"tls/handshake", "PASS"},
                                                    {"tls/plaintext-client", "PASS"},
                                                    {"tls/stalled-handshake", "PASS"},
                                                    {"tls/wrong-name", "PASS"},
                                                    {"tls/close-notify", "PASS"}};
-  EXPECT_EQ(verdicts["epoll"], pass) << out.out;
+  EXPECT_EQ(test_support::check_verdicts(doc, "epoll"), pass) << out.out;
   auto stalled = pass;
   stalled["tls/stalled-handshake"] = "FAIL";
-  EXPECT_EQ(verdicts["faulty-tls-blocking"], stalled) << out.out;
-  EXPECT_EQ(verdicts["iterative"], stalled) << out.out;
+  EXPECT_EQ(test_support::check_verdicts(doc, "faulty-tls-blocking"), stalled) << out.out;
+  EXPECT_EQ(test_support::check_verdicts(doc, "iterative"), stalled) << out.out;
   EXPECT_THAT(out.out, HasSubstr("refused: handshake failed: certificate verify failed "
                                  "(hostname mismatch)"));
   // Only the tls check runs with --tls.

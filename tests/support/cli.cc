@@ -32,6 +32,22 @@ int shell(const std::string& command) {
   return WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
 }
 
+std::map<std::string, std::string> check_verdicts(const nlohmann::json& doc,
+                                                  const std::string& target) {
+  std::map<std::string, std::string> got;
+  for (const auto& b : doc["benchmarks"]) {
+    if (!b["name"].get<std::string>().ends_with("/" + target)) continue;
+    std::string check;
+    std::string sub;
+    for (const auto& p : b["params"]) {
+      if (p[0] == "check") check = p[1];
+      if (p[0] == "subcheck") sub = p[1];
+    }
+    got[check + "/" + sub] = b.value("verdict", "");
+  }
+  return got;
+}
+
 std::string sockbench_path() { return SOCKBENCH_BIN; }
 
 Outcome run_sockbench(const std::string& args, const std::filesystem::path& out,

@@ -7,6 +7,8 @@
 
 #include <chrono>
 #include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <utility>
@@ -31,6 +33,11 @@ std::string slurp(const std::filesystem::path& path);
 // Runs `command` with /bin/sh -c and waits for it; its status as in Outcome. posix_spawn, not
 // std::system: safe from several threads at once.
 int shell(const std::string& command);
+
+// "check/sub-check" -> verdict of `target` in a `check --json` document (records named
+// "check/<check>/<sub-check>/<target>").
+std::map<std::string, std::string> check_verdicts(const nlohmann::json& doc,
+                                                  const std::string& target);
 
 // The `sockbench` binary this build made (absolute path).
 std::string sockbench_path();
