@@ -8,7 +8,7 @@ bin=$(realpath "$1")
 cd "${2:-$(dirname "$0")/..}"
 work=$(mktemp -d)
 # Short steps: the table's shape is under test here, not the figures.
-export SOCKBENCH_CLAIMS_STEP_MS=600 SOCKBENCH_CLAIMS_WARMUP=200ms
+export SOCKBENCH_CLAIMS_STEP_MS=300 SOCKBENCH_CLAIMS_WARMUP=100ms
 trap 'rm -rf "$work"' EXIT
 failures=0
 expect() {  # expect WHAT CONDITION...
