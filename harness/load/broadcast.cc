@@ -329,11 +329,15 @@ class BroadcastRun {
     const int64_t now = steady_now_ns();
     int timeout = 0;
     if (until_ns > now) {
-      // Sub-millisecond deadlines go to the timerfd; epoll_wait's own timeout is in ms.
-      itimerspec spec{};
-      spec.it_value.tv_sec = until_ns / kNsPerSecond;
-      spec.it_value.tv_nsec = until_ns % kNsPerSecond;
-      ::timerfd_settime(timer_.get(), TFD_TIMER_ABSTIME, &spec, nullptr);
+      // Sub-millisecond deadlines go to the timerfd; epoll_wait's own timeout is in ms. Armed
+      // once per deadline: a pass woken by a delivery finds the same deadline still armed.
+      if (until_ns != armed_ns_) {
+        itimerspec spec{};
+        spec.it_value.tv_sec = until_ns / kNsPerSecond;
+        spec.it_value.tv_nsec = until_ns % kNsPerSecond;
+        ::timerfd_settime(timer_.get(), TFD_TIMER_ABSTIME, &spec, nullptr);
+        armed_ns_ = until_ns;
+      }
       timeout = kMaxWaitMs;
     }
     epoll_event events[kMaxEvents];
@@ -496,6 +500,7 @@ class BroadcastRun {
   std::unique_ptr<PerSecondLog> seconds_;
   uint64_t outstanding_ = 0;  // counted messages still on their way to some reader
   int64_t measured_ns_ = 0;
+  int64_t armed_ns_ = 0;  // the timerfd's deadline
   BroadcastStats stats_;
 };
 
