@@ -4,10 +4,8 @@
 // prefix, slow clients, and running out of file descriptors.
 #include <fmt/format.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -110,26 +108,8 @@ Outcome abort_mid_frame(CheckTarget& target) {
                     });
 }
 
-// Holds the sockets in a child process and SIGKILLs it: the kernel closes them exactly as it
-// closes the sockets of a client that dies.
-std::string kill_holder(std::vector<Client>& held) {
-  const pid_t pid = ::fork();
-  if (pid < 0) return "fork: " + errno_name(errno);
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    for (;;) ::pause();
-  }
-  for (auto& c : held) c.close();  // our copies; the child's keep the connections open
-  wait_for(50ms);
-  ::kill(pid, SIGKILL);
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  return {};
-}
-
 Outcome kill_mid_frame(CheckTarget& target) {
-  return fds_return(target, 5, "their process was killed (SIGKILL)", kill_holder);
+  return fds_return(target, 5, "their process was killed (SIGKILL)", close_by_killed_process);
 }
 
 Outcome sigpipe(CheckTarget& target) {

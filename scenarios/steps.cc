@@ -5,10 +5,15 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <thread>
 
 #include "harness/core/frame.h"
@@ -324,6 +329,22 @@ void Client::abort() {
   fd_.reset();
 }
 
+std::string close_by_killed_process(std::vector<Client>& held) {
+  const pid_t pid = ::fork();
+  if (pid < 0) return "fork: " + errno_name(errno);
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    for (;;) ::pause();
+  }
+  for (auto& c : held) c.close();  // our copies; the child's keep the connections open
+  wait_for(Millis(50));
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return {};
+}
+
 void wait_for(Millis duration) { std::this_thread::sleep_for(duration); }
 
 Expected<int> free_port(const Address& address) {
@@ -474,8 +495,13 @@ double ProbeResult::p99_ms(Millis timeout) const {
   return static_cast<double>(all.percentile(99)) / 1e6;
 }
 
-ProbeResult probe_rr(const Address& address, WireFormat wire, int clients, size_t payload_size,
-                     Millis duration, Millis timeout) {
+namespace {
+
+// The probe both loops share. `due` empty: closed loop for `duration`, each connection sending
+// its next request as soon as a reply is in. Otherwise open loop: request k is due at start +
+// due[k] ns and goes out on a free connection.
+ProbeResult run_probe(const Address& address, WireFormat wire, int clients, size_t payload_size,
+                      Millis duration, Millis timeout, const std::vector<int64_t>& due) {
   struct Conn {
     Client client;
     std::string request;
@@ -484,7 +510,9 @@ ProbeResult probe_rr(const Address& address, WireFormat wire, int clients, size_
     SteadyClock::time_point started{};
     uint64_t seq = 0;
     bool active = false;
+    bool busy = false;  // a request in flight
   };
+  const bool paced = !due.empty();
   ProbeResult result;
   std::vector<Conn> conns;
   for (int i = 0; i < clients; ++i) {
@@ -500,25 +528,45 @@ ProbeResult probe_rr(const Address& address, WireFormat wire, int clients, size_
   }
   result.connected = static_cast<int>(conns.size());
   const auto start = SteadyClock::now();
-  const auto end = start + duration;
+  const auto end = paced ? start + std::chrono::nanoseconds(due.back()) : start + duration;
   const auto hard_end = end + timeout + Millis(100);
-  auto next_request = [&](Conn& c, size_t index) {
+  auto next_request = [&](Conn& c, size_t index, SteadyClock::time_point when) {
     c.request = wire_message(wire, make_payload(payload_size, (index << 32) + c.seq++));
     c.sent = 0;
     c.reply.clear();
-    c.started = SteadyClock::now();
+    c.started = when;
+    c.busy = true;
   };
-  for (size_t i = 0; i < conns.size(); ++i) next_request(conns[i], i);
+  size_t next_due = 0;
+  if (!paced) {
+    for (size_t i = 0; i < conns.size(); ++i) next_request(conns[i], i, start);
+  }
   std::vector<char> buffer(64 << 10);
   std::vector<pollfd> fds;
   std::vector<size_t> index;
   for (;;) {
     const auto now = SteadyClock::now();
+    if (paced) {
+      // Requests that are due go out on free connections, oldest first; one that found none
+      // for `timeout` is counted and dropped.
+      for (size_t i = 0; i < conns.size() && next_due < due.size(); ++i) {
+        const auto when = start + std::chrono::nanoseconds(due[next_due]);
+        if (when > now) break;
+        if (!conns[i].active || conns[i].busy) continue;
+        next_request(conns[i], i, when);
+        ++next_due;
+      }
+      while (next_due < due.size() &&
+             now - (start + std::chrono::nanoseconds(due[next_due])) > timeout) {
+        ++result.timed_out;
+        ++next_due;
+      }
+    }
     fds.clear();
     index.clear();
     for (size_t i = 0; i < conns.size(); ++i) {
       Conn& c = conns[i];
-      if (!c.active) continue;
+      if (!c.active || !c.busy) continue;
       if (now - c.started > timeout) {
         ++result.timed_out;
         c.active = false;
@@ -529,8 +577,16 @@ ProbeResult probe_rr(const Address& address, WireFormat wire, int clients, size_
           {c.client.fd(), static_cast<short>(c.sent < c.request.size() ? POLLOUT : POLLIN), 0});
       index.push_back(i);
     }
-    if (fds.empty() || now >= hard_end) break;
-    if (::poll(fds.data(), fds.size(), 10) < 0 && errno != EINTR) break;
+    const bool more_due =
+        paced && next_due < due.size() &&
+        std::any_of(conns.begin(), conns.end(), [](const Conn& c) { return c.active; });
+    if ((fds.empty() && !more_due) || now >= hard_end) break;
+    int wait_ms = 10;
+    if (more_due) {
+      const auto until = start + std::chrono::nanoseconds(due[next_due]) - now;
+      wait_ms = std::clamp(static_cast<int>(std::chrono::ceil<Millis>(until).count()), 0, 10);
+    }
+    if (::poll(fds.data(), fds.size(), wait_ms) < 0 && errno != EINTR) break;
     for (size_t k = 0; k < fds.size(); ++k) {
       if (fds[k].revents == 0) continue;
       Conn& c = conns[index[k]];
@@ -568,17 +624,62 @@ ProbeResult probe_rr(const Address& address, WireFormat wire, int clients, size_
         continue;
       }
       ++result.completed;
+      c.busy = false;
       result.latency.record(static_cast<uint64_t>(
           std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now() - c.started)
               .count()));
+      if (paced) continue;
       if (SteadyClock::now() >= end) {
         c.active = false;
       } else {
-        next_request(c, index[k]);
+        next_request(c, index[k], SteadyClock::now());
       }
     }
   }
+  result.elapsed_s = std::chrono::duration<double>(SteadyClock::now() - start).count();
   return result;
+}
+
+}  // namespace
+
+ProbeResult probe_rr(const Address& address, WireFormat wire, int clients, size_t payload_size,
+                     Millis duration, Millis timeout) {
+  return run_probe(address, wire, clients, payload_size, duration, timeout, {});
+}
+
+std::vector<int64_t> schedule_times(const std::vector<RateStep>& schedule, size_t limit) {
+  std::vector<int64_t> due;
+  double offset_ns = 0;
+  double previous = 0;
+  for (const auto& step : schedule) {
+    const double d = std::chrono::duration<double>(step.duration).count();
+    const double r0 = step.ramp ? previous : step.rate;
+    const double r1 = step.rate;
+    // Requests due in this phase: the integral of the rate over it.
+    const double n = (r0 + r1) / 2 * d;
+    for (double k = 0; k < std::floor(n) && due.size() < limit; ++k) {
+      // Solve r0 t + (r1 - r0) t^2 / (2d) = k for t (a constant rate when r0 == r1).
+      double t = 0;
+      const double a = (r1 - r0) / (2 * d);
+      if (std::fabs(a) < 1e-12) {
+        t = k / r0;
+      } else {
+        t = (-r0 + std::sqrt(r0 * r0 + 4 * a * k)) / (2 * a);
+      }
+      due.push_back(static_cast<int64_t>(offset_ns + t * 1e9));
+    }
+    offset_ns += d * 1e9;
+    previous = step.rate;
+  }
+  return due;
+}
+
+ProbeResult probe_rr_paced(const Address& address, WireFormat wire, int clients,
+                           size_t payload_size, const std::vector<RateStep>& schedule,
+                           Millis timeout) {
+  const auto due = schedule_times(schedule, 10'000'000);
+  if (due.empty()) return {};
+  return run_probe(address, wire, clients, payload_size, Millis(0), timeout, due);
 }
 
 }  // namespace sockbench::scenarios

@@ -143,6 +143,10 @@ class DgramClient {
   Fd fd_;
 };
 
+// Hands the connections to a child process and SIGKILLs it: the kernel closes them exactly as it
+// closes the sockets of a client that dies. The clients are closed here; "" or what failed.
+std::string close_by_killed_process(std::vector<Client>& held);
+
 // Sleeps for `duration` (a step of its own so scripts read as what they do).
 void wait_for(Millis duration);
 
@@ -181,10 +185,29 @@ struct ProbeResult {
   uint64_t wrong = 0;  // replies that differ from the request
   std::map<std::string, uint64_t> errors;
   int connected = 0;
+  double elapsed_s = 0;  // from the first request to the last reply (or timeout)
   // p99 in ms, counting every timed-out request as `timeout` long.
   double p99_ms(Millis timeout) const;
 };
 ProbeResult probe_rr(const Address& address, WireFormat wire, int clients, size_t payload_size,
                      Millis duration, Millis timeout);
+
+// One phase of an open-loop schedule: `rate` requests/s for `duration`; a ramp goes linearly
+// from the previous phase's rate (0 for the first) to `rate`.
+struct RateStep {
+  double rate = 0;
+  Millis duration{0};
+  bool ramp = false;
+};
+// The open loop (as wrk2): requests are due on the schedule whatever the replies do, each goes
+// out on a connection that is free (one request in flight per connection), and its latency
+// counts from when it was due, so a stalled server shows as latency rather than as fewer
+// requests. A request still waiting for a free connection `timeout` after it was due counts as
+// timed out. At most 10 million requests.
+ProbeResult probe_rr_paced(const Address& address, WireFormat wire, int clients,
+                           size_t payload_size, const std::vector<RateStep>& schedule,
+                           Millis timeout);
+// The due times of `schedule`, in ns from its start (exposed for tests).
+std::vector<int64_t> schedule_times(const std::vector<RateStep>& schedule, size_t limit);
 
 }  // namespace sockbench::scenarios

@@ -19,16 +19,16 @@
 #include "harness/cli/common.h"
 #include "harness/cli/options.h"
 #include "harness/cli/via_proxy.h"
+#include "harness/core/procfs.h"
+#include "scenarios/script.h"
 #include "servers/server.h"
 
 namespace sockbench::cli {
 
-int check_command(int argc, const char* const* argv) {
-  cxxopts::Options options(
-      "sockbench check",
-      "Check a server's socket behaviour: partial reads and writes, listen backlog, TIME_WAIT "
-      "and SO_REUSEADDR, resets, broken pipes, timeouts, oversized frames, slow clients, fd "
-      "exhaustion. PASS, FAIL or SKIP per check and target, with the evidence as numbers.");
+namespace {
+
+// The flags `check` and `script` share: where the server comes from, what it speaks, the output.
+void add_target_options(cxxopts::Options& options) {
   options.add_options()(
       "server",
       "built-in models: all (the correct ones, the default without --target/--server-cmd), a "
@@ -53,30 +53,19 @@ int check_command(int argc, const char* const* argv) {
       "via-proxy",
       "check through a sockbench proxy with these toxics (comma list of DIR:TOXIC=ARGS, e.g. "
       "up:slicer=1-3@100)",
-      cxxopts::value<std::string>())(
-      "only", "checks to run: partial, backlog, timewait, errors, or check/subcheck (comma list)",
-      cxxopts::value<std::string>())("long", "also the slow measurements (TIME_WAIT's 60 s)")(
-      "seed", "seed of the random split points", cxxopts::value<std::string>()->default_value("1"))(
+      cxxopts::value<std::string>())("seed", "seed of the random split points",
+                                     cxxopts::value<std::string>()->default_value("1"))(
       "workers", "pool: worker threads (default: the CPUs the server may run on)",
       cxxopts::value<std::string>())("junit",
                                      "write JUnit XML here (one testcase per check x target)",
                                      cxxopts::value<std::string>())(
       "json", "write JSON (Google Benchmark schema) here", cxxopts::value<std::string>())(
       "v,verbose", "evidence for every check, PASS included")("h,help", "show this help");
-  add_tls_client_options(options);
-  const auto parsed = parse_or_throw(options, argc, argv);
-  if (parsed.count("help")) {
-    std::fputs(options.help().c_str(), stdout);
-    fmt::print("\nchecks (--only):\n");
-    for (const auto& check : scenarios::checks()) {
-      fmt::print("  {:<10} {}\n", check.name, check.description);
-      for (const auto& sub : check.subchecks) {
-        fmt::print("    {:<24} {}\n", sub.name, sub.description);
-      }
-    }
-    return 0;
-  }
+}
 
+// The plan those flags describe (without the checks to run).
+CheckPlan target_plan(const cxxopts::ParseResult& parsed, const char* name, int argc,
+                      const char* const* argv) {
   const auto protocol = str(parsed, "protocol");
   if (protocol != "framed" && protocol != "echo" && protocol != "chat") {
     throw UsageError(fmt::format("--protocol: expected framed, echo or chat, got '{}'", protocol));
@@ -92,15 +81,6 @@ int check_command(int argc, const char* const* argv) {
     check_via_proxy_flag(*(plan.via_proxy = str(parsed, "via-proxy")));
   }
   scenarios::CheckOptions& check_options = plan.options;
-  if (parsed.count("only")) {
-    for (const auto& item : split_list("only", str(parsed, "only"))) {
-      if (auto problem = scenarios::validate_only(item); !problem.empty()) {
-        throw UsageError("--only: " + problem);
-      }
-      check_options.only.push_back(item);
-    }
-  }
-  check_options.long_checks = parsed.count("long") > 0;
   check_options.seed =
       static_cast<uint64_t>(parse_int("seed", str(parsed, "seed"), 0, int64_t{1} << 62));
   if (parsed.count("workers")) {
@@ -160,7 +140,99 @@ int check_command(int argc, const char* const* argv) {
   }
   if (parsed.count("json")) check_writable("json", *(plan.json_path = str(parsed, "json")));
   if (parsed.count("junit")) check_writable("junit", *(plan.junit_path = str(parsed, "junit")));
-  plan.command_line = command_line("sockbench check", argc, argv);
+  plan.command_line = command_line(name, argc, argv);
+  return plan;
+}
+
+}  // namespace
+
+int check_command(int argc, const char* const* argv) {
+  cxxopts::Options options(
+      "sockbench check",
+      "Check a server's socket behaviour: partial reads and writes, listen backlog, TIME_WAIT "
+      "and SO_REUSEADDR, resets, broken pipes, timeouts, oversized frames, slow clients, fd "
+      "exhaustion. PASS, FAIL or SKIP per check and target, with the evidence as numbers.");
+  add_target_options(options);
+  options.add_options()(
+      "only", "checks to run: partial, backlog, timewait, errors, or check/subcheck (comma list)",
+      cxxopts::value<std::string>())("long", "also the slow measurements (TIME_WAIT's 60 s)");
+  add_tls_client_options(options);
+  const auto parsed = parse_or_throw(options, argc, argv);
+  if (parsed.count("help")) {
+    std::fputs(options.help().c_str(), stdout);
+    fmt::print("\nchecks (--only):\n");
+    for (const auto& check : scenarios::checks()) {
+      fmt::print("  {:<10} {}\n", check.name, check.description);
+      for (const auto& sub : check.subchecks) {
+        fmt::print("    {:<24} {}\n", sub.name, sub.description);
+      }
+    }
+    return 0;
+  }
+
+  CheckPlan plan = target_plan(parsed, "sockbench check", argc, argv);
+  scenarios::CheckOptions& check_options = plan.options;
+  if (parsed.count("only")) {
+    for (const auto& item : split_list("only", str(parsed, "only"))) {
+      if (auto problem = scenarios::validate_only(item); !problem.empty()) {
+        throw UsageError("--only: " + problem);
+      }
+      check_options.only.push_back(item);
+    }
+  }
+  check_options.long_checks = parsed.count("long") > 0;
+  return run_check_plan(std::move(plan));
+}
+
+int script_command(int argc, const char* const* argv) {
+  cxxopts::Options options(
+      "sockbench script",
+      "Run scenario scripts (.sbs files) as checks: PASS, FAIL or SKIP per script and target, "
+      "with the evidence, in the same table, JUnit and JSON as `sockbench check`. A script with "
+      "an error is reported as FILE:LINE:COL before any connection is made.");
+  add_target_options(options);
+  options.add_options()("files", "the scripts", cxxopts::value<std::vector<std::string>>());
+  options.parse_positional({"files"});
+  options.positional_help("FILE.sbs...");
+  const auto parsed = parse_or_throw(options, argc, argv);
+  if (parsed.count("help")) {
+    std::fputs(options.help().c_str(), stdout);
+    return 0;
+  }
+  if (!parsed.count("files")) throw UsageError("no script given (sockbench script FILE.sbs...)");
+  auto scripts = std::make_shared<std::vector<scenarios::script::Script>>();
+  std::vector<std::string> errors;
+  for (const auto& path : parsed["files"].as<std::vector<std::string>>()) {
+    auto source = read_whole_file(path);
+    if (!source) {
+      errors.push_back(fmt::format("{}: cannot read: {}", path, source.error().message()));
+      continue;
+    }
+    auto parsed_script = scenarios::script::parse_script(*source, path);
+    if (auto* error = std::get_if<scenarios::script::ParseError>(&parsed_script)) {
+      errors.push_back(error->to_string());
+      continue;
+    }
+    auto& script = std::get<scenarios::script::Script>(parsed_script);
+    for (const auto& other : *scripts) {
+      if (other.check == script.check && other.subcheck == script.subcheck) {
+        errors.push_back(fmt::format("{}: {}/{} is also the name of {}", path, script.check,
+                                     script.subcheck, other.path));
+      }
+    }
+    scripts->push_back(std::move(script));
+  }
+  if (!errors.empty()) {
+    // As compilers print them, so that editors jump to the place.
+    for (const auto& e : errors) fmt::print(stderr, "{}\n", e);
+    return kExitUsage;
+  }
+  CheckPlan plan = target_plan(parsed, "sockbench script", argc, argv);
+  if (plan.protocol == "chat" || plan.transport != "tcp") {
+    throw UsageError("scripts speak framed or echo over --transport tcp");
+  }
+  plan.checks = scenarios::script::script_checks(*scripts);
+  plan.keep_alive = scripts;
   return run_check_plan(std::move(plan));
 }
 

@@ -33,7 +33,8 @@ std::string param(const results::Record& r, const std::string& key) {
 }
 
 // Rows = sub-checks (registry order), columns = targets; split when wider than kMaxLine.
-void print_verdict_table(const std::vector<results::Record>& records,
+void print_verdict_table(const std::vector<scenarios::CheckInfo>& checks,
+                         const std::vector<results::Record>& records,
                          const std::vector<std::string>& targets, std::FILE* out) {
   std::vector<std::string> rows;
   std::map<std::pair<std::string, std::string>, std::string> cells;
@@ -43,7 +44,7 @@ void print_verdict_table(const std::vector<results::Record>& records,
   for (const auto& r : records) {
     if (param(r, "check") == "start") add_row("start/server");
   }
-  for (const auto& check : scenarios::checks()) {
+  for (const auto& check : checks) {
     for (const auto& sub : check.subchecks) {
       const std::string row = check.name + "/" + sub.name;
       for (const auto& r : records) {
@@ -159,6 +160,8 @@ int run_check_plan(CheckPlan plan) {
   raise_fd_limit();
   const WireFormat wire = plan.protocol == "echo" ? WireFormat::kRaw : WireFormat::kFramed;
   scenarios::CheckOptions& check_options = plan.options;
+  const std::vector<scenarios::CheckInfo>& checks =
+      plan.checks.empty() ? scenarios::checks() : plan.checks;
   const bool datagram = plan.transport == "udp" || plan.transport == "unixgram";
   const Address loopback = parse_address(datagram ? "udp:127.0.0.1:0" : "127.0.0.1:0").address;
   std::vector<std::unique_ptr<scenarios::CheckTarget>> targets;
@@ -208,7 +211,7 @@ int run_check_plan(CheckPlan plan) {
       run.records.push_back(start_failure(target->name(), error));
       continue;
     }
-    for (const auto& check : scenarios::checks()) {
+    for (const auto& check : checks) {
       if (watcher.token().stop_requested()) break;
       // Stream checks need a stream socket, the udp check a datagram one.
       if (check.datagram != target->address().datagram()) continue;
@@ -243,7 +246,7 @@ int run_check_plan(CheckPlan plan) {
     if (r.verdict == "FAIL") ++failed;
     if (r.verdict == "SKIP") ++skipped;
   }
-  print_verdict_table(run.records, names, stdout);
+  print_verdict_table(checks, run.records, names, stdout);
   print_evidence(run.records, plan.verbose, stdout);
   for (const auto& line : refused) fmt::print("\n{}\n", line);
   fmt::print("\n{} PASS, {} FAIL, {} SKIP\n", passed, failed, skipped);

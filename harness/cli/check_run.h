@@ -3,6 +3,7 @@
 // parsing so that this file does not include cxxopts.
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,6 +31,10 @@ struct CheckPlan {
   // --tls: only the tls check runs; the built-in models serve TLS with the certificate these
   // files hold (their `serve` flags), which live as long as the plan.
   std::shared_ptr<RunTls> tls;
+  // The checks to run; empty: the built-in ones (scenarios::checks()). `sockbench script` puts
+  // its scripts here, and what they refer to in keep_alive.
+  std::vector<scenarios::CheckInfo> checks;
+  std::shared_ptr<const void> keep_alive;
 };
 
 // Runs the plan; returns the exit code: 0 when nothing FAILed, 1 when something did (or an

@@ -9,6 +9,7 @@ int run_command(int argc, const char* const* argv);
 int serve_command(int argc, const char* const* argv);
 int list_command(int argc, const char* const* argv);
 int check_command(int argc, const char* const* argv);
+int script_command(int argc, const char* const* argv);
 int compare_command(int argc, const char* const* argv);
 int export_command(int argc, const char* const* argv);
 int merge_command(int argc, const char* const* argv);

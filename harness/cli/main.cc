@@ -34,6 +34,7 @@ constexpr Command kCommands[] = {
     {"serve", serve_command, "run one server model in the foreground"},
     {"proxy", proxy_command, "forward TCP to an upstream, injecting faults (toxics)"},
     {"check", check_command, "check a server's socket behaviour: PASS, FAIL or SKIP per check"},
+    {"script", script_command, "run scenario scripts (.sbs) as checks: PASS, FAIL or SKIP each"},
     {"list", list_command, "list server models, protocols, scenarios and checks"},
     {"compare", compare_command, "compare two result files; exit 1 on a regression"},
     {"export", export_command, "convert a result file for Bencher or github-action-benchmark"},
