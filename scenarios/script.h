@@ -83,7 +83,7 @@ enum class Kind {
   kSend,      // send NAME DATA [split ...] [gap DUR] [now|until-stalled DUR] [within DUR]
               //   [allow-error] [background]
   kEcho,      // echo NAME DATA [split ...] [gap DUR] [read SIZE] [within DUR]
-  kExpect,    // expect NAME (echo|DATA|eof|closed|reset|nothing|ERRNO) [within DUR]
+  kExpect,    // expect NAME (echo|DATA|any N|eof|closed|reset|nothing|ERRNO) [within DUR]
               //   [each DUR] [rcvtimeo DUR] [into GOOD BAD]
   kServing,   // expect server serving
   kShutdown,  // shutdown NAME

@@ -464,6 +464,10 @@ class LineParser {
       e.name = tok.text;
       return e;
     }
+    if (tok.type == Token::Type::kRaw) {
+      fail(at,
+           fmt::format("'{}' is not a number (units: ns us ms s, b k KiB M MiB, %, /s)", tok.text));
+    }
     fail(at, fmt::format("expected a number or a name, found '{}'", tok.text));
   }
   bool defined(const std::string& name) const {
@@ -807,6 +811,9 @@ class Parser {
           (tok->text == "echo" || tok->text == "eof" || tok->text == "closed" ||
            tok->text == "reset" || tok->text == "nothing")) {
         st.what = p.next("").text;
+      } else if (p.accept_word("any")) {
+        st.what = "any";
+        st.count = p.size("a number of bytes");
       } else if (tok->type == Token::Type::kWord && tok->text.size() > 1 && tok->text[0] == 'E' &&
                  std::isupper(static_cast<unsigned char>(tok->text[1]))) {
         st.what = "errno";

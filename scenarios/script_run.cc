@@ -490,6 +490,16 @@ class Interpreter {
         why += "; " + errno_name(got.error.value());
       return why;
     }
+    if (st.what == "any") {
+      // N bytes, whatever they are, while the queued bytes go out.
+      const size_t n = count(*st.count, kMaxDataBytes, "a number of bytes");
+      const auto got = m.client.exchange(m.queued, n, left);
+      note_received(g, got);
+      m.queued.clear();
+      m.owed.clear();
+      if (got.bytes.size() == n) return {};
+      return got.summary(n) + (got.error ? "; " + errno_name(got.error.value()) : "");
+    }
     if (st.what == "data") {
       const auto got = m.client.expect(want_bytes.size(), left);
       note_received(g, got);
@@ -497,7 +507,8 @@ class Interpreter {
       return got.summary(want_bytes.size()) + "; " + describe_mismatch(want_bytes, got.bytes);
     }
     if (st.what == "nothing") {
-      const auto got = m.client.expect(1, left);
+      // Whatever arrives is read (up to 64 KiB) and shown.
+      const auto got = m.client.expect(64 << 10, left);
       note_received(g, got);
       if (got.bytes.empty() && !got.eof && got.error == std::errc::timed_out) return {};
       return got.eof             ? "EOF arrived"
@@ -575,6 +586,7 @@ class Interpreter {
     }
     const std::string what = st.what == "errno"  ? st.error
                              : st.what == "data" ? "the bytes"
+                             : st.what == "any"  ? fmt::format("{} bytes", number(eval(*st.count)))
                                                  : st.what;
     const double ms = ms_between(start, SteadyClock::now());
     if (!st.into_good.empty()) {
@@ -636,6 +648,8 @@ class Interpreter {
       if (auto ec = target_.pause_accept(action == "pause-accept")) {
         failed(fmt::format("server {}: {}", action, errno_name(ec.value())));
       }
+      // The server acts on the signal at its next loop pass: give it that long.
+      wait_for(100ms);
       line("server: " +
            std::string(action == "pause-accept" ? "accept() held" : "accept() resumed"));
       return;

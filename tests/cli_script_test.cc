@@ -1,0 +1,203 @@
+// `sockbench script` end to end: the shipped scripts (scenarios/scripts/partial and errors)
+// give the built-in checks' verdicts on every model and every faulty twin; malformed scripts
+// are refused as FILE:LINE:COL with exit 2 before any connection; the tour of the format
+// passes; a script that expects what does not happen FAILs with its line.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "scenarios/script.h"
+#include "scenarios/steps.h"
+#include "servers/server.h"
+#include "tests/support/cli.h"
+#include "tests/support/verdicts.h"
+
+namespace sockbench {
+namespace {
+
+using test_support::Outcome;
+
+std::string scripts_dir() { return std::string(SOCKBENCH_SOURCE_DIR) + "/scenarios/scripts"; }
+
+class CliScript : public test_support::ScratchDirTest {
+ protected:
+  CliScript() : ScratchDirTest("sockbench-script") {}
+
+  std::filesystem::path write(const std::string& name, const std::string& text) {
+    const auto path = dir_ / name;
+    std::ofstream(path) << text;
+    return path;
+  }
+  // `sockbench script ARGS --json FILE`: the outcome and the verdicts of `target`.
+  std::pair<Outcome, std::map<std::string, std::string>> script(const std::string& args,
+                                                                const std::string& tag,
+                                                                const std::string& target) {
+    const auto json = dir_ / (tag + ".json");
+    Outcome o = test_support::run_sockbench("script " + args + " --json " + json.string(),
+                                            dir_ / (tag + ".out"), dir_ / (tag + ".err"));
+    std::map<std::string, std::string> verdicts;
+    if (std::filesystem::exists(json)) {
+      verdicts =
+          test_support::check_verdicts(nlohmann::json::parse(test_support::slurp(json)), target);
+    }
+    return {o, verdicts};
+  }
+};
+
+// The floor: the shipped partial and errors scripts give, on every model and every faulty
+// twin, the verdicts the built-in checks must give (tests/support/verdicts.h, which
+// tests/cli_check_test.cc holds the built-in checks to).
+TEST_F(CliScript, ShippedScriptsGiveTheBuiltInVerdictsOnEveryModelAndTwin) {
+  std::vector<std::string> targets = servers::model_names(/*faulty=*/false);
+  for (const auto& twin : servers::model_names(/*faulty=*/true)) targets.push_back(twin);
+  const std::string files = scripts_dir() + "/partial/*.sbs " + scripts_dir() + "/errors/*.sbs";
+  std::map<std::string, std::pair<Outcome, std::map<std::string, std::string>>> runs;
+  std::mutex mu;
+  std::atomic<size_t> next{0};
+  {
+    std::vector<std::jthread> workers;
+    for (int w = 0; w < 2; ++w) {
+      workers.emplace_back([&] {
+        for (size_t i; (i = next.fetch_add(1)) < targets.size();) {
+          auto r = script(files + " --server " + targets[i], targets[i], targets[i]);
+          std::lock_guard lock(mu);
+          runs[targets[i]] = std::move(r);
+        }
+      });
+    }
+  }
+  size_t compared = 0;
+  for (const auto& target : targets) {
+    const auto& [outcome, verdicts] = runs.at(target);
+    const auto bounded = test_support::bounded_verdicts(target);
+    const auto twin = test_support::kTwinFailures.find(target);
+    bool any_fail = false;
+    for (const auto& sub : test_support::kAllSubchecks) {
+      if (!sub.starts_with("partial/") && !sub.starts_with("errors/")) continue;
+      std::string want = "PASS";
+      if (twin != test_support::kTwinFailures.end() && twin->second.count(sub)) want = "FAIL";
+      if (const auto b = bounded.find(sub); b != bounded.end()) want = b->second;
+      any_fail = any_fail || want == "FAIL";
+      const auto got = verdicts.find(sub);
+      ASSERT_NE(got, verdicts.end()) << target << " has no verdict for " << sub << "\n"
+                                     << outcome.out << outcome.err;
+      EXPECT_EQ(got->second, want) << target << " " << sub << "\n" << outcome.out;
+      ++compared;
+    }
+    EXPECT_EQ(verdicts.size(), 14u) << target;
+    EXPECT_EQ(outcome.status, any_fail ? 1 : 0) << target << "\n" << outcome.err;
+  }
+  EXPECT_EQ(compared, 14 * targets.size());
+}
+
+// Every malformed script is refused with FILE:LINE:COL and exit 2, before anything runs.
+TEST_F(CliScript, MalformedScriptsAreRefusedWithFileLineColumnAndExit2) {
+  struct Case {
+    std::string text;
+    std::string where;    // LINE:COL
+    std::string message;  // a part of the message
+  };
+  const std::vector<Case> cases = {
+      {"connect c\nfrobnicate c\n", "2:1", "unknown statement 'frobnicate'"},
+      {"send c msg 10\n", "1:6", "no connection named 'c'"},
+      {"connect c\nsend c \"abc\n", "2:8", "unterminated string"},
+      {"connect c\nsleep 5\n", "2:7", "needs a time unit"},
+      {"connect c\nexpect c echo within 11min\n", "2:22", "'11min' is not a number"},
+      {"connect c\nrepeat 3\n  close c\n", "2:1", "repeat/retry without 'end'"},
+      {"connect c\nend\n", "2:1", "'end' without repeat or retry"},
+      {"connect c\nassert c.count => 1\n", "2:16", "expected a comparison"},
+      {"connect c\nassert speed > 1\n", "2:8", "unknown name 'speed'"},
+      {"connect c\nexpect c EWHATEVER\n", "2:10", "unknown errno name 'EWHATEVER'"},
+      {"connect c\nsend c hex 0FF\n", "2:12", "even number of hex digits"},
+      {"connect c\ncheck a/b\n", "2:1", "'check' belongs before the first step"},
+      {"check nameless\nconnect c\n", "1:7", "expected FAMILY/NAME"},
+      {"connect c count 1.5\n", "1:17", "must be a whole number"},
+      {"connect c\nprobe rr clients 2\n", "2:1", "probe needs 'for DUR'"},
+      {"connect c\nprobe rr clients 2 rate 100 for 1s\n", "2:25", "expected a rate such as 1000/s"},
+      {"# only a comment\n", "1:1", "the script has no steps"},
+      {"connect c\nsend c \"\\q\"\n", "2:9", "unknown escape"},
+      {"connect server\n", "1:9", "cannot name a connection"},
+      {"connect c\nexpect c nothing\n", "2:1", "needs 'within DUR'"},
+  };
+  size_t n = 0;
+  for (const auto& c : cases) {
+    const auto path = write(fmt::format("bad{}.sbs", n++), c.text);
+    const auto r = sockbench("script " + path.string() + " --server epoll");
+    EXPECT_EQ(r.status, 2) << c.text << r.err;
+    EXPECT_NE(r.err.find(path.string() + ":" + c.where + ": "), std::string::npos) << c.text << "\n"
+                                                                                   << r.err;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << c.text << "\n" << r.err;
+    EXPECT_EQ(r.out, "") << c.text;
+    EXPECT_EQ(r.err.find("check "), std::string::npos) << "a server was started:\n" << r.err;
+  }
+}
+
+// The tour uses every kind of statement against epoll and passes; against a bare --target it
+// is SKIPped, since it must kill and restart the server.
+TEST_F(CliScript, TheTourPassesOnEpollAndIsSkippedForABareTarget) {
+  const std::string tour = scripts_dir() + "/examples/tour.sbs";
+  const auto [run, verdicts] = script(tour + " --server epoll -v", "tour", "epoll");
+  EXPECT_EQ(run.status, 0) << run.out << run.err;
+  ASSERT_EQ(verdicts.size(), 1u) << run.out;
+  EXPECT_EQ(verdicts.at("examples/tour"), "PASS") << run.out;
+  EXPECT_NE(run.out.find("assert paced.completed + paced.timed_out == 875: 875 == 875"),
+            std::string::npos)
+      << run.out;
+  EXPECT_NE(run.out.find("connect e to "), std::string::npos) << run.out;
+
+  auto served = test_support::serve("epoll");
+  ASSERT_TRUE(served);
+  const auto [bare, bare_verdicts] =
+      script(tour + " --target " + served->address.to_string(), "bare", "target");
+  EXPECT_EQ(bare.status, 0) << bare.out << bare.err;
+  ASSERT_EQ(bare_verdicts.size(), 1u) << bare.out;
+  EXPECT_EQ(bare_verdicts.begin()->second, "SKIP") << bare.out;
+}
+
+// An expectation that is not met FAILs the script with its line and what was seen instead; the
+// JUnit file has the failure too.
+TEST_F(CliScript, AnUnmetExpectationFailsWithItsLine) {
+  const auto path = write("silence.sbs",
+                          "check mine/silence\n"
+                          "connect c\n"
+                          "send c msg 10 seed 1\n"
+                          "expect c nothing within 300ms\n");
+  const auto junit = dir_ / "silence.xml";
+  const auto [run, verdicts] =
+      script(path.string() + " --server epoll --junit " + junit.string(), "silence", "epoll");
+  EXPECT_EQ(run.status, 1) << run.out << run.err;
+  EXPECT_EQ(verdicts.at("mine/silence"), "FAIL");
+  EXPECT_NE(run.out.find("FAIL: line 4: expect c nothing within 300ms: c: expected nothing "
+                         "within 300 ms: 14 bytes arrived"),
+            std::string::npos)
+      << run.out;
+  EXPECT_NE(test_support::slurp(junit).find("<failure"), std::string::npos);
+}
+
+// The open loop's schedule: exact counts for constant phases and ramps.
+TEST(ScriptSchedule, PhasesAndRampsDueExactlyTheIntegralOfTheRate) {
+  using scenarios::RateStep;
+  using std::chrono::milliseconds;
+  const auto flat = scenarios::schedule_times({{1000, milliseconds(1000), false}}, 1 << 20);
+  ASSERT_EQ(flat.size(), 1000u);
+  EXPECT_EQ(flat[1], 1'000'000);
+  const auto ramp = scenarios::schedule_times(
+      {{500, milliseconds(500), false}, {2000, milliseconds(500), true}}, 1 << 20);
+  EXPECT_EQ(ramp.size(), 875u);
+  EXPECT_TRUE(std::is_sorted(ramp.begin(), ramp.end()));
+  EXPECT_LT(ramp.back(), 1'000'000'000);
+  EXPECT_GE(ramp[250], 500'000'000);
+}
+
+}  // namespace
+}  // namespace sockbench
