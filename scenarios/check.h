@@ -136,6 +136,8 @@ struct CheckInfo {
   bool chat = false;
   // Runs against TLS targets only (check --tls); the others never do (they speak plaintext).
   bool tls = false;
+  // Runs against stream and datagram targets alike (scenario scripts): `datagram` is ignored.
+  bool any_transport = false;
 };
 
 // Every check, in run order: partial, backlog, timewait, errors, then udp (datagram targets)

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <deque>
 #include <limits>
 #include <map>
 #include <random>
@@ -48,6 +49,10 @@ struct Member {
   Client client;
   std::string queued;  // bytes a send left unsent (now, until-stalled): sent by the next echo
   std::string owed;    // bytes sent (or queued) whose echo has not been expected yet
+  // A datagram connection (an address of udp or unixgram) instead of `client`: every send is
+  // one datagram, every expectation one datagram, and an echo is owed per datagram.
+  std::optional<DgramClient> dgram;
+  std::deque<std::string> owed_datagrams;
 };
 struct Group {
   std::vector<Member> members;
@@ -265,6 +270,13 @@ class Interpreter {
     }
     return it->second;
   }
+  // Steps that only a byte stream has (half-close, resets, partial sends) refuse datagrams.
+  static void stream_only(const Group& g, std::string_view name, std::string_view what) {
+    if (!g.members.empty() && g.members.front().dgram) {
+      failed(fmt::format("{}: {} is for stream connections, and {} sends datagrams", name, what,
+                         name));
+    }
+  }
   static void stop_background(Group& g) {
     if (!g.background.joinable()) return;
     g.background.request_stop();
@@ -295,7 +307,16 @@ class Interpreter {
     const Millis within = duration(st.within, 2s);
     Group& g = groups_[st.name];
     double slowest = 0;
-    for (size_t i = 0; i < n; ++i) {
+    for (size_t i = 0; i < n && address.datagram(); ++i) {
+      auto d = DgramClient::connect(address, options.rcvbuf);
+      if (!d)
+        failed(
+            fmt::format("socket for {}: {}", address.to_string(), errno_name(d.error().value())));
+      Member m;
+      m.dgram.emplace(std::move(*d));
+      g.members.push_back(std::move(m));
+    }
+    for (size_t i = 0; i < n && !address.datagram(); ++i) {
       const auto start = SteadyClock::now();
       auto c = Client::connect(address, within, options);
       const double ms = ms_between(start, SteadyClock::now());
@@ -314,7 +335,9 @@ class Interpreter {
                            address.to_string(), errno_name(c.error().value()), ms,
                            target_.alive(&why) ? "" : "; the server died: " + why));
       }
-      g.members.push_back({std::move(*c), {}, {}});
+      Member m;
+      m.client = std::move(*c);
+      g.members.push_back(std::move(m));
     }
     g.fields["count"] = static_cast<double>(g.members.size());
     g.fields["connect_ms"] = slowest;
@@ -335,6 +358,13 @@ class Interpreter {
     const auto sizes = pieces(st.split, data.size());
     const Millis gap = duration(st.amount, 0ms);
     const Millis within = duration(st.within, 5s);
+    if (st.background || st.now || st.extra) {
+      stream_only(g, st.name, st.background ? "background" : st.now ? "now" : "until-stalled");
+    }
+    if (!g.members.empty() && g.members.front().dgram) {
+      send_datagrams(st, g, data, sizes);
+      return;
+    }
     for (auto& m : g.members) m.owed += data;
     if (st.background) {
       auto errors = std::make_shared<std::atomic<uint64_t>>(0);
@@ -388,6 +418,34 @@ class Interpreter {
                                                                    sizes.size(), gap.count()))
                          : problem + " (allowed)");
   }
+  // Each piece is one datagram (the whole data when not split), owed back as it went.
+  void send_datagrams(const Stmt& st, Group& g, const std::string& data,
+                      const std::vector<size_t>& sizes) {
+    const std::vector<size_t> cut = sizes.empty() ? std::vector<size_t>{data.size()} : sizes;
+    const Millis gap = duration(st.amount, 0ms);
+    size_t at = 0;
+    for (size_t k = 0; k < cut.size(); ++k) {
+      const auto datagram = data.substr(at, cut[k]);
+      at += cut[k];
+      for (auto& m : g.members) {
+        if (auto ec = m.dgram->send(datagram); ec && !st.allow_error) {
+          failed(fmt::format("send {}: a {}-byte datagram: {}", st.name, datagram.size(),
+                             errno_name(ec.value())));
+        }
+        m.owed_datagrams.push_back(datagram);
+      }
+      if (k + 1 < cut.size() && gap.count() > 0) wait_for(gap);
+    }
+    line(fmt::format("{}: sent {} datagram(s), {} bytes", st.name, cut.size(), data.size()));
+  }
+  // The next datagram, which must be `want`: "" or what came instead.
+  static std::string expect_datagram(Member& m, const std::string& want, Millis left) {
+    const auto got = m.dgram->receive(std::max<size_t>(want.size() + 1, 65536), left);
+    if (got.error) return errno_name(got.error.value());
+    if (got.bytes == want) return {};
+    return fmt::format("a {}-byte datagram: {}", got.length, describe_mismatch(want, got.bytes));
+  }
+
   // `send ... now`: what the socket takes at once; `until-stalled T`: until it takes nothing
   // for T. The rest stays queued for the next echo.
   void push(const Stmt& st, Group& g, const std::string& data, Millis within) {
@@ -428,6 +486,19 @@ class Interpreter {
     size_t total_calls = 0;
     size_t total_short = 0;
     size_t want = 0;
+    if (!g.members.empty() && g.members.front().dgram) {
+      if (st.extra) stream_only(g, st.name, "read");
+      send_datagrams(st, g, data, sizes);
+      for (auto& m : g.members) {
+        while (!m.owed_datagrams.empty()) {
+          const auto problem = expect_datagram(m, m.owed_datagrams.front(), within);
+          if (!problem.empty()) failed(fmt::format("echo {}: {}", st.name, problem));
+          m.owed_datagrams.pop_front();
+        }
+      }
+      line(fmt::format("{}: every datagram echoed whole", st.name));
+      return;
+    }
     for (size_t i = 0; i < g.members.size(); ++i) {
       Member& m = g.members[i];
       m.queued += data;
@@ -477,6 +548,7 @@ class Interpreter {
                          const std::string& want_bytes) {
     const Millis left =
         std::max<Millis>(1ms, std::chrono::ceil<Millis>(deadline - SteadyClock::now()));
+    if (m.dgram) return expect_one_datagram(st, m, left, want_bytes);
     if (st.what == "echo") {
       const auto got = m.client.exchange(m.queued, m.owed.size(), left);
       note_received(g, got);
@@ -503,8 +575,16 @@ class Interpreter {
     if (st.what == "data") {
       const auto got = m.client.expect(want_bytes.size(), left);
       note_received(g, got);
-      if (got.bytes == want_bytes) return {};
-      return got.summary(want_bytes.size()) + "; " + describe_mismatch(want_bytes, got.bytes);
+      if (got.bytes != want_bytes) {
+        return got.summary(want_bytes.size()) + "; " + describe_mismatch(want_bytes, got.bytes);
+      }
+      // An echo expected by its bytes is no longer owed.
+      if (m.owed.starts_with(want_bytes)) {
+        m.owed.erase(0, want_bytes.size());
+      } else {
+        m.owed.clear();
+      }
+      return {};
     }
     if (st.what == "nothing") {
       // Whatever arrives is read (up to 64 KiB) and shown.
@@ -531,6 +611,40 @@ class Interpreter {
     if (st.what == "errno") ok = !got.eof && got.error && errno_name(got.error.value()) == st.error;
     return ok ? std::string() : seen;
   }
+  std::string expect_one_datagram(const Stmt& st, Member& m, Millis left,
+                                  const std::string& want_bytes) {
+    if (st.what == "echo") {
+      while (!m.owed_datagrams.empty()) {
+        if (auto problem = expect_datagram(m, m.owed_datagrams.front(), left); !problem.empty()) {
+          return problem;
+        }
+        m.owed_datagrams.pop_front();
+      }
+      return {};
+    }
+    if (st.what == "data") {
+      auto problem = expect_datagram(m, want_bytes, left);
+      // An echo expected by its bytes is no longer owed.
+      if (problem.empty() && !m.owed_datagrams.empty()) {
+        if (m.owed_datagrams.front() == want_bytes) {
+          m.owed_datagrams.pop_front();
+        } else {
+          m.owed_datagrams.clear();
+        }
+      }
+      return problem;
+    }
+    if (st.what == "nothing" || (st.what == "errno" && !st.extra)) {
+      const auto got = m.dgram->receive(65536, left);
+      const std::string seen =
+          got.error ? errno_name(got.error.value()) : fmt::format("a {}-byte datagram", got.length);
+      const bool ok =
+          st.what == "nothing" ? got.error == std::errc::timed_out : got.error && seen == st.error;
+      return ok ? std::string() : seen;
+    }
+    return fmt::format("'{}' is for stream connections", st.what);
+  }
+
   // expect NAME EAGAIN rcvtimeo DUR: one recv() on the socket made blocking with SO_RCVTIMEO.
   std::string blocking_recv(const Stmt& st, Group& g, Member& m) {
     const Millis timeout = duration(st.extra, 0ms);
@@ -619,6 +733,7 @@ class Interpreter {
       line(fmt::format("{}: the background send had {} short or failed sends", st.name,
                        g.background_errors->load()));
     }
+    if (!st.what.empty()) stream_only(g, st.name, st.what);
     if (st.what == "kill") {
       std::vector<Client> held;
       for (auto& m : g.members) held.push_back(std::move(m.client));
@@ -731,6 +846,7 @@ class Interpreter {
   }
 
   void probe(const Stmt& st) {
+    if (target_.address().datagram()) failed("probe rr needs a stream target");
     const int clients = static_cast<int>(count(*st.count, kMaxConnections, "probe clients"));
     const size_t size = st.amount ? count(*st.amount, 64 << 20, "probe size") : 64;
     const Millis timeout = duration(st.within, 1s);
@@ -829,6 +945,7 @@ class Interpreter {
       }
       case Kind::kShutdown: {
         Group& g = group(st.name);
+        stream_only(g, st.name, "shutdown");
         for (auto& m : g.members) {
           if (auto ec = m.client.shutdown_write()) failed("shutdown: " + errno_name(ec.value()));
         }
@@ -903,6 +1020,7 @@ std::vector<CheckInfo> script_checks(const std::vector<Script>& scripts) {
       CheckInfo info;
       info.name = s.check;
       info.description = "scenario scripts";
+      info.any_transport = true;
       out.push_back(std::move(info));
       it = out.end() - 1;
     }

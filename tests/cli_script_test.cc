@@ -164,6 +164,20 @@ TEST_F(CliScript, TheTourPassesOnEpollAndIsSkippedForABareTarget) {
   EXPECT_EQ(bare_verdicts.begin()->second, "SKIP") << bare.out;
 }
 
+// Over datagrams every send is one datagram and every expectation one datagram: the udp example
+// passes on a reactor and on the blocking UDP server.
+TEST_F(CliScript, DatagramScriptsKeepBoundaries) {
+  const auto [run, verdicts] = script(scripts_dir() +
+                                          "/examples/udp.sbs --transport udp --server "
+                                          "epoll,udp-blocking -v",
+                                      "udp", "udp-blocking");
+  EXPECT_EQ(run.status, 0) << run.out << run.err;
+  EXPECT_EQ(verdicts.at("examples/udp"), "PASS") << run.out;
+  EXPECT_NE(run.out.find("PASS examples/udp on epoll"), std::string::npos) << run.out;
+  EXPECT_NE(run.out.find("u: sent 2 datagram(s), 11 bytes"), std::string::npos) << run.out;
+  EXPECT_NE(run.out.find("gone: ECONNREFUSED as expected"), std::string::npos) << run.out;
+}
+
 // An expectation that is not met FAILs the script with its line and what was seen instead; the
 // JUnit file has the failure too.
 TEST_F(CliScript, AnUnmetExpectationFailsWithItsLine) {

@@ -228,9 +228,7 @@ int script_command(int argc, const char* const* argv) {
     return kExitUsage;
   }
   CheckPlan plan = target_plan(parsed, "sockbench script", argc, argv);
-  if (plan.protocol == "chat" || plan.transport != "tcp") {
-    throw UsageError("scripts speak framed or echo over --transport tcp");
-  }
+  if (plan.protocol == "chat") throw UsageError("--protocol: scripts speak framed or echo");
   plan.checks = scenarios::script::script_checks(*scripts);
   plan.keep_alive = scripts;
   return run_check_plan(std::move(plan));

@@ -214,7 +214,7 @@ int run_check_plan(CheckPlan plan) {
     for (const auto& check : checks) {
       if (watcher.token().stop_requested()) break;
       // Stream checks need a stream socket, the udp check a datagram one.
-      if (check.datagram != target->address().datagram()) continue;
+      if (!check.any_transport && check.datagram != target->address().datagram()) continue;
       // The chat check needs a chat server; the others an echo.
       if (check.chat != (plan.protocol == "chat")) continue;
       // With --tls only the tls check; it needs TLS.
