@@ -231,6 +231,12 @@ std::string CheckRun::missing(unsigned needs) const {
   if ((needs & kNeedFramed) && target_.wire() != WireFormat::kFramed) {
     return "needs --protocol framed: the echo protocol has no length prefix";
   }
+  if ((needs & kNeedStream) && target_.address().datagram()) {
+    return "needs a stream target (--transport tcp): it uses byte-stream steps";
+  }
+  if ((needs & kNeedDatagram) && !target_.address().datagram()) {
+    return "needs a datagram target (--transport udp or unixgram)";
+  }
   if ((needs & kNeedServeFlags) && !target_.has_serve_flags()) {
     return fmt::format(
         "needs a built-in model: pausing accept() and setting listen()'s backlog are `sockbench "

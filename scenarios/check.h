@@ -107,6 +107,8 @@ enum Need : unsigned {
   kNeedLong = 1u << 4,        // only with --long
   // Not a need: the sub-check starts and stops the server itself, so the runner leaves it as is.
   kManagesServer = 1u << 5,
+  kNeedStream = 1u << 6,    // a stream target (tcp): scripts that use byte-stream steps
+  kNeedDatagram = 1u << 7,  // a datagram target (udp, unixgram): scripts about datagrams
 };
 
 struct SubcheckInfo {

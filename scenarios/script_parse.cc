@@ -372,45 +372,28 @@ class LineParser {
                         ? fmt::format("'{}' needs a time unit (ns, us, ms, s)", e.text)
                         : fmt::format("'{}' is not a duration (ns, us, ms, s)", e.text));
   }
-  Expr sum() {
-    Expr left = product();
+  // One precedence level: operands from `operand`, joined left to right by `ops`.
+  Expr binary(Expr (LineParser::*operand)(),
+              std::initializer_list<std::pair<std::string_view, Expr::Op>> ops) {
+    Expr left = (this->*operand)();
     for (;;) {
       const int at = col();
-      Expr::Op op;
-      if (accept_op("+")) {
-        op = Expr::Op::kAdd;
-      } else if (accept_op("-")) {
-        op = Expr::Op::kSub;
-      } else {
-        return left;
-      }
+      const auto* found = std::find_if(ops.begin(), ops.end(),
+                                       [this](const auto& op) { return accept_op(op.first); });
+      if (found == ops.end()) return left;
       Expr node;
-      node.op = op;
+      node.op = found->second;
       node.pos = {0, at};
       node.args.push_back(std::move(left));
-      node.args.push_back(product());
+      node.args.push_back((this->*operand)());
       left = std::move(node);
     }
   }
+  Expr sum() {
+    return binary(&LineParser::product, {{"+", Expr::Op::kAdd}, {"-", Expr::Op::kSub}});
+  }
   Expr product() {
-    Expr left = primary();
-    for (;;) {
-      const int at = col();
-      Expr::Op op;
-      if (accept_op("*")) {
-        op = Expr::Op::kMul;
-      } else if (accept_op("/")) {
-        op = Expr::Op::kDiv;
-      } else {
-        return left;
-      }
-      Expr node;
-      node.op = op;
-      node.pos = {0, at};
-      node.args.push_back(std::move(left));
-      node.args.push_back(primary());
-      left = std::move(node);
-    }
+    return binary(&LineParser::primary, {{"*", Expr::Op::kMul}, {"/", Expr::Op::kDiv}});
   }
   Expr primary() {
     if (++depth_ > 32) fail("expression nested too deeply");
@@ -601,13 +584,16 @@ class Parser {
     } else {
       if (p.done()) p.fail("expected what the script needs");
       while (!p.done()) {
-        const auto need = p.choice("a need", {"restart", "proc", "serve-flags", "framed", "long",
-                                              "clients", "measures-concurrency"});
+        const auto need =
+            p.choice("a need", {"restart", "proc", "serve-flags", "framed", "long", "stream",
+                                "datagram", "clients", "measures-concurrency"});
         if (need == "restart") s.needs |= kNeedRestart | kManagesServer;
         if (need == "proc") s.needs |= kNeedProc;
         if (need == "serve-flags") s.needs |= kNeedServeFlags;
         if (need == "framed") s.needs |= kNeedFramed;
         if (need == "long") s.needs |= kNeedLong;
+        if (need == "stream") s.needs |= kNeedStream;
+        if (need == "datagram") s.needs |= kNeedDatagram;
         if (need == "measures-concurrency") s.measures_concurrency = true;
         if (need == "clients") {
           const auto& tok = p.next("a number of clients");
