@@ -39,6 +39,7 @@ template <typename Config>
 void fill_engine_config(Config& config, const BenchParams& params, const ServerHandle& server) {
   config.target = server.address();
   if constexpr (requires { config.wire; }) config.wire = params.wire;
+  if constexpr (requires { config.http; }) config.http = params.http;
   if constexpr (requires { config.connections; })
     config.connections = static_cast<int>(shard_share(params.clients, params.shard));
   config.threads = std::max(params.threads, 1);
