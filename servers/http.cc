@@ -14,7 +14,7 @@ constexpr std::string_view kAlphabet = "abcdefghijklmnopqrstuvwxyz";
 
 class HttpSession final : public Session {
  public:
-  HttpSession() {
+  explicit HttpSession(uint64_t max_body) : max_body_(max_body) {
     http_parser_init(&parser_, HTTP_REQUEST);
     parser_.data = this;
   }
@@ -98,7 +98,7 @@ class HttpSession final : public Session {
     uint64_t n = 0;
     const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
     if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size() ||
-        n > kHttpMaxBodyBytes) {
+        n > max_body_) {
       append_head(400, "Bad Request", 0, keep_alive, {}, out);
       return;
     }
@@ -139,6 +139,7 @@ class HttpSession final : public Session {
       .on_chunk_complete = nullptr,
   };
 
+  const uint64_t max_body_;
   http_parser parser_{};
   std::string* out_ = nullptr;  // the reply buffer of the on_bytes() call in progress
   std::string url_;             // of the request being parsed; at most kHttpMaxHeaderBytes
@@ -149,7 +150,9 @@ class HttpSession final : public Session {
 
 }  // namespace
 
-std::unique_ptr<Session> make_http_session() { return std::make_unique<HttpSession>(); }
+std::unique_ptr<Session> make_http_session(uint64_t max_body) {
+  return std::make_unique<HttpSession>(max_body);
+}
 
 std::string_view http_root_body() { return kRootBody; }
 

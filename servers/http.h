@@ -15,7 +15,7 @@ namespace sockbench::servers {
 
 // Bytes of request line plus headers one request may take; more is answered 431 and closed.
 inline constexpr size_t kHttpMaxHeaderBytes = 16u << 10;
-// The largest N of GET /bytes/N; a larger one is answered 400.
+// The largest N of GET /bytes/N (by default); a larger one is answered 400.
 inline constexpr uint64_t kHttpMaxBodyBytes = 64u << 20;
 
 // GET / (and HEAD /) is answered 200 with this body; GET /bytes/N with N bytes of
@@ -24,7 +24,8 @@ inline constexpr uint64_t kHttpMaxBodyBytes = 64u << 20;
 // "Connection: keep-alive". Pipelined requests are answered in order. A malformed request (or
 // one over kHttpMaxHeaderBytes) is answered 400 (431) with "Connection: close" and ends the
 // connection (Verdict::kFinish), as does the last request of a connection that closes.
-std::unique_ptr<Session> make_http_session();
+// `max_body` bounds N of /bytes/N (a fuzzer keeps its memory small with a smaller one).
+std::unique_ptr<Session> make_http_session(uint64_t max_body = kHttpMaxBodyBytes);
 
 std::string_view http_root_body();
 // Appends the body of GET /bytes/N: the alphabet over and over, so that a client can check any

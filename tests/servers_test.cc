@@ -505,7 +505,7 @@ TEST(RegistryTest, ModelNamesSplitTheRegistryIntoCorrectThenFaulty) {
     // Every stream model serves every protocol the registry lists but chat, which the models that
     // relay between connections serve too, over TCP and AF_UNIX; a datagram-only model serves
     // neither chat nor http.
-    EXPECT_EQ(model.protocols, !model.serves("tcp")           ? datagram
+    EXPECT_EQ(model.protocols, !model.serves("tcp")            ? datagram
                                : chat_models.count(model.name) ? with_chat
                                                                : basic)
         << model.name;

@@ -102,8 +102,9 @@ int serve_command(int argc, const char* const* argv) {
   }
   const auto protocol = servers::parse_protocol(str(parsed, "protocol"));
   if (!protocol) {
-    throw UsageError(fmt::format("--protocol: expected echo, framed, discard, chat or http, got '{}'",
-                                 str(parsed, "protocol")));
+    throw UsageError(
+        fmt::format("--protocol: expected echo, framed, discard, chat or http, got '{}'",
+                    str(parsed, "protocol")));
   }
   const std::string_view protocol_name = servers::protocol_name(*protocol);
   if (std::find(model->protocols.begin(), model->protocols.end(), protocol_name) ==
