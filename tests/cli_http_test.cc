@@ -1,8 +1,8 @@
 // `sockbench serve --protocol http` on every stream model, answered to a raw client byte for
 // byte: pipelined requests, Connection: close ending the connection after its reply (FIN, not a
 // reset), a malformed request answered 400 and closed. And `sockbench run --protocol http`: rr
-// (open loop) and crr against models it starts, closed-loop rr against an http:// target, and
-// the target URLs it refuses.
+// (open loop) and crr (plain and TLS) against models it starts, closed-loop rr against an
+// http:// target, and the target URLs it refuses.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
@@ -93,7 +93,7 @@ class CliHttpRunTest : public ScratchDirTest {
 TEST_F(CliHttpRunTest, RrAndCrrMeasureModelsItStarts) {
   const auto run = sockbench(
       "run --server epoll,coro --protocol http --scenario rr,crr --rate 2000 --clients 2 "
-      "--duration 0.3 --warmup 0.1 --json " +
+      "--duration 0.2 --warmup 0.05 --json " +
       (dir_ / "out.json").string());
   ASSERT_EQ(run.status, 0) << run.err;
   const auto doc = json();
@@ -107,6 +107,15 @@ TEST_F(CliHttpRunTest, RrAndCrrMeasureModelsItStarts) {
     EXPECT_EQ(record["unverified_replies"].get<double>(), 0);
     EXPECT_EQ(record["connections_achieved"].get<double>(), 2);
   }
+  // Over TLS the server's last reply is followed by close_notify, then its FIN.
+  const auto tls = sockbench(
+      "run --server threaded --protocol http --scenario crr --tls --clients 2 --duration 0.2 "
+      "--warmup 0.05 --json " +
+      (dir_ / "out.json").string());
+  ASSERT_EQ(tls.status, 0) << tls.err;
+  const auto record = json()["benchmarks"][0];
+  EXPECT_GT(record["iterations"].get<double>(), 0) << tls.out;
+  EXPECT_EQ(record["errors"].get<double>(), 0) << tls.out;
 }
 
 TEST_F(CliHttpRunTest, TargetUrlIsMeasuredAndNon200IsAnError) {
