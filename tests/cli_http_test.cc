@@ -99,6 +99,7 @@ TEST_F(CliHttpRunTest, RrAndCrrMeasureModelsItStarts) {
   const auto doc = json();
   ASSERT_TRUE(doc.contains("benchmarks")) << run.err;
   ASSERT_EQ(doc["benchmarks"].size(), 4u);
+  EXPECT_EQ(doc["benchmarks"][0]["name"], "rr/epoll/clients:2/msg:64/rate:2000/http");
   for (const auto& record : doc["benchmarks"]) {
     SCOPED_TRACE(record["name"].get<std::string>());
     EXPECT_FALSE(record.contains("error"));
