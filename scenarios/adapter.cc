@@ -58,6 +58,10 @@ void warn_unverified(results::Record& record, uint64_t unverified_replies) {
       fmt::format("{} replies differed from their request", unverified_replies));
 }
 
+std::string http_cell(const BenchParams& params) {
+  return params.wire == WireFormat::kHttp ? "/http" : "";
+}
+
 std::string tls_cell(const BenchParams& params) {
   if (!params.tls) return "";
   std::string name = params.tls->config().version == 12 ? "/tls:1.2" : "/tls:1.3";

@@ -25,6 +25,9 @@ results::Record start_record(const std::string& scenario, const std::string& ser
                              std::string_view cell,
                              std::vector<std::pair<std::string, std::string>> params);
 
+// "/http" in the name of an rr or crr cell over HTTP (its msg:N is not what is sent); "" else.
+std::string http_cell(const BenchParams& params);
+
 // The TLS part of a cell's name: "/tls:1.2" or "/tls:1.3", then "/resume" with tls_resume; ""
 // without TLS.
 std::string tls_cell(const BenchParams& params);
@@ -39,6 +42,7 @@ template <typename Config>
 void fill_engine_config(Config& config, const BenchParams& params, const ServerHandle& server) {
   config.target = server.address();
   if constexpr (requires { config.wire; }) config.wire = params.wire;
+  if constexpr (requires { config.http; }) config.http = params.http;
   if constexpr (requires { config.connections; })
     config.connections = static_cast<int>(shard_share(params.clients, params.shard));
   config.threads = std::max(params.threads, 1);

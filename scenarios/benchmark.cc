@@ -31,7 +31,15 @@ std::vector<results::Record> one_run(ServerHandle& server, const BenchParams& pa
 
 // The server protocol of a scenario that sends what --protocol says.
 std::string wire_protocol(const BenchParams& params) {
-  return params.wire == WireFormat::kFramed ? "framed" : "echo";
+  switch (params.wire) {
+    case WireFormat::kFramed:
+      return "framed";
+    case WireFormat::kRaw:
+      return "echo";
+    case WireFormat::kHttp:
+      return "http";
+  }
+  return "framed";
 }
 
 }  // namespace
@@ -43,7 +51,7 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        wire_protocol,
        one_run<run_rr>,
        one_record<rr_record>,
-       {"framed", "echo"},
+       {"framed", "echo", "http"},
        kMinMessageSize,
        64,
        {"pipeline", "rate", "tls", "tls-version", "cipher", "insecure", "ca"},
@@ -62,7 +70,7 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        wire_protocol,
        one_run<run_crr>,
        one_record<crr_record>,
-       {"framed", "echo"},
+       {"framed", "echo", "http"},
        kMinMessageSize,
        64,
        {"close", "tls", "tls-version", "cipher", "insecure", "ca", "tls-resume"}},

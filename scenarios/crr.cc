@@ -71,12 +71,13 @@ uint64_t time_wait(const std::map<TcpState, uint64_t>& counts) {
 }  // namespace
 
 results::Record crr_record(const std::string& server, const BenchParams& params) {
-  return start_record("crr", server,
-                      fmt::format("clients:{}/msg:{}/close:{}{}", params.clients,
-                                  params.message_size, close_name(params.close), tls_cell(params)),
-                      {{"clients", std::to_string(params.clients)},
-                       {"msg", std::to_string(params.message_size)},
-                       {"close", close_name(params.close)}});
+  return start_record(
+      "crr", server,
+      fmt::format("clients:{}/msg:{}/close:{}{}{}", params.clients, params.message_size,
+                  close_name(params.close), http_cell(params), tls_cell(params)),
+      {{"clients", std::to_string(params.clients)},
+       {"msg", std::to_string(params.message_size)},
+       {"close", close_name(params.close)}});
 }
 
 results::Record run_crr(ServerHandle& server, const BenchParams& params, std::stop_token stop) {

@@ -25,7 +25,7 @@ std::string cell_name(const BenchParams& options) {
   std::string name = fmt::format("clients:{}/msg:{}", options.clients, options.message_size);
   if (options.pipeline > 1) name += fmt::format("/pipeline:{}", options.pipeline);
   if (open_loop(options)) name += "/rate:" + rate_text(options.rate);
-  name += tls_cell(options);
+  name += http_cell(options) + tls_cell(options);
   return name;
 }
 

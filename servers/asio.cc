@@ -266,20 +266,23 @@ class AsioServer final : public ListeningServer {
       if (ec) break;
       maybe_more = got == read_buffer_.size();
       read_since_wait += got;
-      if (session->on_bytes(std::string_view(read_buffer_.data(), got), out) ==
-          Session::Verdict::kClose) {
+      const auto verdict = session->on_bytes(std::string_view(read_buffer_.data(), got), out);
+      if (verdict == Session::Verdict::kClose) {
         counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
         co_return;
       }
-      if (out.empty()) continue;
       if (chat) {
-        relay(loop, *peer, out);
+        if (!out.empty()) relay(loop, *peer, out);
         continue;
       }
-      co_await asio::async_write(socket, asio::buffer(out),
-                                 asio::redirect_error(asio::use_awaitable, ec));
-      if (ec) break;
-      release_reply_buffer(out, 2 * options_.high_water);
+      if (!out.empty()) {
+        co_await asio::async_write(socket, asio::buffer(out),
+                                   asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) break;
+        release_reply_buffer(out, 2 * options_.high_water);
+      }
+      // The last reply is sent: FIN, then read (and drop) on until the client closes.
+      if (verdict == Session::Verdict::kFinish) socket.shutdown(Socket::shutdown_send, ec);
     }
     // ECONNRESET, EPIPE...; a connection closed by shut_down() is not an error.
     if (!loop.stopping) counters_.io_errors.fetch_add(1, std::memory_order_relaxed);

@@ -347,8 +347,8 @@ class CoroServer final : public ListeningServer {
       if (*got == 0) co_return;  // the peer is done, and every reply has been sent
       maybe_more = *got == read_buffer_.size();
       read_since_wait += *got;
-      if (session->on_bytes(std::string_view(read_buffer_.data(), *got), out) ==
-          Session::Verdict::kClose) {
+      const auto verdict = session->on_bytes(std::string_view(read_buffer_.data(), *got), out);
+      if (verdict == Session::Verdict::kClose) {
         counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
         co_return;
       }
@@ -362,6 +362,8 @@ class CoroServer final : public ListeningServer {
         }
       }
       release_reply_buffer(out, 2 * options_.high_water);
+      // The last reply is sent: FIN, then read (and drop) on until the client closes.
+      if (verdict == Session::Verdict::kFinish) ::shutdown(fd, SHUT_WR);
     }
     counters_.io_errors.fetch_add(1, std::memory_order_relaxed);  // ECONNRESET, a poller error...
   }

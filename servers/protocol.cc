@@ -5,6 +5,8 @@
 #include <thread>
 #include <utility>
 
+#include "servers/http.h"
+
 namespace sockbench::servers {
 namespace {
 
@@ -89,6 +91,11 @@ class TlsSession final : public Session {
       reply_.clear();
       verdict = inner_->on_bytes(plain_, reply_);
       if (!reply_.empty()) state = tls_->send(reply_);
+      // The inner protocol's last reply: close_notify follows it, then the model's FIN.
+      if (verdict == Verdict::kFinish && !close_sent_) {
+        tls_->close();
+        close_sent_ = true;
+      }
     }
     // The client's close_notify: answer it; the connection ends when the client closes it.
     if (state == tls::Session::State::kClosed && !close_sent_) {
@@ -120,6 +127,8 @@ std::unique_ptr<Session> make_plain_session(const ProtocolOptions& options) {
       return std::make_unique<EchoSession>(options.reply_delay);
     case Protocol::kDiscard:
       return std::make_unique<DiscardSession>();
+    case Protocol::kHttp:
+      return make_http_session();
     case Protocol::kFramed:
     case Protocol::kChat:  // the frames are relayed to the others by the model
       break;
@@ -134,6 +143,7 @@ std::optional<Protocol> parse_protocol(std::string_view name) {
   if (name == "framed") return Protocol::kFramed;
   if (name == "discard") return Protocol::kDiscard;
   if (name == "chat") return Protocol::kChat;
+  if (name == "http") return Protocol::kHttp;
   return std::nullopt;
 }
 
@@ -147,6 +157,8 @@ std::string_view protocol_name(Protocol protocol) {
       return "discard";
     case Protocol::kChat:
       return "chat";
+    case Protocol::kHttp:
+      return "http";
   }
   return "?";
 }

@@ -18,7 +18,8 @@ namespace sockbench::servers {
 // kChat is framed input whose frames are relayed to every other connection instead of answered:
 // its session answers each complete frame with itself, and the model routes that output to the
 // other members (servers/chat.h) rather than back to the sender.
-enum class Protocol { kEcho, kFramed, kDiscard, kChat };
+// kHttp is HTTP/1.1 (servers/http.h): GET / and GET /bytes/N, keep-alive, pipelining.
+enum class Protocol { kEcho, kFramed, kDiscard, kChat, kHttp };
 
 std::optional<Protocol> parse_protocol(std::string_view name);
 std::string_view protocol_name(Protocol protocol);
@@ -41,11 +42,15 @@ struct ProtocolOptions {
 // Per-connection protocol state machine. One per connection, used by one thread at a time.
 class Session {
  public:
-  enum class Verdict { kContinue, kClose };
+  enum class Verdict { kContinue, kClose, kFinish };
 
   virtual ~Session() = default;
   // Consumes all of `in`, appending any reply bytes to `out`. kClose means a protocol error:
-  // the model must close the connection (after nothing else is sent) and count it.
+  // the model must close the connection (after nothing else is sent) and count it. kFinish
+  // (returned once) means `out` holds the last reply: the model sends all of it, then shuts its
+  // write side down (FIN) and reads on until EOF as usual; the session drops what else arrives.
+  // Closing at once instead would make the kernel answer unread input with a RST that can
+  // destroy the reply before the client reads it.
   virtual Verdict on_bytes(std::string_view in, std::string& out) = 0;
 };
 

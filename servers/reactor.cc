@@ -41,7 +41,8 @@ struct Connection {
   std::string out;     // reply bytes not yet accepted by the kernel, from out_pos on
   size_t out_pos = 0;  // consumed prefix of `out`, compacted lazily
   unsigned interest = kNone;
-  bool eof = false;  // the peer finished sending: flush what is pending, then close
+  bool eof = false;     // the peer finished sending: flush what is pending, then close
+  bool finish = false;  // the session's last reply is in `out`: once it is sent, shut down writing
 
   size_t pending() const { return out.size() - out_pos; }
 };
@@ -222,11 +223,13 @@ class ReactorServer final : public Server {
       const std::string_view bytes(read_buffer_.data(), *got);
       // Chat: the frames go to the others, never back to the sender.
       const bool chat = config_.protocol.protocol == Protocol::kChat;
-      if (c.session->on_bytes(bytes, chat ? relay_ : c.out) == Session::Verdict::kClose) {
+      const auto verdict = c.session->on_bytes(bytes, chat ? relay_ : c.out);
+      if (verdict == Session::Verdict::kClose) {
         counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
         close_connection(c);
         return false;
       }
+      c.finish = c.finish || verdict == Session::Verdict::kFinish;
       if (!relay_.empty()) {
         relay(c);
         if (listener_.stop_requested()) return true;  // a blocking fan-out (the twin) was stopped
@@ -370,6 +373,11 @@ class ReactorServer final : public Server {
       c.out_pos += *sent;
     }
     if (c.pending() == 0) {
+      // The last reply is out: FIN, then read (and drop) on until the client closes.
+      if (c.finish) {
+        ::shutdown(c.fd.get(), SHUT_WR);
+        c.finish = false;
+      }
       c.out_pos = 0;
       // Give back the memory of a burst (one huge frame) instead of keeping it per connection.
       if (c.out.capacity() > 2 * options_.high_water) {

@@ -15,10 +15,11 @@ namespace sockbench::servers {
 namespace {
 
 const std::vector<ModelInfo>& builtin_models() {
+  // Datagram-only models: no stream, so neither chat nor http.
   static const std::vector<std::string> kAllProtocols = {"echo", "framed", "discard"};
   // Chat needs several clients served at once over a stream: not the iterative model, and not a
   // datagram-only one.
-  static const std::vector<std::string> kWithChat = {"echo", "framed", "discard", "chat"};
+  static const std::vector<std::string> kWithChat = {"echo", "framed", "discard", "chat", "http"};
   static const std::vector<std::string> kDatagramOnly = {"udp", "unixgram"};
   static const std::vector<ModelInfo> models = {
       {"threaded", "one thread per client, blocking I/O", false,
@@ -185,6 +186,9 @@ const std::vector<ProtocolInfo>& protocols() {
       {"chat",
        "framed input; each frame is relayed byte-identical to every other connection, never "
        "answered; a member that falls --chat-limit bytes behind is disconnected"},
+      {"http",
+       "HTTP/1.1: GET / (a short text) and GET /bytes/N (N bytes), keep-alive, pipelining, "
+       "Connection: close; a malformed request is answered 400 and closed"},
   };
   return all;
 }

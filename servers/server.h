@@ -96,7 +96,7 @@ struct ModelInfo {
   // What it serves: every model moves bytes for the shared protocol logic over any stream socket;
   // those that also serve datagram sockets (servers/dgram.h) list udp and unixgram, and a
   // datagram-only model lists only those. --server all runs the models of the chosen transport.
-  std::vector<std::string> protocols = {"echo", "framed", "discard"};
+  std::vector<std::string> protocols = {"echo", "framed", "discard", "http"};
   std::vector<std::string> transports = {"tcp", "unix"};
   ClientConcurrency concurrency = ClientConcurrency::kUnbounded;
 

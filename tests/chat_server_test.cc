@@ -391,7 +391,7 @@ TEST_F(ChatTwinTest, FaultyChatBlockingStallsEveryoneBehindTheSlowReader) {
 TEST_F(ChatTwinTest, ChatIsAUsageErrorWhereItCannotBeServed) {
   const std::pair<std::string, std::string> cases[] = {
       {"--server iterative --listen 127.0.0.1:0",
-       "iterative does not serve chat (it serves echo, framed, discard)"},
+       "iterative does not serve chat (it serves echo, framed, discard, http)"},
       {"--server epoll --listen udp:127.0.0.1:0", "chat needs a stream listener"},
       {"--server epoll --tls --listen 127.0.0.1:0",
        "chat relays frames between connections and serves no TLS"},

@@ -495,15 +495,20 @@ TEST(RegistryTest, ModelNamesSplitTheRegistryIntoCorrectThenFaulty) {
             (std::vector<std::string>{"select", "poll", "epoll", "udp-blocking"}));
   EXPECT_EQ(model_names(/*faulty=*/false, "unixgram"), model_names(/*faulty=*/false, "udp"));
   EXPECT_EQ(model_names(/*faulty=*/true, "udp"), (std::vector<std::string>{"faulty-udp-truncate"}));
-  const std::vector<std::string> basic = {"echo", "framed", "discard"};
-  const std::vector<std::string> with_chat = {"echo", "framed", "discard", "chat"};
+  const std::vector<std::string> datagram = {"echo", "framed", "discard"};
+  const std::vector<std::string> basic = {"echo", "framed", "discard", "http"};
+  const std::vector<std::string> with_chat = {"echo", "framed", "discard", "chat", "http"};
   // Chat needs several stream clients served at once: not iterative, not a datagram model.
   const std::set<std::string> chat_models = {"threaded", "select", "poll", "epoll",
                                              "pool",     "coro",   "asio", "faulty-chat-blocking"};
   for (const auto& model : registry()) {
-    // Every model serves every protocol the registry lists but chat, which the models that relay
-    // between connections serve too, over TCP and AF_UNIX, or over datagrams only.
-    EXPECT_EQ(model.protocols, chat_models.count(model.name) ? with_chat : basic) << model.name;
+    // Every stream model serves every protocol the registry lists but chat, which the models that
+    // relay between connections serve too, over TCP and AF_UNIX; a datagram-only model serves
+    // neither chat nor http.
+    EXPECT_EQ(model.protocols, !model.serves("tcp")            ? datagram
+                               : chat_models.count(model.name) ? with_chat
+                                                               : basic)
+        << model.name;
     EXPECT_TRUE(model.serves("tcp") == model.serves("unix")) << model.name;
     EXPECT_TRUE(model.serves("udp") == model.serves("unixgram")) << model.name;
     EXPECT_TRUE(model.serves("tcp") || model.serves("udp")) << model.name;

@@ -28,6 +28,7 @@
 #include "harness/core/cpus.h"
 #include "harness/core/signals.h"
 #include "harness/load/dgram.h"
+#include "harness/load/http.h"
 #include "results/aggregate.h"
 #include "results/merge.h"
 #include "results/writers.h"
@@ -359,7 +360,8 @@ int run_command(int argc, const char* const* argv) {
        cxxopts::value<std::string>())
       ("threads", "client threads (default: size of the client CPU set)",
        cxxopts::value<std::string>())
-      ("protocol", "rr/crr wire format: framed (length-prefixed) or echo (raw bytes)",
+      ("protocol", "rr/crr wire format: framed (length-prefixed), echo (raw bytes) or http "
+       "(HTTP/1.1 GET; implied by --target http://...)",
        cxxopts::value<std::string>()->default_value("framed"))
       ("transport", "tcp, unix (AF_UNIX stream), udp (with --host) or unixgram (AF_UNIX "
        "datagram); --server all runs the models that serve it",
@@ -378,7 +380,8 @@ int run_command(int argc, const char* const* argv) {
       ("allow-overlap", "run even when --server-cpus and --client-cpus share CPUs (with a "
        "warning)")
       ("target", "drive the server already listening at HOST:PORT (sockbench serve, or any "
-       "server of the protocol) instead of starting --server", cxxopts::value<std::string>())
+       "server of the protocol), or any HTTP/1.1 server at http://HOST:PORT/PATH, instead of "
+       "starting --server", cxxopts::value<std::string>())
       ("via-proxy", "reach the server through a sockbench proxy with these toxics (comma list of "
        "DIR:TOXIC=ARGS, e.g. down:latency=20; \"\" for none)", cxxopts::value<std::string>())
       ("shard", "run share I of N (I from 0) of the load: of the clients, the --rate and every "
@@ -415,11 +418,18 @@ int run_command(int argc, const char* const* argv) {
         "--per-rank: applies under mpirun; for --shard files use sockbench merge --per-rank");
   }
   std::optional<Address> target;
+  std::optional<HttpUrl> http_url;  // --target http://...
   if (parsed.count("target")) {
     if (parsed.count("server")) {
       throw UsageError("--target: drives the server at that address; drop --server");
     }
-    const auto parsed_target = parse_address(str(parsed, "target"));
+    std::string address = str(parsed, "target");
+    if (address.starts_with("http:") || address.find("://") != std::string::npos) {
+      http_url = parse_http_url(address);
+      if (!http_url->error.empty()) throw UsageError("--target: " + http_url->error);
+      address = http_url->address;
+    }
+    const auto parsed_target = parse_address(address);
     if (!parsed_target.error.empty()) throw UsageError("--target: " + parsed_target.error);
     target = parsed_target.address;
   } else if (under_mpi || parsed.count("shard")) {
@@ -545,11 +555,31 @@ int run_command(int argc, const char* const* argv) {
   base.close = close == "fin" ? scenarios::CloseMode::kFin : scenarios::CloseMode::kRst;
   if (parsed.count("ramp")) base.ramp = within_limit("ramp", int_list(parsed, "ramp", 1, INT_MAX));
   base.shard = shard;
-  const auto protocol = str(parsed, "protocol");
-  if (protocol != "framed" && protocol != "echo") {
-    throw UsageError(fmt::format("--protocol: expected framed or echo, got '{}'", protocol));
+  const auto protocol = parsed.count("protocol") || !http_url ? str(parsed, "protocol") : "http";
+  if (protocol != "framed" && protocol != "echo" && protocol != "http") {
+    throw UsageError(fmt::format("--protocol: expected framed, echo or http, got '{}'", protocol));
   }
-  base.wire = protocol == "framed" ? WireFormat::kFramed : WireFormat::kRaw;
+  if (http_url && protocol != "http") {
+    throw UsageError(fmt::format("--protocol: an http:// target speaks http, not {}", protocol));
+  }
+  base.wire = protocol == "framed" ? WireFormat::kFramed
+              : protocol == "echo" ? WireFormat::kRaw
+                                   : WireFormat::kHttp;
+  if (base.wire == WireFormat::kHttp) {
+    for (const auto* scenario : scenario_list) {
+      if (std::find(scenario->protocols.begin(), scenario->protocols.end(), "http") ==
+          scenario->protocols.end()) {
+        throw UsageError(fmt::format(
+            "--protocol http: the {} scenario does not speak it (rr and crr do)", scenario->name));
+      }
+    }
+    if (transport == "udp" || transport == "unixgram") {
+      throw UsageError(fmt::format("--protocol http: needs a stream transport, not {}", transport));
+    }
+    // Without a URL: GET / of the server sockbench starts (or of --target HOST:PORT).
+    base.http = http_url ? HttpTarget{http_url->host, http_url->path}
+                         : HttpTarget{target ? target->to_string() : "localhost", "/"};
+  }
   base.transport = transport;
   std::string host = str(parsed, "host");
   if (host.find(':') != std::string::npos && !host.starts_with("[")) host = "[" + host + "]";

@@ -102,8 +102,9 @@ int serve_command(int argc, const char* const* argv) {
   }
   const auto protocol = servers::parse_protocol(str(parsed, "protocol"));
   if (!protocol) {
-    throw UsageError(fmt::format("--protocol: expected echo, framed, discard or chat, got '{}'",
-                                 str(parsed, "protocol")));
+    throw UsageError(
+        fmt::format("--protocol: expected echo, framed, discard, chat or http, got '{}'",
+                    str(parsed, "protocol")));
   }
   const std::string_view protocol_name = servers::protocol_name(*protocol);
   if (std::find(model->protocols.begin(), model->protocols.end(), protocol_name) ==
@@ -111,8 +112,9 @@ int serve_command(int argc, const char* const* argv) {
     throw UsageError(fmt::format("--protocol: {} does not serve {} (it serves {})", model->name,
                                  protocol_name, fmt::join(model->protocols, ", ")));
   }
-  if (*protocol == servers::Protocol::kChat && config.listen.datagram()) {
-    throw UsageError(fmt::format("--protocol: chat needs a stream listener, not {}",
+  if ((*protocol == servers::Protocol::kChat || *protocol == servers::Protocol::kHttp) &&
+      config.listen.datagram()) {
+    throw UsageError(fmt::format("--protocol: {} needs a stream listener, not {}", protocol_name,
                                  transport_of(config.listen)));
   }
   config.protocol.protocol = *protocol;

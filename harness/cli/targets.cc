@@ -150,6 +150,7 @@ bool BuiltinTarget::alive(std::string* why) {
 }
 
 WireFormat BuiltinTarget::wire() const {
+  if (spec_.protocol == "http") return WireFormat::kHttp;
   return spec_.protocol == "echo" ? WireFormat::kRaw : WireFormat::kFramed;
 }
 

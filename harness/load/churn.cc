@@ -1,5 +1,6 @@
 #include "harness/load/churn.h"
 
+#include <fmt/format.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
@@ -11,6 +12,7 @@
 #include <string_view>
 
 #include "harness/core/frame.h"
+#include "harness/load/http.h"
 
 namespace sockbench {
 namespace {
@@ -52,6 +54,7 @@ struct Slot {
   // previous connection got (tls_resume), and whether the handshake is still going.
   std::unique_ptr<tls::Session> tls;
   tls::SavedSession saved;
+  std::unique_ptr<HttpResponseReader> http;  // http runs: this cycle's response
   bool handshaking = false;
 };
 
@@ -88,8 +91,8 @@ class Worker {
   void read(Slot& s, size_t i);
   void flush_tls(Slot& s, size_t i);
   void read_tls(Slot& s, size_t i);
-  // Compares reply bytes with the request; completes the cycle when whole. False when the
-  // cycle ended (completed or failed).
+  // Compares reply bytes with the request (http: parses the response, which must be a 200);
+  // completes the cycle when whole. False when the cycle ended (completed or failed).
   bool take_reply(Slot& s, size_t i, const char* data, size_t size, int64_t now);
   void complete(Slot& s, size_t i, int64_t now);
   void fail(Slot& s, size_t i, std::string_view error, int64_t now);
@@ -105,7 +108,8 @@ class Worker {
   std::vector<Slot> slots_;
   std::deque<size_t> backoff_;  // slots waiting to reconnect, in retry_at order
   std::string payload_;
-  std::string tls_plain_;  // TLS: what one recv() decrypted to
+  std::string http_request_;  // http runs: every cycle's request
+  std::string tls_plain_;     // TLS: what one recv() decrypted to
   std::vector<char> recv_buffer_;
   size_t next_start_ = 0;
   int64_t next_scan_ns_ = 0;
@@ -117,6 +121,9 @@ class Worker {
 void Worker::run() {
   slots_ = std::vector<Slot>(count_);
   recv_buffer_.resize(kRecvBufferSize);
+  if (config_.wire == WireFormat::kHttp) {
+    http_request_ = http_get_request(config_.http.host, config_.http.path, /*close=*/true);
+  }
   next_scan_ns_ = steady_now_ns() + kScanEveryNs;
   epoll_event events[kMaxEvents];
   run_client_loop(threads_, epoll_, events, *this);
@@ -214,12 +221,17 @@ void Worker::on_connected(Slot& s, size_t i, int64_t now) {
   const uint64_t seq = (static_cast<uint64_t>(first_slot_ + i) << kSeqSlotShift) + s.seq++;
   fill_payload(seq, static_cast<uint64_t>(now), config_.message_size, payload_);
   s.wire.clear();
-  if (plan_.header_size) {
-    char header[kFrameHeaderSize];
-    write_be32(static_cast<uint32_t>(config_.message_size), header);
-    s.wire.append(header, sizeof header);
+  if (config_.wire == WireFormat::kHttp) {
+    s.wire = http_request_;
+    s.http = std::make_unique<HttpResponseReader>();
+  } else {
+    if (plan_.header_size) {
+      char header[kFrameHeaderSize];
+      write_be32(static_cast<uint32_t>(config_.message_size), header);
+      s.wire.append(header, sizeof header);
+    }
+    s.wire.append(payload_);
   }
-  s.wire.append(payload_);
   s.sent = 0;
   s.received = 0;
   s.recvs = 0;
@@ -301,14 +313,30 @@ void Worker::read_tls(Slot& s, size_t i) {
 }
 
 bool Worker::take_reply(Slot& s, size_t i, const char* data, size_t size, int64_t now) {
-  if (size > s.wire.size() - s.received ||
-      std::memcmp(data, s.wire.data() + s.received, size) != 0) {
+  if (s.http) {
+    // One response, then nothing: the request asked the server to close.
+    const bool ok = s.http->feed(std::string_view(data, size));
+    const auto& responses = s.http->completed();
+    if (!ok || responses.size() > 1) {
+      ++stats.unverified_replies;
+      fail(s, i, {}, now);
+      return false;
+    }
+    if (responses.empty()) return true;
+    if (responses[0].status != 200) {
+      fail(s, i, fmt::format("HTTP {}", responses[0].status), now);
+      return false;
+    }
+    s.http.reset();
+  } else if (size > s.wire.size() - s.received ||
+             std::memcmp(data, s.wire.data() + s.received, size) != 0) {
     ++stats.unverified_replies;
     fail(s, i, {}, now);
     return false;
+  } else {
+    s.received += size;
+    if (s.received < s.wire.size()) return true;
   }
-  s.received += size;
-  if (s.received < s.wire.size()) return true;
   if (s.tls) {
     // The session to offer next time (its ticket came before the reply), then close_notify,
     // sent as far as the socket takes it: the close is the server's to finish.
@@ -375,6 +403,7 @@ void Worker::complete(Slot& s, size_t i, int64_t now) {
 // parks the slot for `backoff` before it connects again.
 void Worker::fail(Slot& s, size_t i, std::string_view error, int64_t now) {
   s.tls.reset();
+  s.http.reset();
   s.saved = tls::SavedSession();  // a failed connection's session is not offered again
   s.fd.reset();
   s.phase = Phase::kBackoff;

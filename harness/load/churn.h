@@ -29,6 +29,7 @@ enum class ChurnClose {
 struct ChurnConfig : ClientRunConfig {
   WireFormat wire = WireFormat::kFramed;  // the request, as rr sends it (see fill_payload)
   size_t message_size = 64;               // payload bytes; >= kMinMessageSize
+  HttpTarget http;  // kHttp: the GET sent, with "Connection: close" (the client closes anyway)
   ChurnClose close = ChurnClose::kFin;
   std::chrono::nanoseconds reply_timeout = std::chrono::seconds(10);
   // How long a slot waits after a failed cycle before it connects again, so that a refusing

@@ -17,6 +17,7 @@
 #include <string_view>
 
 #include "harness/core/frame.h"
+#include "harness/load/http.h"
 
 namespace sockbench {
 namespace {
@@ -54,7 +55,8 @@ size_t filler_phase(uint64_t seq) { return static_cast<size_t>((seq * 151 + kSta
 struct Plan {
   const LoadConfig* config = nullptr;
   size_t header_size = 0;  // 4 when framed
-  size_t prefix_size = 0;  // header + seq + timestamp
+  size_t prefix_size = 0;  // header + seq + timestamp; 0 for http
+  bool http = false;       // every request is the same GET, sent from `cycle`
   size_t filler_size = 0;
   uint64_t wire_size = 0;  // one request (= one reply) on the wire
   uint32_t pipeline = 1;
@@ -70,6 +72,8 @@ struct Plan {
 
   // The schedule's time zero: the start of the run, a warm-up before the window.
   int64_t origin_ns() const { return window.start_ns - config->warmup.count(); }
+  // Request seq's filler (http: the whole request).
+  const char* filler(uint64_t seq) const { return cycle.data() + (http ? 0 : filler_phase(seq)); }
 };
 
 // The two times of one outstanding request.
@@ -96,8 +100,9 @@ struct Conn : FixedConn {
   uint64_t base_seq = 0;
   uint64_t due = 0;  // open loop: intended send times passed, not yet issued (held by the cap)
   std::unique_ptr<Stamp[]> ring;
-  std::unique_ptr<tls::Session> tls;  // TLS runs only; requests start once handshake_done()
-  int64_t tls_start_ns = 0;           // when the TCP connection was established
+  std::unique_ptr<tls::Session> tls;         // TLS runs only; requests start once handshake_done()
+  std::unique_ptr<HttpResponseReader> http;  // http runs only
+  int64_t tls_start_ns = 0;                  // when the TCP connection was established
 };
 
 // One client thread: its epoll loop, its connections, its statistics. Only its own thread
@@ -150,6 +155,9 @@ class Worker {
   size_t write_prefix(uint64_t seq, int64_t origin, char* out) const;
   void on_readable(Conn& c, size_t i);
   bool matches(uint64_t seq, int64_t origin, uint64_t offset, const char* data, size_t n) const;
+  bool take_echo(Conn& c, const char* data, size_t n, int64_t now, uint32_t& completed);
+  bool take_http(Conn& c, const char* data, size_t n, int64_t now, uint32_t& completed);
+  void complete_head(Conn& c, bool continued, int64_t now, bool sample = true);
   void reserve(Conn& c, uint32_t needed);
   void issue(Conn& c, uint32_t n, int64_t now);
   void issue_due(Conn& c, size_t i);
@@ -348,7 +356,7 @@ void Worker::flush_tls(Conn& c, size_t i) {
       Stamp& s = stamp(c, seq);
       char prefix[kMaxPrefix];
       tls_request_.append(prefix, write_prefix(seq, s.origin, prefix));
-      tls_request_.append(plan_.cycle.data() + filler_phase(seq), plan_.filler_size);
+      tls_request_.append(plan_.filler(seq), plan_.filler_size);
       s.sent = now;
       if (plan_.open && window && now - s.origin > kLateSendThreshold.count()) ++stats.late_sends;
     }
@@ -362,6 +370,7 @@ void Worker::flush_tls(Conn& c, size_t i) {
 
 // A request's bytes before its filler: frame header (framed), seq, origin. Returns their count.
 size_t Worker::write_prefix(uint64_t seq, int64_t origin, char* out) const {
+  if (plan_.http) return 0;
   char* p = out;
   if (plan_.header_size) {
     write_be32(static_cast<uint32_t>(config_.message_size), p);
@@ -429,7 +438,7 @@ void Worker::flush(Conn& c, size_t i) {
       }
       const size_t filler_off = off > plan_.prefix_size ? off - plan_.prefix_size : 0;
       if (filler_off < plan_.filler_size) {
-        const char* filler = plan_.cycle.data() + filler_phase(seq) + filler_off;
+        const char* filler = plan_.filler(seq) + filler_off;
         iov_[static_cast<size_t>(iovcnt++)] = {const_cast<char*>(filler),
                                                plan_.filler_size - filler_off};
         offered += plan_.filler_size - filler_off;
@@ -487,7 +496,7 @@ bool Worker::matches(uint64_t seq, int64_t origin, uint64_t offset, const char* 
     offset += k;
   }
   if (n == 0) return true;
-  const char* filler = plan_.cycle.data() + filler_phase(seq) + (offset - plan_.prefix_size);
+  const char* filler = plan_.filler(seq) + (offset - plan_.prefix_size);
   return std::memcmp(data, filler, n) == 0;
 }
 
@@ -524,21 +533,36 @@ void Worker::on_readable(Conn& c, size_t i) {
     data = tls_plain_.data();
     left = tls_plain_.size();
   }
-  const bool window = in_window(now);
-  if (window) stats.bytes_received += left;
-  bool continued = c.recv_off > 0;  // the head reply began in an earlier recv()
+  if (in_window(now)) stats.bytes_received += left;
   uint32_t completed = 0;
+  if (!(plan_.http ? take_http(c, data, left, now, completed)
+                   : take_echo(c, data, left, now, completed))) {
+    return;
+  }
+  if (completed == 0) return;
+  if (plan_.open) {
+    issue_due(c, i);
+  } else {
+    issue(c, completed, now);
+    flush(c, i);
+  }
+}
+
+// Verifies echoed reply bytes against the requests in flight, completing each whole one. False
+// when the connection was closed for a wrong reply.
+bool Worker::take_echo(Conn& c, const char* data, size_t left, int64_t now, uint32_t& completed) {
+  bool continued = c.recv_off > 0;  // the head reply began in an earlier recv()
   while (left > 0) {
     if (c.in_flight == 0) {  // bytes nobody asked for
       reject_reply(c, now);
-      return;
+      return false;
     }
     const uint64_t seq = c.base_seq;
     const Stamp& s = stamp(c, seq);
     const size_t k = std::min<uint64_t>(left, plan_.wire_size - c.recv_off);
     if (!matches(seq, s.origin, c.recv_off, data, k)) {
       reject_reply(c, now);
-      return;
+      return false;
     }
     c.recv_off += k;
     data += k;
@@ -547,31 +571,56 @@ void Worker::on_readable(Conn& c, size_t i) {
     // An echo of bytes not yet sent cannot be an echo.
     if (c.unsent == 0) {
       reject_reply(c, now);
-      return;
+      return false;
     }
-    if (window) {
-      ++stats.requests;
-      if (continued) ++stats.short_reads;
-      record_latency(now, s);
-    }
-    c.recv_off = 0;
-    ++c.base_seq;
-    --c.in_flight;
-    --c.unsent;
+    complete_head(c, continued, now);
     ++completed;
-    if (!c.verified) {
-      c.verified = true;
-      ++stats.connections_achieved;
-      stats.first_reply_latency.record(static_cast<uint64_t>(now - c.connect_start_ns));
-    }
     continued = false;
   }
-  if (completed == 0) return;
-  if (plan_.open) {
-    issue_due(c, i);
-  } else {
-    issue(c, completed, now);
-    flush(c, i);
+  return true;
+}
+
+// Parses HTTP responses, completing the head request for each whole one: a 200 is a reply, any
+// other status an error. False when the connection was closed (not HTTP, or an answer to
+// nothing).
+bool Worker::take_http(Conn& c, const char* data, size_t n, int64_t now, uint32_t& completed) {
+  if (!c.http) c.http = std::make_unique<HttpResponseReader>();
+  const bool ok = c.http->feed(std::string_view(data, n));
+  auto& responses = c.http->completed();
+  for (const auto& response : responses) {
+    if (c.in_flight == 0 || c.unsent == 0) {  // an answer to a request not (wholly) sent
+      reject_reply(c, now);
+      return false;
+    }
+    // Answered, but not a sample unless 200.
+    if (response.status != 200) count_error(fmt::format("HTTP {}", response.status), now);
+    complete_head(c, response.began_earlier, now, response.status == 200);
+    ++completed;
+  }
+  responses.clear();
+  if (!ok) {
+    reject_reply(c, now);
+    return false;
+  }
+  return true;
+}
+
+// The head request's reply is complete: a sample when in the window (and `sample`), and the next
+// request is head.
+void Worker::complete_head(Conn& c, bool continued, int64_t now, bool sample) {
+  if (sample && in_window(now)) {
+    ++stats.requests;
+    if (continued) ++stats.short_reads;
+    record_latency(now, stamp(c, c.base_seq));
+  }
+  c.recv_off = 0;
+  ++c.base_seq;
+  --c.in_flight;
+  --c.unsent;
+  if (!c.verified) {
+    c.verified = true;
+    ++stats.connections_achieved;
+    stats.first_reply_latency.record(static_cast<uint64_t>(now - c.connect_start_ns));
   }
 }
 
@@ -661,6 +710,7 @@ void Worker::kill(Conn& c, std::string_view error, int64_t now) {
   if (!conns_.end(c)) return;
   c.ring.reset();
   c.tls.reset();
+  c.http.reset();
   c.due = 0;
   if (!error.empty()) count_error(error, now);
   if (conns_.live() == 0) done_ns = now;
@@ -776,6 +826,13 @@ Expected<LoadStats> run_load(const LoadConfig& config, std::stop_token stop) {
   plan.prefix_size = plan.header_size + kStampSize;
   plan.filler_size = config.message_size - kStampSize;
   plan.wire_size = plan.header_size + config.message_size;
+  const std::string http_request = http_get_request(config.http.host, config.http.path, false);
+  plan.http = config.wire == WireFormat::kHttp;
+  if (plan.http) {
+    plan.prefix_size = 0;
+    plan.filler_size = http_request.size();
+    plan.wire_size = http_request.size();
+  }
   plan.pipeline = static_cast<uint32_t>(config.pipeline);
   plan.tcp = is_tcp_target(config.target);
   plan.open = is_open_loop(config);
@@ -784,6 +841,7 @@ Expected<LoadStats> run_load(const LoadConfig& config, std::stop_token stop) {
   plan.max_outstanding = static_cast<uint32_t>(config.max_outstanding);
   plan.cycle.resize(256 + plan.filler_size);
   for (size_t i = 0; i < plan.cycle.size(); ++i) plan.cycle[i] = filler_byte(i);
+  if (plan.http) plan.cycle = http_request;
   plan.connect_timeout_ns = config.connect_timeout.count();
   plan.seconds = seconds_rounded_up(config.duration);
 

@@ -25,14 +25,23 @@
 namespace sockbench {
 
 // How requests are put on the wire. kFramed: 4-byte big-endian length + payload, the reply is
-// the same frame. kRaw: the payload alone (echo protocol), the reply is the same bytes.
-enum class WireFormat { kFramed, kRaw };
+// the same frame. kRaw: the payload alone (echo protocol), the reply is the same bytes. kHttp:
+// an HTTP/1.1 GET (HttpTarget), the reply any HTTP/1.1 response, parsed to its last body byte;
+// status 200 is a reply, any other an error named by its status ("HTTP 404").
+enum class WireFormat { kFramed, kRaw, kHttp };
+
+// kHttp: what is asked for. The host is the Host header's value (HOST:PORT).
+struct HttpTarget {
+  std::string host;
+  std::string path = "/";
+};
 
 // Request/response load. Target, connections, threads, CPUs, warm-up, duration, connect timeout
 // and the window callbacks are ClientRunConfig's.
 struct LoadConfig : ClientRunConfig {
   WireFormat wire = WireFormat::kFramed;
-  size_t message_size = 64;  // payload bytes per request; >= kMinMessageSize
+  size_t message_size = 64;  // payload bytes per request; >= kMinMessageSize; not kHttp's
+  HttpTarget http;           // kHttp only
   int pipeline = 1;          // requests in flight per connection (closed loop only)
   // Open loop: total requests/s over all connections, > 0. 0 with open_loop false: closed loop.
   double rate = 0;
