@@ -13,8 +13,12 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <queue>
+#include <random>
 #include <string_view>
+#include <utility>
 
 #include "harness/core/frame.h"
 
@@ -98,6 +102,8 @@ struct Conn : FixedConn {
   std::unique_ptr<Stamp[]> ring;
   std::unique_ptr<tls::Session> tls;  // TLS runs only; requests start once handshake_done()
   int64_t tls_start_ns = 0;           // when the TCP connection was established
+  uint32_t attempt = 0;               // reconnect: failed attempts since it was last established
+  bool reopened = false;              // reconnect: its current connect is not its first
 };
 
 // One client thread: its epoll loop, its connections, its statistics. Only its own thread
@@ -112,7 +118,8 @@ class Worker {
         epoll_(threads.epoll(index)),
         timer_(std::move(timer)),
         first_connection_(share.first),
-        count_(share.count) {}
+        count_(share.count),
+        random_(std::random_device{}() ^ static_cast<uint64_t>(index)) {}
 
   void run();
 
@@ -134,6 +141,8 @@ class Worker {
  private:
   bool in_window(int64_t now) const { return plan_.window.contains(now); }
   static Stamp& stamp(const Conn& c, uint64_t seq) { return c.ring[seq & c.ring_mask]; }
+  // Requests whose first byte went out and whose reply is not complete.
+  static uint64_t sent_unanswered(const Conn& c) { return c.unsent + (c.unsent_off > 0 ? 1 : 0); }
   uint64_t first_seq(size_t i) const {
     return static_cast<uint64_t>(first_connection_ + i) << kSeqConnectionShift;
   }
@@ -143,6 +152,8 @@ class Worker {
   }
 
   void start_connect(size_t i);
+  void retry_due(int64_t now);
+  void drop(Conn& c, std::string_view error, int64_t now);
   void begin_requests(Conn& c, size_t i, int64_t now);
   void start_tls(Conn& c, size_t i, int64_t now);
   bool send_ciphertext(Conn& c, size_t i);
@@ -186,6 +197,11 @@ class Worker {
   int64_t next_slot_ns_ = kNever;
   int64_t armed_ = kNever;  // the timerfd's pending deadline; kNever: disarmed or already fired
 
+  // Reconnect: connections waiting for their backoff to pass, (when, index), earliest on top.
+  using Retry = std::pair<int64_t, size_t>;
+  std::priority_queue<Retry, std::vector<Retry>, std::greater<>> retries_;
+  std::mt19937_64 random_;  // backoff jitter
+
   bool cpu_started_ = false;
   bool cpu_ended_ = false;
   int64_t cpu_start_ns_ = 0;
@@ -210,6 +226,7 @@ void Worker::run() {
   iov_.resize(kMaxIov);
   prefixes_.resize(kMaxIov * kMaxPrefix);
   if (plan_.open) next_slot_ns_ = slot_ns(0, 0);
+  if (config_.reconnect.enabled) stats.recoveries.assign(count_, {});
 
   epoll_event events[kMaxEvents];
   run_client_loop(threads_, epoll_, events, *this);
@@ -220,6 +237,7 @@ void Worker::run() {
   for (size_t i = 0; i < count_; ++i) {
     const Conn& c = conns_[i];
     if (!c.verified && c.state != ConnState::kDead) ++stats.connections_unanswered;
+    if (c.state == ConnState::kOpen) stats.in_flight_at_end += sent_unanswered(c);
   }
   conns_.reset(0);  // closes every fd this thread opened
 }
@@ -228,6 +246,7 @@ void Worker::run() {
 // (the schedule, the window's edges) is on its timerfd and a stop arrives as an event, while a
 // timeout would cost each wait the kernel's clock read and hrtimer set-up for nothing.
 std::optional<int> Worker::prepare_pass() {
+  if (!retries_.empty()) retry_due(steady_now_ns());
   auto timeout =
       conns_.prepare_pass(kConnectBatch, kPollTimeoutMs, [this](size_t i) { start_connect(i); });
   if (!timeout) return timeout;
@@ -268,6 +287,23 @@ void Worker::start_connect(size_t i) {
   c.want_out = true;
 }
 
+// Reconnects the connections whose backoff has passed by `now`.
+void Worker::retry_due(int64_t now) {
+  while (!retries_.empty() && retries_.top().first <= now) {
+    const size_t i = retries_.top().second;
+    retries_.pop();
+    Conn& c = conns_[i];
+    c.reopened = true;
+    ++stats.reconnect_attempts[now / config_.attempt_bucket.count()];
+    if (const std::string error = conns_.connect(i, epoll_, config_.target, plan_.tcp);
+        !error.empty()) {
+      kill(c, error, now);
+      continue;
+    }
+    c.want_out = true;
+  }
+}
+
 void Worker::on_open(Conn& c, size_t i, uint32_t events) {
   if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(c, i);
   if (c.state == ConnState::kOpen && (events & EPOLLOUT) && c.want_out) flush(c, i);
@@ -275,6 +311,8 @@ void Worker::on_open(Conn& c, size_t i, uint32_t events) {
 
 void Worker::on_connected(Conn& c, size_t i, int64_t now) {
   set_want_out(c, i, false);
+  if (c.reopened) ++stats.reconnects;
+  c.attempt = 0;
   if (config_.tls) {
     start_tls(c, i, now);
     return;
@@ -353,6 +391,7 @@ void Worker::flush_tls(Conn& c, size_t i) {
       if (plan_.open && window && now - s.origin > kLateSendThreshold.count()) ++stats.late_sends;
     }
     if (window) stats.bytes_sent += tls_request_.size();
+    stats.requests_sent += c.in_flight - c.unsent;
     c.unsent = c.in_flight;
     c.unsent_off = 0;
     c.tls->send(tls_request_);
@@ -460,6 +499,7 @@ void Worker::flush(Conn& c, size_t i) {
     c.unsent += static_cast<uint32_t>(pos / plan_.wire_size);
     c.unsent_off = pos % plan_.wire_size;
     const uint32_t end = c.unsent + (c.unsent_off > 0 ? 1 : 0);
+    stats.requests_sent += end - started;
     for (uint32_t r = started; r < end; ++r) {
       Stamp& s = stamp(c, c.base_seq + r);
       s.sent = now;
@@ -559,6 +599,11 @@ void Worker::on_readable(Conn& c, size_t i) {
     --c.in_flight;
     --c.unsent;
     ++completed;
+    ++stats.replies_received;
+    if (!stats.recoveries.empty()) {
+      ConnRecovery& r = stats.recoveries[i];
+      if (r.failed_ns != 0 && r.first_reply_ns == 0) r.first_reply_ns = now;
+    }
     if (!c.verified) {
       c.verified = true;
       ++stats.connections_achieved;
@@ -601,6 +646,7 @@ void Worker::run_schedule(int64_t now) {
 // the window end (when this thread reads its CPU time).
 void Worker::arm_timer() {
   int64_t deadline = plan_.open ? next_slot_ns_ : kNever;
+  if (!retries_.empty()) deadline = std::min(deadline, retries_.top().first);
   if (!cpu_started_) {
     deadline = std::min(deadline, plan_.window.start_ns);
   } else if (!cpu_ended_) {
@@ -656,14 +702,52 @@ void Worker::reject_reply(Conn& c, int64_t now) {
   kill(c, {}, now);
 }
 
-// Closes the connection for good (closing the fd also removes it from the epoll set).
+// Closes the connection for good (closing the fd also removes it from the epoll set), or, with
+// reconnect, until its backoff has passed.
 void Worker::kill(Conn& c, std::string_view error, int64_t now) {
+  if (config_.reconnect.enabled && !threads_.stop_requested()) {
+    drop(c, error, now);
+    return;
+  }
   if (!conns_.end(c)) return;
   c.ring.reset();
   c.tls.reset();
   c.due = 0;
   if (!error.empty()) count_error(error, now);
   if (conns_.live() == 0) done_ns = now;
+}
+
+// Reconnect: a failed connect is a reconnect failure (the first connect's failure an error, as
+// without reconnect); a failed connection an error, its sent requests lost in flight. Either way
+// the connection is connected again after its backoff.
+void Worker::drop(Conn& c, std::string_view error, int64_t now) {
+  if (c.state == ConnState::kIdle || c.state == ConnState::kDead) return;  // counted once
+  const size_t i = conns_.index_of(c);
+  if (c.state == ConnState::kConnecting) {
+    if (c.reopened) {
+      ++stats.reconnect_failures;
+    } else if (!error.empty()) {
+      count_error(error, now);
+    }
+    ++c.attempt;
+  } else {
+    if (!error.empty()) count_error(error, now);
+    stats.lost_in_flight += sent_unanswered(c);
+    stats.recoveries[i] = {now, 0};
+  }
+  conns_.drop(c);
+  // Its requests are abandoned; numbering goes on past them, so no reply to one can match.
+  c.base_seq += c.in_flight;
+  c.in_flight = c.unsent = 0;
+  c.unsent_off = c.recv_off = 0;
+  c.want_out = false;
+  c.due = 0;
+  c.ring.reset();
+  c.ring_mask = 0;
+  c.tls.reset();
+  c.tls_start_ns = 0;
+  const auto delay = backoff_delay(config_.reconnect, c.attempt, random_());
+  retries_.push({now + delay.count(), i});
 }
 
 void Worker::count_error(std::string_view name, int64_t now) {
@@ -678,7 +762,11 @@ void merge_into(LoadStats& total, const LoadStats& s) {
                &S::tls_handshake, &S::first_reply_latency, &S::connections_unanswered,
                &S::late_sends, &S::capped_sends, &S::dropped_sends, &S::client_cpu_seconds,
                &S::requests, &S::bytes_sent, &S::bytes_received, &S::unverified_replies,
-               &S::short_reads, &S::short_writes, &S::connections_achieved, &S::errors);
+               &S::short_reads, &S::short_writes, &S::connections_achieved, &S::errors,
+               &S::requests_sent, &S::replies_received, &S::lost_in_flight, &S::in_flight_at_end,
+               &S::reconnects, &S::reconnect_failures);
+  for (const auto& [bucket, n] : s.reconnect_attempts) total.reconnect_attempts[bucket] += n;
+  total.recoveries.insert(total.recoveries.end(), s.recoveries.begin(), s.recoveries.end());
 }
 
 double seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double>(d).count(); }
@@ -717,6 +805,15 @@ std::string describe_invalid(const LoadConfig& c) {
   if (c.pipeline < 1 || c.pipeline > kMaxPipeline) {
     return fmt::format("pipeline must be between 1 and {} (got {})", kMaxPipeline, c.pipeline);
   }
+  if (c.reconnect.enabled) {
+    if (is_open_loop(c)) return "reconnect applies to the closed loop only";
+    if (c.reconnect.backoff_min.count() <= 0 || c.reconnect.backoff_max < c.reconnect.backoff_min) {
+      return fmt::format(
+          "reconnect backoff must be 0 < backoff_min <= backoff_max (got {} s and {} s)",
+          seconds(c.reconnect.backoff_min), seconds(c.reconnect.backoff_max));
+    }
+    if (c.attempt_bucket.count() <= 0) return "attempt_bucket must be positive";
+  }
   if (!is_open_loop(c)) return {};
   if (!std::isfinite(c.rate) || c.rate <= 0) {
     return fmt::format(
@@ -750,6 +847,18 @@ std::string describe_invalid(const LoadConfig& c) {
 int64_t intended_send_ns(int i, int n, double rate, uint64_t k) {
   const double slot = static_cast<double>(k) * static_cast<double>(n) + static_cast<double>(i);
   return static_cast<int64_t>(slot * 1e9 / rate);  // truncation: floor, the value is >= 0
+}
+
+std::chrono::nanoseconds backoff_delay(const Reconnect& reconnect, uint32_t attempt,
+                                       uint64_t random) {
+  const int64_t min = reconnect.backoff_min.count();
+  const int64_t max = reconnect.backoff_max.count();
+  // min * 2^attempt, stopped at max before it can overflow.
+  int64_t cap = min;
+  for (uint32_t k = 0; k < attempt && cap < max; ++k) cap = cap > max / 2 ? max : cap * 2;
+  cap = std::min(cap, max);
+  if (!reconnect.jitter) return std::chrono::nanoseconds(cap);
+  return std::chrono::nanoseconds(static_cast<int64_t>(random % (static_cast<uint64_t>(cap) + 1)));
 }
 
 uint64_t LoadStats::error_count() const { return unverified_replies + sum_counts(errors); }
