@@ -48,7 +48,7 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        kMinMessageSize,
        64,
        {"pipeline", "rate", "tls", "tls-version", "cipher", "insecure", "ca", "reconnect",
-        "backoff-min", "backoff-max", "jitter"},
+        "backoff-min", "backoff-max", "jitter", "keepalive", "user-timeout"},
        {"tcp", "unix", "udp", "unixgram"}},
       {"restart",
        "rr with reconnect backoff while the server is SIGKILLed at --kill-at and restarted on "
@@ -60,7 +60,7 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        {"framed", "echo"},
        kMinMessageSize,
        64,
-       {"kill-at", "backoff-min", "backoff-max", "jitter"},
+       {"kill-at", "backoff-min", "backoff-max", "jitter", "keepalive", "user-timeout"},
        {"tcp"}},
       {"stream",
        "bulk transfer over N connections, one way or (duplex) echoed and verified",

@@ -49,6 +49,9 @@ struct BenchParams {
   Reconnect reconnect;
   // restart: when the server is killed, from the start of the measured window.
   std::chrono::nanoseconds kill_at = std::chrono::seconds(1);
+  // rr, restart: keep-alive and user timeout of the client's TCP connections (--keepalive,
+  // --user-timeout); the command line gives the servers it starts the same.
+  TcpTimeouts tcp = {};
 };
 
 // True when `params.shard`'s share of the cell is no connection at all (more shards than

@@ -241,7 +241,7 @@ TEST_F(CliRun, RestartScenarioRecoversEveryClientAndCountsTheLostRequestsExactly
   EXPECT_GT(b["peak_connect_rate"].get<double>(), 0) << b;
 }
 
-TEST_F(CliRun, ReconnectAndRestartFlagsAreChecked) {
+TEST_F(CliRun, ReconnectRestartAndKeepaliveFlagsAreChecked) {
   const std::string run = "run --duration 200ms --warmup 0s --clients 1 ";
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"--scenario restart --target 127.0.0.1:9", "--scenario restart: kills and restarts"},
@@ -252,6 +252,11 @@ TEST_F(CliRun, ReconnectAndRestartFlagsAreChecked) {
       {"--reconnect backoff --rate 100", "--reconnect: applies to the closed loop only"},
       {"--scenario crr --reconnect backoff", "--reconnect: applies only to --scenario rr"},
       {"--scenario restart --kill-at 1s", "--kill-at: must fall within --duration 200ms"},
+      {"--keepalive 2,1", "--keepalive: expected IDLE,INTVL,CNT (e.g. 2,1,3), got '2,1'"},
+      {"--keepalive 2,0,3", "--keepalive"},
+      {"--keepalive 2,1,200", "--keepalive"},
+      {"--user-timeout -5", "--user-timeout"},
+      {"--scenario crr --keepalive 2,1,3", "--keepalive: applies only to --scenario rr, restart"},
   };
   for (const auto& [flags, message] : cases) {
     const auto r = sockbench(run + flags);

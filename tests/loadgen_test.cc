@@ -2,6 +2,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -10,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -579,6 +581,39 @@ TEST(RunLoad, ReconnectRetriesRefusedConnectsUntilTheServerListens) {
   EXPECT_EQ(s.requests_sent, 4u);  // one each, never answered
   EXPECT_EQ(s.in_flight_at_end, 4u);
   EXPECT_EQ(s.lost_in_flight, 0u);
+}
+
+TEST(RunLoad, ClientConnectionsGetKeepaliveAndUserTimeout) {
+  auto listener = listen_on(loopback_any_port(), 16, true, false);
+  ASSERT_TRUE(listener.ok());
+  auto config = make_config(local_address(listener->get()).value(), 1, 1, 1, 0ms, 300ms);
+  config.tcp = {.keepalive_idle_s = 4,
+                .keepalive_interval_s = 2,
+                .keepalive_count = 5,
+                .user_timeout_ms = 1500};
+  std::jthread load([&] { (void)run_load(config); });
+  Fd server(::accept(listener->get(), nullptr, nullptr));
+  ASSERT_TRUE(server);
+  // Its first request comes after the options were set (right after connect() started).
+  char byte = 0;
+  ASSERT_EQ(::recv(server.get(), &byte, 1, 0), 1);
+  sockaddr_in peer{};
+  socklen_t length = sizeof peer;
+  ASSERT_EQ(::getpeername(server.get(), reinterpret_cast<sockaddr*>(&peer), &length), 0);
+  // The client's socket is in this process: the one bound to the server side's peer port. The
+  // server never answers, so it stays open until the run ends.
+  std::optional<TcpTimeouts> client;
+  for (int fd = 3; fd < 4096 && !client; ++fd) {
+    const auto local = local_address(fd);
+    if (local.ok() && fd != server.get() && local->port() == ntohs(peer.sin_port)) {
+      client = get_tcp_timeouts(fd).value();
+    }
+  }
+  ASSERT_TRUE(client.has_value());
+  EXPECT_EQ(client->keepalive_idle_s, 4);
+  EXPECT_EQ(client->keepalive_interval_s, 2);
+  EXPECT_EQ(client->keepalive_count, 5);
+  EXPECT_EQ(client->user_timeout_ms, 1500);
 }
 
 TEST(RunLoad, ThousandsOfConnections) {

@@ -428,6 +428,7 @@ int run_command(int argc, const char* const* argv) {
       ("h,help", "show this help");
   // clang-format on
   add_tls_client_options(options);
+  add_tcp_timeout_options(options, "the client connections (rr, restart) and the servers started");
   const auto parsed = parse_or_throw(options, argc, argv);
   if (parsed.count("help")) {
     std::fputs(options.help().c_str(), stdout);
@@ -578,6 +579,7 @@ int run_command(int argc, const char* const* argv) {
   }
   base.close = close == "fin" ? scenarios::CloseMode::kFin : scenarios::CloseMode::kRst;
   base.reconnect = reconnect_flags(parsed);
+  base.tcp = tcp_timeouts_flags(parsed);
   if (base.reconnect.enabled && parsed.count("rate")) {
     throw UsageError("--reconnect: applies to the closed loop only; drop --rate");
   }
@@ -630,6 +632,9 @@ int run_command(int argc, const char* const* argv) {
         serve_args.end(),
         {"--workers", std::to_string(parse_int("workers", str(parsed, "workers"), 1, 1 << 16))});
   }
+
+  const auto tcp_args = tcp_timeout_args(base.tcp);
+  serve_args.insert(serve_args.end(), tcp_args.begin(), tcp_args.end());
 
   // Server and client on disjoint CPU sets by default, the same set for every model.
   const auto available = available_cpus();

@@ -152,6 +152,7 @@ class Worker {
   }
 
   void start_connect(size_t i);
+  std::string open(size_t i);
   void retry_due(int64_t now);
   void drop(Conn& c, std::string_view error, int64_t now);
   void begin_requests(Conn& c, size_t i, int64_t now);
@@ -279,12 +280,22 @@ void Worker::after_pass() { conns_.after_pass(plan_.connect_timeout_ns, *this); 
 void Worker::start_connect(size_t i) {
   Conn& c = conns_[i];
   c.base_seq = static_cast<uint64_t>(first_connection_ + i) << kSeqConnectionShift;
-  if (const std::string error = conns_.connect(i, epoll_, config_.target, plan_.tcp);
-      !error.empty()) {
+  if (const std::string error = open(i); !error.empty()) {
     kill(c, error, steady_now_ns());
     return;
   }
   c.want_out = true;
+}
+
+// Starts connection i's connect with the sockets options asked for: "" or the errno name.
+std::string Worker::open(size_t i) {
+  std::string error = conns_.connect(i, epoll_, config_.target, plan_.tcp);
+  if (error.empty() && plan_.tcp && config_.tcp.any()) {
+    if (const auto err = set_tcp_timeouts(conns_[i].fd.get(), config_.tcp)) {
+      error = errno_name(err.value());
+    }
+  }
+  return error;
 }
 
 // Reconnects the connections whose backoff has passed by `now`.
@@ -295,8 +306,7 @@ void Worker::retry_due(int64_t now) {
     Conn& c = conns_[i];
     c.reopened = true;
     ++stats.reconnect_attempts[now / config_.attempt_bucket.count()];
-    if (const std::string error = conns_.connect(i, epoll_, config_.target, plan_.tcp);
-        !error.empty()) {
+    if (const std::string error = open(i); !error.empty()) {
       kill(c, error, now);
       continue;
     }

@@ -67,7 +67,8 @@ struct LoadConfig : ClientRunConfig {
   // TLS (client role) on every connection when set: requests start once its handshake is done,
   // replies are verified after decryption, byte counts are of plaintext.
   std::shared_ptr<tls::Context> tls;
-  Reconnect reconnect;  // closed loop only
+  Reconnect reconnect;   // closed loop only
+  TcpTimeouts tcp = {};  // keep-alive and user timeout of every connection to a TCP target
   // Reconnect attempts are counted per bucket of this length (LoadStats::reconnect_attempts), so
   // that the peak rate of a reconnect storm can be read off.
   std::chrono::nanoseconds attempt_bucket = std::chrono::milliseconds(10);
