@@ -14,15 +14,9 @@ trap 'rm -f "$out"' EXIT
 status=0
 ci/netns-keepalive "$bin" >"$out" 2>&1 || status=$?
 cat "$out"
-failures=0
-expect() {  # expect WHAT CONDITION...
-  local what=$1
-  shift
-  if ! "$@"; then
-    echo "netns_keepalive_test: FAIL: $what"
-    failures=$((failures + 1))
-  fi
-}
+EXPECT_PREFIX=netns_keepalive_test
+# shellcheck source=tests/support/expect.sh
+source tests/support/expect.sh
 expect "exit 0 (got $status)" test "$status" -eq 0
 for row in "server, idle connection (keep-alive): .* configured 5.0 s, ratio [01]\.[0-9]* .* ok" \
   "client, idle connection (keep-alive): .* configured 5.0 s, ratio [01]\.[0-9]* .*recv: ETIMEDOUT.* ok" \
