@@ -81,8 +81,9 @@ results::Record run_restart(ServerHandle& server, const BenchParams& params, std
   const auto clients = static_cast<uint64_t>(stats.recoveries.size());
   Histogram recovery;
   for (const ConnRecovery& r : stats.recoveries) {
-    if (r.failed_ns >= kill_ns && r.first_reply_ns >= restart_ns && restarted) {
-      recovery.record(static_cast<uint64_t>(r.first_reply_ns - restart_ns));
+    // The new server may answer before this thread has read that it listens: 0 then.
+    if (restarted && r.failed_ns >= kill_ns && r.first_reply_ns > 0) {
+      recovery.record(static_cast<uint64_t>(std::max<int64_t>(r.first_reply_ns - restart_ns, 0)));
     }
   }
   const uint64_t accounted = stats.requests_sent - stats.replies_received - stats.in_flight_at_end;

@@ -15,8 +15,8 @@ namespace sockbench::scenarios {
 // into the measured window it calls server.restart() (SIGKILL, then the same port at once).
 // One record named "restart/<server>/clients:<N>/msg:<bytes>/kill_at:<ms>/jitter:full|none".
 //
-// Metrics: clients, clients_recovered (connections whose first verified reply after their failure
-// came after the restart), recovery_p50_us, recovery_p99_us, recovery_max_us (that reply minus
+// Metrics: clients, clients_recovered (connections that failed at the kill and got a verified
+// reply after it), recovery_p50_us, recovery_p99_us, recovery_max_us (that reply minus
 // the moment the new server was listening), downtime_us (kill to listening again),
 // lost_in_flight (the client's count of requests sent and unanswered when their connection
 // failed) and in_flight_accounted (requests_sent - replies_received - in_flight_at_end, which

@@ -257,6 +257,7 @@ TEST_F(CliRun, ReconnectRestartAndKeepaliveFlagsAreChecked) {
       {"--keepalive 2,1,200", "--keepalive"},
       {"--user-timeout -5", "--user-timeout"},
       {"--scenario crr --keepalive 2,1,3", "--keepalive: applies only to --scenario rr, restart"},
+      {"--transport unix --user-timeout 100", "--user-timeout: applies to --transport tcp only"},
   };
   for (const auto& [flags, message] : cases) {
     const auto r = sockbench(run + flags);

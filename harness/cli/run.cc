@@ -580,6 +580,13 @@ int run_command(int argc, const char* const* argv) {
   base.close = close == "fin" ? scenarios::CloseMode::kFin : scenarios::CloseMode::kRst;
   base.reconnect = reconnect_flags(parsed);
   base.tcp = tcp_timeouts_flags(parsed);
+  if (transport != "tcp") {
+    for (const char* flag : {"reconnect", "keepalive", "user-timeout"}) {
+      if (parsed.count(flag)) {
+        throw UsageError(fmt::format("--{}: applies to --transport tcp only", flag));
+      }
+    }
+  }
   if (base.reconnect.enabled && parsed.count("rate")) {
     throw UsageError("--reconnect: applies to the closed loop only; drop --rate");
   }
