@@ -321,6 +321,7 @@ void Worker::on_open(Conn& c, size_t i, uint32_t events) {
 
 void Worker::on_connected(Conn& c, size_t i, int64_t now) {
   set_want_out(c, i, false);
+  if (c.state != ConnState::kOpen) return;  // it failed there (and may be waiting to reconnect)
   if (c.reopened) ++stats.reconnects;
   c.attempt = 0;
   if (config_.tls) {
