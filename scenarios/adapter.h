@@ -48,6 +48,7 @@ void fill_engine_config(Config& config, const BenchParams& params, const ServerH
   config.threads = std::max(params.threads, 1);
   config.cpus = params.client_cpus;
   config.message_size = params.message_size;
+  if constexpr (requires { config.tcp; }) config.tcp = params.tcp;
   if constexpr (requires { config.duration; }) {
     config.warmup = params.warmup;
     config.duration = params.duration;

@@ -10,6 +10,7 @@
 #include "scenarios/connections.h"
 #include "scenarios/crr.h"
 #include "scenarios/dgram.h"
+#include "scenarios/restart.h"
 #include "scenarios/rr.h"
 #include "scenarios/stream.h"
 
@@ -54,8 +55,21 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        {"framed", "echo", "http"},
        kMinMessageSize,
        64,
-       {"pipeline", "rate", "tls", "tls-version", "cipher", "insecure", "ca"},
+       {"pipeline", "rate", "tls", "tls-version", "cipher", "insecure", "ca", "reconnect",
+        "backoff-min", "backoff-max", "jitter", "keepalive", "user-timeout"},
        {"tcp", "unix", "udp", "unixgram"}},
+      {"restart",
+       "rr with reconnect backoff while the server is SIGKILLed at --kill-at and restarted on "
+       "the same port: time to recovery per client, requests lost in flight (exact), the "
+       "reconnect storm's peak connect rate",
+       wire_protocol,
+       one_run<run_restart>,
+       one_record<restart_record>,
+       {"framed", "echo"},
+       kMinMessageSize,
+       64,
+       {"kill-at", "backoff-min", "backoff-max", "jitter", "keepalive", "user-timeout"},
+       {"tcp"}},
       {"stream",
        "bulk transfer over N connections, one way or (duplex) echoed and verified",
        [](const BenchParams& p) { return p.duplex ? "echo" : "discard"; },

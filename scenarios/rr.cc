@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <utility>
 
 #include "scenarios/adapter.h"
 #include "scenarios/dgram.h"
@@ -25,6 +26,7 @@ std::string cell_name(const BenchParams& options) {
   std::string name = fmt::format("clients:{}/msg:{}", options.clients, options.message_size);
   if (options.pipeline > 1) name += fmt::format("/pipeline:{}", options.pipeline);
   if (open_loop(options)) name += "/rate:" + rate_text(options.rate);
+  if (options.reconnect.enabled) name += "/reconnect";
   name += http_cell(options) + tls_cell(options);
   return name;
 }
@@ -41,6 +43,18 @@ results::Record rr_record(const std::string& server, const BenchParams& options)
   return record;
 }
 
+void set_reconnect_metrics(results::Record& record, const LoadStats& stats, bool reconnect) {
+  if (!reconnect) return;
+  for (const auto& [name, value] : {std::pair{"reconnects", stats.reconnects},
+                                    {"reconnect_failures", stats.reconnect_failures},
+                                    {"lost_in_flight", stats.lost_in_flight},
+                                    {"requests_sent", stats.requests_sent},
+                                    {"replies_received", stats.replies_received},
+                                    {"in_flight_at_end", stats.in_flight_at_end}}) {
+    record.set(name, static_cast<double>(value));
+  }
+}
+
 results::Record run_rr(ServerHandle& server, const BenchParams& options, std::stop_token stop) {
   if (server.address().datagram()) return run_dgram_cell("rr", server, options, std::move(stop));
   results::Record record = rr_record(server.name(), options);
@@ -50,6 +64,7 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   fill_engine_config(config, options, server);
   config.pipeline = options.pipeline;
   config.tls = options.tls;
+  config.reconnect = options.reconnect;
   // A negative rate is passed on too, for the engine's validation to name it. A shard sends its
   // segment of the rate; the record keeps the whole rate, which names the cell.
   config.rate = options.rate > 0 ? shard_rate(options.rate, options.shard) : options.rate;
@@ -75,6 +90,7 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   if (options.tls) set_latency_metrics(record, "tls_handshake_", stats.tls_handshake, {50, 99});
   set_count_metrics(record, stats, stats.connections_requested, stats.connections_achieved);
   record.set("connections_unanswered", static_cast<double>(stats.connections_unanswered));
+  set_reconnect_metrics(record, stats, config.reconnect.enabled);
   record.set("client_cpu_percent", stats.client_cpu_utilisation * 100);
   // Beside server_cpu_us_per_request, in the same unit: the generator's own cost per request.
   if (stats.requests > 0) {

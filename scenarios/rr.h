@@ -35,4 +35,9 @@ results::Record run_rr(ServerHandle& server, const BenchParams& params, std::sto
 // server, name and params. Also what a cell whose server never started is filed under.
 results::Record rr_record(const std::string& server, const BenchParams& params);
 
+// With reconnect: the metrics reconnects, reconnect_failures, lost_in_flight, requests_sent,
+// replies_received and in_flight_at_end (whole run, so that requests_sent = replies_received +
+// lost_in_flight + in_flight_at_end). Nothing without it.
+void set_reconnect_metrics(results::Record& record, const LoadStats& stats, bool reconnect);
+
 }  // namespace sockbench::scenarios

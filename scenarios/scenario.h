@@ -46,6 +46,13 @@ struct BenchParams {
   std::shared_ptr<tls::Context> tls;
   // crr with tls: offer each slot's previous session (--tls-resume) instead of full handshakes.
   bool tls_resume = false;
+  // rr: reconnect failed connections after a backoff (--reconnect backoff); restart: always on.
+  Reconnect reconnect;
+  // restart: when the server is killed, from the start of the measured window.
+  std::chrono::nanoseconds kill_at = std::chrono::seconds(1);
+  // rr, restart: keep-alive and user timeout of the client's TCP connections (--keepalive,
+  // --user-timeout); the command line gives the servers it starts the same.
+  TcpTimeouts tcp = {};
 };
 
 // True when `params.shard`'s share of the cell is no connection at all (more shards than
@@ -63,6 +70,12 @@ class ServerHandle {
   virtual std::optional<ProcSample> sample() = 0;
   // False once the server process has exited; `why` then says how ("killed by SIGSEGV").
   virtual bool alive(std::string* why) = 0;
+  // SIGKILLs the server's process group and starts it again at once on the same address. False
+  // with `why` when it cannot: a server sockbench did not start, or the new one did not come up.
+  virtual bool restart(std::string* why) {
+    *why = "this server cannot be restarted (sockbench did not start it)";
+    return false;
+  }
 };
 
 // The server sampled at the edges of an engine's measured window, so its CPU time and context

@@ -93,6 +93,10 @@ std::error_code Listener::bind() {
   // time accept() runs, and the loop must not then block where stop() cannot reach it.
   auto fd = listen_on(config_.address, config_.backlog, config_.reuseaddr, /*nonblocking=*/true);
   if (!fd) return fd.error();
+  const int family = config_.address.family();
+  if ((family == AF_INET || family == AF_INET6) && config_.tcp.any()) {
+    if (auto err = set_tcp_timeouts(fd->get(), config_.tcp)) return err;
+  }
   auto address = local_address(fd->get());
   if (!address) return address.error();
   fd_ = std::move(*fd);

@@ -84,6 +84,7 @@ struct ListenerConfig {
   std::chrono::milliseconds emfile_backoff{100};
   // faulty-emfile-spin's defect: no back-off on EMFILE/ENFILE, accept() is wanted again at once.
   bool retry_accept_on_emfile = false;
+  TcpTimeouts tcp = {};  // set on the listening socket (TCP only); accepted sockets inherit them
 };
 
 // A model's listening socket and everything around it: the eventfd that wakes its loop (for
@@ -196,7 +197,8 @@ inline ListenerConfig readiness_listener_config(const ServerConfig& config,
           .backlog = config.backlog,
           .reuseaddr = config.reuseaddr,
           .accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC,
-          .emfile_backoff = emfile_backoff};
+          .emfile_backoff = emfile_backoff,
+          .tcp = config.tcp};
 }
 
 }  // namespace sockbench::servers

@@ -138,7 +138,8 @@ BlockingServer::BlockingServer(const ServerConfig& config, ThreadedOptions optio
                  .backlog = config.backlog,
                  .reuseaddr = config.reuseaddr,
                  .accept_flags = SOCK_CLOEXEC,  // no SOCK_NONBLOCK: blocking I/O is the model
-                 .emfile_backoff = options.emfile_backoff}) {}
+                 .emfile_backoff = options.emfile_backoff,
+                 .tcp = config.tcp}) {}
 
 std::error_code run_acceptor(Listener& listener, ServerCounters& counters, size_t per_wake,
                              const std::function<bool()>& fd_freed,

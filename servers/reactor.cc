@@ -58,7 +58,8 @@ class ReactorServer final : public Server {
                    .reuseaddr = config.reuseaddr && !options.ignore_reuseaddr,
                    .accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC,
                    .emfile_backoff = options.emfile_backoff,
-                   .retry_accept_on_emfile = options.retry_accept_on_emfile}),
+                   .retry_accept_on_emfile = options.retry_accept_on_emfile,
+                   .tcp = config.tcp}),
         read_buffer_(std::max<size_t>(options_.read_chunk, 1)) {}
 
   ~ReactorServer() override = default;

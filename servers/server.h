@@ -25,6 +25,9 @@ struct ServerConfig {
   ProtocolOptions protocol;
   // pool: worker threads; 0 = the number of CPUs in this process's affinity set. Others ignore it.
   int workers = 0;
+  // Keep-alive and user timeout of every accepted TCP connection (set on the listener, which
+  // they inherit). Zero fields: the kernel's defaults.
+  TcpTimeouts tcp = {};
 };
 
 // Counters a model keeps while it runs; written by server threads, read by anyone.

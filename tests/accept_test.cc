@@ -70,6 +70,33 @@ TEST(ListenerTest, ReuseaddrIsOnlySetWhenAsked) {
   EXPECT_EQ(reuseaddr_of(listener.fd()), 0);
 }
 
+// Set on the listener, inherited by every accepted socket: what `serve --keepalive
+// --user-timeout` relies on.
+TEST(ListenerTest, AcceptedSocketsInheritKeepaliveAndUserTimeout) {
+  const TcpTimeouts asked{.keepalive_idle_s = 2,
+                          .keepalive_interval_s = 1,
+                          .keepalive_count = 3,
+                          .user_timeout_ms = 3000};
+  Listener listener({.address = loopback_any_port(), .tcp = asked});
+  ASSERT_FALSE(listener.bind());
+  auto client = connect_to(listener.address(), /*nonblocking=*/false);
+  ASSERT_TRUE(client.ok());
+  ServerCounters counters;
+  std::vector<Fd> accepted;
+  ASSERT_FALSE(turn(listener, counters, accepted));
+  ASSERT_EQ(accepted.size(), 1u);
+  const auto got = get_tcp_timeouts(accepted[0].get());
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->keepalive_idle_s, 2);
+  EXPECT_EQ(got->keepalive_interval_s, 1);
+  EXPECT_EQ(got->keepalive_count, 3);
+  EXPECT_EQ(got->user_timeout_ms, 3000);
+  // Without them the kernel's defaults stay: no keep-alive, no user timeout.
+  const auto plain = get_tcp_timeouts(client->get());
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->any());
+}
+
 TEST(ListenerTest, UnixPathListensAndAccepts) {
   const std::string path = "/tmp/sockbench-accept-test-" + std::to_string(::getpid());
   ::unlink(path.c_str());

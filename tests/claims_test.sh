@@ -10,15 +10,9 @@ work=$(mktemp -d)
 # Short steps: the table's shape is under test here, not the figures.
 export SOCKBENCH_CLAIMS_STEP_MS=300 SOCKBENCH_CLAIMS_WARMUP=100ms
 trap 'rm -rf "$work"' EXIT
-failures=0
-expect() {  # expect WHAT CONDITION...
-  local what=$1
-  shift
-  if ! "$@"; then
-    echo "claims_test: FAIL: $what"
-    failures=$((failures + 1))
-  fi
-}
+EXPECT_PREFIX=claims_test
+# shellcheck source=tests/support/expect.sh
+source tests/support/expect.sh
 row() { grep "^| \`$1\` |" "$work/table.md" || true; }
 
 status=0

@@ -212,5 +212,59 @@ TEST_F(CliRun, OneCpuOnlyRunsWithAWarningThatServerAndClientShareIt) {
   EXPECT_NE(err.find("share CPU " + cpu), std::string::npos) << err;
 }
 
+// The server is SIGKILLed 300 ms in and started again on its port: every client is served again,
+// and the requests it lost are exactly those on the wire at the kill, by two separate counts.
+TEST_F(CliRun, RestartScenarioRecoversEveryClientAndCountsTheLostRequestsExactly) {
+  const auto json_path = dir_ / "restart.json";
+  const auto r = sockbench(
+      "run --server epoll --scenario restart --clients 6 --duration 1s --warmup 0s --kill-at "
+      "300ms --backoff-min 5ms --backoff-max 50ms --json " +
+      json_path.string());
+  ASSERT_EQ(r.status, 0) << r.err << r.out;
+  const auto doc = nlohmann::json::parse(slurp(json_path));
+  ASSERT_EQ(doc["benchmarks"].size(), 1u);
+  const auto& b = doc["benchmarks"][0];
+  EXPECT_EQ(b["name"], "restart/epoll/clients:6/msg:64/kill_at:300/jitter:full");
+  EXPECT_EQ(b["clients"].get<double>(), 6) << b;
+  EXPECT_EQ(b["clients_recovered"].get<double>(), 6) << b;
+  EXPECT_EQ(b["errors"].get<double>(), 6) << b;  // each connection failed once, at the kill
+  EXPECT_GE(b["reconnects"].get<double>(), 6) << b;
+  // Closed loop, one request per connection: at most one each was on the wire.
+  const double lost = b["lost_in_flight"].get<double>();
+  EXPECT_GE(lost, 1) << b;
+  EXPECT_LE(lost, 6) << b;
+  EXPECT_EQ(b["in_flight_accounted"].get<double>(), lost) << b;
+  EXPECT_EQ(b["requests_sent"].get<double>(),
+            b["replies_received"].get<double>() + lost + b["in_flight_at_end"].get<double>())
+      << b;
+  EXPECT_GT(b["recovery_max_us"].get<double>(), 0) << b;
+  EXPECT_GT(b["peak_connect_rate"].get<double>(), 0) << b;
+}
+
+TEST_F(CliRun, ReconnectRestartAndKeepaliveFlagsAreChecked) {
+  const std::string run = "run --duration 200ms --warmup 0s --clients 1 ";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--scenario restart --target 127.0.0.1:9", "--scenario restart: kills and restarts"},
+      {"--reconnect sometimes", "--reconnect: expected none or backoff, got 'sometimes'"},
+      {"--reconnect backoff --backoff-min 20ms --backoff-max 10ms",
+       "--backoff-max: must be at least --backoff-min 20ms, got 10ms"},
+      {"--reconnect backoff --jitter half", "--jitter: expected full or none, got 'half'"},
+      {"--reconnect backoff --rate 100", "--reconnect: applies to the closed loop only"},
+      {"--scenario crr --reconnect backoff", "--reconnect: applies only to --scenario rr"},
+      {"--scenario restart --kill-at 1s", "--kill-at: must fall within --duration 200ms"},
+      {"--keepalive 2,1", "--keepalive: expected IDLE,INTVL,CNT (e.g. 2,1,3), got '2,1'"},
+      {"--keepalive 2,0,3", "--keepalive"},
+      {"--keepalive 2,1,200", "--keepalive"},
+      {"--user-timeout -5", "--user-timeout"},
+      {"--scenario crr --keepalive 2,1,3", "--keepalive: applies only to --scenario rr, restart"},
+      {"--transport unix --user-timeout 100", "--user-timeout: applies to --transport tcp only"},
+  };
+  for (const auto& [flags, message] : cases) {
+    const auto r = sockbench(run + flags);
+    EXPECT_EQ(r.status, 2) << flags << ": " << r.err;
+    EXPECT_NE(r.err.find(message), std::string::npos) << flags << ": " << r.err;
+  }
+}
+
 }  // namespace
 }  // namespace sockbench

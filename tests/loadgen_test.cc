@@ -2,6 +2,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -10,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -494,6 +496,124 @@ TEST(RunLoad, StopTokenReturnsPromptly) {
   EXPECT_GT(s.measured_seconds, 0.2);
   EXPECT_LT(s.measured_seconds, 0.6);
   EXPECT_EQ(end_calls, 1);
+}
+
+TEST(BackoffDelay, ExponentialCapWithFullJitterOrNone) {
+  Reconnect r{.enabled = true, .backoff_min = 10ms, .backoff_max = 1s, .jitter = false};
+  EXPECT_EQ(backoff_delay(r, 0, 12345), 10ms);
+  EXPECT_EQ(backoff_delay(r, 3, 12345), 80ms);
+  EXPECT_EQ(backoff_delay(r, 6, 0), 640ms);
+  EXPECT_EQ(backoff_delay(r, 7, 0), 1s);     // 1.28 s capped
+  EXPECT_EQ(backoff_delay(r, 4000, 0), 1s);  // no overflow however many attempts
+  r.jitter = true;
+  // random mod (cap + 1 ns): the whole range [0, cap].
+  EXPECT_EQ(backoff_delay(r, 0, 0), 0ns);
+  EXPECT_EQ(backoff_delay(r, 0, 10'000'000), 10ms);
+  EXPECT_EQ(backoff_delay(r, 0, 10'000'001), 0ns);
+  EXPECT_EQ(backoff_delay(r, 1, 15'000'000), 15ms);
+  EXPECT_EQ(backoff_delay(r, 40, UINT64_MAX), std::chrono::nanoseconds(UINT64_MAX % 1'000'000'001));
+}
+
+TEST(RunLoad, ReconnectRejectsOpenLoopAndBadBackoff) {
+  auto config = make_config(loopback_any_port().with_port(9), 1, 1, 1, 0ms, 100ms);
+  config.reconnect.enabled = true;
+  EXPECT_EQ(describe_invalid(config), "");
+  auto open = config;
+  open.rate = 100;
+  EXPECT_EQ(describe_invalid(open), "reconnect applies to the closed loop only");
+  auto inverted = config;
+  inverted.reconnect.backoff_max = 5ms;
+  EXPECT_THAT(describe_invalid(inverted), testing::HasSubstr("backoff_min <= backoff_max"));
+}
+
+// The server ends every connection after 5 replies (shutdown, then drains): the client has
+// already sent its 6th request on it, which is lost in flight, and connects again.
+TEST(RunLoad, ReconnectAfterPeerCloseLosesExactlyTheRequestInFlight) {
+  EchoServer server({.close_after = 5});
+  auto config = make_config(server.address(), 4, 2, 1, 0ms, 600ms);
+  config.reconnect = {.enabled = true, .backoff_min = 20ms, .backoff_max = 20ms, .jitter = false};
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  const LoadStats& s = *result;
+  ASSERT_EQ(s.errors.size(), 1u);
+  const uint64_t breaks = s.errors.at("EOF");
+  EXPECT_GE(breaks, 8u);                      // 20 ms apart over 600 ms: many per connection
+  EXPECT_EQ(s.lost_in_flight, breaks);        // one request on the wire at each
+  EXPECT_EQ(s.reconnect_failures, 0u);        // the server was always listening
+  EXPECT_GE(s.replies_received, 5 * breaks);  // requests resumed after every break
+  EXPECT_EQ(s.requests_sent, s.replies_received + s.lost_in_flight + s.in_flight_at_end);
+  EXPECT_LE(s.in_flight_at_end, 4u);
+  // Every break is followed by a reconnect, except those still in their backoff at the end.
+  EXPECT_LE(s.reconnects, breaks);
+  EXPECT_GE(s.reconnects + 4, breaks);
+  // A connect the server accepted as the run ended may not have been seen by the client.
+  EXPECT_GE(server.accepted(), 4 + s.reconnects);
+  EXPECT_LE(server.accepted(), 8 + s.reconnects);
+  EXPECT_EQ(server.bad_requests(), 0u);  // numbering goes on past the lost request
+  EXPECT_EQ(s.unverified_replies, 0u);
+  EXPECT_DOUBLE_EQ(s.measured_seconds, 0.6);  // not ended early by the first breaks
+  ASSERT_EQ(s.recoveries.size(), 4u);
+  for (const ConnRecovery& r : s.recoveries) EXPECT_GT(r.failed_ns, 0);
+}
+
+// Refused while the port is bound but not listening; once it listens (nobody accepts: the kernel
+// completes the handshakes) every connection reconnects.
+TEST(RunLoad, ReconnectRetriesRefusedConnectsUntilTheServerListens) {
+  Fd bound(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const auto any = loopback_any_port();
+  ASSERT_EQ(::bind(bound.get(), any.sa(), any.length), 0);
+  auto config = make_config(local_address(bound.get()).value(), 4, 1, 1, 0ms, 600ms);
+  config.reconnect = {.enabled = true, .backoff_min = 5ms, .backoff_max = 40ms, .jitter = true};
+  std::jthread listener([&] {
+    std::this_thread::sleep_for(250ms);
+    ::listen(bound.get(), 16);
+  });
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  const LoadStats& s = *result;
+  // The first connects' failures are errors; the retries' are reconnect failures.
+  EXPECT_EQ(s.errors, (std::map<std::string, uint64_t>{{"ECONNREFUSED", 4}}));
+  EXPECT_GE(s.reconnect_failures, 4u);
+  EXPECT_EQ(s.reconnects, 4u);
+  uint64_t attempts = 0;
+  for (const auto& [bucket, n] : s.reconnect_attempts) attempts += n;
+  EXPECT_EQ(attempts, s.reconnects + s.reconnect_failures);
+  EXPECT_EQ(s.requests_sent, 4u);  // one each, never answered
+  EXPECT_EQ(s.in_flight_at_end, 4u);
+  EXPECT_EQ(s.lost_in_flight, 0u);
+}
+
+TEST(RunLoad, ClientConnectionsGetKeepaliveAndUserTimeout) {
+  auto listener = listen_on(loopback_any_port(), 16, true, false);
+  ASSERT_TRUE(listener.ok());
+  auto config = make_config(local_address(listener->get()).value(), 1, 1, 1, 0ms, 300ms);
+  config.tcp = {.keepalive_idle_s = 4,
+                .keepalive_interval_s = 2,
+                .keepalive_count = 5,
+                .user_timeout_ms = 1500};
+  std::jthread load([&] { (void)run_load(config); });
+  Fd server(::accept(listener->get(), nullptr, nullptr));
+  ASSERT_TRUE(server);
+  // Its first request comes after the options were set (right after connect() started).
+  char byte = 0;
+  ASSERT_EQ(::recv(server.get(), &byte, 1, 0), 1);
+  sockaddr_in peer{};
+  socklen_t length = sizeof peer;
+  ASSERT_EQ(::getpeername(server.get(), reinterpret_cast<sockaddr*>(&peer), &length), 0);
+  // The client's socket is in this process: the one bound to the server side's peer port. The
+  // server never answers, so it stays open until the run ends.
+  std::optional<TcpTimeouts> client;
+  for (int fd = 3; fd < 4096 && !client; ++fd) {
+    const auto local = local_address(fd);
+    if (local.ok() && fd != server.get() && local->port() == ntohs(peer.sin_port)) {
+      client = get_tcp_timeouts(fd).value();
+    }
+  }
+  ASSERT_TRUE(client.has_value());
+  EXPECT_EQ(client->keepalive_idle_s, 4);
+  EXPECT_EQ(client->keepalive_interval_s, 2);
+  EXPECT_EQ(client->keepalive_count, 5);
+  EXPECT_EQ(client->user_timeout_ms, 1500);
 }
 
 TEST(RunLoad, ThousandsOfConnections) {

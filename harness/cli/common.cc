@@ -201,4 +201,49 @@ void announce_failure(Fd& ready, const std::string& command, const std::string& 
   }
 }
 
+void add_tcp_timeout_options(cxxopts::Options& options, const std::string& who) {
+  options.add_options()(
+      "keepalive",
+      fmt::format("SO_KEEPALIVE on {}: probe after IDLE s without traffic, every INTVL s, give up "
+                  "after CNT unanswered (e.g. 2,1,3)",
+                  who),
+      cxxopts::value<std::string>())(
+      "user-timeout",
+      fmt::format("TCP_USER_TIMEOUT on {}: ms that sent data may stay unacknowledged", who),
+      cxxopts::value<std::string>());
+}
+
+TcpTimeouts tcp_timeouts_flags(const cxxopts::ParseResult& parsed) {
+  TcpTimeouts t;
+  if (parsed.count("keepalive")) {
+    const auto items = split_list("keepalive", str(parsed, "keepalive"));
+    if (items.size() != 3) {
+      throw UsageError(fmt::format("--keepalive: expected IDLE,INTVL,CNT (e.g. 2,1,3), got '{}'",
+                                   str(parsed, "keepalive")));
+    }
+    // The kernel's limits: MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT.
+    t.keepalive_idle_s = static_cast<int>(parse_int("keepalive", items[0], 1, 32767));
+    t.keepalive_interval_s = static_cast<int>(parse_int("keepalive", items[1], 1, 32767));
+    t.keepalive_count = static_cast<int>(parse_int("keepalive", items[2], 1, 127));
+  }
+  if (parsed.count("user-timeout")) {
+    t.user_timeout_ms =
+        static_cast<int>(parse_int("user-timeout", str(parsed, "user-timeout"), 1, 86'400'000));
+  }
+  return t;
+}
+
+std::vector<std::string> tcp_timeout_args(const TcpTimeouts& t) {
+  std::vector<std::string> args;
+  if (t.keepalive()) {
+    args.insert(args.end(),
+                {"--keepalive", fmt::format("{},{},{}", t.keepalive_idle_s, t.keepalive_interval_s,
+                                            t.keepalive_count)});
+  }
+  if (t.user_timeout_ms > 0) {
+    args.insert(args.end(), {"--user-timeout", std::to_string(t.user_timeout_ms)});
+  }
+  return args;
+}
+
 }  // namespace sockbench::cli

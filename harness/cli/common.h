@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "harness/core/fd.h"
+#include "harness/core/net.h"
 #include "results/record.h"
 
 namespace sockbench::cli {
@@ -67,5 +68,12 @@ void announce_ready(Fd& ready, const std::string& lines, bool keep_open = false)
 // Tells it why not: "error WHY" to the ready fd (the parent reads that pipe, not our stderr), else
 // "sockbench COMMAND: WHY" to stderr.
 void announce_failure(Fd& ready, const std::string& command, const std::string& why);
+
+// --keepalive IDLE,INTVL,CNT and --user-timeout MS, for `who` ("client and server sockets").
+void add_tcp_timeout_options(cxxopts::Options& options, const std::string& who);
+// Their values; a UsageError naming the flag for a bad one.
+TcpTimeouts tcp_timeouts_flags(const cxxopts::ParseResult& parsed);
+// The `serve` flags that give a server `timeouts` (none for the kernel's defaults).
+std::vector<std::string> tcp_timeout_args(const TcpTimeouts& timeouts);
 
 }  // namespace sockbench::cli

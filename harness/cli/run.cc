@@ -236,6 +236,28 @@ std::vector<int> int_list(const cxxopts::ParseResult& parsed, const std::string&
   return values;
 }
 
+// --reconnect, --backoff-min, --backoff-max, --jitter.
+Reconnect reconnect_flags(const cxxopts::ParseResult& parsed) {
+  Reconnect r;
+  const auto mode = str(parsed, "reconnect");
+  if (mode != "none" && mode != "backoff") {
+    throw UsageError(fmt::format("--reconnect: expected none or backoff, got '{}'", mode));
+  }
+  r.enabled = mode == "backoff";
+  r.backoff_min = parse_duration("backoff-min", str(parsed, "backoff-min"), 1ms, 1h);
+  r.backoff_max = parse_duration("backoff-max", str(parsed, "backoff-max"), 1ms, 1h);
+  if (r.backoff_max < r.backoff_min) {
+    throw UsageError(fmt::format("--backoff-max: must be at least --backoff-min {}, got {}",
+                                 str(parsed, "backoff-min"), str(parsed, "backoff-max")));
+  }
+  const auto jitter = str(parsed, "jitter");
+  if (jitter != "full" && jitter != "none") {
+    throw UsageError(fmt::format("--jitter: expected full or none, got '{}'", jitter));
+  }
+  r.jitter = jitter == "full";
+  return r;
+}
+
 std::vector<std::string> scenario_names() {
   std::vector<std::string> names;
   for (const auto& b : scenarios::benchmarks()) names.push_back(b.name);
@@ -358,6 +380,18 @@ int run_command(int argc, const char* const* argv) {
        cxxopts::value<std::string>()->default_value("fin"))
       ("ramp", "connections: steps, e.g. 1000,5000,19000 (default: --clients)",
        cxxopts::value<std::string>())
+      ("reconnect", "rr: none (a failed connection stays closed) or backoff (closed, its request "
+       "in flight counted lost, connected again after an exponential backoff)",
+       cxxopts::value<std::string>()->default_value("none"))
+      ("backoff-min", "rr --reconnect backoff, restart: the first retry's delay cap, doubled "
+       "per failed attempt", cxxopts::value<std::string>()->default_value("10ms"))
+      ("backoff-max", "rr --reconnect backoff, restart: the largest delay cap",
+       cxxopts::value<std::string>()->default_value("1s"))
+      ("jitter", "rr --reconnect backoff, restart: full (delay uniform in [0, cap]) or none "
+       "(the cap itself: the clients retry in lockstep)",
+       cxxopts::value<std::string>()->default_value("full"))
+      ("kill-at", "restart: SIGKILL the server this long into the measured window, then start "
+       "it again on the same port", cxxopts::value<std::string>()->default_value("1s"))
       ("threads", "client threads (default: size of the client CPU set)",
        cxxopts::value<std::string>())
       ("protocol", "rr/crr wire format: framed (length-prefixed), echo (raw bytes) or http "
@@ -397,6 +431,7 @@ int run_command(int argc, const char* const* argv) {
       ("h,help", "show this help");
   // clang-format on
   add_tls_client_options(options);
+  add_tcp_timeout_options(options, "the client connections (rr, restart) and the servers started");
   const auto parsed = parse_or_throw(options, argc, argv);
   if (parsed.count("help")) {
     std::fputs(options.help().c_str(), stdout);
@@ -553,6 +588,30 @@ int run_command(int argc, const char* const* argv) {
     throw UsageError(fmt::format("--close: expected fin or rst, got '{}'", close));
   }
   base.close = close == "fin" ? scenarios::CloseMode::kFin : scenarios::CloseMode::kRst;
+  base.reconnect = reconnect_flags(parsed);
+  base.tcp = tcp_timeouts_flags(parsed);
+  if (transport != "tcp") {
+    for (const char* flag : {"reconnect", "keepalive", "user-timeout"}) {
+      if (parsed.count(flag)) {
+        throw UsageError(fmt::format("--{}: applies to --transport tcp only", flag));
+      }
+    }
+  }
+  if (base.reconnect.enabled && parsed.count("rate")) {
+    throw UsageError("--reconnect: applies to the closed loop only; drop --rate");
+  }
+  if (has("restart")) {
+    if (target) {
+      throw UsageError(
+          "--scenario restart: kills and restarts the server, which sockbench cannot do to "
+          "--target; give --server");
+    }
+    base.kill_at = parse_duration("kill-at", str(parsed, "kill-at"), 0ms, 24h);
+    if (base.kill_at >= base.duration) {
+      throw UsageError(fmt::format("--kill-at: must fall within --duration {}, got {}",
+                                   str(parsed, "duration"), str(parsed, "kill-at")));
+    }
+  }
   if (parsed.count("ramp")) base.ramp = within_limit("ramp", int_list(parsed, "ramp", 1, INT_MAX));
   base.shard = shard;
   const auto protocol = parsed.count("protocol") || !http_url ? str(parsed, "protocol") : "http";
@@ -610,6 +669,9 @@ int run_command(int argc, const char* const* argv) {
         serve_args.end(),
         {"--workers", std::to_string(parse_int("workers", str(parsed, "workers"), 1, 1 << 16))});
   }
+
+  const auto tcp_args = tcp_timeout_args(base.tcp);
+  serve_args.insert(serve_args.end(), tcp_args.begin(), tcp_args.end());
 
   // Server and client on disjoint CPU sets by default, the same set for every model.
   const auto available = available_cpus();

@@ -81,6 +81,7 @@ int serve_command(int argc, const char* const* argv) {
       "quiet", "no summary line on stderr at exit (errors are still printed)")("h,help",
                                                                                "show this help");
   add_tls_server_options(options);
+  add_tcp_timeout_options(options, "accepted TCP connections");
   const auto parsed = parse_or_throw(options, argc, argv);
   if (parsed.count("help")) {
     std::fputs(options.help().c_str(), stdout);
@@ -124,6 +125,7 @@ int serve_command(int argc, const char* const* argv) {
       static_cast<uint32_t>(parse_int("max-frame", str(parsed, "max-frame"), 0, 0xFFFFFFFFLL));
   config.backlog = static_cast<int>(parse_int("backlog", str(parsed, "backlog"), 0, 1 << 20));
   config.reuseaddr = parsed.count("no-reuseaddr") == 0;
+  config.tcp = tcp_timeouts_flags(parsed);
   config.protocol.tls = tls_server_context(parsed);
   // A member's frames are relayed as they were read: over TLS they would be the sender's records.
   if (config.protocol.tls && *protocol == servers::Protocol::kChat) {

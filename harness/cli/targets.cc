@@ -97,6 +97,16 @@ bool ChildServer::alive(std::string* why) {
 
 ExitInfo ChildServer::stop(std::chrono::milliseconds grace) { return child_.stop(grace); }
 
+bool ChildServer::restart(std::string* why) {
+  child_.stop(0ms, SIGKILL);
+  ServeSpec spec = spec_;
+  spec.listen = address_.to_string();
+  auto server = start(spec, why);
+  if (!server) return false;
+  child_ = std::move(server->child_);
+  return true;
+}
+
 namespace {
 
 // The process group of `pid` from /proc/<pid>/stat (field 5, after the parenthesised name).

@@ -40,6 +40,9 @@ class ChildServer final : public scenarios::ServerHandle {
   std::string name() const override { return spec_.model; }
   std::optional<ProcSample> sample() override;
   bool alive(std::string* why) override;
+  // SIGKILL to the process group, then a new instance on the same address (SO_REUSEADDR lets it
+  // bind while the old connections are in TIME_WAIT).
+  bool restart(std::string* why) override;
   pid_t pid() const { return child_.pid(); }
   // SIGTERM, then SIGKILL after `grace`; reaps.
   ExitInfo stop(std::chrono::milliseconds grace = std::chrono::seconds(3));

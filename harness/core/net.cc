@@ -10,6 +10,7 @@
 #include <charconv>
 #include <cstring>
 #include <optional>
+#include <tuple>
 
 namespace sockbench {
 namespace {
@@ -240,6 +241,38 @@ std::error_code set_nodelay(int fd, bool on) {
   const int value = on ? 1 : 0;
   if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &value, sizeof value) != 0) return last_error();
   return {};
+}
+
+std::error_code set_tcp_timeouts(int fd, const TcpTimeouts& t) {
+  const auto set = [fd](int level, int name, int value) -> std::error_code {
+    if (::setsockopt(fd, level, name, &value, sizeof value) != 0) return last_error();
+    return {};
+  };
+  if (t.keepalive()) {
+    for (const auto& [level, name, value] : {std::tuple{SOL_SOCKET, SO_KEEPALIVE, 1},
+                                             {IPPROTO_TCP, TCP_KEEPIDLE, t.keepalive_idle_s},
+                                             {IPPROTO_TCP, TCP_KEEPINTVL, t.keepalive_interval_s},
+                                             {IPPROTO_TCP, TCP_KEEPCNT, t.keepalive_count}}) {
+      if (auto err = set(level, name, value)) return err;
+    }
+  }
+  if (t.user_timeout_ms > 0) return set(IPPROTO_TCP, TCP_USER_TIMEOUT, t.user_timeout_ms);
+  return {};
+}
+
+Expected<TcpTimeouts> get_tcp_timeouts(int fd) {
+  TcpTimeouts t;
+  int keepalive = 0;
+  for (const auto& [level, name, value] : {std::tuple{SOL_SOCKET, SO_KEEPALIVE, &keepalive},
+                                           {IPPROTO_TCP, TCP_KEEPIDLE, &t.keepalive_idle_s},
+                                           {IPPROTO_TCP, TCP_KEEPINTVL, &t.keepalive_interval_s},
+                                           {IPPROTO_TCP, TCP_KEEPCNT, &t.keepalive_count},
+                                           {IPPROTO_TCP, TCP_USER_TIMEOUT, &t.user_timeout_ms}}) {
+    socklen_t length = sizeof *value;
+    if (::getsockopt(fd, level, name, value, &length) != 0) return last_error();
+  }
+  if (keepalive == 0) t.keepalive_idle_s = t.keepalive_interval_s = t.keepalive_count = 0;
+  return t;
 }
 
 std::error_code set_linger_zero(int fd) {

@@ -66,6 +66,28 @@ Expected<Fd> connect_to(const Address& address, bool nonblocking);
 
 std::error_code set_nonblocking(int fd, bool on);
 std::error_code set_nodelay(int fd, bool on);
+
+// How soon TCP gives up on a peer that went silent. Zero fields leave the kernel's defaults.
+struct TcpTimeouts {
+  // Keep-alive (all three > 0, or all 0): after `idle` seconds without traffic, a probe every
+  // `interval` seconds, and the connection ends (ETIMEDOUT) after `count` unanswered probes.
+  int keepalive_idle_s = 0;
+  int keepalive_interval_s = 0;
+  int keepalive_count = 0;
+  // TCP_USER_TIMEOUT: sent data unacknowledged this long ends the connection (ETIMEDOUT). Linux
+  // also applies it to keep-alive: it ends a connection whose probes go unanswered this long.
+  int user_timeout_ms = 0;
+
+  bool keepalive() const { return keepalive_idle_s > 0; }
+  bool any() const { return keepalive() || user_timeout_ms > 0; }
+};
+// SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, and TCP_USER_TIMEOUT, as `timeouts` asks;
+// nothing for its zero fields. The first setsockopt error. On a listening socket the accepted
+// sockets inherit them (Linux).
+std::error_code set_tcp_timeouts(int fd, const TcpTimeouts& timeouts);
+// What a TCP socket has: the keep-alive fields 0 when SO_KEEPALIVE is off, user_timeout_ms 0 when
+// unset. The first getsockopt error.
+Expected<TcpTimeouts> get_tcp_timeouts(int fd);
 // SO_LINGER {1, 0}: close() sends RST instead of FIN.
 std::error_code set_linger_zero(int fd);
 // SO_ERROR of a socket (the result of a non-blocking connect).

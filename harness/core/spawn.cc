@@ -315,12 +315,12 @@ bool ChildProcess::poll_exit(bool block) {
 
 bool ChildProcess::alive() { return !poll_exit(false); }
 
-ExitInfo ChildProcess::stop(std::chrono::milliseconds grace) {
+ExitInfo ChildProcess::stop(std::chrono::milliseconds grace, int signo) {
   if (pid_ <= 0) return exit_.value_or(ExitInfo{});
   if (reaped_) return exit_.value_or(ExitInfo{});
 
   if (!poll_exit(false)) {
-    ::kill(-pid_, SIGTERM);
+    ::kill(-pid_, signo);
     using Clock = std::chrono::steady_clock;
     const auto deadline = Clock::now() + grace;
     // A pidfd turns readable when the process exits: no polling interval to choose.

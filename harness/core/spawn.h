@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -61,9 +62,10 @@ class ChildProcess {
   // to stop() so that its pid (the group id) cannot be reused before the group is killed.
   bool alive();
   std::optional<ExitInfo> exit_info() const { return exit_; }
-  // SIGTERM to the process group, wait up to `grace` for the leader, then SIGKILL the group
-  // (always, so that grandchildren never linger) and reap the leader. Idempotent.
-  ExitInfo stop(std::chrono::milliseconds grace = std::chrono::seconds(3));
+  // `signo` (SIGTERM; SIGKILL for a crash on purpose) to the process group, wait up to `grace` for
+  // the leader, then SIGKILL the group (always, so that grandchildren never linger) and reap the
+  // leader. Idempotent.
+  ExitInfo stop(std::chrono::milliseconds grace = std::chrono::seconds(3), int signo = SIGTERM);
 
  private:
   ChildProcess() = default;

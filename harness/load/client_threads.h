@@ -287,10 +287,11 @@ struct FixedConn {
   int64_t connect_start_ns = 0;  // when its connect() was started
 };
 
-// One client thread's share of the connections of an engine that opens each of them once and
-// never reopens one (loadgen, stream): each is idle, connecting, open, then dead for good. They
-// are started in index order, and registered with the thread's epoll set under their index.
-// Conn derives from FixedConn. Only the owning thread touches it.
+// One client thread's share of the connections of an engine that opens each of them once (loadgen,
+// stream): each is idle, connecting, open, then dead for good. They are started in index order,
+// and registered with the thread's epoll set under their index. An engine that reconnects
+// (loadgen's Reconnect) drop()s a failed one back to idle and connect()s it again later, out of
+// index order. Conn derives from FixedConn. Only the owning thread touches it.
 template <typename Conn>
 class FixedConnections {
  public:
@@ -301,6 +302,7 @@ class FixedConnections {
     oldest_ = 0;
     live_ = count;
     connecting_ = 0;
+    reordered_ = false;
   }
 
   Conn& operator[](size_t i) { return conns_[i]; }
@@ -375,6 +377,7 @@ class FixedConnections {
   // failed; the caller then ends the connection.
   std::string connect(size_t i, int epoll, const Address& target, bool nodelay) {
     Conn& c = conns_[i];
+    oldest_ = std::min(oldest_, i);  // a reconnect: expire_connects() must look at it again
     c.connect_start_ns = steady_now_ns();
     auto fd = connect_to(target, /*nonblocking=*/true);
     if (!fd) return errno_name(fd.error().value());
@@ -409,9 +412,23 @@ class FixedConnections {
         if (i == oldest_) ++oldest_;
         continue;
       }
-      if (now - c.connect_start_ns < timeout_ns) break;
+      if (now - c.connect_start_ns < timeout_ns) {
+        if (reordered_) continue;  // reconnects broke the order: every connect is looked at
+        break;
+      }
       expire(c, now);
     }
+  }
+
+  // Closes c's fd (which removes it from the epoll set) and makes it idle, still live, for a
+  // later connect(). False when it was already idle or dead.
+  bool drop(Conn& c) {
+    if (c.state == ConnState::kDead || c.state == ConnState::kIdle) return false;
+    if (c.state == ConnState::kConnecting) --connecting_;
+    c.state = ConnState::kIdle;
+    c.fd.reset();
+    reordered_ = true;
+    return true;
   }
 
   // Ends c for good: closes its fd (which removes it from the epoll set). False when it was
@@ -427,10 +444,11 @@ class FixedConnections {
 
  private:
   std::vector<Conn> conns_;
-  size_t next_ = 0;        // connections started: [0, next_)
-  size_t oldest_ = 0;      // connections below it are no longer connecting
-  size_t live_ = 0;        // not dead: idle, connecting or open
-  size_t connecting_ = 0;  // connecting
+  size_t next_ = 0;         // connections started: [0, next_)
+  size_t oldest_ = 0;       // connections below it are no longer connecting
+  size_t live_ = 0;         // not dead: idle, connecting or open
+  size_t connecting_ = 0;   // connecting
+  bool reordered_ = false;  // a drop(): connects are no longer started in index order
 };
 
 // Spreads the non-blocking connects of one client thread over the source addresses 127.0.0.2 ..

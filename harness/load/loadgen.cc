@@ -13,8 +13,12 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <queue>
+#include <random>
 #include <string_view>
+#include <utility>
 
 #include "harness/core/frame.h"
 #include "harness/load/http.h"
@@ -103,6 +107,8 @@ struct Conn : FixedConn {
   std::unique_ptr<tls::Session> tls;         // TLS runs only; requests start once handshake_done()
   std::unique_ptr<HttpResponseReader> http;  // http runs only
   int64_t tls_start_ns = 0;                  // when the TCP connection was established
+  uint32_t attempt = 0;   // reconnect: failed attempts since it was last established
+  bool reopened = false;  // reconnect: its current connect is not its first
 };
 
 // One client thread: its epoll loop, its connections, its statistics. Only its own thread
@@ -117,7 +123,8 @@ class Worker {
         epoll_(threads.epoll(index)),
         timer_(std::move(timer)),
         first_connection_(share.first),
-        count_(share.count) {}
+        count_(share.count),
+        random_(std::random_device{}() ^ static_cast<uint64_t>(index)) {}
 
   void run();
 
@@ -139,6 +146,8 @@ class Worker {
  private:
   bool in_window(int64_t now) const { return plan_.window.contains(now); }
   static Stamp& stamp(const Conn& c, uint64_t seq) { return c.ring[seq & c.ring_mask]; }
+  // Requests whose first byte went out and whose reply is not complete.
+  static uint64_t sent_unanswered(const Conn& c) { return c.unsent + (c.unsent_off > 0 ? 1 : 0); }
   uint64_t first_seq(size_t i) const {
     return static_cast<uint64_t>(first_connection_ + i) << kSeqConnectionShift;
   }
@@ -148,6 +157,9 @@ class Worker {
   }
 
   void start_connect(size_t i);
+  std::string open(size_t i);
+  void retry_due(int64_t now);
+  void drop(Conn& c, std::string_view error, int64_t now);
   void begin_requests(Conn& c, size_t i, int64_t now);
   void start_tls(Conn& c, size_t i, int64_t now);
   bool send_ciphertext(Conn& c, size_t i);
@@ -194,6 +206,11 @@ class Worker {
   int64_t next_slot_ns_ = kNever;
   int64_t armed_ = kNever;  // the timerfd's pending deadline; kNever: disarmed or already fired
 
+  // Reconnect: connections waiting for their backoff to pass, (when, index), earliest on top.
+  using Retry = std::pair<int64_t, size_t>;
+  std::priority_queue<Retry, std::vector<Retry>, std::greater<>> retries_;
+  std::mt19937_64 random_;  // backoff jitter
+
   bool cpu_started_ = false;
   bool cpu_ended_ = false;
   int64_t cpu_start_ns_ = 0;
@@ -218,6 +235,7 @@ void Worker::run() {
   iov_.resize(kMaxIov);
   prefixes_.resize(kMaxIov * kMaxPrefix);
   if (plan_.open) next_slot_ns_ = slot_ns(0, 0);
+  if (config_.reconnect.enabled) stats.recoveries.assign(count_, {});
 
   epoll_event events[kMaxEvents];
   run_client_loop(threads_, epoll_, events, *this);
@@ -228,6 +246,7 @@ void Worker::run() {
   for (size_t i = 0; i < count_; ++i) {
     const Conn& c = conns_[i];
     if (!c.verified && c.state != ConnState::kDead) ++stats.connections_unanswered;
+    if (c.state == ConnState::kOpen) stats.in_flight_at_end += sent_unanswered(c);
   }
   conns_.reset(0);  // closes every fd this thread opened
 }
@@ -236,6 +255,7 @@ void Worker::run() {
 // (the schedule, the window's edges) is on its timerfd and a stop arrives as an event, while a
 // timeout would cost each wait the kernel's clock read and hrtimer set-up for nothing.
 std::optional<int> Worker::prepare_pass() {
+  if (!retries_.empty()) retry_due(steady_now_ns());
   auto timeout =
       conns_.prepare_pass(kConnectBatch, kPollTimeoutMs, [this](size_t i) { start_connect(i); });
   if (!timeout) return timeout;
@@ -268,12 +288,38 @@ void Worker::after_pass() { conns_.after_pass(plan_.connect_timeout_ns, *this); 
 void Worker::start_connect(size_t i) {
   Conn& c = conns_[i];
   c.base_seq = static_cast<uint64_t>(first_connection_ + i) << kSeqConnectionShift;
-  if (const std::string error = conns_.connect(i, epoll_, config_.target, plan_.tcp);
-      !error.empty()) {
+  if (const std::string error = open(i); !error.empty()) {
     kill(c, error, steady_now_ns());
     return;
   }
   c.want_out = true;
+}
+
+// Starts connection i's connect with the sockets options asked for: "" or the errno name.
+std::string Worker::open(size_t i) {
+  std::string error = conns_.connect(i, epoll_, config_.target, plan_.tcp);
+  if (error.empty() && plan_.tcp && config_.tcp.any()) {
+    if (const auto err = set_tcp_timeouts(conns_[i].fd.get(), config_.tcp)) {
+      error = errno_name(err.value());
+    }
+  }
+  return error;
+}
+
+// Reconnects the connections whose backoff has passed by `now`.
+void Worker::retry_due(int64_t now) {
+  while (!retries_.empty() && retries_.top().first <= now) {
+    const size_t i = retries_.top().second;
+    retries_.pop();
+    Conn& c = conns_[i];
+    c.reopened = true;
+    ++stats.reconnect_attempts[now / config_.attempt_bucket.count()];
+    if (const std::string error = open(i); !error.empty()) {
+      kill(c, error, now);
+      continue;
+    }
+    c.want_out = true;
+  }
 }
 
 void Worker::on_open(Conn& c, size_t i, uint32_t events) {
@@ -283,6 +329,9 @@ void Worker::on_open(Conn& c, size_t i, uint32_t events) {
 
 void Worker::on_connected(Conn& c, size_t i, int64_t now) {
   set_want_out(c, i, false);
+  if (c.state != ConnState::kOpen) return;  // it failed there (and may be waiting to reconnect)
+  if (c.reopened) ++stats.reconnects;
+  c.attempt = 0;
   if (config_.tls) {
     start_tls(c, i, now);
     return;
@@ -361,6 +410,7 @@ void Worker::flush_tls(Conn& c, size_t i) {
       if (plan_.open && window && now - s.origin > kLateSendThreshold.count()) ++stats.late_sends;
     }
     if (window) stats.bytes_sent += tls_request_.size();
+    stats.requests_sent += c.in_flight - c.unsent;
     c.unsent = c.in_flight;
     c.unsent_off = 0;
     c.tls->send(tls_request_);
@@ -469,6 +519,7 @@ void Worker::flush(Conn& c, size_t i) {
     c.unsent += static_cast<uint32_t>(pos / plan_.wire_size);
     c.unsent_off = pos % plan_.wire_size;
     const uint32_t end = c.unsent + (c.unsent_off > 0 ? 1 : 0);
+    stats.requests_sent += end - started;
     for (uint32_t r = started; r < end; ++r) {
       Stamp& s = stamp(c, c.base_seq + r);
       s.sent = now;
@@ -617,6 +668,11 @@ void Worker::complete_head(Conn& c, bool continued, int64_t now, bool sample) {
   ++c.base_seq;
   --c.in_flight;
   --c.unsent;
+  ++stats.replies_received;
+  if (!stats.recoveries.empty()) {
+    ConnRecovery& r = stats.recoveries[conns_.index_of(c)];
+    if (r.failed_ns != 0 && r.first_reply_ns == 0) r.first_reply_ns = now;
+  }
   if (!c.verified) {
     c.verified = true;
     ++stats.connections_achieved;
@@ -650,6 +706,7 @@ void Worker::run_schedule(int64_t now) {
 // the window end (when this thread reads its CPU time).
 void Worker::arm_timer() {
   int64_t deadline = plan_.open ? next_slot_ns_ : kNever;
+  if (!retries_.empty()) deadline = std::min(deadline, retries_.top().first);
   if (!cpu_started_) {
     deadline = std::min(deadline, plan_.window.start_ns);
   } else if (!cpu_ended_) {
@@ -705,8 +762,13 @@ void Worker::reject_reply(Conn& c, int64_t now) {
   kill(c, {}, now);
 }
 
-// Closes the connection for good (closing the fd also removes it from the epoll set).
+// Closes the connection for good (closing the fd also removes it from the epoll set), or, with
+// reconnect, until its backoff has passed.
 void Worker::kill(Conn& c, std::string_view error, int64_t now) {
+  if (config_.reconnect.enabled && !threads_.stop_requested()) {
+    drop(c, error, now);
+    return;
+  }
   if (!conns_.end(c)) return;
   c.ring.reset();
   c.tls.reset();
@@ -714,6 +776,39 @@ void Worker::kill(Conn& c, std::string_view error, int64_t now) {
   c.due = 0;
   if (!error.empty()) count_error(error, now);
   if (conns_.live() == 0) done_ns = now;
+}
+
+// Reconnect: a failed connect is a reconnect failure (the first connect's failure an error, as
+// without reconnect); a failed connection an error, its sent requests lost in flight. Either way
+// the connection is connected again after its backoff.
+void Worker::drop(Conn& c, std::string_view error, int64_t now) {
+  if (c.state == ConnState::kIdle || c.state == ConnState::kDead) return;  // counted once
+  const size_t i = conns_.index_of(c);
+  if (c.state == ConnState::kConnecting) {
+    if (c.reopened) {
+      ++stats.reconnect_failures;
+    } else if (!error.empty()) {
+      count_error(error, now);
+    }
+    ++c.attempt;
+  } else {
+    if (!error.empty()) count_error(error, now);
+    stats.lost_in_flight += sent_unanswered(c);
+    stats.recoveries[i] = {now, 0};
+  }
+  conns_.drop(c);
+  // Its requests are abandoned; numbering goes on past them, so no reply to one can match.
+  c.base_seq += c.in_flight;
+  c.in_flight = c.unsent = 0;
+  c.unsent_off = c.recv_off = 0;
+  c.want_out = false;
+  c.due = 0;
+  c.ring.reset();
+  c.ring_mask = 0;
+  c.tls.reset();
+  c.tls_start_ns = 0;
+  const auto delay = backoff_delay(config_.reconnect, c.attempt, random_());
+  retries_.push({now + delay.count(), i});
 }
 
 void Worker::count_error(std::string_view name, int64_t now) {
@@ -728,7 +823,11 @@ void merge_into(LoadStats& total, const LoadStats& s) {
                &S::tls_handshake, &S::first_reply_latency, &S::connections_unanswered,
                &S::late_sends, &S::capped_sends, &S::dropped_sends, &S::client_cpu_seconds,
                &S::requests, &S::bytes_sent, &S::bytes_received, &S::unverified_replies,
-               &S::short_reads, &S::short_writes, &S::connections_achieved, &S::errors);
+               &S::short_reads, &S::short_writes, &S::connections_achieved, &S::errors,
+               &S::requests_sent, &S::replies_received, &S::lost_in_flight, &S::in_flight_at_end,
+               &S::reconnects, &S::reconnect_failures);
+  for (const auto& [bucket, n] : s.reconnect_attempts) total.reconnect_attempts[bucket] += n;
+  total.recoveries.insert(total.recoveries.end(), s.recoveries.begin(), s.recoveries.end());
 }
 
 double seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double>(d).count(); }
@@ -767,6 +866,15 @@ std::string describe_invalid(const LoadConfig& c) {
   if (c.pipeline < 1 || c.pipeline > kMaxPipeline) {
     return fmt::format("pipeline must be between 1 and {} (got {})", kMaxPipeline, c.pipeline);
   }
+  if (c.reconnect.enabled) {
+    if (is_open_loop(c)) return "reconnect applies to the closed loop only";
+    if (c.reconnect.backoff_min.count() <= 0 || c.reconnect.backoff_max < c.reconnect.backoff_min) {
+      return fmt::format(
+          "reconnect backoff must be 0 < backoff_min <= backoff_max (got {} s and {} s)",
+          seconds(c.reconnect.backoff_min), seconds(c.reconnect.backoff_max));
+    }
+    if (c.attempt_bucket.count() <= 0) return "attempt_bucket must be positive";
+  }
   if (!is_open_loop(c)) return {};
   if (!std::isfinite(c.rate) || c.rate <= 0) {
     return fmt::format(
@@ -800,6 +908,18 @@ std::string describe_invalid(const LoadConfig& c) {
 int64_t intended_send_ns(int i, int n, double rate, uint64_t k) {
   const double slot = static_cast<double>(k) * static_cast<double>(n) + static_cast<double>(i);
   return static_cast<int64_t>(slot * 1e9 / rate);  // truncation: floor, the value is >= 0
+}
+
+std::chrono::nanoseconds backoff_delay(const Reconnect& reconnect, uint32_t attempt,
+                                       uint64_t random) {
+  const int64_t min = reconnect.backoff_min.count();
+  const int64_t max = reconnect.backoff_max.count();
+  // min * 2^attempt, stopped at max before it can overflow.
+  int64_t cap = min;
+  for (uint32_t k = 0; k < attempt && cap < max; ++k) cap = cap > max / 2 ? max : cap * 2;
+  cap = std::min(cap, max);
+  if (!reconnect.jitter) return std::chrono::nanoseconds(cap);
+  return std::chrono::nanoseconds(static_cast<int64_t>(random % (static_cast<uint64_t>(cap) + 1)));
 }
 
 uint64_t LoadStats::error_count() const { return unverified_replies + sum_counts(errors); }

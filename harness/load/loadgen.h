@@ -36,6 +36,25 @@ struct HttpTarget {
   std::string path = "/";
 };
 
+// What a connection that fails (EOF, reset, refused, connect timeout, unverified reply) does.
+// Disabled: it stays dead, none is reopened. Enabled: it is closed and connected again after
+// backoff_delay(), so a server that dies and comes back is served again instead of every later
+// request being lost.
+struct Reconnect {
+  bool enabled = false;
+  std::chrono::nanoseconds backoff_min = std::chrono::milliseconds(10);  // > 0
+  std::chrono::nanoseconds backoff_max = std::chrono::seconds(1);        // >= backoff_min
+  // Full jitter (AWS's "Exponential Backoff and Jitter"): the delay is uniform in [0, cap], so the
+  // clients a server drops together do not all retry in the same instant. false: the cap itself.
+  bool jitter = true;
+};
+
+// The delay before reconnect attempt `attempt` (0 after a connection that was established, +1
+// after every failed attempt): cap = min(backoff_max, backoff_min * 2^attempt); with jitter,
+// `random` mod (cap + 1 ns), else cap. A pure function.
+std::chrono::nanoseconds backoff_delay(const Reconnect& reconnect, uint32_t attempt,
+                                       uint64_t random);
+
 // Request/response load. Target, connections, threads, CPUs, warm-up, duration, connect timeout
 // and the window callbacks are ClientRunConfig's.
 struct LoadConfig : ClientRunConfig {
@@ -57,6 +76,17 @@ struct LoadConfig : ClientRunConfig {
   // TLS (client role) on every connection when set: requests start once its handshake is done,
   // replies are verified after decryption, byte counts are of plaintext.
   std::shared_ptr<tls::Context> tls;
+  Reconnect reconnect;   // closed loop only
+  TcpTimeouts tcp = {};  // keep-alive and user timeout of every connection to a TCP target
+  // Reconnect attempts are counted per bucket of this length (LoadStats::reconnect_attempts), so
+  // that the peak rate of a reconnect storm can be read off.
+  std::chrono::nanoseconds attempt_bucket = std::chrono::milliseconds(10);
+};
+
+// One connection's last failure and recovery (LoadConfig::reconnect), steady_clock ns; 0: none.
+struct ConnRecovery {
+  int64_t failed_ns = 0;       // when its connection last failed
+  int64_t first_reply_ns = 0;  // its first verified reply after that failure; 0: none yet
 };
 
 // The payload starts with the sequence number and send timestamp (8 bytes each, big-endian).
@@ -133,6 +163,20 @@ struct LoadStats {
                                            // "TLS: <OpenSSL's reason>" for a failed TLS session
   double measured_seconds = 0;             // the actual window length (0: never started)
   std::vector<IntervalSample> timeseries;  // one per whole second of the actual window
+  // Whole run, warm-up included, so that they add up: requests_sent == replies_received +
+  // lost_in_flight + in_flight_at_end.
+  uint64_t requests_sent = 0;     // requests whose first byte was handed to the kernel
+  uint64_t replies_received = 0;  // verified replies
+  // Sent requests without a complete reply when their connection failed (reconnect only: without
+  // it the connection's failure is the error and the run's count ends with it).
+  uint64_t lost_in_flight = 0;
+  uint64_t in_flight_at_end = 0;  // sent requests without a complete reply when the run ended
+  // Reconnect only, whole run:
+  uint64_t reconnects = 0;          // connects after a failure that were established
+  uint64_t reconnect_failures = 0;  // reconnect attempts that failed (refused, timed out...)
+  // Reconnect attempts started, by attempt_bucket: bucket index (steady ns / bucket) -> count.
+  std::map<int64_t, uint64_t> reconnect_attempts;
+  std::vector<ConnRecovery> recoveries;  // one per connection, in connection order
   // Sum of `errors` plus unverified_replies.
   uint64_t error_count() const;
 };
@@ -146,14 +190,16 @@ bool is_open_loop(const LoadConfig& config);
 // kMinMessageSize (and < 2^32 when framed), warmup >= 0, duration > 0, connect_timeout > 0,
 // target an IPv4, IPv6 or AF_UNIX address; open loop: 0 < rate <= 1e9, pipeline 1, 1 <=
 // max_outstanding <= kMaxPipeline, and at least one intended send per connection in the
-// measured window (rate * duration >= connections).
+// measured window (rate * duration >= connections); reconnect: closed loop only,
+// 0 < backoff_min <= backoff_max, attempt_bucket > 0.
 std::string describe_invalid(const LoadConfig& config);
 
 // Runs request/response load, closed or open loop, until warmup + duration has elapsed, `stop`
 // is requested, or every connection is dead (failed, closed by the peer, or closed after an
-// unverified reply; none is reopened). Every reply is verified byte for byte. Blocks the calling
-// thread; starts and joins its own threads. An error_code only for setup failures (e.g.
-// epoll_create), and std::errc::invalid_argument when describe_invalid(config) is not empty.
+// unverified reply; none is reopened unless config.reconnect.enabled). Every reply is verified byte
+// for byte. Blocks the calling thread; starts and joins its own threads. An error_code only for
+// setup failures (e.g. epoll_create), and std::errc::invalid_argument when describe_invalid(config)
+// is not empty.
 Expected<LoadStats> run_load(const LoadConfig& config, std::stop_token stop = {});
 
 // The open-loop schedule, a pure function: the intended send time, in ns after the schedule's
