@@ -26,9 +26,9 @@ struct BenchParams {
   int clients = 100;
   size_t message_size = 64;
   int pipeline = 1;
-  double rate = 0;      // rr: total requests/s for the open loop; 0 = closed loop
+  double rate = 0;       // rr: total requests/s for the open loop; 0 = closed loop
   int slow_readers = 0;  // broadcast: members that never read
-  bool duplex = false;  // stream: through echo instead of one way into discard
+  bool duplex = false;   // stream: through echo instead of one way into discard
   CloseMode close = CloseMode::kFin;
   std::vector<int> ramp;  // connections: steps (e.g. 1000,5000,19000); empty = {clients}
   int threads = 1;
@@ -41,7 +41,8 @@ struct BenchParams {
   // This process's share of the cell (--shard, an MPI rank): clients, rate and every ramp step
   // above are the whole load's, which names the records; the engines get shard_share() of them.
   Shard shard;
-  // rr, crr: TLS (client role) on every connection, the server serving TLS; nullptr: plain TCP.
+  // rr, crr, stream: TLS (client role) on every connection, the server serving TLS; nullptr:
+  // plain TCP.
   std::shared_ptr<tls::Context> tls;
   // crr with tls: offer each slot's previous session (--tls-resume) instead of full handshakes.
   bool tls_resume = false;
@@ -62,6 +63,13 @@ class ServerHandle {
   virtual std::optional<ProcSample> sample() = 0;
   // False once the server process has exited; `why` then says how ("killed by SIGSEGV").
   virtual bool alive(std::string* why) = 0;
+  // A second instance of the same model serving plain TCP, for a TLS cell that measures its cost
+  // over plaintext in the same run (stream). Stopped when the handle is destroyed. nullptr with
+  // `why` set when this server cannot be had without TLS (an external --target, a proxy).
+  virtual std::unique_ptr<ServerHandle> start_plaintext(std::string* why) {
+    *why = "no plaintext instance of " + name() + " can be started";
+    return nullptr;
+  }
 };
 
 // The server sampled at the edges of an engine's measured window, so its CPU time and context

@@ -235,6 +235,33 @@ TEST_F(ServeTlsFlags, RunTlsMeasuresHandshakesAndVerifiesEveryReplyAfterDecrypti
   EXPECT_GT(e.value("tls_handshake_p50_us", 0.0), 0.0);
 }
 
+// stream --tls --duplex: the stream's plaintext through TLS both ways, every echoed byte verified
+// after decryption; then the same stream over plaintext against a plaintext instance of the model,
+// and TLS's cost as their ratio.
+TEST_F(ServeTlsFlags, StreamTlsVerifiesTheEchoAndMeasuresItsCostOverPlaintext) {
+  const auto out = sockbench(
+      "run --server epoll --scenario stream --duplex --clients 2 --duration 500ms --warmup 100ms "
+      "--tls --json " +
+      (dir_ / "stream.json").string());
+  ASSERT_EQ(out.status, 0) << out.err << out.out;
+  const auto e = only_entry(dir_ / "stream.json");
+  EXPECT_EQ(e.value("name", ""), "stream/epoll/clients:2/msg:131072/duplex/tls:1.3");
+  EXPECT_GT(e.value("bytes_received", 0.0), 0.0);
+  EXPECT_EQ(e.value("echo_mismatches", -1.0), 0.0);
+  EXPECT_EQ(e.value("errors", -1.0), 0.0);
+  EXPECT_EQ(e.value("connections_achieved", 0.0), 2.0);
+  EXPECT_GT(e.value("tls_handshake_p50_us", 0.0), 0.0);
+  EXPECT_GT(e.value("gbit_per_second", 0.0), 0.0);
+  EXPECT_GT(e.value("plain_gbit_per_second", 0.0), 0.0);
+  EXPECT_GT(e.value("server_cpu_s_per_gb", 0.0), 0.0);
+  EXPECT_GT(e.value("plain_server_cpu_s_per_gb", 0.0), 0.0);
+  // Not compared to 1: on a loaded machine either run may be the faster.
+  EXPECT_GT(e.value("tls_cost_ratio", 0.0), 0.0);
+  EXPECT_DOUBLE_EQ(e.value("tls_cost_ratio", 0.0),
+                   e.value("plain_gbit_per_second", 0.0) / e.value("gbit_per_second", 1.0));
+  EXPECT_THAT(out.out, HasSubstr("tls_cost_ratio"));
+}
+
 // crr --tls: every connection a handshake, full or (--tls-resume) resumed from the slot's
 // previous session; both TLS versions; every reply verified after decryption.
 TEST_F(ServeTlsFlags, CrrTlsCountsFullAndResumedHandshakes) {
@@ -293,7 +320,7 @@ TEST_F(ServeTlsFlags, RunTlsFlagErrorsExit2) {
   expect_usage_errors(
       "run --server epoll --duration 200ms",
       {
-          {"--tls --scenario stream", "--tls: applies only to --scenario rr, crr"},
+          {"--tls --scenario connections", "--tls: applies only to --scenario rr, stream, crr"},
           {"--tls --tls-resume", "--tls-resume: applies only to --scenario crr"},
           {"--scenario crr --tls-resume", "--tls-resume needs --tls"},
           {"--tls --insecure", "--insecure: applies to --target"},

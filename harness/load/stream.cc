@@ -109,7 +109,7 @@ struct Counters {
     using S = StreamStats;
     merge_fields(stats, other.stats, &S::bytes_sent, &S::bytes_received, &S::messages,
                  &S::short_writes, &S::total_bytes_sent, &S::total_bytes_received, &S::mismatches,
-                 &S::connections_achieved, &S::connect_latency, &S::errors);
+                 &S::connections_achieved, &S::connect_latency, &S::tls_handshake, &S::errors);
     for (size_t s = 0; s < slots.size() && s < other.slots.size(); ++s) {
       slots[s].bytes_sent += other.slots[s].bytes_sent;
       slots[s].bytes_received += other.slots[s].bytes_received;
@@ -303,9 +303,11 @@ void SingleStream::read_loop() {
 
 struct Conn : FixedConn {
   bool achieved = false;
-  uint64_t sent = 0;      // stream offset of the next byte to send
-  uint64_t in_msg = 0;    // bytes of the current message already sent
-  uint64_t received = 0;  // duplex: stream offset of the next byte expected back
+  uint64_t sent = 0;                  // stream offset of the next byte to send (TLS: to encrypt)
+  uint64_t in_msg = 0;                // bytes of the current message already sent
+  uint64_t received = 0;              // duplex: stream offset of the next byte expected back
+  std::unique_ptr<tls::Session> tls;  // TLS runs only; the stream starts once handshake_done()
+  int64_t tls_start_ns = 0;           // when the TCP connection was established; 0 once done
 };
 
 // One client thread: its epoll loop, its connections, its counters. Only its own thread touches
@@ -343,6 +345,11 @@ class EpollWorker : public StreamThread {
   void start_connect(size_t i);
   void write(Conn& c);
   void read(Conn& c);
+  void start_tls(Conn& c, size_t i, int64_t now);
+  void write_tls(Conn& c);
+  void read_tls(Conn& c, size_t i);
+  bool send_ciphertext(Conn& c);
+  void take_echo(Conn& c, const char* data, size_t n, int64_t now);
 
   Plan& plan_;
   const StreamConfig& config_;
@@ -354,13 +361,14 @@ class EpollWorker : public StreamThread {
 
   FixedConnections<Conn> conns_;
   std::vector<char> recv_buffer_;
+  std::string tls_plain_;  // TLS: what one recv() decrypted to
 };
 
 // Level-triggered: a connection whose send buffer has room is reported on every pass and gets
 // kSendsPerEvent messages, so the connections of a thread share its time evenly.
 void EpollWorker::run() {
   conns_.reset(count_);
-  if (config_.duplex) recv_buffer_.resize(kRecvBufferSize);
+  if (config_.duplex || config_.tls) recv_buffer_.resize(kRecvBufferSize);
   epoll_event events[kMaxEvents];
   run_client_loop(threads_, epoll_, events, *this);
   if (done_ns == 0) done_ns = steady_now_ns();
@@ -375,13 +383,22 @@ void EpollWorker::start_connect(size_t i) {
   }
 }
 
-void EpollWorker::on_open(Conn& c, size_t /*i*/, uint32_t events) {
+void EpollWorker::on_open(Conn& c, size_t i, uint32_t events) {
+  if (c.tls) {
+    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) read_tls(c, i);
+    if (c.state == ConnState::kOpen && (events & EPOLLOUT)) write_tls(c);
+    return;
+  }
   if (config_.duplex && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) read(c);
   // One way, an error is reported by the send() it makes fail.
   if (c.state == ConnState::kOpen && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) write(c);
 }
 
 void EpollWorker::on_connected(Conn& c, size_t i, int64_t now) {
+  if (config_.tls) {
+    start_tls(c, i, now);
+    return;
+  }
   if (const auto err =
           epoll_modify(epoll_, c.fd.get(), EPOLLOUT | (config_.duplex ? EPOLLIN : 0u), i)) {
     kill(c, errno_name(err.value()), now);
@@ -419,7 +436,6 @@ void EpollWorker::write(Conn& c) {
 }
 
 void EpollWorker::read(Conn& c) {
-  const uint64_t index = stream_index(c);
   for (int k = 0; k < kRecvsPerEvent && c.state == ConnState::kOpen;) {
     const ssize_t n = ::recv(c.fd.get(), recv_buffer_.data(), recv_buffer_.size(), 0);
     const int64_t now = steady_now_ns();
@@ -430,16 +446,123 @@ void EpollWorker::read(Conn& c) {
     }
     ++k;
     const auto got = static_cast<size_t>(n);
-    if (c.received + got > c.sent ||
-        !echo_matches(plan_, index, c.received, recv_buffer_.data(), got)) {
-      counters_.on_mismatch(plan_, now);
-      kill(c, {}, now);
+    take_echo(c, recv_buffer_.data(), got, now);
+    if (got < recv_buffer_.size()) return;  // drained; level triggering brings us back
+  }
+}
+
+// Duplex: `n` bytes of echo (plaintext) verified against what was sent; a difference, or more
+// than was sent, ends the connection as a mismatch.
+void EpollWorker::take_echo(Conn& c, const char* data, size_t n, int64_t now) {
+  if (c.received + n > c.sent || !echo_matches(plan_, stream_index(c), c.received, data, n)) {
+    counters_.on_mismatch(plan_, now);
+    kill(c, {}, now);
+    return;
+  }
+  c.received += n;
+  c.achieved = true;
+  counters_.on_received(plan_, now, n);
+}
+
+// ---- TLS: the same stream as plaintext through a client tls::Session -----------------------
+//
+// Only EPOLLIN is watched until the handshake is done (nothing to write meanwhile, and a
+// level-triggered EPOLLOUT would spin); then EPOLLOUT too, as for a plain stream.
+
+void EpollWorker::start_tls(Conn& c, size_t i, int64_t now) {
+  std::string error;
+  c.tls = tls::Session::make(config_.tls, &error);
+  if (!c.tls) {
+    kill(c, "TLS: " + error, now);
+    return;
+  }
+  c.tls_start_ns = now;
+  if (const auto err = epoll_modify(epoll_, c.fd.get(), EPOLLIN, i)) {
+    kill(c, errno_name(err.value()), now);
+    return;
+  }
+  send_ciphertext(c);  // the ClientHello
+}
+
+// Sends what the session has waiting; a short send keeps the rest for the next EPOLLOUT. True
+// when all of it went (and the connection lives).
+bool EpollWorker::send_ciphertext(Conn& c) {
+  std::string& out = c.tls->output();
+  size_t done = 0;
+  while (done < out.size()) {
+    const ssize_t n = ::send(c.fd.get(), out.data() + done, out.size() - done, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      kill(c, errno_name(errno), steady_now_ns());
+      return false;
+    }
+    done += static_cast<size_t>(n);
+  }
+  out.erase(0, done);
+  if (!out.empty()) counters_.on_short_write(plan_, steady_now_ns());
+  return out.empty() && c.state == ConnState::kOpen;
+}
+
+// A message is encrypted whole once the previous one's ciphertext is all sent, and counted as
+// sent then: its plaintext bytes are what the stream measures, so TLS and plain runs compare.
+void EpollWorker::write_tls(Conn& c) {
+  const uint64_t message = config_.message_size;
+  for (int k = 0; k < kSendsPerEvent && c.state == ConnState::kOpen; ++k) {
+    const bool pending = c.in_msg > 0;  // a message's ciphertext was left to send
+    if (!send_ciphertext(c)) return;
+    if (pending) {
+      c.in_msg = 0;
+      counters_.on_sent(plan_, steady_now_ns(), message, true, true);
+      if (!config_.duplex) c.achieved = true;
+    }
+    if (!c.tls->handshake_done()) return;
+    if (c.tls->send(std::string_view(plan_.at(stream_index(c), c.sent), message)) ==
+        tls::Session::State::kFailed) {
+      kill(c, "TLS: " + c.tls->error(), steady_now_ns());
       return;
     }
-    c.received += got;
-    c.achieved = true;
-    counters_.on_received(plan_, now, got);
-    if (got < recv_buffer_.size()) return;  // drained; level triggering brings us back
+    c.sent += message;
+    c.in_msg = message;
+  }
+}
+
+void EpollWorker::read_tls(Conn& c, size_t i) {
+  for (int k = 0; k < kRecvsPerEvent && c.state == ConnState::kOpen; ++k) {
+    const ssize_t n = ::recv(c.fd.get(), recv_buffer_.data(), recv_buffer_.size(), 0);
+    const int64_t now = steady_now_ns();
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (const std::string why = recv_end(n); !why.empty()) kill(c, why, now);
+      return;
+    }
+    const auto got = static_cast<size_t>(n);
+    tls_plain_.clear();
+    const auto state = c.tls->receive(std::string_view(recv_buffer_.data(), got), tls_plain_);
+    if (state == tls::Session::State::kFailed) {
+      kill(c, "TLS: " + c.tls->error(), now);
+      return;
+    }
+    if (state == tls::Session::State::kClosed) {  // close_notify: the server ended it
+      kill(c, "EOF", now);
+      return;
+    }
+    if (c.tls_start_ns != 0 && c.tls->handshake_done()) {
+      counters_.stats.tls_handshake.record(static_cast<uint64_t>(now - c.tls_start_ns));
+      c.tls_start_ns = 0;
+      if (const auto err = epoll_modify(epoll_, c.fd.get(), EPOLLIN | EPOLLOUT, i)) {
+        kill(c, errno_name(err.value()), now);
+        return;
+      }
+    }
+    // The handshake's last flight or a key update's answer (a rest too large for the socket goes
+    // on EPOLLOUT, as the stream itself does).
+    if (c.in_msg == 0 && !c.tls->output().empty()) send_ciphertext(c);
+    if (c.state != ConnState::kOpen) return;
+    // One way, the discard server answers nothing: whatever decrypts is dropped unseen.
+    if (config_.duplex && !tls_plain_.empty())
+      take_echo(c, tls_plain_.data(), tls_plain_.size(), now);
+    if (got < recv_buffer_.size()) return;
   }
 }
 
@@ -467,7 +590,7 @@ char stream_byte(uint64_t index, uint64_t offset) {
 
 Expected<StreamStats> run_stream(const StreamConfig& config, std::stop_token stop) {
   if (auto err = validate(config)) return err;
-  const bool single = config.connections == 1;
+  const bool single = config.connections == 1 && !config.tls;
   const int thread_count = single ? 1 : std::clamp(config.threads, 1, config.connections);
 
   Plan plan;
