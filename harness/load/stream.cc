@@ -344,10 +344,10 @@ class EpollWorker : public StreamThread {
   uint64_t stream_index(const Conn& c) const { return first_connection_ + conns_.index_of(c); }
   void start_connect(size_t i);
   void write(Conn& c);
-  void read(Conn& c);
+  void read(Conn& c, size_t i);
   void start_tls(Conn& c, size_t i, int64_t now);
   void write_tls(Conn& c);
-  void read_tls(Conn& c, size_t i);
+  void take_ciphertext(Conn& c, size_t i, size_t n, int64_t now);
   bool send_ciphertext(Conn& c);
   void take_echo(Conn& c, const char* data, size_t n, int64_t now);
 
@@ -384,14 +384,15 @@ void EpollWorker::start_connect(size_t i) {
 }
 
 void EpollWorker::on_open(Conn& c, size_t i, uint32_t events) {
+  // TLS reads one way too: the handshake, and the server's tickets after it.
+  if ((config_.duplex || c.tls) && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) read(c, i);
+  if (c.state != ConnState::kOpen) return;
   if (c.tls) {
-    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) read_tls(c, i);
-    if (c.state == ConnState::kOpen && (events & EPOLLOUT)) write_tls(c);
+    if (events & EPOLLOUT) write_tls(c);
     return;
   }
-  if (config_.duplex && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) read(c);
   // One way, an error is reported by the send() it makes fail.
-  if (c.state == ConnState::kOpen && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) write(c);
+  if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) write(c);
 }
 
 void EpollWorker::on_connected(Conn& c, size_t i, int64_t now) {
@@ -435,7 +436,7 @@ void EpollWorker::write(Conn& c) {
   }
 }
 
-void EpollWorker::read(Conn& c) {
+void EpollWorker::read(Conn& c, size_t i) {
   for (int k = 0; k < kRecvsPerEvent && c.state == ConnState::kOpen;) {
     const ssize_t n = ::recv(c.fd.get(), recv_buffer_.data(), recv_buffer_.size(), 0);
     const int64_t now = steady_now_ns();
@@ -446,7 +447,11 @@ void EpollWorker::read(Conn& c) {
     }
     ++k;
     const auto got = static_cast<size_t>(n);
-    take_echo(c, recv_buffer_.data(), got, now);
+    if (c.tls) {
+      take_ciphertext(c, i, got, now);
+    } else {
+      take_echo(c, recv_buffer_.data(), got, now);
+    }
     if (got < recv_buffer_.size()) return;  // drained; level triggering brings us back
   }
 }
@@ -470,13 +475,10 @@ void EpollWorker::take_echo(Conn& c, const char* data, size_t n, int64_t now) {
 // level-triggered EPOLLOUT would spin); then EPOLLOUT too, as for a plain stream.
 
 void EpollWorker::start_tls(Conn& c, size_t i, int64_t now) {
-  std::string error;
-  c.tls = tls::Session::make(config_.tls, &error);
-  if (!c.tls) {
-    kill(c, "TLS: " + error, now);
+  if (const std::string error = start_client_tls(c, config_.tls, now); !error.empty()) {
+    kill(c, error, now);
     return;
   }
-  c.tls_start_ns = now;
   if (const auto err = epoll_modify(epoll_, c.fd.get(), EPOLLIN, i)) {
     kill(c, errno_name(err.value()), now);
     return;
@@ -488,18 +490,10 @@ void EpollWorker::start_tls(Conn& c, size_t i, int64_t now) {
 // when all of it went (and the connection lives).
 bool EpollWorker::send_ciphertext(Conn& c) {
   std::string& out = c.tls->output();
-  size_t done = 0;
-  while (done < out.size()) {
-    const ssize_t n = ::send(c.fd.get(), out.data() + done, out.size() - done, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      kill(c, errno_name(errno), steady_now_ns());
-      return false;
-    }
-    done += static_cast<size_t>(n);
+  if (const std::string error = send_pending(c.fd.get(), out); !error.empty()) {
+    kill(c, error, steady_now_ns());
+    return false;
   }
-  out.erase(0, done);
   if (!out.empty()) counters_.on_short_write(plan_, steady_now_ns());
   return out.empty() && c.state == ConnState::kOpen;
 }
@@ -527,42 +521,29 @@ void EpollWorker::write_tls(Conn& c) {
   }
 }
 
-void EpollWorker::read_tls(Conn& c, size_t i) {
-  for (int k = 0; k < kRecvsPerEvent && c.state == ConnState::kOpen; ++k) {
-    const ssize_t n = ::recv(c.fd.get(), recv_buffer_.data(), recv_buffer_.size(), 0);
-    const int64_t now = steady_now_ns();
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      if (const std::string why = recv_end(n); !why.empty()) kill(c, why, now);
+// The first `n` bytes of recv_buffer_, ciphertext: the handshake goes on (or ends, and the stream
+// starts), and what decrypts is the echo.
+void EpollWorker::take_ciphertext(Conn& c, size_t i, size_t n, int64_t now) {
+  if (const std::string error =
+          receive_ciphertext(*c.tls, std::string_view(recv_buffer_.data(), n), tls_plain_);
+      !error.empty()) {
+    kill(c, error, now);
+    return;
+  }
+  if (c.tls_start_ns != 0 && c.tls->handshake_done()) {
+    counters_.stats.tls_handshake.record(static_cast<uint64_t>(now - c.tls_start_ns));
+    c.tls_start_ns = 0;
+    if (const auto err = epoll_modify(epoll_, c.fd.get(), EPOLLIN | EPOLLOUT, i)) {
+      kill(c, errno_name(err.value()), now);
       return;
     }
-    const auto got = static_cast<size_t>(n);
-    tls_plain_.clear();
-    const auto state = c.tls->receive(std::string_view(recv_buffer_.data(), got), tls_plain_);
-    if (state == tls::Session::State::kFailed) {
-      kill(c, "TLS: " + c.tls->error(), now);
-      return;
-    }
-    if (state == tls::Session::State::kClosed) {  // close_notify: the server ended it
-      kill(c, "EOF", now);
-      return;
-    }
-    if (c.tls_start_ns != 0 && c.tls->handshake_done()) {
-      counters_.stats.tls_handshake.record(static_cast<uint64_t>(now - c.tls_start_ns));
-      c.tls_start_ns = 0;
-      if (const auto err = epoll_modify(epoll_, c.fd.get(), EPOLLIN | EPOLLOUT, i)) {
-        kill(c, errno_name(err.value()), now);
-        return;
-      }
-    }
-    // The handshake's last flight or a key update's answer (a rest too large for the socket goes
-    // on EPOLLOUT, as the stream itself does).
-    if (c.in_msg == 0 && !c.tls->output().empty()) send_ciphertext(c);
-    if (c.state != ConnState::kOpen) return;
-    // One way, the discard server answers nothing: whatever decrypts is dropped unseen.
-    if (config_.duplex && !tls_plain_.empty())
-      take_echo(c, tls_plain_.data(), tls_plain_.size(), now);
-    if (got < recv_buffer_.size()) return;
+  }
+  // The handshake's last flight or a key update's answer (a rest too large for the socket goes
+  // on EPOLLOUT, as the stream itself does).
+  if (c.in_msg == 0 && !c.tls->output().empty()) send_ciphertext(c);
+  // One way, the discard server answers nothing: whatever decrypts is dropped unseen.
+  if (c.state == ConnState::kOpen && config_.duplex && !tls_plain_.empty()) {
+    take_echo(c, tls_plain_.data(), tls_plain_.size(), now);
   }
 }
 
