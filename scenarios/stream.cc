@@ -53,7 +53,11 @@ void add_plaintext_baseline(results::Record& record, ServerHandle& server,
   BenchParams plain_params = params;
   plain_params.tls = nullptr;
   WindowSamples samples(*plain);
-  auto streamed = stream_on(*plain, plain_params, samples, std::move(stop));
+  auto streamed = stream_on(*plain, plain_params, samples, stop);
+  if (stop.stop_requested()) {
+    record.warnings.push_back("no plaintext baseline for tls_cost_ratio: interrupted");
+    return;
+  }
   if (!streamed || streamed->bytes_sent == 0) {
     record.warnings.push_back(fmt::format(
         "no plaintext baseline for tls_cost_ratio: {}",
