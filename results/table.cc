@@ -252,7 +252,7 @@ void print_block(std::FILE* out, const std::vector<std::string>& labels,
 std::string format_metric(std::string_view name, double value) {
   if (!std::isfinite(value)) return "n/a";
   if (ends_with(name, "_per_second") || ends_with(name, "_per_sec")) {
-    if (name.starts_with("gbit")) return sig3(value) + " Gbit/s";
+    if (name.find("gbit") != std::string_view::npos) return sig3(value) + " Gbit/s";
     return name.find("bytes") != std::string_view::npos ? scaled(value, kByteRate, 0) : rate(value);
   }
   if (ends_with(name, "_ns")) return scaled(value, kDuration, 0);

@@ -78,7 +78,7 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        {"discard", "echo"},
        1,
        128 << 10,
-       {"duplex"}},
+       {"duplex", "tls", "tls-version", "cipher", "insecure", "ca"}},
       {"crr",
        "connect, one verified request, close (FIN or RST): connection churn",
        wire_protocol,

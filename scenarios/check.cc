@@ -82,7 +82,7 @@ const std::vector<CheckInfo>& checks() {
   static const std::vector<CheckInfo> all = {
       {"partial",
        "recv returns what has arrived, not what was sent: frames split and coalesced, a 4 MiB "
-       "frame, a client that does not read",
+       "frame, a client that does not read (check --tls: the same cuts of the ciphertext)",
        {{"byte-at-a-time", "one frame, header and body one byte per segment (TCP_NODELAY, gaps)"},
         {"random-splits", "frames cut at random points, the pieces sent with small gaps"},
         {"coalesced", "many frames in one write, every reply right and in order"},
@@ -91,7 +91,11 @@ const std::vector<CheckInfo>& checks() {
          "a client that does not read while large replies pile up: no byte lost, other clients "
          "served",
          4, true}},
-       run_partial_check},
+       run_partial_check,
+       /*datagram=*/false,
+       /*chat=*/false,
+       /*tls=*/false,
+       /*over_tls=*/true},
       {"backlog",
        "what listen(B) really queues on Linux: B+1 complete, the rest stall in SYN "
        "retransmission (not refused)",

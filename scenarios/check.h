@@ -92,6 +92,8 @@ struct CheckOptions {
   // Sub-checks to run as "check/subcheck" or "check"; empty: all.
   std::vector<std::string> only;
   std::stop_token stop;  // between sub-checks
+  // check --tls: the target serves TLS; the checks that run over it (CheckInfo::over_tls) speak it.
+  bool tls = false;
   int tls_version = 13;  // check --tls: the version the TLS probes offer (12 or 13)
   // Progress lines ("partial/byte-at-a-time"), may be empty.
   std::function<void(const std::string&)> progress;
@@ -136,10 +138,12 @@ struct CheckInfo {
   // Runs against targets speaking the chat protocol only (check --protocol chat); the other
   // checks never do (they expect an echo).
   bool chat = false;
-  // Runs against TLS targets only (check --tls); the others never do (they speak plaintext).
+  // Runs against TLS targets only (check --tls); the others never do (they speak plaintext)...
   bool tls = false;
   // Runs against stream and datagram targets alike (scenario scripts): `datagram` is ignored.
   bool any_transport = false;
+  // ... unless their scripts can go through a TLS session (CheckOptions::tls): they run on both.
+  bool over_tls = false;
 };
 
 // Every check, in run order: partial, backlog, timewait, errors, then udp (datagram targets)

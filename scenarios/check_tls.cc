@@ -6,15 +6,14 @@
 // ending in a truncated close. Every probe is a sans-I/O tls::Session moved over a step Client,
 // every wait bounded.
 #include <fmt/format.h>
-#include <poll.h>
 
-#include <functional>
 #include <optional>
 
 #include "harness/core/frame.h"
 #include "harness/core/tls.h"
 #include "scenarios/check.h"
 #include "scenarios/steps.h"
+#include "scenarios/tls_probe.h"
 
 namespace sockbench::scenarios {
 namespace {
@@ -22,112 +21,6 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr Millis kTimeout{2000};
-
-// A TLS client connection for the checks: verification as `config` says (insecure by default:
-// the checks look at the server's behaviour, wrong-name at its certificate).
-class TlsProbe {
- public:
-  static std::optional<TlsProbe> connect(const Address& address, tls::Config config, Outcome& o) {
-    config.role = tls::Role::kClient;
-    std::string error;
-    auto context = tls::Context::make(config, &error);
-    if (!context) {
-      o.fail("TLS context: " + error);
-      return std::nullopt;
-    }
-    auto client = Client::connect(address, kTimeout);
-    if (!client) {
-      o.fail("connect: " + errno_name(client.error().value()));
-      return std::nullopt;
-    }
-    auto session = tls::Session::make(context, &error);
-    if (!session) {
-      o.fail("TLS session: " + error);
-      return std::nullopt;
-    }
-    return TlsProbe(std::move(*client), std::move(session));
-  }
-
-  // The handshake, within `timeout`.
-  bool handshake(Millis timeout) {
-    return pump(timeout, [this] { return session_->handshake_done(); });
-  }
-  // A framed request and its reply, within `timeout`; nullopt when none came.
-  std::optional<std::string> exchange(std::string_view payload, Millis timeout) {
-    const std::string frame = encode_frame(payload);
-    got_.clear();
-    if (session_->send(frame) == tls::Session::State::kFailed) return std::nullopt;
-    if (!pump(timeout, [&] { return got_.size() >= frame.size(); })) return std::nullopt;
-    return got_.substr(0, frame.size());
-  }
-  // Sends close_notify and waits for the server's: true when it came before the connection
-  // ended; false on a truncated close (or nothing within `timeout`).
-  bool close_cleanly(Millis timeout) {
-    session_->close();
-    pump(timeout, [this] { return session_->state() == tls::Session::State::kClosed; });
-    return session_->state() == tls::Session::State::kClosed;
-  }
-
-  tls::Session& session() { return *session_; }
-  const std::string& why() const { return why_.empty() ? session_->error() : why_; }
-
- private:
-  TlsProbe(Client client, std::unique_ptr<tls::Session> session)
-      : client_(std::move(client)), session_(std::move(session)) {}
-
-  // Sends the session's output and feeds it what arrives until `done` or the deadline.
-  bool pump(Millis timeout, const std::function<bool()>& done) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    char buffer[16384];
-    for (;;) {
-      std::string& out = session_->output();
-      if (!out.empty()) {
-        if (auto ec = client_.send(out, timeout)) {
-          why_ = "send: " + errno_name(ec.value());
-          return false;
-        }
-        out.clear();
-      }
-      if (done()) return true;
-      if (session_->state() == tls::Session::State::kFailed || eof_) return false;
-      const auto left =
-          std::chrono::duration_cast<Millis>(deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) {
-        why_ = fmt::format("nothing within {} ms", timeout.count());
-        return false;
-      }
-      pollfd p{client_.fd(), POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
-      auto n = recv_some(client_.fd(), std::span<char>(buffer, sizeof buffer));
-      if (!n) {
-        if (n.error().value() == EAGAIN || n.error().value() == EINTR) continue;
-        why_ = errno_name(n.error().value());
-        eof_ = true;
-        session_->transport_eof();
-        continue;
-      }
-      if (*n == 0) {
-        eof_ = true;
-        session_->transport_eof();
-        continue;
-      }
-      session_->receive(std::string_view(buffer, *n), got_);
-    }
-  }
-
-  Client client_;
-  std::unique_ptr<tls::Session> session_;
-  std::string got_;
-  std::string why_;
-  bool eof_ = false;
-};
-
-tls::Config probe_config(const CheckOptions& options) {
-  tls::Config config;
-  config.version = options.tls_version;
-  config.insecure = true;
-  return config;
-}
 
 // A TLS client gets its framed request answered: evidence that the server still serves.
 bool expect_tls_serving(CheckTarget& target, const CheckOptions& options, Outcome& o,

@@ -42,7 +42,8 @@ struct BenchParams {
   // This process's share of the cell (--shard, an MPI rank): clients, rate and every ramp step
   // above are the whole load's, which names the records; the engines get shard_share() of them.
   Shard shard;
-  // rr, crr: TLS (client role) on every connection, the server serving TLS; nullptr: plain TCP.
+  // rr, crr, stream: TLS (client role) on every connection, the server serving TLS; nullptr:
+  // plain TCP.
   std::shared_ptr<tls::Context> tls;
   // crr with tls: offer each slot's previous session (--tls-resume) instead of full handshakes.
   bool tls_resume = false;
@@ -75,6 +76,14 @@ class ServerHandle {
   virtual bool restart(std::string* why) {
     *why = "this server cannot be restarted (sockbench did not start it)";
     return false;
+  }
+
+  // A second instance of the same model serving plain TCP, for a TLS cell that measures its cost
+  // over plaintext in the same run (stream). Stopped when the handle is destroyed. nullptr with
+  // `why` set when this server cannot be had without TLS (an external --target, a proxy).
+  virtual std::unique_ptr<ServerHandle> start_plaintext(std::string* why) {
+    *why = "no plaintext instance of " + name() + " can be started";
+    return nullptr;
   }
 };
 

@@ -206,6 +206,12 @@ Received Client::expect(size_t n, Millis timeout) { return exchange({}, n, timeo
 
 Received Client::exchange(std::string_view out, size_t n, Millis timeout,
                           std::span<const size_t> pieces, Millis gap) {
+  return exchange_decoded(out, n, timeout, pieces, gap, {});
+}
+
+Received Client::exchange_decoded(std::string_view out, size_t n, Millis timeout,
+                                  std::span<const size_t> pieces, Millis gap,
+                                  const Decode& decode) {
   Received r;
   const auto start = SteadyClock::now();
   const auto deadline = start + timeout;
@@ -222,7 +228,8 @@ Received Client::exchange(std::string_view out, size_t n, Millis timeout,
   size_t piece = 0;
   size_t piece_left = pieces.empty() ? 0 : std::min(pieces[0], out.size());
   auto next_send = start;
-  std::vector<char> buffer(std::min(kRecvChunk, std::max<size_t>(n, 1)));
+  // Decoded, n counts the bytes after decoding: the wire carries more of them.
+  std::vector<char> buffer(decode ? kRecvChunk : std::min(kRecvChunk, std::max<size_t>(n, 1)));
   while (r.bytes.size() < n || !out.empty()) {
     const auto now = SteadyClock::now();
     if (now >= deadline) {
@@ -261,7 +268,7 @@ Received Client::exchange(std::string_view out, size_t n, Millis timeout,
       }
     }
     if (r.bytes.size() < n && (p.revents & (POLLIN | POLLERR | POLLHUP))) {
-      const size_t ask = std::min(buffer.size(), n - r.bytes.size());
+      const size_t ask = decode ? buffer.size() : std::min(buffer.size(), n - r.bytes.size());
       auto got = recv_some(fd_.get(), std::span<char>(buffer.data(), ask));
       if (!got) {
         if (would_block(got.error())) continue;
@@ -274,7 +281,12 @@ Received Client::exchange(std::string_view out, size_t n, Millis timeout,
       }
       ++r.recv_calls;
       if (*got < ask) ++r.short_reads;
-      r.bytes.append(buffer.data(), *got);
+      if (!decode) {
+        r.bytes.append(buffer.data(), *got);
+      } else if (!decode(std::string_view(buffer.data(), *got), r.bytes)) {
+        r.error = make_error(EPROTO);
+        break;
+      }
     }
   }
   return finish();

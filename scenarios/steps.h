@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <random>
@@ -100,6 +101,15 @@ class Client {
   // Received::error (with the bytes received so far).
   Received exchange(std::string_view out, size_t n, Millis timeout,
                     std::span<const size_t> pieces = {}, Millis gap = Millis(0));
+  // Turns the bytes that arrive into the bytes they stand for (TLS records into plaintext):
+  // appends those to `decoded`; false when they cannot be decoded.
+  using Decode = std::function<bool(std::string_view arrived, std::string& decoded)>;
+  // exchange() over a connection whose bytes stand for others: `out` goes on the wire as it is
+  // (ciphertext, cut by `pieces`), what arrives goes through `decode` into Received::bytes, and
+  // receiving stops once that holds `n` bytes. A decode failure ends it with EPROTO. recv_calls
+  // and short_reads count the recv() calls of the wire bytes.
+  Received exchange_decoded(std::string_view out, size_t n, Millis timeout,
+                            std::span<const size_t> pieces, Millis gap, const Decode& decode);
   // Receives until EOF (or an error, or `timeout`); bytes that come first are returned too.
   Received expect_eof(Millis timeout);
   // shutdown(SHUT_WR): a FIN after what was sent; receiving goes on.

@@ -121,6 +121,15 @@ class RefusingSession final : public Session {
   Verdict on_bytes(std::string_view, std::string&) override { return Verdict::kClose; }
 };
 
+// `plain` inside TLS when options.tls is set.
+std::unique_ptr<Session> with_tls(std::unique_ptr<Session> plain, const ProtocolOptions& options) {
+  if (!options.tls) return plain;
+  std::string error;
+  auto tls = tls::Session::make(options.tls, &error);
+  if (!tls) return std::make_unique<RefusingSession>();
+  return std::make_unique<TlsSession>(std::move(plain), std::move(tls));
+}
+
 std::unique_ptr<Session> make_plain_session(const ProtocolOptions& options) {
   switch (options.protocol) {
     case Protocol::kEcho:
@@ -172,17 +181,12 @@ void release_reply_buffer(std::string& out, size_t keep) {
 }
 
 std::unique_ptr<Session> make_session(const ProtocolOptions& options) {
-  auto plain = make_plain_session(options);
-  if (!options.tls) return plain;
-  std::string error;
-  auto tls = tls::Session::make(options.tls, &error);
-  if (!tls) return std::make_unique<RefusingSession>();
-  return std::make_unique<TlsSession>(std::move(plain), std::move(tls));
+  return with_tls(make_plain_session(options), options);
 }
 
 std::unique_ptr<Session> make_one_recv_one_message_session(const ProtocolOptions& options) {
   if (options.protocol != Protocol::kFramed) return make_session(options);
-  return std::make_unique<OneRecvOneFrameSession>(options.reply_delay);
+  return with_tls(std::make_unique<OneRecvOneFrameSession>(options.reply_delay), options);
 }
 
 }  // namespace sockbench::servers

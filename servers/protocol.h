@@ -54,8 +54,7 @@ class Session {
   virtual Verdict on_bytes(std::string_view in, std::string& out) = 0;
 };
 
-// The protocol's session; wrapped in TLS when options.tls is set (the faulty twin's session of
-// make_one_recv_one_message_session keeps its framing plain: its defect is about plain recv()).
+// The protocol's session; wrapped in TLS when options.tls is set.
 std::unique_ptr<Session> make_session(const ProtocolOptions& options);
 
 // Empties a model's reply buffer once every byte of it is sent. A buffer that grew beyond `keep`
@@ -66,7 +65,8 @@ void release_reply_buffer(std::string& out, size_t keep);
 // as a server does that assumes one recv() returns one message. Framed: the input minus its
 // first 4 bytes is answered as one frame, whatever the length prefix says (right only when a
 // frame arrives alone and whole in one recv). Echo and discard have no message boundaries and
-// behave as make_session()'s.
+// behave as make_session()'s. Over TLS (options.tls) it takes what one recv() decrypted to as one
+// message: TLS records keep no message boundaries either, and check --tls shows it.
 std::unique_ptr<Session> make_one_recv_one_message_session(const ProtocolOptions& options);
 
 }  // namespace sockbench::servers

@@ -275,6 +275,8 @@ TEST(CheckRegistry, NamesAndOnlyValidation) {
     EXPECT_EQ(c.datagram, c.name == "udp") << c.name;
     EXPECT_EQ(c.chat, c.name == "chat") << c.name;
     EXPECT_EQ(c.tls, c.name == "tls") << c.name;
+    // The partial scripts run over TLS too (check --tls), their cuts falling on the ciphertext.
+    EXPECT_EQ(c.over_tls, c.name == "partial") << c.name;
   }
   EXPECT_EQ(validate_only("errors"), "");
   EXPECT_EQ(validate_only("errors/sigpipe"), "");

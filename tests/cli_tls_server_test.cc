@@ -220,19 +220,51 @@ nlohmann::json only_entry(const std::filesystem::path& path) {
   return doc["benchmarks"][0];
 }
 
+// The one cell of a TLS run: named `name`, no error, every connection achieved and its handshake
+// timed.
+nlohmann::json clean_tls_cell(const std::filesystem::path& path, const std::string& name,
+                              double connections) {
+  auto e = only_entry(path);
+  EXPECT_EQ(e.value("name", ""), name);
+  EXPECT_EQ(e.value("errors", -1.0), 0.0);
+  EXPECT_EQ(e.value("connections_achieved", 0.0), connections);
+  EXPECT_GT(e.value("tls_handshake_p50_us", 0.0), 0.0);
+  return e;
+}
+
 TEST_F(ServeTlsFlags, RunTlsMeasuresHandshakesAndVerifiesEveryReplyAfterDecryption) {
   const auto out = sockbench(
       "run --server epoll --clients 4 --duration 500ms --warmup 100ms --tls "
       "--json " +
       (dir_ / "tls.json").string());
   ASSERT_EQ(out.status, 0) << out.err;
-  const auto e = only_entry(dir_ / "tls.json");
-  EXPECT_EQ(e.value("name", ""), "rr/epoll/clients:4/msg:64/tls:1.3");
+  const auto e = clean_tls_cell(dir_ / "tls.json", "rr/epoll/clients:4/msg:64/tls:1.3", 4);
   EXPECT_GT(e.value("iterations", 0), 0);
-  EXPECT_EQ(e.value("errors", -1.0), 0.0);
   EXPECT_EQ(e.value("unverified_replies", -1.0), 0.0);
-  EXPECT_EQ(e.value("connections_achieved", 0.0), 4.0);
-  EXPECT_GT(e.value("tls_handshake_p50_us", 0.0), 0.0);
+}
+
+// stream --tls --duplex: the stream's plaintext through TLS both ways, every echoed byte verified
+// after decryption; then the same stream over plaintext against a plaintext instance of the model,
+// and TLS's cost as their ratio.
+TEST_F(ServeTlsFlags, StreamTlsVerifiesTheEchoAndMeasuresItsCostOverPlaintext) {
+  const auto out = sockbench(
+      "run --server epoll --scenario stream --duplex --clients 2 --duration 500ms --warmup 100ms "
+      "--tls --json " +
+      (dir_ / "stream.json").string());
+  ASSERT_EQ(out.status, 0) << out.err << out.out;
+  const auto e =
+      clean_tls_cell(dir_ / "stream.json", "stream/epoll/clients:2/msg:131072/duplex/tls:1.3", 2);
+  EXPECT_GT(e.value("bytes_received", 0.0), 0.0);
+  EXPECT_EQ(e.value("echo_mismatches", -1.0), 0.0);
+  EXPECT_GT(e.value("gbit_per_second", 0.0), 0.0);
+  EXPECT_GT(e.value("plain_gbit_per_second", 0.0), 0.0);
+  EXPECT_GT(e.value("server_cpu_s_per_gb", 0.0), 0.0);
+  EXPECT_GT(e.value("plain_server_cpu_s_per_gb", 0.0), 0.0);
+  // Not compared to 1: on a loaded machine either run may be the faster.
+  EXPECT_GT(e.value("tls_cost_ratio", 0.0), 0.0);
+  EXPECT_DOUBLE_EQ(e.value("tls_cost_ratio", 0.0),
+                   e.value("plain_gbit_per_second", 0.0) / e.value("gbit_per_second", 1.0));
+  EXPECT_THAT(out.out, HasSubstr("tls_cost_ratio"));
 }
 
 // crr --tls: every connection a handshake, full or (--tls-resume) resumed from the slot's
@@ -261,12 +293,13 @@ TEST_F(ServeTlsFlags, CrrTlsCountsFullAndResumedHandshakes) {
   }
 }
 
-// check --tls: a correct model passes every tls sub-check; the twin that reads a new
-// connection's handshake waiting on it alone FAILs exactly the stalled handshake; the iterative
-// model FAILs it for what it is (one client at a time); flags that do not fit exit 2.
+// check --tls (the tls family): a correct model passes every tls sub-check; the twin that reads a
+// new connection's handshake waiting on it alone FAILs exactly the stalled handshake; the
+// iterative model FAILs it for what it is (one client at a time); flags that do not fit exit 2.
 TEST_F(ServeTlsFlags, CheckTlsPassesEpollAndFailsTheBlockingHandshakeTwin) {
-  const auto out = sockbench("check --tls -v --server epoll,faulty-tls-blocking,iterative --json " +
-                             (dir_ / "check.json").string());
+  const auto out =
+      sockbench("check --tls -v --only tls --server epoll,faulty-tls-blocking,iterative --json " +
+                (dir_ / "check.json").string());
   EXPECT_EQ(out.status, 1) << out.err << out.out;
   const auto doc = nlohmann::json::parse(test_support::slurp(dir_ / "check.json"));
   const std::map<std::string, std::string> pass = {{"tls/handshake", "PASS"},
@@ -281,19 +314,90 @@ TEST_F(ServeTlsFlags, CheckTlsPassesEpollAndFailsTheBlockingHandshakeTwin) {
   EXPECT_EQ(test_support::check_verdicts(doc, "iterative"), stalled) << out.out;
   EXPECT_THAT(out.out, HasSubstr("refused: handshake failed: certificate verify failed "
                                  "(hostname mismatch)"));
-  // Only the tls check runs with --tls.
-  EXPECT_THAT(out.out, ::testing::Not(HasSubstr("partial/")));
   expect_usage_errors("check --server epoll",
                       {{"--tls --tls-resume", "--tls-resume: applies to run --scenario crr"},
                        {"--tls --protocol echo", "--tls: the tls check speaks framed"},
                        {"--tls-version 1.2", "--tls-version needs --tls"}});
 }
 
+// check --tls runs the tls family and the partial family over TLS, the plaintext families not: the
+// partial scripts' cuts fall on the ciphertext, and a correct model PASSes them all. The
+// single-recv twin, over TLS, takes what one recv() decrypted to as one frame: a record holds
+// two frames, or a read a hundred records, or a 4 MiB frame arrives over many reads, and it FAILs
+// every partial sub-check while its TLS itself is right.
+TEST_F(ServeTlsFlags, CheckTlsRunsThePartialFamilyOverTls) {
+  const auto out = sockbench("check --tls -v --server epoll,faulty-single-recv --json " +
+                             (dir_ / "check.json").string());
+  EXPECT_EQ(out.status, 1) << out.err << out.out;
+  const auto doc = nlohmann::json::parse(test_support::slurp(dir_ / "check.json"));
+  std::map<std::string, std::string> verdicts;
+  for (const char* sub :
+       {"partial/byte-at-a-time", "partial/random-splits", "partial/coalesced",
+        "partial/large-frame", "partial/nonreading-client", "tls/handshake", "tls/plaintext-client",
+        "tls/stalled-handshake", "tls/wrong-name", "tls/close-notify"}) {
+    verdicts[sub] = "PASS";
+  }
+  EXPECT_EQ(test_support::check_verdicts(doc, "epoll"), verdicts) << out.out;
+  for (auto& [sub, verdict] : verdicts) {
+    if (sub.starts_with("partial/")) verdict = "FAIL";
+  }
+  EXPECT_EQ(test_support::check_verdicts(doc, "faulty-single-recv"), verdicts) << out.out;
+  EXPECT_THAT(out.out, HasSubstr("sent one byte of ciphertext per segment"));
+  EXPECT_THAT(out.out, HasSubstr("meanwhile 3 other TLS clients"));
+  for (const char* plaintext_only : {"backlog/", "timewait/", "errors/"}) {
+    EXPECT_THAT(out.out, ::testing::Not(HasSubstr(plaintext_only)));
+  }
+}
+
+// A TLS server that answers frames but closes the connection without a close_notify of its own
+// when the client's comes: tls/close-notify FAILs it and names the truncated close.
+TEST_F(ServeTlsFlags, CheckTlsReportsATruncatedClose) {
+  test_support::ThreadPerConnectionServer server(
+      test_support::loopback_any_port(), [](int, int fd) {
+        std::string error;
+        auto session = tls::Session::make(shared_tls().server, &error);
+        ASSERT_TRUE(session) << error;
+        std::string plain;
+        char buf[16384];
+        for (;;) {
+          const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+          if (n <= 0) return;
+          const auto state = session->receive(std::string_view(buf, static_cast<size_t>(n)), plain);
+          while (plain.size() >= kFrameHeaderSize &&
+                 plain.size() >= kFrameHeaderSize + read_be32(plain.data())) {
+            const size_t frame = kFrameHeaderSize + read_be32(plain.data());
+            session->send(std::string_view(plain).substr(0, frame));
+            plain.erase(0, frame);
+          }
+          std::string& out = session->output();
+          if (!out.empty() && ::send(fd, out.data(), out.size(), MSG_NOSIGNAL) !=
+                                  static_cast<ssize_t>(out.size())) {
+            return;
+          }
+          out.clear();
+          // The client's close_notify (kClosed) is not answered: the fd closes on return.
+          if (state == tls::Session::State::kClosed || state == tls::Session::State::kFailed)
+            return;
+        }
+      });
+  ASSERT_EQ(server.error(), "");
+  const auto out =
+      sockbench("check --tls -v --only tls/handshake,tls/close-notify --target " +
+                server.address().to_string() + " --json " + (dir_ / "check.json").string());
+  EXPECT_EQ(out.status, 1) << out.err << out.out;
+  const auto doc = nlohmann::json::parse(test_support::slurp(dir_ / "check.json"));
+  const std::map<std::string, std::string> want = {{"tls/handshake", "PASS"},
+                                                   {"tls/close-notify", "FAIL"}};
+  EXPECT_EQ(test_support::check_verdicts(doc, "target"), want) << out.out;
+  EXPECT_THAT(out.out, HasSubstr("the server ended without close_notify: truncated: the peer "
+                                 "closed the connection without close_notify"));
+}
+
 TEST_F(ServeTlsFlags, RunTlsFlagErrorsExit2) {
   expect_usage_errors(
       "run --server epoll --duration 200ms",
       {
-          {"--tls --scenario stream", "--tls: applies only to --scenario rr, crr"},
+          {"--tls --scenario connections", "--tls: applies only to --scenario rr, stream, crr"},
           {"--tls --tls-resume", "--tls-resume: applies only to --scenario crr"},
           {"--scenario crr --tls-resume", "--tls-resume needs --tls"},
           {"--tls --insecure", "--insecure: applies to --target"},

@@ -865,6 +865,7 @@ TEST(ResultsTable, FormatsByMetricSuffix) {
   EXPECT_EQ(format_metric("requests_per_second", 12.34), "12.3/s");
   EXPECT_EQ(format_metric("bytes_per_second", 123456789), "123 MB/s");
   EXPECT_EQ(format_metric("gbit_per_second", 30.84), "30.8 Gbit/s");
+  EXPECT_EQ(format_metric("plain_gbit_per_second", 5.54), "5.54 Gbit/s");
   EXPECT_EQ(format_metric("gbit_per_second", 0.5), "0.500 Gbit/s");
   EXPECT_EQ(format_metric("p50_us", 38.5), "38.5 us");
   EXPECT_EQ(format_metric("p99_us", 120.25), "120 us");

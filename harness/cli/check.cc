@@ -101,6 +101,7 @@ CheckPlan target_plan(const cxxopts::ParseResult& parsed, const char* name, int 
     const bool builtins =
         parsed.count("server") > 0 || (!parsed.count("target") && !parsed.count("server-cmd"));
     plan.tls = std::make_shared<RunTls>(RunTls::from_flags(parsed, !builtins, "localhost"));
+    check_options.tls = true;
     check_options.tls_version = plan.tls->client->config().version;
   } else {
     for (const char* flag : {"tls-version", "cipher", "insecure", "ca"}) {

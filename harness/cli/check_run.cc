@@ -217,8 +217,8 @@ int run_check_plan(CheckPlan plan) {
       if (!check.any_transport && check.datagram != target->address().datagram()) continue;
       // The chat check needs a chat server; the others an echo.
       if (check.chat != (plan.protocol == "chat")) continue;
-      // With --tls only the tls check; it needs TLS.
-      if (check.tls != (plan.tls != nullptr)) continue;
+      // With --tls the tls check and those that run over TLS too; the tls check needs TLS.
+      if (plan.tls ? !(check.tls || check.over_tls) : check.tls) continue;
       const bool wanted =
           check_options.only.empty() ||
           std::any_of(check_options.only.begin(), check_options.only.end(),

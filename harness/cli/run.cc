@@ -190,6 +190,7 @@ std::vector<results::Record> run_cell_on_target(const Cell& cell, Address target
 std::vector<results::Record> run_cell(const Cell& cell, const std::string& listen_host,
                                       const std::string& transport, int backlog,
                                       const std::vector<std::string>& serve_args,
+                                      const std::vector<std::string>& tls_args,
                                       const std::vector<int>& server_cpus, std::stop_token stop) {
   ServeSpec spec;
   spec.model = cell.server;
@@ -197,6 +198,7 @@ std::vector<results::Record> run_cell(const Cell& cell, const std::string& liste
   spec.backlog = backlog;
   spec.cpus = server_cpus;
   spec.extra_args = serve_args;
+  spec.tls_args = tls_args;
   const bool unix_transport = transport == "unix" || transport == "unixgram";
   const std::string unix_path = unix_transport ? unix_socket_path() : std::string();
   // The address's prefix tells `serve` the transport: "unix:", "unixgram:", "udp:" or none (tcp).
@@ -661,7 +663,6 @@ int run_command(int argc, const char* const* argv) {
   }
   if (tls_name.starts_with("[")) tls_name = tls_name.substr(1, tls_name.size() - 2);
   const RunTls tls = RunTls::from_flags(parsed, target.has_value(), tls_name);
-  serve_args.insert(serve_args.end(), tls.serve_args.begin(), tls.serve_args.end());
   base.tls = tls.client;
   base.tls_resume = tls.resume;
   if (parsed.count("workers")) {
@@ -775,7 +776,8 @@ int run_command(int argc, const char* const* argv) {
       if (watcher.token().stop_requested()) break;
       const auto body = [&](std::stop_token stop) {
         return target ? run_cell_on_target(cell, *target, stop)
-                      : run_cell(cell, host, transport, backlog, serve_args, server_cpus, stop);
+                      : run_cell(cell, host, transport, backlog, serve_args, tls.serve_args,
+                                 server_cpus, stop);
       };
       std::string why;
       if (mpi && !mpi->barrier(cell_index, group_timeout, &why)) {

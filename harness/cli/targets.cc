@@ -54,6 +54,7 @@ std::optional<ChildServer> ChildServer::start(const ServeSpec& spec, std::string
       spec.listen,       "--protocol", spec.protocol, "--backlog", std::to_string(spec.backlog),
       "--ready-fd",      "{ready_fd}", "--quiet"};
   options.argv.insert(options.argv.end(), spec.extra_args.begin(), spec.extra_args.end());
+  options.argv.insert(options.argv.end(), spec.tls_args.begin(), spec.tls_args.end());
   if (spec.workers > 0) {
     options.argv.insert(options.argv.end(), {"--workers", std::to_string(spec.workers)});
   }
@@ -105,6 +106,19 @@ bool ChildServer::restart(std::string* why) {
   if (!server) return false;
   child_ = std::move(server->child_);
   return true;
+}
+
+std::unique_ptr<scenarios::ServerHandle> ChildServer::start_plaintext(std::string* why) {
+  if (address_.family() != AF_INET && address_.family() != AF_INET6) {
+    *why = "the plaintext baseline is measured over tcp only";
+    return nullptr;
+  }
+  ServeSpec plain = spec_;
+  plain.tls_args.clear();
+  plain.listen = address_.with_port(0).to_string();
+  auto server = start(plain, why);
+  if (!server) return nullptr;
+  return std::make_unique<ChildServer>(std::move(*server));
 }
 
 namespace {

@@ -23,6 +23,7 @@ struct ServeSpec {
   int backlog = 4096;
   std::vector<int> cpus;                // server CPU set; empty: inherit
   std::vector<std::string> extra_args;  // further `serve` flags (e.g. --no-reuseaddr)
+  std::vector<std::string> tls_args;    // the `serve` flags that make it serve TLS (run --tls)
   std::optional<uint64_t> rlimit_nofile;
   int workers = 0;  // pool: --workers; 0: the server's default (the CPUs it may run on)
 };
@@ -43,6 +44,9 @@ class ChildServer final : public scenarios::ServerHandle {
   // SIGKILL to the process group, then a new instance on the same address (SO_REUSEADDR lets it
   // bind while the old connections are in TIME_WAIT).
   bool restart(std::string* why) override;
+  // The same spec without tls_args, on a port of its own (tcp only: a unix socket's path is the
+  // run's to pick and remove).
+  std::unique_ptr<scenarios::ServerHandle> start_plaintext(std::string* why) override;
   pid_t pid() const { return child_.pid(); }
   // SIGTERM, then SIGKILL after `grace`; reaps.
   ExitInfo stop(std::chrono::milliseconds grace = std::chrono::seconds(3));

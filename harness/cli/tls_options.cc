@@ -67,8 +67,10 @@ std::shared_ptr<tls::Context> tls_server_context(const cxxopts::ParseResult& par
 }
 
 void add_tls_client_options(cxxopts::Options& options) {
-  options.add_options("TLS")("tls",
-                             "rr, crr: TLS on every connection (servers started here serve it)")(
+  options.add_options("TLS")(
+      "tls",
+      "TLS on every connection, servers started here serving it (run: rr, crr, stream; check: "
+      "the tls and partial checks)")(
       "tls-resume",
       "crr: resume each slot's previous session (tickets) instead of a full "
       "handshake per connection")("tls-version", "1.2 or 1.3 (default 1.3)",

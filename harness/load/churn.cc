@@ -257,20 +257,9 @@ void Worker::on_connected(Slot& s, size_t i, int64_t now) {
 // Sends the session's queued ciphertext until the socket pushes back (the next EPOLLOUT edge
 // resumes).
 void Worker::flush_tls(Slot& s, size_t i) {
-  std::string& out = s.tls->output();
-  size_t sent = 0;
-  while (sent < out.size()) {
-    const ssize_t n = ::send(s.fd.get(), out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      out.erase(0, sent);
-      fail(s, i, errno_name(errno), steady_now_ns());
-      return;
-    }
-    sent += static_cast<size_t>(n);
+  if (const std::string error = send_pending(s.fd.get(), s.tls->output()); !error.empty()) {
+    fail(s, i, error, steady_now_ns());
   }
-  out.erase(0, sent);
 }
 
 void Worker::read_tls(Slot& s, size_t i) {

@@ -266,6 +266,37 @@ std::string recv_end(ssize_t n) {
   return err == EAGAIN || err == EWOULDBLOCK ? std::string() : errno_name(err);
 }
 
+std::string send_pending(int fd, std::string& out) {
+  size_t sent = 0;
+  std::string error;
+  while (sent < out.size()) {
+    const ssize_t n = ::send(fd, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) error = errno_name(errno);
+      break;
+    }
+    sent += static_cast<size_t>(n);
+  }
+  out.erase(0, sent);
+  return error;
+}
+
+std::string receive_ciphertext(tls::Session& session, std::string_view ciphertext,
+                               std::string& plain) {
+  plain.clear();
+  switch (session.receive(ciphertext, plain)) {
+    case tls::Session::State::kFailed:
+      return "TLS: " + session.error();
+    case tls::Session::State::kClosed:
+      return "EOF";
+    case tls::Session::State::kHandshaking:
+    case tls::Session::State::kOpen:
+      break;
+  }
+  return {};
+}
+
 LoopbackSources::LoopbackSources(const Address& target, int count)
     : count_(is_ipv4_loopback(target) ? count : 0) {}
 

@@ -25,6 +25,7 @@
 #include <span>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -33,6 +34,7 @@
 #include "harness/core/fd.h"
 #include "harness/core/histogram.h"
 #include "harness/core/net.h"
+#include "harness/core/tls.h"
 
 namespace sockbench {
 
@@ -276,6 +278,28 @@ std::string connect_error(int fd);
 // the caller): "" to wait for the next readiness (EAGAIN), else why the connection ends, "EOF"
 // for 0 and the errno name for an error. Reads errno: call it before anything may change it.
 std::string recv_end(ssize_t n);
+
+// Sends what a non-blocking socket takes of `out` now (a TLS session's ciphertext: the engines
+// keep it until it is sent) and erases that from `out`; a rest waits for the next EPOLLOUT. ""
+// unless a send() failed (EAGAIN is no failure), else its errno name.
+std::string send_pending(int fd, std::string& out);
+
+// Starts the client's TLS session on an engine's connection (c.tls, and c.tls_start_ns = now, when
+// the handshake began). "" or the error to count ("TLS: " and why the session cannot be made).
+template <typename Conn>
+std::string start_client_tls(Conn& c, const std::shared_ptr<tls::Context>& context, int64_t now) {
+  std::string error;
+  c.tls = tls::Session::make(context, &error);
+  if (!c.tls) return "TLS: " + error;
+  c.tls_start_ns = now;
+  return {};
+}
+
+// Feeds what a recv() got to a client TLS session, its plaintext into `plain` (cleared first).
+// "" while the connection goes on, else the error to end it with: "TLS: " and why, or "EOF" for
+// the server's close_notify.
+std::string receive_ciphertext(tls::Session& session, std::string_view ciphertext,
+                               std::string& plain);
 
 // A connection of a fixed set (FixedConnections); an engine's connection type derives from it.
 enum class ConnState : uint8_t { kIdle, kConnecting, kOpen, kDead };

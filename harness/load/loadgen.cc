@@ -362,13 +362,10 @@ void Worker::set_want_out(Conn& c, size_t i, bool on) {
 
 // The client's half of the handshake starts; on_readable() finishes it.
 void Worker::start_tls(Conn& c, size_t i, int64_t now) {
-  std::string error;
-  c.tls = tls::Session::make(config_.tls, &error);
-  if (!c.tls) {
-    kill(c, "TLS: " + error, now);
+  if (const std::string error = start_client_tls(c, config_.tls, now); !error.empty()) {
+    kill(c, error, now);
     return;
   }
-  c.tls_start_ns = now;
   send_ciphertext(c, i);
 }
 
@@ -376,18 +373,10 @@ void Worker::start_tls(Conn& c, size_t i, int64_t now) {
 // when the connection died.
 bool Worker::send_ciphertext(Conn& c, size_t i) {
   std::string& out = c.tls->output();
-  size_t done = 0;
-  while (done < out.size()) {
-    const ssize_t n = ::send(c.fd.get(), out.data() + done, out.size() - done, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      kill(c, errno_name(errno), steady_now_ns());
-      return false;
-    }
-    done += static_cast<size_t>(n);
+  if (const std::string error = send_pending(c.fd.get(), out); !error.empty()) {
+    kill(c, error, steady_now_ns());
+    return false;
   }
-  out.erase(0, done);
   if (!out.empty() && in_window(steady_now_ns())) ++stats.short_writes;
   set_want_out(c, i, !out.empty());
   return c.state == ConnState::kOpen;
@@ -564,14 +553,10 @@ void Worker::on_readable(Conn& c, size_t i) {
   const char* data = recv_buffer_.data();
   auto left = static_cast<size_t>(n);
   if (c.tls) {
-    tls_plain_.clear();
-    const auto state = c.tls->receive(std::string_view(data, left), tls_plain_);
-    if (state == tls::Session::State::kFailed) {
-      kill(c, "TLS: " + c.tls->error(), now);
-      return;
-    }
-    if (state == tls::Session::State::kClosed) {  // close_notify: the server ended it
-      kill(c, "EOF", now);
+    if (const std::string error =
+            receive_ciphertext(*c.tls, std::string_view(data, left), tls_plain_);
+        !error.empty()) {
+      kill(c, error, now);
       return;
     }
     if (!send_ciphertext(c, i)) return;

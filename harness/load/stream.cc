@@ -109,7 +109,7 @@ struct Counters {
     using S = StreamStats;
     merge_fields(stats, other.stats, &S::bytes_sent, &S::bytes_received, &S::messages,
                  &S::short_writes, &S::total_bytes_sent, &S::total_bytes_received, &S::mismatches,
-                 &S::connections_achieved, &S::connect_latency, &S::errors);
+                 &S::connections_achieved, &S::connect_latency, &S::tls_handshake, &S::errors);
     for (size_t s = 0; s < slots.size() && s < other.slots.size(); ++s) {
       slots[s].bytes_sent += other.slots[s].bytes_sent;
       slots[s].bytes_received += other.slots[s].bytes_received;
@@ -119,9 +119,15 @@ struct Counters {
   }
 };
 
-// True when the echoed bytes [offset, offset + n) of connection `index` are what was sent.
+// True when the echoed bytes [offset, offset + n) of connection `index` are what was sent. In
+// pieces of one cycle at most: the reference holds more than a cycle after any phase, but one TLS
+// receive may decrypt more than a receive buffer (a record begun in the previous one).
 bool echo_matches(const Plan& plan, uint64_t index, uint64_t offset, const char* data, size_t n) {
-  return std::memcmp(data, plan.at(index, offset), n) == 0;
+  for (size_t done = 0; done < n; done += kCycle) {
+    const size_t piece = std::min(n - done, kCycle);
+    if (std::memcmp(data + done, plan.at(index, offset + done), piece) != 0) return false;
+  }
+  return true;
 }
 
 // One client thread of a run: the single stream, or an epoll loop over a share of many. run()
@@ -303,9 +309,11 @@ void SingleStream::read_loop() {
 
 struct Conn : FixedConn {
   bool achieved = false;
-  uint64_t sent = 0;      // stream offset of the next byte to send
-  uint64_t in_msg = 0;    // bytes of the current message already sent
-  uint64_t received = 0;  // duplex: stream offset of the next byte expected back
+  uint64_t sent = 0;                  // stream offset of the next byte to send (TLS: to encrypt)
+  uint64_t in_msg = 0;                // bytes of the current message already sent
+  uint64_t received = 0;              // duplex: stream offset of the next byte expected back
+  std::unique_ptr<tls::Session> tls;  // TLS runs only; the stream starts once handshake_done()
+  int64_t tls_start_ns = 0;           // when the TCP connection was established; 0 once done
 };
 
 // One client thread: its epoll loop, its connections, its counters. Only its own thread touches
@@ -342,7 +350,12 @@ class EpollWorker : public StreamThread {
   uint64_t stream_index(const Conn& c) const { return first_connection_ + conns_.index_of(c); }
   void start_connect(size_t i);
   void write(Conn& c);
-  void read(Conn& c);
+  void read(Conn& c, size_t i);
+  void start_tls(Conn& c, size_t i, int64_t now);
+  void write_tls(Conn& c);
+  void take_ciphertext(Conn& c, size_t i, size_t n, int64_t now);
+  bool send_ciphertext(Conn& c);
+  void take_echo(Conn& c, const char* data, size_t n, int64_t now);
 
   Plan& plan_;
   const StreamConfig& config_;
@@ -354,13 +367,14 @@ class EpollWorker : public StreamThread {
 
   FixedConnections<Conn> conns_;
   std::vector<char> recv_buffer_;
+  std::string tls_plain_;  // TLS: what one recv() decrypted to
 };
 
 // Level-triggered: a connection whose send buffer has room is reported on every pass and gets
 // kSendsPerEvent messages, so the connections of a thread share its time evenly.
 void EpollWorker::run() {
   conns_.reset(count_);
-  if (config_.duplex) recv_buffer_.resize(kRecvBufferSize);
+  if (config_.duplex || config_.tls) recv_buffer_.resize(kRecvBufferSize);
   epoll_event events[kMaxEvents];
   run_client_loop(threads_, epoll_, events, *this);
   if (done_ns == 0) done_ns = steady_now_ns();
@@ -375,13 +389,23 @@ void EpollWorker::start_connect(size_t i) {
   }
 }
 
-void EpollWorker::on_open(Conn& c, size_t /*i*/, uint32_t events) {
-  if (config_.duplex && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) read(c);
+void EpollWorker::on_open(Conn& c, size_t i, uint32_t events) {
+  // TLS reads one way too: the handshake, and the server's tickets after it.
+  if ((config_.duplex || c.tls) && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) read(c, i);
+  if (c.state != ConnState::kOpen) return;
+  if (c.tls) {
+    if (events & EPOLLOUT) write_tls(c);
+    return;
+  }
   // One way, an error is reported by the send() it makes fail.
-  if (c.state == ConnState::kOpen && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) write(c);
+  if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) write(c);
 }
 
 void EpollWorker::on_connected(Conn& c, size_t i, int64_t now) {
+  if (config_.tls) {
+    start_tls(c, i, now);
+    return;
+  }
   if (const auto err =
           epoll_modify(epoll_, c.fd.get(), EPOLLOUT | (config_.duplex ? EPOLLIN : 0u), i)) {
     kill(c, errno_name(err.value()), now);
@@ -418,8 +442,7 @@ void EpollWorker::write(Conn& c) {
   }
 }
 
-void EpollWorker::read(Conn& c) {
-  const uint64_t index = stream_index(c);
+void EpollWorker::read(Conn& c, size_t i) {
   for (int k = 0; k < kRecvsPerEvent && c.state == ConnState::kOpen;) {
     const ssize_t n = ::recv(c.fd.get(), recv_buffer_.data(), recv_buffer_.size(), 0);
     const int64_t now = steady_now_ns();
@@ -430,16 +453,103 @@ void EpollWorker::read(Conn& c) {
     }
     ++k;
     const auto got = static_cast<size_t>(n);
-    if (c.received + got > c.sent ||
-        !echo_matches(plan_, index, c.received, recv_buffer_.data(), got)) {
-      counters_.on_mismatch(plan_, now);
-      kill(c, {}, now);
+    if (c.tls) {
+      take_ciphertext(c, i, got, now);
+    } else {
+      take_echo(c, recv_buffer_.data(), got, now);
+    }
+    if (got < recv_buffer_.size()) return;  // drained; level triggering brings us back
+  }
+}
+
+// Duplex: `n` bytes of echo (plaintext) verified against what was sent; a difference, or more
+// than was sent, ends the connection as a mismatch.
+void EpollWorker::take_echo(Conn& c, const char* data, size_t n, int64_t now) {
+  if (c.received + n > c.sent || !echo_matches(plan_, stream_index(c), c.received, data, n)) {
+    counters_.on_mismatch(plan_, now);
+    kill(c, {}, now);
+    return;
+  }
+  c.received += n;
+  c.achieved = true;
+  counters_.on_received(plan_, now, n);
+}
+
+// ---- TLS: the same stream as plaintext through a client tls::Session -----------------------
+//
+// Only EPOLLIN is watched until the handshake is done (nothing to write meanwhile, and a
+// level-triggered EPOLLOUT would spin); then EPOLLOUT too, as for a plain stream.
+
+void EpollWorker::start_tls(Conn& c, size_t i, int64_t now) {
+  if (const std::string error = start_client_tls(c, config_.tls, now); !error.empty()) {
+    kill(c, error, now);
+    return;
+  }
+  if (const auto err = epoll_modify(epoll_, c.fd.get(), EPOLLIN, i)) {
+    kill(c, errno_name(err.value()), now);
+    return;
+  }
+  send_ciphertext(c);  // the ClientHello
+}
+
+// Sends what the session has waiting; a short send keeps the rest for the next EPOLLOUT. True
+// when all of it went (and the connection lives).
+bool EpollWorker::send_ciphertext(Conn& c) {
+  std::string& out = c.tls->output();
+  if (const std::string error = send_pending(c.fd.get(), out); !error.empty()) {
+    kill(c, error, steady_now_ns());
+    return false;
+  }
+  if (!out.empty()) counters_.on_short_write(plan_, steady_now_ns());
+  return out.empty() && c.state == ConnState::kOpen;
+}
+
+// A message is encrypted whole once the previous one's ciphertext is all sent, and counted as
+// sent then: its plaintext bytes are what the stream measures, so TLS and plain runs compare.
+void EpollWorker::write_tls(Conn& c) {
+  const uint64_t message = config_.message_size;
+  for (int k = 0; k < kSendsPerEvent && c.state == ConnState::kOpen; ++k) {
+    const bool pending = c.in_msg > 0;  // a message's ciphertext was left to send
+    if (!send_ciphertext(c)) return;
+    if (pending) {
+      c.in_msg = 0;
+      counters_.on_sent(plan_, steady_now_ns(), message, true, true);
+      if (!config_.duplex) c.achieved = true;
+    }
+    if (!c.tls->handshake_done()) return;
+    if (c.tls->send(std::string_view(plan_.at(stream_index(c), c.sent), message)) ==
+        tls::Session::State::kFailed) {
+      kill(c, "TLS: " + c.tls->error(), steady_now_ns());
       return;
     }
-    c.received += got;
-    c.achieved = true;
-    counters_.on_received(plan_, now, got);
-    if (got < recv_buffer_.size()) return;  // drained; level triggering brings us back
+    c.sent += message;
+    c.in_msg = message;
+  }
+}
+
+// The first `n` bytes of recv_buffer_, ciphertext: the handshake goes on (or ends, and the stream
+// starts), and what decrypts is the echo.
+void EpollWorker::take_ciphertext(Conn& c, size_t i, size_t n, int64_t now) {
+  if (const std::string error =
+          receive_ciphertext(*c.tls, std::string_view(recv_buffer_.data(), n), tls_plain_);
+      !error.empty()) {
+    kill(c, error, now);
+    return;
+  }
+  if (c.tls_start_ns != 0 && c.tls->handshake_done()) {
+    counters_.stats.tls_handshake.record(static_cast<uint64_t>(now - c.tls_start_ns));
+    c.tls_start_ns = 0;
+    if (const auto err = epoll_modify(epoll_, c.fd.get(), EPOLLIN | EPOLLOUT, i)) {
+      kill(c, errno_name(err.value()), now);
+      return;
+    }
+  }
+  // The handshake's last flight or a key update's answer (a rest too large for the socket goes
+  // on EPOLLOUT, as the stream itself does).
+  if (c.in_msg == 0 && !c.tls->output().empty()) send_ciphertext(c);
+  // One way, the discard server answers nothing: whatever decrypts is dropped unseen.
+  if (c.state == ConnState::kOpen && config_.duplex && !tls_plain_.empty()) {
+    take_echo(c, tls_plain_.data(), tls_plain_.size(), now);
   }
 }
 
@@ -467,7 +577,7 @@ char stream_byte(uint64_t index, uint64_t offset) {
 
 Expected<StreamStats> run_stream(const StreamConfig& config, std::stop_token stop) {
   if (auto err = validate(config)) return err;
-  const bool single = config.connections == 1;
+  const bool single = config.connections == 1 && !config.tls;
   const int thread_count = single ? 1 : std::clamp(config.threads, 1, config.connections);
 
   Plan plan;

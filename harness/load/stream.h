@@ -6,12 +6,14 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <stop_token>
 #include <string>
 #include <vector>
 
 #include "harness/core/histogram.h"
 #include "harness/core/net.h"
+#include "harness/core/tls.h"
 #include "harness/load/client_threads.h"
 
 namespace sockbench {
@@ -21,6 +23,10 @@ namespace sockbench {
 struct StreamConfig : ClientRunConfig {
   size_t message_size = 128 << 10;  // bytes offered to one send()
   bool duplex = false;              // read the echo concurrently and verify it
+  // TLS (client role) on every connection, the server serving TLS; nullptr: plain TCP. The
+  // stream's bytes are then plaintext: each message is encrypted whole and counted as sent once
+  // the socket took all of its ciphertext. Always driven by the epoll loops, one connection too.
+  std::shared_ptr<tls::Context> tls;
 };
 
 // One second of the measured window.
@@ -45,6 +51,7 @@ struct StreamStats {
   // bytes came back than were sent. An error, counted in error_count().
   uint64_t mismatches = 0;
   Histogram connect_latency;  // connect() to established (ns)
+  Histogram tls_handshake;    // TLS: established to handshake done (ns), every one that finished
   uint64_t connections_requested = 0;
   // Established and moved data: one-way, send() accepted a byte; duplex, a verified byte came
   // back.
@@ -57,8 +64,8 @@ struct StreamStats {
 };
 
 // Streams until warmup + duration has elapsed, `stop` is requested, or every connection is dead
-// (none is reopened). One connection is driven by blocking send() from one thread (plus a
-// blocking reader thread when duplex), more by per-thread epoll loops. Blocks the calling
+// (none is reopened). One plain connection is driven by blocking send() from one thread (plus a
+// blocking reader thread when duplex), more (or TLS) by per-thread epoll loops. Blocks the calling
 // thread; starts and joins its own threads. An error_code only for setup failures, and
 // std::errc::invalid_argument for a config outside: connections >= 1, message_size >= 1,
 // warmup >= 0, duration > 0, connect_timeout > 0, target an IPv4, IPv6 or AF_UNIX address.
