@@ -140,10 +140,10 @@ struct CheckInfo {
   bool chat = false;
   // Runs against TLS targets only (check --tls); the others never do (they speak plaintext)...
   bool tls = false;
-  // Runs against stream and datagram targets alike (scenario scripts): `datagram` is ignored.
-  bool any_transport = false;
   // ... unless their scripts can go through a TLS session (CheckOptions::tls): they run on both.
   bool over_tls = false;
+  // Runs against stream and datagram targets alike (scenario scripts): `datagram` is ignored.
+  bool any_transport = false;
 };
 
 // Every check, in run order: partial, backlog, timewait, errors, then udp (datagram targets)
