@@ -18,6 +18,7 @@
 #include "harness/core/sockstat.h"
 #include "scenarios/script.h"
 #include "scenarios/steps.h"
+#include "scenarios/tls_probe.h"
 
 namespace sockbench::scenarios::script {
 namespace {
@@ -28,6 +29,11 @@ constexpr double kUnknown = std::numeric_limits<double>::quiet_NaN();
 constexpr size_t kMaxDataBytes = 256u << 20;
 constexpr double kMaxConnections = 20000;
 constexpr size_t kMaxEvidenceLines = 200;
+// What all members of a group may owe back at once (each keeps what it sent until its echo).
+constexpr double kMaxGroupBytes = 1024.0 * (1 << 20);
+// A script ends with FAIL once it has run this long (checked between steps, each of which is
+// bounded itself).
+constexpr auto kMaxScriptTime = std::chrono::minutes(15);
 
 // Thrown to end the script (or a retry attempt) with FAIL.
 struct StepFailed {
@@ -53,6 +59,26 @@ struct Member {
   // one datagram, every expectation one datagram, and an echo is owed per datagram.
   std::optional<DgramClient> dgram;
   std::deque<std::string> owed_datagrams;
+  // A TLS connection (the target serves TLS: check's --tls) instead of `client`: `queued` holds
+  // ciphertext, `owed` plaintext, and every expectation reads decrypted bytes.
+  std::optional<TlsProbe> tls;
+
+  Client& io() { return tls ? tls->client() : client; }
+  // The bytes that carry `plaintext` on the wire: itself, or its TLS records.
+  std::string wire(const std::string& plaintext) { return tls ? tls->seal(plaintext) : plaintext; }
+  // Client::exchange() (wire bytes out, plaintext in), through TLS when it is a TLS connection.
+  Received exchange(std::string_view out, size_t n, Millis timeout,
+                    std::span<const size_t> pieces = {}, Millis gap = Millis(0)) {
+    return tls ? tls->exchange_sealed(out, n, timeout, pieces, gap)
+               : client.exchange(out, n, timeout, pieces, gap);
+  }
+};
+
+// What a send puts on one member's wire, cut into pieces, and how far it got.
+struct Outgoing {
+  std::string wire;
+  std::vector<size_t> cut;  // piece sizes, summing to wire.size()
+  size_t at = 0;
 };
 struct Group {
   std::vector<Member> members;
@@ -277,6 +303,13 @@ class Interpreter {
                          name));
     }
   }
+  // Every member keeps what it sent until its echo comes back: bounded over the group.
+  static void fits(const Group& g, size_t bytes) {
+    if (static_cast<double>(bytes) * static_cast<double>(g.members.size()) > kMaxGroupBytes) {
+      failed(fmt::format("{} bytes to each of {} connections is more than 1 GiB in all", bytes,
+                         g.members.size()));
+    }
+  }
   static void stop_background(Group& g) {
     if (!g.background.joinable()) return;
     g.background.request_stop();
@@ -316,7 +349,21 @@ class Interpreter {
       m.dgram.emplace(std::move(*d));
       g.members.push_back(std::move(m));
     }
-    for (size_t i = 0; i < n && !address.datagram(); ++i) {
+    for (size_t i = 0; i < n && !address.datagram() && options_.tls; ++i) {
+      const auto start = SteadyClock::now();
+      Outcome why;
+      auto probe = TlsProbe::connect(address, probe_config(options_), why, options);
+      if (!probe) failed(fmt::format("connect {} over TLS: {}", st.name, why.evidence.back()));
+      if (!probe->handshake(within)) {
+        failed(fmt::format("connect {}: the TLS handshake did not finish within {} ms: {}", st.name,
+                           within.count(), probe->why()));
+      }
+      slowest = std::max(slowest, ms_between(start, SteadyClock::now()));
+      Member m;
+      m.tls.emplace(std::move(*probe));
+      g.members.push_back(std::move(m));
+    }
+    for (size_t i = 0; i < n && !address.datagram() && !options_.tls; ++i) {
       const auto start = SteadyClock::now();
       auto c = Client::connect(address, within, options);
       const double ms = ms_between(start, SteadyClock::now());
@@ -341,6 +388,7 @@ class Interpreter {
     }
     g.fields["count"] = static_cast<double>(g.members.size());
     g.fields["connect_ms"] = slowest;
+    if (!st.error.empty() && options_.tls) failed("'connect ... expect' is for plain connections");
     if (!st.error.empty()) {
       line(fmt::format("connect {} to {}: {} after {:.2f} ms, as expected", st.name,
                        address.to_string(), st.error, slowest));
@@ -355,6 +403,7 @@ class Interpreter {
   void send(const Stmt& st) {
     Group& g = group(st.name);
     const std::string data = bytes(st.data);
+    fits(g, data.size());
     const auto sizes = pieces(st.split, data.size());
     const Millis gap = duration(st.amount, 0ms);
     const Millis within = duration(st.within, 5s);
@@ -365,58 +414,68 @@ class Interpreter {
       send_datagrams(st, g, data, sizes);
       return;
     }
-    for (auto& m : g.members) m.owed += data;
+    std::vector<Outgoing> out;
+    for (auto& m : g.members) {
+      m.owed += data;
+      Outgoing o{m.wire(data), {}, 0};
+      o.cut = sizes.empty() || m.tls ? pieces(st.split, o.wire.size()) : sizes;
+      if (o.cut.empty()) o.cut.push_back(o.wire.size());
+      out.push_back(std::move(o));
+    }
+    const std::string how =
+        sizes.empty() ? "" : fmt::format(" in {} pieces, {} ms apart", sizes.size(), gap.count());
     if (st.background) {
       auto errors = std::make_shared<std::atomic<uint64_t>>(0);
       g.background_errors = errors;
       // The sender owns the members until the group is closed (group() refuses them meanwhile).
-      g.background = std::jthread([&g, data, sizes, gap, errors](std::stop_token stop) {
-        const std::vector<size_t> cut = sizes.empty() ? std::vector<size_t>{data.size()} : sizes;
-        size_t at = 0;
-        for (size_t k = 0; k < cut.size() && !stop.stop_requested(); ++k) {
-          for (auto& m : g.members) {
-            if (auto sent = m.client.send_now(std::string_view(data).substr(at, cut[k]));
-                !sent || *sent < cut[k]) {
-              errors->fetch_add(1);
-            }
+      g.background = std::jthread([&g, out, gap, errors](std::stop_token stop) mutable {
+        send_rounds(g, out, gap, stop, [&](Member& m, std::string_view piece) {
+          if (auto sent = m.io().send_now(piece); !sent || *sent < piece.size()) {
+            errors->fetch_add(1);
           }
-          at += cut[k];
-          const auto until = SteadyClock::now() + gap;
-          while (k + 1 < cut.size() && !stop.stop_requested() && SteadyClock::now() < until) {
-            wait_for(std::min<Millis>(10ms, std::chrono::ceil<Millis>(until - SteadyClock::now())));
-          }
-        }
+          return true;
+        });
       });
-      line(fmt::format("{}: sending {} bytes in the background{}", st.name, data.size(),
-                       sizes.empty()
-                           ? ""
-                           : fmt::format(" in {} pieces, {} ms apart", sizes.size(), gap.count())));
+      line(fmt::format("{}: sending {} bytes in the background{}", st.name, data.size(), how));
       return;
     }
     if (st.now || st.extra) {
-      push(st, g, data, within);
+      push(st, g, out, data.size(), within);
       return;
     }
-    const std::vector<size_t> cut = sizes.empty() ? std::vector<size_t>{data.size()} : sizes;
-    size_t at = 0;
     std::string problem;
-    for (size_t k = 0; k < cut.size() && problem.empty(); ++k) {
-      for (size_t i = 0; i < g.members.size(); ++i) {
-        if (auto ec = g.members[i].client.send(std::string_view(data).substr(at, cut[k]), within)) {
-          problem = fmt::format("send {} ({} of {}): {} after {} of {} bytes", st.name, i + 1,
-                                g.members.size(), errno_name(ec.value()), at, data.size());
-          break;
-        }
+    send_rounds(g, out, gap, {}, [&](Member& m, std::string_view piece) {
+      if (auto ec = m.io().send(piece, within)) {
+        problem = fmt::format("send {} ({} of {}): {} after {} of {} bytes", st.name,
+                              &m - g.members.data() + 1, g.members.size(), errno_name(ec.value()),
+                              out[static_cast<size_t>(&m - g.members.data())].at, data.size());
+        return false;
       }
-      at += cut[k];
-      if (k + 1 < cut.size() && gap.count() > 0) wait_for(gap);
-    }
+      return true;
+    });
     if (!problem.empty() && !st.allow_error) failed(problem);
-    line(problem.empty() ? fmt::format("{}: sent {} bytes{}", st.name, data.size(),
-                                       sizes.empty() ? ""
-                                                     : fmt::format(" in {} pieces, {} ms apart",
-                                                                   sizes.size(), gap.count()))
+    line(problem.empty() ? fmt::format("{}: sent {} bytes{}", st.name, data.size(), how)
                          : problem + " (allowed)");
+  }
+  // Piece k of every member's wire, then the gap, then piece k + 1: a group sends in step.
+  // Stops early when `send` returns false or `stop` is requested.
+  template <typename Send>
+  static void send_rounds(Group& g, std::vector<Outgoing>& out, Millis gap, std::stop_token stop,
+                          Send&& send) {
+    size_t rounds = 0;
+    for (const auto& o : out) rounds = std::max(rounds, o.cut.size());
+    for (size_t k = 0; k < rounds && !stop.stop_requested(); ++k) {
+      for (size_t i = 0; i < g.members.size(); ++i) {
+        Outgoing& o = out[i];
+        if (k >= o.cut.size()) continue;
+        if (!send(g.members[i], std::string_view(o.wire).substr(o.at, o.cut[k]))) return;
+        o.at += o.cut[k];
+      }
+      const auto until = SteadyClock::now() + gap;
+      while (k + 1 < rounds && !stop.stop_requested() && SteadyClock::now() < until) {
+        wait_for(std::min<Millis>(10ms, std::chrono::ceil<Millis>(until - SteadyClock::now())));
+      }
+    }
   }
   // Each piece is one datagram (the whole data when not split), owed back as it went.
   void send_datagrams(const Stmt& st, Group& g, const std::string& data,
@@ -448,16 +507,18 @@ class Interpreter {
 
   // `send ... now`: what the socket takes at once; `until-stalled T`: until it takes nothing
   // for T. The rest stays queued for the next echo.
-  void push(const Stmt& st, Group& g, const std::string& data, Millis within) {
+  void push(const Stmt& st, Group& g, const std::vector<Outgoing>& out, size_t total_bytes,
+            Millis within) {
     const Millis stall = duration(st.extra, 0ms);
     double total = 0;
-    for (auto& m : g.members) {
-      m.queued += data;
+    for (size_t i = 0; i < g.members.size(); ++i) {
+      Member& m = g.members[i];
+      m.queued += out[i].wire;
       size_t pushed = 0;
       const auto end = SteadyClock::now() + within;
       auto last_progress = SteadyClock::now();
       for (;;) {
-        auto sent = m.client.send_now(m.queued);
+        auto sent = m.io().send_now(m.queued);
         if (!sent) failed(fmt::format("send {}: {}", st.name, errno_name(sent.error().value())));
         m.queued.erase(0, *sent);
         pushed += *sent;
@@ -473,13 +534,14 @@ class Interpreter {
     g.fields["pushed"] = total;
     line(fmt::format(
         "{}: the socket took {} of {} bytes{}", st.name, number(total),
-        data.size() * g.members.size(),
+        total_bytes * g.members.size(),
         st.now ? " at once" : fmt::format(" before it stalled for {} ms", stall.count())));
   }
 
   void echo(const Stmt& st) {
     Group& g = group(st.name);
     const std::string data = bytes(st.data);
+    fits(g, data.size());
     const auto sizes = pieces(st.split, data.size());
     const Millis gap = duration(st.amount, 0ms);
     const Millis within = duration(st.within, 5s);
@@ -501,7 +563,10 @@ class Interpreter {
     }
     for (size_t i = 0; i < g.members.size(); ++i) {
       Member& m = g.members[i];
-      m.queued += data;
+      const std::string wire = m.wire(data);
+      // The cuts apply to this step's bytes alone (what an earlier `now` left goes first, whole).
+      const bool fresh = m.queued.empty();
+      m.queued += wire;
       m.owed += data;
       want = m.owed.size();
       if (st.extra) {
@@ -513,9 +578,10 @@ class Interpreter {
                    : static_cast<size_t>(v);
         want = std::min(want, m.owed.size());
       }
-      const std::vector<size_t> cut =
-          sizes.empty() || m.queued.size() != data.size() ? std::vector<size_t>{} : sizes;
-      const auto got = m.client.exchange(m.queued, want, within, cut, gap);
+      const std::vector<size_t> cut = sizes.empty() || !fresh ? std::vector<size_t>{}
+                                      : m.tls                 ? pieces(st.split, wire.size())
+                                                              : sizes;
+      const auto got = m.exchange(m.queued, want, within, cut, gap);
       note_received(g, got);
       total_calls += got.recv_calls;
       total_short += got.short_reads;
@@ -550,7 +616,7 @@ class Interpreter {
         std::max<Millis>(1ms, std::chrono::ceil<Millis>(deadline - SteadyClock::now()));
     if (m.dgram) return expect_one_datagram(st, m, left, want_bytes);
     if (st.what == "echo") {
-      const auto got = m.client.exchange(m.queued, m.owed.size(), left);
+      const auto got = m.exchange(m.queued, m.owed.size(), left);
       note_received(g, got);
       if (got.bytes == m.owed) {
         m.queued.clear();
@@ -565,7 +631,7 @@ class Interpreter {
     if (st.what == "any") {
       // N bytes, whatever they are, while the queued bytes go out.
       const size_t n = count(*st.count, kMaxDataBytes, "a number of bytes");
-      const auto got = m.client.exchange(m.queued, n, left);
+      const auto got = m.exchange(m.queued, n, left);
       note_received(g, got);
       m.queued.clear();
       m.owed.clear();
@@ -573,7 +639,7 @@ class Interpreter {
       return got.summary(n) + (got.error ? "; " + errno_name(got.error.value()) : "");
     }
     if (st.what == "data") {
-      const auto got = m.client.expect(want_bytes.size(), left);
+      const auto got = m.exchange({}, want_bytes.size(), left);
       note_received(g, got);
       if (got.bytes != want_bytes) {
         return got.summary(want_bytes.size()) + "; " + describe_mismatch(want_bytes, got.bytes);
@@ -588,7 +654,7 @@ class Interpreter {
     }
     if (st.what == "nothing") {
       // Whatever arrives is read (up to 64 KiB) and shown.
-      const auto got = m.client.expect(64 << 10, left);
+      const auto got = m.exchange({}, 64 << 10, left);
       note_received(g, got);
       if (got.bytes.empty() && !got.eof && got.error == std::errc::timed_out) return {};
       return got.eof             ? "EOF arrived"
@@ -596,7 +662,9 @@ class Interpreter {
                                  : fmt::format("{} bytes arrived", got.bytes.size());
     }
     if (st.what == "errno" && st.extra) return blocking_recv(st, g, m);
-    const auto got = m.client.expect_eof(left);
+    // Over TLS what arrives is decrypted (a session ticket is not data) until the end.
+    const auto got = m.tls ? m.exchange({}, std::numeric_limits<size_t>::max() / 2, left)
+                           : m.client.expect_eof(left);
     note_received(g, got);
     const bool reset = got.error == std::errc::connection_reset;
     const std::string seen =
@@ -647,6 +715,7 @@ class Interpreter {
 
   // expect NAME EAGAIN rcvtimeo DUR: one recv() on the socket made blocking with SO_RCVTIMEO.
   std::string blocking_recv(const Stmt& st, Group& g, Member& m) {
+    if (m.tls) return "rcvtimeo is for plain connections (a TLS record may hold no data)";
     const Millis timeout = duration(st.extra, 0ms);
     (void)set_nonblocking(m.client.fd(), false);
     const timeval tv{static_cast<time_t>(timeout.count() / 1000),
@@ -736,14 +805,16 @@ class Interpreter {
     if (!st.what.empty()) stream_only(g, st.name, st.what);
     if (st.what == "kill") {
       std::vector<Client> held;
-      for (auto& m : g.members) held.push_back(std::move(m.client));
+      for (auto& m : g.members) held.push_back(std::move(m.io()));
       if (auto problem = close_by_killed_process(held); !problem.empty()) failed(problem);
     } else {
       for (auto& m : g.members) {
         if (st.what == "abort") {
-          m.client.abort();
+          m.io().abort();
         } else {
-          m.client.close();
+          // A TLS connection says close_notify first, as a polite client does.
+          if (m.tls) (void)m.io().send_now(m.tls->seal_close());
+          m.io().close();
         }
       }
     }
@@ -854,9 +925,13 @@ class Interpreter {
     std::string how;
     if (st.phases.empty()) {
       const Millis for_ = duration(st.extra, 0ms);
-      r = probe_rr(target_.address(), target_.wire(), clients, size, for_, timeout);
-      how = fmt::format("closed loop for {} ms", for_.count());
+      r = options_.tls ? probe_rr_tls(target_.address(), probe_config(options_), clients, size,
+                                      for_, timeout)
+                       : probe_rr(target_.address(), target_.wire(), clients, size, for_, timeout);
+      how = fmt::format("closed loop for {} ms{}", for_.count(), options_.tls ? " over TLS" : "");
     } else {
+      if (options_.tls)
+        failed("probe ... rate is for plain targets (the open loop speaks plaintext)");
       std::vector<RateStep> steps;
       for (const auto& phase : st.phases) {
         const double rate = eval(phase.rate);
@@ -880,7 +955,7 @@ class Interpreter {
         {"p50", p50},
         {"p99", r.p99_ms(timeout)},
         {"max", max},
-        {"rps", r.elapsed_s > 0 ? static_cast<double>(r.completed) / r.elapsed_s : 0}};
+        {"rps", r.elapsed_s > 0 ? static_cast<double>(r.completed) / r.elapsed_s : kUnknown}};
     for (const auto& [field, value] : values) {
       vars_[field] = value;
       if (!st.var.empty()) set(st.var + "." + field, value);
@@ -892,6 +967,27 @@ class Interpreter {
         "{:.2f} ms, {} timed out ({} ms), {} errors{}",
         st.var.empty() ? "probe: " : st.var + ": ", r.connected, how, r.completed, values.at("rps"),
         p50, values.at("p99"), max, r.timed_out, timeout.count(), errors, error_list));
+  }
+
+  // expect server serving: alive, and a fresh client (over TLS when the target speaks it) served.
+  void serving() {
+    if (!options_.tls) {
+      Outcome served;
+      if (!expect_still_serving(target_, served)) failed(served.evidence.back().substr(6));
+      line(served.evidence.back());
+      return;
+    }
+    std::string why;
+    if (!target_.alive(&why)) failed("the server died: " + why);
+    Outcome o;
+    auto probe = TlsProbe::connect(target_.address(), probe_config(options_), o);
+    if (!probe) failed("a fresh TLS client: " + o.evidence.back());
+    const std::string payload = make_payload(64, 0x5eed);
+    if (!probe->handshake(2s) ||
+        probe->exchange(payload, 2s) != wire_message(WireFormat::kFramed, payload)) {
+      failed("a fresh TLS client was not served: " + probe->why());
+    }
+    line("the server is alive and served a fresh TLS client");
   }
 
   void assertion(const Stmt& st) {
@@ -918,6 +1014,9 @@ class Interpreter {
   void block(const std::vector<Stmt>& body) {
     for (const auto& st : body) {
       if (options_.stop.stop_requested()) failed("interrupted");
+      if (SteadyClock::now() - started_ > kMaxScriptTime) {
+        failed(fmt::format("line {}: the script ran past its limit of 15 minutes", st.pos.line));
+      }
       try {
         step(st);
       } catch (const StepFailed& f) {
@@ -937,17 +1036,13 @@ class Interpreter {
         return echo(st);
       case Kind::kExpect:
         return expect(st);
-      case Kind::kServing: {
-        Outcome served;
-        if (!expect_still_serving(target_, served)) failed(served.evidence.back().substr(6));
-        line(served.evidence.back());
-        return;
-      }
+      case Kind::kServing:
+        return serving();
       case Kind::kShutdown: {
         Group& g = group(st.name);
         stream_only(g, st.name, "shutdown");
         for (auto& m : g.members) {
-          if (auto ec = m.client.shutdown_write()) failed("shutdown: " + errno_name(ec.value()));
+          if (auto ec = m.io().shutdown_write()) failed("shutdown: " + errno_name(ec.value()));
         }
         line(fmt::format("{}: shutdown(SHUT_WR)", st.name));
         return;
@@ -1001,6 +1096,7 @@ class Interpreter {
   std::map<std::string, double> vars_;
   std::map<std::string, Group> groups_;
   size_t dropped_ = 0;
+  SteadyClock::time_point started_ = SteadyClock::now();
 };
 
 }  // namespace
@@ -1021,6 +1117,7 @@ std::vector<CheckInfo> script_checks(const std::vector<Script>& scripts) {
       info.name = s.check;
       info.description = "scenario scripts";
       info.any_transport = true;
+      info.over_tls = true;
       out.push_back(std::move(info));
       it = out.end() - 1;
     }

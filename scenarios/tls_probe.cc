@@ -64,6 +64,11 @@ std::string TlsProbe::seal(std::string_view plaintext) {
   return std::exchange(session_->output(), {});
 }
 
+std::string TlsProbe::seal_close() {
+  session_->close();
+  return std::exchange(session_->output(), {});
+}
+
 Received TlsProbe::exchange_sealed(std::string_view ciphertext, size_t n, Millis timeout,
                                    std::span<const size_t> pieces, Millis gap) {
   Received got = client_.exchange_decoded(

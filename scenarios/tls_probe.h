@@ -36,6 +36,8 @@ class TlsProbe {
 
   // The ciphertext of `plaintext`, one TLS record or more, for the caller to send itself.
   std::string seal(std::string_view plaintext);
+  // The close_notify alert, for the caller to send itself.
+  std::string seal_close();
   // Client::exchange_decoded() of `ciphertext` (from seal()): receives until `n` bytes of
   // plaintext came back decrypted (Received::bytes).
   Received exchange_sealed(std::string_view ciphertext, size_t n, Millis timeout,

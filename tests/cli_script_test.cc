@@ -178,6 +178,26 @@ TEST_F(CliScript, DatagramScriptsKeepBoundaries) {
   EXPECT_NE(run.out.find("gone: ECONNREFUSED as expected"), std::string::npos) << run.out;
 }
 
+// With --tls (the built-in models serve TLS) a script's connections speak TLS and its cuts fall
+// on the ciphertext: the partial scripts pass on epoll and fail the twin that takes what one
+// recv() decrypts to as one frame, as check --tls's partial family does.
+TEST_F(CliScript, OverTlsThePartialScriptsCutTheCiphertext) {
+  const auto json = dir_ / "tls.json";
+  const auto run =
+      sockbench("script " + scripts_dir() +
+                "/partial/*.sbs --tls --server epoll,faulty-single-recv --json " + json.string());
+  EXPECT_EQ(run.status, 1) << run.out << run.err;
+  const auto doc = nlohmann::json::parse(test_support::slurp(json));
+  const auto epoll = test_support::check_verdicts(doc, "epoll");
+  const auto twin = test_support::check_verdicts(doc, "faulty-single-recv");
+  ASSERT_EQ(epoll.size(), 5u) << run.out;
+  ASSERT_EQ(twin.size(), 5u) << run.out;
+  for (const auto& [sub, verdict] : epoll) {
+    EXPECT_EQ(verdict, "PASS") << sub << "\n" << run.out;
+    EXPECT_EQ(twin.at(sub), "FAIL") << sub << "\n" << run.out;
+  }
+}
+
 // An expectation that is not met FAILs the script with its line and what was seen instead; the
 // JUnit file has the failure too.
 TEST_F(CliScript, AnUnmetExpectationFailsWithItsLine) {

@@ -193,6 +193,7 @@ int script_command(int argc, const char* const* argv) {
       "an error is reported as FILE:LINE:COL before any connection is made.");
   add_target_options(options);
   options.add_options()("files", "the scripts", cxxopts::value<std::vector<std::string>>());
+  add_tls_client_options(options);
   options.parse_positional({"files"});
   options.positional_help("FILE.sbs...");
   const auto parsed = parse_or_throw(options, argc, argv);
