@@ -82,9 +82,10 @@ struct Plan {
 
 // The two times of one outstanding request.
 struct Stamp {
-  int64_t origin = 0;  // latency starts here: issue time (closed) or intended time (open loop);
-                       // also the timestamp in the payload
-  int64_t sent = 0;    // when its first byte was handed to the kernel (service time starts)
+  int64_t origin = 0;  // issue time (closed loop) or intended send time (open loop); also the
+                       // timestamp in the payload. Open loop, latency starts here.
+  int64_t sent = 0;    // when its first byte was handed to the kernel: closed loop, latency
+                       // starts here; open loop, service time does
 };
 
 // Per-connection state is kept small (19,000 connections in a thread): the request bytes are
@@ -96,6 +97,7 @@ struct Stamp {
 struct Conn : FixedConn {
   bool verified = false;    // completed at least one verified reply
   bool want_out = false;    // EPOLLOUT registered (a send is blocked, or connecting)
+  bool queued = false;      // closed loop: in send_queue_, its next requests go out after the pass
   uint32_t in_flight = 0;   // issued (stamped), reply not complete; sent or not
   uint32_t unsent = 0;      // index (from base_seq) of the first request not fully sent
   uint32_t ring_mask = 0;   // ring size - 1, the size a power of two
@@ -196,6 +198,9 @@ class Worker {
   std::vector<char> recv_buffer_;
   std::vector<iovec> iov_;
   std::vector<char> prefixes_;
+  // Closed loop: the connections whose replies completed this pass; their next requests are sent
+  // after every ready connection has been read, as wrk does (see after_pass()).
+  std::vector<size_t> send_queue_;
   std::string tls_plain_;    // TLS: what one recv() decrypted to
   std::string tls_request_;  // TLS: the plaintext of the requests one flush encrypts
 
@@ -234,6 +239,7 @@ void Worker::run() {
   recv_buffer_.resize(kRecvBufferSize);
   iov_.resize(kMaxIov);
   prefixes_.resize(kMaxIov * kMaxPrefix);
+  send_queue_.reserve(count_);
   if (plan_.open) next_slot_ns_ = slot_ns(0, 0);
   if (config_.reconnect.enabled) stats.recoveries.assign(count_, {});
 
@@ -283,7 +289,20 @@ void Worker::on_event(uint64_t id, uint32_t events) {
     conns_.dispatch(static_cast<size_t>(id), events, *this, stats.connect_latency);
 }
 
-void Worker::after_pass() { conns_.after_pass(plan_.connect_timeout_ns, *this); }
+// Closed loop, the requests issued by this pass's replies go out now, after all of the pass's
+// reads: each request's latency runs from its own send (Stamp::sent), none waits behind the
+// other connections' sends, and the server sees the pass's requests together, as wrk's (which
+// writes on the next pass's EPOLLOUT) do. A connection closed since it was queued is skipped by
+// flush().
+void Worker::after_pass() {
+  for (const size_t i : send_queue_) {
+    Conn& c = conns_[i];
+    c.queued = false;
+    flush(c, i);
+  }
+  send_queue_.clear();
+  conns_.after_pass(plan_.connect_timeout_ns, *this);
+}
 
 void Worker::start_connect(size_t i) {
   Conn& c = conns_[i];
@@ -580,7 +599,10 @@ void Worker::on_readable(Conn& c, size_t i) {
     issue_due(c, i);
   } else {
     issue(c, completed, now);
-    flush(c, i);
+    if (!c.queued) {
+      c.queued = true;
+      send_queue_.push_back(i);
+    }
   }
 }
 
@@ -732,9 +754,10 @@ void Worker::take_cpu_edges(int64_t now) {
 }
 
 void Worker::record_latency(int64_t now, const Stamp& s) {
-  const auto ns = static_cast<uint64_t>(std::max<int64_t>(now - s.origin, 0));
+  const auto ns =
+      static_cast<uint64_t>(std::max<int64_t>(now - (plan_.open ? s.origin : s.sent), 0));
   stats.latency.record(ns);
-  // Closed loop a request is sent when it is issued: service time would repeat the latency.
+  // Closed loop latency is already from the send: service time would repeat it.
   if (plan_.open) {
     stats.service_time.record(static_cast<uint64_t>(std::max<int64_t>(now - s.sent, 0)));
   }
