@@ -594,8 +594,8 @@ class Interpreter {
             got.error ? "; " + errno_name(got.error.value()) : ""));
       }
       m.queued.clear();
-      m.owed.erase(0, want);
-      if (want < expected.size() + m.owed.size()) m.owed.clear();
+      // Nothing stays owed: what `read N` left unread is the next expectation's to take.
+      m.owed.clear();
     }
     line(fmt::format(
         "{}: {} bytes{} echoed whole{} ({} recv calls, {} short; FNV-1a {:016x})", st.name, want,
@@ -1129,15 +1129,8 @@ std::vector<CheckInfo> script_checks(const std::vector<Script>& scripts) {
     for (const auto& s : scripts) {
       if (s.check == info.name) mine.push_back(&s);
     }
-    const std::string name = info.name;
-    info.run = [mine, name](CheckTarget& target, const CheckOptions& options) {
-      // The CheckInfo the runner needs outlives this call: a copy made for it.
-      CheckInfo self;
-      self.name = name;
-      for (const auto* s : mine) {
-        self.subchecks.push_back(
-            {s->subcheck, s->description, s->clients_at_once, s->measures_concurrency});
-      }
+    // What the runner reads of the check must outlive the call: the lambda keeps its own copy.
+    info.run = [mine, self = info](CheckTarget& target, const CheckOptions& options) {
       CheckRun run(self, target, options);
       for (const auto* s : mine) {
         run.run(
