@@ -91,6 +91,9 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   set_count_metrics(record, stats, stats.connections_requested, stats.connections_achieved);
   record.set("connections_unanswered", static_cast<double>(stats.connections_unanswered));
   set_reconnect_metrics(record, stats, config.reconnect.enabled);
+  if (options.wire == WireFormat::kHttp) {
+    record.set("http_reopens", static_cast<double>(stats.http_reopens));
+  }
   record.set("client_cpu_percent", stats.client_cpu_utilisation * 100);
   // Beside server_cpu_us_per_request, in the same unit: the generator's own cost per request.
   if (stats.requests > 0) {

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -150,6 +151,70 @@ TEST_F(CliHttpRunTest, TargetUrlIsMeasuredAndNon200IsAnError) {
   const auto down = sockbench("run --target http://127.0.0.1:1/ --duration 0.2 --warmup 0");
   EXPECT_EQ(down.status, 1) << down.err;
   EXPECT_NE(down.err.find("ECONNREFUSED"), std::string::npos) << down.err;
+}
+
+// A server that says "Connection: close" in every third response and then closes, as nginx does
+// after keepalive_requests: the client opens a new connection at once and counts it in
+// http_reopens, not as an error. Requests pipelined behind that response are lost, and each is
+// an error named for it.
+TEST_F(CliHttpRunTest, AServerThatClosesAfterAResponseIsReconnectedNotAnError) {
+  constexpr int kPerConnection = 3;
+  std::atomic<uint64_t> responses{0};
+  std::atomic<uint64_t> over_limit{0};  // requests read after the closing response: none may be
+  test_support::ThreadPerConnectionServer server(
+      test_support::loopback_any_port(), [&](int, int fd) {
+        std::string in;
+        char buf[4096];
+        for (int answered = 0; answered < kPerConnection;) {
+          const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+          if (n <= 0) return;
+          in.append(buf, static_cast<size_t>(n));
+          for (size_t end;
+               answered < kPerConnection && (end = in.find("\r\n\r\n")) != std::string::npos;) {
+            in.erase(0, end + 4);
+            const bool last = ++answered == kPerConnection;
+            const std::string reply = std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n") +
+                                      (last ? "Connection: close\r\n" : "") + "\r\nok";
+            if (!send_all(fd, reply)) ++responses;
+          }
+        }
+        ::shutdown(fd, SHUT_WR);
+        // Drain until the client closes: what it sent after the closing response is counted.
+        for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) {
+          in.append(buf, static_cast<size_t>(n));
+        }
+        for (size_t at = 0; (at = in.find("\r\n\r\n", at)) != std::string::npos; at += 4) {
+          ++over_limit;
+        }
+      });
+  ASSERT_EQ(server.error(), "");
+  const std::string url = "http://" + server.address().to_string() + "/";
+  const auto run =
+      sockbench("run --target " + url + " --clients 2 --duration 0.3 --warmup 0.05 --json " +
+                (dir_ / "out.json").string());
+  ASSERT_EQ(run.status, 0) << run.out << run.err;
+  auto record = json()["benchmarks"][0];
+  EXPECT_EQ(record["errors"].get<double>(), 0) << run.out;
+  EXPECT_GT(record["iterations"].get<double>(), 0) << run.out;
+  const auto reopens = static_cast<uint64_t>(record["http_reopens"].get<double>());
+  EXPECT_GE(reopens, 10u) << run.out;
+  // Two first connections, one per reopen, and run's probes that the target is alive (a connect
+  // before and after the cell); a reopen's connect may be cut off by the end of the run.
+  EXPECT_LE(server.accepted(), reopens + 2 + 2);
+  EXPECT_GE(server.accepted(), reopens);
+  EXPECT_EQ(over_limit.load(), 0u);
+  EXPECT_GE(responses.load(), kPerConnection * reopens);
+
+  // Two requests in flight per connection: the one behind the closing response is lost.
+  const auto piped = sockbench("run --target " + url +
+                               " --clients 1 --pipeline 2 --duration 0.2 --warmup 0.05 --json " +
+                               (dir_ / "out.json").string());
+  record = json()["benchmarks"][0];
+  EXPECT_GT(record["http_reopens"].get<double>(), 0) << piped.out;
+  EXPECT_EQ(record["errors_by_errno"]["HTTP Connection: close"].get<double>(),
+            record["errors"].get<double>())
+      << piped.out;
+  EXPECT_GT(record["errors"].get<double>(), 0) << piped.out;
 }
 
 }  // namespace

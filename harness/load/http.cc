@@ -48,7 +48,8 @@ int HttpResponseReader::on_message_begin(http_parser* parser) {
 
 int HttpResponseReader::on_message_complete(http_parser* parser) {
   auto& self = *static_cast<HttpResponseReader*>(parser->data);
-  self.completed_.push_back({parser->status_code, self.begun_in_ != self.feeds_});
+  self.completed_.push_back(
+      {parser->status_code, self.begun_in_ != self.feeds_, http_should_keep_alive(parser) != 0});
   return 0;
 }
 

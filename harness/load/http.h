@@ -34,6 +34,7 @@ class HttpResponseReader {
   struct Response {
     unsigned status = 0;
     bool began_earlier = false;  // its first byte came in an earlier feed()
+    bool keep_alive = true;      // false: the server closes the connection after it
   };
 
   HttpResponseReader();

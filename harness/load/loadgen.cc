@@ -162,6 +162,8 @@ class Worker {
   std::string open(size_t i);
   void retry_due(int64_t now);
   void drop(Conn& c, std::string_view error, int64_t now);
+  void abandon(Conn& c);
+  void reopen(Conn& c, size_t i, int64_t now);
   void begin_requests(Conn& c, size_t i, int64_t now);
   void start_tls(Conn& c, size_t i, int64_t now);
   bool send_ciphertext(Conn& c, size_t i);
@@ -654,6 +656,11 @@ bool Worker::take_http(Conn& c, const char* data, size_t n, int64_t now, uint32_
     if (response.status != 200) count_error(fmt::format("HTTP {}", response.status), now);
     complete_head(c, response.began_earlier, now, response.status == 200);
     ++completed;
+    if (!response.keep_alive) {
+      responses.clear();
+      reopen(c, conns_.index_of(c), now);
+      return false;  // the new connection sends its own first requests once established
+    }
   }
   responses.clear();
   if (!ok) {
@@ -805,7 +812,29 @@ void Worker::drop(Conn& c, std::string_view error, int64_t now) {
     stats.recoveries[i] = {now, 0};
   }
   conns_.drop(c);
-  // Its requests are abandoned; numbering goes on past them, so no reply to one can match.
+  abandon(c);
+  const auto delay = backoff_delay(config_.reconnect, c.attempt, random_());
+  retries_.push({now + delay.count(), i});
+}
+
+// HTTP: the server said it closes this connection after the response just completed. Like wrk,
+// close it and connect again at once; no error, unless requests were pipelined behind it.
+void Worker::reopen(Conn& c, size_t i, int64_t now) {
+  ++stats.http_reopens;
+  for (uint64_t k = sent_unanswered(c); k > 0; --k) count_error("HTTP Connection: close", now);
+  conns_.drop(c);
+  abandon(c);
+  c.http.reset();
+  if (const std::string error = open(i); !error.empty()) {
+    kill(c, error, now);
+    return;
+  }
+  c.want_out = true;
+}
+
+// A dropped connection's requests are abandoned; numbering goes on past them, so no reply to
+// one can match.
+void Worker::abandon(Conn& c) {
   c.base_seq += c.in_flight;
   c.in_flight = c.unsent = 0;
   c.unsent_off = c.recv_off = 0;
@@ -815,8 +844,6 @@ void Worker::drop(Conn& c, std::string_view error, int64_t now) {
   c.ring_mask = 0;
   c.tls.reset();
   c.tls_start_ns = 0;
-  const auto delay = backoff_delay(config_.reconnect, c.attempt, random_());
-  retries_.push({now + delay.count(), i});
 }
 
 void Worker::count_error(std::string_view name, int64_t now) {
@@ -833,7 +860,7 @@ void merge_into(LoadStats& total, const LoadStats& s) {
                &S::requests, &S::bytes_sent, &S::bytes_received, &S::unverified_replies,
                &S::short_reads, &S::short_writes, &S::connections_achieved, &S::errors,
                &S::requests_sent, &S::replies_received, &S::lost_in_flight, &S::in_flight_at_end,
-               &S::reconnects, &S::reconnect_failures);
+               &S::reconnects, &S::reconnect_failures, &S::http_reopens);
   for (const auto& [bucket, n] : s.reconnect_attempts) total.reconnect_attempts[bucket] += n;
   total.recoveries.insert(total.recoveries.end(), s.recoveries.begin(), s.recoveries.end());
 }

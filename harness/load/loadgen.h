@@ -171,6 +171,10 @@ struct LoadStats {
   // it the connection's failure is the error and the run's count ends with it).
   uint64_t lost_in_flight = 0;
   uint64_t in_flight_at_end = 0;  // sent requests without a complete reply when the run ended
+  // HTTP, whole run: connections the server ended with a response saying it closes (Connection:
+  // close, or HTTP/1.0 without keep-alive; nginx after keepalive_requests), opened again at once,
+  // as wrk does. Requests pipelined behind that response are errors ("HTTP Connection: close").
+  uint64_t http_reopens = 0;
   // Reconnect only, whole run:
   uint64_t reconnects = 0;          // connects after a failure that were established
   uint64_t reconnect_failures = 0;  // reconnect attempts that failed (refused, timed out...)
