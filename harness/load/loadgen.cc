@@ -839,6 +839,7 @@ void Worker::drop(Conn& c, std::string_view error, int64_t now) {
 // close it and connect again at once; no error, unless requests were pipelined behind it.
 void Worker::reopen(Conn& c, size_t i, int64_t now) {
   ++stats.http_reopens;
+  stats.lost_in_flight += sent_unanswered(c);
   for (uint64_t k = sent_unanswered(c); k > 0; --k) count_error("HTTP Connection: close", now);
   conns_.drop(c);
   abandon(c);

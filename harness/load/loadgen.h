@@ -168,7 +168,8 @@ struct LoadStats {
   uint64_t requests_sent = 0;     // requests whose first byte was handed to the kernel
   uint64_t replies_received = 0;  // verified replies
   // Sent requests without a complete reply when their connection failed (reconnect only: without
-  // it the connection's failure is the error and the run's count ends with it).
+  // it the connection's failure is the error and the run's count ends with it), or was ended by
+  // an HTTP response that closes it.
   uint64_t lost_in_flight = 0;
   uint64_t in_flight_at_end = 0;  // sent requests without a complete reply when the run ended
   // HTTP, whole run: connections the server ended with a response saying it closes (Connection:
