@@ -142,7 +142,7 @@ TEST_F(CliHttpRunTest, TargetUrlIsMeasuredAndNon200IsAnError) {
   // Bad URLs and flags: exit 2 and one line; nobody listening: exit 1.
   for (const std::string& bad : std::vector<std::string>{
            "--target ftp://127.0.0.1:1/", "--target http://", "--target http://127.0.0.1:99999/",
-           "--target " + url + "/ --protocol echo",
+           "--target " + url + "/ --protocol echo", "--target " + url + "/ --message-size 100",
            "--server epoll --protocol http --scenario stream"}) {
     const auto refused = sockbench("run " + bad);
     EXPECT_EQ(refused.status, 2) << bad;

@@ -637,6 +637,11 @@ int run_command(int argc, const char* const* argv) {
     if (transport == "udp" || transport == "unixgram") {
       throw UsageError(fmt::format("--protocol http: needs a stream transport, not {}", transport));
     }
+    if (sized) {
+      throw UsageError(
+          "--message-size: an HTTP request is a GET; ask for the response's size in the URL "
+          "(http://HOST:PORT/bytes/N)");
+    }
     // Without a URL: GET / of the server sockbench starts (or of --target HOST:PORT).
     base.http = http_url ? HttpTarget{http_url->host, http_url->path}
                          : HttpTarget{target ? target->to_string() : "localhost", "/"};
