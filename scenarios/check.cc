@@ -162,7 +162,8 @@ const std::vector<CheckInfo>& checks() {
        /*chat=*/true},
       {"tls",
        "TLS (check --tls): handshake, a plaintext client closed, a stalled handshake that holds "
-       "up no one else, a wrong-name certificate rejected, close_notify answered",
+       "up no one else, a wrong-name certificate rejected, a certificate valid now and rejected "
+       "once expired, close_notify answered",
        {{"handshake", "a TLS client's handshake and a 1,000-byte framed exchange"},
         {"plaintext-client",
          "a framed request in plaintext: closed, not answered; a TLS client served after"},
@@ -173,6 +174,9 @@ const std::vector<CheckInfo>& checks() {
         {"wrong-name",
          "a client trusting the server's certificate but expecting another name rejects it "
          "(hostname mismatch)"},
+        {"expired",
+         "the server's certificate is valid now, and a client trusting it but verifying as at a "
+         "day past its notAfter rejects it (certificate has expired)"},
         {"close-notify", "the client's close_notify is answered, not a truncated close"}},
        run_tls_check,
        /*datagram=*/false,

@@ -2,11 +2,14 @@
 // handshake and a framed exchange work; a plaintext client is closed, not answered, and the
 // server goes on; a client that stalls mid-handshake does not hold up anyone else (a thread per
 // client may block on it, a reactor must not); a certificate for another name is rejected by a
-// verifying client with OpenSSL's reason; and the server answers a close_notify instead of
-// ending in a truncated close. Every probe is a sans-I/O tls::Session moved over a step Client,
-// every wait bounded.
+// verifying client with OpenSSL's reason; the server's certificate is valid now, and a client
+// verifying it as at a day past its notAfter rejects it as expired; and the server answers a
+// close_notify instead of ending in a truncated close. Every probe is a sans-I/O tls::Session moved
+// over a step Client, every wait bounded.
 #include <fmt/format.h>
 
+#include <chrono>
+#include <ctime>
 #include <optional>
 
 #include "harness/core/frame.h"
@@ -117,6 +120,60 @@ Outcome wrong_name(CheckTarget& target, const CheckOptions& options) {
   return o;
 }
 
+// A time as a UTC date and time ("2025-01-31 12:00:00 UTC").
+std::string utc(std::chrono::system_clock::time_point t) {
+  const std::time_t seconds = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&seconds, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return buf;
+}
+
+// The checks cannot make an arbitrary server present an expired certificate, so this one moves
+// the client's clock instead: the server's own certificate, trusted as it is, verified as at a
+// day after its notAfter. A server whose certificate has already expired (or is not yet valid)
+// fails at once: that is an operator's fault a client would meet today.
+Outcome expired(CheckTarget& target, const CheckOptions& options) {
+  Outcome o;
+  std::string pem;
+  std::optional<tls::Validity> validity;
+  {
+    auto probe = TlsProbe::connect(target.address(), probe_config(options), o);
+    if (!probe) return o;
+    if (!probe->handshake(kTimeout)) return o.fail("handshake: " + probe->why()), o;
+    pem = probe->session().peer_certificate_pem();
+    validity = probe->session().peer_validity();
+  }
+  if (pem.empty()) return o.fail("the server presented no certificate"), o;
+  if (!validity) return o.fail("cannot read the validity of the server's certificate"), o;
+  const auto now = std::chrono::system_clock::now();
+  o.line(fmt::format("the server's certificate is valid from {} to {}", utc(validity->not_before),
+                     utc(validity->not_after)));
+  const char* when = now < validity->not_before  ? "not yet valid"
+                     : now > validity->not_after ? "expired"
+                                                 : "valid";
+  o.expect(now >= validity->not_before && now <= validity->not_after,
+           fmt::format("the server's certificate is valid now ({}: {})", utc(now), when));
+  // No server name: the host check stays out of it (wrong-name covers names), and a partial
+  // chain lets a CA-issued certificate be trusted by itself, so time is the only thing that can
+  // fail.
+  tls::Config config = probe_config(options);
+  config.insecure = false;
+  config.trusted_pem = pem;
+  config.partial_chain = true;
+  config.verify_at = validity->not_after + std::chrono::hours(24);
+  auto probe = TlsProbe::connect(target.address(), config, o);
+  if (!probe) return o;
+  const bool shook = probe->handshake(kTimeout);
+  o.line("a client that trusts the server's own certificate but verifies it as at " +
+         utc(*config.verify_at) + ": " +
+         (shook ? std::string("handshake completed") : "refused: " + probe->why()));
+  o.expect(!shook && probe->why().find("certificate has expired") != std::string::npos,
+           "rejected by the verifying client, with OpenSSL's reason (certificate has expired)");
+  return o;
+}
+
 Outcome close_notify(CheckTarget& target, const CheckOptions& options) {
   Outcome o;
   auto probe = TlsProbe::connect(target.address(), probe_config(options), o);
@@ -139,6 +196,7 @@ std::vector<results::Record> run_tls_check(CheckTarget& target, const CheckOptio
   run.run("plaintext-client", kNeedNothing, [&] { return plaintext_client(target, options); });
   run.run("stalled-handshake", kNeedNothing, [&] { return stalled_handshake(target, options); });
   run.run("wrong-name", kNeedNothing, [&] { return wrong_name(target, options); });
+  run.run("expired", kNeedNothing, [&] { return expired(target, options); });
   run.run("close-notify", kNeedNothing, [&] { return close_notify(target, options); });
   return run.take();
 }

@@ -16,7 +16,7 @@
 namespace sockbench::scenarios {
 
 // The probes' TLS: options.tls_version, not verifying (the checks look at the server's behaviour;
-// wrong-name sets its own trust).
+// wrong-name and expired set their own trust).
 tls::Config probe_config(const CheckOptions& options);
 
 // One TLS client connection. Move-only; used by one thread.

@@ -302,11 +302,10 @@ TEST_F(ServeTlsFlags, CheckTlsPassesEpollAndFailsTheBlockingHandshakeTwin) {
                 (dir_ / "check.json").string());
   EXPECT_EQ(out.status, 1) << out.err << out.out;
   const auto doc = nlohmann::json::parse(test_support::slurp(dir_ / "check.json"));
-  const std::map<std::string, std::string> pass = {{"tls/handshake", "PASS"},
-                                                   {"tls/plaintext-client", "PASS"},
-                                                   {"tls/stalled-handshake", "PASS"},
-                                                   {"tls/wrong-name", "PASS"},
-                                                   {"tls/close-notify", "PASS"}};
+  const std::map<std::string, std::string> pass = {
+      {"tls/handshake", "PASS"},         {"tls/plaintext-client", "PASS"},
+      {"tls/stalled-handshake", "PASS"}, {"tls/wrong-name", "PASS"},
+      {"tls/expired", "PASS"},           {"tls/close-notify", "PASS"}};
   EXPECT_EQ(test_support::check_verdicts(doc, "epoll"), pass) << out.out;
   auto stalled = pass;
   stalled["tls/stalled-handshake"] = "FAIL";
@@ -314,6 +313,8 @@ TEST_F(ServeTlsFlags, CheckTlsPassesEpollAndFailsTheBlockingHandshakeTwin) {
   EXPECT_EQ(test_support::check_verdicts(doc, "iterative"), stalled) << out.out;
   EXPECT_THAT(out.out, HasSubstr("refused: handshake failed: certificate verify failed "
                                  "(hostname mismatch)"));
+  EXPECT_THAT(out.out, HasSubstr("refused: handshake failed: certificate verify failed "
+                                 "(certificate has expired)"));
   expect_usage_errors("check --server epoll",
                       {{"--tls --tls-resume", "--tls-resume: applies to run --scenario crr"},
                        {"--tls --protocol echo", "--tls: the tls check speaks framed"},
@@ -334,7 +335,7 @@ TEST_F(ServeTlsFlags, CheckTlsRunsThePartialFamilyOverTls) {
   for (const char* sub :
        {"partial/byte-at-a-time", "partial/random-splits", "partial/coalesced",
         "partial/large-frame", "partial/nonreading-client", "tls/handshake", "tls/plaintext-client",
-        "tls/stalled-handshake", "tls/wrong-name", "tls/close-notify"}) {
+        "tls/stalled-handshake", "tls/wrong-name", "tls/expired", "tls/close-notify"}) {
     verdicts[sub] = "PASS";
   }
   EXPECT_EQ(test_support::check_verdicts(doc, "epoll"), verdicts) << out.out;
@@ -391,6 +392,48 @@ TEST_F(ServeTlsFlags, CheckTlsReportsATruncatedClose) {
   EXPECT_EQ(test_support::check_verdicts(doc, "target"), want) << out.out;
   EXPECT_THAT(out.out, HasSubstr("the server ended without close_notify: truncated: the peer "
                                  "closed the connection without close_notify"));
+}
+
+// `sockbench serve --tls` given a certificate valid now, then one that expired yesterday: the
+// first PASSes tls/expired (its own certificate, verified as at a day past its notAfter, is refused
+// for OpenSSL's reason), the second FAILs it and the line names the expiry. Same server, same
+// names (wrong-name PASSes both): only the certificate's dates differ.
+TEST_F(ServeTlsFlags, CheckTlsExpiredFailsAServerWhoseCertificateHasExpired) {
+  std::string error;
+  const tls::Identity expired =
+      tls::make_self_signed({"127.0.0.1", "localhost"}, -48h, -24h, &error);
+  ASSERT_EQ(error, "");
+  for (const bool is_expired : {false, true}) {
+    const tls::Identity& identity = is_expired ? expired : shared_tls().identity;
+    write("cert.pem", identity.cert_pem);
+    write("key.pem", identity.key_pem);
+    auto served = test_support::serve("epoll", {"--tls", "--cert", (dir_ / "cert.pem").string(),
+                                                "--key", (dir_ / "key.pem").string()});
+    ASSERT_TRUE(served);
+    const auto out =
+        sockbench("check --tls -v --only tls/handshake,tls/wrong-name,tls/expired --target " +
+                  served->address.to_string() + " --json " + (dir_ / "check.json").string());
+    EXPECT_EQ(out.status, is_expired ? 1 : 0) << out.err << out.out;
+    const auto doc = nlohmann::json::parse(test_support::slurp(dir_ / "check.json"));
+    const std::map<std::string, std::string> want = {{"tls/handshake", "PASS"},
+                                                     {"tls/wrong-name", "PASS"},
+                                                     {"tls/expired", is_expired ? "FAIL" : "PASS"}};
+    EXPECT_EQ(test_support::check_verdicts(doc, "target"), want) << out.out;
+    EXPECT_THAT(out.out, ::testing::ContainsRegex(
+                             "the server's certificate is valid from [0-9]{4}-[0-9]{2}-[0-9]{2} "
+                             "[0-9:]{8} UTC to [0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:]{8} UTC"));
+    // Verified as at a day past notAfter, either certificate is refused as expired.
+    EXPECT_THAT(out.out, HasSubstr("refused: handshake failed: certificate verify failed "
+                                   "(certificate has expired)"));
+    if (is_expired) {
+      EXPECT_THAT(out.out, ::testing::ContainsRegex(
+                               "FAIL: the server's certificate is valid now \\([^)]*: expired\\)"));
+    } else {
+      EXPECT_THAT(out.out, ::testing::ContainsRegex(
+                               "the server's certificate is valid now \\([^)]*: valid\\)"));
+      EXPECT_THAT(out.out, ::testing::Not(HasSubstr("FAIL:")));
+    }
+  }
 }
 
 TEST_F(ServeTlsFlags, RunTlsFlagErrorsExit2) {

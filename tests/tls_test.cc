@@ -4,15 +4,20 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <openssl/bio.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace sockbench::tls {
 namespace {
 
 using std::chrono::hours;
+using std::chrono::system_clock;
 using ::testing::HasSubstr;
 
 Identity loopback() {
@@ -167,6 +172,114 @@ TEST(Tls, WrongNameExpiredAndUntrustedCertificatesAreRejectedWithTheReason) {
     Pair p(insecure, server_context(id));
     p.pump();
     EXPECT_EQ(p.client->state(), Session::State::kOpen) << p.client->error();
+  }
+}
+
+// A client trusting `trusted` that checks no name: these tests are about time and chains.
+std::shared_ptr<Context> client_verifying_at(const std::string& trusted,
+                                             std::optional<system_clock::time_point> at,
+                                             bool partial_chain = false) {
+  std::string error;
+  auto ctx = Context::make({.role = Role::kClient,
+                            .trusted_pem = trusted,
+                            .verify_at = at,
+                            .partial_chain = partial_chain},
+                           &error);
+  EXPECT_TRUE(ctx) << error;
+  return ctx;
+}
+
+// The seconds between two time points, for comparisons within a tolerance.
+double seconds_between(system_clock::time_point a, system_clock::time_point b) {
+  return std::chrono::duration<double>(a - b).count();
+}
+
+TEST(Tls, VerifyAtJudgesTheCertificateAsAtThatTimeAndPeerValidityReadsItsWindow) {
+  std::string error;
+  const auto made = system_clock::now();
+  const Identity id = make_self_signed({"127.0.0.1"}, -hours(1), hours(24), &error);
+  ASSERT_EQ(error, "");
+  {  // a day and an hour on: past notAfter
+    Pair p(client_verifying_at(id.cert_pem, made + hours(25)), server_context(id));
+    p.pump();
+    EXPECT_EQ(p.client->state(), Session::State::kFailed);
+    EXPECT_THAT(p.client->error(),
+                HasSubstr("certificate verify failed (certificate has expired)"));
+  }
+  {  // two hours back: before notBefore
+    Pair p(client_verifying_at(id.cert_pem, made - hours(2)), server_context(id));
+    p.pump();
+    EXPECT_EQ(p.client->state(), Session::State::kFailed);
+    EXPECT_THAT(p.client->error(), HasSubstr("certificate is not yet valid"));
+  }
+  for (const auto at :
+       {std::optional(made + hours(12)), std::optional<system_clock::time_point>()}) {
+    Pair p(client_verifying_at(id.cert_pem, at), server_context(id));
+    EXPECT_FALSE(p.client->peer_validity());  // before the handshake
+    p.pump();
+    ASSERT_EQ(p.client->state(), Session::State::kOpen) << p.client->error();
+    const auto validity = p.client->peer_validity();
+    ASSERT_TRUE(validity);
+    // The certificate stores whole seconds: a second either way of what was asked.
+    EXPECT_NEAR(seconds_between(validity->not_before, made - hours(1)), 0, 2);
+    EXPECT_NEAR(seconds_between(validity->not_after, made + hours(24)), 0, 2);
+  }
+}
+
+// A certificate for 127.0.0.1 issued by `ca` (so not self-signed), with `ca`'s key as its own: the
+// shape of a CA-issued server certificate, which a client trusting only it cannot chain to a root.
+std::string issued_by(const Identity& ca) {
+  BIO* cert_in = BIO_new_mem_buf(ca.cert_pem.data(), static_cast<int>(ca.cert_pem.size()));
+  BIO* key_in = BIO_new_mem_buf(ca.key_pem.data(), static_cast<int>(ca.key_pem.size()));
+  X509* ca_cert = PEM_read_bio_X509(cert_in, nullptr, nullptr, nullptr);
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(key_in, nullptr, nullptr, nullptr);
+  X509* cert = X509_new();
+  X509_set_version(cert, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(cert), 2);
+  X509_gmtime_adj(X509_getm_notBefore(cert), -3600);
+  X509_gmtime_adj(X509_getm_notAfter(cert), 24 * 3600);
+  X509_set_pubkey(cert, key);
+  X509_NAME_add_entry_by_txt(X509_get_subject_name(cert), "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("127.0.0.1"), -1, -1, 0);
+  X509_set_issuer_name(cert, X509_get_subject_name(ca_cert));
+  X509_sign(cert, key, EVP_sha256());
+  BIO* out = BIO_new(BIO_s_mem());
+  PEM_write_bio_X509(out, cert);
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(out, &data);
+  std::string pem(data, static_cast<size_t>(n));
+  BIO_free(out);
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  X509_free(ca_cert);
+  BIO_free(key_in);
+  BIO_free(cert_in);
+  return pem;
+}
+
+TEST(Tls, PartialChainTrustsAnIssuedCertificateByItself) {
+  std::string error;
+  const Identity ca = make_self_signed({"test-ca.invalid"}, -hours(1), hours(48), &error);
+  ASSERT_EQ(error, "");
+  const Identity leaf{issued_by(ca), ca.key_pem};
+  ASSERT_THAT(leaf.cert_pem, HasSubstr("BEGIN CERTIFICATE"));
+  const auto now = system_clock::now();
+  {  // without it, the chain must reach a self-signed root
+    Pair p(client_verifying_at(leaf.cert_pem, std::nullopt), server_context(leaf));
+    p.pump();
+    EXPECT_EQ(p.client->state(), Session::State::kFailed);
+    EXPECT_THAT(p.client->error(), HasSubstr("unable to get local issuer certificate"));
+  }
+  {
+    Pair p(client_verifying_at(leaf.cert_pem, std::nullopt, true), server_context(leaf));
+    p.pump();
+    EXPECT_EQ(p.client->state(), Session::State::kOpen) << p.client->error();
+  }
+  {  // and time still counts: the leaf's own notAfter, not the CA's
+    Pair p(client_verifying_at(leaf.cert_pem, now + hours(25), true), server_context(leaf));
+    p.pump();
+    EXPECT_EQ(p.client->state(), Session::State::kFailed);
+    EXPECT_THAT(p.client->error(), HasSubstr("certificate has expired"));
   }
 }
 

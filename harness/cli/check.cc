@@ -97,7 +97,8 @@ CheckPlan target_plan(const cxxopts::ParseResult& parsed, const char* name, int 
     }
     if (plan.transport != "tcp") throw UsageError("--tls: over --transport tcp only");
     // Built-in models serve with a certificate made for the run (their `serve` flags). The
-    // probes look at the server's behaviour and check its certificate themselves (wrong-name).
+    // probes look at the server's behaviour and check its certificate themselves (wrong-name,
+    // expired).
     const bool builtins =
         parsed.count("server") > 0 || (!parsed.count("target") && !parsed.count("server-cmd"));
     plan.tls = std::make_shared<RunTls>(RunTls::from_flags(parsed, !builtins, "localhost"));

@@ -12,6 +12,7 @@
 #include <openssl/x509v3.h>
 
 #include <array>
+#include <ctime>
 
 namespace sockbench::tls {
 namespace {
@@ -42,6 +43,13 @@ std::string bio_text(BIO* bio) {
 
 BioPtr bio_of(const std::string& text) {
   return BioPtr(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
+}
+
+// An ASN.1 time (UTCTime or GeneralizedTime, always UTC in a certificate) as a time point.
+std::optional<std::chrono::system_clock::time_point> time_point_of(const ASN1_TIME* t) {
+  std::tm tm{};
+  if (t == nullptr || ASN1_TIME_to_tm(t, &tm) != 1) return std::nullopt;
+  return std::chrono::system_clock::from_time_t(timegm(&tm));
 }
 
 std::string fail_with(std::string* error, const std::string& what) {
@@ -153,6 +161,9 @@ std::shared_ptr<Context> Context::make(const Config& config, std::string* error)
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
   } else {
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+    if (config.partial_chain) {
+      X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(ctx), X509_V_FLAG_PARTIAL_CHAIN);
+    }
     if (config.trusted_pem.empty()) {
       SSL_CTX_set_default_verify_paths(ctx);
     } else {
@@ -220,6 +231,10 @@ std::unique_ptr<Session> Session::make(std::shared_ptr<Context> context, std::st
       SSL_set_tlsext_host_name(ssl, config.server_name.c_str());
       SSL_set1_host(ssl, config.server_name.c_str());
     }
+  }
+  if (config.verify_at) {
+    X509_VERIFY_PARAM_set_time(SSL_get0_param(ssl),
+                               std::chrono::system_clock::to_time_t(*config.verify_at));
   }
   if (resume && *resume) SSL_set_session(ssl, resume->native());
   session->advance(nullptr);  // the ClientHello
@@ -353,6 +368,15 @@ std::string Session::peer_certificate_pem() const {
   const bool written = out && PEM_write_bio_X509(out.get(), cert);
   X509_free(cert);
   return written ? bio_text(out.get()) : "";
+}
+
+std::optional<Validity> Session::peer_validity() const {
+  X509Ptr cert(SSL_get1_peer_certificate(ssl_));
+  if (!cert) return std::nullopt;
+  const auto not_before = time_point_of(X509_get0_notBefore(cert.get()));
+  const auto not_after = time_point_of(X509_get0_notAfter(cert.get()));
+  if (!not_before || !not_after) return std::nullopt;
+  return Validity{*not_before, *not_after};
 }
 
 }  // namespace sockbench::tls

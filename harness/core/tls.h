@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -43,7 +44,19 @@ struct Config {
   std::string trusted_pem{};
   bool insecure = false;      // client: do not verify the server at all
   std::string server_name{};  // client: the name (DNS or IP) the certificate must carry; SNI
+  // Client: verify the certificates as at this time instead of now (unset: now). Lets a client
+  // see how a certificate that is valid today fares once it has expired, against any server.
+  std::optional<std::chrono::system_clock::time_point> verify_at{};
+  // Client: a certificate in trusted_pem ends the chain even when it is not self-signed, so
+  // trusting a CA-issued server certificate itself is enough (X509_V_FLAG_PARTIAL_CHAIN).
+  bool partial_chain = false;
   bool session_tickets = true;
+};
+
+// When a certificate is valid: its notBefore and notAfter.
+struct Validity {
+  std::chrono::system_clock::time_point not_before;
+  std::chrono::system_clock::time_point not_after;
 };
 
 // Why a call failed, as OpenSSL says it ("certificate verify failed: hostname mismatch").
@@ -129,6 +142,8 @@ class Session {
   SavedSession saved_session() const;
   // The certificate the peer presented (PEM); "" before the handshake or when it sent none.
   std::string peer_certificate_pem() const;
+  // When that certificate is valid; nullopt when there is none (or its times cannot be read).
+  std::optional<Validity> peer_validity() const;
 
  private:
   Session(std::shared_ptr<Context> context, SSL* ssl);
