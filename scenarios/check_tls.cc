@@ -93,33 +93,6 @@ Outcome stalled_handshake(CheckTarget& target, const CheckOptions& options) {
   return o;
 }
 
-Outcome wrong_name(CheckTarget& target, const CheckOptions& options) {
-  Outcome o;
-  std::string pem;
-  {
-    auto probe = TlsProbe::connect(target.address(), probe_config(options), o);
-    if (!probe) return o;
-    if (!probe->handshake(kTimeout)) return o.fail("handshake: " + probe->why()), o;
-    pem = probe->session().peer_certificate_pem();
-  }
-  if (pem.empty()) return o.fail("the server presented no certificate"), o;
-  // Trust exactly that certificate, but for a name it does not carry.
-  tls::Config config = probe_config(options);
-  config.insecure = false;
-  config.trusted_pem = pem;
-  config.server_name = "wrong-name.invalid";
-  auto probe = TlsProbe::connect(target.address(), config, o);
-  if (!probe) return o;
-  const bool shook = probe->handshake(kTimeout);
-  o.line(
-      "a client that trusts the server's own certificate but expects the name "
-      "wrong-name.invalid: " +
-      (shook ? std::string("handshake completed") : "refused: " + probe->why()));
-  o.expect(!shook && probe->why().find("hostname mismatch") != std::string::npos,
-           "rejected by the verifying client, with OpenSSL's reason (hostname mismatch)");
-  return o;
-}
-
 // A time as a UTC date and time ("2025-01-31 12:00:00 UTC").
 std::string utc(std::chrono::system_clock::time_point t) {
   const std::time_t seconds = std::chrono::system_clock::to_time_t(t);
@@ -130,47 +103,85 @@ std::string utc(std::chrono::system_clock::time_point t) {
   return buf;
 }
 
+// The certificate the server presents (PEM) and its validity window; nullopt with the reason
+// failed into `o`.
+struct Presented {
+  std::string pem;
+  tls::Validity validity;
+};
+std::optional<Presented> presented_certificate(CheckTarget& target, const CheckOptions& options,
+                                               Outcome& o) {
+  auto probe = TlsProbe::connect(target.address(), probe_config(options), o);
+  if (!probe) return std::nullopt;
+  if (!probe->handshake(kTimeout)) return o.fail("handshake: " + probe->why()), std::nullopt;
+  std::string pem = probe->session().peer_certificate_pem();
+  const auto validity = probe->session().peer_validity();
+  if (pem.empty()) return o.fail("the server presented no certificate"), std::nullopt;
+  if (!validity) {
+    return o.fail("cannot read the validity of the server's certificate"), std::nullopt;
+  }
+  return Presented{std::move(pem), *validity};
+}
+
+// A verifying client that trusts exactly the server's own certificate (a partial chain lets a
+// CA-issued one be trusted by itself), changed by `config`'s caller in one respect, must be
+// refused with OpenSSL's `reason`; `who` describes that client.
+void expect_refused(CheckTarget& target, const tls::Config& config, Outcome& o,
+                    const std::string& who, const std::string& reason) {
+  auto probe = TlsProbe::connect(target.address(), config, o);
+  if (!probe) return;
+  const bool shook = probe->handshake(kTimeout);
+  o.line(who + ": " + (shook ? std::string("handshake completed") : "refused: " + probe->why()));
+  o.expect(!shook && probe->why().find(reason) != std::string::npos,
+           "rejected by the verifying client, with OpenSSL's reason (" + reason + ")");
+}
+
+tls::Config trusting(const CheckOptions& options, const std::string& pem) {
+  tls::Config config = probe_config(options);
+  config.insecure = false;
+  config.trusted_pem = pem;
+  config.partial_chain = true;
+  return config;
+}
+
+Outcome wrong_name(CheckTarget& target, const CheckOptions& options) {
+  Outcome o;
+  const auto presented = presented_certificate(target, options, o);
+  if (!presented) return o;
+  tls::Config config = trusting(options, presented->pem);
+  config.server_name = "wrong-name.invalid";
+  expect_refused(target, config, o,
+                 "a client that trusts the server's own certificate but expects the name "
+                 "wrong-name.invalid",
+                 "hostname mismatch");
+  return o;
+}
+
 // The checks cannot make an arbitrary server present an expired certificate, so this one moves
 // the client's clock instead: the server's own certificate, trusted as it is, verified as at a
 // day after its notAfter. A server whose certificate has already expired (or is not yet valid)
 // fails at once: that is an operator's fault a client would meet today.
 Outcome expired(CheckTarget& target, const CheckOptions& options) {
   Outcome o;
-  std::string pem;
-  std::optional<tls::Validity> validity;
-  {
-    auto probe = TlsProbe::connect(target.address(), probe_config(options), o);
-    if (!probe) return o;
-    if (!probe->handshake(kTimeout)) return o.fail("handshake: " + probe->why()), o;
-    pem = probe->session().peer_certificate_pem();
-    validity = probe->session().peer_validity();
-  }
-  if (pem.empty()) return o.fail("the server presented no certificate"), o;
-  if (!validity) return o.fail("cannot read the validity of the server's certificate"), o;
+  const auto presented = presented_certificate(target, options, o);
+  if (!presented) return o;
+  const tls::Validity& validity = presented->validity;
   const auto now = std::chrono::system_clock::now();
-  o.line(fmt::format("the server's certificate is valid from {} to {}", utc(validity->not_before),
-                     utc(validity->not_after)));
-  const char* when = now < validity->not_before  ? "not yet valid"
-                     : now > validity->not_after ? "expired"
-                                                 : "valid";
-  o.expect(now >= validity->not_before && now <= validity->not_after,
+  o.line(fmt::format("the server's certificate is valid from {} to {}", utc(validity.not_before),
+                     utc(validity.not_after)));
+  const char* when = now < validity.not_before  ? "not yet valid"
+                     : now > validity.not_after ? "expired"
+                                                : "valid";
+  o.expect(now >= validity.not_before && now <= validity.not_after,
            fmt::format("the server's certificate is valid now ({}: {})", utc(now), when));
-  // No server name: the host check stays out of it (wrong-name covers names), and a partial
-  // chain lets a CA-issued certificate be trusted by itself, so time is the only thing that can
-  // fail.
-  tls::Config config = probe_config(options);
-  config.insecure = false;
-  config.trusted_pem = pem;
-  config.partial_chain = true;
-  config.verify_at = validity->not_after + std::chrono::hours(24);
-  auto probe = TlsProbe::connect(target.address(), config, o);
-  if (!probe) return o;
-  const bool shook = probe->handshake(kTimeout);
-  o.line("a client that trusts the server's own certificate but verifies it as at " +
-         utc(*config.verify_at) + ": " +
-         (shook ? std::string("handshake completed") : "refused: " + probe->why()));
-  o.expect(!shook && probe->why().find("certificate has expired") != std::string::npos,
-           "rejected by the verifying client, with OpenSSL's reason (certificate has expired)");
+  // No server name: the host check stays out of it (wrong-name covers names), so time is the
+  // only thing that can fail.
+  tls::Config config = trusting(options, presented->pem);
+  config.verify_at = validity.not_after + std::chrono::hours(24);
+  expect_refused(target, config, o,
+                 "a client that trusts the server's own certificate but verifies it as at " +
+                     utc(*config.verify_at),
+                 "certificate has expired");
   return o;
 }
 
