@@ -55,8 +55,8 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        {"framed", "echo", "http"},
        kMinMessageSize,
        64,
-       {"pipeline", "rate", "tls", "tls-version", "cipher", "insecure", "ca", "reconnect",
-        "backoff-min", "backoff-max", "jitter", "keepalive", "user-timeout"},
+       {"pipeline", "send-on", "rate", "tls", "tls-version", "cipher", "insecure", "ca",
+        "reconnect", "backoff-min", "backoff-max", "jitter", "keepalive", "user-timeout"},
        {"tcp", "unix", "udp", "unixgram"}},
       {"restart",
        "rr with reconnect backoff while the server is SIGKILLed at --kill-at and restarted on "

@@ -25,6 +25,7 @@ std::string rate_text(double rate) { return fmt::format("{:.0f}", std::round(rat
 std::string cell_name(const BenchParams& options) {
   std::string name = fmt::format("clients:{}/msg:{}", options.clients, options.message_size);
   if (options.pipeline > 1) name += fmt::format("/pipeline:{}", options.pipeline);
+  if (options.send_on_writable) name += "/send-on:writable";
   if (open_loop(options)) name += "/rate:" + rate_text(options.rate);
   if (options.reconnect.enabled) name += "/reconnect";
   name += http_cell(options) + tls_cell(options);
@@ -63,6 +64,7 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   LoadConfig config;
   fill_engine_config(config, options, server);
   config.pipeline = options.pipeline;
+  config.send_on_writable = options.send_on_writable;
   config.tls = options.tls;
   config.reconnect = options.reconnect;
   // A negative rate is passed on too, for the engine's validation to name it. A shard sends its

@@ -26,9 +26,10 @@ struct BenchParams {
   int clients = 100;
   size_t message_size = 64;
   int pipeline = 1;
-  double rate = 0;       // rr: total requests/s for the open loop; 0 = closed loop
-  int slow_readers = 0;  // broadcast: members that never read
-  bool duplex = false;   // stream: through echo instead of one way into discard
+  bool send_on_writable = false;  // rr closed loop: --send-on writable (wrk's loop)
+  double rate = 0;                // rr: total requests/s for the open loop; 0 = closed loop
+  int slow_readers = 0;           // broadcast: members that never read
+  bool duplex = false;            // stream: through echo instead of one way into discard
   CloseMode close = CloseMode::kFin;
   std::vector<int> ramp;  // connections: steps (e.g. 1000,5000,19000); empty = {clients}
   int threads = 1;

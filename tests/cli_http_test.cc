@@ -205,6 +205,18 @@ TEST_F(CliHttpRunTest, AServerThatClosesAfterAResponseIsReconnectedNotAnError) {
   EXPECT_EQ(over_limit.load(), 0u);
   EXPECT_GE(responses.load(), kPerConnection * reopens);
 
+  // The same with wrk's loop: the request after a reply goes out from EPOLLOUT, also on a
+  // connection opened again.
+  const auto writable =
+      sockbench("run --target " + url + " --clients 2 --send-on writable --duration 0.3 " +
+                "--warmup 0.05 --json " + (dir_ / "out.json").string());
+  ASSERT_EQ(writable.status, 0) << writable.out << writable.err;
+  record = json()["benchmarks"][0];
+  EXPECT_EQ(record["errors"].get<double>(), 0) << writable.out;
+  EXPECT_GE(record["http_reopens"].get<double>(), 10) << writable.out;
+  EXPECT_NE(record["name"].get<std::string>().find("/send-on:writable"), std::string::npos);
+  EXPECT_EQ(over_limit.load(), 0u);
+
   // Two requests in flight per connection: the one behind the closing response is lost.
   const auto piped = sockbench("run --target " + url +
                                " --clients 1 --pipeline 2 --duration 0.2 --warmup 0.05 --json " +

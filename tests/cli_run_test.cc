@@ -258,6 +258,11 @@ TEST_F(CliRun, ReconnectRestartAndKeepaliveFlagsAreChecked) {
       {"--user-timeout -5", "--user-timeout"},
       {"--scenario crr --keepalive 2,1,3", "--keepalive: applies only to --scenario rr, restart"},
       {"--transport unix --user-timeout 100", "--user-timeout: applies to --transport tcp only"},
+      {"--send-on read", "--send-on: expected pass or writable, got 'read'"},
+      {"--send-on writable --rate 100", "--send-on: applies to the closed loop only"},
+      {"--send-on writable --transport udp --server epoll",
+       "--send-on: applies to the stream transports"},
+      {"--scenario crr --send-on writable", "--send-on: applies only to --scenario rr"},
   };
   for (const auto& [flags, message] : cases) {
     const auto r = sockbench(run + flags);

@@ -244,6 +244,10 @@ TEST(Validation, OpenLoopMessages) {
   LoadConfig pipelined = ok;
   pipelined.pipeline = 4;
   EXPECT_EQ(describe_invalid(pipelined).rfind("pipeline applies to the closed loop only", 0), 0u);
+  LoadConfig writable = ok;
+  writable.send_on_writable = true;
+  EXPECT_EQ(describe_invalid(writable).rfind("send_on_writable applies to the closed loop only", 0),
+            0u);
   LoadConfig capped = ok;
   capped.max_outstanding = 0;
   EXPECT_EQ(describe_invalid(capped), "max_outstanding must be between 1 and 65536 (got 0)");

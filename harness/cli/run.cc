@@ -372,6 +372,9 @@ int run_command(int argc, const char* const* argv) {
        "(stream) (default: 64, stream 131072)", cxxopts::value<std::string>())
       ("pipeline", "rr: requests in flight per connection",
        cxxopts::value<std::string>()->default_value("1"))
+      ("send-on", "rr closed loop: where a reply's next request goes out: pass (after the "
+       "pass's reads, all together) or writable (from its own EPOLLOUT on the next pass, as "
+       "wrk does)", cxxopts::value<std::string>()->default_value("pass"))
       ("rate", "rr: open loop at this many requests/s in total (latency from intended send "
        "time); broadcast: messages/s in total (default 1000)",
        cxxopts::value<std::string>())
@@ -580,6 +583,14 @@ int run_command(int argc, const char* const* argv) {
     }
   }
   base.pipeline = static_cast<int>(parse_int("pipeline", str(parsed, "pipeline"), 1, 4096));
+  const auto send_on = str(parsed, "send-on");
+  if (send_on != "pass" && send_on != "writable") {
+    throw UsageError(fmt::format("--send-on: expected pass or writable, got '{}'", send_on));
+  }
+  base.send_on_writable = send_on == "writable";
+  if (parsed.count("send-on") && (transport == "udp" || transport == "unixgram")) {
+    throw UsageError("--send-on: applies to the stream transports (tcp, unix)");
+  }
   base.duplex = parsed.count("duplex") > 0;
   if (parsed.count("slow-readers")) {
     base.slow_readers =
@@ -712,6 +723,11 @@ int run_command(int argc, const char* const* argv) {
       throw UsageError(
           "--pipeline: applies to the closed loop only; with --rate requests follow the rate's "
           "schedule (drop one of the two flags)");
+    }
+    if (parsed.count("send-on")) {
+      throw UsageError(
+          "--send-on: applies to the closed loop only; with --rate requests go out on the "
+          "rate's schedule (drop one of the two flags)");
     }
     for (int clients : has("rr") ? clients_list : std::vector<int>{}) {
       // The engine's own validation says what is wrong; the CLI names the flag. A shard checks

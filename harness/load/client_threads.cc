@@ -343,8 +343,8 @@ void PerSecondLog::record(int64_t now, uint64_t latency_ns) {
   ++second->count;
 }
 
-void PerSecondLog::count_error(int64_t now) {
-  if (Second* second = at(now)) ++second->errors;
+void PerSecondLog::count_error(int64_t now, uint64_t n) {
+  if (Second* second = at(now)) second->errors += n;
 }
 
 void PerSecondLog::close() {

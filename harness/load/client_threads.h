@@ -529,8 +529,8 @@ class PerSecondLog {
 
   // An operation that completed at `now` with `latency_ns`; ignored outside the window.
   void record(int64_t now, uint64_t latency_ns);
-  // An error at `now`; ignored outside the window.
-  void count_error(int64_t now);
+  // n errors at `now`; ignored outside the window.
+  void count_error(int64_t now, uint64_t n = 1);
   // Stores the histogram of the second in progress; once the thread's loop has ended.
   void close();
   const std::vector<Second>& seconds() const { return seconds_; }

@@ -164,7 +164,7 @@ class Worker {
   }
 
   void start_connect(size_t i);
-  std::string open(size_t i);
+  void open(Conn& c, size_t i, int64_t now);
   void retry_due(int64_t now);
   void drop(Conn& c, std::string_view error, int64_t now);
   void abandon(Conn& c);
@@ -174,7 +174,8 @@ class Worker {
   bool send_ciphertext(Conn& c, size_t i);
   void flush_tls(Conn& c, size_t i);
   size_t write_prefix(uint64_t seq, int64_t origin, char* out) const;
-  void on_readable(Conn& c, size_t i);
+  enum class Read { kFull, kShort, kNone };
+  Read on_readable(Conn& c, size_t i);
   bool matches(uint64_t seq, int64_t origin, uint64_t offset, const char* data, size_t n) const;
   bool take_echo(Conn& c, const char* data, size_t n, int64_t now, uint32_t& completed);
   bool take_http(Conn& c, const char* data, size_t n, int64_t now, uint32_t& completed);
@@ -189,7 +190,7 @@ class Worker {
   void on_timer(int64_t now);
   void take_cpu_edges(int64_t now);
   void reject_reply(Conn& c, int64_t now);
-  void count_error(std::string_view name, int64_t now);
+  void count_error(std::string_view name, int64_t now, uint64_t n = 1);
   void record_latency(int64_t now, const Stamp& s);
 
   Plan& plan_;
@@ -230,12 +231,14 @@ class Worker {
   int64_t cpu_ns_ = 0;  // this thread's CPU time in the measured window
 };
 
-// Level-triggered epoll, on purpose. Request/response traffic makes each ready connection worth
-// exactly one recv() per wake-up: with level triggering a recv() that returns less than the
-// buffer is not followed by a second one to see EAGAIN (edge triggering must drain to EAGAIN,
-// one wasted syscall per reply), leftover bytes are simply reported again on the next pass (so
-// one busy connection cannot starve the others), and EPOLLOUT is registered only while a send
-// is blocked, so the common case costs no epoll_ctl at all.
+// Edge-triggered epoll, read until a short recv(). Request/response traffic makes each ready
+// connection worth one recv() per wake-up: a recv() that returns less than the buffer drained the
+// socket (tcp_recvmsg takes the backlog too, and any byte queued after it raises a new edge), so
+// no second recv() is paid to see EAGAIN; only a full buffer is read again, and the bytes waiting
+// are bounded by the requests in flight. Level triggering would put every reported connection
+// back on the ready list for the next epoll_wait to poll again and drop: one more tcp_poll per
+// reply, on the side whose cost must stay below the server's. EPOLLOUT is registered only while a
+// send is blocked, so the common case costs no epoll_ctl at all.
 //
 // Open loop: the thread's timerfd is armed at the next slot of its schedule (absolute, so a
 // late wake-up does not shift the schedule); each wake-up issues every slot that is due, first
@@ -300,9 +303,10 @@ void Worker::on_event(uint64_t id, uint32_t events) {
 
 // Closed loop, the requests issued by this pass's replies go out now, after all of the pass's
 // reads: each request's latency runs from its own send (Stamp::sent), none waits behind the
-// other connections' sends, and the server sees the pass's requests together, as wrk's (which
-// writes on the next pass's EPOLLOUT) do. A connection closed since it was queued is skipped by
-// flush().
+// other connections' sends, and the server sees the pass's requests together. A connection
+// closed since it was queued is skipped by flush(). With send_on_writable nothing is queued:
+// each request goes out from its connection's EPOLLOUT on the next pass, wrk's loop, which
+// interleaves those writes with that pass's reads.
 void Worker::after_pass() {
   for (const size_t i : send_queue_) {
     Conn& c = conns_[i];
@@ -316,22 +320,23 @@ void Worker::after_pass() {
 void Worker::start_connect(size_t i) {
   Conn& c = conns_[i];
   c.base_seq = static_cast<uint64_t>(first_connection_ + i) << kSeqConnectionShift;
-  if (const std::string error = open(i); !error.empty()) {
-    kill(c, error, steady_now_ns());
-    return;
-  }
-  c.want_out = true;
+  open(c, i, steady_now_ns());
 }
 
-// Starts connection i's connect with the sockets options asked for: "" or the errno name.
-std::string Worker::open(size_t i) {
+// Starts connection i's connect with the sockets options asked for, its EPOLLOUT awaited; a
+// failure kills it (and may schedule a reconnect).
+void Worker::open(Conn& c, size_t i, int64_t now) {
   std::string error = conns_.connect(i, epoll_, config_.target, plan_.tcp);
   if (error.empty() && plan_.tcp && config_.tcp.any()) {
-    if (const auto err = set_tcp_timeouts(conns_[i].fd.get(), config_.tcp)) {
+    if (const auto err = set_tcp_timeouts(c.fd.get(), config_.tcp)) {
       error = errno_name(err.value());
     }
   }
-  return error;
+  if (!error.empty()) {
+    kill(c, error, now);
+    return;
+  }
+  c.want_out = true;
 }
 
 // Reconnects the connections whose backoff has passed by `now`.
@@ -342,16 +347,20 @@ void Worker::retry_due(int64_t now) {
     Conn& c = conns_[i];
     c.reopened = true;
     ++stats.reconnect_attempts[now / config_.attempt_bucket.count()];
-    if (const std::string error = open(i); !error.empty()) {
-      kill(c, error, now);
-      continue;
-    }
-    c.want_out = true;
+    open(c, i, now);
   }
 }
 
 void Worker::on_open(Conn& c, size_t i, uint32_t events) {
-  if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(c, i);
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+    // A FIN or an error that came with the last bytes raises no edge of its own: the reported
+    // mask says so, and the socket is read until recv() gives the EOF or error.
+    const bool to_end = (events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP)) != 0;
+    while (c.state == ConnState::kOpen) {
+      const Read r = on_readable(c, i);
+      if (r == Read::kNone || (r == Read::kShort && !to_end)) break;
+    }
+  }
   if (c.state == ConnState::kOpen && (events & EPOLLOUT) && c.want_out) flush(c, i);
 }
 
@@ -381,7 +390,8 @@ void Worker::begin_requests(Conn& c, size_t i, int64_t now) {
 
 void Worker::set_want_out(Conn& c, size_t i, bool on) {
   if (c.want_out == on) return;
-  if (const auto err = epoll_modify(epoll_, c.fd.get(), EPOLLIN | (on ? EPOLLOUT : 0u), i)) {
+  if (const auto err = epoll_modify(epoll_, c.fd.get(),
+                                    EPOLLIN | EPOLLRDHUP | EPOLLET | (on ? EPOLLOUT : 0u), i)) {
     kill(c, errno_name(err.value()), steady_now_ns());
     return;
   }
@@ -579,7 +589,10 @@ bool Worker::matches(uint64_t seq, int64_t origin, uint64_t offset, const char* 
   return std::memcmp(data, filler, n) == 0;
 }
 
-void Worker::on_readable(Conn& c, size_t i) {
+// One recv() and what it brought: kFull when it filled the buffer, so more may be waiting (the
+// edge that announced it will not come again), kShort when it drained the socket, kNone when
+// nothing came (EAGAIN) or the connection ended.
+Worker::Read Worker::on_readable(Conn& c, size_t i) {
   ssize_t n;
   do {
     n = ::recv(c.fd.get(), recv_buffer_.data(), recv_buffer_.size(), 0);
@@ -587,8 +600,9 @@ void Worker::on_readable(Conn& c, size_t i) {
   const int64_t now = steady_now_ns();
   if (n <= 0) {
     if (const std::string why = recv_end(n); !why.empty()) kill(c, why, now);
-    return;
+    return Read::kNone;
   }
+  const Read read = static_cast<size_t>(n) == recv_buffer_.size() ? Read::kFull : Read::kShort;
   const char* data = recv_buffer_.data();
   auto left = static_cast<size_t>(n);
   if (c.tls) {
@@ -596,14 +610,14 @@ void Worker::on_readable(Conn& c, size_t i) {
             receive_ciphertext(*c.tls, std::string_view(data, left), tls_plain_);
         !error.empty()) {
       kill(c, error, now);
-      return;
+      return Read::kNone;
     }
-    if (!send_ciphertext(c, i)) return;
+    if (!send_ciphertext(c, i)) return Read::kNone;
     if (c.tls_start_ns != 0 && c.tls->handshake_done()) {
       stats.tls_handshake.record(static_cast<uint64_t>(now - c.tls_start_ns));
       c.tls_start_ns = 0;
       begin_requests(c, i, now);
-      if (c.state != ConnState::kOpen) return;
+      if (c.state != ConnState::kOpen) return Read::kNone;
     }
     data = tls_plain_.data();
     left = tls_plain_.size();
@@ -612,18 +626,21 @@ void Worker::on_readable(Conn& c, size_t i) {
   uint32_t completed = 0;
   if (!(plan_.http ? take_http(c, data, left, now, completed)
                    : take_echo(c, data, left, now, completed))) {
-    return;
+    return Read::kNone;
   }
-  if (completed == 0) return;
+  if (completed == 0) return read;
   if (plan_.open) {
     issue_due(c, i);
   } else {
     issue(c, completed, now);
-    if (!c.queued) {
+    if (config_.send_on_writable) {
+      set_want_out(c, i, true);  // flush() on the EPOLLOUT, which takes it off again
+    } else if (!c.queued) {
       c.queued = true;
       send_queue_.push_back(i);
     }
   }
+  return read;
 }
 
 // Verifies echoed reply bytes against the requests in flight, completing each whole one. False
@@ -839,16 +856,13 @@ void Worker::drop(Conn& c, std::string_view error, int64_t now) {
 // close it and connect again at once; no error, unless requests were pipelined behind it.
 void Worker::reopen(Conn& c, size_t i, int64_t now) {
   ++stats.http_reopens;
-  stats.lost_in_flight += sent_unanswered(c);
-  for (uint64_t k = sent_unanswered(c); k > 0; --k) count_error("HTTP Connection: close", now);
+  const uint64_t lost = sent_unanswered(c);
+  stats.lost_in_flight += lost;
+  count_error("HTTP Connection: close", now, lost);
   conns_.drop(c);
   abandon(c);
   c.http.reset();
-  if (const std::string error = open(i); !error.empty()) {
-    kill(c, error, now);
-    return;
-  }
-  c.want_out = true;
+  open(c, i, now);
 }
 
 // A dropped connection's requests are abandoned; numbering goes on past them, so no reply to
@@ -865,9 +879,10 @@ void Worker::abandon(Conn& c) {
   c.tls_start_ns = 0;
 }
 
-void Worker::count_error(std::string_view name, int64_t now) {
-  ++stats.errors[std::string(name)];
-  per_second.count_error(now);
+void Worker::count_error(std::string_view name, int64_t now, uint64_t n) {
+  if (n == 0) return;
+  stats.errors[std::string(name)] += n;
+  per_second.count_error(now, n);
 }
 
 // Adds one client thread's statistics to the total, after join.
@@ -919,6 +934,9 @@ std::string describe_invalid(const LoadConfig& c) {
   }
   if (c.pipeline < 1 || c.pipeline > kMaxPipeline) {
     return fmt::format("pipeline must be between 1 and {} (got {})", kMaxPipeline, c.pipeline);
+  }
+  if (c.send_on_writable && is_open_loop(c)) {
+    return "send_on_writable applies to the closed loop only (the open loop sends on its schedule)";
   }
   if (c.reconnect.enabled) {
     if (is_open_loop(c)) return "reconnect applies to the closed loop only";

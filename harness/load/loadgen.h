@@ -62,6 +62,10 @@ struct LoadConfig : ClientRunConfig {
   size_t message_size = 64;  // payload bytes per request; >= kMinMessageSize; not kHttp's
   HttpTarget http;           // kHttp only
   int pipeline = 1;          // requests in flight per connection (closed loop only)
+  // Closed loop: where the requests a reply frees go out. false: after every read of the pass
+  // that read it, all together. true: each from its own EPOLLOUT on the next pass, as wrk's loop
+  // does (two epoll_ctl calls per request), for comparisons with wrk like for like.
+  bool send_on_writable = false;
   // Open loop: total requests/s over all connections, > 0. 0 with open_loop false: closed loop.
   double rate = 0;
   // Asks for the open loop even when rate is 0, so that a rate of 0 that was asked for (a
