@@ -13,12 +13,6 @@
 
 namespace sockbench {
 
-int64_t steady_now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 size_t seconds_rounded_up(std::chrono::nanoseconds d) {
   return static_cast<size_t>((d.count() + kNsPerSecond - 1) / kNsPerSecond);
 }

@@ -509,35 +509,45 @@ void Worker::flush(Conn& c, size_t i) {
     return;
   }
   while (c.unsent < c.in_flight) {
+    // Small and starting at a request's first byte (the common case): the requests are written
+    // straight into one buffer for one send(); else an iovec per prefix and filler for
+    // sendmsg(), which costs the kernel the msghdr and iovec import.
+    const uint64_t pending = uint64_t{c.in_flight - c.unsent} * plan_.wire_size;
+    const bool small = c.unsent_off == 0 && pending <= kCoalesceBytes;
     int iovcnt = 0;
     size_t offered = 0;
-    char* prefix = prefixes_.data();
-    for (uint32_t r = c.unsent; r < c.in_flight && iovcnt + 2 <= kMaxIov; ++r) {
-      const uint64_t seq = c.base_seq + r;
-      const uint64_t off = r == c.unsent ? c.unsent_off : 0;
-      write_prefix(seq, stamp(c, seq).origin, prefix);
-      if (off < plan_.prefix_size) {
-        iov_[static_cast<size_t>(iovcnt++)] = {prefix + off, plan_.prefix_size - off};
-        offered += plan_.prefix_size - off;
+    if (small) {
+      char* out = coalesced_.data();
+      for (uint32_t r = c.unsent; r < c.in_flight; ++r) {
+        const uint64_t seq = c.base_seq + r;
+        out += write_prefix(seq, stamp(c, seq).origin, out);
+        std::memcpy(out, plan_.filler(seq), plan_.filler_size);
+        out += plan_.filler_size;
       }
-      const size_t filler_off = off > plan_.prefix_size ? off - plan_.prefix_size : 0;
-      if (filler_off < plan_.filler_size) {
-        const char* filler = plan_.filler(seq) + filler_off;
-        iov_[static_cast<size_t>(iovcnt++)] = {const_cast<char*>(filler),
-                                               plan_.filler_size - filler_off};
-        offered += plan_.filler_size - filler_off;
+      offered = static_cast<size_t>(out - coalesced_.data());
+    } else {
+      char* prefix = prefixes_.data();
+      for (uint32_t r = c.unsent; r < c.in_flight && iovcnt + 2 <= kMaxIov; ++r) {
+        const uint64_t seq = c.base_seq + r;
+        const uint64_t off = r == c.unsent ? c.unsent_off : 0;
+        write_prefix(seq, stamp(c, seq).origin, prefix);
+        if (off < plan_.prefix_size) {
+          iov_[static_cast<size_t>(iovcnt++)] = {prefix + off, plan_.prefix_size - off};
+          offered += plan_.prefix_size - off;
+        }
+        const size_t filler_off = off > plan_.prefix_size ? off - plan_.prefix_size : 0;
+        if (filler_off < plan_.filler_size) {
+          const char* filler = plan_.filler(seq) + filler_off;
+          iov_[static_cast<size_t>(iovcnt++)] = {const_cast<char*>(filler),
+                                                 plan_.filler_size - filler_off};
+          offered += plan_.filler_size - filler_off;
+        }
+        prefix += kMaxPrefix;
       }
-      prefix += kMaxPrefix;
     }
     const int64_t now = steady_now_ns();
     ssize_t n;
-    if (offered <= kCoalesceBytes) {
-      char* out = coalesced_.data();
-      for (int k = 0; k < iovcnt; ++k) {
-        const iovec& v = iov_[static_cast<size_t>(k)];
-        std::memcpy(out, v.iov_base, v.iov_len);
-        out += v.iov_len;
-      }
+    if (small) {
       n = ::send(c.fd.get(), coalesced_.data(), offered, MSG_NOSIGNAL);
     } else {
       msghdr msg{};
