@@ -107,7 +107,7 @@ std::string utc(std::chrono::system_clock::time_point t) {
 // failed into `o`.
 struct Presented {
   std::string pem;
-  tls::Validity validity;
+  std::optional<tls::Validity> validity;  // nullopt when OpenSSL cannot read it
 };
 std::optional<Presented> presented_certificate(CheckTarget& target, const CheckOptions& options,
                                                Outcome& o) {
@@ -117,10 +117,7 @@ std::optional<Presented> presented_certificate(CheckTarget& target, const CheckO
   std::string pem = probe->session().peer_certificate_pem();
   const auto validity = probe->session().peer_validity();
   if (pem.empty()) return o.fail("the server presented no certificate"), std::nullopt;
-  if (!validity) {
-    return o.fail("cannot read the validity of the server's certificate"), std::nullopt;
-  }
-  return Presented{std::move(pem), *validity};
+  return Presented{std::move(pem), validity};
 }
 
 // A verifying client that trusts exactly the server's own certificate (a partial chain lets a
@@ -165,7 +162,10 @@ Outcome expired(CheckTarget& target, const CheckOptions& options) {
   Outcome o;
   const auto presented = presented_certificate(target, options, o);
   if (!presented) return o;
-  const tls::Validity& validity = presented->validity;
+  if (!presented->validity) {
+    return o.fail("cannot read the validity of the server's certificate"), o;
+  }
+  const tls::Validity& validity = *presented->validity;
   const auto now = std::chrono::system_clock::now();
   o.line(fmt::format("the server's certificate is valid from {} to {}", utc(validity.not_before),
                      utc(validity.not_after)));
@@ -174,6 +174,12 @@ Outcome expired(CheckTarget& target, const CheckOptions& options) {
                                                 : "valid";
   o.expect(now >= validity.not_before && now <= validity.not_after,
            fmt::format("the server's certificate is valid now ({}: {})", utc(now), when));
+  if (validity.not_after == std::chrono::system_clock::time_point::max()) {
+    o.line(
+        "its notAfter lies past 2262 (9999-12-31 is RFC 5280's \"no well-defined expiration "
+        "date\"): no day after it to verify at");
+    return o;
+  }
   // No server name: the host check stays out of it (wrong-name covers names), so time is the
   // only thing that can fail.
   tls::Config config = trusting(options, presented->pem);

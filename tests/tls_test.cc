@@ -226,6 +226,22 @@ TEST(Tls, VerifyAtJudgesTheCertificateAsAtThatTimeAndPeerValidityReadsItsWindow)
   }
 }
 
+// A notAfter past 2262 (where system_clock's 64-bit nanoseconds end; 9999-12-31 means "never
+// expires") is read as the clock's maximum, not an overflow.
+TEST(Tls, PeerValidityPastTheClocksRangeIsItsMaximum) {
+  std::string error;
+  const auto made = system_clock::now();
+  const Identity id = make_self_signed({"127.0.0.1"}, -hours(1), hours(24 * 366 * 300), &error);
+  ASSERT_EQ(error, "");
+  Pair p(client_verifying_at(id.cert_pem, std::nullopt), server_context(id));
+  p.pump();
+  ASSERT_EQ(p.client->state(), Session::State::kOpen) << p.client->error();
+  const auto validity = p.client->peer_validity();
+  ASSERT_TRUE(validity);
+  EXPECT_EQ(validity->not_after, system_clock::time_point::max());
+  EXPECT_NEAR(seconds_between(validity->not_before, made - hours(1)), 0, 2);
+}
+
 // A certificate for 127.0.0.1 issued by `ca` (so not self-signed), with `ca`'s key as its own: the
 // shape of a CA-issued server certificate, which a client trusting only it cannot chain to a root.
 std::string issued_by(const Identity& ca) {

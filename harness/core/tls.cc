@@ -46,10 +46,19 @@ BioPtr bio_of(const std::string& text) {
 }
 
 // An ASN.1 time (UTCTime or GeneralizedTime, always UTC in a certificate) as a time point.
+// system_clock counts nanoseconds in 64 bits and ends in 2262: a later time (a notAfter of
+// 9999-12-31, RFC 5280's "no well-defined expiration date") is its maximum, an earlier one
+// than 1678 its minimum, never an overflow.
 std::optional<std::chrono::system_clock::time_point> time_point_of(const ASN1_TIME* t) {
+  using std::chrono::system_clock;
   std::tm tm{};
   if (t == nullptr || ASN1_TIME_to_tm(t, &tm) != 1) return std::nullopt;
-  return std::chrono::system_clock::from_time_t(timegm(&tm));
+  const std::time_t seconds = timegm(&tm);
+  constexpr auto kLimit =
+      std::chrono::duration_cast<std::chrono::seconds>(system_clock::duration::max()).count();
+  if (seconds >= kLimit) return system_clock::time_point::max();
+  if (seconds <= -kLimit) return system_clock::time_point::min();
+  return system_clock::from_time_t(seconds);
 }
 
 std::string fail_with(std::string* error, const std::string& what) {

@@ -40,10 +40,10 @@ constexpr double kMaxRate = 1e9;                 // one request per ns: the sche
 constexpr int kMaxEvents = 512;
 constexpr size_t kRecvBufferSize = 256 << 10;
 constexpr int kMaxIov = 1024;  // IOV_MAX on Linux
-// Requests up to this many bytes in all are copied into one buffer and sent with send(): the
-// kernel's sendmsg() must first copy in and check the msghdr and its iovec array, which for a
-// 64-byte request is a measurable part of the generator's cost per request (the servers reply
-// with send() from one buffer).
+// Requests up to this many bytes in all, from a request's first byte, are written into one
+// buffer and sent with send(): the kernel's sendmsg() must first copy in and check the msghdr and
+// its iovec array, which for a 64-byte request is a measurable part of the generator's cost per
+// request (the servers reply with send() from one buffer).
 constexpr size_t kCoalesceBytes = 4096;
 constexpr int kConnectBatch = 128;  // connects started between two event passes
 constexpr int kPollTimeoutMs = 50;  // bounds how late a connect timeout is noticed
@@ -101,7 +101,7 @@ struct Stamp {
 // costs memory in proportion to the requests it really held up.
 struct Conn : FixedConn {
   bool verified = false;    // completed at least one verified reply
-  bool want_out = false;    // EPOLLOUT registered (a send is blocked, or connecting)
+  bool want_out = false;    // EPOLLOUT registered (a send blocked, connecting, or writable's next)
   bool queued = false;      // closed loop: in send_queue_, its next requests go out after the pass
   uint32_t in_flight = 0;   // issued (stamped), reply not complete; sent or not
   uint32_t unsent = 0;      // index (from base_seq) of the first request not fully sent
@@ -207,8 +207,8 @@ class Worker {
   std::vector<iovec> iov_;
   std::vector<char> prefixes_;
   std::vector<char> coalesced_;  // a small flush's bytes in one piece (kCoalesceBytes)
-  // Closed loop: the connections whose replies completed this pass; their next requests are sent
-  // after every ready connection has been read, as wrk does (see after_pass()).
+  // Closed loop (send_on_writable aside): the connections whose replies completed this pass;
+  // their next requests are sent after every ready connection has been read (see after_pass()).
   std::vector<size_t> send_queue_;
   std::string tls_plain_;    // TLS: what one recv() decrypted to
   std::string tls_request_;  // TLS: the plaintext of the requests one flush encrypts
@@ -362,7 +362,10 @@ void Worker::on_open(Conn& c, size_t i, uint32_t events) {
       if (r == Read::kNone || (r == Read::kShort && !to_end)) break;
     }
   }
-  if (c.state == ConnState::kOpen && (events & EPOLLOUT) && c.want_out) flush(c, i);
+  // send_on_writable: issued requests wait for this EPOLLOUT even when a TLS read in between
+  // took want_out off (its ciphertext all sent).
+  const bool issued = config_.send_on_writable && c.unsent < c.in_flight;
+  if (c.state == ConnState::kOpen && (events & EPOLLOUT) && (c.want_out || issued)) flush(c, i);
 }
 
 void Worker::on_connected(Conn& c, size_t i, int64_t now) {
