@@ -1,5 +1,6 @@
 #include "harness/load/loadgen.h"
 
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -412,6 +413,74 @@ TEST(RunLoad, SplitRepliesCountShortReads) {
   EXPECT_LE(s.short_reads, s.requests);
   EXPECT_GE(s.short_reads * 2, s.requests);  // the 2 ms gap splits nearly every reply
   EXPECT_TRUE(s.timeseries.empty());         // no whole second in a 0.5 s window
+}
+
+// A thread alone with its connection (closed loop, no TLS) waits for each reply in that
+// connection's recv(), as sockperf's client does, instead of epoll_wait() and then recv(); the run
+// is as clean as through epoll, replies split or pipelined. Threads that share connections never
+// take that path.
+TEST(RunLoad, AThreadAloneWithItsConnectionWaitsInRecv) {
+  EchoServer server;
+  EchoServer split({.split_replies = true});
+  for (const int pipeline : {1, 4}) {
+    for (EchoServer* target : {&server, &split}) {
+      SCOPED_TRACE(fmt::format("pipeline {}, split {}", pipeline, target == &split));
+      const auto config = make_config(target->address(), 2, 2, pipeline, 50ms, 300ms);
+      auto result = run_load(config);
+      ASSERT_TRUE(result.ok()) << result.error().message();
+      const LoadStats& s = *result;
+      expect_clean_run(s, config);
+      EXPECT_EQ(s.requests_sent, s.replies_received + s.in_flight_at_end);
+      if (target == &split) {
+        EXPECT_GT(s.short_reads, 0u);
+      }
+      // Pipeline 1: every reply was waited for, each in a recv() of its own (a wait that timed
+      // out counts too).
+      if (pipeline == 1) {
+        EXPECT_GE(s.recv_waits, s.replies_received);
+      }
+      EXPECT_GT(s.recv_waits, 0u);
+    }
+  }
+  const auto shared = make_config(server.address(), 4, 2, 1, 0ms, 200ms);
+  auto result = run_load(shared);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  expect_clean_run(*result, shared);
+  EXPECT_EQ(result->recv_waits, 0u);
+}
+
+// That recv() waits at most 10 ms at a time: a reply that never comes holds up neither the end of
+// the run nor a stop.
+TEST(RunLoad, AThreadAloneWaitingForAReplyThatNeverComesEndsWithTheRun) {
+  ThreadPerConnectionServer silent(loopback_any_port(), [](int, int fd) {
+    char buf[4096];
+    while (::recv(fd, buf, sizeof buf, 0) > 0) {
+    }
+  });
+  ASSERT_TRUE(silent.error().empty()) << silent.error();
+  auto config = make_config(silent.address(), 1, 1, 1, 0ms, 300ms);
+  auto start = Clock::now();
+  auto result = run_load(config);
+  EXPECT_LT(seconds_since(start), 1.0);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  EXPECT_EQ(result->requests_sent, 1u);
+  EXPECT_EQ(result->in_flight_at_end, 1u);
+  EXPECT_EQ(result->replies_received, 0u);
+  EXPECT_EQ(result->connections_unanswered, 1u);
+  EXPECT_EQ(result->error_count(), 0u);
+  EXPECT_GE(result->recv_waits, 5u);  // 10 ms each over 300 ms; fewer only on a starved machine
+
+  config.duration = 10s;
+  std::stop_source source;
+  start = Clock::now();
+  std::jthread stopper([&] {
+    std::this_thread::sleep_for(300ms);
+    source.request_stop();
+  });
+  result = run_load(config, source.get_token());
+  EXPECT_LT(seconds_since(start), 1.0);  // stopped at 0.3 s of a 10 s run
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  EXPECT_EQ(result->in_flight_at_end, 1u);
 }
 
 TEST(RunLoad, LargeRequestsCountShortWrites) {
