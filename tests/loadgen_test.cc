@@ -7,10 +7,12 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -675,6 +677,42 @@ TEST(RunLoad, ReconnectRetriesRefusedConnectsUntilTheServerListens) {
   EXPECT_EQ(s.requests_sent, 4u);  // one each, never answered
   EXPECT_EQ(s.in_flight_at_end, 4u);
   EXPECT_EQ(s.lost_in_flight, 0u);
+}
+
+// A connect that fails at once, in socket() or connect() itself (here a Unix path nobody listens
+// on: ENOENT, with no handshake to wait for), is a failed attempt like a refused one: counted, and
+// tried again after the backoff until a server listens there.
+TEST(RunLoad, ReconnectRetriesConnectsThatFailAtOnce) {
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("sockbench-loadgen-test-" + std::to_string(::getpid()) + ".sock");
+  std::filesystem::remove(path);
+  auto config = make_config(test_support::address_of("unix:" + path.string()), 2, 1, 1, 0ms, 600ms);
+  config.reconnect = {.enabled = true, .backoff_min = 20ms, .backoff_max = 20ms, .jitter = false};
+  std::optional<ThreadPerConnectionServer> server;  // a byte echo, listening from 200 ms on
+  std::jthread starter([&] {
+    std::this_thread::sleep_for(200ms);
+    server.emplace(config.target, [](int, int fd) {
+      char buf[4096];
+      for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) {
+        if (::send(fd, buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n) return;
+      }
+    });
+  });
+  auto result = run_load(config);
+  starter.join();
+  ASSERT_TRUE(server.has_value());
+  EXPECT_EQ(server->error(), "");
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  const LoadStats& s = *result;
+  ASSERT_EQ(s.errors.size(), 1u);
+  EXPECT_EQ(s.errors.at("ENOENT"), 2u);  // each connection's first connect
+  EXPECT_GE(s.reconnect_failures, 4u);   // every 20 ms for 200 ms, each connection
+  EXPECT_EQ(s.reconnects, 2u);
+  EXPECT_EQ(s.connections_achieved, 2u);
+  EXPECT_GT(s.replies_received, 0u);
+  EXPECT_EQ(s.unverified_replies, 0u);
+  server.reset();
+  std::filesystem::remove(path);
 }
 
 TEST(RunLoad, ClientConnectionsGetKeepaliveAndUserTimeout) {

@@ -416,11 +416,13 @@ class FixedConnections {
     Conn& c = conns_[i];
     oldest_ = std::min(oldest_, i);  // a reconnect: expire_connects() must look at it again
     c.connect_start_ns = steady_now_ns();
+    // Connecting from here on, even when socket() or connect() fails at once (EMFILE, a Unix path
+    // nobody listens on): the caller's end() or drop() then counts that attempt as failed.
+    c.state = ConnState::kConnecting;
+    ++connecting_;
     auto fd = connect_to(target, /*nonblocking=*/true);
     if (!fd) return errno_name(fd.error().value());
     c.fd = std::move(*fd);
-    c.state = ConnState::kConnecting;
-    ++connecting_;
     if (nodelay) (void)set_nodelay(c.fd.get(), true);
     if (const auto err = epoll_add(epoll, c.fd.get(), EPOLLOUT, i)) return errno_name(err.value());
     return {};
