@@ -402,10 +402,7 @@ void Worker::on_open(Conn& c, size_t i, uint32_t events) {
       if (r == Read::kNone || (r == Read::kShort && !to_end)) break;
     }
   }
-  // send_on_writable: issued requests wait for this EPOLLOUT even when a TLS read in between
-  // took want_out off (its ciphertext all sent).
-  const bool issued = config_.send_on_writable && c.unsent < c.in_flight;
-  if (c.state == ConnState::kOpen && (events & EPOLLOUT) && (c.want_out || issued)) flush(c, i);
+  if (c.state == ConnState::kOpen && (events & EPOLLOUT) && c.want_out) flush(c, i);
 }
 
 void Worker::on_connected(Conn& c, size_t i, int64_t now) {
@@ -467,7 +464,8 @@ bool Worker::send_ciphertext(Conn& c, size_t i) {
     return false;
   }
   if (!out.empty() && in_window(steady_now_ns())) ++stats.short_writes;
-  set_want_out(c, i, !out.empty());
+  // send_on_writable: requests issued and not yet encrypted wait for EPOLLOUT as well.
+  set_want_out(c, i, !out.empty() || (config_.send_on_writable && c.unsent < c.in_flight));
   return c.state == ConnState::kOpen;
 }
 
