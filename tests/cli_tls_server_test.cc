@@ -171,7 +171,7 @@ TEST(TlsLoad, SendOnWritableRunsCleanAtAnyDepthAndSize) {
   ASSERT_TRUE(server.ok());
   for (const auto& [pipeline, size] : {std::pair{1, size_t{64}}, {4, 64}, {4, 1 << 20}}) {
     SCOPED_TRACE(testing::Message() << "pipeline " << pipeline << ", " << size << " B");
-    LoadConfig config = test_support::load_config(server.address(), 1, 1, 300ms, 700ms);
+    LoadConfig config = test_support::load_config(server.address(), 1, 1, 150ms, 350ms);
     config.tls = shared_tls().client;
     config.send_on_writable = true;
     config.pipeline = pipeline;
@@ -181,7 +181,7 @@ TEST(TlsLoad, SendOnWritableRunsCleanAtAnyDepthAndSize) {
     const LoadStats& s = *result;
     EXPECT_EQ(s.error_count(), 0u);
     EXPECT_EQ(s.connections_achieved, 1u);
-    EXPECT_GE(s.requests, 2u);  // still answered in the window, after 300 ms of warm-up
+    EXPECT_GE(s.requests, 2u);  // still answered in the window, after 150 ms of warm-up
     EXPECT_EQ(s.requests_sent, s.replies_received + s.in_flight_at_end);
   }
 }

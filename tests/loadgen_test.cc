@@ -427,7 +427,7 @@ TEST(RunLoad, AThreadAloneWithItsConnectionWaitsInRecv) {
   for (const int pipeline : {1, 4}) {
     for (EchoServer* target : {&server, &split}) {
       SCOPED_TRACE(fmt::format("pipeline {}, split {}", pipeline, target == &split));
-      const auto config = make_config(target->address(), 2, 2, pipeline, 50ms, 300ms);
+      const auto config = make_config(target->address(), 2, 2, pipeline, 30ms, 200ms);
       auto result = run_load(config);
       ASSERT_TRUE(result.ok()) << result.error().message();
       const LoadStats& s = *result;
