@@ -354,8 +354,10 @@ bool Worker::wait_alone() {
 void Worker::make_blocking(Conn& c) {
   const int fd = c.fd.get();
   const int flags = ::fcntl(fd, F_GETFL);
-  c.blocking = flags >= 0 && ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0 &&
-               ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &kAloneWait, sizeof kAloneWait) == 0;
+  if (flags < 0 || ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &kAloneWait, sizeof kAloneWait) != 0) {
+    return;  // stays non-blocking, in the epoll loop
+  }
+  c.blocking = ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0;
 }
 
 void Worker::start_connect(size_t i) {

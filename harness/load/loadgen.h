@@ -180,8 +180,9 @@ struct LoadStats {
   // close, or HTTP/1.0 without keep-alive; nginx after keepalive_requests), opened again at once,
   // as wrk does. Requests pipelined behind that response are errors ("HTTP Connection: close").
   uint64_t http_reopens = 0;
-  // Whole run: replies waited for in their connection's own recv() rather than in epoll_wait():
-  // the loop of a client thread alone with one connection, closed loop, no TLS (sockperf's).
+  // Whole run: waits for a reply in the connection's own recv() rather than in epoll_wait(), each
+  // until bytes came or 10 ms passed: the loop of a client thread alone with one connection,
+  // closed loop, no TLS (sockperf's).
   uint64_t recv_waits = 0;
   // Reconnect only, whole run:
   uint64_t reconnects = 0;          // connects after a failure that were established
