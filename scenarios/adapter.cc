@@ -47,6 +47,34 @@ void set_server_metrics(results::Record& record, const WindowSamples& samples,
   samples.set_metrics(record);
 }
 
+std::optional<double> server_utilisation(const WindowSamples& samples, double seconds) {
+  if (!samples.complete() || seconds <= 0) return std::nullopt;
+  const ProcSample& after = *samples.after();
+  const int capacity = std::min(after.cpus_allowed, after.threads);
+  if (capacity <= 0) return std::nullopt;
+  return samples.cpu_seconds() / (seconds * capacity);
+}
+
+std::string saturation_warning(double client, std::optional<double> server) {
+  if (client < kCpuSaturation) return "";
+  if (!server) {
+    return fmt::format(
+        "client CPUs saturated ({:.0f} %): the load generator, not the server, may be the "
+        "bottleneck",
+        client * 100);
+  }
+  if (*server < kCpuSaturation) {
+    return fmt::format(
+        "client CPUs saturated ({:.0f} %), the server's at {:.0f} %: the load generator, not "
+        "the server, is the bottleneck",
+        client * 100, *server * 100);
+  }
+  return fmt::format(
+      "client and server CPUs both saturated ({:.0f} %, {:.0f} %): each waits on the other, so "
+      "requests/s is the pair's limit, not the server's alone",
+      client * 100, *server * 100);
+}
+
 void warn_connections_short(results::Record& record, uint64_t achieved, uint64_t requested) {
   if (achieved >= requested) return;
   record.warnings.push_back(fmt::format("only {} of {} connections achieved", achieved, requested));

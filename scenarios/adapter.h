@@ -96,6 +96,20 @@ enum class ServerCpu {
 void set_server_metrics(results::Record& record, const WindowSamples& samples,
                         const std::string& name, ServerCpu cpu, double seconds);
 
+// The server's CPU time over the window as a share of its capacity: the CPUs its main thread
+// may run on, but no more than its threads (a one-thread server can use one CPU). `seconds`: the
+// window's. nullopt unless `samples` is complete and the server's affinity and threads were read.
+std::optional<double> server_utilisation(const WindowSamples& samples, double seconds);
+
+// At or above this share of its CPU capacity a side of the run may be what limits it.
+inline constexpr double kCpuSaturation = 0.9;
+
+// What to say of a client whose threads used `client` of their CPU capacity, beside a server that
+// used `server` of its own (nullopt: not observed, e.g. an external --target): nothing below
+// kCpuSaturation; else whether the generator alone is the bottleneck (the server had CPU to
+// spare), or both sides are, each waiting on the other (a saturated closed loop).
+std::string saturation_warning(double client, std::optional<double> server);
+
 // Appends an engine's per-second samples to record.timeseries: `count` of each as its rate
 // (every sample is one whole second), its p99 latency when the engine keeps one, its errors.
 template <typename Sample>

@@ -11,8 +11,6 @@
 namespace sockbench::scenarios {
 namespace {
 
-// Above this share of their CPU capacity the client threads may be what limits the run.
-constexpr double kClientSaturation = 0.9;
 // Open loop: an achieved rate further than this below the intended one is worth a warning.
 constexpr double kRateShortfall = 0.01;
 
@@ -125,11 +123,10 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
     }
   }
   warn_unverified(record, stats.unverified_replies);
-  if (stats.client_cpu_utilisation > kClientSaturation) {
-    record.warnings.push_back(fmt::format(
-        "client CPUs saturated ({:.0f} %): the load generator, not the server, may be the "
-        "bottleneck",
-        stats.client_cpu_utilisation * 100));
+  if (const std::string why = saturation_warning(stats.client_cpu_utilisation,
+                                                 server_utilisation(server_samples, seconds));
+      !why.empty()) {
+    record.warnings.push_back(why);
   }
   if (open_loop(options) && stats.measured_seconds > 0) {
     const double achieved = requests / seconds;

@@ -19,11 +19,13 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "harness/core/frame.h"
 #include "harness/core/net.h"
 #include "harness/load/loadgen.h"
+#include "scenarios/adapter.h"
 #include "scenarios/benchmark.h"
 #include "scenarios/rr.h"
 #include "tests/support/servers.h"
@@ -464,16 +466,23 @@ TEST(OpenLoop, StopTokenEndsAnOpenLoopRun) {
 
 // --- The rr record.
 
+// sample() hands out `samples` in order, then nullopt (not observable).
 class FakeServer : public scenarios::ServerHandle {
  public:
-  explicit FakeServer(Address address) : address_(address) {}
+  explicit FakeServer(Address address, std::vector<ProcSample> samples = {})
+      : address_(address), samples_(std::move(samples)) {}
   Address address() const override { return address_; }
   std::string name() const override { return "fake"; }
-  std::optional<ProcSample> sample() override { return std::nullopt; }
+  std::optional<ProcSample> sample() override {
+    if (next_ == samples_.size()) return std::nullopt;
+    return samples_[next_++];
+  }
   bool alive(std::string*) override { return true; }
 
  private:
   Address address_;
+  std::vector<ProcSample> samples_;
+  size_t next_ = 0;
 };
 
 std::vector<std::string> metric_names(const results::Record& r) {
@@ -558,6 +567,57 @@ TEST(RrRecord, ClosedLoopKeepsItsNameAndMetrics) {
   EXPECT_GT(*r.metric("client_cpu_us_per_request"), 0.0);
   EXPECT_LT(*r.metric("client_cpu_us_per_request") * static_cast<double>(r.iterations), 300e3);
   EXPECT_TRUE(r.timeseries.empty());  // no whole second
+}
+
+// The server's share of its capacity: CPU seconds over the window's seconds times the CPUs it may
+// run on, no more than its threads; nothing when either edge or the affinity is missing.
+TEST(RrRecord, ServerUtilisationIsOverItsCpusOrThreadsWhicheverIsFewer) {
+  const auto utilisation = [](ProcSample before, ProcSample after, double seconds) {
+    FakeServer handle(address_of("127.0.0.1:9"), {before, after});
+    scenarios::WindowSamples samples(handle);
+    LoadConfig config;
+    samples.attach(config);
+    config.on_measure_start();
+    config.on_measure_end();
+    return scenarios::server_utilisation(samples, seconds);
+  };
+  ProcSample before;
+  before.cpu_seconds = 10;
+  ProcSample after = before;
+  after.cpu_seconds = 13;
+  after.threads = 4;
+  after.cpus_allowed = 2;
+  EXPECT_EQ(utilisation(before, after, 2), 0.75);  // 3 s of 2 CPUs x 2 s
+  after.threads = 1;
+  EXPECT_EQ(utilisation(before, after, 4), 0.75);  // 3 s of 1 CPU (one thread) x 4 s
+  after.cpus_allowed = 0;                          // affinity unread
+  EXPECT_EQ(utilisation(before, after, 4), std::nullopt);
+  after.cpus_allowed = 2;
+  EXPECT_EQ(utilisation(before, after, 0), std::nullopt);
+
+  FakeServer unobserved(address_of("127.0.0.1:9"));
+  scenarios::WindowSamples none(unobserved);
+  LoadConfig config;
+  none.attach(config);
+  config.on_measure_start();
+  config.on_measure_end();
+  EXPECT_EQ(scenarios::server_utilisation(none, 2), std::nullopt);
+}
+
+// A saturated client is called the bottleneck only when the server had CPU to spare; when both
+// are saturated, the warning says the figure is the pair's.
+TEST(RrRecord, SaturationWarningSaysWhichSideLimits) {
+  EXPECT_EQ(scenarios::saturation_warning(0.89, 0.2), "");
+  EXPECT_EQ(scenarios::saturation_warning(0.89, std::nullopt), "");
+  EXPECT_EQ(scenarios::saturation_warning(0.95, std::nullopt),
+            "client CPUs saturated (95 %): the load generator, not the server, may be the "
+            "bottleneck");
+  EXPECT_EQ(scenarios::saturation_warning(0.99, 0.62),
+            "client CPUs saturated (99 %), the server's at 62 %: the load generator, not the "
+            "server, is the bottleneck");
+  EXPECT_EQ(scenarios::saturation_warning(0.99, 0.98),
+            "client and server CPUs both saturated (99 %, 98 %): each waits on the other, so "
+            "requests/s is the pair's limit, not the server's alone");
 }
 
 TEST(RrRecord, InvalidRateIsTheRecordsError) {

@@ -421,6 +421,26 @@ TEST(SampleProcessTest, OwnOpenFdsCountExactly) {
   EXPECT_EQ(after->open_fds, before->open_fds);
 }
 
+// cpus_allowed is the affinity of the process's main thread (this test's thread).
+TEST(SampleProcessTest, CpusAllowedFollowTheMainThreadsAffinity) {
+  cpu_set_t all;
+  CPU_ZERO(&all);
+  ASSERT_EQ(::sched_getaffinity(0, sizeof all, &all), 0);
+  auto whole = sample_process(::getpid());
+  ASSERT_TRUE(whole.ok());
+  EXPECT_EQ(whole->cpus_allowed, CPU_COUNT(&all));
+  int first = 0;
+  while (!CPU_ISSET(first, &all)) ++first;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(first, &one);
+  ASSERT_EQ(::sched_setaffinity(0, sizeof one, &one), 0);
+  auto pinned = sample_process(::getpid());
+  ASSERT_EQ(::sched_setaffinity(0, sizeof all, &all), 0);
+  ASSERT_TRUE(pinned.ok());
+  EXPECT_EQ(pinned->cpus_allowed, 1);
+}
+
 TEST(SampleProcessTest, OwnThreadsAndContextSwitches) {
   auto before = sample_process(::getpid());
   ASSERT_TRUE(before.ok());

@@ -1,6 +1,7 @@
 #include "harness/core/procstat.h"
 
 #include <fmt/format.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <charconv>
@@ -68,6 +69,10 @@ Expected<ProcSample> sample_process(pid_t pid) {
   auto fds = list_dir(base + "/fd");
   if (!fds) return proc_error(fds.error());
   sample.open_fds = static_cast<int>(fds->size());
+
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  if (::sched_getaffinity(pid, sizeof cpus, &cpus) == 0) sample.cpus_allowed = CPU_COUNT(&cpus);
   return sample;
 }
 

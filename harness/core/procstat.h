@@ -17,7 +17,8 @@ struct ProcSample {
   int threads = 0;              // Threads:
   uint64_t voluntary_ctxt = 0;  // summed over /proc/<pid>/task/*
   uint64_t involuntary_ctxt = 0;
-  int open_fds = 0;  // entries in /proc/<pid>/fd
+  int open_fds = 0;      // entries in /proc/<pid>/fd
+  int cpus_allowed = 0;  // CPUs in the affinity of its main thread (sched_getaffinity); 0: unread
   // Not from /proc: what a `sockbench serve` child reports of itself when its harness asks
   // (harness/cli/targets.cc), the coro model's live coroutine frames and their bytes; nullopt
   // when nobody asked or the process did not answer.
