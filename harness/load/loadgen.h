@@ -121,9 +121,9 @@ struct LoadStats {
   // is issued, so this would repeat `latency`). latency - service_time is time the request
   // waited to be sent (behind the cap, a full socket buffer, or a late generator).
   Histogram service_time;
-  // Open loop: how late each client thread's timer wake-ups in the measured window were against
-  // the deadline it asked for (ns). The generator's own stalls, not the server's. Empty when
-  // closed loop.
+  // Open loop: how late each client thread got to a slot of its schedule in the measured window,
+  // once per wake-up that found one due: the wake-up's time less the earliest slot due (ns). The
+  // generator's own stalls (a late timer, a long pass), not the server's. Empty when closed loop.
   Histogram generator_lag;
   Histogram connect_latency;  // connect() to established (ns), every successful connect
   Histogram tls_handshake;    // TLS: established to handshake done (ns), every one that finished
