@@ -49,10 +49,19 @@ void set_server_metrics(results::Record& record, const WindowSamples& samples,
 
 std::optional<double> server_utilisation(const WindowSamples& samples, double seconds) {
   if (!samples.complete() || seconds <= 0) return std::nullopt;
+  const ProcSample& before = *samples.before();
   const ProcSample& after = *samples.after();
-  const int capacity = std::min(after.cpus_allowed, after.threads);
-  if (capacity <= 0) return std::nullopt;
-  return samples.cpu_seconds() / (seconds * capacity);
+  std::optional<double> share;
+  if (after.cpus_allowed > 0) share = samples.cpu_seconds() / (seconds * after.cpus_allowed);
+  // Threads matched by tid (both lists are in tid order); one born in the window counts whole.
+  auto earlier = before.thread_cpu.begin();
+  for (const ProcSample::ThreadCpu& thread : after.thread_cpu) {
+    while (earlier != before.thread_cpu.end() && earlier->tid < thread.tid) ++earlier;
+    const bool seen = earlier != before.thread_cpu.end() && earlier->tid == thread.tid;
+    const double used = thread.cpu_seconds - (seen ? earlier->cpu_seconds : 0);
+    share = std::max(share.value_or(0), used / seconds);
+  }
+  return share;
 }
 
 std::string saturation_warning(double client, std::optional<double> server) {

@@ -96,9 +96,11 @@ enum class ServerCpu {
 void set_server_metrics(results::Record& record, const WindowSamples& samples,
                         const std::string& name, ServerCpu cpu, double seconds);
 
-// The server's CPU time over the window as a share of its capacity: the CPUs its main thread
-// may run on, but no more than its threads (a one-thread server can use one CPU). `seconds`: the
-// window's. nullopt unless `samples` is complete and the server's affinity and threads were read.
+// How near the server came to using all it could over the window, 1 = all: its CPU time over
+// what the CPUs its main thread may run on could give, or its busiest thread's over the one CPU
+// a thread can use, whichever is higher (an event loop saturates its thread long before a second
+// CPU it may run on: every `sockbench serve` also has an idle signal thread). `seconds`: the
+// window's. nullopt unless `samples` is complete and the affinity or the threads were read.
 std::optional<double> server_utilisation(const WindowSamples& samples, double seconds);
 
 // At or above this share of its CPU capacity a side of the run may be what limits it.

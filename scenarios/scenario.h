@@ -100,7 +100,8 @@ class WindowSamples {
   bool complete() const { return before_ && after_; }
   // The server's CPU seconds over the window; complete() only.
   double cpu_seconds() const { return after_->cpu_seconds - before_->cpu_seconds; }
-  // The sample at the window's end, if any.
+  // The samples at the window's start and end, if any.
+  const std::optional<ProcSample>& before() const { return before_; }
   const std::optional<ProcSample>& after() const { return after_; }
   // Sets server_rss_kb, server_threads, server_context_switches and server_open_fds, in that
   // order; nothing unless complete().

@@ -569,9 +569,10 @@ TEST(RrRecord, ClosedLoopKeepsItsNameAndMetrics) {
   EXPECT_TRUE(r.timeseries.empty());  // no whole second
 }
 
-// The server's share of its capacity: CPU seconds over the window's seconds times the CPUs it may
-// run on, no more than its threads; nothing when either edge or the affinity is missing.
-TEST(RrRecord, ServerUtilisationIsOverItsCpusOrThreadsWhicheverIsFewer) {
+// How full the server ran: its CPU time over what its CPUs could give, or its busiest thread's
+// over one CPU, whichever is higher (threads matched by tid, one born in the window counted
+// whole); nothing when an edge is missing or neither the affinity nor the threads were read.
+TEST(RrRecord, ServerUtilisationIsItsCpusOrItsBusiestThreadWhicheverIsFuller) {
   const auto utilisation = [](ProcSample before, ProcSample after, double seconds) {
     FakeServer handle(address_of("127.0.0.1:9"), {before, after});
     scenarios::WindowSamples samples(handle);
@@ -583,16 +584,28 @@ TEST(RrRecord, ServerUtilisationIsOverItsCpusOrThreadsWhicheverIsFewer) {
   };
   ProcSample before;
   before.cpu_seconds = 10;
-  ProcSample after = before;
+  before.thread_cpu = {{100, 9.0}, {101, 1.0}};
+  ProcSample after;
   after.cpu_seconds = 13;
-  after.threads = 4;
   after.cpus_allowed = 2;
-  EXPECT_EQ(utilisation(before, after, 2), 0.75);  // 3 s of 2 CPUs x 2 s
-  after.threads = 1;
-  EXPECT_EQ(utilisation(before, after, 4), 0.75);  // 3 s of 1 CPU (one thread) x 4 s
-  after.cpus_allowed = 0;                          // affinity unread
-  EXPECT_EQ(utilisation(before, after, 4), std::nullopt);
+  // An event loop (100) beside an idle signal thread (101) on 2 CPUs: the loop is what is full.
+  after.thread_cpu = {{100, 11.9}, {101, 1.1}};
+  EXPECT_DOUBLE_EQ(*utilisation(before, after, 3), 2.9 / 3);  // not 3 / (3 * 2)
+  // Four threads on 1 CPU, none of them full: the CPU is.
+  after.cpus_allowed = 1;
+  after.thread_cpu = {{100, 9.75}, {101, 1.75}, {102, 0.75}, {103, 0.75}};
+  EXPECT_DOUBLE_EQ(*utilisation(before, after, 3), 1.0);
+  // A thread born in the window (102) counts whole; one that ended (101) is gone from `after`.
+  after.cpus_allowed = 4;
+  after.thread_cpu = {{100, 9.0}, {102, 2.4}};
+  EXPECT_DOUBLE_EQ(*utilisation(before, after, 3), 0.8);
+  // Without the affinity the threads still tell; without either, nothing.
+  after.cpus_allowed = 0;
+  EXPECT_DOUBLE_EQ(*utilisation(before, after, 3), 0.8);
+  after.thread_cpu.clear();
+  EXPECT_EQ(utilisation(before, after, 3), std::nullopt);
   after.cpus_allowed = 2;
+  EXPECT_DOUBLE_EQ(*utilisation(before, after, 3), 0.5);
   EXPECT_EQ(utilisation(before, after, 0), std::nullopt);
 
   FakeServer unobserved(address_of("127.0.0.1:9"));

@@ -14,10 +14,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <latch>
+#include <optional>
 #include <random>
 #include <regex>
 #include <string>
@@ -439,6 +441,44 @@ TEST(SampleProcessTest, CpusAllowedFollowTheMainThreadsAffinity) {
   ASSERT_EQ(::sched_setaffinity(0, sizeof all, &all), 0);
   ASSERT_TRUE(pinned.ok());
   EXPECT_EQ(pinned->cpus_allowed, 1);
+}
+
+// thread_cpu has every thread by tid, in tid order, each with its own CPU time: a thread that
+// burned 200 ms of CPU shows at least that (less the 10 ms of a clock tick).
+TEST(SampleProcessTest, ThreadCpuIsEachThreadsOwn) {
+  std::latch burned(1);
+  std::latch release(1);
+  std::atomic<pid_t> busy_tid{0};
+  std::jthread busy([&] {
+    busy_tid = static_cast<pid_t>(::syscall(SYS_gettid));
+    timespec used{};
+    do {
+      ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &used);
+    } while (used.tv_sec == 0 && used.tv_nsec < 200'000'000);
+    burned.count_down();
+    release.wait();
+  });
+  burned.wait();
+  auto sample = sample_process(::getpid());
+  release.count_down();
+  ASSERT_TRUE(sample.ok());
+  EXPECT_TRUE(std::is_sorted(sample->thread_cpu.begin(), sample->thread_cpu.end(),
+                             [](const ProcSample::ThreadCpu& a, const ProcSample::ThreadCpu& b) {
+                               return a.tid < b.tid;
+                             }));
+  const auto of = [&](pid_t tid) -> std::optional<double> {
+    for (const auto& t : sample->thread_cpu) {
+      if (t.tid == tid) return t.cpu_seconds;
+    }
+    return std::nullopt;
+  };
+  ASSERT_TRUE(of(busy_tid).has_value());
+  ASSERT_TRUE(of(::getpid()).has_value());
+  EXPECT_GE(*of(busy_tid), 0.19);
+  // The live threads' times are part of the process's (which adds the exited threads').
+  double sum = 0;
+  for (const auto& t : sample->thread_cpu) sum += t.cpu_seconds;
+  EXPECT_LE(sum, sample->cpu_seconds + 0.02);
 }
 
 TEST(SampleProcessTest, OwnThreadsAndContextSwitches) {

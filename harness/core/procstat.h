@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "harness/core/expected.h"
 
@@ -19,6 +20,12 @@ struct ProcSample {
   uint64_t involuntary_ctxt = 0;
   int open_fds = 0;      // entries in /proc/<pid>/fd
   int cpus_allowed = 0;  // CPUs in the affinity of its main thread (sched_getaffinity); 0: unread
+  // utime + stime of each live thread (/proc/<pid>/task/<tid>/stat), in tid order.
+  struct ThreadCpu {
+    pid_t tid = 0;
+    double cpu_seconds = 0;
+  };
+  std::vector<ThreadCpu> thread_cpu;
   // Not from /proc: what a `sockbench serve` child reports of itself when its harness asks
   // (harness/cli/targets.cc), the coro model's live coroutine frames and their bytes; nullopt
   // when nobody asked or the process did not answer.
