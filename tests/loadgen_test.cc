@@ -485,6 +485,45 @@ TEST(RunLoad, AThreadAloneWaitingForAReplyThatNeverComesEndsWithTheRun) {
   EXPECT_EQ(result->in_flight_at_end, 1u);
 }
 
+// While it waits alone its socket is out of the epoll set (Worker::wait_alone); the epoll loop
+// must get it back whenever it takes over. 16 MiB requests to a server that waits 2 ms before
+// reading each one: more than the send and receive buffers hold together, so every send blocks
+// partway and each request after the first is finished from an EPOLLOUT that comes only if the
+// socket went back into the set (left out, the run stalls at its second request). A FIN that comes
+// while it waits must end the connection and the run.
+TEST(RunLoad, AThreadAloneOutOfEpollComesBackForABlockedSendAndSeesTheEnd) {
+  ThreadPerConnectionServer slow(loopback_any_port(), [](int, int fd) {
+    std::string payload;
+    for (;;) {
+      char header[kFrameHeaderSize];
+      if (recv_exact(fd, header)) return;
+      std::this_thread::sleep_for(2ms);
+      payload.resize(read_be32(header));
+      if (recv_exact(fd, payload) || send_all(fd, encode_frame(payload))) return;
+    }
+  });
+  ASSERT_TRUE(slow.error().empty()) << slow.error();
+  auto config = make_config(slow.address(), 1, 1, 1, 0ms, 1000ms);
+  config.message_size = 16 << 20;
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  EXPECT_GE(result->requests, 4u);
+  EXPECT_GE(result->short_writes, result->requests);
+  EXPECT_GT(result->recv_waits, 0u);
+  EXPECT_EQ(result->unverified_replies, 0u);
+  EXPECT_TRUE(result->errors.empty()) << "first error: " << result->errors.begin()->first;
+
+  EchoServer closing({.close_after = 5});
+  config = make_config(closing.address(), 1, 1, 1, 0ms, 3000ms);
+  const auto start = Clock::now();
+  result = run_load(config);
+  EXPECT_LT(seconds_since(start), 1.5);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  EXPECT_EQ(result->errors, (std::map<std::string, uint64_t>{{"EOF", 1}}));
+  EXPECT_EQ(result->requests, 5u);
+  EXPECT_GE(result->recv_waits, 5u);
+}
+
 TEST(RunLoad, LargeRequestsCountShortWrites) {
   EchoServer server;
   // 2 x 4 MiB offered at once: more than a socket buffer ever takes (tcp_wmem max is 4 MiB by
