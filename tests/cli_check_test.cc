@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -302,6 +303,28 @@ TEST_F(CliCheck, ServerCommandThatNeverListensIsAClearError) {
   EXPECT_EQ(r.status, 1) << r.err;
   EXPECT_NE(r.err.find("ended (exit 3) before accepting connections"), std::string::npos) << r.err;
   ASSERT_EQ(r.verdict.size(), 1u);
+  EXPECT_EQ(r.verdict.at("start/server"), "FAIL");
+}
+
+// The port sockbench picked is taken by another process before the command binds it (concurrent
+// test suites do this): that process answers the readiness probe, but it is outside the command's
+// process group, and the command ends. A fresh port is tried, then a clear error; never a check
+// run against whoever took the port. Here every start's command does it to itself: it leaves a
+// listener in a session of its own on {port} (gone after 3 s) and exits 4.
+TEST_F(CliCheck, ServerCommandWhosePortAnotherProcessTookIsAClearErrorNotItsVerdicts) {
+  const auto taker = dir_ / "taker.sh";
+  {
+    std::ofstream out(taker);
+    out << "setsid python3 -c 'import socket, sys, time; s = socket.socket(); "
+           "s.bind((\"127.0.0.1\", int(sys.argv[1]))); s.listen(); time.sleep(3)' \"$1\" &\n"
+           "sleep 0.5\nexit 4\n";
+  }
+  const auto r = check("--server-cmd 'sh " + taker.string() + " {port}'", "taken");
+  EXPECT_EQ(r.status, 1) << r.err;
+  EXPECT_NE(r.err.find("ended (exit 4) before accepting connections"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("a process outside its process group was answering"), std::string::npos)
+      << r.err;
+  ASSERT_EQ(r.verdict.size(), 1u) << r.out;
   EXPECT_EQ(r.verdict.at("start/server"), "FAIL");
 }
 

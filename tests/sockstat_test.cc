@@ -1,9 +1,12 @@
 #include "harness/core/sockstat.h"
 
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <limits>
 #include <map>
 #include <set>
 #include <string>
@@ -20,6 +23,7 @@ namespace {
 using namespace std::chrono_literals;
 
 using test_support::isolated_if_possible;
+using test_support::loopback_any_port;
 using test_support::wait_until;
 
 uint64_t count(const std::map<TcpState, uint64_t>& counts, TcpState state) {
@@ -129,6 +133,40 @@ TEST(Sockstat, PortSetsSelectKnownConnections) {
   EXPECT_EQ(count(server_side, TcpState::kEstablished), 2u);
   EXPECT_EQ(count(server_side, TcpState::kListen), 0u);  // the listener's remote port is 0
   EXPECT_EQ(count(states({.local_ports = {port}}), TcpState::kListen), 1u);
+}
+
+// The sockets holding a port, and whose they are: a listener (TCP) or a bound socket (UDP) of this
+// process is found in this process's group and in no other; a connection to the port is not a
+// holder of it.
+TEST(Sockstat, PortHoldersAreFoundInTheirProcessGroupOnly) {
+  auto listener = listen_on(loopback_any_port(), 16, true, false);
+  ASSERT_TRUE(listener.ok()) << listener.error().message();
+  const Address address = local_address(listener->get()).value();
+  auto client = connect_to(address, /*nonblocking=*/false);
+  ASSERT_TRUE(client.ok()) << client.error().message();
+  auto inodes = port_socket_inodes(address.port(), false);
+  ASSERT_TRUE(inodes.ok()) << inodes.error().message();
+  EXPECT_EQ(inodes->size(), 1u);  // the listener, not the connection's two ends
+  EXPECT_TRUE(process_group_holds(::getpgrp(), *inodes));
+  EXPECT_FALSE(process_group_holds(std::numeric_limits<pid_t>::max(), *inodes));  // > pid_max
+  EXPECT_FALSE(process_group_holds(::getpgrp(), {}));
+
+  Fd udp(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(udp.valid());
+  sockaddr_in any{};
+  any.sin_family = AF_INET;
+  any.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(udp.get(), reinterpret_cast<sockaddr*>(&any), sizeof any), 0);
+  const int udp_port = local_address(udp.get()).value().port();
+  auto udp_inodes = port_socket_inodes(udp_port, true);
+  ASSERT_TRUE(udp_inodes.ok()) << udp_inodes.error().message();
+  EXPECT_EQ(udp_inodes->size(), 1u);
+  EXPECT_TRUE(process_group_holds(::getpgrp(), *udp_inodes));
+  EXPECT_TRUE(port_socket_inodes(udp_port, false)->empty());  // no TCP listener there
+
+  const int port = address.port();
+  listener->reset();
+  EXPECT_TRUE(port_socket_inodes(port, false)->empty());
 }
 
 TEST(Sockstat, StateNames) {

@@ -12,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "harness/core/sockstat.h"
 #include "scenarios/steps.h"
 #include "servers/server.h"
 
@@ -270,21 +271,41 @@ bool CommandServer::start(const scenarios::StartOptions& options, std::string* e
     *error = "a --server-cmd server cannot pause accept() or take a backlog";
     return false;
   }
-  if (!options.same_port || !have_port_) {
-    // Not the previous instance's port: a process of its group still dying there (sh has exited,
-    // its child not yet) would answer the readiness probe in the new instance's place, and a
-    // datagram socket, bound with SO_REUSEADDR, can even share the port with it.
-    auto port = scenarios::free_port(address_);
-    for (int tries = 0; port && have_port_ && *port == address_.port() && tries < 8; ++tries) {
-      port = scenarios::free_port(address_);
+  // The port is free when picked and the command binds it later: another process can take it in
+  // between (concurrent test suites do). A fresh port then, a few times, unless it must be the
+  // previous instance's.
+  for (int attempt = 0;; ++attempt) {
+    if (!options.same_port || !have_port_ || attempt > 0) {
+      // Not the previous instance's port: a process of its group still dying there (sh has
+      // exited, its child not yet) would answer the readiness probe in the new instance's place,
+      // and a datagram socket, bound with SO_REUSEADDR, can even share the port with it.
+      auto port = scenarios::free_port(address_);
+      for (int tries = 0; port && have_port_ && *port == address_.port() && tries < 8; ++tries) {
+        port = scenarios::free_port(address_);
+      }
+      if (!port) {
+        *error = fmt::format("no free port: {}", port.error().message());
+        return false;
+      }
+      address_ = address_.with_port(*port);
+      have_port_ = true;
     }
-    if (!port) {
-      *error = fmt::format("no free port: {}", port.error().message());
-      return false;
-    }
-    address_ = address_.with_port(*port);
-    have_port_ = true;
+    bool taken = false;
+    if (launch(options, error, taken)) return true;
+    if (!taken || options.same_port || attempt + 1 >= kPortAttempts) return false;
   }
+}
+
+// Whether what answers on the port is the command's: a socket holding it is open in the
+// command's process group. Unknown (the tables unreadable) counts as the command's.
+bool CommandServer::holds_port() {
+  auto inodes = port_socket_inodes(address_.port(), address_.datagram());
+  return !inodes || process_group_holds(child_->pid(), *inodes);
+}
+
+bool CommandServer::launch(const scenarios::StartOptions& options, std::string* error,
+                           bool& taken) {
+  using namespace std::chrono_literals;
   ChildProcess::Options spawn;
   spawn.argv = {"/bin/sh", "-c", substitute(command_, address_.port())};
   spawn.ready_pipe = false;
@@ -297,30 +318,44 @@ bool CommandServer::start(const scenarios::StartOptions& options, std::string* e
   child_.emplace(std::move(*child));
   options_ = options;
   const auto deadline = std::chrono::steady_clock::now() + ready_timeout_;
+  // When something outside the command's process group first answered on the port. It is taken
+  // for the command's own after kForeignGrace with the command still running (a container
+  // runtime's proxy answers for its container); a command that ends meanwhile failed to bind.
+  std::optional<std::chrono::steady_clock::time_point> foreign_since;
   std::string last = "no attempt";
   while (std::chrono::steady_clock::now() < deadline) {
     if (!child_->alive()) {
       const auto exit = child_->stop(0ms);
-      *error = fmt::format("the command ended ({}) before accepting connections on {}",
-                           exit.describe(), address_.to_string());
+      taken = foreign_since.has_value();
+      *error = fmt::format("the command ended ({}) before accepting connections on {}{}",
+                           exit.describe(), address_.to_string(),
+                           taken ? ", where a process outside its process group was answering "
+                                   "(the port was taken after sockbench picked it)"
+                                 : "");
       child_.reset();
       return false;
     }
+    bool answered = false;
     if (address_.datagram()) {
       // Nothing to connect to: ready once a datagram comes back.
       const auto problem = scenarios::serve_once(address_, wire_, 16, 200ms);
-      if (problem.empty()) return true;
-      last = problem;
-      continue;
-    }
-    auto probe = scenarios::Client::connect(address_, 200ms);
-    if (probe) {
+      answered = problem.empty();
+      if (!answered) last = problem;
+    } else if (auto probe = scenarios::Client::connect(address_, 200ms)) {
       // Reset, not closed: a probe must leave no TIME_WAIT behind for the timewait check to count.
       probe->abort();
-      return true;
+      answered = true;
+    } else {
+      last = errno_name(probe.error().value());
     }
-    last = errno_name(probe.error().value());
-    std::this_thread::sleep_for(20ms);
+    if (answered) {
+      const auto now = std::chrono::steady_clock::now();
+      if (holds_port()) return true;
+      if (!foreign_since) foreign_since = now;
+      if (now - *foreign_since >= kForeignGrace) return true;
+      last = "answered by a process outside the command's process group";
+    }
+    if (!address_.datagram() || answered) std::this_thread::sleep_for(20ms);
   }
   child_->stop(3s);
   child_.reset();

@@ -133,6 +133,16 @@ class CommandServer final : public scenarios::CheckTarget {
   std::error_code pause_accept(bool paused) override;
 
  private:
+  // Fresh ports tried when the one picked was taken before the command could bind it.
+  static constexpr int kPortAttempts = 3;
+  // How long a command keeps running while only a process outside its group answers on its port
+  // before that answer is taken for its own (a container runtime's proxy).
+  static constexpr std::chrono::milliseconds kForeignGrace{1000};
+  // One start on address_: spawn and wait until the command answers. `taken`: it ended while
+  // another process answered there.
+  bool launch(const scenarios::StartOptions& options, std::string* error, bool& taken);
+  bool holds_port();
+
   std::string command_;
   WireFormat wire_;
   std::chrono::milliseconds ready_timeout_;

@@ -1,5 +1,6 @@
 #include "harness/core/sockstat.h"
 
+#include <limits.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -8,6 +9,8 @@
 #include <cstdlib>
 #include <optional>
 #include <string_view>
+
+#include "harness/core/procfs.h"
 
 namespace sockbench {
 namespace {
@@ -62,21 +65,79 @@ void count_line(std::string_view line, const PortFilter& filter,
   ++counts[static_cast<TcpState>(state)];
 }
 
-// Reads one table. ENOENT is returned as is (no IPv6 in this kernel) for the caller to judge.
-std::error_code count_table(const char* path, const PortFilter& filter,
-                            std::map<TcpState, uint64_t>& counts) {
+// Calls visit(line) for each line of one table. ENOENT is returned as is (no IPv6 in this kernel)
+// for the caller to judge.
+template <typename Visit>
+std::error_code visit_table(const char* path, Visit&& visit) {
   std::FILE* file = std::fopen(path, "re");
   if (file == nullptr) return last_error();
   char* line = nullptr;
   size_t capacity = 0;
   ssize_t n;
   while ((n = ::getline(&line, &capacity, file)) > 0) {
-    count_line(std::string_view(line, static_cast<size_t>(n)), filter, counts);
+    visit(std::string_view(line, static_cast<size_t>(n)));
   }
   const bool failed = std::ferror(file) != 0;
   std::free(line);
   std::fclose(file);
   return failed ? make_error(EIO) : std::error_code{};
+}
+
+// Both tables of one protocol ("tcp" or "udp"), IPv6's only if this kernel has it.
+// /proc/net is /proc/self/net, the namespace of the thread-group leader; thread-self follows the
+// calling thread, which is the one that created the sockets when it unshared its own network
+// namespace (tests do). Both are the same namespace otherwise.
+template <typename Visit>
+std::error_code visit_tables(std::string_view protocol, Visit&& visit) {
+  const std::string base = ::access("/proc/thread-self/net/tcp", R_OK) == 0
+                               ? "/proc/thread-self/net/"
+                               : "/proc/net/";
+  const std::string v4 = base + std::string(protocol);
+  if (auto err = visit_table(v4.c_str(), visit)) return err;
+  const std::string v6 = v4 + "6";
+  if (auto err = visit_table(v6.c_str(), visit);
+      err && err != std::errc::no_such_file_or_directory) {
+    return err;
+  }
+  return {};
+}
+
+// The inode of one table line (its 10th field) when its local port is `port` and, for TCP, it
+// listens: "  0: 0100007F:1F90 00000000:0000 0A ... 1000 0 123456 ...".
+std::optional<uint64_t> holder_inode(std::string_view line, int port, bool datagram) {
+  const auto slot = next_field(line);
+  if (slot.empty() || slot.back() != ':') return std::nullopt;  // the header line
+  const auto local = parse_port(next_field(line));
+  next_field(line);  // remote
+  const auto st = next_field(line);
+  if (!local || *local != port) return std::nullopt;
+  if (!datagram && st != "0A") return std::nullopt;  // TCP_LISTEN
+  for (int skip = 0; skip < 5; ++skip) next_field(line);  // tx:rx tr:when retrnsmt uid timeout
+  const auto field = next_field(line);
+  uint64_t inode = 0;
+  const auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), inode);
+  if (ec != std::errc() || end != field.data() + field.size() || inode == 0) return std::nullopt;
+  return inode;
+}
+
+// The process group of /proc/<pid>/stat's process: the 3rd field after the ")" ending its name.
+std::optional<pid_t> process_group_of(const std::string& pid) {
+  auto stat = read_whole_file("/proc/" + pid + "/stat");
+  if (!stat) return std::nullopt;
+  const auto close = stat->rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::string_view rest = std::string_view(*stat).substr(close + 1);
+  next_field(rest);  // state
+  next_field(rest);  // ppid
+  const auto field = next_field(rest);
+  pid_t pgrp = 0;
+  const auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), pgrp);
+  if (ec != std::errc() || end != field.data() + field.size()) return std::nullopt;
+  return pgrp;
+}
+
+bool all_digits(std::string_view s) {
+  return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
 }
 
 }  // namespace
@@ -112,20 +173,49 @@ std::string tcp_state_name(TcpState state) {
 }
 
 Expected<std::map<TcpState, uint64_t>> count_tcp_states(const PortFilter& filter) {
-  // /proc/net is /proc/self/net, the namespace of the thread-group leader; thread-self follows
-  // the calling thread, which is the one that created the sockets when it unshared its own
-  // network namespace (tests do). Both are the same namespace otherwise.
-  const bool thread_self = ::access("/proc/thread-self/net/tcp", R_OK) == 0;
-  const char* tcp4 = thread_self ? "/proc/thread-self/net/tcp" : "/proc/net/tcp";
-  const char* tcp6 = thread_self ? "/proc/thread-self/net/tcp6" : "/proc/net/tcp6";
   std::map<TcpState, uint64_t> counts;
-  if (auto err = count_table(tcp4, filter, counts)) return err;
-  // A kernel without IPv6 has no tcp6 table, and then no IPv6 sockets either.
-  if (auto err = count_table(tcp6, filter, counts);
-      err && err != std::errc::no_such_file_or_directory) {
+  if (auto err = visit_tables("tcp", [&](std::string_view line) {
+        count_line(line, filter, counts);
+      })) {
     return err;
   }
   return counts;
+}
+
+Expected<std::set<uint64_t>> port_socket_inodes(int port, bool datagram) {
+  std::set<uint64_t> inodes;
+  if (auto err = visit_tables(datagram ? "udp" : "tcp", [&](std::string_view line) {
+        if (const auto inode = holder_inode(line, port, datagram)) inodes.insert(*inode);
+      })) {
+    return err;
+  }
+  return inodes;
+}
+
+bool process_group_holds(pid_t pgid, const std::set<uint64_t>& inodes) {
+  if (inodes.empty()) return false;
+  auto pids = list_dir("/proc");
+  if (!pids) return false;
+  for (const std::string& pid : *pids) {
+    if (!all_digits(pid) || process_group_of(pid) != pgid) continue;
+    const std::string dir = "/proc/" + pid + "/fd";
+    auto fds = list_dir(dir);
+    if (!fds) continue;  // exited meanwhile, or not ours to read
+    for (const std::string& fd : *fds) {
+      char target[PATH_MAX];
+      const ssize_t n = ::readlink((dir + "/" + fd).c_str(), target, sizeof target - 1);
+      if (n <= 0) continue;
+      std::string_view link(target, static_cast<size_t>(n));
+      if (!link.starts_with("socket:[") || !link.ends_with("]")) continue;
+      link = link.substr(8, link.size() - 9);
+      uint64_t inode = 0;
+      const auto [end, ec] = std::from_chars(link.data(), link.data() + link.size(), inode);
+      if (ec == std::errc() && end == link.data() + link.size() && inodes.contains(inode)) {
+        return true;
+      }
+    }
+  }
+  return false;
 }
 
 }  // namespace sockbench

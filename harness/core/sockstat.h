@@ -2,6 +2,8 @@
 // e.g. TIME_WAIT left behind on each side of a connection-churn run.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <map>
 #include <set>
@@ -39,5 +41,12 @@ struct PortFilter {
 
 // Counts sockets per state over IPv4 and IPv6 tables matching `filter` (this network namespace).
 Expected<std::map<TcpState, uint64_t>> count_tcp_states(const PortFilter& filter);
+
+// The inodes of the sockets that hold local `port`: TCP listeners, or with `datagram` UDP sockets
+// bound to it; IPv4 and IPv6, this network namespace.
+Expected<std::set<uint64_t>> port_socket_inodes(int port, bool datagram);
+// True when a process of process group `pgid` has one of `inodes` open (its /proc/PID/fd links
+// "socket:[INODE]"); processes that cannot be read are passed over.
+bool process_group_holds(pid_t pgid, const std::set<uint64_t>& inodes);
 
 }  // namespace sockbench
