@@ -2,6 +2,7 @@
 // every faulty twin FAILs exactly its own), an external server started by --server-cmd (a Python
 // script under tests/servers), an address-only --target, JUnit and JSON output, exit codes.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
@@ -307,23 +308,34 @@ TEST_F(CliCheck, ServerCommandThatNeverListensIsAClearError) {
 }
 
 // The port sockbench picked is taken by another process before the command binds it (concurrent
-// test suites do this): that process answers the readiness probe, but it is outside the command's
-// process group, and the command ends. A fresh port is tried, then a clear error; never a check
-// run against whoever took the port. Here every start's command does it to itself: it leaves a
-// listener in a session of its own on {port} (gone after 3 s) and exits 4.
+// test suites do this): that process answers the readiness probe, but it is not the command's,
+// and the command ends. A fresh port is tried, then a clear error; never a check run against
+// whoever took the port. Here a process this test started (no descendant of sockbench's) binds
+// every port the command hands it through a FIFO, and the command then exits 4.
 TEST_F(CliCheck, ServerCommandWhosePortAnotherProcessTookIsAClearErrorNotItsVerdicts) {
-  const auto taker = dir_ / "taker.sh";
-  {
-    std::ofstream out(taker);
-    out << "setsid python3 -c 'import socket, sys, time; s = socket.socket(); "
-           "s.bind((\"127.0.0.1\", int(sys.argv[1]))); s.listen(); time.sleep(3)' \"$1\" &\n"
-           "sleep 0.5\nexit 4\n";
-  }
-  const auto r = check("--server-cmd 'sh " + taker.string() + " {port}'", "taken");
+  const auto fifo = dir_ / "ports";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  ChildProcess::Options options;
+  options.ready_pipe = false;
+  options.argv = {"python3", "-c",
+                  "import signal, socket, sys\n"
+                  "signal.alarm(60)\n"
+                  "held = []\n"
+                  "while True:\n"
+                  "    with open(sys.argv[1]) as f:\n"
+                  "        for line in f:\n"
+                  "            s = socket.socket()\n"
+                  "            s.bind(('127.0.0.1', int(line)))\n"
+                  "            s.listen()\n"
+                  "            held.append(s)\n",
+                  fifo.string()};
+  auto taker = ChildProcess::spawn(options);
+  ASSERT_TRUE(taker) << taker.error().message();
+  const auto r = check("--server-cmd 'echo {port} >" + fifo.string() + "; sleep 1.5; exit 4'",
+                       "taken");
   EXPECT_EQ(r.status, 1) << r.err;
   EXPECT_NE(r.err.find("ended (exit 4) before accepting connections"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("a process outside its process group was answering"), std::string::npos)
-      << r.err;
+  EXPECT_NE(r.err.find("where a process not its own was answering"), std::string::npos) << r.err;
   ASSERT_EQ(r.verdict.size(), 1u) << r.out;
   EXPECT_EQ(r.verdict.at("start/server"), "FAIL");
 }

@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <limits>
 #include <map>
 #include <set>
@@ -135,38 +137,69 @@ TEST(Sockstat, PortSetsSelectKnownConnections) {
   EXPECT_EQ(count(states({.local_ports = {port}}), TcpState::kListen), 1u);
 }
 
-// The sockets holding a port, and whose they are: a listener (TCP) or a bound socket (UDP) of this
-// process is found in this process's group and in no other; a connection to the port is not a
-// holder of it.
-TEST(Sockstat, PortHoldersAreFoundInTheirProcessGroupOnly) {
-  auto listener = listen_on(loopback_any_port(), 16, true, false);
-  ASSERT_TRUE(listener.ok()) << listener.error().message();
-  const Address address = local_address(listener->get()).value();
-  auto client = connect_to(address, /*nonblocking=*/false);
-  ASSERT_TRUE(client.ok()) << client.error().message();
-  auto inodes = port_socket_inodes(address.port(), false);
-  ASSERT_TRUE(inodes.ok()) << inodes.error().message();
-  EXPECT_EQ(inodes->size(), 1u);  // the listener, not the connection's two ends
-  EXPECT_TRUE(process_group_holds(::getpgrp(), *inodes));
-  EXPECT_FALSE(process_group_holds(std::numeric_limits<pid_t>::max(), *inodes));  // > pid_max
-  EXPECT_FALSE(process_group_holds(::getpgrp(), {}));
+// The sockets holding a port, and whose they are: a listener (TCP) or a bound socket (UDP) is
+// found among the processes of a command (its leader's group and descendants, even one that left
+// for a session of its own) and not among another's; a connection to the port does not hold it.
+// In a network namespace of its own when it can, so that no other process holds these ports.
+TEST(Sockstat, PortHoldersAreFoundAmongTheCommandsProcessesOnly) {
+  isolated_if_possible([] {
+    auto listener = listen_on(loopback_any_port(), 16, true, false);
+    ASSERT_TRUE(listener.ok()) << listener.error().message();
+    const Address address = local_address(listener->get()).value();
+    auto client = connect_to(address, /*nonblocking=*/false);
+    ASSERT_TRUE(client.ok()) << client.error().message();
+    auto inodes = port_socket_inodes(address.port(), false);
+    ASSERT_TRUE(inodes.ok()) << inodes.error().message();
+    EXPECT_EQ(inodes->size(), 1u);  // the listener, not the connection's two ends
+    EXPECT_TRUE(command_holds(::getpgrp(), *inodes));
+    EXPECT_TRUE(command_holds(::getpid(), *inodes));
+    EXPECT_FALSE(command_holds(std::numeric_limits<pid_t>::max(), *inodes));  // > pid_max
+    EXPECT_FALSE(command_holds(::getpgrp(), {}));
 
-  Fd udp(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  ASSERT_TRUE(udp.valid());
-  sockaddr_in any{};
-  any.sin_family = AF_INET;
-  any.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(udp.get(), reinterpret_cast<sockaddr*>(&any), sizeof any), 0);
-  const int udp_port = local_address(udp.get()).value().port();
-  auto udp_inodes = port_socket_inodes(udp_port, true);
-  ASSERT_TRUE(udp_inodes.ok()) << udp_inodes.error().message();
-  EXPECT_EQ(udp_inodes->size(), 1u);
-  EXPECT_TRUE(process_group_holds(::getpgrp(), *udp_inodes));
-  EXPECT_TRUE(port_socket_inodes(udp_port, false)->empty());  // no TCP listener there
+    Fd udp(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    ASSERT_TRUE(udp.valid());
+    sockaddr_in any{};
+    any.sin_family = AF_INET;
+    any.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(udp.get(), reinterpret_cast<sockaddr*>(&any), sizeof any), 0);
+    const int udp_port = local_address(udp.get()).value().port();
+    auto udp_inodes = port_socket_inodes(udp_port, true);
+    ASSERT_TRUE(udp_inodes.ok()) << udp_inodes.error().message();
+    EXPECT_EQ(udp_inodes->size(), 1u);
+    EXPECT_TRUE(command_holds(::getpid(), *udp_inodes));
 
-  const int port = address.port();
-  listener->reset();
-  EXPECT_TRUE(port_socket_inodes(port, false)->empty());
+    // A child in a session of its own holds a second listener: still ours, being a descendant.
+    auto second = listen_on(loopback_any_port(), 16, true, false);
+    ASSERT_TRUE(second.ok()) << second.error().message();
+    const int second_port = local_address(second->get()).value().port();
+    int ready[2];
+    ASSERT_EQ(::pipe(ready), 0);
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      ::setsid();
+      const char one = 1;
+      [[maybe_unused]] const auto n = ::write(ready[1], &one, 1);
+      ::pause();
+      ::_exit(0);
+    }
+    char got = 0;
+    ASSERT_EQ(::read(ready[0], &got, 1), 1);
+    second->reset();  // only the child holds it now
+    auto second_inodes = port_socket_inodes(second_port, false);
+    ASSERT_TRUE(second_inodes.ok());
+    EXPECT_EQ(second_inodes->size(), 1u);
+    EXPECT_TRUE(command_holds(::getpid(), *second_inodes));
+    EXPECT_FALSE(command_holds(std::numeric_limits<pid_t>::max(), *second_inodes));
+    ::kill(child, SIGKILL);
+    ::waitpid(child, nullptr, 0);
+    ::close(ready[0]);
+    ::close(ready[1]);
+
+    const int port = address.port();
+    listener->reset();
+    EXPECT_TRUE(port_socket_inodes(port, false)->empty());
+  });
 }
 
 TEST(Sockstat, StateNames) {

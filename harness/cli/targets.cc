@@ -297,10 +297,11 @@ bool CommandServer::start(const scenarios::StartOptions& options, std::string* e
 }
 
 // Whether what answers on the port is the command's: a socket holding it is open in the
-// command's process group. Unknown (the tables unreadable) counts as the command's.
+// command's process group or a descendant of it. Unknown (the tables unreadable) counts as the
+// command's.
 bool CommandServer::holds_port() {
   auto inodes = port_socket_inodes(address_.port(), address_.datagram());
-  return !inodes || process_group_holds(child_->pid(), *inodes);
+  return !inodes || command_holds(child_->pid(), *inodes);
 }
 
 bool CommandServer::launch(const scenarios::StartOptions& options, std::string* error,
@@ -318,19 +319,19 @@ bool CommandServer::launch(const scenarios::StartOptions& options, std::string* 
   child_.emplace(std::move(*child));
   options_ = options;
   const auto deadline = std::chrono::steady_clock::now() + ready_timeout_;
-  // When something outside the command's process group first answered on the port. It is taken
-  // for the command's own after kForeignGrace with the command still running (a container
-  // runtime's proxy answers for its container); a command that ends meanwhile failed to bind.
-  std::optional<std::chrono::steady_clock::time_point> foreign_since;
+  // Something outside the command's processes answered on the port. A command that ends after
+  // that failed to bind it; one still running at the deadline is taken as served by it (a
+  // container runtime's proxy answers for its container).
+  bool foreign = false;
   std::string last = "no attempt";
   while (std::chrono::steady_clock::now() < deadline) {
     if (!child_->alive()) {
       const auto exit = child_->stop(0ms);
-      taken = foreign_since.has_value();
+      taken = foreign;
       *error = fmt::format("the command ended ({}) before accepting connections on {}{}",
                            exit.describe(), address_.to_string(),
-                           taken ? ", where a process outside its process group was answering "
-                                   "(the port was taken after sockbench picked it)"
+                           taken ? ", where a process not its own was answering (the port was "
+                                   "taken after sockbench picked it)"
                                  : "");
       child_.reset();
       return false;
@@ -349,14 +350,13 @@ bool CommandServer::launch(const scenarios::StartOptions& options, std::string* 
       last = errno_name(probe.error().value());
     }
     if (answered) {
-      const auto now = std::chrono::steady_clock::now();
       if (holds_port()) return true;
-      if (!foreign_since) foreign_since = now;
-      if (now - *foreign_since >= kForeignGrace) return true;
-      last = "answered by a process outside the command's process group";
+      foreign = true;
+      last = "answered by a process not the command's";
     }
     if (!address_.datagram() || answered) std::this_thread::sleep_for(20ms);
   }
+  if (foreign && child_->alive()) return true;
   child_->stop(3s);
   child_.reset();
   *error = fmt::format(

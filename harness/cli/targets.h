@@ -135,9 +135,6 @@ class CommandServer final : public scenarios::CheckTarget {
  private:
   // Fresh ports tried when the one picked was taken before the command could bind it.
   static constexpr int kPortAttempts = 3;
-  // How long a command keeps running while only a process outside its group answers on its port
-  // before that answer is taken for its own (a container runtime's proxy).
-  static constexpr std::chrono::milliseconds kForeignGrace{1000};
   // One start on address_: spawn and wait until the command answers. `taken`: it ended while
   // another process answered there.
   bool launch(const scenarios::StartOptions& options, std::string* error, bool& taken);

@@ -7,8 +7,11 @@
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "harness/core/procfs.h"
 
@@ -120,20 +123,47 @@ std::optional<uint64_t> holder_inode(std::string_view line, int port, bool datag
   return inode;
 }
 
-// The process group of /proc/<pid>/stat's process: the 3rd field after the ")" ending its name.
-std::optional<pid_t> process_group_of(const std::string& pid) {
+// The parent and process group of /proc/<pid>/stat's process: the 2nd and 3rd fields after the
+// ")" that ends its name.
+struct Lineage {
+  pid_t ppid = 0;
+  pid_t pgrp = 0;
+};
+std::optional<Lineage> lineage_of(const std::string& pid) {
   auto stat = read_whole_file("/proc/" + pid + "/stat");
   if (!stat) return std::nullopt;
   const auto close = stat->rfind(')');
   if (close == std::string::npos) return std::nullopt;
   std::string_view rest = std::string_view(*stat).substr(close + 1);
   next_field(rest);  // state
-  next_field(rest);  // ppid
-  const auto field = next_field(rest);
-  pid_t pgrp = 0;
-  const auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), pgrp);
-  if (ec != std::errc() || end != field.data() + field.size()) return std::nullopt;
-  return pgrp;
+  Lineage lineage;
+  for (pid_t* out : {&lineage.ppid, &lineage.pgrp}) {
+    const auto field = next_field(rest);
+    const auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), *out);
+    if (ec != std::errc() || end != field.data() + field.size()) return std::nullopt;
+  }
+  return lineage;
+}
+
+// Whether process `pid` has one of `inodes` open.
+bool holds(const std::string& pid, const std::set<uint64_t>& inodes) {
+  const std::string dir = "/proc/" + pid + "/fd";
+  auto fds = list_dir(dir);
+  if (!fds) return false;  // exited meanwhile, or not ours to read
+  for (const std::string& fd : *fds) {
+    char target[PATH_MAX];
+    const ssize_t n = ::readlink((dir + "/" + fd).c_str(), target, sizeof target - 1);
+    if (n <= 0) continue;
+    std::string_view link(target, static_cast<size_t>(n));
+    if (!link.starts_with("socket:[") || !link.ends_with("]")) continue;
+    link = link.substr(8, link.size() - 9);
+    uint64_t inode = 0;
+    const auto [end, ec] = std::from_chars(link.data(), link.data() + link.size(), inode);
+    if (ec == std::errc() && end == link.data() + link.size() && inodes.contains(inode)) {
+      return true;
+    }
+  }
+  return false;
 }
 
 bool all_digits(std::string_view s) {
@@ -192,28 +222,32 @@ Expected<std::set<uint64_t>> port_socket_inodes(int port, bool datagram) {
   return inodes;
 }
 
-bool process_group_holds(pid_t pgid, const std::set<uint64_t>& inodes) {
+bool command_holds(pid_t leader, const std::set<uint64_t>& inodes) {
   if (inodes.empty()) return false;
   auto pids = list_dir("/proc");
   if (!pids) return false;
+  std::map<pid_t, pid_t> parent;  // every process's, to find the leader's descendants
+  std::set<pid_t> ours{leader};
   for (const std::string& pid : *pids) {
-    if (!all_digits(pid) || process_group_of(pid) != pgid) continue;
-    const std::string dir = "/proc/" + pid + "/fd";
-    auto fds = list_dir(dir);
-    if (!fds) continue;  // exited meanwhile, or not ours to read
-    for (const std::string& fd : *fds) {
-      char target[PATH_MAX];
-      const ssize_t n = ::readlink((dir + "/" + fd).c_str(), target, sizeof target - 1);
-      if (n <= 0) continue;
-      std::string_view link(target, static_cast<size_t>(n));
-      if (!link.starts_with("socket:[") || !link.ends_with("]")) continue;
-      link = link.substr(8, link.size() - 9);
-      uint64_t inode = 0;
-      const auto [end, ec] = std::from_chars(link.data(), link.data() + link.size(), inode);
-      if (ec == std::errc() && end == link.data() + link.size() && inodes.contains(inode)) {
-        return true;
-      }
+    if (!all_digits(pid)) continue;
+    const auto lineage = lineage_of(pid);
+    if (!lineage) continue;
+    const pid_t id = std::stoi(pid);
+    parent[id] = lineage->ppid;
+    if (lineage->pgrp == leader) ours.insert(id);
+  }
+  for (const auto& [pid, ppid] : parent) {
+    // Walks up to the leader (ours) or to the top; at most the table's size of steps.
+    std::vector<pid_t> chain;
+    for (pid_t at = pid; at > 0 && !ours.contains(at) && chain.size() <= parent.size();) {
+      chain.push_back(at);
+      const auto up = parent.find(at);
+      at = up == parent.end() ? 0 : up->second;
+      if (at > 0 && ours.contains(at)) ours.insert(chain.begin(), chain.end());
     }
+  }
+  for (const pid_t pid : ours) {
+    if (holds(std::to_string(pid), inodes)) return true;
   }
   return false;
 }

@@ -45,8 +45,10 @@ Expected<std::map<TcpState, uint64_t>> count_tcp_states(const PortFilter& filter
 // The inodes of the sockets that hold local `port`: TCP listeners, or with `datagram` UDP sockets
 // bound to it; IPv4 and IPv6, this network namespace.
 Expected<std::set<uint64_t>> port_socket_inodes(int port, bool datagram);
-// True when a process of process group `pgid` has one of `inodes` open (its /proc/PID/fd links
-// "socket:[INODE]"); processes that cannot be read are passed over.
-bool process_group_holds(pid_t pgid, const std::set<uint64_t>& inodes);
+// True when one of `inodes` is open (a /proc/PID/fd link "socket:[INODE]") in a process of
+// process group `leader` or descended from `leader`: a command's own processes, including those
+// that left its group (timeout(1), setsid) and those its shell left behind. Processes that cannot
+// be read are passed over.
+bool command_holds(pid_t leader, const std::set<uint64_t>& inodes);
 
 }  // namespace sockbench
