@@ -226,25 +226,24 @@ bool command_holds(pid_t leader, const std::set<uint64_t>& inodes) {
   if (inodes.empty()) return false;
   auto pids = list_dir("/proc");
   if (!pids) return false;
-  std::map<pid_t, pid_t> parent;  // every process's, to find the leader's descendants
-  std::set<pid_t> ours{leader};
+  // The leader and its group, then everything descended from them.
+  std::multimap<pid_t, pid_t> children;
+  std::vector<pid_t> todo{leader};
   for (const std::string& pid : *pids) {
     if (!all_digits(pid)) continue;
     const auto lineage = lineage_of(pid);
     if (!lineage) continue;
     const pid_t id = std::stoi(pid);
-    parent[id] = lineage->ppid;
-    if (lineage->pgrp == leader) ours.insert(id);
+    children.emplace(lineage->ppid, id);
+    if (lineage->pgrp == leader) todo.push_back(id);
   }
-  for (const auto& [pid, ppid] : parent) {
-    // Walks up to the leader (ours) or to the top; at most the table's size of steps.
-    std::vector<pid_t> chain;
-    for (pid_t at = pid; at > 0 && !ours.contains(at) && chain.size() <= parent.size();) {
-      chain.push_back(at);
-      const auto up = parent.find(at);
-      at = up == parent.end() ? 0 : up->second;
-      if (at > 0 && ours.contains(at)) ours.insert(chain.begin(), chain.end());
-    }
+  std::set<pid_t> ours;
+  while (!todo.empty()) {
+    const pid_t pid = todo.back();
+    todo.pop_back();
+    if (!ours.insert(pid).second) continue;
+    const auto [first, last] = children.equal_range(pid);
+    for (auto child = first; child != last; ++child) todo.push_back(child->second);
   }
   for (const pid_t pid : ours) {
     if (holds(std::to_string(pid), inodes)) return true;
