@@ -398,5 +398,33 @@ TEST(Counting, PerSecondLogsMergeByTheSecond) {
   EXPECT_EQ(per_second_series<Sample>(threads, 1).size(), 1u);
 }
 
+// The per-request clock: the real clock until it has calibrated over kCalibrationNs of its own
+// syncs (on an invariant TSC), then each now() within a few us of CLOCK_MONOTONIC read around it,
+// at extrapolations up to its 1 ms bound. A scaling off by 1.5 would be 50 us off at 100 us.
+TEST(TscClock, ExtrapolatesOnceCalibratedAndStaysOnTheMonotonicClock) {
+  TscClock clock;
+  EXPECT_FALSE(clock.extrapolating());
+  constexpr int64_t kSlackNs = 10'000;
+  auto within = [&](int64_t extrapolate_ns) {
+    clock.sync();
+    for (const int64_t start = steady_now_ns(); steady_now_ns() - start < extrapolate_ns;) {
+    }
+    const int64_t before = steady_now_ns();
+    const int64_t now = clock.now();
+    const int64_t after = steady_now_ns();
+    return now >= before - kSlackNs && now <= after + kSlackNs;
+  };
+  EXPECT_TRUE(within(0));
+  const int64_t start = steady_now_ns();
+  while (steady_now_ns() - start < 3 * TscClock::kCalibrationNs) {
+    clock.sync();
+    std::this_thread::sleep_for(1ms);
+  }
+  EXPECT_EQ(clock.extrapolating(), TscClock::tsc_invariant());
+  int good = 0;
+  for (int i = 0; i < 100; ++i) good += within(i % 2 == 0 ? 100'000 : 900'000) ? 1 : 0;
+  EXPECT_GE(good, 95);  // a preemption inside a sync can cost a few
+}
+
 }  // namespace
 }  // namespace sockbench

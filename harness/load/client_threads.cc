@@ -1,6 +1,9 @@
 #include "harness/load/client_threads.h"
 
 #include <arpa/inet.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
@@ -12,6 +15,34 @@
 #include <set>
 
 namespace sockbench {
+
+int64_t TscClock::sync() {
+  if (!usable_) return steady_now_ns();
+  const uint64_t before = read_tsc();
+  const int64_t ns = steady_now_ns();
+  const uint64_t after = read_tsc();
+  if (after - before > kTightTicks) return ns;
+  const uint64_t tsc = before + (after - before) / 2;
+  anchor_ns_ = ns;
+  anchor_tsc_ = tsc;
+  if (first_ns_ == 0) {
+    first_ns_ = ns;
+    first_tsc_ = tsc;
+  } else if (ns - first_ns_ >= kCalibrationNs && tsc > first_tsc_) {
+    ns_per_tick_ = static_cast<double>(ns - first_ns_) / static_cast<double>(tsc - first_tsc_);
+    max_ticks_ = static_cast<uint64_t>(static_cast<double>(kMaxExtrapolationNs) / ns_per_tick_);
+  }
+  return ns;
+}
+
+bool TscClock::tsc_invariant() {
+#if defined(__x86_64__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(0x80000007u, &eax, &ebx, &ecx, &edx) != 0 && (edx & (1u << 8)) != 0;
+#else
+  return false;
+#endif
+}
 
 size_t seconds_rounded_up(std::chrono::nanoseconds d) {
   return static_cast<size_t>((d.count() + kNsPerSecond - 1) / kNsPerSecond);

@@ -215,6 +215,7 @@ class Worker {
   size_t count_;
   bool alone_ = false;   // one connection, closed loop, no TLS, send_on pass: see wait_alone()
   int64_t read_ns_ = 0;  // when on_readable()'s recv() returned
+  TscClock clock_;       // the sends' and replies' timestamps: one real read per wake-up
 
   FixedConnections<Conn> conns_;
 
@@ -322,7 +323,7 @@ void Worker::on_wait_error(int err) { count_error(errno_name(err), steady_now_ns
 
 // The timer first, then the schedule: every slot due is issued before any reply is read.
 bool Worker::before_dispatch(std::span<const epoll_event> ready, bool stop) {
-  const int64_t woke_at = steady_now_ns();
+  const int64_t woke_at = clock_.sync();
   busy_ = ready.size() > 1 || (polled_ && !ready.empty());
   for (const epoll_event& e : ready) {
     if (e.data.u64 == kTimerId) on_timer();
@@ -533,7 +534,7 @@ bool Worker::send_ciphertext(Conn& c, size_t i) {
 // now), then the ciphertext goes out as the socket takes it.
 void Worker::flush_tls(Conn& c, size_t i) {
   if (c.tls->handshake_done() && c.unsent < c.in_flight) {
-    const int64_t now = steady_now_ns();
+    const int64_t now = clock_.now();
     const bool window = in_window(now);
     tls_request_.clear();
     for (uint32_t r = c.unsent; r < c.in_flight; ++r) {
@@ -647,7 +648,7 @@ void Worker::flush(Conn& c, size_t i) {
         prefix += kMaxPrefix;
       }
     }
-    const int64_t now = steady_now_ns();
+    const int64_t now = clock_.now();
     ssize_t n;
     if (small) {
       n = ::send(c.fd.get(), coalesced_.data(), offered, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -717,7 +718,7 @@ Worker::Read Worker::on_readable(Conn& c, size_t i, bool wait) {
   do {
     n = ::recv(c.fd.get(), recv_buffer_.data(), recv_buffer_.size(), wait ? 0 : MSG_DONTWAIT);
   } while (n < 0 && errno == EINTR);
-  const int64_t now = steady_now_ns();
+  const int64_t now = clock_.now();
   read_ns_ = now;
   if (n <= 0) {
     if (const std::string why = recv_end(n); !why.empty()) kill(c, why, now);
