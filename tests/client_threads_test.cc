@@ -398,32 +398,77 @@ TEST(Counting, PerSecondLogsMergeByTheSecond) {
   EXPECT_EQ(per_second_series<Sample>(threads, 1).size(), 1u);
 }
 
-// The per-request clock: the real clock until it has calibrated over kCalibrationNs of its own
-// syncs (on an invariant TSC), then each now() within a few us of CLOCK_MONOTONIC read around it,
-// at extrapolations up to its 1 ms bound. A scaling off by 1.5 would be 50 us off at 100 us.
+// The per-request clock. Fresh, it reads the real clock. After kCalibrationNs of its own syncs it
+// extrapolates, exactly when the kernel trusts the TSC, and then stays within a few us of
+// CLOCK_MONOTONIC read around it: a scale off by 1.5 would be 50 us off at 100 us. Extrapolating
+// means no real read at 100 us from the anchor, and a real read past the 1 ms bound. Without a
+// trusted TSC every now() is a real read. Its values never go down.
 TEST(TscClock, ExtrapolatesOnceCalibratedAndStaysOnTheMonotonicClock) {
   TscClock clock;
   EXPECT_FALSE(clock.extrapolating());
   constexpr int64_t kSlackNs = 10'000;
-  auto within = [&](int64_t extrapolate_ns) {
-    clock.sync();
-    for (const int64_t start = steady_now_ns(); steady_now_ns() - start < extrapolate_ns;) {
+  auto spin = [](int64_t ns) {
+    for (const int64_t start = steady_now_ns(); steady_now_ns() - start < ns;) {
     }
+  };
+  // now() at `after_ns` or later from a fresh anchor: whether it was within the real clock's
+  // reads, whether it made a real read, and how long after the sync it came (a busy machine can
+  // stretch that past the bound).
+  struct Probe {
+    bool within;
+    bool real;
+    int64_t age_ns;
+  };
+  auto probe = [&](int64_t after_ns) {
+    const int64_t synced = clock.sync();
+    spin(after_ns);
     const int64_t before = steady_now_ns();
+    const uint64_t reads = clock.real_reads();
     const int64_t now = clock.now();
     const int64_t after = steady_now_ns();
-    return now >= before - kSlackNs && now <= after + kSlackNs;
+    return Probe{now >= before - kSlackNs && now <= after + kSlackNs, clock.real_reads() != reads,
+                 before - synced};
   };
-  EXPECT_TRUE(within(0));
+  EXPECT_TRUE(probe(0).within);
   const int64_t start = steady_now_ns();
   while (steady_now_ns() - start < 3 * TscClock::kCalibrationNs) {
     clock.sync();
     std::this_thread::sleep_for(1ms);
   }
-  EXPECT_EQ(clock.extrapolating(), TscClock::tsc_invariant());
-  int good = 0;
-  for (int i = 0; i < 100; ++i) good += within(i % 2 == 0 ? 100'000 : 900'000) ? 1 : 0;
-  EXPECT_GE(good, 95);  // a preemption inside a sync can cost a few
+  const bool tsc = TscClock::tsc_trusted();
+  EXPECT_EQ(clock.extrapolating(), tsc);
+  int within = 0;
+  int young_real = 0;  // real reads well inside the bound
+  int old_extrapolated = 0;  // extrapolations past it
+  int young = 0;
+  for (int i = 0; i < 100; ++i) {
+    const Probe p = probe(i % 2 == 0 ? 100'000 : 800'000);
+    within += p.within ? 1 : 0;
+    if (p.age_ns < 900'000) {
+      ++young;
+      young_real += p.real ? 1 : 0;
+    }
+    if (p.age_ns > 1'100'000 && !p.real) ++old_extrapolated;
+  }
+  EXPECT_GE(within, 95);  // a preemption inside a sync can cost a few
+  EXPECT_EQ(old_extrapolated, 0);
+  if (tsc) {
+    EXPECT_GE(young, 50);
+    EXPECT_LE(young_real, 5);  // an interrupted sync leaves the older anchor
+    int past_bound = 0;
+    for (int i = 0; i < 5; ++i) past_bound += probe(1'500'000).real ? 1 : 0;
+    EXPECT_EQ(past_bound, 5);
+  } else {
+    EXPECT_EQ(young_real, young);
+  }
+  int64_t last = 0;
+  int backwards = 0;
+  for (int i = 0; i < 100'000; ++i) {
+    const int64_t t = i % 64 == 0 ? clock.sync() : clock.now();
+    backwards += t < last ? 1 : 0;
+    last = t;
+  }
+  EXPECT_EQ(backwards, 0);
 }
 
 }  // namespace

@@ -12,33 +12,64 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <fstream>
 #include <set>
+#include <sstream>
+#include <string>
+#include <string_view>
 
 namespace sockbench {
 
 int64_t TscClock::sync() {
-  if (!usable_) return steady_now_ns();
+  ++real_reads_;
+  if (!usable_) return in_order(steady_now_ns());
   const uint64_t before = read_tsc();
   const int64_t ns = steady_now_ns();
-  const uint64_t after = read_tsc();
-  if (after - before > kTightTicks) return ns;
-  const uint64_t tsc = before + (after - before) / 2;
+  const uint64_t gap = read_tsc() - before;
+  if (gap > kTightTicks) return in_order(ns);
+  const uint64_t tsc = before + gap / 2;
   anchor_ns_ = ns;
   anchor_tsc_ = tsc;
-  if (first_ns_ == 0) {
+  if (first_ns_ == 0 || (ns - first_ns_ < kCalibrationNs && gap < first_gap_)) {
     first_ns_ = ns;
     first_tsc_ = tsc;
+    first_gap_ = gap;
   } else if (ns - first_ns_ >= kCalibrationNs && tsc > first_tsc_) {
     ns_per_tick_ = static_cast<double>(ns - first_ns_) / static_cast<double>(tsc - first_tsc_);
     max_ticks_ = static_cast<uint64_t>(static_cast<double>(kMaxExtrapolationNs) / ns_per_tick_);
   }
-  return ns;
+  return in_order(ns);
 }
 
-bool TscClock::tsc_invariant() {
+namespace {
+// Whether the whitespace-separated words of the first line of `path` that starts with `prefix`
+// include `word`.
+bool file_line_has_word(const char* path, std::string_view prefix, std::string_view word) {
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    if (!line.starts_with(prefix)) continue;
+    std::istringstream words(line.substr(prefix.size()));
+    for (std::string w; words >> w;) {
+      if (w == word) return true;
+    }
+    return false;
+  }
+  return false;
+}
+}  // namespace
+
+bool TscClock::tsc_trusted() {
 #if defined(__x86_64__)
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  return __get_cpuid(0x80000007u, &eax, &ebx, &ecx, &edx) != 0 && (edx & (1u << 8)) != 0;
+  static const bool trusted = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid(0x80000007u, &eax, &ebx, &ecx, &edx) == 0 || (edx & (1u << 8)) == 0) {
+      return false;
+    }
+    return file_line_has_word("/sys/devices/system/clocksource/clocksource0/available_clocksource",
+                              "", "tsc") ||
+           file_line_has_word("/proc/cpuinfo", "flags", "tsc_reliable");
+  }();
+  return trusted;
 #else
   return false;
 #endif

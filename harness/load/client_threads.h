@@ -74,39 +74,46 @@ inline int64_t steady_now_ns() {
 // A thread's clock for its per-request timestamps: CLOCK_MONOTONIC, read through the TSC between
 // real reads, as sockperf takes its own (rdtsc unless --no-rdtsc).
 // - sync() reads the real clock and anchors to it, with the TSC read on both sides of that read.
+//   A read whose two TSC reads are more than kTightTicks apart (interrupted, or a clock_gettime
+//   that is a syscall) neither anchors nor calibrates.
 // - now() is the anchor plus the TSC ticks since, scaled by this clock's ns per tick. It learns
-//   that from its own syncs: the span from its first tight sync to its latest, once that is at
-//   least kCalibrationNs.
-// - now() reads the real clock instead (as a sync) until then, when the TSC is not invariant
-//   (CPUID 80000007H EDX bit 8) or this is not x86-64, and when the anchor is older than
-//   kMaxExtrapolationNs.
-// The generator syncs once per wake-up and stamps each send and reply with now(). On this VM
-// (kvm-clock) a clock_gettime is 28 ns and an rdtsc 11 ns. The error is a few ns over the at most
-// 1 ms it extrapolates; a latency that comes out below 0 is recorded as 0.
+//   that from its own syncs: the span from its first tight sync (or a tighter one in the first
+//   kCalibrationNs) to its latest, once that is at least kCalibrationNs.
+// - now() reads the real clock instead (as a sync) until then, when the anchor is
+//   kMaxExtrapolationNs old or more, and always when the kernel does not vouch for the TSC
+//   (tsc_trusted()).
+// - Neither goes below a value it returned before: the per-second logs need stamps in order.
+// The generator syncs once per wake-up from epoll_wait; a thread waiting alone in recv()
+// (wait_alone) reads the real clock through now() once its anchor is 1 ms old. On this VM
+// (kvm-clock) a clock_gettime is 28 ns and an rdtsc 11 ns. An anchor is off by at most half of
+// kTightTicks (~0.25 us at 2 GHz), the scale by twice that over kCalibrationNs: ~0.3 us in all at
+// 1 ms from the anchor, and a few ns in the usual case.
 class TscClock {
  public:
   static constexpr int64_t kCalibrationNs = 10'000'000;
   static constexpr int64_t kMaxExtrapolationNs = 1'000'000;
 
-  TscClock() : usable_(tsc_invariant()) {}
+  TscClock() : usable_(tsc_trusted()) {}
 
-  // A real read, which anchors now() when the TSC read around it was tight.
+  // A real read, which anchors now() when the TSC reads around it were tight.
   int64_t sync();
   int64_t now() {
     const uint64_t ticks = read_tsc() - anchor_tsc_;
     if (ticks < max_ticks_) {
-      return anchor_ns_ + static_cast<int64_t>(static_cast<double>(ticks) * ns_per_tick_);
+      return in_order(anchor_ns_ + static_cast<int64_t>(static_cast<double>(ticks) * ns_per_tick_));
     }
     return sync();
   }
-  // Whether now() extrapolates (calibrated on an invariant TSC), for the tests.
+  // For the tests: whether now() extrapolates, and how many real reads this clock made.
   bool extrapolating() const { return max_ticks_ > 0; }
-  static bool tsc_invariant();
+  uint64_t real_reads() const { return real_reads_; }
+  // An invariant TSC (CPUID 80000007H EDX bit 8) on x86-64 that the kernel trusts as well: "tsc"
+  // among the clocksources, or the hypervisor's word for it ("tsc_reliable" in /proc/cpuinfo,
+  // as on this kvm-clock VM).
+  static bool tsc_trusted();
 
  private:
-  // A real read whose TSC reads around it are further apart than this was interrupted, or the
-  // clock fell back to a syscall: it neither anchors nor calibrates.
-  static constexpr uint64_t kTightTicks = 20'000;
+  static constexpr uint64_t kTightTicks = 1'000;
 
   static uint64_t read_tsc() {
 #if defined(__x86_64__)
@@ -115,14 +122,21 @@ class TscClock {
     return 0;
 #endif
   }
+  int64_t in_order(int64_t ns) {
+    if (ns > last_) last_ = ns;
+    return last_;
+  }
 
   bool usable_;
   int64_t anchor_ns_ = 0;
   uint64_t anchor_tsc_ = 0;
-  int64_t first_ns_ = 0;  // the first tight sync, 0 before it
+  int64_t first_ns_ = 0;  // where the calibration's span starts, 0 before the first tight sync
   uint64_t first_tsc_ = 0;
+  uint64_t first_gap_ = 0;  // that sync's distance between its TSC reads
   double ns_per_tick_ = 0;
   uint64_t max_ticks_ = 0;  // kMaxExtrapolationNs in ticks; 0: not calibrated (now() syncs)
+  int64_t last_ = 0;
+  uint64_t real_reads_ = 0;
 };
 
 // Whole seconds in `d`, rounded up: the per-second slots a window of that length needs.
