@@ -12,11 +12,11 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <fstream>
 #include <set>
-#include <sstream>
 #include <string>
 #include <string_view>
+
+#include "harness/core/procfs.h"
 
 namespace sockbench {
 
@@ -42,19 +42,24 @@ int64_t TscClock::sync() {
 }
 
 namespace {
-// Whether the whitespace-separated words of the first line of `path` that starts with `prefix`
-// include `word`.
-bool file_line_has_word(const char* path, std::string_view prefix, std::string_view word) {
-  std::ifstream in(path);
-  for (std::string line; std::getline(in, line);) {
-    if (!line.starts_with(prefix)) continue;
-    std::istringstream words(line.substr(prefix.size()));
-    for (std::string w; words >> w;) {
-      if (w == word) return true;
-    }
-    return false;
+// Whether `word` is one of the whitespace-separated words of `text`.
+bool has_word(std::string_view text, std::string_view word) {
+  constexpr std::string_view kSpace = " \t\n";
+  for (size_t at = text.find_first_not_of(kSpace); at != std::string_view::npos;) {
+    const size_t end = std::min(text.find_first_of(kSpace, at), text.size());
+    if (text.substr(at, end - at) == word) return true;
+    at = text.find_first_not_of(kSpace, end);
   }
   return false;
+}
+
+// The first "flags" line of /proc/cpuinfo; "" when unreadable.
+std::string cpu_flags() {
+  auto cpuinfo = read_whole_file("/proc/cpuinfo");
+  if (!cpuinfo) return "";
+  const size_t at = cpuinfo->find("\nflags");
+  if (at == std::string::npos) return "";
+  return cpuinfo->substr(at + 1, cpuinfo->find('\n', at + 1) - at - 1);
 }
 }  // namespace
 
@@ -65,9 +70,9 @@ bool TscClock::tsc_trusted() {
     if (__get_cpuid(0x80000007u, &eax, &ebx, &ecx, &edx) == 0 || (edx & (1u << 8)) == 0) {
       return false;
     }
-    return file_line_has_word("/sys/devices/system/clocksource/clocksource0/available_clocksource",
-                              "", "tsc") ||
-           file_line_has_word("/proc/cpuinfo", "flags", "tsc_reliable");
+    auto sources =
+        read_whole_file("/sys/devices/system/clocksource/clocksource0/available_clocksource");
+    return (sources && has_word(*sources, "tsc")) || has_word(cpu_flags(), "tsc_reliable");
   }();
   return trusted;
 #else
