@@ -939,7 +939,13 @@ void Worker::kill(Conn& c, std::string_view error, int64_t now) {
     drop(c, error, now);
     return;
   }
+  // Reconnect, once the stop is requested (the window's end can come in the same wake-up as the
+  // failure): not connected again, but its sent requests are lost in flight all the same, or
+  // they would fall out of requests_sent == replies_received + lost_in_flight + in_flight_at_end.
+  const uint64_t lost =
+      config_.reconnect.enabled && c.state == ConnState::kOpen ? sent_unanswered(c) : 0;
   if (!conns_.end(c)) return;
+  stats.lost_in_flight += lost;
   c.off_epoll = false;
   c.ring.reset();
   c.tls.reset();
