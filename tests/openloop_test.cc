@@ -418,6 +418,25 @@ TEST(OpenLoop, SlotsOfADeadConnectionAreDroppedSends) {
   EXPECT_LE(s.requests, static_cast<uint64_t>(rate * 1.0 / 2) + 2);
 }
 
+// The same at the schedule's finest rate, one request per ns, which no generator keeps up with:
+// the thread has not got through the warm-up's slots when the window ends, and the slots it
+// never reached count as well. Connection 0 has every even ns, so exactly half the window's ns
+// are dropped sends, and the lag shows.
+TEST(OpenLoop, SlotsNotReachedByTheEndAreStillDroppedSends) {
+  FramedServer server(address_of("127.0.0.1:0"));
+  ASSERT_EQ(server.error(), "");
+  server.close_connection_after(0, 5);
+  const double rate = 1e9;
+  const auto config = open_config(server.address(), 2, 1, rate, 100ms, 100ms);
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  const LoadStats& s = *result;
+  EXPECT_EQ(s.error_count(), 1u);  // EOF, or ECONNRESET: requests cross the close
+  EXPECT_NEAR(static_cast<double>(s.dropped_sends), rate * 0.1 / 2, 1.0);
+  EXPECT_GE(s.generator_lag.count(), 1u);
+  EXPECT_GT(s.requests_sent, 0u);  // connection 1 did send
+}
+
 // AF_UNIX (no TCP_NODELAY there) and IPv6 targets run the open loop as well.
 TEST(OpenLoop, UnixAndIpv6Targets) {
   char dir[] = "/tmp/sockbench-openloop-XXXXXX";

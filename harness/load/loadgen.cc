@@ -199,6 +199,8 @@ class Worker {
   void set_want_out(Conn& c, size_t i, bool on);
   void make_blocking(Conn& c);
   void run_schedule(int64_t now);
+  void settle_unreached_slots(int64_t now);
+  uint64_t first_slot_at(size_t i, uint64_t k0, int64_t t) const;
   void arm_timer();
   void on_timer();
   void take_cpu_edges(int64_t now);
@@ -281,6 +283,7 @@ void Worker::run() {
 
   epoll_event events[kMaxEvents];
   run_client_loop(threads_, epoll_, events, *this);
+  if (plan_.open) settle_unreached_slots(steady_now_ns());
   if (done_ns == 0) done_ns = steady_now_ns();
   if (cpu_started_ && !cpu_ended_) cpu_ns_ = thread_cpu_ns() - cpu_start_ns_;
   stats.client_cpu_seconds = static_cast<double>(cpu_ns_) / static_cast<double>(kNsPerSecond);
@@ -328,7 +331,7 @@ bool Worker::before_dispatch(std::span<const epoll_event> ready, bool stop) {
   for (const epoll_event& e : ready) {
     if (e.data.u64 == kTimerId) on_timer();
   }
-  if (stop) return false;
+  if (stop) return false;  // the slots due are settled when the loop ends (settle_unreached_slots)
   take_cpu_edges(woke_at);
   if (woke_at >= next_slot_ns_) {
     if (in_window(next_slot_ns_)) {
@@ -871,6 +874,42 @@ void Worker::run_schedule(int64_t now) {
     }
     next_slot_ns_ = slot_ns(cursor_, cursor_k_);
   }
+}
+
+// When the loop ends (the stop, or every connection dead): the slots due by `now` that this
+// thread had not reached (it was held back at the window's end, or far behind the schedule) go
+// unsent. Those in the measured window whose connection is not open are dropped sends, as
+// run_schedule() would have counted them; for the rest, the generator's lag at the earliest of
+// them is recorded, as a wake-up that found it due would have (a generator that never got to the
+// window would otherwise show no lag at all). Counted per connection from the schedule's formula,
+// not slot by slot: a generator behind at 1e9 requests/s can be seconds of slots behind, and the
+// stop must stay prompt.
+void Worker::settle_unreached_slots(int64_t now) {
+  const int64_t from = std::max(next_slot_ns_, plan_.window.start_ns);
+  const int64_t to = std::min(now + 1, plan_.window.end_ns);  // slots before `to`
+  if (from >= to) return;
+  stats.generator_lag.record(static_cast<uint64_t>(now - from));
+  for (size_t i = 0; i < count_; ++i) {
+    const Conn& c = conns_[i];
+    if (c.state == ConnState::kOpen && c.tls_start_ns == 0) continue;
+    // The cursor has passed (i, cursor_k_) when i < cursor_.
+    const uint64_t k0 = i >= cursor_ ? cursor_k_ : cursor_k_ + 1;
+    const uint64_t first = first_slot_at(i, k0, from);
+    const uint64_t end = first_slot_at(i, k0, to);
+    if (end > first) stats.dropped_sends += end - first;
+  }
+}
+
+// The first k >= k0 whose slot of local connection i is at or after t: from the inverse of
+// intended_send_ns(), then corrected for its rounding by stepping (slot_ns is nondecreasing in k).
+uint64_t Worker::first_slot_at(size_t i, uint64_t k0, int64_t t) const {
+  const double slots = static_cast<double>(t - plan_.origin_ns()) * plan_.rate / 1e9;
+  const double k = std::ceil((slots - static_cast<double>(first_connection_ + i)) /
+                             static_cast<double>(plan_.connections));
+  uint64_t at = k > static_cast<double>(k0) ? static_cast<uint64_t>(k) : k0;
+  while (at > k0 && slot_ns(i, at - 1) >= t) --at;
+  while (slot_ns(i, at) < t) ++at;
+  return at;
 }
 
 // Keeps the timerfd armed at the earliest of: the next slot (open loop), the window start and
