@@ -164,6 +164,11 @@ class Worker {
 
  private:
   bool in_window(int64_t now) const { return plan_.window.contains(now); }
+  // Open loop: whether a slot of c's is a request. One still connecting or dead, or still in its
+  // TLS handshake, takes none: the slot is a dropped send.
+  static bool takes_slot(const Conn& c) {
+    return c.state == ConnState::kOpen && c.tls_start_ns == 0;
+  }
   static Stamp& stamp(const Conn& c, uint64_t seq) { return c.ring[seq & c.ring_mask]; }
   // Requests whose first byte went out and whose reply is not complete.
   static uint64_t sent_unanswered(const Conn& c) { return c.unsent + (c.unsent_off > 0 ? 1 : 0); }
@@ -860,8 +865,7 @@ void Worker::run_schedule(int64_t now) {
   for (int pass = 0; pass < kMaxSlotsPerPass && next_slot_ns_ <= now; ++pass) {
     const int64_t slot = next_slot_ns_;
     Conn& c = conns_[cursor_];
-    // A connection still in its TLS handshake takes no slot, as one still connecting.
-    if (c.state == ConnState::kOpen && c.tls_start_ns == 0) {
+    if (takes_slot(c)) {
       if (c.in_flight >= plan_.max_outstanding && in_window(slot)) ++stats.capped_sends;
       ++c.due;
       issue_due(c, cursor_);
@@ -891,7 +895,7 @@ void Worker::settle_unreached_slots(int64_t now) {
   stats.generator_lag.record(static_cast<uint64_t>(now - from));
   for (size_t i = 0; i < count_; ++i) {
     const Conn& c = conns_[i];
-    if (c.state == ConnState::kOpen && c.tls_start_ns == 0) continue;
+    if (takes_slot(c)) continue;
     // The cursor has passed (i, cursor_k_) when i < cursor_.
     const uint64_t k0 = i >= cursor_ ? cursor_k_ : cursor_k_ + 1;
     const uint64_t first = first_slot_at(i, k0, from);
