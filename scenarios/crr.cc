@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <fstream>
 #include <optional>
@@ -113,6 +114,20 @@ results::Record run_crr(ServerHandle& server, const BenchParams& params, std::st
                                           ? 100.0 * static_cast<double>(stats.tls_resumed) /
                                                 static_cast<double>(stats.tls_handshakes)
                                           : 0.0);
+    if (params.tls_resume) {
+      // Full handshakes are the slots' first connections (no session yet) or the server's no
+      // to a session offered: tls_resume_declined tells the two apart.
+      const uint64_t declined =
+          stats.tls_resume_offered - std::min(stats.tls_resumed, stats.tls_resume_offered);
+      record.set("tls_resume_offered", static_cast<double>(stats.tls_resume_offered));
+      record.set("tls_resume_declined", static_cast<double>(declined));
+      if (declined > 0) {
+        record.warnings.push_back(fmt::format(
+            "the server declined {} of {} sessions offered for resumption (full handshakes "
+            "instead)",
+            declined, stats.tls_resume_offered));
+      }
+    }
   }
   set_count_metrics(record, stats, stats.slots_requested, stats.slots_achieved);
   set_server_metrics(record, server_samples, "server_cpu_us_per_connection",

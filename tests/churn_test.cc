@@ -1,6 +1,8 @@
 #include "harness/load/churn.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <openssl/ssl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "harness/core/net.h"
+#include "harness/core/tls.h"
 #include "scenarios/benchmark.h"
 #include "scenarios/crr.h"
 #include "servers/server.h"
@@ -287,6 +290,61 @@ TEST(CrrScenario, FullTimeWaitTableIsReported) {
         << (record.warnings.empty() ? "no warning" : record.warnings.front());
   });
   if (!why.empty()) GTEST_SKIP() << why;
+}
+
+// A server's ticket callback that declines every ticket offered (a full handshake instead, and a
+// new ticket after it), as a server whose ticket keys changed does.
+SSL_TICKET_RETURN decline_every_ticket(SSL*, SSL_SESSION*, const unsigned char*, size_t,
+                                       SSL_TICKET_STATUS, void*) {
+  return SSL_TICKET_RETURN_IGNORE_RENEW;
+}
+
+// crr --tls --tls-resume: every handshake but each slot's first offers the session its previous
+// connection got. With no warm-up the slots' first, full, handshakes are in the window: they are
+// counted as handshakes, not as offers. A server that takes the offers resumes each; one that
+// declines every ticket resumes none, and the record counts its declines and warns of them.
+TEST(CrrScenario, TlsResumeCountsTheOffersAndWhatTheServerDeclined) {
+  std::string error;
+  const tls::Identity identity = tls::make_loopback_identity(&error);
+  ASSERT_FALSE(identity.cert_pem.empty()) << error;
+  const auto client_tls = tls::Context::make(
+      {.role = tls::Role::kClient, .trusted_pem = identity.cert_pem, .server_name = "127.0.0.1"},
+      &error);
+  ASSERT_TRUE(client_tls) << error;
+  for (const bool decline : {false, true}) {
+    SCOPED_TRACE(decline ? "a server that declines every ticket" : "a server that resumes");
+    auto server_tls =
+        tls::Context::make({.role = tls::Role::kServer, .identity = identity}, &error);
+    ASSERT_TRUE(server_tls) << error;
+    if (decline) {
+      ASSERT_EQ(SSL_CTX_set_session_ticket_cb(server_tls->native(), nullptr, decline_every_ticket,
+                                              nullptr),
+                1);
+    }
+    auto config = test_support::loopback_config();
+    config.protocol.tls = server_tls;
+    InProcessServer server("epoll", config);
+    auto params = crr_params(2, scenarios::CloseMode::kFin);
+    params.warmup = 0ms;
+    params.tls = client_tls;
+    params.tls_resume = true;
+    const auto record = run_cell(server, params);
+    EXPECT_EQ(record.error, "");
+    EXPECT_EQ(record.metric("errors").value_or(-1), 0);
+    const double handshakes = record.metric("tls_handshakes").value_or(0);
+    const double offered = record.metric("tls_resume_offered").value_or(-1);
+    EXPECT_GT(handshakes, 10);
+    EXPECT_EQ(offered, handshakes - 2);  // all but the two slots' first
+    EXPECT_EQ(record.metric("tls_resumed").value_or(-1), decline ? 0 : offered);
+    EXPECT_EQ(record.metric("tls_resume_declined").value_or(-1), decline ? offered : 0);
+    EXPECT_EQ(has_warning(record, "the server declined "), decline);
+    if (decline) {
+      const auto n = static_cast<uint64_t>(offered);
+      EXPECT_TRUE(has_warning(
+          record,
+          fmt::format("the server declined {} of {} sessions offered for resumption", n, n)));
+    }
+  }
 }
 
 TEST(CrrScenario, UnixSocketHasNoTimeWaitMetrics) {

@@ -51,10 +51,12 @@ struct Slot {
   int64_t deadline_ns = 0;  // connect or reply timeout of the current phase
   int64_t retry_at_ns = 0;
   // TLS runs: the connection's session (its output() is what flush sends), the session the
-  // previous connection got (tls_resume), and whether the handshake is still going.
+  // previous connection got (tls_resume), whether this connection offered it, and whether the
+  // handshake is still going.
   std::unique_ptr<tls::Session> tls;
   tls::SavedSession saved;
   std::unique_ptr<HttpResponseReader> http;  // http runs: this cycle's response
+  bool offered = false;
   bool handshaking = false;
 };
 
@@ -240,8 +242,8 @@ void Worker::on_connected(Slot& s, size_t i, int64_t now) {
   s.phase = Phase::kSending;
   if (config_.tls) {
     std::string error;
-    s.tls =
-        tls::Session::make(config_.tls, &error, config_.tls_resume && s.saved ? &s.saved : nullptr);
+    s.offered = config_.tls_resume && s.saved;
+    s.tls = tls::Session::make(config_.tls, &error, s.offered ? &s.saved : nullptr);
     if (!s.tls) {
       fail(s, i, "TLS: " + error, now);
       return;
@@ -283,6 +285,7 @@ void Worker::read_tls(Slot& s, size_t i) {
       if (in_window(now)) {
         stats.tls_handshake.record(static_cast<uint64_t>(now - s.send_start_ns));
         ++stats.tls_handshakes;
+        if (s.offered) ++stats.tls_resume_offered;
         if (s.tls->resumed()) ++stats.tls_resumed;
       }
       s.send_start_ns = now;  // the request's latency starts once it can go
@@ -418,7 +421,7 @@ void merge_into(ChurnStats& total, const ChurnStats& s) {
   merge_fields(total, s, &S::connect_latency, &S::latency, &S::cycle_latency, &S::cycles,
                &S::total_cycles, &S::connects_started, &S::unverified_replies, &S::short_reads,
                &S::short_writes, &S::slots_achieved, &S::errors, &S::tls_handshake,
-               &S::tls_handshakes, &S::tls_resumed);
+               &S::tls_handshakes, &S::tls_resume_offered, &S::tls_resumed);
 }
 
 std::error_code validate(const ChurnConfig& c) {

@@ -42,7 +42,9 @@ struct ChurnConfig : ClientRunConfig {
   // reply is verified after decryption, and the close sends close_notify. nullptr: plain TCP.
   std::shared_ptr<tls::Context> tls;
   // With tls: each slot offers the session its previous connection got (a TLS 1.3 ticket, a
-  // TLS 1.2 ticket or id) instead of a full handshake; tls_resumed counts the server's yes.
+  // TLS 1.2 ticket or id) instead of a full handshake; tls_resume_offered counts the offers and
+  // tls_resumed the server's yes. A slot's first connection, and the next after a failed one,
+  // have no session to offer.
   bool tls_resume = false;
 };
 
@@ -56,15 +58,16 @@ struct ChurnInterval {
 
 struct ChurnStats {
   // Measured window only:
-  uint64_t cycles = 0;          // connect + verified reply + close, completed in the window
-  Histogram connect_latency;    // connect() to established (ns)
-  Histogram latency;            // request sent to reply verified (ns)
-  Histogram cycle_latency;      // connect() to close() (ns)
-  uint64_t short_reads = 0;     // replies that needed more than one recv()
-  uint64_t short_writes = 0;    // send() calls that took fewer bytes than offered
-  Histogram tls_handshake;      // TLS: connected to handshake done (ns)
-  uint64_t tls_handshakes = 0;  // TLS: handshakes completed in the window
-  uint64_t tls_resumed = 0;     // of those, resumed sessions (no certificate, no key exchange)
+  uint64_t cycles = 0;              // connect + verified reply + close, completed in the window
+  Histogram connect_latency;        // connect() to established (ns)
+  Histogram latency;                // request sent to reply verified (ns)
+  Histogram cycle_latency;          // connect() to close() (ns)
+  uint64_t short_reads = 0;         // replies that needed more than one recv()
+  uint64_t short_writes = 0;        // send() calls that took fewer bytes than offered
+  Histogram tls_handshake;          // TLS: connected to handshake done (ns)
+  uint64_t tls_handshakes = 0;      // TLS: handshakes completed in the window
+  uint64_t tls_resume_offered = 0;  // of those, ones that offered a saved session (tls_resume)
+  uint64_t tls_resumed = 0;         // of those, resumed sessions (no certificate, no key exchange)
   // Whole run:
   uint64_t total_cycles = 0;
   uint64_t connects_started = 0;           // connect() calls made (failed ones included)
