@@ -51,12 +51,10 @@ struct Slot {
   int64_t deadline_ns = 0;  // connect or reply timeout of the current phase
   int64_t retry_at_ns = 0;
   // TLS runs: the connection's session (its output() is what flush sends), the session the
-  // previous connection got (tls_resume), whether this connection offered it, and whether the
-  // handshake is still going.
+  // previous connection got (tls_resume), and whether the handshake is still going.
   std::unique_ptr<tls::Session> tls;
   tls::SavedSession saved;
   std::unique_ptr<HttpResponseReader> http;  // http runs: this cycle's response
-  bool offered = false;
   bool handshaking = false;
 };
 
@@ -86,6 +84,10 @@ class Worker {
 
  private:
   bool in_window(int64_t now) const { return plan_.window.contains(now); }
+  // tls_resume: whether the slot's connection offers its previous one's session. `saved` changes
+  // only once the reply is verified or the connection fails, so the answer holds from the
+  // connection's start to the handshake's end.
+  bool offers_session(const Slot& s) const { return config_.tls_resume && s.saved; }
   void start_cycle(size_t i, int64_t now);
   void on_slot_event(size_t i, uint32_t events);
   void on_connected(Slot& s, size_t i, int64_t now);
@@ -242,8 +244,7 @@ void Worker::on_connected(Slot& s, size_t i, int64_t now) {
   s.phase = Phase::kSending;
   if (config_.tls) {
     std::string error;
-    s.offered = config_.tls_resume && s.saved;
-    s.tls = tls::Session::make(config_.tls, &error, s.offered ? &s.saved : nullptr);
+    s.tls = tls::Session::make(config_.tls, &error, offers_session(s) ? &s.saved : nullptr);
     if (!s.tls) {
       fail(s, i, "TLS: " + error, now);
       return;
@@ -285,7 +286,7 @@ void Worker::read_tls(Slot& s, size_t i) {
       if (in_window(now)) {
         stats.tls_handshake.record(static_cast<uint64_t>(now - s.send_start_ns));
         ++stats.tls_handshakes;
-        if (s.offered) ++stats.tls_resume_offered;
+        if (offers_session(s)) ++stats.tls_resume_offered;
         if (s.tls->resumed()) ++stats.tls_resumed;
       }
       s.send_start_ns = now;  // the request's latency starts once it can go
