@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 
@@ -145,10 +146,17 @@ size_t CompareReport::lost_cells() const {
   return failed_in_new.size() + (missing_allowed ? 0 : only_in_base.size());
 }
 
+size_t CompareReport::lost_metrics() const {
+  if (missing_allowed) return 0;
+  return static_cast<size_t>(std::count_if(rows.begin(), rows.end(), [](const MetricComparison& r) {
+    return r.verdict == Verdict::kMissing;
+  }));
+}
+
 bool CompareReport::regressed() const {
-  return lost_cells() > 0 || std::any_of(rows.begin(), rows.end(), [](const MetricComparison& r) {
-           return r.verdict == Verdict::kRegressed;
-         });
+  return lost_cells() > 0 || lost_metrics() > 0 ||
+         std::any_of(rows.begin(), rows.end(),
+                     [](const MetricComparison& r) { return r.verdict == Verdict::kRegressed; });
 }
 
 CompareReport compare_runs(const RunResult& base, const RunResult& next,
@@ -194,16 +202,23 @@ CompareReport compare_runs(const RunResult& base, const RunResult& next,
     for (const auto& direction : compared_metrics()) {
       const auto a = old_samples.find(direction.name);
       const auto b = found->second.find(direction.name);
-      if (a == old_samples.end() || b == found->second.end()) continue;
+      if (a == old_samples.end()) continue;
       MetricComparison row;
       row.cell = name;
       row.metric = direction.name;
       row.bigger_is_better = direction.bigger_is_better;
       row.base_median = median(a->second);
+      row.base_n = a->second.size();
+      if (b == found->second.end()) {
+        // Measured in BASE, absent (or never finite) in NEW: the gate cannot say it held.
+        row.new_median = std::numeric_limits<double>::quiet_NaN();
+        row.verdict = Verdict::kMissing;
+        report.rows.push_back(std::move(row));
+        continue;
+      }
       row.new_median = median(b->second);
       row.change = row.base_median != 0 ? (row.new_median - row.base_median) / row.base_median : 0;
       row.p_value = mann_whitney_u_p(a->second, b->second);
-      row.base_n = a->second.size();
       row.new_n = b->second.size();
       report.min_repetitions = std::min({report.min_repetitions, row.base_n, row.new_n});
       const bool significant = row.p_value < options.alpha;

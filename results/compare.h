@@ -13,7 +13,7 @@ namespace sockbench::results {
 struct CompareOptions {
   double alpha = 0.05;         // U-test significance level (two-sided)
   double min_effect = 0.05;    // relative median change that matters (0.05 = 5 %)
-  bool allow_missing = false;  // a BASE cell absent from NEW is a note, not a regression
+  bool allow_missing = false;  // a BASE cell or metric absent from NEW is a note, not a regression
 };
 
 enum class Verdict { kSame, kImproved, kRegressed, kMissing };
@@ -26,6 +26,7 @@ struct MetricComparison {
   double new_median = 0;
   double change = 0;   // (new - base) / base; 0 when base is 0
   double p_value = 1;  // two-sided Mann-Whitney U
+  // kMissing: the metric has samples in BASE and none in NEW (new_median NaN, new_n 0).
   size_t base_n = 0;
   size_t new_n = 0;
   Verdict verdict = Verdict::kSame;
@@ -51,7 +52,9 @@ struct CompareReport {
   bool nothing_compared() const { return cells_in_both == 0; }
   // Cells failed in NEW, plus those missing from NEW unless allowed: each one a regression.
   size_t lost_cells() const;
-  // A metric regressed, or lost_cells() > 0.
+  // Rows whose metric is missing from NEW (Verdict::kMissing), unless allowed.
+  size_t lost_metrics() const;
+  // A metric regressed, or lost_cells() or lost_metrics() > 0.
   bool regressed() const;
 };
 

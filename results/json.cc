@@ -359,8 +359,12 @@ RunContext context_from_json(const json& j) {
   c.ip_local_port_range = j.value("ip_local_port_range", std::string());
   c.tcp_tw_reuse = j.value("tcp_tw_reuse", std::string());
   if (j.contains("shard_count")) {
-    c.shard = Shard{integer_of<int>(j.at("shard_index"), "shard_index"),
-                    integer_of<int>(j.at("shard_count"), "shard_count")};
+    const auto index = integer_of<int64_t>(j.at("shard_index"), "shard_index");
+    const auto count = integer_of<int64_t>(j.at("shard_count"), "shard_count");
+    if (const std::string why = shard_range_error(index, count); !why.empty()) {
+      throw json::other_error::create(501, "context: " + why, &j);
+    }
+    c.shard = Shard{static_cast<int>(index), static_cast<int>(count)};
   }
   c.merged_shards = integer_field(j, "merged_shards", 0);
   if (j.contains("clock_offsets_us")) {

@@ -34,32 +34,6 @@ std::optional<uint64_t> fd_limit() {
   return static_cast<uint64_t>(limit.rlim_cur);
 }
 
-// Why the ramp cannot run at all, or "" when it can. `steps` are the whole load's; `shard` opens
-// its share of each.
-std::string check_ramp(const std::vector<int>& steps, Shard shard) {
-  for (size_t i = 0; i < steps.size(); ++i) {
-    if (steps[i] < 1)
-      return fmt::format("ramp step {} is not a positive connection count", steps[i]);
-    if (i > 0 && steps[i] <= steps[i - 1]) {
-      return fmt::format("ramp steps must increase: {} follows {}", steps[i], steps[i - 1]);
-    }
-  }
-  if (const auto limit = fd_limit()) {
-    const uint64_t most = *limit > kFdReserve ? *limit - kFdReserve : 0;
-    for (int whole : steps) {
-      const auto step = shard_share(whole, shard);
-      if (static_cast<uint64_t>(step) > most) {
-        return fmt::format(
-            "{} connections exceed what this client can open: its fd limit (RLIMIT_NOFILE) is "
-            "{}, so at most {} connections (the limit minus {} for the client's own fds); raise "
-            "the limit (ulimit -n) or lower the ramp",
-            step, *limit, most, kFdReserve);
-      }
-    }
-  }
-  return {};
-}
-
 std::string join(const std::vector<std::string>& parts, std::string_view separator) {
   std::string out;
   for (const auto& part : parts) {
@@ -165,6 +139,30 @@ std::vector<int> ramp_steps(const BenchParams& params) {
 }
 
 }  // namespace
+
+std::string check_ramp(const std::vector<int>& steps, Shard shard) {
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (steps[i] < 1)
+      return fmt::format("ramp step {} is not a positive connection count", steps[i]);
+    if (i > 0 && steps[i] <= steps[i - 1]) {
+      return fmt::format("ramp steps must increase: {} follows {}", steps[i], steps[i - 1]);
+    }
+  }
+  if (const auto limit = fd_limit()) {
+    const uint64_t most = *limit > kFdReserve ? *limit - kFdReserve : 0;
+    for (int whole : steps) {
+      const auto step = shard_share(whole, shard);
+      if (static_cast<uint64_t>(step) > most) {
+        return fmt::format(
+            "{} connections exceed what this client can open: its fd limit (RLIMIT_NOFILE) is "
+            "{}, so at most {} connections (the limit minus {} for the client's own fds); raise "
+            "the limit (ulimit -n) or lower the ramp",
+            step, *limit, most, kFdReserve);
+      }
+    }
+  }
+  return {};
+}
 
 std::vector<results::Record> connections_records(const std::string& server,
                                                  const BenchParams& params) {

@@ -19,6 +19,11 @@ namespace sockbench::scenarios {
 std::vector<results::Record> run_connections(ServerHandle& server, const BenchParams& params,
                                              std::stop_token stop);
 
+// Why a ramp of `steps` (the whole load's; `shard` opens its share of each) cannot run at all, or
+// "" when it can: steps not increasing, or more than the client's fd limit allows. `run` asks it
+// before any server starts; run_connections() again, for callers that did not.
+std::string check_ramp(const std::vector<int>& steps, Shard shard);
+
 // The records run_connections returns for `server` and `params` before anything is measured, one
 // per step: scenario, server, name and params. Also what a cell whose server never started is
 // filed under.

@@ -180,6 +180,8 @@ results::Record run_crr(ServerHandle& server, const BenchParams& params, std::st
                     port_range(), it->second));
   }
   warn_unverified(record, stats.unverified_replies);
+  fail_if_nothing_measured(record, stats.cycles, "connection completed a cycle",
+                           stats.error_count());
   return record;
 }
 

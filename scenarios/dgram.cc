@@ -89,6 +89,7 @@ results::Record run_dgram_cell(const std::string& scenario, ServerHandle& server
                                                      stats.kernel_drops->rcvbuf_errors)
                                        : ""));
   }
+  fail_if_nothing_measured(record, stats.echoed, "datagram echoed", stats.error_count());
   return record;
 }
 

@@ -123,6 +123,7 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
     }
   }
   warn_unverified(record, stats.unverified_replies);
+  fail_if_nothing_measured(record, stats.requests, "request completed", stats.error_count());
   if (const std::string why = saturation_warning(stats.client_cpu_utilisation,
                                                  server_utilisation(server_samples, seconds));
       !why.empty()) {

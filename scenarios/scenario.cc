@@ -37,6 +37,13 @@ bool run_ended_cleanly(ServerHandle& server, const std::stop_token& stop, double
   return true;
 }
 
+void fail_if_nothing_measured(results::Record& record, uint64_t completed, std::string_view what,
+                              uint64_t errors) {
+  if (completed > 0 || !record.error.empty()) return;
+  record.error = fmt::format("no {} in the measured window ({} errors{})", what, errors,
+                             record.warnings.empty() ? "" : "; see the warnings");
+}
+
 bool idle_shard(const BenchParams& params) {
   const int most = params.ramp.empty() ? params.clients : params.ramp.back();
   return shard_share(most, params.shard) == 0;

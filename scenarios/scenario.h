@@ -3,10 +3,12 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "harness/core/net.h"
@@ -119,5 +121,12 @@ class WindowSamples {
 // "interrupted" when nothing of the window was measured. True (record left alone) when neither.
 bool run_ended_cleanly(ServerHandle& server, const std::stop_token& stop, double measured_seconds,
                        std::chrono::nanoseconds planned, results::Record& record);
+
+// Fails a cleanly ended record whose window completed nothing (`completed` == 0): it has no figure
+// to stand for, so the run exits 1 and compare sees a failed cell, where a row of zeros would
+// pass. The error reads "no <what> in the measured window (<errors> errors)", and points at the
+// warnings, which say what the server did instead (unverified or unanswered replies).
+void fail_if_nothing_measured(results::Record& record, uint64_t completed, std::string_view what,
+                              uint64_t errors);
 
 }  // namespace sockbench::scenarios

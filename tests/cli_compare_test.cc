@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -158,6 +159,48 @@ TEST_F(CompareCli, ACellMissingFromNewIsARegressionUnlessAllowed) {
   EXPECT_EQ(sockbench("compare --allow-missing " + base + " " + slow).status, 1);
 }
 
+// A metric BASE measured and NEW lacks (every repetition null, or not written at all): the gate
+// cannot say it held, so it is a loss like a missing cell, unless allowed.
+TEST_F(CompareCli, AMetricMissingFromNewIsARegressionUnlessAllowed) {
+  const auto base = file_with("base.json", kBase);
+  const auto next = file_with("new.json", kBase);
+  auto doc = nlohmann::json::parse(slurp(next));
+  for (auto& b : doc["benchmarks"]) b["requests_per_second"] = nullptr;
+  std::ofstream(next) << doc.dump();
+  const auto o = sockbench("compare " + base + " " + next);
+  EXPECT_EQ(o.status, 1) << o.out << o.err;
+  const auto row = o.out.find("requests_per_second (+)");
+  ASSERT_NE(row, std::string::npos) << o.out;
+  const std::string line = o.out.substr(row, o.out.find('\n', row) - row);
+  std::istringstream words(line);
+  std::vector<std::string> columns{std::istream_iterator<std::string>(words), {}};
+  // metric, its direction, base, new, change, p, n, verdict.
+  EXPECT_EQ(columns, (std::vector<std::string>{"requests_per_second", "(+)", "100200", "-", "-",
+                                               "-", "5/0", "missing"}))
+      << line;
+  EXPECT_NE(o.out.find("REGRESSION: 0 regression(s) in 2 compared metrics, 1 metric(s) missing "
+                       "in NEW"),
+            std::string::npos)
+      << o.out;
+
+  const auto allowed = sockbench("compare --allow-missing " + base + " " + next);
+  EXPECT_EQ(allowed.status, 0) << allowed.out << allowed.err;
+  EXPECT_NE(allowed.out.find("5/0  missing (allowed)"), std::string::npos) << allowed.out;
+  EXPECT_NE(allowed.out.find("OK: 0 regression(s) in 2 compared metrics\n"), std::string::npos)
+      << allowed.out;
+
+  // Every metric gone, the one not even listed: not "OK in 0 compared metrics".
+  for (auto& b : doc["benchmarks"]) {
+    b.erase("p99_us");
+    auto& listed = b["sockbench_metrics"];
+    listed.erase(std::remove(listed.begin(), listed.end(), "p99_us"), listed.end());
+  }
+  std::ofstream(next) << doc.dump();
+  const auto none = sockbench("compare " + base + " " + next);
+  EXPECT_EQ(none.status, 1) << none.out << none.err;
+  EXPECT_NE(none.out.find("2 metric(s) missing in NEW"), std::string::npos) << none.out;
+}
+
 TEST_F(CompareCli, ACellOnlyInNewIsReportedNotAFailure) {
   const auto base = file_with("base.json", kBase, {kEpoll});
   const auto next = file_with("new.json", kBase, {kEpoll, kPoll});
@@ -270,8 +313,7 @@ TEST_F(CompareCli, SameBuildTwiceIsNotFlaggedASlowedServerIs) {
   const auto a = (dir_ / "a.json").string();
   const auto same = sockbench("compare --alpha 0.01 " + a + " " + (dir_ / "b.json").string());
   EXPECT_EQ(same.status, 0) << same.out;
-  const auto slowed =
-      sockbench("compare --alpha 0.01 " + a + " " + (dir_ / "slow.json").string());
+  const auto slowed = sockbench("compare --alpha 0.01 " + a + " " + (dir_ / "slow.json").string());
   EXPECT_EQ(slowed.status, 1) << slowed.out;
   EXPECT_NE(slowed.out.find("requests_per_second (+)"), std::string::npos) << slowed.out;
   EXPECT_NE(slowed.out.find("p50_us (-)"), std::string::npos)

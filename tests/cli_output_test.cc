@@ -1,6 +1,7 @@
 // Result files on the command line: --json, --csv, --timeseries, --junit and `export -o` write
 // through devices, FIFOs and symbolic links, report a write error with exit 1, and a path that
 // is a directory is refused before anything runs.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -8,7 +9,9 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 
+#include "servers/server.h"
 #include "tests/support/cli.h"
 #include "tests/support/fifo.h"
 
@@ -47,6 +50,52 @@ TEST_F(OutputCli, DevFullIsAWriteErrorWithExit1AndStaysADevice) {
               std::string::npos)
         << o.err;
     EXPECT_TRUE(is_char_device("/dev/full"));
+  }
+}
+
+// stdout is the output of export and merge and the table of run: a full disk or a closed stdout
+// there is lost output, so exit 1 naming it, and the result files still get everything.
+TEST_F(OutputCli, StdoutThatCannotBeWrittenIsExit1AndTheFilesStillGetTheResults) {
+  const auto shell = [&](const std::string& args, const std::string& redirect) {
+    const auto err = dir_ / "shell-stderr";
+    const int status = test_support::shell(
+        fmt::format("{} {} {} 2>{}", test_support::sockbench_path(), args, redirect, err.string()));
+    return std::make_pair(status, slurp(err));
+  };
+  const auto json = (dir_ / "full.json").string();
+  // 16 cells: a table of ~10 KB, longer than stdio's buffer (4 KiB), so fmt's own write fails
+  // part-way through it, not only the last flush.
+  const auto [run_status, run_err] = shell(
+      "run --server all --clients 1,2 --duration 100ms --warmup 0s --json " + json, ">/dev/full");
+  EXPECT_EQ(run_status, 1) << run_err;
+  const std::string said =
+      "sockbench: error: cannot write standard output: No space left on device\n";
+  ASSERT_NE(run_err.find(said), std::string::npos) << run_err;
+  EXPECT_EQ(run_err.find(said), run_err.rfind(said)) << "said once: " << run_err;
+  const auto doc = nlohmann::json::parse(slurp(json));
+  ASSERT_EQ(doc["benchmarks"].size(), 2 * servers::model_names(/*faulty=*/false).size());
+  for (const auto& b : doc["benchmarks"]) {
+    EXPECT_FALSE(b.value("error_occurred", false)) << b.dump();
+    EXPECT_GT(b["iterations"].get<double>(), 0);
+  }
+
+  const struct {
+    std::string args;
+    std::string redirect;
+    std::string why;
+  } lost[] = {
+      {"export --format bencher " + json, ">/dev/full", "No space left on device"},
+      {"export --format bencher " + json, ">&-", "Bad file descriptor"},
+      {"version", ">/dev/full", "No space left on device"},
+      {"list", ">/dev/full", ""},
+  };
+  for (const auto& l : lost) {
+    const auto [status, err] = shell(l.args, l.redirect);
+    EXPECT_EQ(status, 1) << l.args << " " << l.redirect << "\n" << err;
+    EXPECT_NE(err.find("sockbench: error: cannot write standard output: " + l.why),
+              std::string::npos)
+        << l.args << " " << l.redirect << "\n"
+        << err;
   }
 }
 

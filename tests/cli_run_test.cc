@@ -164,6 +164,44 @@ TEST_F(CliRun, IterativeServerWithFiftyClientsEndsOnTimeAndSaysHowManyWereServed
       << r.out;
 }
 
+// A server that takes the requests and never answers (discard): the window completes nothing,
+// so there is no figure to report. Each scenario's cell fails saying so, with its warnings, and
+// the run exits 1, where a row of zeros used to pass with exit 0.
+TEST_F(CliRun, AWindowThatCompletedNothingFailsTheCellAndTheRun) {
+  auto tcp = test_support::serve("epoll", {"--protocol", "discard"});
+  ASSERT_TRUE(tcp.has_value());
+  auto udp = test_support::serve("udp-blocking", {"--protocol", "discard"}, {}, "udp:127.0.0.1:0");
+  ASSERT_TRUE(udp.has_value());
+  const struct {
+    std::string args;
+    std::string error;
+    std::string warning;
+  } cells[] = {
+      {"--scenario rr --target " + tcp->address.to_string(), "no request completed",
+       "2 connections never got a first reply"},
+      {"--scenario crr --target " + tcp->address.to_string(), "no connection completed a cycle",
+       "only 0 of 2 connection slots completed a cycle"},
+      {"--scenario dgram --transport udp --target udp:" + udp->address.to_string(),
+       "no datagram echoed", "datagrams lost (100.000 %)"},
+  };
+  for (const auto& c : cells) {
+    const auto json_path = dir_ / "nothing.json";
+    const auto r = test_support::run_sockbench(
+        c.args + " --clients 2 --duration 300ms --warmup 0s --json " + json_path.string(),
+        dir_ / "out", dir_ / "err");
+    EXPECT_EQ(r.status, 1) << c.args << "\n" << r.err << r.out;
+    const auto doc = nlohmann::json::parse(slurp(json_path));
+    ASSERT_EQ(doc["benchmarks"].size(), 1u) << c.args;
+    const auto& b = doc["benchmarks"][0];
+    EXPECT_TRUE(b.value("error_occurred", false)) << c.args << "\n" << b;
+    const std::string message = b.value("error_message", "");
+    EXPECT_TRUE(message.starts_with(c.error + " in the measured window (")) << message;
+    EXPECT_TRUE(message.ends_with(" errors; see the warnings)")) << message;
+    EXPECT_NE(r.out.find("failed:\n  target: " + message), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(c.warning), std::string::npos) << c.args << "\n" << r.out;
+  }
+}
+
 TEST_F(CliRun, OverlappingCpuSetsAreRefusedUnlessAllowed) {
   const auto available = available_cpus();
   if (available.size() < 2) GTEST_SKIP() << "needs two CPUs";

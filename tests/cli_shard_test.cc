@@ -131,6 +131,16 @@ TEST_F(ShardCli, MergeRefusesInconsistentInputsWithExit2) {
       {a + a, "shard 0/2 given twice"},
       {a, "shard 1/2 is missing"},
       {a + " " + (dir_ / "nonexistent.json").string(), "cannot read"},
+      // Shard fields out of range, as a hand-edited or corrupted file holds them: refused on
+      // reading, before anything is indexed by them.
+      {a + write("f.json", 2, 2, "rr/target/clients:4/msg:64", "0.1.0"),
+       "context: the shard index must be in [0, 1] for 2 shards, got 2"},
+      {a + write("g.json", -1, 2, "rr/target/clients:4/msg:64", "0.1.0"),
+       "context: the shard index must be in [0, 1] for 2 shards, got -1"},
+      {write("h.json", 0, 0, "rr/target/clients:4/msg:64", "0.1.0"),
+       "context: the shard count must be in [1, 4096], got 0"},
+      {a + write("i.json", 1, 2000000000, "rr/target/clients:4/msg:64", "0.1.0"),
+       "context: the shard count must be in [1, 4096], got 2000000000"},
   };
   for (const auto& r : refused) {
     const auto o = sockbench("merge" + r.files + " --json " + (dir_ / "out.json").string());

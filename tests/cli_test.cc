@@ -47,6 +47,8 @@ bool process_gone(pid_t pid) {
 }
 
 TEST_F(Cli, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
+  const std::string x = (dir_ / "x.json").string();
+  const std::string dot_x = (dir_ / "." / "x.json").string();
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"--clients abc", "--clients"},
       {"--clients 0", "--clients"},
@@ -80,6 +82,20 @@ TEST_F(Cli, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
       {"serve --listen 127.0.0.1:99999", "--listen"},
       {"serve --server nope", "--server"},
       {"serve --protocol smtp", "--protocol"},
+      // A cell named twice would run twice under one name: the table, the JSON and compare
+      // could not tell the two apart.
+      {"--server epoll,epoll", "--server: epoll is listed twice"},
+      {"--server all,poll", "--server: poll is listed twice (all includes it)"},
+      {"--clients 10,20,10", "--clients: 10 is listed twice"},
+      {"--scenario rr,stream,rr", "--scenario: rr is listed twice"},
+      {"check --only partial/coalesced,errors,partial/coalesced",
+       "--only: partial/coalesced is listed twice"},
+      // Known before any server starts.
+      {"--scenario connections --ramp 30,10", "--ramp: ramp steps must increase: 10 follows 30"},
+      // Each writer replaces its file whole: only the last would be left.
+      {"--json " + x + " --csv " + dot_x, "--json and --csv both name"},
+      {"--json " + x + " --timeseries " + x, "--json and --timeseries both name"},
+      {"version --bogus", "version takes no arguments, got '--bogus'"},
   };
   for (const auto& [args, flag] : cases) {
     const auto o = sockbench(args);
@@ -89,6 +105,8 @@ TEST_F(Cli, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
     EXPECT_TRUE(o.out.empty()) << args;
     EXPECT_EQ(o.err.find("max_outstanding"), std::string::npos) << args << " -> " << o.err;
   }
+  EXPECT_FALSE(std::filesystem::exists(x));
+  EXPECT_EQ(sockbench("version --help").status, 0);
 }
 
 const char* const kCommands[] = {"run",     "serve",  "proxy", "check",  "list",

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 
 namespace sockbench::results {
@@ -166,6 +167,42 @@ TEST(Compare, ACellMissingFromNewIsARegressionUnlessAllowed) {
   allow.allow_missing = true;
   const auto allowed = compare_runs(base, next, allow);
   EXPECT_EQ(allowed.only_in_base, report.only_in_base);  // still listed
+  EXPECT_FALSE(allowed.regressed());
+}
+
+TEST(Compare, AMetricMissingFromNewIsARegressionUnlessAllowed) {
+  const auto base = run_with({1, 2, 3, 4, 5}, {7, 7, 7, 7, 7});
+  auto next = base;
+  // Absent from one repetition: still compared, over the four that have it.
+  next.records.front().metrics.clear();
+  next.records.front().set("requests_per_second", 1);
+  const auto partial = compare_runs(base, next, {});
+  EXPECT_EQ(row(partial, "p99_us").verdict, Verdict::kSame);
+  EXPECT_EQ(row(partial, "p99_us").new_n, 4u);
+  EXPECT_EQ(partial.lost_metrics(), 0u);
+  EXPECT_FALSE(partial.regressed());
+  // Absent from all (or never finite): a kMissing row, and a loss.
+  for (auto& r : next.records) {
+    r.metrics.clear();
+    r.set("requests_per_second", 3);
+    r.set("p99_us", std::numeric_limits<double>::quiet_NaN());
+  }
+  const auto report = compare_runs(base, next, {});
+  const auto& lost = row(report, "p99_us");
+  EXPECT_EQ(lost.verdict, Verdict::kMissing);
+  EXPECT_EQ(lost.base_n, 5u);
+  EXPECT_EQ(lost.new_n, 0u);
+  EXPECT_DOUBLE_EQ(lost.base_median, 7);
+  EXPECT_TRUE(std::isnan(lost.new_median));
+  EXPECT_EQ(row(report, "requests_per_second").verdict, Verdict::kSame);
+  EXPECT_EQ(report.lost_metrics(), 1u);
+  EXPECT_EQ(report.lost_cells(), 0u);
+  EXPECT_TRUE(report.regressed());
+  CompareOptions allow;
+  allow.allow_missing = true;
+  const auto allowed = compare_runs(base, next, allow);
+  EXPECT_EQ(row(allowed, "p99_us").verdict, Verdict::kMissing);  // still listed
+  EXPECT_EQ(allowed.lost_metrics(), 0u);
   EXPECT_FALSE(allowed.regressed());
 }
 

@@ -181,6 +181,7 @@ int check_command(int argc, const char* const* argv) {
       }
       check_options.only.push_back(item);
     }
+    require_distinct("only", check_options.only);
   }
   check_options.long_checks = parsed.count("long") > 0;
   return run_check_plan(std::move(plan));

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <stdio_ext.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <system_error>
+#include <utility>
 
 #include "harness/cli/options.h"
 #include "harness/cli/targets.h"
@@ -41,6 +43,8 @@ std::vector<std::string> resolve_models(const std::string& text, const std::stri
     }
     names.push_back(item);
   }
+  require_distinct("server", names,
+                   text.find("all") != std::string::npos ? " (all includes it)" : "");
   return names;
 }
 
@@ -146,18 +150,44 @@ results::RunResult for_console(const results::RunResult& run, int repetitions) {
 
 OutputPaths output_paths(const cxxopts::ParseResult& parsed) {
   OutputPaths outputs;
-  if (parsed.count("json")) check_writable("json", *(outputs.json = str(parsed, "json")));
-  if (parsed.count("csv")) check_writable("csv", *(outputs.csv = str(parsed, "csv")));
-  if (parsed.count("timeseries")) {
-    check_writable("timeseries", *(outputs.timeseries = str(parsed, "timeseries")));
-  }
+  // Each file is replaced whole by its writer, so two flags naming one file would leave only the
+  // last one's output (a device or a FIFO, written in place, may take both).
+  std::vector<std::pair<std::string, std::string>> files;  // (resolved path, flag)
+  const auto take = [&](const char* flag, std::optional<std::string>& out) {
+    if (!parsed.count(flag)) return;
+    check_writable(flag, *(out = str(parsed, flag)));
+    const auto target = results::resolve_output(*out);
+    if (target.write_through) return;
+    // Absolute first: weakly_canonical() leaves a relative path to a new file relative.
+    std::error_code ec;
+    const std::filesystem::path absolute = std::filesystem::absolute(target.path, ec);
+    std::filesystem::path resolved = std::filesystem::weakly_canonical(absolute, ec);
+    if (ec) resolved = absolute;  // the directories' links resolved too, when they can be
+    const std::string path = resolved.lexically_normal().string();
+    for (const auto& [other, other_flag] : files) {
+      if (other == path) {
+        throw UsageError(fmt::format("--{} and --{} both name '{}': give each its own file",
+                                     other_flag, flag, *out));
+      }
+    }
+    files.emplace_back(path, flag);
+  };
+  take("json", outputs.json);
+  take("csv", outputs.csv);
+  take("timeseries", outputs.timeseries);
   return outputs;
 }
 
 int report_run(const results::RunResult& run, int repetitions, const OutputPaths& paths) {
-  results::print_table(for_console(run, repetitions), stdout);
-  std::fflush(stdout);
   int status = 0;
+  try {
+    results::print_table(for_console(run, repetitions), stdout);
+  } catch (const std::system_error& e) {  // fmt's write to a full disk or a closed stdout
+    // The files below still get what was measured.
+    if (!report_stdout_error(e)) throw;
+    status = 1;
+  }
+  std::fflush(stdout);
   for (const auto& record : run.records) {
     if (!record.error.empty()) status = 1;
   }
@@ -174,6 +204,31 @@ int report_run(const results::RunResult& run, int repetitions, const OutputPaths
     return results::write_file_atomically(p, results::to_timeseries_lines(run));
   });
   return status;
+}
+
+namespace {
+
+void drop_stdout_error(const std::error_code& ec) {
+  fmt::print(stderr, "sockbench: error: cannot write standard output: {}\n", ec.message());
+  ::__fpurge(stdout);
+  std::clearerr(stdout);
+}
+
+}  // namespace
+
+bool report_stdout_error(const std::system_error& e) {
+  if (!std::ferror(stdout)) return false;
+  drop_stdout_error(e.code());
+  return true;
+}
+
+int write_stdout(std::string_view text) {
+  errno = 0;
+  if (std::fwrite(text.data(), 1, text.size(), stdout) == text.size() && std::fflush(stdout) == 0) {
+    return 0;
+  }
+  drop_stdout_error(std::error_code(errno != 0 ? errno : EIO, std::generic_category()));
+  return 1;
 }
 
 Fd ready_fd_flag(const cxxopts::ParseResult& parsed) {

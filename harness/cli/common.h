@@ -6,6 +6,8 @@
 #include <cxxopts.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <system_error>
 #include <vector>
 
 #include "harness/core/fd.h"
@@ -58,6 +60,15 @@ OutputPaths output_paths(const cxxopts::ParseResult& parsed);
 // Prints the run's table (every cell once: the median when repeated) and writes its files.
 // Returns 1 when a record failed or a file could not be written (said on stderr), else 0.
 int report_run(const results::RunResult& run, int repetitions, const OutputPaths& paths);
+
+// When `e` is a write to stdout failing (stdio's error flag is set: fmt throws part-way through
+// what it prints), says so once on stderr with its reason, drops what stdio still holds for
+// stdout and clears the flag, so that main()'s last flush does not report it again; true then.
+bool report_stdout_error(const std::system_error& e);
+
+// Writes `text` to stdout; when that fails, says so on stderr with its reason as above and
+// returns 1 (else 0).
+int write_stdout(std::string_view text);
 
 // --ready-fd of serve and proxy: the fd (3 or above) a parent reads "listening ADDR" from, now
 // owned; an invalid Fd when the flag is absent.

@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "harness/cli/commands.h"
+#include "harness/cli/common.h"
 #include "harness/cli/options.h"
 #include "results/export.h"
 #include "results/writers.h"
@@ -81,7 +82,7 @@ int compare_command(int argc, const char* const* argv) {
        cxxopts::value<std::string>()->default_value("0.05"))
       ("min-effect", "smallest median change that counts (0.05 or 5%)",
        cxxopts::value<std::string>()->default_value("5%"))
-      ("allow-missing", "a BASE cell absent from NEW is a note, not a regression")
+      ("allow-missing", "a BASE cell or metric absent from NEW is a note, not a regression")
       ("all", "show every compared metric, not only changes")
       ("files", "BASE.json NEW.json", cxxopts::value<std::vector<std::string>>())
       ("h,help", "show this help");
@@ -123,10 +124,13 @@ int compare_command(int argc, const char* const* argv) {
   for (const auto& row : report.rows) {
     if (!all && row.verdict == results::Verdict::kSame) continue;
     ++shown;
-    fmt::print("{:<{}}  {:<26} {:>12} {:>12} {:>+8.1f}% {:>8.4f} {:>5}  {}\n", row.cell, width,
+    const bool missing = row.verdict == results::Verdict::kMissing;
+    fmt::print("{:<{}}  {:<26} {:>12} {:>12} {:>9} {:>8} {:>5}  {}\n", row.cell, width,
                row.metric + (row.bigger_is_better ? " (+)" : " (-)"), number(row.base_median),
-               number(row.new_median), row.change * 100, row.p_value,
-               fmt::format("{}/{}", row.base_n, row.new_n), verdict_text(row.verdict));
+               number(row.new_median), missing ? "-" : fmt::format("{:+.1f}%", row.change * 100),
+               missing ? "-" : fmt::format("{:.4f}", row.p_value),
+               fmt::format("{}/{}", row.base_n, row.new_n),
+               missing && report.missing_allowed ? "missing (allowed)" : verdict_text(row.verdict));
   }
   if (shown == 0) fmt::print("(no significant change in {} metrics)\n", report.rows.size());
   for (const auto& f : report.failed_in_base) {
@@ -155,9 +159,11 @@ int compare_command(int argc, const char* const* argv) {
   size_t regressions = 0;
   for (const auto& row : report.rows) regressions += row.verdict == results::Verdict::kRegressed;
   const size_t lost = report.lost_cells();
-  fmt::print("\n{}: {} regression(s) in {} compared metrics{}\n",
+  const size_t lost_metrics = report.lost_metrics();
+  fmt::print("\n{}: {} regression(s) in {} compared metrics{}{}\n",
              report.regressed() ? "REGRESSION" : "OK", regressions, report.rows.size(),
-             lost ? fmt::format(", {} cell(s) failed or missing in NEW", lost) : "");
+             lost ? fmt::format(", {} cell(s) failed or missing in NEW", lost) : "",
+             lost_metrics ? fmt::format(", {} metric(s) missing in NEW", lost_metrics) : "");
   return report.regressed() ? kExitRegression : 0;
 }
 
@@ -201,10 +207,9 @@ int export_command(int argc, const char* const* argv) {
                  ec.message());
       return 1;
     }
-  } else {
-    std::fputs(text.c_str(), stdout);
+    return 0;
   }
-  return 0;
+  return write_stdout(text);
 }
 
 }  // namespace sockbench::cli

@@ -2,12 +2,16 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <string_view>
+#include <system_error>
 
 #include "harness/cli/commands.h"
+#include "harness/cli/common.h"
 #include "harness/cli/dist.h"
 #include "harness/cli/options.h"
 #include "servers/server.h"
@@ -16,7 +20,18 @@ namespace {
 
 using namespace sockbench::cli;
 
-int version_command(int /*argc*/, const char* const* /*argv*/) {
+int version_command(int argc, const char* const* argv) {
+  // As every other command: a flag it does not take is an error, not ignored.
+  if (argc > 1) {
+    const std::string_view arg = argv[1];
+    if (arg != "-h" && arg != "--help") {
+      throw UsageError(fmt::format("version takes no arguments, got '{}'", arg));
+    }
+    fmt::print(
+        "usage: sockbench version   (also sockbench --version)\n{}\n",
+        "Print the version, the git sha it was built from and whether it runs under mpirun.");
+    return 0;
+  }
   fmt::print("sockbench {} (git {})\nMPI: {}\n", SOCKBENCH_VERSION, SOCKBENCH_GIT_SHA,
              mpi_summary());
   return 0;
@@ -60,11 +75,7 @@ void print_usage() {
   std::fflush(stdout);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  // A peer that closes while we write must be an EPIPE value, never a death.
-  std::signal(SIGPIPE, SIG_IGN);
+int dispatch(int argc, char** argv) {
   const std::string_view first = argc > 1 ? argv[1] : "";
   try {
     for (const auto& command : kCommands) {
@@ -81,8 +92,30 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     fmt::print(stderr, "sockbench: {}\n", e.what());
     return kExitUsage;
+  } catch (const std::system_error& e) {
+    if (!report_stdout_error(e)) fmt::print(stderr, "sockbench: error: {}\n", e.what());
+    return 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "sockbench: error: {}\n", e.what());
     return 1;
   }
+}
+
+// A table, an export or a merge written to a full disk, a closed stdout or a pipe whose reader
+// left is lost output: the exit status says so (stdio keeps the error until the last flush).
+int check_stdout(int status) {
+  errno = 0;
+  const bool flushed = std::fflush(stdout) == 0;
+  if (flushed && !std::ferror(stdout)) return status;
+  fmt::print(stderr, "sockbench: error: cannot write standard output: {}\n",
+             flushed || errno == 0 ? "an earlier write failed" : std::strerror(errno));
+  return status == 0 ? 1 : status;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // A peer that closes while we write must be an EPIPE value, never a death.
+  std::signal(SIGPIPE, SIG_IGN);
+  return check_stdout(dispatch(argc, argv));
 }

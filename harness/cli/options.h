@@ -1,6 +1,8 @@
 // Command-line value parsing shared by the subcommands. Every failure names the flag.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <chrono>
 #include <cstdint>
 #include <cxxopts.hpp>
@@ -40,6 +42,22 @@ std::chrono::nanoseconds parse_duration(const std::string& flag, const std::stri
                                         std::chrono::nanoseconds min, std::chrono::nanoseconds max);
 // "a,b,c" -> {"a","b","c"}; empty items are an error.
 std::vector<std::string> split_list(const std::string& flag, const std::string& text);
+
+// A UsageError naming the first of `items` that repeats an earlier one: a list whose cells would
+// run twice under one name, which the table, the JSON and compare could not tell apart.
+template <typename T>
+void require_distinct(const std::string& flag, const std::vector<T>& items, const char* hint = "") {
+  for (size_t i = 0; i < items.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (items[i] == items[j]) {
+        throw UsageError(
+            fmt::format("--{}: {} is listed twice{} (for repeated runs of a cell, "
+                        "give --repetitions)",
+                        flag, items[i], hint));
+      }
+    }
+  }
+}
 
 // The string value of an option that has a default or was given.
 std::string str(const cxxopts::ParseResult& parsed, const std::string& name);

@@ -33,6 +33,7 @@
 #include "results/merge.h"
 #include "results/writers.h"
 #include "scenarios/benchmark.h"
+#include "scenarios/connections.h"
 #include "scenarios/steps.h"
 #include "servers/server.h"
 
@@ -235,6 +236,7 @@ std::vector<int> int_list(const cxxopts::ParseResult& parsed, const std::string&
   for (const auto& item : split_list(flag, str(parsed, flag))) {
     values.push_back(static_cast<int>(parse_int(flag, item, min, max)));
   }
+  require_distinct(flag, values);
   return values;
 }
 
@@ -516,6 +518,7 @@ int run_command(int argc, const char* const* argv) {
   const auto server_names = target ? std::vector<std::string>{"target"}
                                    : resolve_models(str(parsed, "server"), transport);
   std::vector<const scenarios::BenchmarkInfo*> scenario_list;
+  require_distinct("scenario", split_list("scenario", str(parsed, "scenario")));
   for (const auto& name : split_list("scenario", str(parsed, "scenario"))) {
     const auto* info = scenarios::find_benchmark(name);
     if (!info) {
@@ -625,7 +628,12 @@ int run_command(int argc, const char* const* argv) {
                                    str(parsed, "duration"), str(parsed, "kill-at")));
     }
   }
-  if (parsed.count("ramp")) base.ramp = within_limit("ramp", int_list(parsed, "ramp", 1, INT_MAX));
+  if (parsed.count("ramp")) {
+    base.ramp = within_limit("ramp", int_list(parsed, "ramp", 1, INT_MAX));
+    if (const std::string why = scenarios::check_ramp(base.ramp, shard); !why.empty()) {
+      throw UsageError("--ramp: " + why);
+    }
+  }
   base.shard = shard;
   const auto protocol = parsed.count("protocol") || !http_url ? str(parsed, "protocol") : "http";
   if (protocol != "framed" && protocol != "echo" && protocol != "http") {

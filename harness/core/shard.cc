@@ -20,6 +20,17 @@ std::optional<int> take_int(std::string_view& text) {
 
 std::string Shard::to_string() const { return fmt::format("{}/{}", index, count); }
 
+std::string shard_range_error(int64_t index, int64_t count) {
+  if (count < 1 || count > kMaxShards) {
+    return fmt::format("the shard count must be in [1, {}], got {}", kMaxShards, count);
+  }
+  if (index < 0 || index >= count) {
+    return fmt::format("the shard index must be in [0, {}] for {} shards, got {}", count - 1, count,
+                       index);
+  }
+  return "";
+}
+
 std::optional<Shard> parse_shard(std::string_view text, std::string* error) {
   std::string_view rest = text;
   const auto index = take_int(rest);
@@ -30,13 +41,8 @@ std::optional<Shard> parse_shard(std::string_view text, std::string* error) {
     *error = fmt::format("expected I/N (shard I of N, counted from 0), got '{}'", text);
     return std::nullopt;
   }
-  if (*count < 1 || *count > kMaxShards) {
-    *error = fmt::format("the shard count must be in [1, {}], got {}", kMaxShards, *count);
-    return std::nullopt;
-  }
-  if (*index < 0 || *index >= *count) {
-    *error = fmt::format("the shard index must be in [0, {}] for {} shards, got {}", *count - 1,
-                         *count, *index);
+  if (std::string why = shard_range_error(*index, *count); !why.empty()) {
+    *error = std::move(why);
     return std::nullopt;
   }
   return Shard{*index, *count};

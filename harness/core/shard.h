@@ -23,6 +23,10 @@ struct Shard {
 // The most shards a load may be split into (--shard, mpirun -np).
 inline constexpr int kMaxShards = 4096;
 
+// "" when 0 <= index < count <= kMaxShards, else why not (for --shard and for the shard fields of
+// a result file read back).
+std::string shard_range_error(int64_t index, int64_t count);
+
 // "I/N" with 0 <= I < N <= kMaxShards; nullopt with `error` saying why otherwise.
 std::optional<Shard> parse_shard(std::string_view text, std::string* error);
 
