@@ -266,7 +266,7 @@ class AsioServer final : public ListeningServer {
       if (ec) break;
       maybe_more = got == read_buffer_.size();
       read_since_wait += got;
-      const auto verdict = session->on_bytes(std::string_view(read_buffer_.data(), got), out);
+      auto verdict = session->on_bytes(std::string_view(read_buffer_.data(), got), out);
       if (verdict == Session::Verdict::kClose) {
         counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
         co_return;
@@ -275,14 +275,28 @@ class AsioServer final : public ListeningServer {
         if (!out.empty()) relay(loop, *peer, out);
         continue;
       }
-      if (!out.empty()) {
-        co_await asio::async_write(socket, asio::buffer(out),
-                                   asio::redirect_error(asio::use_awaitable, ec));
-        if (ec) break;
-        release_reply_buffer(out, 2 * options_.high_water);
+      // A backlogged session's replies come in parts, each sent before the next is made.
+      bool sent = true;
+      for (;;) {
+        if (!out.empty()) {
+          co_await asio::async_write(socket, asio::buffer(out),
+                                     asio::redirect_error(asio::use_awaitable, ec));
+          if (ec) {
+            sent = false;
+            break;
+          }
+          release_reply_buffer(out, 2 * options_.high_water);
+        }
+        // The last reply is sent: FIN, then read (and drop) on until the client closes.
+        if (verdict == Session::Verdict::kFinish) socket.shutdown(Socket::shutdown_send, ec);
+        if (!session->backlogged()) break;
+        verdict = session->resume(out);
+        if (verdict == Session::Verdict::kClose) {
+          counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+          co_return;
+        }
       }
-      // The last reply is sent: FIN, then read (and drop) on until the client closes.
-      if (verdict == Session::Verdict::kFinish) socket.shutdown(Socket::shutdown_send, ec);
+      if (!sent) break;
     }
     // ECONNRESET, EPIPE...; a connection closed by shut_down() is not an error.
     if (!loop.stopping) counters_.io_errors.fetch_add(1, std::memory_order_relaxed);

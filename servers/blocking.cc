@@ -33,18 +33,23 @@ bool read_to_end(int fd, const ProtocolOptions& protocol, size_t recv_chunk,
       return false;
     }
     if (*got == 0) return true;
-    const auto verdict = session->on_bytes(std::string_view(buffer.data(), *got), out);
-    if (verdict == Session::Verdict::kClose) {
-      counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
-      return false;
+    auto verdict = session->on_bytes(std::string_view(buffer.data(), *got), out);
+    // A backlogged session's replies come in parts, each sent before the next is made.
+    for (;;) {
+      if (verdict == Session::Verdict::kClose) {
+        counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+        return false;
+      }
+      if (!out.empty()) {
+        if (!deliver(out)) return false;
+        // Give back the memory of a burst (one huge frame) instead of keeping it per thread.
+        release_reply_buffer(out, 2u << 20);
+      }
+      // The last reply is sent: FIN, then read (and drop) on until the client closes.
+      if (verdict == Session::Verdict::kFinish) ::shutdown(fd, SHUT_WR);
+      if (!session->backlogged()) break;
+      verdict = session->resume(out);
     }
-    if (!out.empty()) {
-      if (!deliver(out)) return false;
-      // Give back the memory of a burst (one huge frame) instead of keeping it per thread.
-      release_reply_buffer(out, 2u << 20);
-    }
-    // The last reply is sent: FIN, then read (and drop) on until the client closes.
-    if (verdict == Session::Verdict::kFinish) ::shutdown(fd, SHUT_WR);
   }
 }
 

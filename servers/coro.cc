@@ -347,23 +347,28 @@ class CoroServer final : public ListeningServer {
       if (*got == 0) co_return;  // the peer is done, and every reply has been sent
       maybe_more = *got == read_buffer_.size();
       read_since_wait += *got;
-      const auto verdict = session->on_bytes(std::string_view(read_buffer_.data(), *got), out);
-      if (verdict == Session::Verdict::kClose) {
-        counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
-        co_return;
-      }
-      for (size_t sent = 0; sent < out.size();) {
-        auto n = send_some(fd, std::span<const char>(out).subspan(sent));
-        if (n) {
-          sent += *n;
-        } else if (!would_block(n.error()) || co_await readiness(fd, kWrite)) {
-          counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
+      auto verdict = session->on_bytes(std::string_view(read_buffer_.data(), *got), out);
+      // A backlogged session's replies come in parts, each sent before the next is made.
+      for (;;) {
+        if (verdict == Session::Verdict::kClose) {
+          counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
           co_return;
         }
+        for (size_t sent = 0; sent < out.size();) {
+          auto n = send_some(fd, std::span<const char>(out).subspan(sent));
+          if (n) {
+            sent += *n;
+          } else if (!would_block(n.error()) || co_await readiness(fd, kWrite)) {
+            counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
+            co_return;
+          }
+        }
+        release_reply_buffer(out, 2 * options_.high_water);
+        // The last reply is sent: FIN, then read (and drop) on until the client closes.
+        if (verdict == Session::Verdict::kFinish) ::shutdown(fd, SHUT_WR);
+        if (!session->backlogged()) break;
+        verdict = session->resume(out);
       }
-      release_reply_buffer(out, 2 * options_.high_water);
-      // The last reply is sent: FIN, then read (and drop) on until the client closes.
-      if (verdict == Session::Verdict::kFinish) ::shutdown(fd, SHUT_WR);
     }
     counters_.io_errors.fetch_add(1, std::memory_order_relaxed);  // ECONNRESET, a poller error...
   }
@@ -393,7 +398,15 @@ class CoroServer final : public ListeningServer {
         wait = true;
         continue;
       }
-      if (*got == 0) co_return;
+      if (*got == 0) {
+        // The member has finished sending, not receiving: what was relayed to it (and what is
+        // relayed meanwhile) still goes out before the close, as in the other models.
+        while (output.pending() > 0) {
+          if (!output.send(fd, 2 * options_.high_water)) break;
+          if (output.pending() > 0 && co_await readiness(fd, kWrite)) break;
+        }
+        co_return;
+      }
       read_since_wait += *got;
       // As in serve(): a short read or the read budget spent sends this member back to wait.
       wait = *got < read_buffer_.size() || read_since_wait >= options_.read_budget;

@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 #include <http_parser.h>
 
+#include <algorithm>
 #include <charconv>
 #include <iterator>
+#include <utility>
 
 namespace sockbench::servers {
 namespace {
@@ -20,23 +22,69 @@ class HttpSession final : public Session {
   }
 
   Verdict on_bytes(std::string_view in, std::string& out) override {
-    // After the last reply the rest of the stream is dropped while the model waits for EOF. An
+    // After the last request the rest of the stream is dropped while the model waits for EOF. An
     // empty call is not passed on: http-parser takes a zero length as the end of the stream.
-    if (finished_ || in.empty()) return Verdict::kContinue;
-    out_ = &out;
-    http_parser_execute(&parser_, &kSettings, in.data(), in.size());
-    out_ = nullptr;
-    if (finished_) return Verdict::kFinish;  // the last request of the connection was answered
-    if (HTTP_PARSER_ERRNO(&parser_) != HPE_OK) {
-      const bool too_large = header_overflow_ || HTTP_PARSER_ERRNO(&parser_) == HPE_HEADER_OVERFLOW;
-      append_error(too_large ? 431 : 400, out);
-      finished_ = true;
-      return Verdict::kFinish;
+    if (finished_ || in.empty()) return verdict();
+    if (backlogged()) {  // a model reads nothing meanwhile; one that did is served in order
+      unparsed_.append(in);
+      return resume(out);
     }
-    return Verdict::kContinue;
+    call_start_ = out.size();
+    parse(in, out);
+    return verdict();
+  }
+
+  bool backlogged() const override { return body_left_ > 0 || !unparsed_.empty(); }
+
+  // The body under way first, then the requests that came after it.
+  Verdict resume(std::string& out) override {
+    call_start_ = out.size();
+    append_body(out);
+    if (body_left_ == 0 && !unparsed_.empty()) {
+      const std::string rest = std::exchange(unparsed_, {});
+      parse(rest, out);
+    }
+    return verdict();
   }
 
  private:
+  // Parses `in`, answering every request it completes until this call's replies reach the
+  // budget; the input after the request that reached it waits in unparsed_.
+  void parse(std::string_view in, std::string& out) {
+    out_ = &out;
+    const size_t used = http_parser_execute(&parser_, &kSettings, in.data(), in.size());
+    out_ = nullptr;
+    const auto error = HTTP_PARSER_ERRNO(&parser_);
+    if (finished_) {  // its last request answered (keep-alive off): what follows is dropped
+      unparsed_.clear();
+    } else if (error == HPE_PAUSED) {  // the budget is reached: the rest waits
+      http_parser_pause(&parser_, 0);
+      unparsed_.assign(in.substr(used));
+    } else if (error != HPE_OK) {
+      const bool too_large = header_overflow_ || error == HPE_HEADER_OVERFLOW;
+      append_error(too_large ? 431 : 400, out);
+      finished_ = true;
+      unparsed_.clear();
+    }
+  }
+
+  // kFinish once, when the connection's last reply is whole: its body may take several calls.
+  Verdict verdict() {
+    if (!finished_ || body_left_ > 0 || finish_told_) return Verdict::kContinue;
+    finish_told_ = true;
+    return Verdict::kFinish;
+  }
+
+  // Appends the body under way, up to this call's budget.
+  void append_body(std::string& out) {
+    const size_t made = out.size() - call_start_;
+    const uint64_t n =
+        std::min<uint64_t>(body_left_, made < kReplyBudget ? kReplyBudget - made : 0);
+    append_http_body_range(body_done_, n, out);
+    body_done_ += n;
+    body_left_ -= n;
+  }
+
   static HttpSession& self(http_parser* parser) { return *static_cast<HttpSession*>(parser->data); }
 
   // Counts request-line and header bytes; non-zero (the parser stops with an error) past the cap.
@@ -70,11 +118,14 @@ class HttpSession final : public Session {
       // Pipelined requests after the last one are not answered: stop here.
       s.finished_ = true;
       http_parser_pause(parser, 1);
+    } else if (s.body_left_ > 0 || s.out_->size() - s.call_start_ >= kReplyBudget) {
+      // This call's replies are made: the next request waits for resume().
+      http_parser_pause(parser, 1);
     }
     return 0;
   }
 
-  void answer(bool keep_alive, std::string& out) const {
+  void answer(bool keep_alive, std::string& out) {
     const auto method = static_cast<http_method>(parser_.method);
     if (method != HTTP_GET && method != HTTP_HEAD) {
       append_head(405, "Method Not Allowed", kRootBody.size(), keep_alive, "Allow: GET, HEAD\r\n",
@@ -103,7 +154,10 @@ class HttpSession final : public Session {
       return;
     }
     append_head(200, "OK", n, keep_alive, {}, out);
-    if (!head) append_http_body_bytes(n, out);
+    if (head) return;
+    body_done_ = 0;
+    body_left_ = n;
+    append_body(out);
   }
 
   // The status line and headers. HTTP/1.0 clients are told when the connection stays open.
@@ -142,10 +196,15 @@ class HttpSession final : public Session {
   const uint64_t max_body_;
   http_parser parser_{};
   std::string* out_ = nullptr;  // the reply buffer of the on_bytes() call in progress
+  size_t call_start_ = 0;       // out_'s size when the call began: its replies are the rest
   std::string url_;             // of the request being parsed; at most kHttpMaxHeaderBytes
   size_t header_bytes_ = 0;
   bool header_overflow_ = false;
-  bool finished_ = false;  // the last reply is out: every later byte is dropped
+  uint64_t body_done_ = 0;  // of the GET /bytes/N body under way: bytes made
+  uint64_t body_left_ = 0;  // and bytes still to make
+  std::string unparsed_;    // input after the request whose reply reached the budget
+  bool finished_ = false;   // the last request is answered: every later byte is dropped
+  bool finish_told_ = false;
 };
 
 }  // namespace
@@ -156,8 +215,15 @@ std::unique_ptr<Session> make_http_session(uint64_t max_body) {
 
 std::string_view http_root_body() { return kRootBody; }
 
-void append_http_body_bytes(uint64_t n, std::string& out) {
+void append_http_body_bytes(uint64_t n, std::string& out) { append_http_body_range(0, n, out); }
+
+void append_http_body_range(uint64_t offset, uint64_t n, std::string& out) {
   out.reserve(out.size() + n);
+  const size_t phase = offset % kAlphabet.size();
+  const std::string_view first =
+      kAlphabet.substr(phase, std::min<uint64_t>(n, kAlphabet.size() - phase));
+  out.append(first);
+  n -= first.size();
   for (; n >= kAlphabet.size(); n -= kAlphabet.size()) out.append(kAlphabet);
   out.append(kAlphabet.substr(0, n));
 }

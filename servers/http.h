@@ -24,6 +24,8 @@ inline constexpr uint64_t kHttpMaxBodyBytes = 64u << 20;
 // "Connection: keep-alive". Pipelined requests are answered in order. A malformed request (or
 // one over kHttpMaxHeaderBytes) is answered 400 (431) with "Connection: close" and ends the
 // connection (Verdict::kFinish), as does the last request of a connection that closes.
+// Replies are made about kReplyBudget bytes at a time (Session::backlogged): a large body in
+// parts, and pipelined requests after the one that reached the budget once the model resumes.
 // `max_body` bounds N of /bytes/N (a fuzzer keeps its memory small with a smaller one).
 std::unique_ptr<Session> make_http_session(uint64_t max_body = kHttpMaxBodyBytes);
 
@@ -31,5 +33,7 @@ std::string_view http_root_body();
 // Appends the body of GET /bytes/N: the alphabet over and over, so that a client can check any
 // byte of it by its offset.
 void append_http_body_bytes(uint64_t n, std::string& out);
+// Bytes [offset, offset + n) of such a body: a session makes a large one in parts.
+void append_http_body_range(uint64_t offset, uint64_t n, std::string& out);
 
 }  // namespace sockbench::servers

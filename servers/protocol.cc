@@ -85,17 +85,29 @@ class TlsSession final : public Session {
       : inner_(std::move(inner)), tls_(std::move(tls)) {}
   Verdict on_bytes(std::string_view in, std::string& out) override {
     plain_.clear();
-    auto state = tls_->receive(in, plain_);
-    Verdict verdict = Verdict::kContinue;
-    if (!plain_.empty()) {
-      reply_.clear();
-      verdict = inner_->on_bytes(plain_, reply_);
-      if (!reply_.empty()) state = tls_->send(reply_);
-      // The inner protocol's last reply: close_notify follows it, then the model's FIN.
-      if (verdict == Verdict::kFinish && !close_sent_) {
-        tls_->close();
-        close_sent_ = true;
-      }
+    reply_.clear();
+    const auto state = tls_->receive(in, plain_);
+    const Verdict verdict = plain_.empty() ? Verdict::kContinue : inner_->on_bytes(plain_, reply_);
+    return seal(verdict, state, out);
+  }
+
+  bool backlogged() const override { return inner_->backlogged(); }
+
+  Verdict resume(std::string& out) override {
+    reply_.clear();
+    const Verdict verdict = inner_->resume(reply_);
+    return seal(verdict, tls::Session::State::kOpen, out);
+  }
+
+ private:
+  // Encrypts the inner protocol's reply_ (after `verdict`) into `out`; `state` is the session's
+  // after the input it was given.
+  Verdict seal(Verdict verdict, tls::Session::State state, std::string& out) {
+    if (!reply_.empty()) state = tls_->send(reply_);
+    // The inner protocol's last reply: close_notify follows it, then the model's FIN.
+    if (verdict == Verdict::kFinish && !close_sent_) {
+      tls_->close();
+      close_sent_ = true;
     }
     // The client's close_notify: answer it; the connection ends when the client closes it.
     if (state == tls::Session::State::kClosed && !close_sent_) {
@@ -107,7 +119,6 @@ class TlsSession final : public Session {
     return state == tls::Session::State::kFailed ? Verdict::kClose : verdict;
   }
 
- private:
   std::unique_ptr<Session> inner_;
   std::unique_ptr<tls::Session> tls_;
   std::string plain_;
@@ -171,6 +182,8 @@ std::string_view protocol_name(Protocol protocol) {
   }
   return "?";
 }
+
+Session::Verdict Session::resume(std::string&) { return Verdict::kContinue; }
 
 void release_reply_buffer(std::string& out, size_t keep) {
   if (out.capacity() > keep) {

@@ -52,7 +52,21 @@ class Session {
   // Closing at once instead would make the kernel answer unread input with a RST that can
   // destroy the reply before the client reads it.
   virtual Verdict on_bytes(std::string_view in, std::string& out) = 0;
+
+  // A session whose replies can outgrow what a model should hold for one connection (HTTP: GET
+  // /bytes/N of up to 64 MiB, or one read's worth of pipelined requests asking for that many)
+  // makes them in parts of about kReplyBudget bytes: on_bytes() and resume() stop there, keeping
+  // the rest of their work (and input), and backlogged() says so. The model sends what it was
+  // given, then calls resume() -- as it would on_bytes(), with the same verdicts, but no new
+  // input -- until backlogged() is false, and reads nothing from the client meanwhile. So a
+  // connection costs about one budget of reply memory whatever its client asks for, and a client
+  // that does not read its replies is not read either. The other protocols never backlog.
+  virtual bool backlogged() const { return false; }
+  virtual Verdict resume(std::string& out);
 };
+
+// The reply bytes a backlogging session makes per on_bytes() or resume() call, about.
+inline constexpr size_t kReplyBudget = 1u << 20;
 
 // The protocol's session; wrapped in TLS when options.tls is set.
 std::unique_ptr<Session> make_session(const ProtocolOptions& options);

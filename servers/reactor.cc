@@ -189,7 +189,7 @@ class ReactorServer final : public Server {
     // An event can be stale: an earlier event of the same batch may have closed the fd (a new
     // connection may even reuse the number; its non-blocking I/O then just sees EAGAIN).
     if (c == nullptr) return;
-    if ((event.mask & kWrite) && c->pending() > 0) {
+    if ((event.mask & kWrite) && (c->pending() > 0 || c->session->backlogged())) {
       if (!flush(*c)) return;
     }
     if ((event.mask & kRead) && (c->interest & kRead)) {
@@ -197,7 +197,7 @@ class ReactorServer final : public Server {
           options_.block_until_whole_frame && config_.protocol.protocol == Protocol::kFramed;
       if (!(whole_frame ? read_frame_blocking(*c) : read_input(*c))) return;
     }
-    if (c->eof && c->pending() == 0) {
+    if (c->eof && c->pending() == 0 && !c->session->backlogged()) {
       close_connection(*c);
       return;
     }
@@ -208,7 +208,8 @@ class ReactorServer final : public Server {
   // Returns false when the connection was closed.
   bool read_input(Connection& c) {
     size_t budget = options_.read_budget;
-    while (budget > 0 && c.pending() <= options_.high_water) {
+    // A backlogged session is not read: its client waits for the replies it already asked for.
+    while (budget > 0 && c.pending() <= options_.high_water && !c.session->backlogged()) {
       const size_t ask = std::min(budget, read_buffer_.size());
       auto got = recv_some(c.fd.get(), std::span<char>(read_buffer_.data(), ask));
       if (!got) {
@@ -227,6 +228,9 @@ class ReactorServer final : public Server {
       const auto verdict = c.session->on_bytes(bytes, chat ? relay_ : c.out);
       if (verdict == Session::Verdict::kClose) {
         counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+        // Chat: frames this member sent before its bad one go nowhere, as in the other models;
+        // left here, they would go out with the next member's, to everyone but that one.
+        relay_.clear();
         close_connection(c);
         return false;
       }
@@ -358,22 +362,31 @@ class ReactorServer final : public Server {
     return ReadResult::kDone;
   }
 
-  // Sends pending output until the kernel pushes back. Returns false when the connection was
-  // closed (ECONNRESET, EPIPE...).
+  // Sends pending output until the kernel pushes back; a backlogged session makes its next part
+  // of the replies each time the last is out. Returns false when the connection was closed
+  // (ECONNRESET, EPIPE..., or a protocol error in a part).
   bool flush(Connection& c) {
-    while (c.pending() > 0) {
-      const auto rest = std::span<const char>(c.out).subspan(c.out_pos);
-      auto sent = options_.send_without_nosignal ? send_raising_sigpipe(c.fd.get(), rest)
-                                                 : send_some(c.fd.get(), rest);
-      if (!sent) {
-        if (would_block(sent.error())) break;
-        counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
-        close_connection(c);
-        return false;
+    for (;;) {
+      while (c.pending() > 0) {
+        const auto rest = std::span<const char>(c.out).subspan(c.out_pos);
+        auto sent = options_.send_without_nosignal ? send_raising_sigpipe(c.fd.get(), rest)
+                                                   : send_some(c.fd.get(), rest);
+        if (!sent) {
+          if (would_block(sent.error())) break;
+          counters_.io_errors.fetch_add(1, std::memory_order_relaxed);
+          close_connection(c);
+          return false;
+        }
+        c.out_pos += *sent;
       }
-      c.out_pos += *sent;
-    }
-    if (c.pending() == 0) {
+      if (c.pending() > 0) {
+        // Compacting only once half is consumed keeps the copying linear in the bytes sent.
+        if (c.out_pos >= c.out.size() / 2) {
+          c.out.erase(0, c.out_pos);
+          c.out_pos = 0;
+        }
+        return true;
+      }
       // The last reply is out: FIN, then read (and drop) on until the client closes.
       if (c.finish) {
         ::shutdown(c.fd.get(), SHUT_WR);
@@ -386,12 +399,16 @@ class ReactorServer final : public Server {
       } else {
         c.out.clear();
       }
-    } else if (c.out_pos >= c.out.size() / 2) {
-      // Compacting only once half is consumed keeps the copying linear in the bytes sent.
-      c.out.erase(0, c.out_pos);
-      c.out_pos = 0;
+      if (!c.session->backlogged()) return true;
+      const auto verdict = c.session->resume(c.out);
+      if (verdict == Session::Verdict::kClose) {
+        counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+        close_connection(c);
+        return false;
+      }
+      c.finish = c.finish || verdict == Session::Verdict::kFinish;
+      if (c.out.empty() && !c.finish) return true;  // no part made: never spin on it
     }
-    return true;
   }
 
   void update_interest(Connection& c) {
@@ -399,8 +416,12 @@ class ReactorServer final : public Server {
     // Reading stops above the high-water mark and resumes only once the output has drained, so
     // a connection hovering at the mark does not flip its interest on every turn.
     const bool reading = c.interest & kRead;
-    if (!c.eof && (reading ? c.pending() <= options_.high_water : c.pending() == 0)) want |= kRead;
-    if (c.pending() > 0) want |= kWrite;
+    const bool backlogged = c.session->backlogged();
+    if (!c.eof && !backlogged &&
+        (reading ? c.pending() <= options_.high_water : c.pending() == 0)) {
+      want |= kRead;
+    }
+    if (c.pending() > 0 || backlogged) want |= kWrite;
     if (want == c.interest) return;
     if (poller_->modify(c.fd.get(), want)) {
       counters_.io_errors.fetch_add(1, std::memory_order_relaxed);

@@ -264,8 +264,11 @@ TEST_P(ChatServerTest, AMemberThatLeavesMidwayLeavesTheOthersServed) {
 TEST_P(ChatServerTest, AnOversizedFrameClosesOnlyItsSender) {
   ASSERT_TRUE(start({"--max-frame", "1024"}));
   const auto deadline = Clock::now() + 30s;
-  // B announces 1025 bytes: it is closed, and nobody gets a byte of it.
-  ASSERT_FALSE(send_all(b_.get(), encode_frame(std::string(1025, 'x'))));
+  // B announces 1025 bytes: it is closed, and nobody gets a byte of it, nor of the frame that
+  // came with it in the same read (every model drops it; none may hold it and send it later,
+  // with someone else's, to the wrong members).
+  ASSERT_FALSE(
+      send_all(b_.get(), encode_frame("B's last words") + encode_frame(std::string(1025, 'x'))));
   char byte;
   EXPECT_FALSE(read_exactly(b_.get(), &byte, 1, deadline)) << "B is still served";
   ASSERT_FALSE(send_all(a_.get(), encode_frame(std::string(1024, 'a'))));
@@ -275,6 +278,47 @@ TEST_P(ChatServerTest, AnOversizedFrameClosesOnlyItsSender) {
   EXPECT_FALSE(readable(c_.get(), 100ms));
   const std::string summary = server_->stop_cleanly();
   EXPECT_NE(summary.find("protocol errors 1"), std::string::npos) << summary;
+}
+
+// A member that shuts its write side down has finished sending, not receiving: everything
+// already relayed to it still arrives, then the server closes.
+TEST_P(ChatServerTest, AMemberThatHalfClosesStillGetsWhatWasRelayedToIt) {
+  // A limit above what is sent: the member is never dropped as slow.
+  server_ = serve_chat(GetParam(), dir_ / "serve.log", {"--chat-limit", "67108864"});
+  ASSERT_TRUE(server_.has_value());
+  Fd sender = connect_client(server_->address);
+  Fd member(::socket(server_->address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(sender && member);
+  // A small receive buffer, so that most of what is relayed waits in the server.
+  const int small = 4 << 10;
+  ASSERT_EQ(::setsockopt(member.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+  ASSERT_EQ(::connect(member.get(), server_->address.sa(), server_->address.length), 0);
+  join_all(sender.get(), {member.get()});
+  ASSERT_FALSE(HasFatalFailure());
+  const auto relayed_before = server_->counter("chat_relayed");
+  ASSERT_TRUE(relayed_before);
+
+  // 16 MB in 1,000-byte frames: more than the kernel's buffers take (the server's send buffer
+  // grows to 4 MiB), so most of it waits in the server when the member half-closes.
+  constexpr size_t kFrames = 16000;
+  std::string wire;
+  for (size_t i = 0; i < kFrames; ++i) encode_frame(payload_of(i, 1000), wire);
+  ASSERT_FALSE(send_all(sender.get(), wire));
+  // Every frame relayed (so, queued for the member) before it half-closes.
+  for (int i = 0; i < 200 && server_->counter("chat_relayed") != *relayed_before + kFrames; ++i) {
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_EQ(server_->counter("chat_relayed"), *relayed_before + kFrames);
+  ASSERT_EQ(::shutdown(member.get(), SHUT_WR), 0);
+
+  const auto deadline = Clock::now() + 60s;
+  for (size_t i = 0; i < kFrames; ++i) {
+    ASSERT_EQ(read_frame_by(member.get(), deadline), payload_of(i, 1000)) << "frame " << i;
+  }
+  char byte;
+  EXPECT_FALSE(read_exactly(member.get(), &byte, 1, deadline)) << "no EOF after the last frame";
+  const std::string summary = server_->stop_cleanly();
+  EXPECT_NE(summary.find("protocol errors 0"), std::string::npos) << summary;
 }
 
 // A sends 16 MiB in 64 KiB frames to B, which reads each before the next is sent, and to C, which

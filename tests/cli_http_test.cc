@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <cstdint>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -78,6 +79,67 @@ TEST(CliHttpTest, EveryStreamModelServesHttp) {
     EXPECT_EQ(bad.bytes, root +
                              "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: "
                              "close\r\n\r\n");
+  }
+}
+
+// The peak resident memory of process `pid` in KiB (VmHWM), 0 when unreadable.
+uint64_t peak_rss_kib(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.starts_with("VmHWM:")) return std::stoull(line.substr(6));
+  }
+  return 0;
+}
+
+// One read's worth of pipelined requests for 6 x 16 MiB, from a client that reads nothing at
+// first: every model makes the replies about a budget (1 MiB) at a time as they are sent, so its
+// peak memory grows by a few MiB, not by the 96 MiB asked for (or 25 GiB, for 400 of 64 MiB), and
+// another client is served meanwhile. Every byte still arrives, in order.
+TEST(CliHttpTest, EveryStreamModelServesAPipelineOfHugeRepliesInBoundedMemory) {
+  constexpr size_t kBody = 16u << 20;
+  constexpr int kRequests = 6;
+  std::string pipelined;
+  std::string want;
+  std::string body;
+  servers::append_http_body_bytes(kBody, body);
+  for (int i = 0; i < kRequests; ++i) {
+    pipelined += "GET /bytes/" + std::to_string(kBody) + " HTTP/1.1\r\n\r\n";
+    want +=
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(kBody) +
+        "\r\n\r\n" + body;
+  }
+  pipelined += "GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+  const std::string root_closing =
+      "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n"
+      "Connection: close\r\n\r\nHello from sockbench\n";
+  want += root_closing;
+  for (const std::string model :
+       {"threaded", "select", "poll", "epoll", "iterative", "pool", "coro", "asio"}) {
+    SCOPED_TRACE(model);
+    auto served = serve(model, {"--protocol", "http"});
+    ASSERT_TRUE(served);
+    // Warm: the peak before includes what serving any request costs.
+    EXPECT_EQ(exchange_to_eof(served->address, "GET / HTTP/1.0\r\n\r\n").eof, true);
+    const uint64_t before = peak_rss_kib(served->child.pid());
+    ASSERT_GT(before, 0u);
+
+    const Fd greedy = connect_client(served->address);
+    ASSERT_TRUE(greedy);
+    ASSERT_FALSE(send_all(greedy.get(), pipelined));
+    // The one-at-a-time model serves nobody else until this client is done.
+    if (model != "iterative") {
+      const auto other =
+          exchange_to_eof(served->address, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+      EXPECT_TRUE(other.eof);
+      EXPECT_EQ(other.bytes, root_closing);
+    }
+    const auto got = read_to_eof(greedy.get());
+    EXPECT_TRUE(got.eof);
+    EXPECT_EQ(got.bytes.size(), want.size());
+    EXPECT_TRUE(got.bytes == want) << "the replies differ from what was asked for";
+    const uint64_t after = peak_rss_kib(served->child.pid());
+    EXPECT_LT(after - before, 32u << 10) << "peak RSS " << before << " -> " << after << " KiB";
   }
 }
 

@@ -110,6 +110,24 @@ TEST(FrameCodec, OversizedHeaderIsRejectedWithoutAllocating) {
   EXPECT_EQ(decode_all(at_limit, {encode_frame(std::string(1024, 'm'))}).size(), 1u);
 }
 
+// A connection that once sent a 4 MiB frame in pieces does not keep 4 MiB while it idles: what
+// a server holds per idle connection stays bounded by the small frames it reuses the buffer for.
+TEST(FrameCodec, ALargeFrameInPiecesGivesItsBufferBackSmallOnesKeepIt) {
+  FrameDecoder decoder;
+  const std::string big(4u << 20, 'b');
+  const std::string stream = encode_frame(big);
+  EXPECT_EQ(decode_all(decoder, {stream.substr(0, 1000), stream.substr(1000)}),
+            std::vector<std::string>{big});
+  EXPECT_LE(decoder.buffer_capacity(), FrameDecoder::kKeptPayloadCapacity);
+  // Small frames in pieces reuse what they grew, with no allocation per frame.
+  const std::string small = encode_frame(std::string(10000, 's'));
+  EXPECT_EQ(decode_all(decoder, {small.substr(0, 100), small.substr(100)}).size(), 1u);
+  const size_t kept = decoder.buffer_capacity();
+  EXPECT_GE(kept, 10000u);
+  EXPECT_EQ(decode_all(decoder, {small.substr(0, 100), small.substr(100)}).size(), 1u);
+  EXPECT_EQ(decoder.buffer_capacity(), kept);
+}
+
 TEST(Histogram, BucketGeometryCoversEveryValueOnce) {
   uint64_t expected_lo = 0;
   for (uint32_t i = 0; i < 40000; ++i) {

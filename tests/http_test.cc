@@ -6,6 +6,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "servers/protocol.h"
 
@@ -148,6 +149,60 @@ TEST(HttpSessionTest, HeadersOverTheCapAre431) {
   EXPECT_EQ(out,
             "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: "
             "close\r\n\r\n");
+}
+
+// Replies of several MiB are made about kReplyBudget bytes at a time: a large body in parts, and
+// the requests pipelined after it only once it is out, each part through resume() as a model
+// calls it, with kFinish once, after the last byte of the last reply.
+TEST(HttpSessionTest, LargeRepliesComeInBudgetSizedPartsInOrder) {
+  constexpr size_t kBody = 2'500'000;
+  const std::string head =
+      "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(kBody) +
+      "\r\n\r\n";
+  std::string body;
+  append_http_body_bytes(kBody, body);
+  const std::string big = "GET /bytes/" + std::to_string(kBody) + " HTTP/1.1\r\n\r\n";
+  const std::string in = big + big + "GET / HTTP/1.1\r\n\r\n" + big +
+                         "GET /bytes/5 HTTP/1.1\r\nConnection: close\r\n\r\n" +
+                         "GET / HTTP/1.1\r\n\r\n";  // after the close: never answered
+  const std::string want = head + body + head + body + kRootReply + head + body +
+                           "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+                           "Connection: close\r\n\r\nabcde";
+  // Whole, and in two pieces cut around every request boundary: the second piece arrives while
+  // the session is backlogged (a model that read it anyway) and waits its turn.
+  std::vector<size_t> cuts = {in.size()};
+  for (size_t at = in.find("GET", 1); at != std::string::npos; at = in.find("GET", at + 1)) {
+    cuts.insert(cuts.end(), {at - 1, at, at + 1});
+  }
+  for (const size_t cut : cuts) {
+    SCOPED_TRACE(cut);
+    const auto session = make_http_session();
+    std::string all;
+    std::string part;
+    int finishes = 0;
+    size_t parts = 0;
+    const auto take = [&](Verdict verdict) {
+      EXPECT_NE(verdict, Verdict::kClose);
+      finishes += verdict == Verdict::kFinish;
+      EXPECT_LE(part.size(), kReplyBudget + head.size()) << "part " << parts;
+      all += part;
+      part.clear();
+      ++parts;
+    };
+    take(session->on_bytes(std::string_view(in).substr(0, cut), part));
+    EXPECT_EQ(session->backlogged(), cut >= big.size());  // once the first request is whole
+    if (cut < in.size()) take(session->on_bytes(std::string_view(in).substr(cut), part));
+    while (session->backlogged() && parts < 100) take(session->resume(part));
+    EXPECT_FALSE(session->backlogged());
+    EXPECT_EQ(finishes, 1);
+    EXPECT_EQ(all.size(), want.size());
+    EXPECT_TRUE(all == want) << "the parts do not make the replies";
+    EXPECT_GE(parts, 3 * (kBody / kReplyBudget));
+  }
+  // Any offset of a body is the alphabet's letter for it.
+  std::string range;
+  append_http_body_range(1'000'003, 30, range);
+  EXPECT_EQ(range, body.substr(1'000'003, 30));
 }
 
 TEST(HttpSessionTest, MakeSessionMakesOneForProtocolHttp) {

@@ -52,6 +52,12 @@ class FrameDecoder {
   uint32_t announced() const { return need_; }
   // True when no partial frame is buffered.
   bool idle() const { return header_have_ == 0 && !in_payload_; }
+  // The memory held for frames that arrive in pieces: at most kKeptPayloadCapacity between
+  // frames, whatever the largest frame so far.
+  size_t buffer_capacity() const { return payload_.capacity(); }
+
+  // What the buffer may keep after a frame completes (a frame split across reads reuses it).
+  static constexpr size_t kKeptPayloadCapacity = 64u << 10;
 
  private:
   uint32_t max_frame_;
@@ -96,6 +102,8 @@ FrameDecoder::Status FrameDecoder::feed(std::string_view data, OnFrame&& on_fram
     if (payload_.size() == need_) {
       in_payload_ = false;
       on_frame(std::string_view(payload_));
+      // A large frame's buffer is given back, not kept by an idle connection until its next.
+      if (payload_.capacity() > kKeptPayloadCapacity) std::string().swap(payload_);
     }
   }
   return Status::kOk;
