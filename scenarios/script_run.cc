@@ -445,10 +445,14 @@ class Interpreter {
     }
     std::string problem;
     send_rounds(g, out, gap, {}, [&](Member& m, std::string_view piece) {
-      if (auto ec = m.io().send(piece, within)) {
-        problem = fmt::format("send {} ({} of {}): {} after {} of {} bytes", st.name,
-                              &m - g.members.data() + 1, g.members.size(), errno_name(ec.value()),
-                              out[static_cast<size_t>(&m - g.members.data())].at, data.size());
+      size_t taken = 0;
+      if (auto ec = m.io().send(piece, within, &taken)) {
+        // What the kernel took of this piece counts: a peer that stops reading has a few MiB
+        // queued for it, not nothing.
+        problem =
+            fmt::format("send {} ({} of {}): {} after {} of {} bytes", st.name,
+                        &m - g.members.data() + 1, g.members.size(), errno_name(ec.value()),
+                        out[static_cast<size_t>(&m - g.members.data())].at + taken, data.size());
         return false;
       }
       return true;

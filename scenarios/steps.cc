@@ -188,12 +188,16 @@ Expected<size_t> Client::send_now(std::string_view data) {
   return sent;
 }
 
-std::error_code Client::send(std::string_view data, Millis timeout) {
+std::error_code Client::send(std::string_view data, Millis timeout, size_t* taken) {
   const auto deadline = SteadyClock::now() + timeout;
+  size_t unused = 0;
+  size_t& took = taken != nullptr ? *taken : unused;
+  took = 0;
   while (!data.empty()) {
     auto sent = send_now(data);
     if (!sent) return sent.error();
     data.remove_prefix(*sent);
+    took += *sent;
     if (data.empty()) break;
     if (SteadyClock::now() >= deadline) return make_error(ETIMEDOUT);
     pollfd p{fd_.get(), POLLOUT, 0};

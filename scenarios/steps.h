@@ -89,7 +89,8 @@ class Client {
   int local_port() const;
 
   // Sends all of `data`; ETIMEDOUT when the peer stops taking bytes for `timeout` in total.
-  std::error_code send(std::string_view data, Millis timeout);
+  // `taken`, when given, is set to how many bytes the socket took (all of them on success).
+  std::error_code send(std::string_view data, Millis timeout, size_t* taken = nullptr);
   // Sends what the socket takes right now, without waiting; returns the bytes taken (0 on
   // EAGAIN) or the error.
   Expected<size_t> send_now(std::string_view data);

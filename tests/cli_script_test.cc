@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "harness/core/net.h"
 #include "scenarios/script.h"
 #include "scenarios/steps.h"
 #include "servers/server.h"
@@ -140,6 +141,30 @@ TEST_F(CliScript, MalformedScriptsAreRefusedWithFileLineColumnAndExit2) {
     EXPECT_EQ(r.out, "") << c.text;
     EXPECT_EQ(r.err.find("check "), std::string::npos) << "a server was started:\n" << r.err;
   }
+}
+
+// A send that times out reports the bytes the kernel took, not those of the pieces before it:
+// against a listener that never accepts, some MiB are queued (the buffers of both ends).
+TEST_F(CliScript, ATimedOutSendCountsTheBytesTheSocketTook) {
+  auto listener = listen_on(parse_address("127.0.0.1:0").address, 16, true, false);
+  ASSERT_TRUE(listener);
+  const auto address = local_address(listener->get());
+  ASSERT_TRUE(address);
+  const auto path = write("stuck.sbs",
+                          "check mine/stuck\n"
+                          "connect c\n"
+                          "send c bytes 64M within 300ms\n");
+  const auto [run, verdicts] =
+      script(path.string() + " --target " + address->to_string(), "stuck", "target");
+  EXPECT_EQ(run.status, 1) << run.out << run.err;
+  const std::string prefix = "send c (1 of 1): ETIMEDOUT after ";
+  const auto at = run.out.find(prefix);
+  ASSERT_NE(at, std::string::npos) << run.out;
+  const auto taken = std::stoull(run.out.substr(at + prefix.size()));
+  EXPECT_GT(taken, 0u) << run.out;
+  EXPECT_LT(taken, 64ull << 20) << run.out;
+  EXPECT_NE(run.out.find(fmt::format("after {} of 67108864 bytes", taken)), std::string::npos)
+      << run.out;
 }
 
 // The tour uses every kind of statement against epoll and passes; against a bare --target it
