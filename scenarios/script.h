@@ -22,6 +22,10 @@
 
 namespace sockbench::scenarios::script {
 
+// The largest script `sockbench script` reads (and parse_script() takes): a script is text a
+// person writes, and a bound read keeps /dev/zero or an endless pipe from filling the memory.
+inline constexpr size_t kMaxScriptBytes = 1 << 20;
+
 struct Pos {
   int line = 0;
   int col = 0;

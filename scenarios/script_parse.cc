@@ -965,6 +965,9 @@ std::string ParseError::to_string() const {
 }
 
 std::variant<Script, ParseError> parse_script(std::string_view source, std::string path) {
+  if (source.size() > kMaxScriptBytes) {
+    return ParseError{std::move(path), {1, 1}, "the script is larger than 1 MiB"};
+  }
   return Parser(source, std::move(path)).parse();
 }
 

@@ -4,6 +4,7 @@
 // passes; a script that expects what does not happen FAILs with its line.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
@@ -140,6 +141,26 @@ TEST_F(CliScript, MalformedScriptsAreRefusedWithFileLineColumnAndExit2) {
     EXPECT_NE(r.err.find(c.message), std::string::npos) << c.text << "\n" << r.err;
     EXPECT_EQ(r.out, "") << c.text;
     EXPECT_EQ(r.err.find("check "), std::string::npos) << "a server was started:\n" << r.err;
+  }
+}
+
+// A script is read with bounds: a file larger than 1 MiB is refused before it is read, and
+// /dev/zero and a FIFO nobody writes to are refused at once instead of filling the memory or
+// blocking; all as FILE: message, exit 2, before a server starts.
+TEST_F(CliScript, ScriptsAreReadWithABound) {
+  const auto big = write("big.sbs", "connect c\n" + std::string((1 << 20) + 1, '#'));
+  const auto fifo = dir_ / "fifo.sbs";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {big.string(), big.string() + ": larger than 1 MiB, the most a script may be\n"},
+      {"/dev/zero", "/dev/zero: larger than 1 MiB, the most a script may be\n"},
+      {fifo.string(), fifo.string() + ":1:1: the script has no steps\n"},
+  };
+  for (const auto& [path, message] : cases) {
+    const auto r = sockbench("script " + path + " --server epoll");
+    EXPECT_EQ(r.status, 2) << path << "\n" << r.err;
+    EXPECT_EQ(r.err, message) << path;
+    EXPECT_EQ(r.out, "") << path;
   }
 }
 
