@@ -25,6 +25,8 @@ namespace sockbench::scenarios::script {
 // The largest script `sockbench script` reads (and parse_script() takes): a script is text a
 // person writes, and a bound read keeps /dev/zero or an endless pipe from filling the memory.
 inline constexpr size_t kMaxScriptBytes = 1 << 20;
+// The most connections one `connect NAME count N` (or `probe ... clients N`) may open.
+inline constexpr double kMaxConnections = 20000;
 
 struct Pos {
   int line = 0;
@@ -41,6 +43,9 @@ struct Expr {
   std::vector<Expr> args;
   Pos pos;
   std::string text;  // as written, for evidence
+  // The value when the expression reads no name (NaN for a division by zero): what the parser
+  // can check before anything runs.
+  std::optional<double> constant;
 };
 
 // One piece of the bytes a send (or an expectation) is made of.

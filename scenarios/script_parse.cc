@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <set>
 
+#include "harness/core/net.h"
 #include "scenarios/script.h"
 
 namespace sockbench::scenarios::script {
@@ -16,6 +17,8 @@ namespace {
 
 // Bounds that keep any script finite: the largest count of anything, the longest wait.
 constexpr double kMaxCount = 1e6;
+// An fd limit below this leaves a server no fd beyond stdin, stdout and stderr to listen on.
+constexpr double kMinRlimitNofile = 4;
 constexpr double kMaxDurationMs = 10 * 60 * 1000.0;
 constexpr size_t kMaxDepth = 8;  // nested repeat/retry
 constexpr size_t kMaxLineBytes = 64 << 10;
@@ -313,33 +316,33 @@ class LineParser {
   // --- expressions ---------------------------------------------------------------------
   Expr expr(std::string_view unit = "") {
     const size_t first = i_;
+    const int at = col();
     Expr e = sum();
-    e.text.clear();
-    for (size_t k = first; k < i_; ++k) {
-      // Spaced as people write it: "max(2 * a, 20ms)".
-      const bool tight = k == first || t_[k].text == ")" || t_[k].text == "," ||
-                         t_[k - 1].text == "(" ||
-                         (t_[k].text == "(" && t_[k - 1].type == Token::Type::kWord);
-      e.text += (tight ? "" : " ") + t_[k].text;
-    }
+    e.text = text_of(first);
+    e.pos.col = at;
     check_unit(e, unit);
     return e;
   }
-  // A duration: a number with a time unit (or an expression, trusted to be in ms).
+  // A duration: a number with a time unit (or an expression, trusted to be in ms). One without
+  // names is checked here: 0 to 10 minutes.
   Expr duration() {
     const Expr e = expr("ms");
-    if (e.op == Expr::Op::kNumber && e.number > kMaxDurationMs) {
+    if (e.constant && *e.constant > kMaxDurationMs) {
       fail(e.pos.col,
            fmt::format("{} is longer than the 10 minutes any one wait may take", e.text));
     }
+    if (e.constant && *e.constant < 0) {
+      fail(e.pos.col, fmt::format("{} is negative: a wait is from 0 to 10 minutes", e.text));
+    }
     return e;
   }
-  Expr count(std::string_view what) {
+  // A whole number from `least` to `most`; one without names is checked here.
+  Expr count(std::string_view what, double least = 0, double most = kMaxCount) {
     const Expr e = expr("");
-    if (e.op == Expr::Op::kNumber &&
-        (e.number < 0 || e.number > kMaxCount || e.number != std::floor(e.number))) {
-      fail(e.pos.col, fmt::format("{} must be a whole number from 0 to {:.0f}, got {}", what,
-                                  kMaxCount, e.text));
+    if (e.constant && (!(*e.constant >= least && *e.constant <= most) ||
+                       *e.constant != std::floor(*e.constant))) {
+      fail(e.pos.col, fmt::format("{} must be a whole number from {:.0f} to {:.0f}, got {}", what,
+                                  least, most, e.text));
     }
     return e;
   }
@@ -349,9 +352,9 @@ class LineParser {
   Expr size(std::string_view what) {
     const size_t first = i_;
     Expr e = primary();
-    for (size_t k = first; k < i_; ++k) e.text += (k == first ? "" : " ") + t_[k].text;
-    if (e.op == Expr::Op::kNumber &&
-        (e.number < 0 || e.number > kMaxDataBytes || e.number != std::floor(e.number))) {
+    e.text = text_of(first);
+    if (e.constant && (!(*e.constant >= 0 && *e.constant <= kMaxDataBytes) ||
+                       *e.constant != std::floor(*e.constant))) {
       fail(e.pos.col,
            fmt::format("{} must be a whole number of bytes up to 256 MiB, got {}", what, e.text));
     }
@@ -364,6 +367,22 @@ class LineParser {
   }
 
  private:
+  // The tokens from `first` to the current one, spaced as people write them: "max(2 * a, 20ms)";
+  // cut after about `most` bytes (with "...").
+  std::string text_of(size_t first, size_t most = std::string::npos) const {
+    std::string text;
+    for (size_t k = first; k < i_; ++k) {
+      if (text.size() > most) return text + " ...";
+      const bool unary_minus =
+          k > first && t_[k - 1].text == "-" &&
+          (k - 1 == first || (t_[k - 2].type == Token::Type::kOp && t_[k - 2].text != ")"));
+      const bool tight = k == first || t_[k].text == ")" || t_[k].text == "," ||
+                         t_[k - 1].text == "(" || unary_minus ||
+                         (t_[k].text == "(" && t_[k - 1].type == Token::Type::kWord);
+      text += (tight ? "" : " ") + t_[k].text;
+    }
+    return text;
+  }
   // Only a bare literal is checked: in an expression the units are the author's business.
   void check_unit(const Expr& e, std::string_view unit) {
     if (e.op != Expr::Op::kNumber || unit != "ms" || last_unit_ == "ms") return;
@@ -375,6 +394,7 @@ class LineParser {
   // One precedence level: operands from `operand`, joined left to right by `ops`.
   Expr binary(Expr (LineParser::*operand)(),
               std::initializer_list<std::pair<std::string_view, Expr::Op>> ops) {
+    const size_t first = i_;
     Expr left = (this->*operand)();
     for (;;) {
       const int at = col();
@@ -384,8 +404,29 @@ class LineParser {
       Expr node;
       node.op = found->second;
       node.pos = {0, at};
+      const int right_col = col();
+      const size_t right_first = i_;
+      Expr right = (this->*operand)();
+      // A division keeps its text and its divisor's for the runner's "division by zero"; cut
+      // short, so that a line of a thousand divisions stays linear.
+      constexpr size_t kShown = 80;
+      if (node.op == Expr::Op::kDiv) right.text = text_of(right_first, kShown);
+      if (node.op == Expr::Op::kDiv && right.constant && *right.constant == 0) {
+        fail(right_col, right.op == Expr::Op::kNumber
+                            ? std::string("division by zero")
+                            : fmt::format("division by zero: {} is 0", right.text));
+      }
+      if (left.constant && right.constant) {
+        const double l = *left.constant;
+        const double r = *right.constant;
+        node.constant = node.op == Expr::Op::kAdd   ? l + r
+                        : node.op == Expr::Op::kSub ? l - r
+                        : node.op == Expr::Op::kMul ? l * r
+                                                    : l / r;
+      }
       node.args.push_back(std::move(left));
-      node.args.push_back((this->*operand)());
+      node.args.push_back(std::move(right));
+      if (node.op == Expr::Op::kDiv) node.text = text_of(first, kShown);
       left = std::move(node);
     }
   }
@@ -414,14 +455,17 @@ class LineParser {
     if (accept_op("-")) {
       e.op = Expr::Op::kSub;
       Expr zero;
+      zero.constant = 0;
       e.args.push_back(zero);
       e.args.push_back(primary());
+      if (e.args[1].constant) e.constant = -*e.args[1].constant;
       return e;
     }
     if (tok.type == Token::Type::kNumber) {
       ++i_;
       e.op = Expr::Op::kNumber;
       e.number = tok.value;
+      e.constant = tok.value;
       e.text = tok.text;
       last_unit_ = tok.unit;
       return e;
@@ -434,6 +478,15 @@ class LineParser {
         e.args.push_back(sum());
         while (accept_op(",")) e.args.push_back(sum());
         expect_op(")");
+        const bool all_constant = std::all_of(e.args.begin(), e.args.end(),
+                                              [](const Expr& a) { return a.constant.has_value(); });
+        if (all_constant) {
+          e.constant = *e.args[0].constant;
+          for (const auto& a : e.args) {
+            e.constant = e.op == Expr::Op::kMax ? std::max(*e.constant, *a.constant)
+                                                : std::min(*e.constant, *a.constant);
+          }
+        }
         return e;
       }
       if (!defined(tok.text)) {
@@ -448,6 +501,16 @@ class LineParser {
       return e;
     }
     if (tok.type == Token::Type::kRaw) {
+      // "1/0": a number, then what was meant as a division (a rate is "1000/s").
+      const auto slash = tok.text.find('/');
+      if (slash != std::string::npos && number_token(tok.text.substr(0, slash), at)) {
+        const auto divisor = number_token(tok.text.substr(slash + 1), at);
+        const std::string spaced = tok.text.substr(0, slash) + " / " + tok.text.substr(slash + 1);
+        fail(at, divisor && divisor->value == 0
+                     ? fmt::format("'{}' divides by zero", tok.text)
+                     : fmt::format("'{}' is not a number: to divide, put spaces around '/' ({})",
+                                   tok.text, spaced));
+      }
       fail(at,
            fmt::format("'{}' is not a number (units: ns us ms s, b k KiB M MiB, %, /s)", tok.text));
     }
@@ -527,7 +590,7 @@ class Parser {
           if (body_started) {
             p.fail(head_col, fmt::format("'{}' belongs before the first step", head));
           }
-          header(head, p, s);
+          header(head, head_col, p, s);
           continue;
         }
         body_started = true;
@@ -565,7 +628,15 @@ class Parser {
   }
 
  private:
-  void header(const std::string& head, LineParser& p, Script& s) {
+  void header(const std::string& head, int head_col, LineParser& p, Script& s) {
+    if (head == "check" || head == "describe") {
+      int& seen = head == "check" ? check_line_ : describe_line_;
+      if (seen != 0) {
+        p.fail(head_col, fmt::format("a second '{}' (the first is on line {}): a script has one",
+                                     head, seen));
+      }
+      seen = line_;
+    }
     if (head == "check") {
       const int at = p.col();
       const auto name = p.word("FAMILY/NAME");
@@ -706,11 +777,11 @@ class Parser {
   void split(LineParser& p, Split& s) {
     if (p.accept_word("random")) {
       s.kind = Split::Kind::kRandom;
-      s.pieces = p.count("a number of pieces");
+      s.pieces = p.count("a number of pieces", 1);
       if (p.accept_word("seed")) s.seed = p.seed();
       return;
     }
-    Expr first = p.count("a piece size");
+    Expr first = p.count("a piece size", 1);
     if (!p.at_op(",")) {
       s.kind = Split::Kind::kEvery;
       s.sizes.push_back(std::move(first));
@@ -720,7 +791,7 @@ class Parser {
     s.sizes.push_back(std::move(first));
     while (p.accept_op(",")) {
       if (p.accept_word("rest")) break;
-      s.sizes.push_back(p.count("a piece size"));
+      s.sizes.push_back(p.count("a piece size", 1));
     }
   }
   std::string connection(LineParser& p) {
@@ -746,7 +817,7 @@ class Parser {
       while (!p.done()) {
         const auto opt =
             p.choice("a connect option", {"count", "to", "rcvbuf", "nodelay", "within", "expect"});
-        if (opt == "count") st.count = p.count("the connection count");
+        if (opt == "count") st.count = p.count("the connection count", 0, kMaxConnections);
         if (opt == "rcvbuf") st.amount = p.count("the receive buffer size");
         if (opt == "within") st.within = p.duration();
         if (opt == "expect") st.error = p.errno_token();
@@ -755,6 +826,11 @@ class Parser {
           const auto& tok = p.next("free-port or HOST:PORT");
           if (tok.type == Token::Type::kString || tok.type == Token::Type::kOp) {
             p.fail(tok.col, "expected free-port or HOST:PORT");
+          }
+          if (tok.text != "free-port") {
+            if (const auto parsed = parse_address(tok.text); !parsed.error.empty()) {
+              p.fail(tok.col, parsed.error);
+            }
           }
           st.to = tok.text;
         }
@@ -842,7 +918,7 @@ class Parser {
         if (st.name != "restart" && st.name != "start") {
           p.fail("rlimit-nofile applies to start and restart");
         }
-        st.amount = p.count("the fd limit");
+        st.amount = p.count("the fd limit", kMinRlimitNofile, 1 << 20);
       }
     } else if (head == "observe") {
       st.kind = Kind::kObserve;
@@ -872,7 +948,7 @@ class Parser {
       p.choice("a probe kind", {"rr"});
       while (!p.done() && !p.at_word("as")) {
         const auto opt = p.choice("a probe option", {"clients", "size", "for", "rate", "timeout"});
-        if (opt == "clients") st.count = p.count("the client count");
+        if (opt == "clients") st.count = p.count("the client count", 0, kMaxConnections);
         if (opt == "size") st.amount = p.count("the payload size");
         if (opt == "for") st.extra = p.duration();
         if (opt == "timeout") st.within = p.duration();
@@ -892,7 +968,8 @@ class Parser {
       st.amount = p.duration();
     } else if (head == "repeat" || head == "retry") {
       st.kind = head == "repeat" ? Kind::kRepeat : Kind::kRetry;
-      st.count = p.count("the count");
+      // repeat 0 runs its body no times; a retry makes at least one attempt.
+      st.count = head == "repeat" ? p.count("the count") : p.count("the number of attempts", 1);
     } else if (head == "let") {
       st.kind = Kind::kLet;
       st.var = p.name_token("variable");
@@ -956,6 +1033,8 @@ class Parser {
   std::string path_;
   Scope scope_;
   int line_ = 0;
+  int check_line_ = 0;
+  int describe_line_ = 0;
 };
 
 }  // namespace

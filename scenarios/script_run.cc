@@ -27,7 +27,6 @@ using namespace std::chrono_literals;
 
 constexpr double kUnknown = std::numeric_limits<double>::quiet_NaN();
 constexpr size_t kMaxDataBytes = 256u << 20;
-constexpr double kMaxConnections = 20000;
 constexpr size_t kMaxEvidenceLines = 200;
 // What all members of a group may owe back at once (each keeps what it sent until its echo).
 constexpr double kMaxGroupBytes = 1024.0 * (1 << 20);
@@ -153,8 +152,11 @@ class Interpreter {
       case Expr::Op::kMul:
         return eval(e.args[0]) * eval(e.args[1]);
       case Expr::Op::kDiv: {
+        // A ratio against a zero baseline is the script's error, never an unknown value (an
+        // assertion on one would be skipped, and the script pass).
         const double d = eval(e.args[1]);
-        return d == 0 ? kUnknown : eval(e.args[0]) / d;
+        if (d == 0) failed(fmt::format("division by zero: {} is 0 in {}", e.args[1].text, e.text));
+        return eval(e.args[0]) / d;
       }
       case Expr::Op::kMax:
       case Expr::Op::kMin: {
@@ -169,12 +171,12 @@ class Interpreter {
     }
     return kUnknown;
   }
-  // A count: a whole number in [0, limit], else the step fails saying so.
-  size_t count(const Expr& e, double limit, std::string_view what) {
+  // A count: a whole number in [least, limit], else the step fails saying so.
+  size_t count(const Expr& e, double limit, std::string_view what, double least = 0) {
     const double v = std::floor(eval(e));
-    if (std::isnan(v) || v < 0 || v > limit) {
-      failed(
-          fmt::format("{} ({}) is {}: expected 0 to {}", what, e.text, number(v), number(limit)));
+    if (std::isnan(v) || v < least || v > limit) {
+      failed(fmt::format("{} ({}) is {}: expected {} to {}", what, e.text, number(v), number(least),
+                         number(limit)));
     }
     return static_cast<size_t>(v);
   }
@@ -263,14 +265,14 @@ class Interpreter {
       case Split::Kind::kNone:
         break;
       case Split::Kind::kEvery: {
-        const size_t each = std::max<size_t>(1, count(s.sizes[0], kMaxDataBytes, "a piece size"));
+        const size_t each = count(s.sizes[0], kMaxDataBytes, "a piece size", 1);
         for (size_t at = 0; at < total; at += each) sizes.push_back(std::min(each, total - at));
         break;
       }
       case Split::Kind::kList: {
         size_t at = 0;
         for (const auto& e : s.sizes) {
-          const size_t n = std::min(count(e, kMaxDataBytes, "a piece size"), total - at);
+          const size_t n = std::min(count(e, kMaxDataBytes, "a piece size", 1), total - at);
           if (n == 0) continue;
           sizes.push_back(n);
           at += n;
@@ -280,7 +282,7 @@ class Interpreter {
       }
       case Split::Kind::kRandom: {
         std::mt19937_64 rng(s.seed);
-        sizes = random_pieces(total, std::max<size_t>(1, count(s.pieces, 1e6, "pieces")), rng);
+        sizes = random_pieces(total, count(s.pieces, 1e6, "pieces", 1), rng);
         break;
       }
     }
@@ -1070,7 +1072,7 @@ class Interpreter {
         return;
       }
       case Kind::kRetry: {
-        const size_t n = std::max<size_t>(1, count(*st.count, 1e6, "the retry count"));
+        const size_t n = count(*st.count, 1e6, "the retry count", 1);
         for (size_t i = 1;; ++i) {
           try {
             block(st.body);

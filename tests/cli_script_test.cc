@@ -130,6 +130,30 @@ TEST_F(CliScript, MalformedScriptsAreRefusedWithFileLineColumnAndExit2) {
       {"connect c\nsend c \"\\q\"\n", "2:9", "unknown escape"},
       {"connect server\n", "1:9", "cannot name a connection"},
       {"connect c\nexpect c nothing\n", "2:1", "needs 'within DUR'"},
+      // Literals the runner would only have refused once connected, or taken silently.
+      {"connect c to 127.0.0.1:99999\n", "1:14",
+       "bad port '99999' in '127.0.0.1:99999': expected 0..65535"},
+      {"connect c\nsleep -1s\n", "2:7", "-1s is negative: a wait is from 0 to 10 minutes"},
+      {"connect c count 1000000\n", "1:17",
+       "the connection count must be a whole number from 0 to 20000, got 1000000"},
+      {"connect c\nserver start rlimit-nofile 0\n", "2:28",
+       "the fd limit must be a whole number from 4 to 1048576, got 0"},
+      {"connect c\nsend c msg 10 split 0\n", "2:21",
+       "a piece size must be a whole number from 1 to 1000000, got 0"},
+      {"connect c\nsend c msg 10 split 3, 0, rest\n", "2:24", "a piece size must be"},
+      {"check a/b\ncheck a/c\nconnect c\n", "2:1",
+       "a second 'check' (the first is on line 1): a script has one"},
+      {"describe \"a\"\ndescribe \"b\"\nconnect c\n", "2:1", "a second 'describe'"},
+      {"connect c\nretry 0\n  close c\nend\n", "2:7",
+       "the number of attempts must be a whole number from 1 to 1000000, got 0"},
+      {"connect c\nsend c msg 300M\n", "2:12",
+       "a message size must be a whole number of bytes up to 256 MiB, got 300M"},
+      // A division by zero the parser can see.
+      {"connect c\nassert 1 / 0 == 1\n", "2:12", "division by zero"},
+      {"connect c\nassert c.count / (2 - 2) == 1\n", "2:18", "division by zero: (2 - 2) is 0"},
+      {"connect c\nassert 1/0 == 1\n", "2:8", "'1/0' divides by zero"},
+      {"connect c\nlet x = 6/2\n", "2:9",
+       "'6/2' is not a number: to divide, put spaces around '/' (6 / 2)"},
   };
   size_t n = 0;
   for (const auto& c : cases) {
@@ -162,6 +186,33 @@ TEST_F(CliScript, ScriptsAreReadWithABound) {
     EXPECT_EQ(r.err, message) << path;
     EXPECT_EQ(r.out, "") << path;
   }
+}
+
+// A division by zero at run time FAILs the script naming the line and the division, where it
+// used to be "unknown" (and the assertion on it skipped, the script passed); a value the target
+// does not show stays unknown and its assertion is not asserted.
+TEST_F(CliScript, ADivisionByZeroAtRunTimeFailsTheScript) {
+  const auto path = write("ratio.sbs",
+                          "check mine/ratio\n"
+                          "connect c\n"
+                          "observe fds as fds\n"
+                          "assert 10 / fds > 0\n"
+                          "let z = c.count - 1\n"
+                          "let x = 5 / z\n"
+                          "assert x != x\n");
+  auto served = test_support::serve("epoll");
+  ASSERT_TRUE(served);
+  const auto [run, verdicts] =
+      script(path.string() + " --target " + served->address.to_string() + " -v", "ratio", "target");
+  EXPECT_EQ(run.status, 1) << run.out << run.err;
+  ASSERT_EQ(verdicts.size(), 1u) << run.out;
+  EXPECT_EQ(verdicts.begin()->second, "FAIL") << run.out;
+  EXPECT_NE(run.out.find("assert 10 / fds > 0: unknown > 0 (not observable here: not asserted)"),
+            std::string::npos)
+      << run.out;
+  EXPECT_NE(run.out.find("FAIL: line 6: let x = 5 / z: division by zero: z is 0 in 5 / z"),
+            std::string::npos)
+      << run.out;
 }
 
 // A send that times out reports the bytes the kernel took, not those of the pieces before it:
