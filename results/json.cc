@@ -401,16 +401,33 @@ RunResult from_json(const nlohmann::json& doc) {
 }
 
 LoadedRun read_json_file(const std::string& path) {
+  // A result file is large at most in its histograms and time series; a bound keeps /dev/zero
+  // or an endless pipe named by mistake from filling the memory.
+  constexpr size_t kMaxResultFileBytes = 256u << 20;
   LoadedRun loaded;
-  std::ifstream in(path);
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    loaded.error = fmt::format("cannot read {}: {}", path, make_error(EISDIR).message());
+    return loaded;
+  }
+  std::ifstream in(path, std::ios::binary);
   if (!in) {
     loaded.error = fmt::format("cannot read {}: {}", path, std::generic_category().message(errno));
     return loaded;
   }
-  std::stringstream text;
-  text << in.rdbuf();
+  std::string text;
+  char chunk[64 << 10];
+  while (in.read(chunk, sizeof chunk) || in.gcount() > 0) {
+    text.append(chunk, static_cast<size_t>(in.gcount()));
+    if (text.size() > kMaxResultFileBytes) {
+      loaded.error =
+          fmt::format("cannot read {}: larger than {} MiB, the most a result file may be", path,
+                      kMaxResultFileBytes >> 20);
+      return loaded;
+    }
+  }
   try {
-    loaded.run = from_json(json::parse(text.str()));
+    loaded.run = from_json(json::parse(text));
   } catch (const json::exception& e) {
     loaded.error =
         fmt::format("{} is not a sockbench/Google Benchmark JSON file: {}", path, e.what());

@@ -235,6 +235,17 @@ TEST_F(CompareCli, UnreadableInputExits2WithAClearMessage) {
   EXPECT_EQ(garbage.status, 2);
   EXPECT_NE(garbage.err.find("garbage.json"), std::string::npos) << garbage.err;
 
+  const auto directory = sockbench("compare " + base + " " + dir_.string());
+  EXPECT_EQ(directory.status, 2);
+  EXPECT_EQ(directory.err,
+            "sockbench compare: cannot read " + dir_.string() + ": Is a directory\n");
+  // Read with a bound: a device named by mistake is an error, not all of the memory.
+  const auto endless = sockbench("compare " + base + " /dev/zero");
+  EXPECT_EQ(endless.status, 2);
+  EXPECT_EQ(endless.err,
+            "sockbench compare: cannot read /dev/zero: larger than 256 MiB, the most a result "
+            "file may be\n");
+
   EXPECT_EQ(sockbench("compare " + base).status, 2);  // one file: usage error
   EXPECT_EQ(sockbench("compare --alpha x " + base + " " + base).status, 2);
 }
@@ -248,6 +259,16 @@ TEST_F(CompareCli, ExportFormats) {
   EXPECT_DOUBLE_EQ(rps["value"].get<double>(), 100200);  // median of the repetitions
   EXPECT_DOUBLE_EQ(rps["lower_value"].get<double>(), 99800);
   EXPECT_DOUBLE_EQ(rps["upper_value"].get<double>(), 100900);
+  EXPECT_EQ(bencher.err, "");
+
+  // A failed cell has nothing to export: left out, and said so.
+  const auto failed = file_with("failed.json", {100000}, {kEpoll, kPoll}, {0});
+  const auto partial = sockbench("export --format bencher " + failed);
+  ASSERT_EQ(partial.status, 0) << partial.err;
+  EXPECT_FALSE(nlohmann::json::parse(partial.out).contains(kEpoll)) << partial.out;
+  EXPECT_TRUE(nlohmann::json::parse(partial.out).contains(kPoll)) << partial.out;
+  EXPECT_EQ(partial.err,
+            "sockbench export: left out " + kEpoll + " (failed: server exited with status 1)\n");
 
   const auto bigger = nlohmann::json::parse(sockbench("export --format gab-bigger " + file).out);
   ASSERT_EQ(bigger.size(), 1u);

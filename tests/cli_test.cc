@@ -96,6 +96,9 @@ TEST_F(Cli, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
       {"--json " + x + " --csv " + dot_x, "--json and --csv both name"},
       {"--json " + x + " --timeseries " + x, "--json and --timeseries both name"},
       {"version --bogus", "version takes no arguments, got '--bogus'"},
+      // Read only when reconnecting (or by restart): not silently ignored.
+      {"--backoff-min 5ms", "--backoff-min: applies to rr with --reconnect backoff"},
+      {"--jitter none", "--jitter: applies to rr with --reconnect backoff"},
   };
   for (const auto& [args, flag] : cases) {
     const auto o = sockbench(args);

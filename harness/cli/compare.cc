@@ -201,6 +201,12 @@ int export_command(int argc, const char* const* argv) {
   }
 
   const std::string text = results::to_export(run, *export_format);
+  // A failed cell has no figures to export: left out, but not silently.
+  for (const auto& record : run.records) {
+    if (!record.error.empty()) {
+      fmt::print(stderr, "sockbench export: left out {} (failed: {})\n", record.name, record.error);
+    }
+  }
   if (parsed.count("output")) {
     if (const auto ec = results::write_file_atomically(str(parsed, "output"), text)) {
       fmt::print(stderr, "sockbench export: cannot write {}: {}\n", str(parsed, "output"),

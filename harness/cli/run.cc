@@ -605,6 +605,15 @@ int run_command(int argc, const char* const* argv) {
   }
   base.close = close == "fin" ? scenarios::CloseMode::kFin : scenarios::CloseMode::kRst;
   base.reconnect = reconnect_flags(parsed);
+  // rr reads the backoff only when it reconnects; silently ignored otherwise.
+  if (!base.reconnect.enabled && !has("restart")) {
+    for (const char* flag : {"backoff-min", "backoff-max", "jitter"}) {
+      if (parsed.count(flag)) {
+        throw UsageError(fmt::format(
+            "--{}: applies to rr with --reconnect backoff and to --scenario restart", flag));
+      }
+    }
+  }
   base.tcp = tcp_timeouts_flags(parsed);
   if (transport != "tcp") {
     for (const char* flag : {"reconnect", "keepalive", "user-timeout"}) {
