@@ -148,6 +148,63 @@ TEST_F(CliCheck, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
   }
 }
 
+// --only naming checks that no target of the run can run (the wrong transport, protocol or side
+// of --tls) would run nothing and exit 0: a usage error instead, saying why, before any server
+// starts.
+TEST_F(CliCheck, OnlyChecksNoTargetCanRunAreAUsageErrorSayingWhy) {
+  const std::string datagram_only =
+      "runs only against datagram targets (--transport udp or unixgram, --target udp:HOST:PORT)";
+  const std::string stream_only =
+      "runs only against stream targets (--transport tcp, --target HOST:PORT)";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"check --server epoll --only tls/handshake",
+       "--only tls/handshake: the tls check runs only with --tls"},
+      {"check --server epoll --only udp", "--only udp: the udp check " + datagram_only},
+      {"check --server epoll --only chat",
+       "--only chat: the chat check runs only with --protocol chat"},
+      {"check --server-cmd 'python3 " + script() + " {port}' --only udp/boundaries",
+       "--only udp/boundaries: the udp check " + datagram_only},
+      {"check --server epoll --transport udp --only errors",
+       "--only errors: the errors check " + stream_only},
+      {"check --target 127.0.0.1:1 --protocol chat --only errors",
+       "--only errors: the errors check runs only against --protocol framed or echo, not chat"},
+      {"check --target udp:127.0.0.1:1 --only errors/half-close,errors/refused",
+       "--only errors/half-close,errors/refused: the errors check " + stream_only},
+      {"check --server epoll --only udp,chat",
+       "--only udp: the udp check " + datagram_only +
+           "; --only chat: the chat check runs only with --protocol chat"},
+      {"check --server epoll --tls --only errors",
+       "--only errors: the errors check does not run with --tls (those that do: partial, tls)"},
+  };
+  for (const auto& [args, message] : cases) {
+    const auto r = plain(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.err << r.out;
+    EXPECT_EQ(r.err, "sockbench: " + message + "\n") << args;
+    EXPECT_TRUE(r.out.empty()) << args << "\n" << r.out;
+  }
+}
+
+// A selection of which part can run: that part runs; what the target cannot run is a SKIP row
+// per named sub-check, saying why.
+TEST_F(CliCheck, OnlyChecksATargetCannotRunAreSkipRowsBesideThoseThatRun) {
+  const auto r = check("--server epoll --only errors/half-close,udp,tls/handshake", "mixed");
+  ASSERT_EQ(r.status, 0) << r.err << r.out;
+  EXPECT_EQ(r.verdict.at("errors/half-close"), "PASS") << r.evidence.at("errors/half-close");
+  const std::string udp_why =
+      "the udp check runs only against datagram targets (--transport udp or unixgram, --target "
+      "udp:HOST:PORT)";
+  for (const char* sub :
+       {"udp/boundaries", "udp/truncation", "udp/refused", "udp/max-datagram", "udp/flood"}) {
+    EXPECT_EQ(r.verdict.at(sub), "SKIP") << sub;
+    EXPECT_EQ(r.evidence.at(sub), udp_why) << sub;
+  }
+  EXPECT_EQ(r.verdict.at("tls/handshake"), "SKIP");
+  EXPECT_EQ(r.evidence.at("tls/handshake"), "the tls check runs only with --tls");
+  EXPECT_EQ(r.verdict.size(), 7u) << r.out;
+  EXPECT_NE(r.out.find("\n1 PASS, 0 FAIL, 6 SKIP\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("SKIP udp/flood on epoll"), std::string::npos) << r.out;
+}
+
 // Nothing listens on port 1: every FAIL is a refusal, and one line says what that means.
 TEST_F(CliCheck, ATargetThatRefusesEveryConnectionGetsOneSummaryLine) {
   const auto r = plain("check --target 127.0.0.1:1");
@@ -331,8 +388,8 @@ TEST_F(CliCheck, ServerCommandWhosePortAnotherProcessTookIsAClearErrorNotItsVerd
                   fifo.string()};
   auto taker = ChildProcess::spawn(options);
   ASSERT_TRUE(taker) << taker.error().message();
-  const auto r = check("--server-cmd 'echo {port} >" + fifo.string() + "; sleep 1.5; exit 4'",
-                       "taken");
+  const auto r =
+      check("--server-cmd 'echo {port} >" + fifo.string() + "; sleep 1.5; exit 4'", "taken");
   EXPECT_EQ(r.status, 1) << r.err;
   EXPECT_NE(r.err.find("ended (exit 4) before accepting connections"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("where a process not its own was answering"), std::string::npos) << r.err;

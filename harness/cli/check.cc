@@ -187,6 +187,9 @@ int check_command(int argc, const char* const* argv) {
       check_options.only.push_back(item);
     }
     require_distinct("only", check_options.only);
+    // A selection none of whose checks can run against these targets would report nothing
+    // and exit 0: a usage error, naming why (a partly runnable one SKIPs the rest instead).
+    if (auto why = unrunnable_selection(plan); !why.empty()) throw UsageError(why);
   }
   check_options.long_checks = parsed.count("long") > 0;
   return run_check_plan(std::move(plan));

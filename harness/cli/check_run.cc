@@ -138,6 +138,44 @@ std::string unix_check_path(const std::string& model) {
       .string();
 }
 
+// Whether `check` is named by an --only item (the whole check, or one of its sub-checks).
+bool named_by(const scenarios::CheckInfo& check, const std::string& item) {
+  return item == check.name || item.starts_with(check.name + "/");
+}
+
+// Whether each target of the plan (models, then the command, then the address: the order
+// run_check_plan builds them in) is a datagram one.
+std::vector<bool> target_transports(const CheckPlan& plan) {
+  const bool datagram = plan.transport == "udp" || plan.transport == "unixgram";
+  std::vector<bool> out(plan.models.size() + (plan.command ? 1 : 0), datagram);
+  if (plan.target) out.push_back(plan.target->datagram());
+  return out;
+}
+
+// SKIP records for the sub-checks of `check` that --only names, on a target that cannot run it.
+std::vector<results::Record> unrunnable_records(const scenarios::CheckInfo& check,
+                                                const std::vector<std::string>& only,
+                                                const std::string& target, const std::string& why) {
+  std::vector<results::Record> out;
+  for (const auto& sub : check.subchecks) {
+    const bool selected = std::any_of(only.begin(), only.end(), [&](const std::string& item) {
+      return item == check.name || item == check.name + "/" + sub.name;
+    });
+    if (!selected) continue;
+    results::Record r;
+    r.name = scenarios::check_record_name(check.name, sub.name, target);
+    r.scenario = "check";
+    r.server = target;
+    r.params = {{"check", check.name}, {"subcheck", sub.name}};
+    r.iterations = 1;
+    r.time_unit = "ms";
+    r.verdict = "SKIP";
+    r.evidence = why;
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
 results::Record start_failure(const std::string& target, const std::string& error) {
   results::Record r;
   r.name = scenarios::check_record_name("start", "server", target);
@@ -153,6 +191,73 @@ results::Record start_failure(const std::string& target, const std::string& erro
 }
 
 }  // namespace
+
+std::string check_cannot_run(const scenarios::CheckInfo& check, bool datagram,
+                             const CheckPlan& plan) {
+  // Stream checks need a stream socket, the udp check a datagram one.
+  if (!check.any_transport && check.datagram != datagram) {
+    return check.datagram ? fmt::format(
+                                "the {} check runs only against datagram targets (--transport udp "
+                                "or unixgram, --target udp:HOST:PORT)",
+                                check.name)
+                          : fmt::format(
+                                "the {} check runs only against stream targets (--transport tcp, "
+                                "--target HOST:PORT)",
+                                check.name);
+  }
+  // The chat check needs a chat server; the others an echo.
+  if (check.chat != (plan.protocol == "chat")) {
+    return check.chat ? fmt::format("the {} check runs only with --protocol chat", check.name)
+                      : fmt::format(
+                            "the {} check runs only against --protocol framed or echo, "
+                            "not chat",
+                            check.name);
+  }
+  // With --tls the tls check and those that run over TLS too; the tls check needs TLS.
+  if (plan.tls ? !(check.tls || check.over_tls) : check.tls) {
+    if (check.tls) return fmt::format("the {} check runs only with --tls", check.name);
+    std::string names;
+    for (const auto& other : scenarios::checks()) {
+      if (other.tls || other.over_tls) names += (names.empty() ? "" : ", ") + other.name;
+    }
+    return fmt::format("the {} check does not run with --tls (those that do: {})", check.name,
+                       names);
+  }
+  return {};
+}
+
+std::string unrunnable_selection(const CheckPlan& plan) {
+  const auto& only = plan.options.only;
+  if (only.empty()) return {};
+  const std::vector<scenarios::CheckInfo>& checks =
+      plan.checks.empty() ? scenarios::checks() : plan.checks;
+  const std::vector<bool> transports = target_transports(plan);
+  // Reasons in the order of the items, each with the items it applies to.
+  std::vector<std::pair<std::string, std::string>> reasons;
+  for (const auto& item : only) {
+    for (const auto& check : checks) {
+      if (!named_by(check, item)) continue;
+      std::string why;
+      for (const bool datagram : transports) {
+        auto reason = check_cannot_run(check, datagram, plan);
+        if (reason.empty()) return {};  // something runs
+        if (why.empty()) why = std::move(reason);
+      }
+      const auto same = std::find_if(reasons.begin(), reasons.end(),
+                                     [&](const auto& entry) { return entry.second == why; });
+      if (same == reasons.end()) {
+        reasons.emplace_back(item, why);
+      } else {
+        same->first += "," + item;
+      }
+    }
+  }
+  std::string line;
+  for (const auto& [items, why] : reasons) {
+    line += fmt::format("{}--only {}: {}", line.empty() ? "" : "; ", items, why);
+  }
+  return line;
+}
 
 int run_check_plan(CheckPlan plan) {
   // Bursts and slow-client checks hold hundreds of sockets; servers get their own limit where a
@@ -202,7 +307,9 @@ int run_check_plan(CheckPlan plan) {
     };
   }
   std::vector<std::string> names;
-  for (auto& target : targets) {
+  const std::vector<bool> transports = target_transports(plan);
+  for (size_t t = 0; t < targets.size(); ++t) {
+    auto& target = targets[t];
     if (watcher.token().stop_requested()) break;
     names.push_back(target->name());
     std::string error;
@@ -213,19 +320,19 @@ int run_check_plan(CheckPlan plan) {
     }
     for (const auto& check : checks) {
       if (watcher.token().stop_requested()) break;
-      // Stream checks need a stream socket, the udp check a datagram one.
-      if (!check.any_transport && check.datagram != target->address().datagram()) continue;
-      // The chat check needs a chat server; the others an echo.
-      if (check.chat != (plan.protocol == "chat")) continue;
-      // With --tls the tls check and those that run over TLS too; the tls check needs TLS.
-      if (plan.tls ? !(check.tls || check.over_tls) : check.tls) continue;
-      const bool wanted =
-          check_options.only.empty() ||
-          std::any_of(check_options.only.begin(), check_options.only.end(),
-                      [&](const std::string& item) {
-                        return item == check.name || item.starts_with(check.name + "/");
-                      });
-      if (!wanted) continue;
+      const auto& only = check_options.only;
+      const bool named = std::any_of(
+          only.begin(), only.end(), [&](const std::string& item) { return named_by(check, item); });
+      if (const auto why = check_cannot_run(check, transports[t], plan); !why.empty()) {
+        // Left out unless asked for by name: then a SKIP says why it did not run here.
+        if (named) {
+          for (auto& r : unrunnable_records(check, only, target->name(), why)) {
+            run.records.push_back(std::move(r));
+          }
+        }
+        continue;
+      }
+      if (!only.empty() && !named) continue;
       // A restartable server gets a fresh port per check: only a fixed address is worth showing.
       fmt::print(stderr, "sockbench: check {} on {}{}\n", check.name, target->name(),
                  target->can_restart() ? "" : " at " + target->address().to_string());

@@ -37,6 +37,16 @@ struct CheckPlan {
   std::shared_ptr<const void> keep_alive;
 };
 
+// Why `check` cannot run against a target of the plan, datagram or not: the check is for the other
+// transport, the other protocol (chat) or the other side of --tls. "" when it can run.
+std::string check_cannot_run(const scenarios::CheckInfo& check, bool datagram,
+                             const CheckPlan& plan);
+
+// When --only leaves nothing that any target of the plan can run: one line naming the items and
+// why ("--only udp: the udp check runs only against datagram targets (...)"); "" otherwise.
+// Items that some target can run make the selection runnable: the others are SKIP rows then.
+std::string unrunnable_selection(const CheckPlan& plan);
+
 // Runs the plan; returns the exit code: 0 when nothing FAILed, 1 when something did (or an
 // output file could not be written), 128 + signal when interrupted. Call from the main thread.
 int run_check_plan(CheckPlan plan);
