@@ -3,10 +3,13 @@
 // script under tests/servers), an address-only --target, JUnit and JSON output, exit codes.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -395,6 +398,63 @@ TEST_F(CliCheck, ServerCommandWhosePortAnotherProcessTookIsAClearErrorNotItsVerd
   EXPECT_NE(r.err.find("where a process not its own was answering"), std::string::npos) << r.err;
   ASSERT_EQ(r.verdict.size(), 1u) << r.out;
   EXPECT_EQ(r.verdict.at("start/server"), "FAIL");
+}
+
+// Every process whose command line mentions `needle` (a path under a test's directory), other
+// than this one.
+std::vector<pid_t> processes_mentioning(const std::string& needle) {
+  std::vector<pid_t> found;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit)) continue;
+    std::string cmdline = slurp(entry.path() / "cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    const pid_t pid = std::stoi(name);
+    if (pid != ::getpid() && cmdline.find(needle) != std::string::npos) found.push_back(pid);
+  }
+  return found;
+}
+
+// A server that calls setsid leaves the process group sockbench signals: stopping it must still
+// stop it (server-closes-first sees the server's close, not the clients'), and nothing it started
+// outlives sockbench. The script is copied into the test's directory to be found by its path.
+TEST_F(CliCheck, ServerCommandThatCallsSetsidIsStoppedWithItsDescendants) {
+  const auto copy = dir_ / "echo_server.py";
+  std::filesystem::copy_file(script(), copy);
+  const auto r = check("--server-cmd 'setsid --wait python3 " + copy.string() +
+                           " {port}' --only timewait/server-closes-first,errors/half-close",
+                       "setsid");
+  const auto left = processes_mentioning(copy.string());
+  for (const pid_t pid : left) ::kill(pid, SIGKILL);
+  EXPECT_EQ(r.status, 0) << r.err << r.out;
+  EXPECT_EQ(r.verdict.at("timewait/server-closes-first"), "PASS")
+      << r.evidence.at("timewait/server-closes-first");
+  EXPECT_EQ(r.verdict.at("errors/half-close"), "PASS") << r.evidence.at("errors/half-close");
+  EXPECT_EQ(r.verdict.size(), 2u);
+  EXPECT_TRUE(left.empty()) << left.size() << " server processes left running";
+}
+
+// A daemon: forks, the child calls setsid, the parent exits 0. The command ended before its port
+// answered (this one never listens), and the daemon it left must not outlive sockbench.
+TEST_F(CliCheck, ServerCommandThatDaemonisesLeavesNothingRunning) {
+  const auto mark = (dir_ / "daemon-mark").string();
+  const auto r = check(
+      "--server-cmd 'python3 -c \"import os, sys, time\n"
+      "if os.fork() == 0:\n"
+      "    os.setsid()\n"
+      "    time.sleep(120)\n"
+      "\" " +
+          mark + " {port}' --only errors/half-close",
+      "daemon");
+  const auto left = processes_mentioning(mark);
+  for (const pid_t pid : left) ::kill(pid, SIGKILL);
+  EXPECT_EQ(r.status, 1) << r.err << r.out;
+  EXPECT_NE(r.err.find("the command ended (exit 0) before accepting connections"),
+            std::string::npos)
+      << r.err;
+  ASSERT_EQ(r.verdict.size(), 1u) << r.out;
+  EXPECT_EQ(r.verdict.at("start/server"), "FAIL");
+  EXPECT_TRUE(left.empty()) << left.size() << " daemon processes left running";
 }
 
 // An address only: what needs a restart or /proc is SKIP with the reason; the rest runs.

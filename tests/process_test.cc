@@ -346,6 +346,64 @@ TEST(ChildProcessTest, StopKillsGrandchildrenAfterCleanExit) {
   EXPECT_TRUE(wait_gone(grandchild, milliseconds(2000)));
 }
 
+// A descendant that called setsid has left the child's process group and session: stop() still
+// finds it (in the child's tree while its launcher lives), kills it and, as the subreaper it is
+// reparented to once the launcher dies, reaps it.
+TEST(ChildProcessTest, StopKillsADescendantThatCalledSetsid) {
+  SubreaperScope subreaper;
+  ChildProcess child =
+      spawn_or_fail(sh("setsid --wait sh -c 'echo $$ >&{ready_fd}; exec sleep 30'"));
+  auto line = child.read_line(milliseconds(3000));
+  ASSERT_TRUE(line.ok()) << line.error().message();
+  const pid_t server = std::stoi(*line);
+  EXPECT_EQ(::getsid(server), server);
+  EXPECT_NE(::getpgid(server), child.pid());
+  EXPECT_THAT(child.processes(), ::testing::Contains(server));
+
+  child.stop(milliseconds(2000));
+  EXPECT_EQ(::kill(server, 0), -1);  // gone, not even a zombie: stop() reaped it
+  EXPECT_EQ(errno, ESRCH);
+  EXPECT_EQ(::waitpid(server, nullptr, WNOHANG), -1);
+  EXPECT_EQ(errno, ECHILD);
+}
+
+// The classic daemon: a fork that calls setsid while its parent exits. Nothing links it to the
+// child any more but the token in its environment: stop() kills and reaps it all the same.
+TEST(ChildProcessTest, StopKillsADaemonThatLeftTheTree) {
+  SubreaperScope subreaper;
+  ChildProcess child =
+      spawn_or_fail(sh("(setsid sh -c 'echo $$ >&{ready_fd}; exec sleep 30' &); exit 0"));
+  auto line = child.read_line(milliseconds(3000));
+  ASSERT_TRUE(line.ok()) << line.error().message();
+  const pid_t daemon = std::stoi(*line);
+  const auto deadline = Clock::now() + std::chrono::seconds(3);
+  while (child.alive() && Clock::now() < deadline) std::this_thread::sleep_for(milliseconds(5));
+  ASSERT_FALSE(child.alive());
+  EXPECT_EQ(::getsid(daemon), daemon);
+  EXPECT_THAT(child.processes(), ::testing::ElementsAre(daemon));
+
+  const ExitInfo exit = child.stop(milliseconds(2000));
+  EXPECT_TRUE(exit.exited);
+  EXPECT_EQ(exit.code, 0);
+  EXPECT_EQ(::kill(daemon, 0), -1);
+  EXPECT_EQ(errno, ESRCH);
+  EXPECT_EQ(::waitpid(daemon, nullptr, WNOHANG), -1);
+  EXPECT_EQ(errno, ECHILD);
+  EXPECT_THAT(child.processes(), ::testing::IsEmpty());
+}
+
+// The token names this child only: another child's processes are not its to stop.
+TEST(ChildProcessTest, StopLeavesAnotherChildsProcessesAlone) {
+  ChildProcess first = spawn_or_fail(sh("echo one >&{ready_fd}; exec sleep 30"));
+  ChildProcess second = spawn_or_fail(sh("echo two >&{ready_fd}; exec sleep 30"));
+  ASSERT_TRUE(first.read_line(milliseconds(3000)).ok());
+  ASSERT_TRUE(second.read_line(milliseconds(3000)).ok());
+  EXPECT_THAT(first.processes(), ::testing::IsEmpty());
+  first.stop(milliseconds(2000));
+  EXPECT_TRUE(second.alive());
+  EXPECT_EQ(::kill(second.pid(), 0), 0);
+}
+
 TEST(ChildProcessTest, ChildDiesWithItsParent) {
   SubreaperScope subreaper;
   int fds[2];

@@ -15,6 +15,7 @@
 #include "harness/cli/via_proxy.h"
 #include "harness/core/net.h"
 #include "harness/core/signals.h"
+#include "harness/core/spawn.h"
 #include "results/writers.h"
 #include "scenarios/steps.h"
 
@@ -267,6 +268,10 @@ int run_check_plan(CheckPlan plan) {
   scenarios::CheckOptions& check_options = plan.options;
   const std::vector<scenarios::CheckInfo>& checks =
       plan.checks.empty() ? scenarios::checks() : plan.checks;
+  // A --server-cmd's descendants that leave its process group and lose their parent (setsid,
+  // a daemon's fork) are reparented to us, so that stopping the server finds, kills and reaps
+  // them. Best effort: without it they are still found by the token they inherit.
+  (void)become_subreaper();
   const bool datagram = plan.transport == "udp" || plan.transport == "unixgram";
   const Address loopback = parse_address(datagram ? "udp:127.0.0.1:0" : "127.0.0.1:0").address;
   std::vector<std::unique_ptr<scenarios::CheckTarget>> targets;

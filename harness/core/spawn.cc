@@ -19,14 +19,23 @@
 #include <csignal>
 #include <cstring>
 #include <ctime>
+#include <functional>
 #include <limits>
+#include <map>
+#include <set>
 #include <thread>
+
+#include "harness/core/procfs.h"
 
 namespace sockbench {
 namespace {
 
 constexpr std::string_view kReadyPlaceholder = "{ready_fd}";
 constexpr size_t kMaxLine = 64 * 1024;
+// The environment variable that marks a child's descendants (see ChildProcess).
+constexpr std::string_view kSpawnedBy = "SOCKBENCH_SPAWNED_BY";
+// How long stop() waits for SIGKILLed processes to exit (only one stuck in the kernel takes long).
+constexpr auto kKillWait = std::chrono::seconds(5);
 
 // Every occurrence of the placeholder in `arg`, not only a whole argument: shell one-liners need
 // it inside a string ('echo port 1 >&{ready_fd}').
@@ -80,7 +89,8 @@ struct ChildPlan {
   int ready_fd = -1;  // write end, inherited across exec
   int error_fd = -1;  // write end, close-on-exec
   pid_t parent = -1;
-  char** envp = nullptr;
+  std::vector<std::string> env;
+  std::vector<char*> envp;
 };
 
 [[noreturn]] void run_child(const ChildPlan& plan) {
@@ -121,7 +131,7 @@ struct ChildPlan {
   int err = ENOENT;
   bool saw_eacces = false;
   for (const std::string& candidate : plan.candidates) {
-    ::execve(candidate.c_str(), plan.argv.data(), plan.envp);
+    ::execve(candidate.c_str(), plan.argv.data(), plan.envp.data());
     err = errno;
     if (err == EACCES) {
       saw_eacces = true;
@@ -159,6 +169,195 @@ ExitInfo exit_from_siginfo(const siginfo_t& info) {
     exit.signal = info.si_status;
   }
   return exit;
+}
+
+// One process as /proc/<pid>/stat shows it.
+struct ProcEntry {
+  pid_t pid = -1;
+  pid_t ppid = -1;
+  pid_t pgrp = -1;
+  char state = '?';
+  uint64_t start = 0;  // starttime, in clock ticks since boot: tells a recycled pid apart
+};
+
+std::optional<ProcEntry> read_proc_entry(pid_t pid) {
+  auto stat = read_whole_file(fmt::format("/proc/{}/stat", pid));
+  if (!stat) return std::nullopt;
+  const auto close = stat->rfind(')');
+  if (close == std::string::npos || close + 2 >= stat->size()) return std::nullopt;
+  ProcEntry entry;
+  entry.pid = pid;
+  entry.state = (*stat)[close + 2];
+  // The fields after the state: ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+  // utime stime cutime cstime priority nice threads itrealvalue starttime.
+  std::string_view rest = std::string_view(*stat).substr(close + 3);
+  for (int field = 0; field < 19; ++field) {
+    while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
+    const size_t end = std::min(rest.find(' '), rest.size());
+    const std::string_view text = rest.substr(0, end);
+    rest.remove_prefix(end);
+    int64_t value = 0;
+    const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc() || ptr != text.data() + text.size()) return std::nullopt;
+    if (field == 0) entry.ppid = static_cast<pid_t>(value);
+    if (field == 1) entry.pgrp = static_cast<pid_t>(value);
+    if (field == 18) entry.start = static_cast<uint64_t>(value);
+  }
+  return entry;
+}
+
+// Whether `pid`'s environment (as it was at exec) lists `token` in SOCKBENCH_SPAWNED_BY.
+bool carries_token(pid_t pid, std::string_view token) {
+  auto environ_text = read_whole_file(fmt::format("/proc/{}/environ", pid));
+  if (!environ_text) return false;  // gone, or not ours to read
+  std::string_view rest(*environ_text);
+  while (!rest.empty()) {
+    const size_t end = std::min(rest.find('\0'), rest.size());
+    std::string_view entry = rest.substr(0, end);
+    rest.remove_prefix(std::min(end + 1, rest.size()));
+    if (!entry.starts_with(kSpawnedBy) || entry.size() <= kSpawnedBy.size() ||
+        entry[kSpawnedBy.size()] != '=') {
+      continue;
+    }
+    entry.remove_prefix(kSpawnedBy.size() + 1);
+    while (!entry.empty()) {
+      const size_t comma = std::min(entry.find(','), entry.size());
+      if (entry.substr(0, comma) == token) return true;
+      entry.remove_prefix(std::min(comma + 1, entry.size()));
+    }
+  }
+  return false;
+}
+
+// The processes of the child `leader` besides itself: its group, its descendants, and those
+// carrying `token` (with their descendants). Zombies only when in the group or the tree.
+std::vector<ProcEntry> child_processes(pid_t leader, const std::string& token) {
+  std::vector<ProcEntry> out;
+  auto names = list_dir("/proc");
+  if (!names) return out;
+  std::map<pid_t, ProcEntry> all;
+  std::multimap<pid_t, pid_t> children;
+  for (const std::string& name : *names) {
+    pid_t pid = 0;
+    const auto [ptr, ec] = std::from_chars(name.data(), name.data() + name.size(), pid);
+    if (ec != std::errc() || ptr != name.data() + name.size() || pid <= 0) continue;
+    auto entry = read_proc_entry(pid);
+    if (!entry) continue;
+    children.emplace(entry->ppid, pid);
+    all.emplace(pid, *entry);
+  }
+  std::set<pid_t> ours;
+  auto take_tree = [&](std::vector<pid_t> todo) {
+    while (!todo.empty()) {
+      const pid_t pid = todo.back();
+      todo.pop_back();
+      if (!ours.insert(pid).second) continue;
+      const auto [first, last] = children.equal_range(pid);
+      for (auto child = first; child != last; ++child) todo.push_back(child->second);
+    }
+  };
+  std::vector<pid_t> roots{leader};
+  for (const auto& [pid, entry] : all) {
+    if (entry.pgrp == leader) roots.push_back(pid);
+  }
+  take_tree(std::move(roots));
+  // Those that left the tree (setsid, then their parent exited): by the token they inherited.
+  roots.clear();
+  if (!token.empty()) {
+    for (const auto& [pid, entry] : all) {
+      if (!ours.count(pid) && entry.state != 'Z' && carries_token(pid, token)) {
+        roots.push_back(pid);
+      }
+    }
+  }
+  take_tree(std::move(roots));
+  const pid_t self = ::getpid();
+  for (const pid_t pid : ours) {
+    const auto it = all.find(pid);
+    if (pid == leader || pid == self || it == all.end()) continue;
+    out.push_back(it->second);
+  }
+  return out;
+}
+
+// A process stop() signals, held by a pidfd when the kernel has them so that no signal reaches a
+// recycled pid.
+struct Victim {
+  pid_t pid = -1;
+  Fd pidfd;
+  bool zombie = false;
+};
+
+std::vector<Victim> open_victims(const std::vector<ProcEntry>& entries) {
+  std::vector<Victim> victims;
+  const pid_t self = ::getpid();
+  for (const ProcEntry& entry : entries) {
+    // A zombie is worth keeping only to reap it, which only its parent can.
+    if (entry.state == 'Z' && entry.ppid != self) continue;
+    Victim victim;
+    victim.pid = entry.pid;
+    victim.zombie = entry.state == 'Z';
+    victim.pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, entry.pid, 0)));
+    if (!victim.pidfd && errno == ESRCH) continue;
+    // Still the process we listed (its pid not recycled in between)?
+    const auto again = read_proc_entry(entry.pid);
+    if (!again || again->start != entry.start) continue;
+    victims.push_back(std::move(victim));
+  }
+  return victims;
+}
+
+void signal_victims(const std::vector<Victim>& victims, int signo) {
+  for (const Victim& victim : victims) {
+    if (victim.zombie) continue;
+    if (victim.pidfd) {
+      ::syscall(SYS_pidfd_send_signal, victim.pidfd.get(), signo, nullptr, 0);
+    } else {
+      ::kill(victim.pid, signo);
+    }
+  }
+}
+
+// Waits until every victim with a pidfd has exited, or `deadline`; also until `leader_exited`
+// says so, when given (its pidfd `leader`).
+void await_victims(const std::vector<Victim>& victims, const Fd& leader,
+                   const std::function<bool()>& leader_exited,
+                   std::chrono::steady_clock::time_point deadline) {
+  std::vector<bool> done(victims.size(), false);
+  while (true) {
+    std::vector<pollfd> fds;
+    std::vector<size_t> which;
+    for (size_t i = 0; i < victims.size(); ++i) {
+      if (done[i] || !victims[i].pidfd) continue;
+      fds.push_back({victims[i].pidfd.get(), POLLIN, 0});
+      which.push_back(i);
+    }
+    const bool leader_waits = leader_exited && !leader_exited();
+    if (leader_waits && leader) fds.push_back({leader.get(), POLLIN, 0});
+    if (fds.empty() && !leader_waits) return;
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return;
+    if (fds.empty()) {
+      // No pidfd for the leader (old kernel): look again shortly.
+      std::this_thread::sleep_for(std::min(left, std::chrono::milliseconds(10)));
+      continue;
+    }
+    const int polled =
+        ::poll(fds.data(), fds.size(), static_cast<int>(std::min<int64_t>(left.count(), 1 << 30)));
+    if (polled < 0 && errno != EINTR) return;
+    for (size_t k = 0; k < which.size(); ++k) {
+      if (fds[k].revents != 0) done[which[k]] = true;
+    }
+  }
+}
+
+// Reaps the victims that are our children by now (reparented to us as a subreaper).
+void reap_victims(const std::vector<Victim>& victims) {
+  for (const Victim& victim : victims) {
+    while (::waitpid(victim.pid, nullptr, WNOHANG) < 0 && errno == EINTR) {
+    }
+  }
 }
 
 }  // namespace
@@ -216,7 +415,24 @@ Expected<ChildProcess> ChildProcess::spawn(const Options& options) {
   Fd error_write(error_fds[1]);
   plan.error_fd = error_write.get();
   plan.parent = ::getpid();
-  plan.envp = environ;
+  // Our environment, with this child's token appended to SOCKBENCH_SPAWNED_BY (kept when we are
+  // ourselves such a child, so that an outer sockbench still finds what we leave behind).
+  const std::string token = fmt::format(
+      "{}.{}.{}", ::getpid(), std::chrono::steady_clock::now().time_since_epoch().count(),
+      std::hash<std::thread::id>{}(std::this_thread::get_id()) % 1000000);
+  std::string spawned_by;
+  for (char** entry = environ; *entry != nullptr; ++entry) {
+    const std::string_view text(*entry);
+    if (text.starts_with(kSpawnedBy) && text.size() > kSpawnedBy.size() &&
+        text[kSpawnedBy.size()] == '=') {
+      spawned_by = std::string(text.substr(kSpawnedBy.size() + 1)) + ",";
+      continue;
+    }
+    plan.env.emplace_back(text);
+  }
+  plan.env.push_back(fmt::format("{}={}{}", kSpawnedBy, spawned_by, token));
+  for (std::string& entry : plan.env) plan.envp.push_back(entry.data());
+  plan.envp.push_back(nullptr);
 
   const pid_t pid = ::fork();
   if (pid < 0) return last_error();
@@ -231,6 +447,7 @@ Expected<ChildProcess> ChildProcess::spawn(const Options& options) {
   ChildProcess child;
   child.pid_ = pid;
   child.ready_ = std::move(ready_read);
+  child.token_ = token;
   if (const std::error_code ec = read_child_error(error_read.get())) {
     // The child _exit()ed right after reporting: reap it so it does not linger as a zombie.
     int status = 0;
@@ -247,7 +464,8 @@ ChildProcess::ChildProcess(ChildProcess&& other) noexcept
       reaped_(std::exchange(other.reaped_, false)),
       ready_(std::move(other.ready_)),
       pending_(std::move(other.pending_)),
-      exit_(std::exchange(other.exit_, std::nullopt)) {}
+      exit_(std::exchange(other.exit_, std::nullopt)),
+      token_(std::move(other.token_)) {}
 
 ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
   if (this != &other) {
@@ -257,6 +475,7 @@ ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
     ready_ = std::move(other.ready_);
     pending_ = std::move(other.pending_);
     exit_ = std::exchange(other.exit_, std::nullopt);
+    token_ = std::move(other.token_);
   }
   return *this;
 }
@@ -315,32 +534,48 @@ bool ChildProcess::poll_exit(bool block) {
 
 bool ChildProcess::alive() { return !poll_exit(false); }
 
+std::vector<pid_t> ChildProcess::processes() const {
+  std::vector<pid_t> pids;
+  if (pid_ <= 0) return pids;
+  for (const ProcEntry& entry : child_processes(pid_, token_)) {
+    if (entry.state != 'Z') pids.push_back(entry.pid);
+  }
+  return pids;
+}
+
 ExitInfo ChildProcess::stop(std::chrono::milliseconds grace, int signo) {
   if (pid_ <= 0) return exit_.value_or(ExitInfo{});
   if (reaped_) return exit_.value_or(ExitInfo{});
 
+  using Clock = std::chrono::steady_clock;
+  // Listed before any signal: once the leader dies, what it started may leave its tree.
+  std::vector<Victim> victims = open_victims(child_processes(pid_, token_));
   if (!poll_exit(false)) {
     ::kill(-pid_, signo);
-    using Clock = std::chrono::steady_clock;
-    const auto deadline = Clock::now() + grace;
+    signal_victims(victims, signo);
     // A pidfd turns readable when the process exits: no polling interval to choose.
     // Raw syscall: glibc 2.36's <sys/pidfd.h> lacks extern "C" and does not link from C++.
     Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
-    while (!poll_exit(false)) {
-      const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
-      if (left.count() <= 0) break;
-      if (pidfd) {
-        pollfd pfd{pidfd.get(), POLLIN, 0};
-        ::poll(&pfd, 1, static_cast<int>(std::min<int64_t>(left.count(), 1 << 30)));
-      } else {
-        std::this_thread::sleep_for(std::min(left, std::chrono::milliseconds(10)));
-      }
-    }
+    await_victims(
+        victims, pidfd, [this] { return poll_exit(false); }, Clock::now() + grace);
   }
-  // Always, even after a clean exit of the leader: grandchildren in the group must not linger.
-  // The leader is at worst a zombie here, so the group id still names our group.
+  // Always, even after a clean exit of the leader: grandchildren in the group, and those that
+  // left it (setsid), must not linger. The leader is at worst a zombie here, so the group id
+  // still names our group.
   ::kill(-pid_, SIGKILL);
+  signal_victims(victims, SIGKILL);
   poll_exit(true);
+  await_victims(victims, Fd(), {}, Clock::now() + kKillWait);
+  reap_victims(victims);
+  // Those started while the others were dying, and zombies reparented to us meanwhile.
+  for (int round = 0; round < 3; ++round) {
+    victims = open_victims(child_processes(pid_, token_));
+    if (victims.empty()) break;
+    ::kill(-pid_, SIGKILL);
+    signal_victims(victims, SIGKILL);
+    await_victims(victims, Fd(), {}, Clock::now() + kKillWait);
+    reap_victims(victims);
+  }
   if (!reaped_) {
     while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
     }
@@ -348,6 +583,11 @@ ExitInfo ChildProcess::stop(std::chrono::milliseconds grace, int signo) {
   }
   ready_.reset();
   return exit_.value_or(ExitInfo{});
+}
+
+std::error_code become_subreaper() {
+  if (::prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) return last_error();
+  return {};
 }
 
 }  // namespace sockbench

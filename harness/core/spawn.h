@@ -26,7 +26,10 @@ struct ExitInfo {
 
 // A running child. Owns it: the destructor stops and reaps it. Move-only; one thread uses it.
 // The child gets fds 0-2, the ready pipe and nothing else (every other inherited fd is closed on
-// exec), default dispositions for SIGPIPE/SIGINT/SIGTERM and an empty signal mask.
+// exec), default dispositions for SIGPIPE/SIGINT/SIGTERM and an empty signal mask. Its
+// environment is ours plus SOCKBENCH_SPAWNED_BY, a comma list of tokens (one per ChildProcess it
+// descends from), so that its descendants can be found after they leave its process group and
+// session (setsid) and lose their parent (a daemon's fork): see processes().
 class ChildProcess {
  public:
   struct Options {
@@ -62,9 +65,15 @@ class ChildProcess {
   // to stop() so that its pid (the group id) cannot be reused before the group is killed.
   bool alive();
   std::optional<ExitInfo> exit_info() const { return exit_; }
-  // `signo` (SIGTERM; SIGKILL for a crash on purpose) to the process group, wait up to `grace` for
-  // the leader, then SIGKILL the group (always, so that grandchildren never linger) and reap the
-  // leader. Idempotent.
+  // Every live process of the child's besides the leader: its process group, its descendants
+  // and every process whose environment carries this child's token (setsid'd descendants whose
+  // parent exited). Zombies included when in the group or the tree. Read from /proc.
+  std::vector<pid_t> processes() const;
+  // `signo` (SIGTERM; SIGKILL for a crash on purpose) to the process group and to every other
+  // process of processes(), wait up to `grace` for the leader and those, then SIGKILL them all
+  // (always, so that grandchildren never linger, even those that called setsid) and reap the
+  // leader and every one of them that is our child by then (reparented to us as a subreaper).
+  // Idempotent.
   ExitInfo stop(std::chrono::milliseconds grace = std::chrono::seconds(3), int signo = SIGTERM);
 
  private:
@@ -76,6 +85,13 @@ class ChildProcess {
   Fd ready_;
   std::string pending_;  // bytes read past the last returned line
   std::optional<ExitInfo> exit_;
+  std::string token_;  // this child's element of SOCKBENCH_SPAWNED_BY
 };
+
+// Makes this process the subreaper of its descendants (PR_SET_CHILD_SUBREAPER): a process whose
+// parent exits (a server that called setsid and whose launcher ended) is reparented to us
+// instead of to init, so that ChildProcess::stop() can kill it and reap it. Call once, from the
+// main thread, before spawning.
+std::error_code become_subreaper();
 
 }  // namespace sockbench
