@@ -66,6 +66,26 @@ constexpr size_t kControlLineMax = 4096;
 constexpr size_t kFirstBuffer = 16 << 10;  // bytes of a direction's buffer until it needs more
 constexpr auto kNever = TimePoint::max();
 
+// `t` plus `d`, compared in d's own unit before it is converted, so that nothing overflows: a
+// deadline past what a TimePoint holds is one that never comes (just before kNever, which means
+// "no deadline"), never one that wraps around into the past and fires at once. parse_toxic()
+// keeps every time within a day; a ProxyConfig's toxics may be built without it.
+template <typename Rep, typename Period>
+TimePoint later(TimePoint t, std::chrono::duration<Rep, Period> d) {
+  constexpr auto kFar = kNever - Clock::duration(1);
+  const auto room = std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(kFar - t);
+  if (d >= room) return kFar;
+  return t + std::chrono::duration_cast<Clock::duration>(d);
+}
+
+// Removes the socket file of a unix listener that bound one (not an abstract name), so that a
+// restart on the same path can bind it again.
+void unlink_socket_file(const Listener& listener) {
+  if (listener.fd() < 0 || listener.address().family() != AF_UNIX) return;
+  const char* path = reinterpret_cast<const sockaddr_un*>(listener.address().sa())->sun_path;
+  if (path[0] != '\0') ::unlink(path);
+}
+
 bool would_block(const std::error_code& ec) {
   return ec.value() == EAGAIN || ec.value() == EWOULDBLOCK;
 }
@@ -140,19 +160,21 @@ class Proxy::Loop {
         toxics_(config_.toxics) {}
 
   ~Loop() {
-    if (control_ && control_->address().family() == AF_UNIX) {
-      ::unlink(reinterpret_cast<const sockaddr_un*>(control_->address().sa())->sun_path);
-    }
+    unlink_socket_file(listener_);
+    if (control_) unlink_socket_file(*control_);
   }
 
-  std::error_code bind() {
+  std::error_code bind(bool* control_failed) {
+    if (control_failed) *control_failed = false;
     if (auto ec = listener_.bind()) return ec;
     if (!config_.control) return {};
     control_.emplace(ListenerConfig{.address = *config_.control,
                                     .backlog = 16,
                                     .reuseaddr = true,
                                     .accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC});
-    return control_->bind();
+    auto ec = control_->bind();
+    if (ec && control_failed) *control_failed = true;
+    return ec;
   }
 
   Address address() const { return listener_.address(); }
@@ -329,12 +351,12 @@ class Proxy::Loop {
   Step timed_toxics(const Connection& c, TimePoint now, TimePoint& wake) const {
     for (const auto direction : {ToxicDirection::kUp, ToxicDirection::kDown}) {
       if (const auto* t = toxic(direction, ToxicKind::kResetPeer)) {
-        const auto at = clock_start(c, *t) + std::chrono::milliseconds(t->a);
+        const auto at = later(clock_start(c, *t), std::chrono::milliseconds(t->a));
         if (now >= at) return Step::kReset;
         wake = std::min(wake, at);
       }
       if (const auto* t = toxic(direction, ToxicKind::kTimeout); t && t->a > 0) {
-        const auto at = clock_start(c, *t) + std::chrono::milliseconds(t->a);
+        const auto at = later(clock_start(c, *t), std::chrono::milliseconds(t->a));
         if (now >= at) return Step::kClose;
         wake = std::min(wake, at);
       }
@@ -351,7 +373,7 @@ class Proxy::Loop {
     if (auto step = write_from(p, to, now, wake); step != Step::kOk) return step;
     if (p.source_eof && p.pending() == 0 && !p.fin_sent) {
       if (const auto* t = toxic(p.direction, ToxicKind::kSlowClose); t && p.fin_at == kNever) {
-        p.fin_at = now + std::chrono::milliseconds(t->a);
+        p.fin_at = later(now, std::chrono::milliseconds(t->a));
       }
       if (p.fin_at != kNever && now < p.fin_at) {
         wake = std::min(wake, p.fin_at);
@@ -414,12 +436,13 @@ class Proxy::Loop {
 
   // The `n` bytes just read wait for the latency (+- jitter), never overtaking earlier bytes.
   void hold(Pipe& p, const Toxic& latency, size_t n, TimePoint now) {
-    auto delay = std::chrono::microseconds(latency.a * 1000);
-    if (latency.b > 0) {
-      std::uniform_int_distribution<int64_t> jitter(-latency.b * 1000, latency.b * 1000);
-      delay += std::chrono::microseconds(jitter(random_));
+    auto release = later(now, std::chrono::milliseconds(latency.a));
+    if (latency.b > 0 && latency.a <= kMaxToxicMs) {
+      // Jitter at most the latency, within a day: in us, nothing here can overflow.
+      const int64_t spread = std::min(latency.b, latency.a) * 1000;
+      std::uniform_int_distribution<int64_t> jitter(-spread, spread);
+      release = later(now, std::chrono::microseconds(latency.a * 1000 + jitter(random_)));
     }
-    auto release = now + delay;
     if (!p.holds.empty()) release = std::max(release, p.holds.back().release);
     p.holds.push_back({p.read_total, p.read_total + n, release});
   }
@@ -467,7 +490,7 @@ class Proxy::Loop {
       }
       p.begin += *sent;
       p.sent_total += *sent;
-      if (slicer) p.next_send = now + std::chrono::microseconds(slicer->c);
+      if (slicer) p.next_send = later(now, std::chrono::microseconds(slicer->c));
       if (bandwidth) {
         // Paced from the previous slot, not from now, so the loop's own delays do not lower the
         // rate; a slot long past (idle) is not banked as a burst.
@@ -642,7 +665,7 @@ class Proxy::Loop {
 
 Proxy::Proxy(ProxyConfig config) : loop_(std::make_unique<Loop>(std::move(config))) {}
 Proxy::~Proxy() = default;
-std::error_code Proxy::bind() { return loop_->bind(); }
+std::error_code Proxy::bind(bool* control_failed) { return loop_->bind(control_failed); }
 Address Proxy::address() const { return loop_->address(); }
 std::optional<Address> Proxy::control_address() const { return loop_->control_address(); }
 std::error_code Proxy::run() { return loop_->run(); }

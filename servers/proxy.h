@@ -45,12 +45,14 @@ class Proxy {
   Proxy(const Proxy&) = delete;
   Proxy& operator=(const Proxy&) = delete;
 
-  // Binds the listener and the control socket. EADDRINUSE etc. as values. The setup thread.
-  std::error_code bind();
+  // Binds the listener, then the control socket. EADDRINUSE etc. as values; `control_failed`
+  // (when given) says whether it was the control socket that failed. The setup thread.
+  std::error_code bind(bool* control_failed = nullptr);
   // The bound addresses (ports resolved); valid after a successful bind(). Any thread.
   Address address() const;
   std::optional<Address> control_address() const;
-  // Forwards until stop(); every connection is closed when it returns. Returns an error only
+  // Forwards until stop(); every connection is closed when it returns. A unix socket file it bound
+  // (listener or control) is removed when the Proxy goes. Returns an error only
   // for a failure that ends proxying.
   std::error_code run();
   // Asks run() to return. Any thread, also a signal watcher; idempotent.

@@ -29,12 +29,31 @@ const KindInfo& info(ToxicKind kind) {
                        [kind](const KindInfo& k) { return k.kind == kind; });
 }
 
-// Reads a non-negative integer off the front of `text`; nullopt when there is none.
-std::optional<int64_t> take_number(std::string_view& text) {
+// The largest value an argument takes, and how the error names it.
+struct Bound {
+  int64_t max;
+  std::string_view unit;
+  std::string_view said;  // the same in words
+};
+constexpr Bound kMs{kMaxToxicMs, "ms", "24 h"};
+constexpr Bound kUs{kMaxToxicUs, "us", "24 h"};
+constexpr Bound kBytes{kMaxToxicBytes, "bytes", "1 TiB"};
+constexpr Bound kRate{kMaxToxicBytes, "bytes/s", "1 TiB/s"};
+
+// Reads a non-negative integer of at most `bound` off the front of `text`; nullopt when there is
+// none, or when it is above `bound` (then `error` says so).
+std::optional<int64_t> take_number(std::string_view& text, const Bound& bound, std::string& error) {
+  if (text.empty() || text.front() < '0' || text.front() > '9') return std::nullopt;
   int64_t value = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (ec != std::errc() || value < 0) return std::nullopt;
-  text.remove_prefix(static_cast<size_t>(end - text.data()));
+  const std::string_view digits(text.data(), static_cast<size_t>(end - text.data()));
+  if (ec == std::errc::result_out_of_range || (ec == std::errc() && value > bound.max)) {
+    error = fmt::format("{} {} is above the bound of {} {} ({})", digits, bound.unit, bound.max,
+                        bound.unit, bound.said);
+    return std::nullopt;
+  }
+  if (ec != std::errc()) return std::nullopt;
+  text.remove_prefix(digits.size());
   return value;
 }
 
@@ -44,26 +63,40 @@ bool take(std::string_view& text, std::string_view prefix) {
   return true;
 }
 
-// Fills toxic.a/b/c from `args` for toxic.kind; false when they do not fit its syntax.
-bool parse_args(std::string_view args, Toxic& toxic) {
-  const auto a = take_number(args);
+// The bound of the first argument of `kind`.
+const Bound& first_bound(ToxicKind kind) {
+  switch (kind) {
+    case ToxicKind::kBandwidth:
+      return kRate;
+    case ToxicKind::kSlicer:
+    case ToxicKind::kLimitData:
+      return kBytes;
+    default:
+      return kMs;
+  }
+}
+
+// Fills toxic.a/b/c from `args` for toxic.kind; false when they do not fit its syntax, or when a
+// value is above its bound (then `error` names it).
+bool parse_args(std::string_view args, Toxic& toxic, std::string& error) {
+  const auto a = take_number(args, first_bound(toxic.kind), error);
   if (!a) return false;
   toxic.a = *a;
   switch (toxic.kind) {
     case ToxicKind::kLatency:
       if (take(args, "+-") || take(args, "±")) {
-        const auto jitter = take_number(args);
+        const auto jitter = take_number(args, kMs, error);
         if (!jitter || *jitter > toxic.a) return false;
         toxic.b = *jitter;
       }
       break;
     case ToxicKind::kSlicer: {
       if (!take(args, "-")) return false;
-      const auto max = take_number(args);
+      const auto max = take_number(args, kBytes, error);
       if (!max || toxic.a < 1 || *max < toxic.a) return false;
       toxic.b = *max;
       if (take(args, "@")) {
-        const auto delay = take_number(args);
+        const auto delay = take_number(args, kUs, error);
         if (!delay) return false;
         toxic.c = *delay;
       }
@@ -119,8 +152,9 @@ ParsedToxics parse_toxic(std::string_view text) {
   }
   Toxic toxic;
   toxic.kind = kind->kind;
-  if (!parse_args(text.substr(equals + 1), toxic)) {
-    out.error = fmt::format("toxic '{}': expected {}", text, kind->syntax);
+  if (std::string bound; !parse_args(text.substr(equals + 1), toxic, bound)) {
+    out.error = bound.empty() ? fmt::format("toxic '{}': expected {}", text, kind->syntax)
+                              : fmt::format("toxic '{}': {}", text, bound);
     return out;
   }
   for (const auto direction : directions) {

@@ -23,6 +23,14 @@ enum class ToxicKind {
   kSlowClose,  // the FIN forwarded ms late
 };
 
+// The bounds parse_toxic() holds every argument to, so that a deadline (now + a time) never
+// wraps around into the past: a time at most a day, a size or a rate at most 1 TiB.
+inline constexpr int64_t kMaxToxicMs = 86'400'000;           // latency, jitter, reset_peer,
+                                                             // timeout, slow_close
+inline constexpr int64_t kMaxToxicUs = kMaxToxicMs * 1000;   // the slicer's delay
+inline constexpr int64_t kMaxToxicBytes = int64_t{1} << 40;  // bandwidth (per s), slicer sizes,
+                                                             // limit_data
+
 struct Toxic {
   ToxicDirection direction = ToxicDirection::kDown;
   ToxicKind kind = ToxicKind::kLatency;
@@ -41,7 +49,8 @@ struct Toxic {
 // Parses "DIR:KIND=ARGS" where DIR is up, down or both (both gives two toxics), e.g.
 // "down:latency=20", "down:latency=20+-5" (also "20±5"), "up:bandwidth=1000000",
 // "up:slicer=1-3@100", "down:limit_data=1000", "up:reset_peer=50", "down:timeout=0",
-// "down:slow_close=100". The error names what is wrong with `text`; the vector is empty then.
+// "down:slow_close=100". The error names what is wrong with `text`, or the bound a value is above;
+// the vector is empty then.
 struct ParsedToxics {
   std::vector<Toxic> toxics;
   std::string error;  // empty on success

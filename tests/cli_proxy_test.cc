@@ -28,6 +28,12 @@ class ProxyCli : public test_support::ScratchDirTest {
  protected:
   ProxyCli() : ScratchDirTest("sockbench-proxy") {}
 
+  // `sockbench ARGS` under timeout(1), for a command that runs until stopped if it takes what it
+  // should refuse: it fails the test (exit 124) instead of hanging it.
+  test_support::Outcome sockbench_or_timeout(const std::string& args) {
+    return program("timeout", "20 " + test_support::sockbench_path() + " " + args);
+  }
+
   // The rr p50 (us) of one short run against an epoll server, optionally --via-proxy TOXICS.
   std::optional<double> rr_p50(const std::optional<std::string>& toxics) {
     const auto path = (dir_ / "rr.json").string();
@@ -72,6 +78,99 @@ TEST_F(ProxyCli, BadToxicIsOneClearLineAndExit2WithNothingListening) {
   EXPECT_EQ(check.err,
             "sockbench: --via-proxy: toxic 'sideways:latency=5': direction 'sideways' is not up, "
             "down or both\n");
+}
+
+// A time past its bound used to wrap around: reset_peer reset after 2 ms, latency added none. It
+// is one line naming the toxic and the bound, exit 2, whichever command takes the toxic.
+TEST_F(ProxyCli, AToxicAboveItsBoundIsOneLineNamingTheBound) {
+  const int port = free_port();
+  const auto o =
+      sockbench_or_timeout("proxy --listen 127.0.0.1:" + std::to_string(port) +
+                           " --upstream 127.0.0.1:9 --toxic down:reset_peer=10000000000000");
+  EXPECT_EQ(o.status, 2);
+  EXPECT_EQ(o.err,
+            "sockbench: --toxic: toxic 'down:reset_peer=10000000000000': 10000000000000 ms is "
+            "above the bound of 86400000 ms (24 h)\n");
+  EXPECT_EQ(o.out, "");
+  EXPECT_TRUE(refuses(port));
+
+  const auto slicer = sockbench_or_timeout(
+      "proxy --upstream 127.0.0.1:9 --toxic down:latency=20,down:slicer=1-1@10000000000000000");
+  EXPECT_EQ(slicer.status, 2);
+  EXPECT_EQ(slicer.err,
+            "sockbench: --toxic: toxic 'down:slicer=1-1@10000000000000000': 10000000000000000 us "
+            "is above the bound of 86400000000 us (24 h)\n");
+  const auto run = sockbench("run --server epoll --duration 1s --via-proxy up:timeout=86400001");
+  EXPECT_EQ(run.status, 2);
+  EXPECT_EQ(run.err,
+            "sockbench: --via-proxy: toxic 'up:timeout=86400001': 86400001 ms is above the bound "
+            "of 86400000 ms (24 h)\n");
+}
+
+// The control socket is what failed to bind, so it is what the message names (it named the
+// listener's 127.0.0.1:0). A regular file in the way stays as it was.
+TEST_F(ProxyCli, AControlSocketThatCannotBeBoundIsNamed) {
+  const auto missing = sockbench("proxy --upstream 127.0.0.1:9 --control unix:" +
+                                 (dir_ / "no-such-dir" / "x.sock").string());
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_EQ(missing.err,
+            "sockbench proxy: cannot listen on unix:" + (dir_ / "no-such-dir" / "x.sock").string() +
+                " (--control): No such file or directory (ENOENT)\n");
+  EXPECT_EQ(missing.out, "");
+
+  const auto file = dir_ / "a-file";
+  test_support::shell("printf kept > " + file.string());
+  const auto taken =
+      sockbench("proxy --upstream 127.0.0.1:9 --control unix:" + file.string() + " --quiet");
+  EXPECT_EQ(taken.status, 1);
+  EXPECT_EQ(taken.err, "sockbench proxy: cannot listen on unix:" + file.string() +
+                           " (--control): Address already in use (EADDRINUSE)\n");
+  EXPECT_EQ(test_support::slurp(file), "kept");
+}
+
+// A unix listener's socket file is removed on a clean stop, as the control socket's is, so the
+// next start on the same path binds it (it failed with EADDRINUSE).
+TEST_F(ProxyCli, AUnixListenerIsRemovedOnStopSoTheSamePathStartsAgain) {
+  const auto path = dir_ / "listen.sock";
+  for (const int signo : {SIGTERM, SIGINT}) {
+    ChildProcess::Options options;
+    options.argv = {test_support::sockbench_path(),
+                    "proxy",
+                    "--listen",
+                    "unix:" + path.string(),
+                    "--upstream",
+                    "127.0.0.1:9",
+                    "--quiet",
+                    "--ready-fd",
+                    "{ready_fd}"};
+    auto proxy = ChildProcess::spawn(options);
+    ASSERT_TRUE(proxy);
+    auto line = proxy->read_line(10s);
+    ASSERT_TRUE(line);
+    EXPECT_EQ(*line, "listening unix:" + path.string()) << "signal " << signo;
+    EXPECT_TRUE(std::filesystem::is_socket(path));
+    ::kill(proxy->pid(), signo);
+    ASSERT_TRUE(test_support::await_exit(*proxy, 5s));
+    const auto exit = proxy->stop();
+    EXPECT_TRUE(exit.exited);
+    EXPECT_EQ(exit.code, 0);
+    EXPECT_FALSE(std::filesystem::exists(path)) << "signal " << signo;
+  }
+}
+
+// "listening" written to an fd that is not open went nowhere, and the parent waited for it in
+// vain: serve and proxy refuse such a --ready-fd, or one open only for reading, before starting.
+TEST_F(ProxyCli, AReadyFdThatCannotBeWrittenIsAUsageError) {
+  for (const std::string command :
+       {"proxy --upstream 127.0.0.1:9", "serve --server epoll --listen 127.0.0.1:0"}) {
+    const auto closed = sockbench_or_timeout(command + " --ready-fd 99");
+    EXPECT_EQ(closed.status, 2) << command;
+    EXPECT_EQ(closed.err, "sockbench: --ready-fd: fd 99 is not open\n") << command;
+    EXPECT_EQ(closed.out, "") << command;
+    const auto read_only = sockbench_or_timeout(command + " --ready-fd 7 7</dev/null");
+    EXPECT_EQ(read_only.status, 2) << command;
+    EXPECT_EQ(read_only.err, "sockbench: --ready-fd: fd 7 is not open for writing\n") << command;
+  }
 }
 
 TEST_F(ProxyCli, ForwardsObeysItsControlSocketAndSignalsAndStopsCleanly) {

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <string>
 #include <thread>
@@ -151,6 +152,48 @@ TEST(ToxicSyntax, RejectsMalformedToxicsNamingThem) {
             "slicer=MIN-MAX[@DELAY_US]");
 }
 
+// A deadline is now + a time: a time without a bound wrapped around into the past, and the toxic
+// did the opposite of what it said (no latency, a reset or close at once). Each argument is held
+// to its bound, and one past it is named with that bound, even past what an int64 holds.
+TEST(ToxicSyntax, RejectsValuesAboveTheirBoundNamingTheBound) {
+  const auto day = [](const std::string& toxic, const std::string& value) {
+    return "toxic '" + toxic + "': " + value + " ms is above the bound of 86400000 ms (24 h)";
+  };
+  EXPECT_EQ(parse_toxics("down:reset_peer=10000000000000").error,
+            day("down:reset_peer=10000000000000", "10000000000000"));
+  EXPECT_EQ(parse_toxics("down:latency=9223372036853").error,
+            day("down:latency=9223372036853", "9223372036853"));
+  EXPECT_EQ(parse_toxics("down:latency=100+-86400001").error,
+            day("down:latency=100+-86400001", "86400001"));
+  EXPECT_EQ(parse_toxics("up:timeout=86400001").error, day("up:timeout=86400001", "86400001"));
+  EXPECT_EQ(parse_toxics("up:slow_close=99999999999999999999999").error,
+            day("up:slow_close=99999999999999999999999", "99999999999999999999999"));
+  EXPECT_EQ(parse_toxics("down:slicer=1-1@10000000000000000").error,
+            "toxic 'down:slicer=1-1@10000000000000000': 10000000000000000 us is above the bound "
+            "of 86400000000 us (24 h)");
+  EXPECT_EQ(parse_toxics("down:slicer=1-1099511627777").error,
+            "toxic 'down:slicer=1-1099511627777': 1099511627777 bytes is above the bound of "
+            "1099511627776 bytes (1 TiB)");
+  EXPECT_EQ(parse_toxics("down:limit_data=1099511627777").error,
+            "toxic 'down:limit_data=1099511627777': 1099511627777 bytes is above the bound of "
+            "1099511627776 bytes (1 TiB)");
+  EXPECT_EQ(parse_toxics("up:bandwidth=1099511627777").error,
+            "toxic 'up:bandwidth=1099511627777': 1099511627777 bytes/s is above the bound of "
+            "1099511627776 bytes/s (1 TiB/s)");
+  EXPECT_TRUE(parse_toxics("down:latency=10,up:reset_peer=86400001").toxics.empty());
+
+  // The bounds themselves are taken.
+  const std::string at_bounds =
+      "down:latency=86400000+-86400000,up:reset_peer=86400000,down:timeout=86400000,"
+      "up:slow_close=86400000,up:slicer=1-1099511627776@86400000000,"
+      "down:limit_data=1099511627776,down:bandwidth=1099511627776";
+  const auto parsed = parse_toxics(at_bounds);
+  ASSERT_EQ(parsed.error, "");
+  std::string back;
+  for (const auto& toxic : parsed.toxics) back += (back.empty() ? "" : ",") + toxic.to_string();
+  EXPECT_EQ(back, at_bounds);
+}
+
 TEST(ProxyControl, AddRemoveListReset) {
   std::vector<Toxic> toxics;
   std::vector<std::string> added;
@@ -165,6 +208,11 @@ TEST(ProxyControl, AddRemoveListReset) {
   EXPECT_EQ(apply_control_line(toxics, "remove up:slicer", nullptr),
             "error no toxic 'up:slicer' (see list)");
   EXPECT_EQ(apply_control_line(toxics, "add down:nope=1", nullptr).substr(0, 6), "error ");
+  // The command line's parser and bounds: a time past a day is refused, not wrapped.
+  EXPECT_EQ(apply_control_line(toxics, "add down:latency=10000000000000", &added),
+            "error toxic 'down:latency=10000000000000': 10000000000000 ms is above the bound of "
+            "86400000 ms (24 h)");
+  EXPECT_EQ(apply_control_line(toxics, "list", nullptr), "ok down:latency=30 down:slicer=1-2@0");
   EXPECT_EQ(apply_control_line(toxics, "reset", nullptr), "ok");
   EXPECT_TRUE(toxics.empty());
   EXPECT_EQ(apply_control_line(toxics, "frobnicate", nullptr).substr(0, 30),
@@ -309,6 +357,35 @@ TEST(Proxy, ResetPeerResetsTheClient) {
   const auto got = receive_all(client.get());
   EXPECT_EQ(got.error, ECONNRESET);
   EXPECT_GE(Clock::now() - start, 50ms);
+}
+
+// A ProxyConfig's toxics need not come through parse_toxic(): a time past anything a deadline
+// holds is one that never comes. Wrapped, this reset came at once, before any byte went through.
+TEST(Proxy, ATimeBeyondTheBoundsNeverComesInsteadOfWrapping) {
+  InProcessServer echo("epoll", Protocol::kEcho);
+  ASSERT_TRUE(echo.ok());
+  ProxyConfig config;
+  config.listen = loopback_any_port();
+  config.upstream = echo.address();
+  config.toxics = {
+      {.direction = ToxicDirection::kUp, .kind = ToxicKind::kResetPeer, .a = 10'000'000'000'000},
+      {.direction = ToxicDirection::kDown,
+       .kind = ToxicKind::kResetPeer,
+       .a = std::numeric_limits<int64_t>::max()}};
+  Proxy proxy(config);
+  ASSERT_FALSE(proxy.bind());
+  std::error_code result;
+  std::jthread loop([&] { result = proxy.run(); });
+  Fd client = connect_client(proxy.address());
+  const std::string payload = "still here";
+  ASSERT_FALSE(send_all(client.get(), payload));
+  std::string back(payload.size(), '\0');
+  EXPECT_FALSE(recv_exact(client.get(), back));
+  EXPECT_EQ(back, payload);
+  proxy.stop();
+  loop.join();
+  EXPECT_FALSE(result) << result.message();
+  EXPECT_EQ(proxy.counters().io_errors.load(), 0u);
 }
 
 TEST(Proxy, HalfCloseKeepsTheOtherDirectionOpen) {

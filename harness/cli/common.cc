@@ -1,5 +1,6 @@
 #include "harness/cli/common.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <stdio_ext.h>
@@ -233,7 +234,15 @@ int write_stdout(std::string_view text) {
 
 Fd ready_fd_flag(const cxxopts::ParseResult& parsed) {
   if (!parsed.count("ready-fd")) return Fd();
-  return Fd(static_cast<int>(parse_int("ready-fd", str(parsed, "ready-fd"), 3, 1 << 20)));
+  const int fd = static_cast<int>(parse_int("ready-fd", str(parsed, "ready-fd"), 3, 1 << 20));
+  // Found now, not when "listening" is written: that write's failure would go unheard, and the
+  // parent (or the user) would wait for a line that never comes.
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0) throw UsageError(fmt::format("--ready-fd: fd {} is not open", fd));
+  if ((flags & O_PATH) != 0 || (flags & O_ACCMODE) == O_RDONLY) {
+    throw UsageError(fmt::format("--ready-fd: fd {} is not open for writing", fd));
+  }
+  return Fd(fd);
 }
 
 void announce_ready(Fd& ready, const std::string& lines, bool keep_open) {

@@ -71,7 +71,7 @@ bool report_stdout_error(const std::system_error& e);
 int write_stdout(std::string_view text);
 
 // --ready-fd of serve and proxy: the fd (3 or above) a parent reads "listening ADDR" from, now
-// owned; an invalid Fd when the flag is absent.
+// owned; an invalid Fd when the flag is absent. A UsageError when that fd is not open for writing.
 Fd ready_fd_flag(const cxxopts::ParseResult& parsed);
 // Tells whoever started this process that it is up: `lines` to the ready fd when there is one
 // (then closed, so the reader sees the end, unless `keep_open`), else to stdout.

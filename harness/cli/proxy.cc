@@ -24,7 +24,8 @@ int proxy_command(int argc, const char* const* argv) {
       "until SIGINT/SIGTERM. SIGUSR1 switches every toxic off, and on again. Toxics: "
       "DIR:TOXIC=ARGS with DIR up (client to server), down or both, and TOXIC latency=MS[+-MS], "
       "bandwidth=BYTES_PER_S, slicer=MIN-MAX[@DELAY_US], limit_data=BYTES, reset_peer=MS, "
-      "timeout=MS (0: forever), slow_close=MS.");
+      "timeout=MS (0: forever), slow_close=MS. A time is at most 86400000 ms (24 h; the "
+      "slicer's delay 86400000000 us), a size or rate at most 1099511627776 (1 TiB).");
   // clang-format off
   options.add_options()
       ("listen", "address clients connect to (port 0: any; the port is printed)",
@@ -85,10 +86,13 @@ int proxy_command(int argc, const char* const* argv) {
         }
       },
       std::vector<int>{SIGUSR1});
-  if (const auto ec = proxy.bind()) {
-    announce_failure(ready, "proxy",
-                     fmt::format("cannot listen on {}: {} ({})", config.listen.to_string(),
-                                 ec.message(), errno_name(ec.value())));
+  bool control_failed = false;
+  if (const auto ec = proxy.bind(&control_failed)) {
+    const auto& where = control_failed ? *config.control : config.listen;
+    announce_failure(
+        ready, "proxy",
+        fmt::format("cannot listen on {}{}: {} ({})", where.to_string(),
+                    control_failed ? " (--control)" : "", ec.message(), errno_name(ec.value())));
     return 1;
   }
   std::string lines;
