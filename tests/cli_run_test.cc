@@ -267,9 +267,9 @@ TEST_F(CliRun, RestartScenarioRecoversEveryClientAndCountsTheLostRequestsExactly
   EXPECT_EQ(b["clients_recovered"].get<double>(), 6) << b;
   EXPECT_EQ(b["errors"].get<double>(), 6) << b;  // each connection failed once, at the kill
   EXPECT_GE(b["reconnects"].get<double>(), 6) << b;
-  // Closed loop, one request per connection: at most one each was on the wire.
+  // Closed loop, one request per connection: at most one each was on the wire (none, when the
+  // kill lands while a starved client has read its replies and not yet sent the next requests).
   const double lost = b["lost_in_flight"].get<double>();
-  EXPECT_GE(lost, 1) << b;
   EXPECT_LE(lost, 6) << b;
   EXPECT_EQ(b["in_flight_accounted"].get<double>(), lost) << b;
   EXPECT_EQ(b["requests_sent"].get<double>(),

@@ -571,7 +571,8 @@ ExitInfo ChildProcess::stop(std::chrono::milliseconds grace, int signo) {
   for (int round = 0; round < 3; ++round) {
     victims = open_victims(child_processes(pid_, token_));
     if (victims.empty()) break;
-    ::kill(-pid_, SIGKILL);
+    // Through their pidfds only, group members included: the leader is reaped, so once its
+    // group is empty its id may name someone else's.
     signal_victims(victims, SIGKILL);
     await_victims(victims, Fd(), {}, Clock::now() + kKillWait);
     reap_victims(victims);
