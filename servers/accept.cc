@@ -2,11 +2,14 @@
 
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <utility>
 
 #include "harness/core/net.h"
 
@@ -67,6 +70,8 @@ Listener::Listener(Listener&& other) noexcept
       wake_(std::move(other.wake_)),
       fd_(std::move(other.fd_)),
       address_(other.address_),
+      socket_dev_(std::exchange(other.socket_dev_, 0)),
+      socket_ino_(std::exchange(other.socket_ino_, 0)),
       stop_(other.stop_.load()),
       held_(other.held_.load()),
       backing_off_(other.backing_off_),
@@ -79,12 +84,25 @@ Listener& Listener::operator=(Listener&& other) noexcept {
   wake_ = std::move(other.wake_);
   fd_ = std::move(other.fd_);
   address_ = other.address_;
+  socket_dev_ = std::exchange(other.socket_dev_, 0);
+  socket_ino_ = std::exchange(other.socket_ino_, 0);
   stop_.store(other.stop_.load());
   held_.store(other.held_.load());
   backing_off_ = other.backing_off_;
   resume_at_ = other.resume_at_;
   return *this;
 }
+
+namespace {
+
+// The file of a unix socket address, nullptr for another family or an abstract name.
+const char* socket_path(const Address& address) {
+  if (address.family() != AF_UNIX) return nullptr;
+  const char* path = reinterpret_cast<const sockaddr_un*>(address.sa())->sun_path;
+  return path[0] != '\0' ? path : nullptr;
+}
+
+}  // namespace
 
 std::error_code Listener::bind() {
   if (init_error_) return init_error_;
@@ -101,7 +119,24 @@ std::error_code Listener::bind() {
   if (!address) return address.error();
   fd_ = std::move(*fd);
   address_ = *address;
+  if (const char* path = socket_path(address_)) {
+    struct stat st {};
+    if (::stat(path, &st) == 0) {
+      socket_dev_ = st.st_dev;
+      socket_ino_ = st.st_ino;
+    }
+  }
   return {};
+}
+
+Listener::~Listener() {
+  const char* path = socket_path(address_);
+  if (!fd_ || socket_ino_ == 0 || path == nullptr) return;
+  // Only the file this listener bound: not one another process bound there since.
+  struct stat st {};
+  if (::stat(path, &st) == 0 && st.st_dev == socket_dev_ && st.st_ino == socket_ino_) {
+    ::unlink(path);
+  }
 }
 
 std::error_code Listener::status() const {

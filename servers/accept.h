@@ -4,6 +4,7 @@
 #pragma once
 
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include <atomic>
 #include <chrono>
@@ -101,7 +102,9 @@ class Listener {
   Listener& operator=(Listener&& other) noexcept;
   Listener(const Listener&) = delete;
   Listener& operator=(const Listener&) = delete;
-  ~Listener() = default;
+  // Also removes the socket file of a unix listener that bound one (still the file it bound),
+  // so that a restart on the same path binds again instead of failing with EADDRINUSE.
+  ~Listener();
 
   // Creates, binds and listens (non-blocking, so a connection gone before accept() never blocks
   // the loop). Returns EADDRINUSE etc. as values, EALREADY once bound. The setup thread, once.
@@ -162,6 +165,9 @@ class Listener {
   Fd wake_;
   Fd fd_;
   Address address_;
+  // A unix listener's socket file as bound (st_dev, st_ino); 0 when there is none to remove.
+  dev_t socket_dev_ = 0;
+  ino_t socket_ino_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<bool> held_{false};
 

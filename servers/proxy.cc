@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -76,14 +75,6 @@ TimePoint later(TimePoint t, std::chrono::duration<Rep, Period> d) {
   const auto room = std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(kFar - t);
   if (d >= room) return kFar;
   return t + std::chrono::duration_cast<Clock::duration>(d);
-}
-
-// Removes the socket file of a unix listener that bound one (not an abstract name), so that a
-// restart on the same path can bind it again.
-void unlink_socket_file(const Listener& listener) {
-  if (listener.fd() < 0 || listener.address().family() != AF_UNIX) return;
-  const char* path = reinterpret_cast<const sockaddr_un*>(listener.address().sa())->sun_path;
-  if (path[0] != '\0') ::unlink(path);
 }
 
 bool would_block(const std::error_code& ec) {
@@ -159,10 +150,8 @@ class Proxy::Loop {
         random_(config_.seed),
         toxics_(config_.toxics) {}
 
-  ~Loop() {
-    unlink_socket_file(listener_);
-    if (control_) unlink_socket_file(*control_);
-  }
+  // The Listeners remove their unix socket files as they go.
+  ~Loop() = default;
 
   std::error_code bind(bool* control_failed) {
     if (control_failed) *control_failed = false;

@@ -130,31 +130,36 @@ TEST_F(ProxyCli, AControlSocketThatCannotBeBoundIsNamed) {
 
 // A unix listener's socket file is removed on a clean stop, as the control socket's is, so the
 // next start on the same path binds it (it failed with EADDRINUSE).
+// The proxy and every stream model of serve: the Listener removes the socket file it bound.
 TEST_F(ProxyCli, AUnixListenerIsRemovedOnStopSoTheSamePathStartsAgain) {
   const auto path = dir_ / "listen.sock";
-  for (const int signo : {SIGTERM, SIGINT}) {
-    ChildProcess::Options options;
-    options.argv = {test_support::sockbench_path(),
-                    "proxy",
-                    "--listen",
-                    "unix:" + path.string(),
-                    "--upstream",
-                    "127.0.0.1:9",
-                    "--quiet",
-                    "--ready-fd",
-                    "{ready_fd}"};
-    auto proxy = ChildProcess::spawn(options);
-    ASSERT_TRUE(proxy);
-    auto line = proxy->read_line(10s);
-    ASSERT_TRUE(line);
-    EXPECT_EQ(*line, "listening unix:" + path.string()) << "signal " << signo;
-    EXPECT_TRUE(std::filesystem::is_socket(path));
-    ::kill(proxy->pid(), signo);
-    ASSERT_TRUE(test_support::await_exit(*proxy, 5s));
-    const auto exit = proxy->stop();
-    EXPECT_TRUE(exit.exited);
-    EXPECT_EQ(exit.code, 0);
-    EXPECT_FALSE(std::filesystem::exists(path)) << "signal " << signo;
+  std::vector<std::vector<std::string>> commands = {
+      {"proxy", "--upstream", "127.0.0.1:9", "--quiet"}};
+  for (const std::string model :
+       {"threaded", "select", "poll", "epoll", "iterative", "pool", "coro", "asio"}) {
+    commands.push_back({"serve", "--server", model});
+  }
+  for (const auto& command : commands) {
+    for (const int signo : {SIGTERM, SIGINT}) {
+      SCOPED_TRACE(command[0] + " " + command.back() + ", signal " + std::to_string(signo));
+      ChildProcess::Options options;
+      options.argv = {test_support::sockbench_path()};
+      options.argv.insert(options.argv.end(), command.begin(), command.end());
+      options.argv.insert(options.argv.end(),
+                          {"--listen", "unix:" + path.string(), "--ready-fd", "{ready_fd}"});
+      auto child = ChildProcess::spawn(options);
+      ASSERT_TRUE(child);
+      auto line = child->read_line(10s);
+      ASSERT_TRUE(line);
+      EXPECT_EQ(*line, "listening unix:" + path.string());
+      EXPECT_TRUE(std::filesystem::is_socket(path));
+      ::kill(child->pid(), signo);
+      ASSERT_TRUE(test_support::await_exit(*child, 5s));
+      const auto exit = child->stop();
+      EXPECT_TRUE(exit.exited);
+      EXPECT_EQ(exit.code, 0);
+      EXPECT_FALSE(std::filesystem::exists(path));
+    }
   }
 }
 
