@@ -369,58 +369,59 @@ TEST(CrrScenario, UnixSocketHasNoTimeWaitMetrics) {
 // Real exhaustion: a thread moves into a fresh network namespace whose ephemeral range is ten
 // ports, and twenty slots churn against one server there. Everything the scenario starts
 // (server, client threads) is started from that thread, so it lives in that namespace too.
-TEST(CrrScenario, EphemeralPortExhaustionIsReportedAsSuch) {
-  const auto why = in_fresh_netns([] {
+// Returns "" and the record, or why it cannot run here.
+std::pair<std::string, results::Record> crr_over_ten_ports(std::chrono::milliseconds warmup,
+                                                           std::chrono::milliseconds duration) {
+  results::Record record;
+  const auto why = in_fresh_netns([&] {
     ASSERT_TRUE(write_sysctl("/proc/sys/net/ipv4/ip_local_port_range", "40000 40009"));
     InProcessServer server("epoll", servers::Protocol::kFramed);
-    // No warm-up: the ten cycles that got a port fall in the window.
     auto params = crr_params(20, scenarios::CloseMode::kFin);
-    params.warmup = 0ms;
-    const auto record = run_cell(server, params);
-    EXPECT_EQ(record.error, "");
-    ASSERT_TRUE(record.errors.contains("EADDRNOTAVAIL"));
-    const uint64_t failed = record.errors.at("EADDRNOTAVAIL");
-    EXPECT_GT(failed, 0u);
-    const std::string expected =
-        "ephemeral ports exhausted (ip_local_port_range 40000 40009): " + std::to_string(failed) +
-        " connects failed with EADDRNOTAVAIL";
-    EXPECT_NE(std::find(record.warnings.begin(), record.warnings.end(), expected),
-              record.warnings.end())
-        << "warnings: " << (record.warnings.empty() ? "none" : record.warnings.front());
-    // Not fatal: the slots that got a port completed their cycles. No more than ten of them, as
-    // each port then stays in TIME_WAIT (loopback's tcp_tw_reuse frees one only after 1 s).
-    EXPECT_GE(record.metric("connections_achieved").value_or(0), 1);
-    EXPECT_LE(record.metric("connections_achieved").value_or(99), 10);
-    EXPECT_GT(record.metric("time_wait_client").value_or(0), 0);
-    EXPECT_LE(record.metric("time_wait_client").value_or(99), 10);
-    EXPECT_EQ(record.metric("time_wait_server").value_or(-1), 0);
+    params.warmup = warmup;
+    params.duration = duration;
+    record = run_cell(server, params);
   });
+  return {why, record};
+}
+
+TEST(CrrScenario, EphemeralPortExhaustionIsReportedAsSuch) {
+  // No warm-up: the ten cycles that got a port fall in the window.
+  const auto [why, record] = crr_over_ten_ports(0ms, 500ms);
   if (!why.empty()) GTEST_SKIP() << why;
+  EXPECT_EQ(record.error, "");
+  ASSERT_TRUE(record.errors.contains("EADDRNOTAVAIL"));
+  const uint64_t failed = record.errors.at("EADDRNOTAVAIL");
+  EXPECT_GT(failed, 0u);
+  const std::string expected =
+      "ephemeral ports exhausted (ip_local_port_range 40000 40009): " + std::to_string(failed) +
+      " connects failed with EADDRNOTAVAIL";
+  EXPECT_NE(std::find(record.warnings.begin(), record.warnings.end(), expected),
+            record.warnings.end())
+      << "warnings: " << (record.warnings.empty() ? "none" : record.warnings.front());
+  // Not fatal: the slots that got a port completed their cycles. No more than ten of them, as
+  // each port then stays in TIME_WAIT (loopback's tcp_tw_reuse frees one only after 1 s).
+  EXPECT_GE(record.metric("connections_achieved").value_or(0), 1);
+  EXPECT_LE(record.metric("connections_achieved").value_or(99), 10);
+  EXPECT_GT(record.metric("time_wait_client").value_or(0), 0);
+  EXPECT_LE(record.metric("time_wait_client").value_or(99), 10);
+  EXPECT_EQ(record.metric("time_wait_server").value_or(-1), 0);
 }
 
 // After a warm-up that took every port (a port in TIME_WAIT is reused only 1 s after its last
 // use), the window completes no cycle: a failed cell, not a rate of 0, still named for its cause.
 TEST(CrrScenario, PortsExhaustedBeforeTheWindowFailTheCell) {
-  const auto why = in_fresh_netns([] {
-    ASSERT_TRUE(write_sysctl("/proc/sys/net/ipv4/ip_local_port_range", "40000 40009"));
-    InProcessServer server("epoll", servers::Protocol::kFramed);
-    auto params = crr_params(20, scenarios::CloseMode::kFin);
-    params.warmup = 400ms;
-    params.duration = 300ms;
-    const auto starved = run_cell(server, params);
-    EXPECT_TRUE(
-        starved.error.starts_with("no connection completed a cycle in the measured window ("))
-        << starved.error;
-    EXPECT_EQ(starved.metric("connections_per_second").value_or(-1), 0);
-    EXPECT_NE(std::find_if(starved.warnings.begin(), starved.warnings.end(),
-                           [](const std::string& w) {
-                             return w.starts_with(
-                                 "ephemeral ports exhausted (ip_local_port_range "
-                                 "40000 40009): ");
-                           }),
-              starved.warnings.end());
-  });
+  const auto [why, starved] = crr_over_ten_ports(400ms, 300ms);
   if (!why.empty()) GTEST_SKIP() << why;
+  EXPECT_TRUE(starved.error.starts_with("no connection completed a cycle in the measured window ("))
+      << starved.error;
+  EXPECT_EQ(starved.metric("connections_per_second").value_or(-1), 0);
+  EXPECT_NE(std::find_if(starved.warnings.begin(), starved.warnings.end(),
+                         [](const std::string& w) {
+                           return w.starts_with(
+                               "ephemeral ports exhausted (ip_local_port_range "
+                               "40000 40009): ");
+                         }),
+            starved.warnings.end());
 }
 
 }  // namespace

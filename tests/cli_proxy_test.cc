@@ -34,6 +34,15 @@ class ProxyCli : public test_support::ScratchDirTest {
     return program("timeout", "20 " + test_support::sockbench_path() + " " + args);
   }
 
+  // `sockbench ARGS` (under timeout) must refuse with exit 2, saying exactly `err` and nothing
+  // on stdout.
+  void expect_usage_error(const std::string& args, const std::string& err) {
+    const auto o = sockbench_or_timeout(args);
+    EXPECT_EQ(o.status, 2) << args;
+    EXPECT_EQ(o.err, err) << args;
+    EXPECT_EQ(o.out, "") << args;
+  }
+
   // The rr p50 (us) of one short run against an epoll server, optionally --via-proxy TOXICS.
   std::optional<double> rr_p50(const std::optional<std::string>& toxics) {
     const auto path = (dir_ / "rr.json").string();
@@ -68,16 +77,12 @@ TEST_F(ProxyCli, BadToxicIsOneClearLineAndExit2WithNothingListening) {
   EXPECT_EQ(o.out, "");
   EXPECT_TRUE(refuses(port));
 
-  const auto run = sockbench("run --server epoll --duration 1s --via-proxy down:lag=5");
-  EXPECT_EQ(run.status, 2);
-  EXPECT_EQ(run.err,
-            "sockbench: --via-proxy: toxic 'down:lag=5': unknown toxic 'lag' (latency, bandwidth, "
-            "slicer, limit_data, reset_peer, timeout, slow_close)\n");
-  const auto check = sockbench("check --server epoll --via-proxy sideways:latency=5");
-  EXPECT_EQ(check.status, 2);
-  EXPECT_EQ(check.err,
-            "sockbench: --via-proxy: toxic 'sideways:latency=5': direction 'sideways' is not up, "
-            "down or both\n");
+  expect_usage_error("run --server epoll --duration 1s --via-proxy down:lag=5",
+                     "sockbench: --via-proxy: toxic 'down:lag=5': unknown toxic 'lag' (latency, "
+                     "bandwidth, slicer, limit_data, reset_peer, timeout, slow_close)\n");
+  expect_usage_error("check --server epoll --via-proxy sideways:latency=5",
+                     "sockbench: --via-proxy: toxic 'sideways:latency=5': direction 'sideways' is "
+                     "not up, down or both\n");
 }
 
 // A time past its bound used to wrap around: reset_peer reset after 2 ms, latency added none. It
@@ -94,17 +99,13 @@ TEST_F(ProxyCli, AToxicAboveItsBoundIsOneLineNamingTheBound) {
   EXPECT_EQ(o.out, "");
   EXPECT_TRUE(refuses(port));
 
-  const auto slicer = sockbench_or_timeout(
-      "proxy --upstream 127.0.0.1:9 --toxic down:latency=20,down:slicer=1-1@10000000000000000");
-  EXPECT_EQ(slicer.status, 2);
-  EXPECT_EQ(slicer.err,
-            "sockbench: --toxic: toxic 'down:slicer=1-1@10000000000000000': 10000000000000000 us "
-            "is above the bound of 86400000000 us (24 h)\n");
-  const auto run = sockbench("run --server epoll --duration 1s --via-proxy up:timeout=86400001");
-  EXPECT_EQ(run.status, 2);
-  EXPECT_EQ(run.err,
-            "sockbench: --via-proxy: toxic 'up:timeout=86400001': 86400001 ms is above the bound "
-            "of 86400000 ms (24 h)\n");
+  expect_usage_error(
+      "proxy --upstream 127.0.0.1:9 --toxic down:latency=20,down:slicer=1-1@10000000000000000",
+      "sockbench: --toxic: toxic 'down:slicer=1-1@10000000000000000': 10000000000000000 us is "
+      "above the bound of 86400000000 us (24 h)\n");
+  expect_usage_error("run --server epoll --duration 1s --via-proxy up:timeout=86400001",
+                     "sockbench: --via-proxy: toxic 'up:timeout=86400001': 86400001 ms is above "
+                     "the bound of 86400000 ms (24 h)\n");
 }
 
 // The control socket is what failed to bind, so it is what the message names (it named the

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -86,6 +87,68 @@ Expected<std::vector<std::string>> list_dir(const std::string& path) {
     names.emplace_back(name);
   }
   return names;
+}
+
+std::optional<ProcEntry> read_proc_entry(pid_t pid) {
+  auto stat = read_whole_file(fmt::format("/proc/{}/stat", pid));
+  if (!stat) return std::nullopt;
+  const auto close = stat->rfind(')');
+  if (close == std::string::npos || close + 2 >= stat->size()) return std::nullopt;
+  ProcEntry entry;
+  entry.pid = pid;
+  entry.state = (*stat)[close + 2];
+  // The fields after the state: ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+  // utime stime cutime cstime priority nice threads itrealvalue starttime.
+  std::string_view rest = std::string_view(*stat).substr(close + 3);
+  for (int field = 0; field < 19; ++field) {
+    while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
+    const size_t end = std::min(rest.find(' '), rest.size());
+    const std::string_view text = rest.substr(0, end);
+    rest.remove_prefix(end);
+    int64_t value = 0;
+    const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc() || ptr != text.data() + text.size()) return std::nullopt;
+    if (field == 0) entry.ppid = static_cast<pid_t>(value);
+    if (field == 1) entry.pgrp = static_cast<pid_t>(value);
+    if (field == 18) entry.start = static_cast<uint64_t>(value);
+  }
+  return entry;
+}
+
+std::map<pid_t, ProcEntry> process_table() {
+  std::map<pid_t, ProcEntry> table;
+  auto names = list_dir("/proc");
+  if (!names) return table;
+  for (const std::string& name : *names) {
+    pid_t pid = 0;
+    const auto [ptr, ec] = std::from_chars(name.data(), name.data() + name.size(), pid);
+    if (ec != std::errc() || ptr != name.data() + name.size() || pid <= 0) continue;
+    if (auto entry = read_proc_entry(pid)) table.emplace(pid, *entry);
+  }
+  return table;
+}
+
+std::set<pid_t> with_descendants(const std::map<pid_t, ProcEntry>& table,
+                                 std::vector<pid_t> roots) {
+  std::multimap<pid_t, pid_t> children;
+  for (const auto& [pid, entry] : table) children.emplace(entry.ppid, pid);
+  std::set<pid_t> out;
+  while (!roots.empty()) {
+    const pid_t pid = roots.back();
+    roots.pop_back();
+    if (!out.insert(pid).second) continue;
+    const auto [first, last] = children.equal_range(pid);
+    for (auto child = first; child != last; ++child) roots.push_back(child->second);
+  }
+  return out;
+}
+
+std::set<pid_t> group_and_descendants(const std::map<pid_t, ProcEntry>& table, pid_t leader) {
+  std::vector<pid_t> roots{leader};
+  for (const auto& [pid, entry] : table) {
+    if (entry.pgrp == leader) roots.push_back(pid);
+  }
+  return with_descendants(table, std::move(roots));
 }
 
 }  // namespace sockbench

@@ -1,7 +1,12 @@
 // Reading /proc and /sys: whole small files and directory listings, errors as values.
 #pragma once
 
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,5 +23,22 @@ Expected<std::vector<std::string>> list_dir(const std::string& path);
 std::error_code proc_error(std::error_code ec);
 // The value of a "Key:\tvalue" line of /proc/<pid>/status; nullopt when absent.
 std::optional<uint64_t> status_field(std::string_view status, std::string_view key);
+
+// One process as /proc/<pid>/stat shows it.
+struct ProcEntry {
+  pid_t pid = -1;
+  pid_t ppid = -1;
+  pid_t pgrp = -1;
+  char state = '?';
+  uint64_t start = 0;  // starttime, in clock ticks since boot: tells a recycled pid apart
+};
+// nullopt when the process is gone (or its stat unreadable).
+std::optional<ProcEntry> read_proc_entry(pid_t pid);
+// Every process there is now, by pid.
+std::map<pid_t, ProcEntry> process_table();
+// `roots` and every process of `table` descended from one of them (through ppid links).
+std::set<pid_t> with_descendants(const std::map<pid_t, ProcEntry>& table, std::vector<pid_t> roots);
+// `leader`, the members of its process group, and every process descended from them.
+std::set<pid_t> group_and_descendants(const std::map<pid_t, ProcEntry>& table, pid_t leader);
 
 }  // namespace sockbench

@@ -92,9 +92,8 @@ std::error_code visit_table(const char* path, Visit&& visit) {
 // namespace (tests do). Both are the same namespace otherwise.
 template <typename Visit>
 std::error_code visit_tables(std::string_view protocol, Visit&& visit) {
-  const std::string base = ::access("/proc/thread-self/net/tcp", R_OK) == 0
-                               ? "/proc/thread-self/net/"
-                               : "/proc/net/";
+  const std::string base =
+      ::access("/proc/thread-self/net/tcp", R_OK) == 0 ? "/proc/thread-self/net/" : "/proc/net/";
   const std::string v4 = base + std::string(protocol);
   if (auto err = visit_table(v4.c_str(), visit)) return err;
   const std::string v6 = v4 + "6";
@@ -114,35 +113,13 @@ std::optional<uint64_t> holder_inode(std::string_view line, int port, bool datag
   next_field(line);  // remote
   const auto st = next_field(line);
   if (!local || *local != port) return std::nullopt;
-  if (!datagram && st != "0A") return std::nullopt;  // TCP_LISTEN
+  if (!datagram && st != "0A") return std::nullopt;       // TCP_LISTEN
   for (int skip = 0; skip < 5; ++skip) next_field(line);  // tx:rx tr:when retrnsmt uid timeout
   const auto field = next_field(line);
   uint64_t inode = 0;
   const auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), inode);
   if (ec != std::errc() || end != field.data() + field.size() || inode == 0) return std::nullopt;
   return inode;
-}
-
-// The parent and process group of /proc/<pid>/stat's process: the 2nd and 3rd fields after the
-// ")" that ends its name.
-struct Lineage {
-  pid_t ppid = 0;
-  pid_t pgrp = 0;
-};
-std::optional<Lineage> lineage_of(const std::string& pid) {
-  auto stat = read_whole_file("/proc/" + pid + "/stat");
-  if (!stat) return std::nullopt;
-  const auto close = stat->rfind(')');
-  if (close == std::string::npos) return std::nullopt;
-  std::string_view rest = std::string_view(*stat).substr(close + 1);
-  next_field(rest);  // state
-  Lineage lineage;
-  for (pid_t* out : {&lineage.ppid, &lineage.pgrp}) {
-    const auto field = next_field(rest);
-    const auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), *out);
-    if (ec != std::errc() || end != field.data() + field.size()) return std::nullopt;
-  }
-  return lineage;
 }
 
 // Whether process `pid` has one of `inodes` open.
@@ -164,10 +141,6 @@ bool holds(const std::string& pid, const std::set<uint64_t>& inodes) {
     }
   }
   return false;
-}
-
-bool all_digits(std::string_view s) {
-  return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
 }
 
 }  // namespace
@@ -204,9 +177,8 @@ std::string tcp_state_name(TcpState state) {
 
 Expected<std::map<TcpState, uint64_t>> count_tcp_states(const PortFilter& filter) {
   std::map<TcpState, uint64_t> counts;
-  if (auto err = visit_tables("tcp", [&](std::string_view line) {
-        count_line(line, filter, counts);
-      })) {
+  if (auto err =
+          visit_tables("tcp", [&](std::string_view line) { count_line(line, filter, counts); })) {
     return err;
   }
   return counts;
@@ -224,28 +196,7 @@ Expected<std::set<uint64_t>> port_socket_inodes(int port, bool datagram) {
 
 bool command_holds(pid_t leader, const std::set<uint64_t>& inodes) {
   if (inodes.empty()) return false;
-  auto pids = list_dir("/proc");
-  if (!pids) return false;
-  // The leader and its group, then everything descended from them.
-  std::multimap<pid_t, pid_t> children;
-  std::vector<pid_t> todo{leader};
-  for (const std::string& pid : *pids) {
-    if (!all_digits(pid)) continue;
-    const auto lineage = lineage_of(pid);
-    if (!lineage) continue;
-    const pid_t id = std::stoi(pid);
-    children.emplace(lineage->ppid, id);
-    if (lineage->pgrp == leader) todo.push_back(id);
-  }
-  std::set<pid_t> ours;
-  while (!todo.empty()) {
-    const pid_t pid = todo.back();
-    todo.pop_back();
-    if (!ours.insert(pid).second) continue;
-    const auto [first, last] = children.equal_range(pid);
-    for (auto child = first; child != last; ++child) todo.push_back(child->second);
-  }
-  for (const pid_t pid : ours) {
+  for (const pid_t pid : group_and_descendants(process_table(), leader)) {
     if (holds(std::to_string(pid), inodes)) return true;
   }
   return false;

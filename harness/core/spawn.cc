@@ -171,41 +171,6 @@ ExitInfo exit_from_siginfo(const siginfo_t& info) {
   return exit;
 }
 
-// One process as /proc/<pid>/stat shows it.
-struct ProcEntry {
-  pid_t pid = -1;
-  pid_t ppid = -1;
-  pid_t pgrp = -1;
-  char state = '?';
-  uint64_t start = 0;  // starttime, in clock ticks since boot: tells a recycled pid apart
-};
-
-std::optional<ProcEntry> read_proc_entry(pid_t pid) {
-  auto stat = read_whole_file(fmt::format("/proc/{}/stat", pid));
-  if (!stat) return std::nullopt;
-  const auto close = stat->rfind(')');
-  if (close == std::string::npos || close + 2 >= stat->size()) return std::nullopt;
-  ProcEntry entry;
-  entry.pid = pid;
-  entry.state = (*stat)[close + 2];
-  // The fields after the state: ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
-  // utime stime cutime cstime priority nice threads itrealvalue starttime.
-  std::string_view rest = std::string_view(*stat).substr(close + 3);
-  for (int field = 0; field < 19; ++field) {
-    while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
-    const size_t end = std::min(rest.find(' '), rest.size());
-    const std::string_view text = rest.substr(0, end);
-    rest.remove_prefix(end);
-    int64_t value = 0;
-    const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (ec != std::errc() || ptr != text.data() + text.size()) return std::nullopt;
-    if (field == 0) entry.ppid = static_cast<pid_t>(value);
-    if (field == 1) entry.pgrp = static_cast<pid_t>(value);
-    if (field == 18) entry.start = static_cast<uint64_t>(value);
-  }
-  return entry;
-}
-
 // Whether `pid`'s environment (as it was at exec) lists `token` in SOCKBENCH_SPAWNED_BY.
 bool carries_token(pid_t pid, std::string_view token) {
   auto environ_text = read_whole_file(fmt::format("/proc/{}/environ", pid));
@@ -233,36 +198,10 @@ bool carries_token(pid_t pid, std::string_view token) {
 // carrying `token` (with their descendants). Zombies only when in the group or the tree.
 std::vector<ProcEntry> child_processes(pid_t leader, const std::string& token) {
   std::vector<ProcEntry> out;
-  auto names = list_dir("/proc");
-  if (!names) return out;
-  std::map<pid_t, ProcEntry> all;
-  std::multimap<pid_t, pid_t> children;
-  for (const std::string& name : *names) {
-    pid_t pid = 0;
-    const auto [ptr, ec] = std::from_chars(name.data(), name.data() + name.size(), pid);
-    if (ec != std::errc() || ptr != name.data() + name.size() || pid <= 0) continue;
-    auto entry = read_proc_entry(pid);
-    if (!entry) continue;
-    children.emplace(entry->ppid, pid);
-    all.emplace(pid, *entry);
-  }
-  std::set<pid_t> ours;
-  auto take_tree = [&](std::vector<pid_t> todo) {
-    while (!todo.empty()) {
-      const pid_t pid = todo.back();
-      todo.pop_back();
-      if (!ours.insert(pid).second) continue;
-      const auto [first, last] = children.equal_range(pid);
-      for (auto child = first; child != last; ++child) todo.push_back(child->second);
-    }
-  };
-  std::vector<pid_t> roots{leader};
-  for (const auto& [pid, entry] : all) {
-    if (entry.pgrp == leader) roots.push_back(pid);
-  }
-  take_tree(std::move(roots));
+  const auto all = process_table();
+  std::set<pid_t> ours = group_and_descendants(all, leader);
   // Those that left the tree (setsid, then their parent exited): by the token they inherited.
-  roots.clear();
+  std::vector<pid_t> roots;
   if (!token.empty()) {
     for (const auto& [pid, entry] : all) {
       if (!ours.count(pid) && entry.state != 'Z' && carries_token(pid, token)) {
@@ -270,7 +209,7 @@ std::vector<ProcEntry> child_processes(pid_t leader, const std::string& token) {
       }
     }
   }
-  take_tree(std::move(roots));
+  ours.merge(with_descendants(all, std::move(roots)));
   const pid_t self = ::getpid();
   for (const pid_t pid : ours) {
     const auto it = all.find(pid);
