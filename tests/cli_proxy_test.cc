@@ -284,23 +284,32 @@ TEST_F(ProxyCli, ChecksThroughAProxySkipTheBacklogAndStillSeeRefusals) {
 TEST_F(ProxyCli, ASlicerExposesAServerThatTakesOneRecvAsOneMessage) {
   auto server = test_support::serve("faulty-single-recv");
   ASSERT_TRUE(server);
-  const auto record = [&](const std::string& via, int status) -> nlohmann::json {
+  const auto record = [&](const std::string& via, int* status) -> nlohmann::json {
     const auto path = (dir_ / "rr.json").string();
     const auto o = sockbench("run --target " + server->address.to_string() +
                              " --clients 2 --duration 500ms --warmup 0s --json " + path + via);
-    EXPECT_EQ(o.status, status) << o.err;
+    *status = o.status;
     return nlohmann::json::parse(test_support::slurp(path))["benchmarks"][0];
   };
-  const auto direct = record("", 0);
+  int status = -1;
+  const auto direct = record("", &status);
+  EXPECT_EQ(status, 0);
   EXPECT_EQ(direct["errors"].get<double>(), 0.0);
   EXPECT_GT(direct["iterations"].get<double>(), 0.0);
-  // Sliced into 1..7-byte writes, no frame arrives whole in one recv: every reply is wrong, so
-  // no request completes and the cell fails, with the wrong replies counted as errors.
-  const auto sliced = record(" --via-proxy up:slicer=1-7@0", 1);
-  EXPECT_GE(sliced["errors"].get<double>(), 1.0);
-  EXPECT_TRUE(sliced["error_message"].get<std::string>().starts_with(
-      "no request completed in the measured window ("))
-      << sliced["error_message"];
+  // Sliced into 1..7-byte writes, a frame arrives whole in one recv only when a slow server lets
+  // the pieces pile up: wrong replies are counted as errors. When every reply was wrong, no
+  // request completed and the cell fails (exit 1) saying so; when some came whole, it stands.
+  const auto sliced = record(" --via-proxy up:slicer=1-7@0", &status);
+  EXPECT_GE(sliced["errors"].get<double>(), 1.0) << sliced;
+  if (sliced["iterations"].get<double>() == 0) {
+    EXPECT_EQ(status, 1);
+    EXPECT_TRUE(sliced.value("error_message", "")
+                    .starts_with("no request completed in the measured window ("))
+        << sliced;
+  } else {
+    EXPECT_EQ(status, 0);
+    EXPECT_FALSE(sliced.value("error_occurred", false)) << sliced;
+  }
 }
 
 }  // namespace
