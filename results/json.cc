@@ -12,17 +12,16 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <iterator>
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <thread>
 #include <utility>
 
 #include "harness/core/expected.h"
 #include "harness/core/fd.h"
+#include "harness/core/procfs.h"
 #include "results/writers.h"
 
 namespace sockbench::results {
@@ -405,29 +404,17 @@ LoadedRun read_json_file(const std::string& path) {
   // or an endless pipe named by mistake from filling the memory.
   constexpr size_t kMaxResultFileBytes = 256u << 20;
   LoadedRun loaded;
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    loaded.error = fmt::format("cannot read {}: {}", path, make_error(EISDIR).message());
+  auto text = read_file_bounded(path, kMaxResultFileBytes, std::chrono::seconds(5));
+  if (!text) {
+    loaded.error =
+        text.error().value() == EFBIG
+            ? fmt::format("cannot read {}: larger than {} MiB, the most a result file may be", path,
+                          kMaxResultFileBytes >> 20)
+            : fmt::format("cannot read {}: {}", path, text.error().message());
     return loaded;
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    loaded.error = fmt::format("cannot read {}: {}", path, std::generic_category().message(errno));
-    return loaded;
-  }
-  std::string text;
-  char chunk[64 << 10];
-  while (in.read(chunk, sizeof chunk) || in.gcount() > 0) {
-    text.append(chunk, static_cast<size_t>(in.gcount()));
-    if (text.size() > kMaxResultFileBytes) {
-      loaded.error =
-          fmt::format("cannot read {}: larger than {} MiB, the most a result file may be", path,
-                      kMaxResultFileBytes >> 20);
-      return loaded;
-    }
   }
   try {
-    loaded.run = from_json(json::parse(text));
+    loaded.run = from_json(json::parse(*text));
   } catch (const json::exception& e) {
     loaded.error =
         fmt::format("{} is not a sockbench/Google Benchmark JSON file: {}", path, e.what());

@@ -3,11 +3,8 @@
 // JSON; exit 1 when anything FAILs. This file parses the flags; check_run.cc does the rest.
 #include "scenarios/check.h"
 
-#include <fcntl.h>
 #include <fmt/format.h>
-#include <poll.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -23,8 +20,7 @@
 #include "harness/cli/common.h"
 #include "harness/cli/options.h"
 #include "harness/cli/via_proxy.h"
-#include "harness/core/expected.h"
-#include "harness/core/fd.h"
+#include "harness/core/procfs.h"
 #include "scenarios/script.h"
 #include "servers/server.h"
 
@@ -197,55 +193,28 @@ int check_command(int argc, const char* const* argv) {
 
 namespace {
 
-// A script file's text, or "FILE: why not". Read with bounds, since a path may name /dev/zero, a
-// FIFO or a pipe as well as a file: at most kMaxScriptBytes (a larger regular file is refused
-// before a byte is read), and what comes through a pipe within kScriptReadTimeout. Opened
-// O_NONBLOCK so that a FIFO nobody writes to does not block the open (it reads as empty).
+// A script file's text, or "FILE: why not": at most kMaxScriptBytes, and what comes through a
+// pipe within 5 s (read_file_bounded).
 struct ScriptSource {
   std::string text;
   std::string error;
 };
 ScriptSource read_script(const std::string& path) {
   constexpr auto kScriptReadTimeout = std::chrono::seconds(5);
-  const std::string too_large = fmt::format("{}: larger than {} MiB, the most a script may be",
-                                            path, scenarios::script::kMaxScriptBytes >> 20);
-  auto cannot = [&path](std::error_code ec) {
-    return ScriptSource{{}, fmt::format("{}: cannot read: {}", path, ec.message())};
-  };
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
-  if (!fd) return cannot(last_error());
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return cannot(last_error());
-  if (S_ISREG(st.st_mode) &&
-      static_cast<uint64_t>(st.st_size) > scenarios::script::kMaxScriptBytes) {
-    return {{}, too_large};
+  auto text = read_file_bounded(path, scenarios::script::kMaxScriptBytes, kScriptReadTimeout);
+  if (text) return {std::move(*text), {}};
+  if (text.error().value() == EFBIG) {
+    return {{},
+            fmt::format("{}: larger than {} MiB, the most a script may be", path,
+                        scenarios::script::kMaxScriptBytes >> 20)};
   }
-  const auto deadline = std::chrono::steady_clock::now() + kScriptReadTimeout;
-  std::string text;
-  char buffer[64 << 10];
-  for (;;) {
-    const ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
-    if (n > 0) {
-      text.append(buffer, static_cast<size_t>(n));
-      if (text.size() > scenarios::script::kMaxScriptBytes) return {{}, too_large};
-      continue;
-    }
-    if (n == 0) return {std::move(text), {}};
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN) return cannot(last_error());
-    const auto left =
-        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) {
-      return {{},
-              fmt::format("{}: not at its end within {} s (a pipe or FIFO whose writer does not "
-                          "finish)",
-                          path, kScriptReadTimeout.count())};
-    }
-    pollfd p{fd.get(), POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) {
-      return cannot(last_error());
-    }
+  if (text.error().value() == ETIMEDOUT) {
+    return {{},
+            fmt::format("{}: not at its end within {} s (a pipe or FIFO whose writer does not "
+                        "finish)",
+                        path, kScriptReadTimeout.count())};
   }
+  return {{}, fmt::format("{}: cannot read: {}", path, text.error().message())};
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <system_error>
@@ -209,8 +210,8 @@ int report_run(const results::RunResult& run, int repetitions, const OutputPaths
 
 namespace {
 
-void drop_stdout_error(const std::error_code& ec) {
-  fmt::print(stderr, "sockbench: error: cannot write standard output: {}\n", ec.message());
+void drop_stdout_error(std::string_view why) {
+  fmt::print(stderr, "sockbench: error: cannot write standard output: {}\n", why);
   ::__fpurge(stdout);
   std::clearerr(stdout);
 }
@@ -219,7 +220,7 @@ void drop_stdout_error(const std::error_code& ec) {
 
 bool report_stdout_error(const std::system_error& e) {
   if (!std::ferror(stdout)) return false;
-  drop_stdout_error(e.code());
+  drop_stdout_error(e.code().message());
   return true;
 }
 
@@ -228,8 +229,16 @@ int write_stdout(std::string_view text) {
   if (std::fwrite(text.data(), 1, text.size(), stdout) == text.size() && std::fflush(stdout) == 0) {
     return 0;
   }
-  drop_stdout_error(std::error_code(errno != 0 ? errno : EIO, std::generic_category()));
+  drop_stdout_error(std::strerror(errno != 0 ? errno : EIO));
   return 1;
+}
+
+int finish_stdout(int status) {
+  errno = 0;
+  const bool flushed = std::fflush(stdout) == 0;
+  if (flushed && !std::ferror(stdout)) return status;
+  drop_stdout_error(flushed || errno == 0 ? "an earlier write failed" : std::strerror(errno));
+  return status == 0 ? 1 : status;
 }
 
 Fd ready_fd_flag(const cxxopts::ParseResult& parsed) {

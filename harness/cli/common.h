@@ -70,6 +70,11 @@ bool report_stdout_error(const std::system_error& e);
 // returns 1 (else 0).
 int write_stdout(std::string_view text);
 
+// main()'s last word on stdout: flushes it, and when that or an earlier write failed (a table,
+// an export or a merge to a full disk, a closed stdout, a pipe whose reader left) says so as
+// above and turns a 0 `status` into 1. Returns the status to exit with.
+int finish_stdout(int status);
+
 // --ready-fd of serve and proxy: the fd (3 or above) a parent reads "listening ADDR" from, now
 // owned; an invalid Fd when the flag is absent. A UsageError when that fd is not open for writing.
 Fd ready_fd_flag(const cxxopts::ParseResult& parsed);

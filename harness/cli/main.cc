@@ -2,10 +2,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <cerrno>
 #include <csignal>
 #include <cstdio>
-#include <cstring>
 #include <exception>
 #include <string_view>
 #include <system_error>
@@ -101,21 +99,10 @@ int dispatch(int argc, char** argv) {
   }
 }
 
-// A table, an export or a merge written to a full disk, a closed stdout or a pipe whose reader
-// left is lost output: the exit status says so (stdio keeps the error until the last flush).
-int check_stdout(int status) {
-  errno = 0;
-  const bool flushed = std::fflush(stdout) == 0;
-  if (flushed && !std::ferror(stdout)) return status;
-  fmt::print(stderr, "sockbench: error: cannot write standard output: {}\n",
-             flushed || errno == 0 ? "an earlier write failed" : std::strerror(errno));
-  return status == 0 ? 1 : status;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   // A peer that closes while we write must be an EPIPE value, never a death.
   std::signal(SIGPIPE, SIG_IGN);
-  return check_stdout(dispatch(argc, argv));
+  return finish_stdout(dispatch(argc, argv));
 }

@@ -3,6 +3,8 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <poll.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -43,6 +45,36 @@ Expected<std::string> read_whole_file(const std::string& path) {
     out.append(buf, static_cast<size_t>(n));
   }
   return out;
+}
+
+Expected<std::string> read_file_bounded(const std::string& path, size_t max_bytes,
+                                        std::chrono::milliseconds timeout) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (!fd) return last_error();
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return last_error();
+  if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) > max_bytes) {
+    return make_error(EFBIG);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::string text;
+  char buffer[64 << 10];
+  for (;;) {
+    const ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
+    if (n > 0) {
+      text.append(buffer, static_cast<size_t>(n));
+      if (text.size() > max_bytes) return make_error(EFBIG);
+      continue;
+    }
+    if (n == 0) return text;
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) return last_error();
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return make_error(ETIMEDOUT);
+    pollfd p{fd.get(), POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) return last_error();
+  }
 }
 
 std::error_code proc_error(std::error_code ec) {

@@ -3,6 +3,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -17,6 +18,12 @@ namespace sockbench {
 
 // The whole file (small /proc and /sys files: read to EOF, EINTR retried).
 Expected<std::string> read_whole_file(const std::string& path);
+// A file a user named, read with bounds, since the path may name /dev/zero, a FIFO or a pipe as
+// well as a file: EFBIG past `max_bytes` (a larger regular file before a byte is read), ETIMEDOUT
+// when a pipe is not at its end within `timeout`, EISDIR for a directory. Opened O_NONBLOCK, so
+// a FIFO nobody writes to does not block the open (it reads as empty).
+Expected<std::string> read_file_bounded(const std::string& path, size_t max_bytes,
+                                        std::chrono::milliseconds timeout);
 // Entry names of a directory without "." and "..".
 Expected<std::vector<std::string>> list_dir(const std::string& path);
 // A vanished /proc entry means the process (or thread) is gone: ENOENT becomes ESRCH.
