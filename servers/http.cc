@@ -16,7 +16,8 @@ constexpr std::string_view kAlphabet = "abcdefghijklmnopqrstuvwxyz";
 
 class HttpSession final : public Session {
  public:
-  explicit HttpSession(uint64_t max_body) : max_body_(max_body) {
+  HttpSession(uint64_t max_body, size_t reply_budget)
+      : max_body_(max_body), reply_budget_(std::max<size_t>(reply_budget, 1)) {
     http_parser_init(&parser_, HTTP_REQUEST);
     parser_.data = this;
   }
@@ -79,7 +80,7 @@ class HttpSession final : public Session {
   void append_body(std::string& out) {
     const size_t made = out.size() - call_start_;
     const uint64_t n =
-        std::min<uint64_t>(body_left_, made < kReplyBudget ? kReplyBudget - made : 0);
+        std::min<uint64_t>(body_left_, made < reply_budget_ ? reply_budget_ - made : 0);
     append_http_body_range(body_done_, n, out);
     body_done_ += n;
     body_left_ -= n;
@@ -118,7 +119,7 @@ class HttpSession final : public Session {
       // Pipelined requests after the last one are not answered: stop here.
       s.finished_ = true;
       http_parser_pause(parser, 1);
-    } else if (s.body_left_ > 0 || s.out_->size() - s.call_start_ >= kReplyBudget) {
+    } else if (s.body_left_ > 0 || s.out_->size() - s.call_start_ >= s.reply_budget_) {
       // This call's replies are made: the next request waits for resume().
       http_parser_pause(parser, 1);
     }
@@ -194,6 +195,7 @@ class HttpSession final : public Session {
   };
 
   const uint64_t max_body_;
+  const size_t reply_budget_;  // reply bytes one call makes, about: see backlogged()
   http_parser parser_{};
   std::string* out_ = nullptr;  // the reply buffer of the on_bytes() call in progress
   size_t call_start_ = 0;       // out_'s size when the call began: its replies are the rest
@@ -209,8 +211,8 @@ class HttpSession final : public Session {
 
 }  // namespace
 
-std::unique_ptr<Session> make_http_session(uint64_t max_body) {
-  return std::make_unique<HttpSession>(max_body);
+std::unique_ptr<Session> make_http_session(uint64_t max_body, size_t reply_budget) {
+  return std::make_unique<HttpSession>(max_body, reply_budget);
 }
 
 std::string_view http_root_body() { return kRootBody; }

@@ -26,8 +26,11 @@ inline constexpr uint64_t kHttpMaxBodyBytes = 64u << 20;
 // connection (Verdict::kFinish), as does the last request of a connection that closes.
 // Replies are made about kReplyBudget bytes at a time (Session::backlogged): a large body in
 // parts, and pipelined requests after the one that reached the budget once the model resumes.
-// `max_body` bounds N of /bytes/N (a fuzzer keeps its memory small with a smaller one).
-std::unique_ptr<Session> make_http_session(uint64_t max_body = kHttpMaxBodyBytes);
+// `max_body` bounds N of /bytes/N (a fuzzer keeps its memory small with a smaller one);
+// `reply_budget` (at least 1) replaces kReplyBudget, so that a fuzzer or a test reaches the
+// backlog with small replies.
+std::unique_ptr<Session> make_http_session(uint64_t max_body = kHttpMaxBodyBytes,
+                                           size_t reply_budget = kReplyBudget);
 
 std::string_view http_root_body();
 // Appends the body of GET /bytes/N: the alphabet over and over, so that a client can check any
