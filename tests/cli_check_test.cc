@@ -10,6 +10,7 @@
 #include <cctype>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -432,6 +433,33 @@ TEST_F(CliCheck, ServerCommandThatCallsSetsidIsStoppedWithItsDescendants) {
   EXPECT_EQ(r.verdict.at("errors/half-close"), "PASS") << r.evidence.at("errors/half-close");
   EXPECT_EQ(r.verdict.size(), 2u);
   EXPECT_TRUE(left.empty()) << left.size() << " server processes left running";
+}
+
+// A server behind setsid is observed whole: its open fds are read from /proc of the process that
+// left the group, not only of the group's `setsid`, so a twin that leaks the fds of its reset
+// connections FAILs the fd check it would otherwise PASS, and a correct model PASSes it with its
+// clients' fds seen.
+TEST_F(CliCheck, ServerCommandBehindSetsidIsObservedWhole) {
+  const std::string serve = std::string("--server-cmd 'setsid --wait ") + SOCKBENCH_BIN +
+                            " serve --listen 127.0.0.1:{port} --quiet --server ";
+  const auto leaky = check(serve + "faulty-fd-leak' --only errors/abort-mid-frame", "leaky");
+  const auto good = check(serve + "epoll' --only errors/abort-mid-frame", "good");
+  EXPECT_EQ(leaky.status, 1) << leaky.err << leaky.out;
+  EXPECT_EQ(leaky.verdict.at("errors/abort-mid-frame"), "FAIL")
+      << leaky.evidence.at("errors/abort-mid-frame");
+  EXPECT_EQ(good.status, 0) << good.err << good.out;
+  EXPECT_EQ(good.verdict.at("errors/abort-mid-frame"), "PASS")
+      << good.evidence.at("errors/abort-mid-frame");
+  // "server open fds: B before, W with the clients, A after": the 10 clients' fds are seen.
+  const std::string& evidence = good.evidence.at("errors/abort-mid-frame");
+  int before = -1;
+  int with = -1;
+  const auto at = evidence.find("server open fds: ");
+  ASSERT_NE(at, std::string::npos) << evidence;
+  ASSERT_EQ(
+      std::sscanf(evidence.c_str() + at, "server open fds: %d before, %d with", &before, &with), 2)
+      << evidence;
+  EXPECT_GE(with, before + 10) << evidence;
 }
 
 // A daemon: forks, the child calls setsid, the parent exits 0. The command ended before its port

@@ -1,6 +1,5 @@
 #include "harness/cli/targets.h"
 
-#include <dirent.h>
 #include <fmt/format.h>
 #include <signal.h>
 
@@ -8,8 +7,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <thread>
 
 #include "harness/core/sockstat.h"
@@ -122,40 +119,6 @@ std::unique_ptr<scenarios::ServerHandle> ChildServer::start_plaintext(std::strin
   return std::make_unique<ChildServer>(std::move(*server));
 }
 
-namespace {
-
-// The process group of `pid` from /proc/<pid>/stat (field 5, after the parenthesised name).
-std::optional<pid_t> process_group(pid_t pid) {
-  std::ifstream in(fmt::format("/proc/{}/stat", pid));
-  std::string line;
-  if (!std::getline(in, line)) return std::nullopt;
-  const auto close = line.rfind(')');
-  if (close == std::string::npos) return std::nullopt;
-  std::istringstream rest(line.substr(close + 1));
-  std::string state;
-  long ppid = 0;
-  long pgrp = 0;
-  if (!(rest >> state >> ppid >> pgrp)) return std::nullopt;
-  return static_cast<pid_t>(pgrp);
-}
-
-// Every live process whose group is `pgid`.
-std::vector<pid_t> group_members(pid_t pgid) {
-  std::vector<pid_t> members;
-  DIR* dir = ::opendir("/proc");
-  if (dir == nullptr) return members;
-  while (const dirent* entry = ::readdir(dir)) {
-    char* end = nullptr;
-    const long pid = std::strtol(entry->d_name, &end, 10);
-    if (end == entry->d_name || *end != '\0' || pid <= 0) continue;
-    if (process_group(static_cast<pid_t>(pid)) == pgid) members.push_back(static_cast<pid_t>(pid));
-  }
-  ::closedir(dir);
-  return members;
-}
-
-}  // namespace
-
 BuiltinTarget::BuiltinTarget(ServeSpec spec) : spec_(std::move(spec)) {
   const auto parsed = parse_address(spec_.listen);
   address_ =
@@ -239,8 +202,12 @@ std::string CommandServer::substitute(const std::string& command, int port) {
 
 std::optional<ProcSample> CommandServer::sample() {
   if (!child_ || !child_->alive()) return std::nullopt;
+  // The leader and every process of its: its group, its descendants, and those that left both
+  // (setsid, then their parent exited), so that a server launched through a wrapper counts whole.
+  std::vector<pid_t> members = child_->processes();
+  members.insert(members.begin(), child_->pid());
   std::optional<ProcSample> total;
-  for (const pid_t member : group_members(child_->pid())) {
+  for (const pid_t member : members) {
     auto s = sample_process(member);
     if (!s) continue;
     if (!total) total.emplace();

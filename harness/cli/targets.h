@@ -103,8 +103,9 @@ class BuiltinTarget final : public scenarios::CheckTarget {
 
 // Any server started by a shell command: `/bin/sh -c COMMAND` with every "{port}" replaced by a
 // free port sockbench picked, in its own process group. Ready once the port accepts connections.
-// Observed through /proc of every process in the group (the shell and what it runs). Owns the
-// process group; used from one thread, which must outlive it.
+// Observed through /proc of every process of it (ChildProcess::processes(): the shell, what it
+// runs, and what left its group through setsid, as a daemonising wrapper does). Owns them all;
+// used from one thread, which must outlive it.
 class CommandServer final : public scenarios::CheckTarget {
  public:
   // `host`: the address the command is expected to listen on (its port is ignored).
