@@ -143,6 +143,10 @@ TEST_F(CliChat, FlagsThatDoNotFitAreUsageErrors) {
       {"check --protocol gossip", "expected framed, echo or chat, got 'gossip'"},
       {"run --server udp-blocking --transport udp --scenario broadcast",
        "broadcast runs over tcp, unix"},
+      {"run --server epoll --scenario broadcast --clients 1",
+       "--scenario broadcast: a chat room needs at least 2 reading members, got 1"},
+      {"run --server epoll --scenario broadcast,rr --clients 4,1",
+       "--scenario broadcast: a chat room needs at least 2 reading members, got 1"},
   };
   for (const auto& c : cases) {
     const auto r = sockbench(c.args);
