@@ -17,6 +17,7 @@ namespace {
 
 // Bounds that keep any script finite: the largest count of anything, the longest wait.
 constexpr double kMaxCount = 1e6;
+constexpr double kMaxRcvbuf = 1 << 30;  // what the runner sets at most (SO_RCVBUF)
 // An fd limit below this leaves a server no fd beyond stdin, stdout and stderr to listen on.
 constexpr double kMinRlimitNofile = 4;
 constexpr double kMaxDurationMs = 10 * 60 * 1000.0;
@@ -818,7 +819,7 @@ class Parser {
         const auto opt =
             p.choice("a connect option", {"count", "to", "rcvbuf", "nodelay", "within", "expect"});
         if (opt == "count") st.count = p.count("the connection count", 0, kMaxConnections);
-        if (opt == "rcvbuf") st.amount = p.count("the receive buffer size");
+        if (opt == "rcvbuf") st.amount = p.count("the receive buffer size", 0, kMaxRcvbuf);
         if (opt == "within") st.within = p.duration();
         if (opt == "expect") st.error = p.errno_token();
         if (opt == "nodelay") st.nodelay = p.choice("on or off", {"on", "off"}) == "on";

@@ -144,6 +144,8 @@ TEST_F(CliScript, MalformedScriptsAreRefusedWithFileLineColumnAndExit2) {
       {"check a/b\ncheck a/c\nconnect c\n", "2:1",
        "a second 'check' (the first is on line 1): a script has one"},
       {"describe \"a\"\ndescribe \"b\"\nconnect c\n", "2:1", "a second 'describe'"},
+      {"connect c rcvbuf 1025M\n", "1:18",
+       "the receive buffer size must be a whole number from 0 to 1073741824, got 1025M"},
       {"connect c\nretry 0\n  close c\nend\n", "2:7",
        "the number of attempts must be a whole number from 1 to 1000000, got 0"},
       {"connect c\nsend c msg 300M\n", "2:12",
@@ -213,6 +215,22 @@ TEST_F(CliScript, ADivisionByZeroAtRunTimeFailsTheScript) {
   EXPECT_NE(run.out.find("FAIL: line 6: let x = 5 / z: division by zero: z is 0 in 5 / z"),
             std::string::npos)
       << run.out;
+}
+
+// A receive buffer over 1,000,000 bytes (which the parser used to refuse) is set and works.
+TEST_F(CliScript, AReceiveBufferOfSomeMiBIsTaken) {
+  const auto path = write("rcvbuf.sbs",
+                          "check mine/rcvbuf\n"
+                          "connect c rcvbuf 4M\n"
+                          "send c msg 100000\n"
+                          "expect c echo within 5s\n");
+  auto served = test_support::serve("epoll");
+  ASSERT_TRUE(served);
+  const auto [run, verdicts] = script(
+      path.string() + " --target " + served->address.to_string() + " -v", "rcvbuf", "target");
+  EXPECT_EQ(run.status, 0) << run.out << run.err;
+  ASSERT_EQ(verdicts.size(), 1u) << run.out;
+  EXPECT_EQ(verdicts.begin()->second, "PASS") << run.out;
 }
 
 // A send that times out reports the bytes the kernel took, not those of the pieces before it:
