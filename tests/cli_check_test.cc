@@ -462,6 +462,25 @@ TEST_F(CliCheck, ServerCommandBehindSetsidIsObservedWhole) {
   EXPECT_GE(with, before + 10) << evidence;
 }
 
+// A command that starts its server in a session of its own through a subshell that exits at once
+// (so the server is in neither the command's group nor its tree) and then keeps running: the
+// server answering on the port is the command's, found by the token it inherited, so the checks
+// start as soon as it answers. Taken for another process's, the start waited out the 10 s
+// readiness deadline first. When the checks end, it is stopped with the command.
+TEST_F(CliCheck, ServerCommandWhoseServerLeftItsTreeIsRecognisedAtOnce) {
+  const auto copy = dir_ / "orphan_server.py";
+  std::filesystem::copy_file(script(), copy);
+  const auto r = check("--server-cmd '(setsid python3 " + copy.string() +
+                           " {port} &); exec sleep 120' --only errors/half-close",
+                       "orphan");
+  const auto left = processes_mentioning(copy.string());
+  for (const pid_t pid : left) ::kill(pid, SIGKILL);
+  EXPECT_EQ(r.status, 0) << r.err << r.out;
+  EXPECT_EQ(r.verdict.at("errors/half-close"), "PASS") << r.evidence.at("errors/half-close");
+  EXPECT_LT(r.seconds, 10.0) << "the start waited for the readiness deadline";
+  EXPECT_TRUE(left.empty()) << left.size() << " server processes left running";
+}
+
 // A daemon: forks, the child calls setsid, the parent exits 0. The command ended before its port
 // answered (this one never listens), and the daemon it left must not outlive sockbench.
 TEST_F(CliCheck, ServerCommandThatDaemonisesLeavesNothingRunning) {

@@ -16,6 +16,7 @@
 
 #include "harness/core/fd.h"
 #include "harness/core/net.h"
+#include "harness/core/procfs.h"
 #include "tests/support/netns.h"
 #include "tests/support/servers.h"
 
@@ -137,6 +138,13 @@ TEST(Sockstat, PortSetsSelectKnownConnections) {
   EXPECT_EQ(count(states({.local_ports = {port}}), TcpState::kListen), 1u);
 }
 
+// Whether a process of `leader`'s group or tree holds one of `inodes`: the part of a command's
+// processes that /proc's links find (ChildProcess::processes() adds those carrying its token).
+bool tree_holds(pid_t leader, const std::set<uint64_t>& inodes) {
+  const std::set<pid_t> tree = group_and_descendants(process_table(), leader);
+  return any_holds(std::vector<pid_t>(tree.begin(), tree.end()), inodes);
+}
+
 // The sockets holding a port, and whose they are: a listener (TCP) or a bound socket (UDP) is
 // found among the processes of a command (its leader's group and descendants, even one that left
 // for a session of its own) and not among another's; a connection to the port does not hold it.
@@ -151,10 +159,10 @@ TEST(Sockstat, PortHoldersAreFoundAmongTheCommandsProcessesOnly) {
     auto inodes = port_socket_inodes(address.port(), false);
     ASSERT_TRUE(inodes.ok()) << inodes.error().message();
     EXPECT_EQ(inodes->size(), 1u);  // the listener, not the connection's two ends
-    EXPECT_TRUE(command_holds(::getpgrp(), *inodes));
-    EXPECT_TRUE(command_holds(::getpid(), *inodes));
-    EXPECT_FALSE(command_holds(std::numeric_limits<pid_t>::max(), *inodes));  // > pid_max
-    EXPECT_FALSE(command_holds(::getpgrp(), {}));
+    EXPECT_TRUE(tree_holds(::getpgrp(), *inodes));
+    EXPECT_TRUE(tree_holds(::getpid(), *inodes));
+    EXPECT_FALSE(tree_holds(std::numeric_limits<pid_t>::max(), *inodes));  // > pid_max
+    EXPECT_FALSE(tree_holds(::getpgrp(), {}));
 
     Fd udp(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     ASSERT_TRUE(udp.valid());
@@ -166,7 +174,7 @@ TEST(Sockstat, PortHoldersAreFoundAmongTheCommandsProcessesOnly) {
     auto udp_inodes = port_socket_inodes(udp_port, true);
     ASSERT_TRUE(udp_inodes.ok()) << udp_inodes.error().message();
     EXPECT_EQ(udp_inodes->size(), 1u);
-    EXPECT_TRUE(command_holds(::getpid(), *udp_inodes));
+    EXPECT_TRUE(tree_holds(::getpid(), *udp_inodes));
 
     // A child in a session of its own holds a second listener: still ours, being a descendant.
     auto second = listen_on(loopback_any_port(), 16, true, false);
@@ -189,8 +197,8 @@ TEST(Sockstat, PortHoldersAreFoundAmongTheCommandsProcessesOnly) {
     auto second_inodes = port_socket_inodes(second_port, false);
     ASSERT_TRUE(second_inodes.ok());
     EXPECT_EQ(second_inodes->size(), 1u);
-    EXPECT_TRUE(command_holds(::getpid(), *second_inodes));
-    EXPECT_FALSE(command_holds(std::numeric_limits<pid_t>::max(), *second_inodes));
+    EXPECT_TRUE(tree_holds(::getpid(), *second_inodes));
+    EXPECT_FALSE(tree_holds(std::numeric_limits<pid_t>::max(), *second_inodes));
     ::kill(child, SIGKILL);
     ::waitpid(child, nullptr, 0);
     ::close(ready[0]);

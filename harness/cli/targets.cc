@@ -263,12 +263,15 @@ bool CommandServer::start(const scenarios::StartOptions& options, std::string* e
   }
 }
 
-// Whether what answers on the port is the command's: a socket holding it is open in the
-// command's process group or a descendant of it. Unknown (the tables unreadable) counts as the
-// command's.
+// Whether what answers on the port is the command's: a socket holding it is open in one of the
+// processes stop() stops and sample() reads (the leader and ChildProcess::processes()). Unknown
+// (the tables unreadable) counts as the command's.
 bool CommandServer::holds_port() {
   auto inodes = port_socket_inodes(address_.port(), address_.datagram());
-  return !inodes || command_holds(child_->pid(), *inodes);
+  if (!inodes) return true;
+  std::vector<pid_t> ours = child_->processes();
+  ours.push_back(child_->pid());
+  return any_holds(ours, *inodes);
 }
 
 bool CommandServer::launch(const scenarios::StartOptions& options, std::string* error,

@@ -3,6 +3,7 @@
 #include <limits.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
@@ -194,12 +195,10 @@ Expected<std::set<uint64_t>> port_socket_inodes(int port, bool datagram) {
   return inodes;
 }
 
-bool command_holds(pid_t leader, const std::set<uint64_t>& inodes) {
+bool any_holds(const std::vector<pid_t>& pids, const std::set<uint64_t>& inodes) {
   if (inodes.empty()) return false;
-  for (const pid_t pid : group_and_descendants(process_table(), leader)) {
-    if (holds(std::to_string(pid), inodes)) return true;
-  }
-  return false;
+  return std::any_of(pids.begin(), pids.end(),
+                     [&](pid_t pid) { return holds(std::to_string(pid), inodes); });
 }
 
 }  // namespace sockbench

@@ -8,6 +8,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "harness/core/expected.h"
 
@@ -45,10 +46,9 @@ Expected<std::map<TcpState, uint64_t>> count_tcp_states(const PortFilter& filter
 // The inodes of the sockets that hold local `port`: TCP listeners, or with `datagram` UDP sockets
 // bound to it; IPv4 and IPv6, this network namespace.
 Expected<std::set<uint64_t>> port_socket_inodes(int port, bool datagram);
-// True when one of `inodes` is open (a /proc/PID/fd link "socket:[INODE]") in a process of
-// process group `leader` or descended from `leader`: a command's own processes, including those
-// that left its group (timeout(1), setsid) and those its shell left behind. Processes that cannot
-// be read are passed over.
-bool command_holds(pid_t leader, const std::set<uint64_t>& inodes);
+// True when one of `inodes` is open (a /proc/PID/fd link "socket:[INODE]") in one of `pids`: a
+// command's own processes (a ChildProcess's leader and processes(): its group, its descendants,
+// and those that left both through setsid). Processes that cannot be read are passed over.
+bool any_holds(const std::vector<pid_t>& pids, const std::set<uint64_t>& inodes);
 
 }  // namespace sockbench
