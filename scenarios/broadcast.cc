@@ -14,6 +14,14 @@ double total_rate(const BenchParams& params) {
   return params.rate > 0 ? params.rate : kDefaultBroadcastRate;
 }
 
+// The room's part of the engine's config, over fill_engine_config(): every member (a shard of a
+// room would be another room), the total rate, the slow readers.
+void set_room(BroadcastConfig& config, const BenchParams& params) {
+  config.connections = params.clients;
+  config.rate = total_rate(params);
+  config.slow_readers = params.slow_readers;
+}
+
 }  // namespace
 
 results::Record broadcast_record(const std::string& server, const BenchParams& params) {
@@ -31,15 +39,22 @@ results::Record broadcast_record(const std::string& server, const BenchParams& p
   return start_record("broadcast", server, cell, std::move(named));
 }
 
+std::string describe_invalid_broadcast(const BenchParams& params) {
+  BroadcastConfig config;
+  config.message_size = params.message_size;
+  config.warmup = params.warmup;
+  config.duration = params.duration;
+  set_room(config, params);
+  return describe_invalid(config);
+}
+
 results::Record run_broadcast_cell(ServerHandle& server, const BenchParams& params,
                                    std::stop_token stop) {
   results::Record record = broadcast_record(server.name(), params);
   WindowSamples server_samples(server);
   BroadcastConfig config;
   fill_engine_config(config, params, server);
-  config.connections = params.clients;  // one room: a shard of it would be another room
-  config.rate = total_rate(params);
-  config.slow_readers = params.slow_readers;
+  set_room(config, params);
   server_samples.attach(config);
   if (const auto why = describe_invalid(config); !why.empty()) {
     record.error = fmt::format("invalid load: {}", why);

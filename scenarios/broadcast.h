@@ -21,5 +21,9 @@ inline constexpr double kDefaultBroadcastRate = 1000;
 results::Record run_broadcast_cell(ServerHandle& server, const BenchParams& params,
                                    std::stop_token stop);
 results::Record broadcast_record(const std::string& server, const BenchParams& params);
+// What the broadcast engine refuses in the cell `params` describes (a room of fewer than 2
+// members, a message shorter than its header, ...), as run_broadcast_cell() would; "" when it
+// takes it. The CLI asks before any server starts.
+std::string describe_invalid_broadcast(const BenchParams& params);
 
 }  // namespace sockbench::scenarios

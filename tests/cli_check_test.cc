@@ -416,6 +416,14 @@ std::vector<pid_t> processes_mentioning(const std::string& needle) {
   return found;
 }
 
+// SIGKILLs every process still running that mentions `needle` (what a test's server command
+// left behind, which it expects to be nothing); returns how many there were.
+size_t sweep(const std::string& needle) {
+  const auto left = processes_mentioning(needle);
+  for (const pid_t pid : left) ::kill(pid, SIGKILL);
+  return left.size();
+}
+
 // A server that calls setsid leaves the process group sockbench signals: stopping it must still
 // stop it (server-closes-first sees the server's close, not the clients'), and nothing it started
 // outlives sockbench. The script is copied into the test's directory to be found by its path.
@@ -425,14 +433,13 @@ TEST_F(CliCheck, ServerCommandThatCallsSetsidIsStoppedWithItsDescendants) {
   const auto r = check("--server-cmd 'setsid --wait python3 " + copy.string() +
                            " {port}' --only timewait/server-closes-first,errors/half-close",
                        "setsid");
-  const auto left = processes_mentioning(copy.string());
-  for (const pid_t pid : left) ::kill(pid, SIGKILL);
+  const size_t left = sweep(copy.string());
   EXPECT_EQ(r.status, 0) << r.err << r.out;
   EXPECT_EQ(r.verdict.at("timewait/server-closes-first"), "PASS")
       << r.evidence.at("timewait/server-closes-first");
   EXPECT_EQ(r.verdict.at("errors/half-close"), "PASS") << r.evidence.at("errors/half-close");
   EXPECT_EQ(r.verdict.size(), 2u);
-  EXPECT_TRUE(left.empty()) << left.size() << " server processes left running";
+  EXPECT_EQ(left, 0u) << left << " server processes left running";
 }
 
 // A server behind setsid is observed whole: its open fds are read from /proc of the process that
@@ -473,12 +480,11 @@ TEST_F(CliCheck, ServerCommandWhoseServerLeftItsTreeIsRecognisedAtOnce) {
   const auto r = check("--server-cmd '(setsid python3 " + copy.string() +
                            " {port} &); exec sleep 120' --only errors/half-close",
                        "orphan");
-  const auto left = processes_mentioning(copy.string());
-  for (const pid_t pid : left) ::kill(pid, SIGKILL);
+  const size_t left = sweep(copy.string());
   EXPECT_EQ(r.status, 0) << r.err << r.out;
   EXPECT_EQ(r.verdict.at("errors/half-close"), "PASS") << r.evidence.at("errors/half-close");
   EXPECT_LT(r.seconds, 10.0) << "the start waited for the readiness deadline";
-  EXPECT_TRUE(left.empty()) << left.size() << " server processes left running";
+  EXPECT_EQ(left, 0u) << left << " server processes left running";
 }
 
 // A daemon: forks, the child calls setsid, the parent exits 0. The command ended before its port
@@ -493,15 +499,14 @@ TEST_F(CliCheck, ServerCommandThatDaemonisesLeavesNothingRunning) {
       "\" " +
           mark + " {port}' --only errors/half-close",
       "daemon");
-  const auto left = processes_mentioning(mark);
-  for (const pid_t pid : left) ::kill(pid, SIGKILL);
+  const size_t left = sweep(mark);
   EXPECT_EQ(r.status, 1) << r.err << r.out;
   EXPECT_NE(r.err.find("the command ended (exit 0) before accepting connections"),
             std::string::npos)
       << r.err;
   ASSERT_EQ(r.verdict.size(), 1u) << r.out;
   EXPECT_EQ(r.verdict.at("start/server"), "FAIL");
-  EXPECT_TRUE(left.empty()) << left.size() << " daemon processes left running";
+  EXPECT_EQ(left, 0u) << left << " daemon processes left running";
 }
 
 // An address only: what needs a restart or /proc is SKIP with the reason; the rest runs.

@@ -27,7 +27,6 @@
 #include "harness/cli/via_proxy.h"
 #include "harness/core/cpus.h"
 #include "harness/core/signals.h"
-#include "harness/load/broadcast.h"
 #include "harness/load/dgram.h"
 #include "harness/load/http.h"
 #include "results/aggregate.h"
@@ -766,16 +765,12 @@ int run_command(int argc, const char* const* argv) {
       }
     }
   }
-  // broadcast: one room per cell (a shard runs it whole); the engine's validation says what is
-  // wrong before any server starts (a room of 1, before, failed only at run time).
+  // broadcast: what its cells' engine would refuse, before any server starts (a room of 1,
+  // before, failed only at run time).
   for (int clients : has("broadcast") ? clients_list : std::vector<int>{}) {
-    BroadcastConfig probe;
-    probe.connections = clients;
-    probe.slow_readers = base.slow_readers;
-    probe.message_size = base.message_size;
-    probe.rate = base.rate > 0 ? base.rate : scenarios::kDefaultBroadcastRate;
-    probe.duration = base.duration;
-    if (const auto why = describe_invalid(probe); !why.empty()) {
+    scenarios::BenchParams cell = base;
+    cell.clients = clients;
+    if (const auto why = scenarios::describe_invalid_broadcast(cell); !why.empty()) {
       throw UsageError(fmt::format("--scenario broadcast: {}", why));
     }
   }

@@ -202,12 +202,9 @@ std::string CommandServer::substitute(const std::string& command, int port) {
 
 std::optional<ProcSample> CommandServer::sample() {
   if (!child_ || !child_->alive()) return std::nullopt;
-  // The leader and every process of its: its group, its descendants, and those that left both
-  // (setsid, then their parent exited), so that a server launched through a wrapper counts whole.
-  std::vector<pid_t> members = child_->processes();
-  members.insert(members.begin(), child_->pid());
+  // Every process of the command, so that a server launched through a wrapper counts whole.
   std::optional<ProcSample> total;
-  for (const pid_t member : members) {
+  for (const pid_t member : own_processes()) {
     auto s = sample_process(member);
     if (!s) continue;
     if (!total) total.emplace();
@@ -268,10 +265,13 @@ bool CommandServer::start(const scenarios::StartOptions& options, std::string* e
 // (the tables unreadable) counts as the command's.
 bool CommandServer::holds_port() {
   auto inodes = port_socket_inodes(address_.port(), address_.datagram());
-  if (!inodes) return true;
-  std::vector<pid_t> ours = child_->processes();
-  ours.push_back(child_->pid());
-  return any_holds(ours, *inodes);
+  return !inodes || any_holds(own_processes(), *inodes);
+}
+
+std::vector<pid_t> CommandServer::own_processes() const {
+  std::vector<pid_t> pids = child_->processes();
+  pids.insert(pids.begin(), child_->pid());
+  return pids;
 }
 
 bool CommandServer::launch(const scenarios::StartOptions& options, std::string* error,

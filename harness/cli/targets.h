@@ -140,6 +140,9 @@ class CommandServer final : public scenarios::CheckTarget {
   // another process answered there.
   bool launch(const scenarios::StartOptions& options, std::string* error, bool& taken);
   bool holds_port();
+  // The command's processes, what stop() stops: the leader and ChildProcess::processes() (its
+  // group, its descendants, and those that left both through setsid). A running child only.
+  std::vector<pid_t> own_processes() const;
 
   std::string command_;
   WireFormat wire_;
