@@ -534,6 +534,30 @@ OutputTarget resolve_output(const std::string& path) {
   return target;
 }
 
+namespace {
+
+// The errno of creating the temporary file beside the target, told apart in its message: the
+// target itself may be writable (/proc/version's ENOENT is about the temporary, not the file). It
+// compares equal to the plain errno's std::errc all the same.
+class TemporaryFileCategory final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "temporary file"; }
+  std::string message(int ev) const override {
+    return fmt::format("cannot create the temporary file beside it ({})",
+                       std::generic_category().message(ev));
+  }
+  std::error_condition default_error_condition(int ev) const noexcept override {
+    return {ev, std::generic_category()};
+  }
+};
+
+std::error_code temporary_file_error(int ev) {
+  static const TemporaryFileCategory category;
+  return {ev, category};
+}
+
+}  // namespace
+
 std::error_code write_file_atomically(const std::string& path, std::string_view contents) {
   namespace fs = std::filesystem;
   const OutputTarget resolved = resolve_output(path);
@@ -568,7 +592,12 @@ std::error_code write_file_atomically(const std::string& path, std::string_view 
     temp = (dir / fmt::format(".{}.tmp.{}.{}", target.filename().string(), ::getpid(), attempt))
                .string();
     const int raw = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (raw < 0 && (errno != EEXIST || attempt >= 100)) return last_error();
+    if (raw < 0 && (errno != EEXIST || attempt >= 100)) {
+      // A directory that is not there is the path's own error, as open() of it would say.
+      const int err = errno;
+      if (struct stat st {}; ::stat(dir.c_str(), &st) != 0) return last_error();
+      return temporary_file_error(err);
+    }
     fd.reset(raw);
   }
 

@@ -636,9 +636,23 @@ TEST(ResultsFiles, MissingDirectoryIsEnoentAndNoFile) {
   const std::string path = dir.file("missing/out.json");
   const std::error_code ec = write_json_file(sample_run(), path);
   EXPECT_EQ(ec, std::errc::no_such_file_or_directory) << ec.message();
+  EXPECT_EQ(ec.message(), "No such file or directory");  // the directory's, not a temporary's
   EXPECT_FALSE(exists(path));
   EXPECT_EQ(write_csv_file(sample_run(), path), std::errc::no_such_file_or_directory);
   EXPECT_TRUE(dir.entries().empty());
+}
+
+// procfs takes no new file: /proc/version cannot be replaced whole. The message says that the
+// temporary file failed, not the target (whose own ENOENT would be false), and the error still
+// compares as its errno.
+TEST(ResultsFiles, ATemporaryThatCannotBeCreatedIsSaidToBeTheTemporary) {
+  const std::error_code ec = write_file_atomically("/proc/version", "x\n");
+  ASSERT_TRUE(ec);
+  EXPECT_TRUE(ec == std::errc::no_such_file_or_directory || ec == std::errc::permission_denied)
+      << ec.message();
+  EXPECT_EQ(ec.message().rfind("cannot create the temporary file beside it (", 0), 0u)
+      << ec.message();
+  EXPECT_EQ(read_file("/proc/version").find("x\n"), std::string::npos);
 }
 
 TEST(ResultsFiles, TargetThatIsADirectoryFailsAndLeavesNoTemporary) {
