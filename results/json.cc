@@ -595,7 +595,7 @@ std::error_code write_file_atomically(const std::string& path, std::string_view 
     if (raw < 0 && (errno != EEXIST || attempt >= 100)) {
       // A directory that is not there is the path's own error, as open() of it would say.
       const int err = errno;
-      if (struct stat st {}; ::stat(dir.c_str(), &st) != 0) return last_error();
+      if (struct stat st{}; ::stat(dir.c_str(), &st) != 0) return last_error();
       return temporary_file_error(err);
     }
     fd.reset(raw);
