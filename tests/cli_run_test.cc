@@ -99,24 +99,34 @@ TEST_F(CliRun, CheckWithAServerThatCannotBindGivesItsOwnReason) {
   EXPECT_EQ(console.find("Broken pipe"), std::string::npos) << console;
 }
 
-TEST_F(CliRun, InterruptShowsThePartialFiguresMarkedInterrupted) {
-  const auto json_path = dir_ / "partial.json";
+// `sockbench ARGS` with its output in dir_/out and dir_/err, sent `signo` once its server runs and
+// `after` has passed; its exit status.
+int run_until_signal(const std::filesystem::path& dir, const std::string& args, int signo,
+                     std::chrono::milliseconds after) {
   ChildProcess::Options options;
-  // exec: the pid that gets SIGINT is sockbench's own, as Ctrl-C's would be.
+  // exec: the pid that gets the signal is sockbench's own, as Ctrl-C's would be.
   options.argv = {"/bin/sh", "-c",
-                  std::string("exec ") + SOCKBENCH_BIN +
-                      " run --server epoll --clients 4 --duration 10s --warmup 0s --json " +
-                      json_path.string() + " >" + (dir_ / "out").string() + " 2>" +
-                      (dir_ / "err").string() + " </dev/null"};
+                  std::string("exec ") + SOCKBENCH_BIN + " " + args + " >" +
+                      (dir / "out").string() + " 2>" + (dir / "err").string() + " </dev/null"};
   options.ready_pipe = false;
   auto run = ChildProcess::spawn(options);
-  ASSERT_TRUE(run.ok());
-  ASSERT_EQ(test_support::await_children(run->pid(), 5s).size(), 1u) << slurp(dir_ / "err");
-  std::this_thread::sleep_for(2s);
-  ASSERT_EQ(::kill(run->pid(), SIGINT), 0);
-  ASSERT_TRUE(test_support::await_exit(*run, 10s));
+  EXPECT_TRUE(run.ok());
+  if (!run.ok()) return -1;
+  EXPECT_EQ(test_support::await_children(run->pid(), 5s).size(), 1u) << slurp(dir / "err");
+  std::this_thread::sleep_for(after);
+  EXPECT_EQ(::kill(run->pid(), signo), 0);
+  EXPECT_TRUE(test_support::await_exit(*run, 10s));
+  return run->exit_info() ? run->exit_info()->code : -1;
+}
+
+TEST_F(CliRun, InterruptShowsThePartialFiguresMarkedInterrupted) {
+  const auto json_path = dir_ / "partial.json";
+  const int status = run_until_signal(
+      dir_,
+      "run --server epoll --clients 4 --duration 10s --warmup 0s --json " + json_path.string(),
+      SIGINT, 2s);
   // As today, and as wrk and iperf3 do: an interrupted run does not exit 0.
-  EXPECT_EQ(run->exit_info()->code, 128 + SIGINT) << run->exit_info()->describe();
+  EXPECT_EQ(status, 128 + SIGINT);
 
   const std::string out = slurp(dir_ / "out");
   EXPECT_EQ(out.find("ERROR"), std::string::npos) << out;
@@ -133,6 +143,25 @@ TEST_F(CliRun, InterruptShowsThePartialFiguresMarkedInterrupted) {
   EXPECT_GT(b["requests_per_second"].get<double>(), 0) << b;
   EXPECT_NE(b["error_message"].get<std::string>().find("interrupted after "), std::string::npos)
       << b;
+}
+
+// A hung-up terminal or ssh session (SIGHUP) stops the run as Ctrl-C does: the cell finished
+// before it and the one it cut short are both in the file.
+TEST_F(CliRun, HangupWritesWhatWasMeasuredAndExits129) {
+  const auto json_path = dir_ / "hangup.json";
+  const int status =
+      run_until_signal(dir_,
+                       "run --server epoll,threaded --clients 2 --duration 1s --warmup 0s --json " +
+                           json_path.string(),
+                       SIGHUP, 1500ms);
+  EXPECT_EQ(status, 128 + SIGHUP) << slurp(dir_ / "err");
+  const auto doc = nlohmann::json::parse(slurp(json_path));
+  ASSERT_EQ(doc["benchmarks"].size(), 2u) << doc;
+  EXPECT_FALSE(doc["benchmarks"][0].value("error_occurred", false)) << doc["benchmarks"][0];
+  EXPECT_NE(doc["benchmarks"][1]["error_message"].get<std::string>().find("interrupted after "),
+            std::string::npos)
+      << doc["benchmarks"][1];
+  EXPECT_NE(slurp(dir_ / "err").find("caught signal 1"), std::string::npos);
 }
 
 // The one-at-a-time server under more clients than it can serve: the run ends on time by

@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -74,6 +75,35 @@ TEST(SignalWatcherTest, SigintRequestsStopWithoutCallback) {
   ASSERT_EQ(::kill(::getpid(), SIGINT), 0);
   EXPECT_TRUE(wait_stop(watcher.token(), milliseconds(1000)));
   EXPECT_EQ(watcher.received(), SIGINT);
+}
+
+// A hung-up terminal or ssh session stops a run as Ctrl-C does, so that what was measured is
+// written instead of lost.
+TEST(SignalWatcherTest, SighupRequestsStop) {
+  Recorder recorder;
+  SignalWatcher watcher(recorder.callback());
+  EXPECT_TRUE(blocked_here(SIGHUP));
+  ASSERT_EQ(::kill(::getpid(), SIGHUP), 0);
+  EXPECT_TRUE(wait_stop(watcher.token(), milliseconds(1000)));
+  EXPECT_EQ(watcher.received(), SIGHUP);
+  EXPECT_EQ(recorder.wait_for(1), std::vector<int>{SIGHUP});
+}
+
+// The callback's exception (fmt::print to a stderr whose reader left throws) stays in the watcher:
+// the stop is still requested, later signals still arrive, and the process lives on.
+TEST(SignalWatcherTest, ACallbackThatThrowsNeitherEndsTheProcessNorTheWatching) {
+  Recorder recorder;
+  auto record = recorder.callback();
+  SignalWatcher watcher([&record](int signo) {
+    record(signo);
+    throw std::runtime_error("cannot write to file");
+  });
+  ASSERT_EQ(::kill(::getpid(), SIGINT), 0);
+  EXPECT_TRUE(wait_stop(watcher.token(), milliseconds(1000)));
+  ASSERT_EQ(recorder.wait_for(1).size(), 1u);
+  ASSERT_EQ(::kill(::getpid(), SIGTERM), 0);
+  EXPECT_EQ(recorder.wait_for(2), (std::vector<int>{SIGINT, SIGTERM}));
+  EXPECT_EQ(watcher.received(), SIGTERM);
 }
 
 TEST(SignalWatcherTest, EverySignalReachesTheCallback) {

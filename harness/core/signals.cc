@@ -18,13 +18,16 @@ namespace {
   throw std::system_error(err, std::generic_category(), what);
 }
 
-bool is_stop_signal(int signo) { return signo == SIGINT || signo == SIGTERM; }
+bool is_stop_signal(int signo) { return signo == SIGINT || signo == SIGTERM || signo == SIGHUP; }
 
 sigset_t watched_signals(const std::vector<int>& other_signals) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  // A closed terminal or ssh session: stop and write what was measured, as for Ctrl-C. Under
+  // nohup SIGHUP is ignored, so it is never pending and never seen here.
+  sigaddset(&set, SIGHUP);
   for (const int signo : other_signals) {
     if (sigaddset(&set, signo) != 0) throw_errno(EINVAL, "sigaddset");
   }
@@ -74,7 +77,14 @@ SignalWatcher::SignalWatcher(std::function<void(int)> on_signal, std::vector<int
             received_.store(signo);
             source_.request_stop();
           }
-          if (on_signal) on_signal(signo);
+          // The callback's own failure (a message to a stderr whose terminal hung up, or whose
+          // reader left) must not end the process: the stop request above is what counts.
+          if (on_signal) {
+            try {
+              on_signal(signo);
+            } catch (...) {
+            }
+          }
         }
       }
     });

@@ -1,5 +1,5 @@
-// SIGINT/SIGTERM as a stop request, without a mutable global: the signals are blocked in every
-// thread and one watcher thread waits for them on a signalfd.
+// SIGINT/SIGTERM/SIGHUP as a stop request, without a mutable global: the signals are blocked in
+// every thread and one watcher thread waits for them on a signalfd.
 #pragma once
 
 #include <signal.h>
@@ -15,9 +15,9 @@
 namespace sockbench {
 
 // Construct on the main thread before starting any other thread (the mask is inherited).
-// On SIGINT or SIGTERM it requests stop on its stop_source and calls on_signal(signo) on the
-// watcher thread, for every signal (a second Ctrl-C reaches on_signal again). The destructor joins
-// the watcher and restores the calling thread's old mask, after consuming any SIGINT/SIGTERM
+// On SIGINT, SIGTERM or SIGHUP it requests stop on its stop_source and calls on_signal(signo) on
+// the watcher thread, for every signal (a second Ctrl-C reaches on_signal again). The destructor
+// joins the watcher and restores the calling thread's old mask, after consuming any stop signal
 // still pending (recorded as received, without on_signal). Throws std::system_error if the
 // signalfd, eventfd or thread cannot be created.
 // `other_signals` (e.g. SIGUSR1, SIGUSR2) are blocked and watched the same way, but only reach
@@ -32,7 +32,7 @@ class SignalWatcher {
   SignalWatcher& operator=(const SignalWatcher&) = delete;
 
   std::stop_token token() const { return source_.get_token(); }
-  // The last stop signal (SIGINT/SIGTERM) received, 0 if none.
+  // The last stop signal (SIGINT/SIGTERM/SIGHUP) received, 0 if none.
   int received() const { return received_.load(); }
 
  private:
