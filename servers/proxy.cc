@@ -62,6 +62,10 @@ using TimePoint = Clock::time_point;
 
 constexpr size_t kReadBudget = 256 << 10;  // bytes read per direction per turn: fairness
 constexpr size_t kControlLineMax = 4096;
+// Replies waiting to go out beyond which a control client is not read, and the most commands read
+// from it at once: one that sends commands without reading the replies is held back by its own
+// socket buffers, not by the proxy's memory.
+constexpr size_t kControlOutMax = 64 * 1024;
 constexpr size_t kFirstBuffer = 16 << 10;  // bytes of a direction's buffer until it needs more
 constexpr auto kNever = TimePoint::max();
 
@@ -132,6 +136,7 @@ struct ControlClient {
   std::string in;
   std::string out;
   unsigned interest = kNone;
+  bool eof = false;  // no more commands: its input ended, or a line was too long
 };
 
 enum class Step { kOk, kClose, kReset };
@@ -586,44 +591,61 @@ class Proxy::Loop {
     const auto it = controls_.find(event.fd);
     if (it == controls_.end()) return;
     ControlClient& client = it->second;
-    bool done = false;
+    bool failed = false;  // a receive or send error: the client is gone
     char chunk[1024];
-    for (;;) {
+    // Commands are read a bounded batch at a time; what is left waits in the socket, ready again.
+    while (!client.eof && client.out.size() < kControlOutMax && client.in.size() < kControlOutMax) {
       auto got = recv_some(event.fd, std::span<char>(chunk, sizeof chunk));
       if (!got) {
-        done = !would_block(got.error());
+        failed = !would_block(got.error());
         break;
       }
       if (*got == 0) {
-        done = true;
+        client.eof = true;
         break;
       }
       client.in.append(chunk, *got);
     }
     bool changed = false;
-    for (size_t newline; (newline = client.in.find('\n')) != std::string::npos;) {
+    size_t used = 0;
+    for (size_t newline; client.out.size() < kControlOutMax &&
+                         (newline = client.in.find('\n', used)) != std::string::npos;
+         used = newline + 1) {
       std::vector<std::string> added;
       const auto before = toxics_.size();
-      const auto reply =
-          apply_control_line(toxics_, std::string_view(client.in).substr(0, newline), &added);
+      const auto reply = apply_control_line(
+          toxics_, std::string_view(client.in).substr(used, newline - used), &added);
       changed |= reply.starts_with("ok") && (!added.empty() || toxics_.size() != before);
       for (const auto& name : added) since_[name] = Clock::now();
       client.out += reply + "\n";
-      client.in.erase(0, newline + 1);
     }
-    if (client.in.size() > kControlLineMax) done = true;
-    while (!client.out.empty()) {
+    client.in.erase(0, used);
+    // A line longer than any command: its replies so far go out, then it is closed.
+    if (client.in.size() > kControlLineMax && client.in.find('\n') == std::string::npos) {
+      client.eof = true;
+      client.in.clear();
+    }
+    while (!failed && !client.out.empty()) {
       auto sent = send_some(event.fd, client.out);
-      if (!sent) break;
+      if (!sent) {
+        failed = !would_block(sent.error());
+        break;
+      }
       client.out.erase(0, *sent);
     }
     if (changed) advance_all();
-    if (done && client.out.empty()) {
+    // A client that left without reading its replies (EPIPE, ECONNRESET) is closed too: kept, its
+    // hung-up socket would be ready at every wait.
+    // Lines left unanswered while the replies were at their cap are answered once the socket
+    // takes more: a write wait comes back for them.
+    const bool lines_left = client.in.find('\n') != std::string::npos;
+    if (failed || (client.eof && client.out.empty() && !lines_left)) {
       poller_->remove(event.fd);
       controls_.erase(it);
       return;
     }
-    const unsigned want = client.out.empty() ? kRead : kRead | kWrite;
+    unsigned want = client.out.empty() && !lines_left ? kNone : kWrite;
+    if (!client.eof && client.out.size() < kControlOutMax) want |= kRead;
     if (want != client.interest && !poller_->modify(event.fd, want)) client.interest = want;
   }
 

@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <limits>
@@ -17,6 +19,7 @@
 
 #include "harness/core/fd.h"
 #include "harness/core/net.h"
+#include "harness/core/procstat.h"
 #include "servers/toxics.h"
 #include "tests/support/fd_limit.h"
 #include "tests/support/servers.h"
@@ -467,6 +470,102 @@ TEST(Proxy, ControlSocketChangesToxicsMidConnection) {
   std::string back(4, '\0');
   EXPECT_FALSE(recv_exact(client.get(), back));
   EXPECT_EQ(back, "held");
+}
+
+// A control client that sends commands and resets its connection without reading the replies:
+// the proxy closes it (kept, its hung-up socket was ready at every wait, the loop spun at 100 %
+// CPU and the fd stayed open for as long as the proxy ran).
+TEST(Proxy, AControlClientThatResetsWithRepliesPendingIsClosed) {
+  InProcessServer echo("epoll", Protocol::kEcho);
+  ASSERT_TRUE(echo.ok());
+  RunningProxy proxy(echo.address(), "", /*control=*/true);
+  ASSERT_TRUE(proxy->control_address());
+  const auto fds = [] { return sample_process(::getpid()).value().open_fds; };
+  // Counted once the proxy's loop runs (it makes its timer fd there): a command answered.
+  Fd first = connect_client(*proxy->control_address());
+  ASSERT_FALSE(send_all(first.get(), "list\n"));
+  std::string answer(3, '\0');
+  ASSERT_FALSE(recv_exact(first.get(), answer));
+  EXPECT_EQ(answer, "ok\n");
+  const int before = fds();
+  {
+    Fd control = connect_client(*proxy->control_address());
+    ASSERT_FALSE(set_nonblocking(control.get(), true));
+    // More replies than the socket buffers hold: some are still waiting in the proxy.
+    std::string lines;
+    for (int i = 0; i < 200'000; ++i) lines += "list\n";
+    size_t sent = 0;
+    const auto give_up = std::chrono::steady_clock::now() + 3s;
+    while (sent < lines.size() && std::chrono::steady_clock::now() < give_up) {
+      const ssize_t n = ::send(control.get(), lines.data() + sent, lines.size() - sent, 0);
+      if (n > 0) sent += static_cast<size_t>(n);
+      if (n < 0) std::this_thread::sleep_for(5ms);
+    }
+    const linger reset{1, 0};
+    ASSERT_EQ(::setsockopt(control.get(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset), 0);
+  }
+  EXPECT_TRUE(wait_until([&] { return fds() == before; }))
+      << fds() << " fds, " << before << " before";
+}
+
+// A control client that sends commands without reading a reply is not read any further once
+// its replies pile up (before, the proxy read on and kept every reply in memory); reading them
+// afterwards, it gets one reply per command, in order, none lost to the cap.
+TEST(Proxy, AControlClientThatDoesNotReadIsHeldBackAndGetsEveryReply) {
+  InProcessServer echo("epoll", Protocol::kEcho);
+  ASSERT_TRUE(echo.ok());
+  const std::string six =
+      "down:latency=20+-5,up:latency=20+-5,down:bandwidth=1000000,up:bandwidth=1000000,"
+      "down:slicer=1-3@100,up:slicer=1-3@100";
+  RunningProxy proxy(echo.address(), six, /*control=*/true);
+  ASSERT_TRUE(proxy->control_address());
+  Fd control = connect_client(*proxy->control_address());
+  ASSERT_FALSE(set_nonblocking(control.get(), true));
+  // Its own send buffer small, so that what the proxy took shows in what was sent.
+  const int small = 64 * 1024;
+  ASSERT_EQ(::setsockopt(control.get(), SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+  // 800,000 commands of 5 bytes; each reply lists the six toxics (over 90 bytes): 72 MB of
+  // replies, should the proxy keep them all.
+  std::string lines;
+  for (int i = 0; i < 800'000; ++i) lines += "list\n";
+  const long rss_before = sample_process(::getpid()).value().rss_kb;
+  size_t sent = 0;
+  for (int stalls = 0; sent < lines.size() && stalls < 4;) {
+    const ssize_t n = ::send(control.get(), lines.data() + sent, lines.size() - sent, 0);
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+      stalls = 0;
+      continue;
+    }
+    pollfd p{control.get(), POLLOUT, 0};
+    if (::poll(&p, 1, 100) == 0) ++stalls;
+  }
+  const long rss_after = sample_process(::getpid()).value().rss_kb;
+  EXPECT_LT(sent, lines.size()) << "the proxy read every command while no reply was read";
+  EXPECT_LT(rss_after - rss_before, 32 * 1024) << "KiB more resident after the commands";
+  // Now the replies: one per command sent, each the same list.
+  ASSERT_FALSE(set_nonblocking(control.get(), false));
+  const size_t commands = sent / 5;
+  std::string reply = "ok " + six + "\n";  // the list, space-separated
+  std::replace(reply.begin(), reply.end(), ',', ' ');
+  std::string got;
+  std::vector<char> buf(1 << 16);
+  size_t replies = 0;
+  bool all_same = true;
+  timeval tv{5, 0};
+  ASSERT_EQ(::setsockopt(control.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+  while (replies < commands) {
+    const ssize_t n = ::recv(control.get(), buf.data(), buf.size(), 0);
+    ASSERT_GT(n, 0) << replies << " of " << commands << " replies";
+    got.append(buf.data(), static_cast<size_t>(n));
+    size_t used = 0;
+    for (size_t nl; (nl = got.find('\n', used)) != std::string::npos; used = nl + 1, ++replies) {
+      all_same &= got.compare(used, nl + 1 - used, reply) == 0;
+    }
+    got.erase(0, used);
+  }
+  EXPECT_EQ(replies, commands);
+  EXPECT_TRUE(all_same) << "a reply other than: " << reply;
 }
 
 TEST(Proxy, TogglingSwitchesEveryToxicOffAndOn) {
