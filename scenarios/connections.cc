@@ -244,6 +244,9 @@ std::vector<results::Record> run_connections(ServerHandle& server, const BenchPa
       record.warnings.push_back(fmt::format("stopped scaling at step {}: {} of {} achieved; {}{}",
                                             target, st.connections_open, st.connections_requested,
                                             shortfall(name, st), remaining_steps(steps, i)));
+      // Not one connection held: no figure of the step stands for anything (a row of zeros
+      // would pass), so the cell fails, as rr and crr fail a window that completed nothing.
+      fail_if_nothing_measured(record, st.connections_open, "connection held", st.error_count());
     }
     if (st.trickle_skipped > 0) {
       // Every connection is still held, so the ramp goes on; but the server is not keeping up.

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
+
 #include "harness/load/stream.h"
 #include "scenarios/adapter.h"
 
@@ -123,9 +125,22 @@ results::Record run_stream_scenario(ServerHandle& server, const BenchParams& par
   add_timeseries(record, stats.timeseries, &StreamInterval::messages);  // messages written
 
   if (run_ended_cleanly(server, stop, stats.measured_seconds, params.duration, record)) {
+    const double planned = std::chrono::duration<double>(params.duration).count();
     if (stats.bytes_sent == 0) {
       record.error =
           fmt::format("no bytes were sent in the measured window ({} errors)", stats.error_count());
+    } else if (params.duplex && stats.bytes_received == 0) {
+      // A server that echoes nothing (or only wrong bytes) has no duplex figure to show.
+      warn_connections_short(record, stats.connections_achieved, stats.connections_requested);
+      fail_if_nothing_measured(record, stats.bytes_received, "echoed byte came back",
+                               stats.error_count());
+    } else if (stats.measured_seconds < planned * 0.99) {
+      // The engine streams until the window ends or every connection is dead: these figures are
+      // of a window the server cut short, which a throughput over it would hide.
+      record.error = fmt::format(
+          "every connection ended after {:.3g} s of the {:.3g} s window ({} errors): the "
+          "figures are for that part only",
+          stats.measured_seconds, planned, stats.error_count());
     } else {
       warn_connections_short(record, stats.connections_achieved, stats.connections_requested);
     }

@@ -193,12 +193,15 @@ TEST_F(CliRun, IterativeServerWithFiftyClientsEndsOnTimeAndSaysHowManyWereServed
       << r.out;
 }
 
-// A server that takes the requests and never answers (discard): the window completes nothing,
-// so there is no figure to report. Each scenario's cell fails saying so, with its warnings, and
-// the run exits 1, where a row of zeros used to pass with exit 0.
+// A server that takes the requests and never answers (discard), or answers in another protocol
+// (http): the window completes nothing, so there is no figure to report. Each scenario's cell
+// fails saying so, with its warnings, and the run exits 1, where a row of zeros (or, for a duplex
+// stream, the one-way throughput) used to pass with exit 0.
 TEST_F(CliRun, AWindowThatCompletedNothingFailsTheCellAndTheRun) {
   auto tcp = test_support::serve("epoll", {"--protocol", "discard"});
   ASSERT_TRUE(tcp.has_value());
+  auto http = test_support::serve("epoll", {"--protocol", "http"});
+  ASSERT_TRUE(http.has_value());
   auto udp = test_support::serve("udp-blocking", {"--protocol", "discard"}, {}, "udp:127.0.0.1:0");
   ASSERT_TRUE(udp.has_value());
   const struct {
@@ -212,6 +215,10 @@ TEST_F(CliRun, AWindowThatCompletedNothingFailsTheCellAndTheRun) {
        "only 0 of 2 connection slots completed a cycle"},
       {"--scenario dgram --transport udp --target udp:" + udp->address.to_string(),
        "no datagram echoed", "datagrams lost (100.000 %)"},
+      {"--scenario stream --duplex --target " + tcp->address.to_string(),
+       "no echoed byte came back", "only 0 of 2 connections achieved"},
+      {"--scenario connections --target " + http->address.to_string(), "no connection held",
+       "stopped scaling at step 2: 0 of 2 achieved; 2 replies differed from their request"},
   };
   for (const auto& c : cells) {
     const auto json_path = dir_ / "nothing.json";
@@ -229,6 +236,28 @@ TEST_F(CliRun, AWindowThatCompletedNothingFailsTheCellAndTheRun) {
     EXPECT_NE(r.out.find("failed:\n  target: " + message), std::string::npos) << r.out;
     EXPECT_NE(r.out.find(c.warning), std::string::npos) << c.args << "\n" << r.out;
   }
+}
+
+// A stream whose every connection the server (here the proxy's limit_data) ends early: the
+// engine stops there, and its throughput over a few milliseconds used to pass as the cell's
+// figure with exit 0. It fails, saying how much of the window there was; the figures stay.
+TEST_F(CliRun, AStreamWhoseConnectionsAllEndedEarlyFailsSayingHowMuchOfTheWindowRan) {
+  const auto json_path = dir_ / "cut.json";
+  const auto r = sockbench(
+      "--server epoll --scenario stream --via-proxy up:limit_data=100000 --clients 2 "
+      "--duration 2s --warmup 0s --json " +
+      json_path.string());
+  EXPECT_EQ(r.status, 1) << r.err << r.out;
+  const auto doc = nlohmann::json::parse(slurp(json_path));
+  ASSERT_EQ(doc["benchmarks"].size(), 1u);
+  const auto& b = doc["benchmarks"][0];
+  const std::string message = b.value("error_message", "");
+  EXPECT_TRUE(message.starts_with("every connection ended after ")) << message;
+  EXPECT_NE(message.find(" s of the 2 s window (2 errors): the figures are for that part only"),
+            std::string::npos)
+      << message;
+  EXPECT_GT(b.value("bytes_sent", 0.0), 0.0) << b;
+  EXPECT_EQ(b.value("errors", 0.0), 2.0) << b;
 }
 
 TEST_F(CliRun, OverlappingCpuSetsAreRefusedUnlessAllowed) {
