@@ -150,13 +150,27 @@ ojson histogram_json(const Histogram& h, const std::string& metric_prefix) {
 // document gets, naming the field.
 template <typename T>
 T integer_of(const json& v, const char* field) {
+  // get<T>() would wrap a negative integer into an unsigned one (-1 as 2^64 - 1).
+  const auto out_of_range = [&] {
+    return json::type_error::create(
+        302, fmt::format("{} must be an integer that fits, got {}", field, v.dump()), &v);
+  };
+  if (v.is_number_unsigned()) {
+    const auto u = v.get<uint64_t>();
+    if (!std::in_range<T>(u)) throw out_of_range();
+    return static_cast<T>(u);
+  }
+  if (v.is_number_integer()) {
+    const auto i = v.get<int64_t>();
+    if (!std::in_range<T>(i)) throw out_of_range();
+    return static_cast<T>(i);
+  }
   if (!v.is_number_float()) return v.get<T>();
   const double d = v.get<double>();
   const double limit = std::ldexp(1.0, std::numeric_limits<T>::digits);
   if (!(d < limit && d >= (std::numeric_limits<T>::is_signed ? -limit : 0.0)) ||
       d != std::trunc(d)) {
-    throw json::type_error::create(
-        302, fmt::format("{} must be an integer that fits, got {}", field, v.dump()), &v);
+    throw out_of_range();
   }
   return static_cast<T>(d);
 }
@@ -168,14 +182,33 @@ T integer_field(const json& object, const char* key, T fallback) {
   return it == object.end() ? fallback : integer_of<T>(*it, key);
 }
 
+// The most samples a histogram read from a file may hold: far above any run's (2^53 ns is 104
+// days), and low enough that merging a thousand such files cannot wrap the 64-bit total.
+constexpr uint64_t kMaxHistogramCount = uint64_t{1} << 53;
+
 Histogram histogram_from_json(const json& j) {
   Histogram::Serialized s;
+  uint64_t total = 0;
   for (const auto& bucket : j.at("buckets")) {
     if (!bucket.is_array() || bucket.size() != 2) {
       throw json::type_error::create(302, "a histogram bucket must be [index, count]", &bucket);
     }
-    s.buckets.emplace_back(integer_of<uint32_t>(bucket[0], "bucket index"),
-                           integer_of<uint64_t>(bucket[1], "bucket count"));
+    const auto index = integer_of<uint32_t>(bucket[0], "bucket index");
+    if (index >= Histogram::bucket_count()) {
+      // Dropped, its samples would vanish from the percentiles while the counts kept them.
+      throw json::type_error::create(
+          302,
+          fmt::format("bucket index {} is past the histogram's last ({})", index,
+                      Histogram::bucket_count() - 1),
+          &bucket);
+    }
+    const auto count = integer_of<uint64_t>(bucket[1], "bucket count");
+    if (count > kMaxHistogramCount - total) {
+      throw json::type_error::create(302, "a histogram's bucket counts add up to more than 2^53",
+                                     &bucket);
+    }
+    total += count;
+    s.buckets.emplace_back(index, count);
   }
   s.min = integer_field(j, "min", uint64_t{0});
   s.max = integer_field(j, "max", uint64_t{0});

@@ -359,6 +359,40 @@ TEST(ResultsJson, FloatsWhereIntegersBelongAreRefusedUnlessWholeAndInRange) {
   EXPECT_EQ(run.records[0].errors.at("EPIPE"), 3u);
 }
 
+// A corrupt shard given to merge: a negative integer count was read as 2^64 - 1 (the merged
+// percentiles wrong, exit 0), a bucket index past the last made the whole histogram vanish while
+// the counts kept its samples, and counts near 2^64 wrapped the total. Each is refused, saying
+// which; the largest index and a total of 2^53 are still read.
+TEST(ResultsJson, CorruptHistogramsAreRefusedNotMisread) {
+  const auto doc = [](const std::string& buckets) {
+    return nlohmann::json::parse(
+        R"({"context": {}, "benchmarks": [{"name": "x", "latency_histogram": {"buckets": )" +
+        buckets + "}}]}");
+  };
+  const std::string last = std::to_string(Histogram::bucket_count() - 1);
+  const struct {
+    std::string buckets;
+    std::string says;
+  } bad[] = {
+      {"[[5, -1]]", "bucket count must be an integer that fits, got -1"},
+      {"[[-5, 1]]", "bucket index must be an integer that fits, got -5"},
+      {"[[1000000000, 1]]", "bucket index 1000000000 is past the histogram's last (" + last + ")"},
+      {"[[1, 18446744073709551615], [2, 1]]", "bucket counts add up to more than 2^53"},
+      {"[[1, 9007199254740992], [2, 1]]", "bucket counts add up to more than 2^53"},
+  };
+  for (const auto& b : bad) {
+    try {
+      results::from_json(doc(b.buckets));
+      ADD_FAILURE() << b.buckets << " was read";
+    } catch (const nlohmann::json::exception& e) {
+      EXPECT_NE(std::string(e.what()).find(b.says), std::string::npos) << e.what();
+    }
+  }
+  const auto run = results::from_json(doc("[[" + last + ", 9007199254740991], [0, 1]]"));
+  ASSERT_TRUE(run.records[0].latency);
+  EXPECT_EQ(run.records[0].latency->count(), uint64_t{1} << 53);
+}
+
 TEST(ResultsJson, RoundTripKeepsEveryField) {
   RunResult run = sample_run();
   run.records[1].repetitions = 3;

@@ -17,6 +17,8 @@ constexpr uint32_t kBucketCount =
 
 Histogram::Histogram() : counts_(kBucketCount, 0) {}
 
+uint32_t Histogram::bucket_count() { return kBucketCount; }
+
 uint32_t Histogram::bucket_index(uint64_t value) {
   value = std::min(value, kMaxValue);
   if (value < kLinearLimit) return static_cast<uint32_t>(value);

@@ -42,7 +42,9 @@ class Histogram {
   Serialized serialize() const;
   static Histogram deserialize(const Serialized& s);
 
-  // Bucket geometry (exposed for tests): index of a value, and the inclusive value range.
+  // Bucket geometry (exposed for tests and readers): the number of buckets, the index of a
+  // value, and the inclusive value range of an index.
+  static uint32_t bucket_count();
   static uint32_t bucket_index(uint64_t value);
   static std::pair<uint64_t, uint64_t> bucket_range(uint32_t index);
 
