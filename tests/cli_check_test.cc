@@ -127,7 +127,14 @@ void expect_matrix_row(const std::string& target, const CheckRunOutput& run,
 }
 
 TEST_F(CliCheck, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
+  // One file for both reports: the later writer would replace the other's whole. The script
+  // command takes the same output flags.
+  const std::string same = (dir_ / "both.out").string();
   const std::vector<std::pair<std::string, std::string>> cases = {
+      {"check --json " + same + " --junit " + same, "--json and --junit both name"},
+      {"script " + std::string(SOCKBENCH_SOURCE_DIR) + "/scenarios/scripts/examples/tour.sbs " +
+           "--server epoll --json " + same + " --junit " + same,
+       "--json and --junit both name"},
       {"check --server nope", "--server"},
       {"check --server epoll,", "--server"},
       {"check --protocol smtp", "--protocol"},

@@ -141,8 +141,9 @@ CheckPlan target_plan(const cxxopts::ParseResult& parsed, const char* name, int 
     throw UsageError(
         fmt::format("--protocol: no built-in model serves {} (see sockbench list)", protocol));
   }
-  if (parsed.count("json")) check_writable("json", *(plan.json_path = str(parsed, "json")));
-  if (parsed.count("junit")) check_writable("junit", *(plan.junit_path = str(parsed, "junit")));
+  auto files = output_files(parsed, {"json", "junit"});
+  plan.json_path = std::move(files[0]);
+  plan.junit_path = std::move(files[1]);
   plan.command_line = command_line(name, argc, argv);
   return plan;
 }

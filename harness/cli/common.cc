@@ -150,16 +150,18 @@ results::RunResult for_console(const results::RunResult& run, int repetitions) {
 
 }  // namespace
 
-OutputPaths output_paths(const cxxopts::ParseResult& parsed) {
-  OutputPaths outputs;
+std::vector<std::optional<std::string>> output_files(const cxxopts::ParseResult& parsed,
+                                                     const std::vector<std::string>& flags) {
+  std::vector<std::optional<std::string>> outputs;
   // Each file is replaced whole by its writer, so two flags naming one file would leave only the
   // last one's output (a device or a FIFO, written in place, may take both).
   std::vector<std::pair<std::string, std::string>> files;  // (resolved path, flag)
-  const auto take = [&](const char* flag, std::optional<std::string>& out) {
-    if (!parsed.count(flag)) return;
+  for (const auto& flag : flags) {
+    auto& out = outputs.emplace_back();
+    if (!parsed.count(flag)) continue;
     check_writable(flag, *(out = str(parsed, flag)));
     const auto target = results::resolve_output(*out);
-    if (target.write_through) return;
+    if (target.write_through) continue;
     // Absolute first: weakly_canonical() leaves a relative path to a new file relative.
     std::error_code ec;
     const std::filesystem::path absolute = std::filesystem::absolute(target.path, ec);
@@ -173,11 +175,13 @@ OutputPaths output_paths(const cxxopts::ParseResult& parsed) {
       }
     }
     files.emplace_back(path, flag);
-  };
-  take("json", outputs.json);
-  take("csv", outputs.csv);
-  take("timeseries", outputs.timeseries);
+  }
   return outputs;
+}
+
+OutputPaths output_paths(const cxxopts::ParseResult& parsed) {
+  auto files = output_files(parsed, {"json", "csv", "timeseries"});
+  return {std::move(files[0]), std::move(files[1]), std::move(files[2])};
 }
 
 int report_run(const results::RunResult& run, int repetitions, const OutputPaths& paths) {

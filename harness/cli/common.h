@@ -54,7 +54,11 @@ struct OutputPaths {
   std::optional<std::string> timeseries;
 };
 
-// The --json, --csv and --timeseries paths given, each checked with check_writable().
+// The paths given to `flags` (nullopt for a flag not given), in their order, each checked with
+// check_writable(); a UsageError when two of them name one file.
+std::vector<std::optional<std::string>> output_files(const cxxopts::ParseResult& parsed,
+                                                     const std::vector<std::string>& flags);
+// The --json, --csv and --timeseries paths given, through output_files().
 OutputPaths output_paths(const cxxopts::ParseResult& parsed);
 
 // Prints the run's table (every cell once: the median when repeated) and writes its files.
