@@ -217,7 +217,12 @@ CompareReport compare_runs(const RunResult& base, const RunResult& next,
         continue;
       }
       row.new_median = median(b->second);
-      row.change = row.base_median != 0 ? (row.new_median - row.base_median) / row.base_median : 0;
+      // From a zero median any other is an unbounded change (a p99 of 0 that became 5 us, errors
+      // from none): infinite, signed, so that a significant one is judged, not hidden as 0 %.
+      row.change = row.base_median != 0 ? (row.new_median - row.base_median) / row.base_median
+                   : row.new_median == 0
+                       ? 0
+                       : std::copysign(std::numeric_limits<double>::infinity(), row.new_median);
       row.p_value = mann_whitney_u_p(a->second, b->second);
       row.new_n = b->second.size();
       report.min_repetitions = std::min({report.min_repetitions, row.base_n, row.new_n});

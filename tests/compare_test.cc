@@ -107,6 +107,27 @@ TEST(Compare, TwentyPercentShiftIsARegressionInTheWorseDirectionOnly) {
   EXPECT_EQ(row(faster, "p99_us").verdict, Verdict::kImproved);
 }
 
+// From a median of zero, a change was taken as 0 %: five p99s of 0 that became 1..5 us, or
+// requests/s from 0 to about 100, compared "OK". The change is infinite and judged as any other.
+TEST(Compare, AChangeFromAZeroMedianIsJudgedNotHidden) {
+  const std::vector<double> zeros = {0, 0, 0, 0, 0};
+  const auto worse = compare_runs(run_with({100, 101, 102, 103, 104}, zeros),
+                                  run_with({100, 101, 102, 103, 104}, {1, 2, 3, 4, 5}), {});
+  EXPECT_TRUE(worse.regressed());
+  EXPECT_EQ(row(worse, "p99_us").verdict, Verdict::kRegressed);
+  EXPECT_EQ(row(worse, "p99_us").change, std::numeric_limits<double>::infinity());
+  EXPECT_EQ(row(worse, "requests_per_second").verdict, Verdict::kSame);
+  const auto better = compare_runs(run_with(zeros, {5, 5, 5, 5, 5}),
+                                   run_with({98, 99, 100, 101, 102}, {5, 5, 5, 5, 5}), {});
+  EXPECT_FALSE(better.regressed());
+  EXPECT_EQ(row(better, "requests_per_second").verdict, Verdict::kImproved);
+  // Zero in both: no change.
+  const auto same = compare_runs(run_with({100, 101, 102, 103, 104}, zeros),
+                                 run_with({100, 101, 102, 103, 104}, zeros), {});
+  EXPECT_EQ(row(same, "p99_us").change, 0);
+  EXPECT_EQ(row(same, "p99_us").verdict, Verdict::kSame);
+}
+
 TEST(Compare, NoisyRunsWithABigMedianChangeAreNotARegression) {
   // Medians 8 % apart, but the samples overlap so much the U test sees nothing.
   const std::vector<double> a = {100000, 60000, 140000, 90000, 115000};
