@@ -146,6 +146,7 @@ TEST_F(CliCheck, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
       {"check --target 127.0.0.1:0", "--target"},
       {"check --junit /nonexistent-dir/x.xml", "--junit"},
       {"check --json /nonexistent-dir/x.json", "--json"},
+      {"check --json ''", "--json: needs a file name"},
       {"check --seed x", "--seed"},
       {"check --bogus", "bogus"},
       {"check stray", "stray"},

@@ -69,6 +69,7 @@ void require_protocol(const std::string& text, const std::string& protocol,
 }
 
 void check_writable(const std::string& flag, const std::string& path) {
+  if (path.empty()) throw UsageError(fmt::format("--{}: needs a file name, got ''", flag));
   const auto target = results::resolve_output(path);
   if (target.error) {
     throw UsageError(
