@@ -13,6 +13,9 @@ namespace {
 
 // Open loop: an achieved rate further than this below the intended one is worth a warning.
 constexpr double kRateShortfall = 0.01;
+// The least wait of a request still unanswered at the end that is called a stall (10 ms): far
+// above any loopback round trip, so a run's last ordinary requests never are.
+constexpr double kStallWarning_us = 10'000;
 
 bool open_loop(const BenchParams& options) { return options.rate > 0; }
 
@@ -120,6 +123,17 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
           "{} connections never got a first reply before the run ended (queued behind the "
           "clients the server was serving; see first_reply_max_us)",
           stats.connections_unanswered));
+    }
+    // A server that stalls holds its requests past the window: none completes, so no percentile
+    // and not max_us shows the wait. Said when the oldest waited longer than every completed one.
+    const double oldest_us = static_cast<double>(stats.oldest_in_flight_ns) / 1e3;
+    if (stats.in_flight_at_end > 0 &&
+        oldest_us > std::max(kStallWarning_us, us(stats.latency.max()))) {
+      record.set("in_flight_oldest_us", oldest_us);
+      record.warnings.push_back(fmt::format(
+          "{} requests were unanswered when the run ended, the oldest after {:.3g} s: longer "
+          "than any completed request waited (max_us counts only those); the server stalled",
+          stats.in_flight_at_end, oldest_us / 1e6));
     }
   }
   warn_unverified(record, stats.unverified_replies);

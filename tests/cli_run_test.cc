@@ -260,6 +260,35 @@ TEST_F(CliRun, AStreamWhoseConnectionsAllEndedEarlyFailsSayingHowMuchOfTheWindow
   EXPECT_EQ(b.value("errors", 0.0), 2.0) << b;
 }
 
+// A server that stalls (SIGSTOP) for the rest of the window: its clients' requests never
+// complete in it, so no percentile and not max_us shows the wait, and the run said nothing. A
+// warning now gives the oldest unanswered request's wait, and the record holds it.
+TEST_F(CliRun, AServerThatStallsUntilTheEndIsWarnedAboutWithTheOldestWait) {
+  auto server = test_support::serve("epoll");
+  ASSERT_TRUE(server.has_value());
+  const pid_t pid = server->child.pid();
+  std::jthread staller([pid] {
+    std::this_thread::sleep_for(700ms);
+    ::kill(pid, SIGSTOP);
+  });
+  const auto json_path = dir_ / "stalled.json";
+  const auto r = sockbench("--target " + server->address.to_string() +
+                           " --clients 4 --duration 2s --warmup 0s --json " +
+                           json_path.string());
+  staller.join();
+  ::kill(pid, SIGCONT);
+  EXPECT_EQ(r.status, 0) << r.err << r.out;
+  const auto doc = nlohmann::json::parse(slurp(json_path));
+  ASSERT_EQ(doc["benchmarks"].size(), 1u);
+  const auto& b = doc["benchmarks"][0];
+  // Stopped 0.7 s into a 2 s window: its last requests had waited over a second at the end.
+  EXPECT_GT(b.value("in_flight_oldest_us", 0.0), 500e3) << b;
+  EXPECT_LT(b.value("max_us", 0.0), b.value("in_flight_oldest_us", 0.0)) << b;
+  EXPECT_NE(r.out.find("4 requests were unanswered when the run ended, the oldest after "),
+            std::string::npos)
+      << r.out;
+}
+
 TEST_F(CliRun, OverlappingCpuSetsAreRefusedUnlessAllowed) {
   const auto available = available_cpus();
   if (available.size() < 2) GTEST_SKIP() << "needs two CPUs";

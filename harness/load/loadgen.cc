@@ -1,7 +1,7 @@
 #include "harness/load/loadgen.h"
 
-#include <fmt/format.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -296,7 +296,11 @@ void Worker::run() {
   for (size_t i = 0; i < count_; ++i) {
     const Conn& c = conns_[i];
     if (!c.verified && c.state != ConnState::kDead) ++stats.connections_unanswered;
-    if (c.state == ConnState::kOpen) stats.in_flight_at_end += sent_unanswered(c);
+    if (c.state == ConnState::kOpen && sent_unanswered(c) > 0) {
+      stats.in_flight_at_end += sent_unanswered(c);
+      stats.oldest_in_flight_ns =
+          std::max(stats.oldest_in_flight_ns, done_ns - stamp(c, c.base_seq).sent);
+    }
   }
   conns_.reset(0);  // closes every fd this thread opened
 }
@@ -408,8 +412,8 @@ bool Worker::wait_alone() {
 // the writability it is waiting for that came meanwhile are reported by the next epoll_wait.
 void Worker::rejoin_epoll(Conn& c) {
   c.off_epoll = false;
-  if (const auto err = epoll_add(epoll_, c.fd.get(),
-                                 EPOLLIN | EPOLLRDHUP | EPOLLET | (c.want_out ? EPOLLOUT : 0u), 0)) {
+  if (const auto err = epoll_add(
+          epoll_, c.fd.get(), EPOLLIN | EPOLLRDHUP | EPOLLET | (c.want_out ? EPOLLOUT : 0u), 0)) {
     kill(c, errno_name(err.value()), steady_now_ns());
   }
 }
@@ -1067,6 +1071,7 @@ void merge_into(LoadStats& total, const LoadStats& s) {
                &S::short_reads, &S::short_writes, &S::connections_achieved, &S::errors,
                &S::requests_sent, &S::replies_received, &S::lost_in_flight, &S::in_flight_at_end,
                &S::reconnects, &S::reconnect_failures, &S::http_reopens, &S::recv_waits);
+  total.oldest_in_flight_ns = std::max(total.oldest_in_flight_ns, s.oldest_in_flight_ns);
   for (const auto& [bucket, n] : s.reconnect_attempts) total.reconnect_attempts[bucket] += n;
   total.recoveries.insert(total.recoveries.end(), s.recoveries.begin(), s.recoveries.end());
 }

@@ -176,6 +176,9 @@ struct LoadStats {
   // an HTTP response that closes it.
   uint64_t lost_in_flight = 0;
   uint64_t in_flight_at_end = 0;  // sent requests without a complete reply when the run ended
+  // How long the oldest of those had waited for its reply when the run ended (0: none): a stall
+  // that no completed request's latency shows.
+  int64_t oldest_in_flight_ns = 0;
   // HTTP, whole run: connections the server ended with a response saying it closes (Connection:
   // close, or HTTP/1.0 without keep-alive; nginx after keepalive_requests), opened again at once,
   // as wrk does. Requests pipelined behind that response are errors ("HTTP Connection: close").
