@@ -120,6 +120,13 @@ TEST_F(ShardCli, MergeRefusesInconsistentInputsWithExit2) {
   const auto a = write("a.json", 0, 2, "rr/target/clients:4/msg:64", "0.1.0");
   const auto b = write("b.json", 1, 2, "rr/target/clients:4/msg:64", "0.1.0");
   ASSERT_EQ(sockbench("merge" + a + b).status, 0);
+  // An output naming one of the shards would replace it with the merge: refused, shard intact.
+  const auto before = test_support::slurp(dir_ / "a.json");
+  const auto onto_input = sockbench("merge" + a + b + " --csv " + (dir_ / "x.csv").string() +
+                                    " --json " + (dir_ / "." / "a.json").string());
+  EXPECT_EQ(onto_input.status, 2) << onto_input.err;
+  EXPECT_THAT(onto_input.err, HasSubstr("--json names the input '" + a.substr(1) + "'"));
+  EXPECT_EQ(test_support::slurp(dir_ / "a.json"), before);
   const struct {
     std::string files;
     std::string why;

@@ -151,11 +151,27 @@ results::RunResult for_console(const results::RunResult& run, int repetitions) {
 
 }  // namespace
 
+namespace {
+
+// `path` as one file is named whatever the spelling: absolute, links resolved where they can be.
+std::string same_file_key(const std::string& path) {
+  // Absolute first: weakly_canonical() leaves a relative path to a new file relative.
+  std::error_code ec;
+  const std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+  std::filesystem::path resolved = std::filesystem::weakly_canonical(absolute, ec);
+  if (ec) resolved = absolute;  // the directories' links resolved too, when they can be
+  return resolved.lexically_normal().string();
+}
+
+}  // namespace
+
 std::vector<std::optional<std::string>> output_files(const cxxopts::ParseResult& parsed,
-                                                     const std::vector<std::string>& flags) {
+                                                     const std::vector<std::string>& flags,
+                                                     const std::vector<std::string>& inputs) {
   std::vector<std::optional<std::string>> outputs;
   // Each file is replaced whole by its writer, so two flags naming one file would leave only the
-  // last one's output (a device or a FIFO, written in place, may take both).
+  // last one's output (a device or a FIFO, written in place, may take both), and one naming an
+  // input would replace what is being read.
   std::vector<std::pair<std::string, std::string>> files;  // (resolved path, flag)
   for (const auto& flag : flags) {
     auto& out = outputs.emplace_back();
@@ -163,16 +179,17 @@ std::vector<std::optional<std::string>> output_files(const cxxopts::ParseResult&
     check_writable(flag, *(out = str(parsed, flag)));
     const auto target = results::resolve_output(*out);
     if (target.write_through) continue;
-    // Absolute first: weakly_canonical() leaves a relative path to a new file relative.
-    std::error_code ec;
-    const std::filesystem::path absolute = std::filesystem::absolute(target.path, ec);
-    std::filesystem::path resolved = std::filesystem::weakly_canonical(absolute, ec);
-    if (ec) resolved = absolute;  // the directories' links resolved too, when they can be
-    const std::string path = resolved.lexically_normal().string();
+    const std::string path = same_file_key(target.path);
     for (const auto& [other, other_flag] : files) {
       if (other == path) {
         throw UsageError(fmt::format("--{} and --{} both name '{}': give each its own file",
                                      other_flag, flag, *out));
+      }
+    }
+    for (const auto& input : inputs) {
+      if (same_file_key(results::resolve_output(input).path) == path) {
+        throw UsageError(
+            fmt::format("--{} names the input '{}': give the output its own file", flag, input));
       }
     }
     files.emplace_back(path, flag);
@@ -180,8 +197,9 @@ std::vector<std::optional<std::string>> output_files(const cxxopts::ParseResult&
   return outputs;
 }
 
-OutputPaths output_paths(const cxxopts::ParseResult& parsed) {
-  auto files = output_files(parsed, {"json", "csv", "timeseries"});
+OutputPaths output_paths(const cxxopts::ParseResult& parsed,
+                         const std::vector<std::string>& inputs) {
+  auto files = output_files(parsed, {"json", "csv", "timeseries"}, inputs);
   return {std::move(files[0]), std::move(files[1]), std::move(files[2])};
 }
 

@@ -55,11 +55,13 @@ struct OutputPaths {
 };
 
 // The paths given to `flags` (nullopt for a flag not given), in their order, each checked with
-// check_writable(); a UsageError when two of them name one file.
+// check_writable(); a UsageError when two of them name one file, or one names a file of `inputs`.
 std::vector<std::optional<std::string>> output_files(const cxxopts::ParseResult& parsed,
-                                                     const std::vector<std::string>& flags);
+                                                     const std::vector<std::string>& flags,
+                                                     const std::vector<std::string>& inputs = {});
 // The --json, --csv and --timeseries paths given, through output_files().
-OutputPaths output_paths(const cxxopts::ParseResult& parsed);
+OutputPaths output_paths(const cxxopts::ParseResult& parsed,
+                         const std::vector<std::string>& inputs = {});
 
 // Prints the run's table (every cell once: the median when repeated) and writes its files.
 // Returns 1 when a record failed or a file could not be written (said on stderr), else 0.

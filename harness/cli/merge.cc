@@ -28,7 +28,7 @@ int merge_command(int argc, const char* const* argv) {
   if (!given) return 0;
   const auto& [parsed, files] = *given;
   if (files.empty()) throw UsageError("merge: expected the shards' result files");
-  const OutputPaths outputs = output_paths(parsed);
+  const OutputPaths outputs = output_paths(parsed, files);
 
   std::vector<results::ShardInput> inputs;
   for (const auto& file : files) {
