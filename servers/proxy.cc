@@ -634,11 +634,11 @@ class Proxy::Loop {
       client.out.erase(0, *sent);
     }
     if (changed) advance_all();
-    // A client that left without reading its replies (EPIPE, ECONNRESET) is closed too: kept, its
-    // hung-up socket would be ready at every wait.
     // Lines left unanswered while the replies were at their cap are answered once the socket
     // takes more: a write wait comes back for them.
     const bool lines_left = client.in.find('\n') != std::string::npos;
+    // A client that left without reading its replies (EPIPE, ECONNRESET) is closed too: kept, its
+    // hung-up socket would be ready at every wait.
     if (failed || (client.eof && client.out.empty() && !lines_left)) {
       poller_->remove(event.fd);
       controls_.erase(it);

@@ -149,10 +149,6 @@ results::RunResult for_console(const results::RunResult& run, int repetitions) {
   return shown;
 }
 
-}  // namespace
-
-namespace {
-
 // `path` as one file is named whatever the spelling: absolute, links resolved where they can be.
 std::string same_file_key(const std::string& path) {
   // Absolute first: weakly_canonical() leaves a relative path to a new file relative.
@@ -173,6 +169,9 @@ std::vector<std::optional<std::string>> output_files(const cxxopts::ParseResult&
   // last one's output (a device or a FIFO, written in place, may take both), and one naming an
   // input would replace what is being read.
   std::vector<std::pair<std::string, std::string>> files;  // (resolved path, flag)
+  std::vector<std::string> input_keys;
+  for (const auto& input : inputs)
+    input_keys.push_back(same_file_key(results::resolve_output(input).path));
   for (const auto& flag : flags) {
     auto& out = outputs.emplace_back();
     if (!parsed.count(flag)) continue;
@@ -186,10 +185,10 @@ std::vector<std::optional<std::string>> output_files(const cxxopts::ParseResult&
                                      other_flag, flag, *out));
       }
     }
-    for (const auto& input : inputs) {
-      if (same_file_key(results::resolve_output(input).path) == path) {
-        throw UsageError(
-            fmt::format("--{} names the input '{}': give the output its own file", flag, input));
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (input_keys[i] == path) {
+        throw UsageError(fmt::format("--{} names the input '{}': give the output its own file",
+                                     flag, inputs[i]));
       }
     }
     files.emplace_back(path, flag);
