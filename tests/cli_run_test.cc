@@ -18,6 +18,7 @@
 #include "harness/core/net.h"
 #include "harness/core/spawn.h"
 #include "tests/support/cli.h"
+#include "tests/support/servers.h"
 
 namespace sockbench {
 namespace {
@@ -102,7 +103,7 @@ TEST_F(CliRun, CheckWithAServerThatCannotBindGivesItsOwnReason) {
 // `sockbench ARGS` with its output in dir_/out and dir_/err, sent `signo` once its server runs and
 // `after` has passed; its exit status.
 int run_until_signal(const std::filesystem::path& dir, const std::string& args, int signo,
-                     std::chrono::milliseconds after) {
+                     std::chrono::milliseconds after, const std::string& after_err = {}) {
   ChildProcess::Options options;
   // exec: the pid that gets the signal is sockbench's own, as Ctrl-C's would be.
   options.argv = {"/bin/sh", "-c",
@@ -113,6 +114,12 @@ int run_until_signal(const std::filesystem::path& dir, const std::string& args, 
   EXPECT_TRUE(run.ok());
   if (!run.ok()) return -1;
   EXPECT_EQ(test_support::await_children(run->pid(), 5s).size(), 1u) << slurp(dir / "err");
+  // `after` counts from the line `after_err` on stderr when one is given (a later cell's start).
+  if (!after_err.empty()) {
+    EXPECT_TRUE(test_support::wait_until(
+        [&] { return slurp(dir / "err").find(after_err) != std::string::npos; }, 10s))
+        << slurp(dir / "err");
+  }
   std::this_thread::sleep_for(after);
   EXPECT_EQ(::kill(run->pid(), signo), 0);
   EXPECT_TRUE(test_support::await_exit(*run, 10s));
@@ -153,7 +160,7 @@ TEST_F(CliRun, HangupWritesWhatWasMeasuredAndExits129) {
       run_until_signal(dir_,
                        "run --server epoll,threaded --clients 2 --duration 1s --warmup 0s --json " +
                            json_path.string(),
-                       SIGHUP, 1500ms);
+                       SIGHUP, 300ms, "sockbench: rr against threaded");
   EXPECT_EQ(status, 128 + SIGHUP) << slurp(dir_ / "err");
   const auto doc = nlohmann::json::parse(slurp(json_path));
   ASSERT_EQ(doc["benchmarks"].size(), 2u) << doc;
@@ -273,8 +280,7 @@ TEST_F(CliRun, AServerThatStallsUntilTheEndIsWarnedAboutWithTheOldestWait) {
   });
   const auto json_path = dir_ / "stalled.json";
   const auto r = sockbench("--target " + server->address.to_string() +
-                           " --clients 4 --duration 2s --warmup 0s --json " +
-                           json_path.string());
+                           " --clients 4 --duration 2s --warmup 0s --json " + json_path.string());
   staller.join();
   ::kill(pid, SIGCONT);
   EXPECT_EQ(r.status, 0) << r.err << r.out;
