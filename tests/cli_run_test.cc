@@ -402,5 +402,39 @@ TEST_F(CliRun, ReconnectRestartAndKeepaliveFlagsAreChecked) {
   }
 }
 
+// --protocol and --host were ignored without a word where nothing reads them: a stream or
+// broadcast cell has its own protocol, a unix server a path, a --target its own address.
+TEST_F(CliRun, AProtocolOrHostThatNothingReadsIsRefused) {
+  const std::string run = "run --duration 200ms --warmup 0s --clients 1 ";
+  const std::string not_read =
+      "--protocol: applies only to --scenario rr, restart, crr, connections";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--server epoll --scenario stream --protocol echo", not_read},
+      {"--server epoll --scenario broadcast --protocol framed", not_read},
+      {"--server epoll --scenario dgram --transport udp --protocol echo", not_read},
+      {"--server epoll --transport unix --host 127.0.0.1",
+       "--host: a unix server listens on a path, not a host"},
+      {"--server epoll --transport unixgram --host ::1",
+       "--host: a unixgram server listens on a path, not a host"},
+      {"--target 127.0.0.1:9 --host ::1", "--host: --target names the server's address"},
+  };
+  for (const auto& [flags, message] : cases) {
+    const auto r = sockbench(run + flags);
+    EXPECT_EQ(r.status, 2) << flags << ": " << r.err;
+    EXPECT_NE(r.err.find(message), std::string::npos) << flags << ": " << r.err;
+  }
+  // Where one chosen scenario reads it, and where the proxy listens on it, each is taken.
+  const auto json = dir_ / "taken.json";
+  for (const std::string flags : {"--server epoll --scenario rr,stream --protocol echo --host "
+                                  "127.0.0.1",
+                                  "--server epoll --transport unix --host 127.0.0.2 "
+                                  "--via-proxy both:latency=0"}) {
+    const auto r = sockbench(run + flags + " --json " + json.string());
+    ASSERT_EQ(r.status, 0) << flags << ": " << r.err;
+    const auto doc = nlohmann::json::parse(slurp(json));
+    EXPECT_GT(doc["benchmarks"][0]["iterations"].get<double>(), 0) << flags;
+  }
+}
+
 }  // namespace
 }  // namespace sockbench

@@ -676,6 +676,15 @@ int run_command(int argc, const char* const* argv) {
                          : HttpTarget{target ? target->to_string() : "localhost", "/"};
   }
   base.transport = transport;
+  // --host is where sockbench's own listeners bind: a tcp or udp server it starts, or the proxy.
+  if (parsed.count("host") && !parsed.count("via-proxy") &&
+      (target || transport == "unix" || transport == "unixgram")) {
+    throw UsageError(target ? "--host: --target names the server's address; --host applies to "
+                              "a server sockbench starts (or to --via-proxy's listener)"
+                            : fmt::format("--host: a {} server listens on a path, not a host; "
+                                          "--host applies to --transport tcp and udp",
+                                          transport));
+  }
   std::string host = str(parsed, "host");
   if (host.find(':') != std::string::npos && !host.starts_with("[")) host = "[" + host + "]";
   if (const auto probe = parse_address(host + ":0"); !probe.error.empty()) {
