@@ -350,14 +350,19 @@ class LineParser {
 
   // A size inside data: a number, a name or a parenthesised expression, since '+' there joins
   // data items ("msg 10 + msg (n + 1)").
-  Expr size(std::string_view what) {
+  // A count there (msgs COUNT) is bounded as `count` is.
+  Expr size(std::string_view what, bool bytes = true) {
     const size_t first = i_;
     Expr e = primary();
     e.text = text_of(first);
-    if (e.constant && (!(*e.constant >= 0 && *e.constant <= kMaxDataBytes) ||
-                       *e.constant != std::floor(*e.constant))) {
-      fail(e.pos.col,
-           fmt::format("{} must be a whole number of bytes up to 256 MiB, got {}", what, e.text));
+    const double most = bytes ? kMaxDataBytes : kMaxCount;
+    if (e.constant &&
+        (!(*e.constant >= 0 && *e.constant <= most) || *e.constant != std::floor(*e.constant))) {
+      fail(e.pos.col, bytes
+                          ? fmt::format("{} must be a whole number of bytes up to 256 MiB, got {}",
+                                        what, e.text)
+                          : fmt::format("{} must be a whole number from 0 to {:.0f}, got {}", what,
+                                        most, e.text));
     }
     return e;
   }
@@ -710,7 +715,7 @@ class Parser {
           if (p.accept_word("seed")) item.seed = p.seed();
         } else if (kind == "msgs") {
           item.kind = DataItem::Kind::kMsgs;
-          item.sizes.push_back(p.size("the number of messages"));
+          item.sizes.push_back(p.size("the number of messages", false));
           if (!p.accept_word("size")) p.fail(fmt::format("expected 'size LO..HI'{}", p.found()));
           range(p, item);
           if (p.accept_word("seed")) item.seed = p.seed();
@@ -730,6 +735,13 @@ class Parser {
       d.items.push_back(std::move(item));
       if (!p.accept_op("+")) break;
     }
+    // What the run would refuse for any seed: the payloads alone may pass 256 MiB.
+    if (const auto most = most_payload_bytes(d); most && *most > kMaxDataBytes) {
+      p.fail(d.items.front().pos.col,
+             fmt::format("this data may come to {:.0f} MiB of payload, more than the 256 MiB one "
+                         "step sends",
+                         std::ceil(*most / (1 << 20))));
+    }
     if (p.accept_word("first")) {
       d.first = p.expr("");
       if (d.first->op == Expr::Op::kNumber && d.first->text.ends_with("%")) {
@@ -737,6 +749,31 @@ class Parser {
         if (d.first->number > 100) p.fail(d.first->pos.col, "more than 100 %");
       }
     }
+  }
+  // The most payload bytes `d` can be (msgs at its largest size), when no size reads a name.
+  static std::optional<double> most_payload_bytes(const Data& d) {
+    double total = 0;
+    for (const auto& item : d.items) {
+      std::vector<double> sizes;
+      for (const auto& e : item.sizes) {
+        if (!e.constant) return std::nullopt;
+        sizes.push_back(*e.constant);
+      }
+      switch (item.kind) {
+        case DataItem::Kind::kMsg:
+          for (double size : sizes) total += size;
+          break;
+        case DataItem::Kind::kMsgs:
+          total += sizes[0] * sizes[2];
+          break;
+        case DataItem::Kind::kBytes:
+          total += sizes[0];
+          break;
+        default:
+          total += static_cast<double>(item.bytes.size());
+      }
+    }
+    return total;
   }
   // LO..HI (literal sizes) or one size.
   void range(LineParser& p, DataItem& item) {
@@ -753,6 +790,7 @@ class Parser {
       for (const auto* n : {&*lo, &*hi}) {
         Expr e;
         e.number = n->value;
+        e.constant = n->value;
         e.text = n->text;
         item.sizes.push_back(e);
       }

@@ -150,6 +150,12 @@ TEST_F(CliScript, MalformedScriptsAreRefusedWithFileLineColumnAndExit2) {
        "the number of attempts must be a whole number from 1 to 1000000, got 0"},
       {"connect c\nsend c msg 300M\n", "2:12",
        "a message size must be a whole number of bytes up to 256 MiB, got 300M"},
+      // A count is no number of bytes; data that may pass 256 MiB fails before it runs.
+      {"connect c\nsend c msgs 99999999999 size 1\n", "2:13",
+       "the number of messages must be a whole number from 0 to 1000000, got 99999999999"},
+      {"connect c\nsend c msgs 1000000 size 1..16M\n", "2:8",
+       "this data may come to 16000000 MiB of payload, more than the 256 MiB one step sends"},
+      {"connect c\nsend c msg 200M + bytes 100M\n", "2:8", "may come to 300 MiB of payload"},
       // A division by zero the parser can see.
       {"connect c\nassert 1 / 0 == 1\n", "2:12", "division by zero"},
       {"connect c\nassert c.count / (2 - 2) == 1\n", "2:18", "division by zero: (2 - 2) is 0"},
