@@ -270,6 +270,19 @@ TEST_F(CompareCli, ExportFormats) {
   EXPECT_EQ(partial.err,
             "sockbench export: left out " + kEpoll + " (failed: server exited with status 1)\n");
 
+  // Every cell failed: nothing to export is exit 1, not an empty document a dashboard would take.
+  const auto all_failed = file_with("all-failed.json", {100000}, {kEpoll}, {0});
+  const auto out = (dir_ / "exported.json").string();
+  for (const std::string format : {"bencher", "gab-bigger", "spectrum"}) {
+    const auto none = sockbench("export --format " + format + " -o " + out + " " + all_failed);
+    EXPECT_EQ(none.status, 1) << format << ": " << none.err;
+    EXPECT_NE(none.err.find("sockbench export: nothing to export from " + all_failed +
+                            ": every cell failed (1 of 1)\n"),
+              std::string::npos)
+        << none.err;
+    EXPECT_FALSE(std::filesystem::exists(out)) << format;
+  }
+
   const auto bigger = nlohmann::json::parse(sockbench("export --format gab-bigger " + file).out);
   ASSERT_EQ(bigger.size(), 1u);
   EXPECT_EQ(bigger[0]["name"], "rr/epoll/clients:32/msg:64 requests_per_second");

@@ -202,10 +202,23 @@ int export_command(int argc, const char* const* argv) {
 
   const std::string text = results::to_export(run, *export_format);
   // A failed cell has no figures to export: left out, but not silently.
+  size_t failed = 0;
+  size_t exported = 0;
   for (const auto& record : run.records) {
     if (!record.error.empty()) {
+      ++failed;
       fmt::print(stderr, "sockbench export: left out {} (failed: {})\n", record.name, record.error);
+    } else if (record.run_type != "aggregate") {
+      ++exported;
     }
+  }
+  // An empty document would pass for a run with nothing to report; a dashboard would take it.
+  // (A spectrum of cells without latencies, stream's, is a header only: they have none.)
+  if (exported == 0) {
+    fmt::print(stderr, "sockbench export: nothing to export from {}: {}\n", files[0],
+               failed ? fmt::format("every cell failed ({} of {})", failed, run.records.size())
+                      : std::string("it has no cells"));
+    return 1;
   }
   if (parsed.count("output")) {
     if (const auto ec = results::write_file_atomically(str(parsed, "output"), text)) {
