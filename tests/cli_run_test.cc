@@ -372,6 +372,26 @@ TEST_F(CliRun, RestartScenarioRecoversEveryClientAndCountsTheLostRequestsExactly
   EXPECT_GT(b["peak_connect_rate"].get<double>(), 0) << b;
 }
 
+// Killed at once (--kill-at 0ms, no warm-up): clients whose first connect the kill refused
+// retry and are served by the new server, and count as recovered. They used to fail the run
+// ("N of N clients were not served again after the restart") though every one was served.
+TEST_F(CliRun, ClientsRefusedBeforeTheirFirstConnectRecoverToo) {
+  const auto json_path = dir_ / "early.json";
+  for (int run = 0; run < 3; ++run) {
+    const auto r = sockbench(
+        "run --server epoll --scenario restart --clients 4 --duration 500ms --warmup 0s "
+        "--kill-at 0ms --backoff-min 5ms --backoff-max 20ms --json " +
+        json_path.string());
+    ASSERT_EQ(r.status, 0) << r.err << r.out;
+    const auto doc = nlohmann::json::parse(slurp(json_path));
+    const auto& b = doc["benchmarks"][0];
+    EXPECT_EQ(b["clients_recovered"].get<double>(), 4) << b;
+    EXPECT_GT(b["replies_received"].get<double>(), 0) << b;
+    // Each client failed once: its first connect or its connection, at the kill.
+    EXPECT_EQ(b["errors"].get<double>(), 4) << b;
+  }
+}
+
 TEST_F(CliRun, ReconnectRestartAndKeepaliveFlagsAreChecked) {
   const std::string run = "run --duration 200ms --warmup 0s --clients 1 ";
   const std::vector<std::pair<std::string, std::string>> cases = {

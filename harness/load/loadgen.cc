@@ -1011,8 +1011,11 @@ void Worker::drop(Conn& c, std::string_view error, int64_t now) {
   if (c.state == ConnState::kConnecting) {
     if (c.reopened) {
       ++stats.reconnect_failures;
-    } else if (!error.empty()) {
-      count_error(error, now);
+    } else {
+      if (!error.empty()) count_error(error, now);
+      // Never served yet: it lost the server as much as an open connection that failed (a
+      // restart before its first connect), and recovers by its first reply after this.
+      stats.recoveries[i] = {now, 0};
     }
     ++c.attempt;
   } else {
