@@ -233,8 +233,8 @@ std::vector<results::Record> run_connections(ServerHandle& server, const BenchPa
     std::string why;
     bool stopped_scaling = false;
     if (!server.alive(&why)) {
-      record.error = fmt::format("server {} exited during step {} ({}){}", name, target, why,
-                                 remaining_steps(steps, i));
+      record.error =
+          server.exit_error(why, fmt::format("step {}", target)) + remaining_steps(steps, i);
     } else if (st.interrupted) {
       // The step's figures are real, for the part of the hold that ran: shown, marked.
       record.interrupted = true;

@@ -19,11 +19,15 @@ void WindowSamples::set_metrics(results::Record& record) const {
   record.set("server_open_fds", after_->open_fds);
 }
 
+std::string ServerHandle::exit_error(const std::string& why, std::string_view during) const {
+  return fmt::format("server {} exited during {} ({})", name(), during, why);
+}
+
 bool run_ended_cleanly(ServerHandle& server, const std::stop_token& stop, double measured_seconds,
                        std::chrono::nanoseconds planned, results::Record& record) {
   std::string why;
   if (!server.alive(&why)) {
-    record.error = fmt::format("server {} exited during the run ({})", record.server, why);
+    record.error = server.exit_error(why, "the run");
     return false;
   }
   if (stop.stop_requested()) {

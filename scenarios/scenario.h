@@ -74,6 +74,9 @@ class ServerHandle {
   virtual std::optional<ProcSample> sample() = 0;
   // False once the server process has exited; `why` then says how ("killed by SIGSEGV").
   virtual bool alive(std::string* why) = 0;
+  // A cell's error once alive() was false with `why`: "server NAME exited during DURING (WHY)",
+  // DURING "the run" or "step 100".
+  virtual std::string exit_error(const std::string& why, std::string_view during) const;
   // SIGKILLs the server's process group and starts it again at once on the same address. False
   // with `why` when it cannot: a server sockbench did not start, or the new one did not come up.
   virtual bool restart(std::string* why) {

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -293,6 +294,50 @@ TEST_F(CliRun, AServerThatStallsUntilTheEndIsWarnedAboutWithTheOldestWait) {
   EXPECT_NE(r.out.find("4 requests were unanswered when the run ended, the oldest after "),
             std::string::npos)
       << r.out;
+}
+
+// The proxy of --via-proxy killed mid-run: the cell fails naming the proxy and how it died, not
+// the server, which is running still (it used to read "server epoll exited during the run (the
+// proxy in front of it exited)").
+TEST_F(CliRun, AProxyKilledMidRunIsNamedAsTheOneThatExited) {
+  ChildProcess::Options options;
+  const auto json_path = dir_ / "proxied.json";
+  options.argv = {"/bin/sh", "-c",
+                  std::string("exec ") + SOCKBENCH_BIN +
+                      " run --server epoll --via-proxy both:latency=0 --clients 2 --duration 3s "
+                      "--warmup 0s --json " +
+                      json_path.string() + " >" + (dir_ / "out").string() + " 2>" +
+                      (dir_ / "err").string() + " </dev/null"};
+  options.ready_pipe = false;
+  auto run = ChildProcess::spawn(options);
+  ASSERT_TRUE(run.ok());
+  // Its child `sockbench proxy ...`, whichever thread started it.
+  pid_t proxy = 0;
+  const auto find_proxy = [&] {
+    for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+      const std::string name = entry.path().filename();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      const std::string stat = slurp(entry.path() / "stat");  // "pid (comm) state ppid ..."
+      std::istringstream rest(stat.substr(std::min(stat.rfind(')') + 1, stat.size())));
+      std::string state;
+      pid_t ppid = 0;
+      rest >> state >> ppid;
+      if (ppid == run->pid() &&
+          slurp(entry.path() / "cmdline").find(std::string("\0proxy\0", 7)) != std::string::npos) {
+        proxy = std::stoi(name);
+      }
+    }
+    return proxy != 0;
+  };
+  ASSERT_TRUE(test_support::wait_until(find_proxy, 10s)) << "no proxy among its children";
+  std::this_thread::sleep_for(500ms);
+  ASSERT_EQ(::kill(proxy, SIGKILL), 0);
+  ASSERT_TRUE(test_support::await_exit(*run, 20s));
+  EXPECT_EQ(run->exit_info()->code, 1);
+  const auto doc = nlohmann::json::parse(slurp(json_path));
+  EXPECT_EQ(doc["benchmarks"][0].value("error_message", ""),
+            "the proxy in front of server epoll exited during the run (killed by SIGKILL)")
+      << doc["benchmarks"][0];
 }
 
 TEST_F(CliRun, OverlappingCpuSetsAreRefusedUnlessAllowed) {

@@ -32,11 +32,21 @@ std::optional<ChildProxy> ChildProxy::start(const Address& upstream, const Proxy
   return ChildProxy(std::move(*child), *address);
 }
 
+bool ChildProxy::alive(std::string* why) {
+  if (child_.alive()) return true;
+  if (why && child_.exit_info()) *why = child_.exit_info()->describe();
+  return false;
+}
+
 bool ProxiedServer::alive(std::string* why) {
   if (!server_.alive(why)) return false;
-  if (proxy_.alive()) return true;
-  if (why) *why = "the proxy in front of it exited";
-  return false;
+  proxy_exited_ = !proxy_.alive(why);
+  return !proxy_exited_;
+}
+
+std::string ProxiedServer::exit_error(const std::string& why, std::string_view during) const {
+  if (!proxy_exited_) return server_.exit_error(why, during);
+  return fmt::format("the proxy in front of server {} exited during {} ({})", name(), during, why);
 }
 
 bool ProxiedTarget::start_proxy(bool same_port, std::string* error) {

@@ -34,7 +34,8 @@ class ChildProxy {
   static std::optional<ChildProxy> start(const Address& upstream, const ProxySpec& spec,
                                          std::string* error);
   Address address() const { return address_; }
-  bool alive() { return child_.alive(); }
+  // False once it has exited; `why` (when given) then says how.
+  bool alive(std::string* why = nullptr);
   ExitInfo stop() { return child_.stop(std::chrono::seconds(3)); }
 
  private:
@@ -53,10 +54,13 @@ class ProxiedServer final : public scenarios::ServerHandle {
   std::string name() const override { return server_.name(); }
   std::optional<ProcSample> sample() override { return server_.sample(); }
   bool alive(std::string* why) override;
+  // The proxy's death is its own: the server behind it may be running still.
+  std::string exit_error(const std::string& why, std::string_view during) const override;
 
  private:
   scenarios::ServerHandle& server_;
   ChildProxy proxy_;
+  bool proxy_exited_ = false;
 };
 
 // A check target behind a proxy: everything is the target's but the address and the serve flags. A
