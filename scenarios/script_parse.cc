@@ -349,8 +349,8 @@ class LineParser {
   }
 
   // A size inside data: a number, a name or a parenthesised expression, since '+' there joins
-  // data items ("msg 10 + msg (n + 1)").
-  // A count there (msgs COUNT) is bounded as `count` is.
+  // data items ("msg 10 + msg (n + 1)"). Bytes up to 256 MiB, or with `bytes` false a count
+  // (msgs COUNT), bounded as `count` bounds one.
   Expr size(std::string_view what, bool bytes = true) {
     const size_t first = i_;
     Expr e = primary();

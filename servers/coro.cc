@@ -399,8 +399,9 @@ class CoroServer final : public ListeningServer {
         continue;
       }
       if (*got == 0) {
-        // The member has finished sending, not receiving: what was relayed to it (and what is
-        // relayed meanwhile) still goes out before the close, as in the other models.
+        // The member has finished sending, not receiving: it leaves the room, and what was
+        // relayed to it before still goes out before the close, as in the other models.
+        slot(fd).chat = nullptr;
         while (output.pending() > 0) {
           if (!output.send(fd, 2 * options_.high_water)) break;
           if (output.pending() > 0 && co_await readiness(fd, kWrite)) break;

@@ -209,7 +209,7 @@ class ReactorServer final : public Server {
   bool read_input(Connection& c) {
     size_t budget = options_.read_budget;
     // A backlogged session is not read: its client waits for the replies it already asked for.
-    while (budget > 0 && c.pending() <= options_.high_water && !c.session->backlogged()) {
+    while (budget > 0 && !above_high_water(c) && !c.session->backlogged()) {
       const size_t ask = std::min(budget, read_buffer_.size());
       auto got = recv_some(c.fd.get(), std::span<char>(read_buffer_.data(), ask));
       if (!got) {
@@ -224,8 +224,7 @@ class ReactorServer final : public Server {
       }
       const std::string_view bytes(read_buffer_.data(), *got);
       // Chat: the frames go to the others, never back to the sender.
-      const bool chat = config_.protocol.protocol == Protocol::kChat;
-      const auto verdict = c.session->on_bytes(bytes, chat ? relay_ : c.out);
+      const auto verdict = c.session->on_bytes(bytes, chat() ? relay_ : c.out);
       if (verdict == Session::Verdict::kClose) {
         counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
         // Chat: frames this member sent before its bad one go nowhere, as in the other models;
@@ -411,14 +410,21 @@ class ReactorServer final : public Server {
     }
   }
 
+  bool chat() const { return config_.protocol.protocol == Protocol::kChat; }
+  // Whether `c`'s reading waits for its output to drain. Not a chat member's: its output is what
+  // the others sent, which not reading it would not slow, and a member that half-closes with
+  // much relayed to it must be seen to leave the room.
+  bool above_high_water(const Connection& c) const {
+    return !chat() && c.pending() > options_.high_water;
+  }
+
   void update_interest(Connection& c) {
     unsigned want = kNone;
     // Reading stops above the high-water mark and resumes only once the output has drained, so
     // a connection hovering at the mark does not flip its interest on every turn.
     const bool reading = c.interest & kRead;
     const bool backlogged = c.session->backlogged();
-    if (!c.eof && !backlogged &&
-        (reading ? c.pending() <= options_.high_water : c.pending() == 0)) {
+    if (!c.eof && !backlogged && (reading ? !above_high_water(c) : c.pending() == 0 || chat())) {
       want |= kRead;
     }
     if (c.pending() > 0 || backlogged) want |= kWrite;
