@@ -32,6 +32,16 @@ class CliRun : public test_support::ScratchDirTest {
  protected:
   CliRun() : ScratchDirTest("sockbench-cli-run") {}
 
+  // Each `run + flags` of `cases` exits 2 with its message on stderr.
+  void expect_usage_errors(const std::string& run,
+                           const std::vector<std::pair<std::string, std::string>>& cases) {
+    for (const auto& [flags, message] : cases) {
+      const auto r = sockbench(run + flags);
+      EXPECT_EQ(r.status, 2) << flags << ": " << r.err;
+      EXPECT_NE(r.err.find(message), std::string::npos) << flags << ": " << r.err;
+    }
+  }
+
   // Every benchmark's name in the JSON file at `path`, in order.
   static std::vector<std::string> names(const std::filesystem::path& path) {
     std::vector<std::string> out;
@@ -460,11 +470,7 @@ TEST_F(CliRun, ReconnectRestartAndKeepaliveFlagsAreChecked) {
        "--send-on: applies to the stream transports"},
       {"--scenario crr --send-on writable", "--send-on: applies only to --scenario rr"},
   };
-  for (const auto& [flags, message] : cases) {
-    const auto r = sockbench(run + flags);
-    EXPECT_EQ(r.status, 2) << flags << ": " << r.err;
-    EXPECT_NE(r.err.find(message), std::string::npos) << flags << ": " << r.err;
-  }
+  expect_usage_errors(run, cases);
 }
 
 // --protocol and --host were ignored without a word where nothing reads them: a stream or
@@ -483,11 +489,7 @@ TEST_F(CliRun, AProtocolOrHostThatNothingReadsIsRefused) {
        "--host: a unixgram server listens on a path, not a host"},
       {"--target 127.0.0.1:9 --host ::1", "--host: --target names the server's address"},
   };
-  for (const auto& [flags, message] : cases) {
-    const auto r = sockbench(run + flags);
-    EXPECT_EQ(r.status, 2) << flags << ": " << r.err;
-    EXPECT_NE(r.err.find(message), std::string::npos) << flags << ": " << r.err;
-  }
+  expect_usage_errors(run, cases);
   // Where one chosen scenario reads it, and where the proxy listens on it, each is taken.
   const auto json = dir_ / "taken.json";
   for (const std::string flags : {"--server epoll --scenario rr,stream --protocol echo --host "
