@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "harness/core/cpus.h"
+#include "harness/core/eprint.h"
 #include "servers/dgram.h"
 #include "servers/poller.h"
 #include "servers/reactor.h"
@@ -144,7 +145,7 @@ ModelRegistration::ModelRegistration(ModelInfo model) {
                        [&](const ModelInfo& m) { return m.name == model.name; });
   };
   if (model.name.empty() || taken(builtin_models()) || taken(added)) {
-    fmt::print(stderr, "sockbench: model name '{}' is empty or already registered\n", model.name);
+    eprint("sockbench: model name '{}' is empty or already registered\n", model.name);
     std::abort();
   }
   added.push_back(std::move(model));

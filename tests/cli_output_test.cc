@@ -99,6 +99,27 @@ TEST_F(OutputCli, StdoutThatCannotBeWrittenIsExit1AndTheFilesStillGetTheResults)
   }
 }
 
+// stderr closed or full loses the messages, not the run: fmt's print threw there, and sockbench
+// aborted (exit 134) without its files. A closed stderr also let the signalfd take fd 2.
+TEST_F(OutputCli, StderrThatCannotBeWrittenLosesTheMessagesNotTheRun) {
+  const auto json = dir_ / "quiet.json";
+  const auto junit = dir_ / "quiet.xml";
+  for (const std::string redirect : {"2>&-", "2>/dev/full"}) {
+    std::filesystem::remove(json);
+    std::filesystem::remove(junit);
+    const auto run = [&](const std::string& args) {
+      return test_support::shell(
+          fmt::format("{} {} >/dev/null {}", test_support::sockbench_path(), args, redirect));
+    };
+    EXPECT_EQ(run(std::string(kRun) + "--json " + json.string()), 0) << redirect;
+    EXPECT_EQ(nlohmann::json::parse(slurp(json))["benchmarks"].size(), 1u) << redirect;
+    EXPECT_EQ(run("check --server epoll --only errors/refused --junit " + junit.string()), 0)
+        << redirect;
+    EXPECT_NE(slurp(junit).find("name=\"refused/epoll\""), std::string::npos) << redirect;
+    EXPECT_EQ(run("run --clients none"), 2) << redirect;
+  }
+}
+
 TEST_F(OutputCli, DevNullAndDevStdoutAreWrittenThrough) {
   const auto o =
       sockbench(std::string(kRun) + "--json /dev/null --csv /dev/null --timeseries /dev/null");

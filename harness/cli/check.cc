@@ -20,6 +20,7 @@
 #include "harness/cli/common.h"
 #include "harness/cli/options.h"
 #include "harness/cli/via_proxy.h"
+#include "harness/core/eprint.h"
 #include "harness/core/procfs.h"
 #include "scenarios/script.h"
 #include "servers/server.h"
@@ -261,7 +262,7 @@ int script_command(int argc, const char* const* argv) {
   }
   if (!errors.empty()) {
     // As compilers print them, so that editors jump to the place.
-    for (const auto& e : errors) fmt::print(stderr, "{}\n", e);
+    for (const auto& e : errors) eprint("{}\n", e);
     return kExitUsage;
   }
   CheckPlan plan = target_plan(parsed, "sockbench script", argc, argv);

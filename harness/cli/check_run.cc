@@ -13,6 +13,7 @@
 #include "harness/cli/common.h"
 #include "harness/cli/targets.h"
 #include "harness/cli/via_proxy.h"
+#include "harness/core/eprint.h"
 #include "harness/core/net.h"
 #include "harness/core/signals.h"
 #include "harness/core/spawn.h"
@@ -304,12 +305,10 @@ int run_check_plan(CheckPlan plan) {
   results::RunResult run;
   run.context = make_context(plan.command_line);
   SignalWatcher watcher(
-      [](int signo) { fmt::print(stderr, "sockbench: caught signal {}, stopping\n", signo); });
+      [](int signo) { eprint("sockbench: caught signal {}, stopping\n", signo); });
   check_options.stop = watcher.token();
   if (plan.verbose) {
-    check_options.progress = [](const std::string& what) {
-      fmt::print(stderr, "sockbench:   {}\n", what);
-    };
+    check_options.progress = [](const std::string& what) { eprint("sockbench:   {}\n", what); };
   }
   std::vector<std::string> names;
   const std::vector<bool> transports = target_transports(plan);
@@ -319,7 +318,7 @@ int run_check_plan(CheckPlan plan) {
     names.push_back(target->name());
     std::string error;
     if (target->can_restart() && !target->start({}, &error)) {
-      fmt::print(stderr, "sockbench: error: {}: {}\n", target->name(), error);
+      eprint("sockbench: error: {}: {}\n", target->name(), error);
       run.records.push_back(start_failure(target->name(), error));
       continue;
     }
@@ -339,8 +338,8 @@ int run_check_plan(CheckPlan plan) {
       }
       if (!only.empty() && !named) continue;
       // A restartable server gets a fresh port per check: only a fixed address is worth showing.
-      fmt::print(stderr, "sockbench: check {} on {}{}\n", check.name, target->name(),
-                 target->can_restart() ? "" : " at " + target->address().to_string());
+      eprint("sockbench: check {} on {}{}\n", check.name, target->name(),
+             target->can_restart() ? "" : " at " + target->address().to_string());
       auto records = check.run(*target, check_options);
       for (auto& r : records) run.records.push_back(std::move(r));
     }
@@ -366,14 +365,13 @@ int run_check_plan(CheckPlan plan) {
   int status = failed > 0 ? 1 : 0;
   if (plan.junit_path) {
     if (const auto ec = results::write_junit_file(run, *plan.junit_path)) {
-      fmt::print(stderr, "sockbench: cannot write --junit {}: {}\n", *plan.junit_path,
-                 ec.message());
+      eprint("sockbench: cannot write --junit {}: {}\n", *plan.junit_path, ec.message());
       status = 1;
     }
   }
   if (plan.json_path) {
     if (const auto ec = results::write_json_file(run, *plan.json_path)) {
-      fmt::print(stderr, "sockbench: cannot write --json {}: {}\n", *plan.json_path, ec.message());
+      eprint("sockbench: cannot write --json {}: {}\n", *plan.json_path, ec.message());
       status = 1;
     }
   }

@@ -20,6 +20,7 @@
 #include "harness/cli/options.h"
 #include "harness/cli/targets.h"
 #include "harness/core/cpus.h"
+#include "harness/core/eprint.h"
 #include "harness/core/sysinfo.h"
 #include "results/writers.h"
 #include "servers/server.h"
@@ -218,7 +219,7 @@ int report_run(const results::RunResult& run, int repetitions, const OutputPaths
   const auto write = [&](const char* flag, const std::optional<std::string>& path, auto&& writer) {
     if (!path) return;
     if (const auto ec = writer(*path)) {
-      fmt::print(stderr, "sockbench: cannot write --{} {}: {}\n", flag, *path, ec.message());
+      eprint("sockbench: cannot write --{} {}: {}\n", flag, *path, ec.message());
       status = 1;
     }
   };
@@ -233,7 +234,7 @@ int report_run(const results::RunResult& run, int repetitions, const OutputPaths
 namespace {
 
 void drop_stdout_error(std::string_view why) {
-  fmt::print(stderr, "sockbench: error: cannot write standard output: {}\n", why);
+  eprint("sockbench: error: cannot write standard output: {}\n", why);
   ::__fpurge(stdout);
   std::clearerr(stdout);
 }
@@ -292,7 +293,7 @@ void announce_failure(Fd& ready, const std::string& command, const std::string& 
     // Ignored: if the reader is gone, nothing else would hear of it.
     (void)write_all(ready.get(), fmt::format("error {}\n", why));
   } else {
-    fmt::print(stderr, "sockbench {}: {}\n", command, why);
+    eprint("sockbench {}: {}\n", command, why);
   }
 }
 

@@ -10,6 +10,7 @@
 #include "harness/cli/commands.h"
 #include "harness/cli/common.h"
 #include "harness/cli/options.h"
+#include "harness/core/eprint.h"
 #include "results/export.h"
 #include "results/writers.h"
 
@@ -106,7 +107,7 @@ int compare_command(int argc, const char* const* argv) {
     base = load(files[0]);
     next = load(files[1]);
   } catch (const Unreadable& e) {
-    fmt::print(stderr, "sockbench compare: {}\n", e.what());
+    eprint("sockbench compare: {}\n", e.what());
     return kExitUnreadable;
   }
   const auto report = results::compare_runs(base, next, opts);
@@ -145,8 +146,8 @@ int compare_command(int argc, const char* const* argv) {
   if (report.nothing_compared() && report.failed_in_new.empty()) {
     // Files of different suites, or every BASE cell failed: neither OK nor a regression. A cell
     // that fails in NEW is a regression whatever BASE holds.
-    fmt::print(stderr, "sockbench compare: no cell is in both {} and {}: nothing compared\n",
-               files[0], files[1]);
+    eprint("sockbench compare: no cell is in both {} and {}: nothing compared\n", files[0],
+           files[1]);
     return kExitUnreadable;
   }
   if (!report.rows.empty() && report.weak()) {
@@ -196,7 +197,7 @@ int export_command(int argc, const char* const* argv) {
   try {
     run = load(files[0]);
   } catch (const Unreadable& e) {
-    fmt::print(stderr, "sockbench export: {}\n", e.what());
+    eprint("sockbench export: {}\n", e.what());
     return kExitUnreadable;
   }
 
@@ -207,7 +208,7 @@ int export_command(int argc, const char* const* argv) {
   for (const auto& record : run.records) {
     if (!record.error.empty()) {
       ++failed;
-      fmt::print(stderr, "sockbench export: left out {} (failed: {})\n", record.name, record.error);
+      eprint("sockbench export: left out {} (failed: {})\n", record.name, record.error);
     } else if (record.run_type != "aggregate") {
       ++exported;
     }
@@ -215,15 +216,14 @@ int export_command(int argc, const char* const* argv) {
   // An empty document would pass for a run with nothing to report; a dashboard would take it.
   // (A spectrum of cells without latencies, stream's, is a header only: they have none.)
   if (exported == 0) {
-    fmt::print(stderr, "sockbench export: nothing to export from {}: {}\n", files[0],
-               failed ? fmt::format("every cell failed ({} of {})", failed, run.records.size())
-                      : std::string("it has no cells"));
+    eprint("sockbench export: nothing to export from {}: {}\n", files[0],
+           failed ? fmt::format("every cell failed ({} of {})", failed, run.records.size())
+                  : std::string("it has no cells"));
     return 1;
   }
   if (parsed.count("output")) {
     if (const auto ec = results::write_file_atomically(str(parsed, "output"), text)) {
-      fmt::print(stderr, "sockbench export: cannot write {}: {}\n", str(parsed, "output"),
-                 ec.message());
+      eprint("sockbench export: cannot write {}: {}\n", str(parsed, "output"), ec.message());
       return 1;
     }
     return 0;

@@ -1,7 +1,9 @@
 // sockbench: runs interchangeable TCP server models under scripted load and measures them.
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <exception>
@@ -12,11 +14,13 @@
 #include "harness/cli/common.h"
 #include "harness/cli/dist.h"
 #include "harness/cli/options.h"
+#include "harness/core/eprint.h"
 #include "servers/server.h"
 
 namespace {
 
 using namespace sockbench::cli;
+using sockbench::eprint;
 
 int version_command(int argc, const char* const* argv) {
   // As every other command: a flag it does not take is an error, not ignored.
@@ -88,13 +92,13 @@ int dispatch(int argc, char** argv) {
     if (first.empty() || first.starts_with("-")) return run_command(argc, argv);
     throw UsageError(fmt::format("unknown command '{}' (expected {})", first, command_names()));
   } catch (const UsageError& e) {
-    fmt::print(stderr, "sockbench: {}\n", e.what());
+    eprint("sockbench: {}\n", e.what());
     return kExitUsage;
   } catch (const std::system_error& e) {
-    if (!report_stdout_error(e)) fmt::print(stderr, "sockbench: error: {}\n", e.what());
+    if (!report_stdout_error(e)) eprint("sockbench: error: {}\n", e.what());
     return 1;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "sockbench: error: {}\n", e.what());
+    eprint("sockbench: error: {}\n", e.what());
     return 1;
   }
 }
@@ -102,6 +106,14 @@ int dispatch(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A closed stdin, stdout or stderr would be the next fd opened (the signalfd, a socket), and
+  // what is printed would go into that. Each gets /dev/null: stdout read-only, so that writing
+  // the table still fails (EBADF) and is reported; stderr writable, so that warnings vanish.
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (::fcntl(fd, F_GETFD) == -1 && errno == EBADF) {
+      (void)::open("/dev/null", fd == 2 ? O_WRONLY : O_RDONLY);  // the lowest free fd: `fd`
+    }
+  }
   // A peer that closes while we write must be an EPIPE value, never a death.
   std::signal(SIGPIPE, SIG_IGN);
   return finish_stdout(dispatch(argc, argv));

@@ -13,6 +13,7 @@
 #include "harness/cli/commands.h"
 #include "harness/cli/common.h"
 #include "harness/cli/options.h"
+#include "harness/core/eprint.h"
 #include "harness/core/signals.h"
 
 namespace sockbench::cli {
@@ -110,14 +111,14 @@ int proxy_command(int argc, const char* const* argv) {
   watcher.reset();
   const auto& c = proxy.counters();
   if (parsed.count("quiet") == 0) {
-    fmt::print(stderr,
-               "sockbench proxy: stopped{}: accepted {}, closed {}, accept EMFILE {}, io errors "
-               "{}\n",
-               signo ? fmt::format(" on signal {}", signo) : "", c.accepted.load(), c.closed.load(),
-               c.accept_emfile.load(), c.io_errors.load());
+    eprint(
+        "sockbench proxy: stopped{}: accepted {}, closed {}, accept EMFILE {}, io errors "
+        "{}\n",
+        signo ? fmt::format(" on signal {}", signo) : "", c.accepted.load(), c.closed.load(),
+        c.accept_emfile.load(), c.io_errors.load());
   }
   if (ec) {
-    fmt::print(stderr, "sockbench proxy: failed: {}\n", ec.message());
+    eprint("sockbench proxy: failed: {}\n", ec.message());
     return 1;
   }
   return 0;

@@ -26,6 +26,7 @@
 #include "harness/cli/tls_options.h"
 #include "harness/cli/via_proxy.h"
 #include "harness/core/cpus.h"
+#include "harness/core/eprint.h"
 #include "harness/core/signals.h"
 #include "harness/load/dgram.h"
 #include "harness/load/http.h"
@@ -75,15 +76,15 @@ void check_cpu_overlap(const cxxopts::ParseResult& parsed, const std::vector<int
   const std::string which =
       fmt::format("CPU{} {}", shared.size() > 1 ? "s" : "", format_cpu_list(shared));
   if (available < 2) {
-    fmt::print(stderr,
-               "sockbench: warning: only one CPU is available, so server and client share {}: "
-               "the figures include their contention\n",
-               which);
+    eprint(
+        "sockbench: warning: only one CPU is available, so server and client share {}: "
+        "the figures include their contention\n",
+        which);
   } else if (parsed.count("allow-overlap")) {
-    fmt::print(stderr,
-               "sockbench: warning: {} share {} (--allow-overlap): the figures include their "
-               "contention\n",
-               sets, which);
+    eprint(
+        "sockbench: warning: {} share {} (--allow-overlap): the figures include their "
+        "contention\n",
+        sets, which);
   } else {
     throw UsageError(fmt::format(
         "{} share {}: give disjoint sets, or --allow-overlap to measure anyway", sets, which));
@@ -148,7 +149,7 @@ std::vector<results::Record> run_on(const Cell& cell, scenarios::ServerHandle& s
     std::string error;
     auto proxy = ChildProxy::start(server.address(), *cell.via_proxy, &error);
     if (!proxy) {
-      fmt::print(stderr, "sockbench: error: {}\n", error);
+      eprint("sockbench: error: {}\n", error);
       return unmeasured(cell, server.name(), error);
     }
     ProxiedServer proxied(server, std::move(*proxy));
@@ -166,13 +167,13 @@ std::vector<results::Record> run_on(const Cell& cell, scenarios::ServerHandle& s
     }
     return records;
   }
-  fmt::print(stderr, "sockbench: {} against {} at {}: {} clients{}, {:.3g} s\n",
-             cell.scenario->name, server.name(), server.address().to_string(), cell.params.clients,
-             cell.params.shard.sharded()
-                 ? fmt::format(" (shard {}: {})", cell.params.shard.to_string(),
-                               shard_share(cell.params.clients, cell.params.shard))
-                 : "",
-             std::chrono::duration<double>(cell.params.duration).count());
+  eprint("sockbench: {} against {} at {}: {} clients{}, {:.3g} s\n", cell.scenario->name,
+         server.name(), server.address().to_string(), cell.params.clients,
+         cell.params.shard.sharded()
+             ? fmt::format(" (shard {}: {})", cell.params.shard.to_string(),
+                           shard_share(cell.params.clients, cell.params.shard))
+             : "",
+         std::chrono::duration<double>(cell.params.duration).count());
   return cell.scenario->run(server, cell.params, std::move(stop));
 }
 
@@ -182,7 +183,7 @@ std::vector<results::Record> run_cell_on_target(const Cell& cell, Address target
   TargetServer server(target);
   std::string why;
   if (!server.alive(&why)) {
-    fmt::print(stderr, "sockbench: error: --target {}\n", why);
+    eprint("sockbench: error: --target {}\n", why);
     return unmeasured(cell, server.name(), "--target " + why);
   }
   return run_on(cell, server, std::move(stop));
@@ -210,7 +211,7 @@ std::vector<results::Record> run_cell(const Cell& cell, const std::string& liste
   auto server = ChildServer::start(spec, &error);
   std::vector<results::Record> records;
   if (!server) {
-    fmt::print(stderr, "sockbench: error: {}\n", error);
+    eprint("sockbench: error: {}\n", error);
     // Filed under the names a run that worked gets, so that compare matches the cell.
     records = unmeasured(cell, cell.server, error);
   } else {
@@ -337,13 +338,13 @@ int report_group(MpiGroup& group, results::RunResult run, int repetitions,
     // This rank's own figures, said to be only that; the ranks still away are ended with the job.
     run.context.error = fmt::format("no result from {} within {} s: this file holds rank 0's only",
                                     fmt::join(missing, ", "), timeout.count() / 1000);
-    fmt::print(stderr, "sockbench: error: {}\n", run.context.error);
+    eprint("sockbench: error: {}\n", run.context.error);
     report_run(run, repetitions, outputs);
     group.abort(1);
   }
   auto merged = results::merge_shards(inputs, {per_rank});
   if (!merged.error.empty()) {
-    fmt::print(stderr, "sockbench: error: cannot merge the ranks' results: {}\n", merged.error);
+    eprint("sockbench: error: cannot merge the ranks' results: {}\n", merged.error);
     return 1;
   }
   merged.run.context.clock_offsets_us = offsets;
@@ -499,9 +500,8 @@ int run_command(int argc, const char* const* argv) {
     if (shard.index == 0) {
       std::vector<std::string> offsets;
       for (double us : mpi->clock_offsets_us()) offsets.push_back(fmt::format("{:+.1f}", us));
-      fmt::print(stderr,
-                 "sockbench: MPI job of {} ranks ({}); wall-clock offsets to rank 0: {} us\n",
-                 shard.count, mpi_summary(), fmt::join(offsets, ", "));
+      eprint("sockbench: MPI job of {} ranks ({}); wall-clock offsets to rank 0: {} us\n",
+             shard.count, mpi_summary(), fmt::join(offsets, ", "));
     }
   }
   const auto transport = str(parsed, "transport");
@@ -820,7 +820,7 @@ int run_command(int argc, const char* const* argv) {
   run.context = make_context(command_line("sockbench", argc, argv), server_cpus, client_cpus);
   if (parsed.count("shard") || mpi) run.context.shard = shard;
   SignalWatcher watcher(
-      [](int signo) { fmt::print(stderr, "sockbench: caught signal {}, stopping\n", signo); });
+      [](int signo) { eprint("sockbench: caught signal {}, stopping\n", signo); });
   // Under mpirun every rank waits for the others before each cell, for at most the cell's time
   // plus kGroupGrace; a rank that stays away longer stopped the job.
   const auto group_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -838,7 +838,7 @@ int run_command(int argc, const char* const* argv) {
       };
       std::string why;
       if (mpi && !mpi->barrier(cell_index, group_timeout, &why)) {
-        fmt::print(stderr, "sockbench: error: {}; ending the MPI job\n", why);
+        eprint("sockbench: error: {}; ending the MPI job\n", why);
         mpi->abort(1);
       }
       for (auto& record :
