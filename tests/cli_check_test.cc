@@ -196,6 +196,29 @@ TEST_F(CliCheck, OnlyChecksNoTargetCanRunAreAUsageErrorSayingWhy) {
   }
 }
 
+// A --transport the --target's address contradicts was ignored (the stream checks ran against a
+// udp server's port), and --via-proxy with a datagram transport made a correct server FAIL: the
+// proxy forwards TCP. Both are usage errors now.
+TEST_F(CliCheck, ATransportThatCannotApplyIsAUsageError) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"check --target 127.0.0.1:1 --transport udp",
+       "--target: 127.0.0.1:1 is a tcp address, not udp"},
+      {"check --target udp:127.0.0.1:1 --transport tcp",
+       "--target: udp:127.0.0.1:1 is a udp address, not tcp"},
+      {"check --server epoll --transport udp --via-proxy both:latency=0",
+       "--via-proxy: the proxy forwards TCP, not --transport udp"},
+      {std::string("script ") + SOCKBENCH_SOURCE_DIR +
+           "/scenarios/scripts/examples/udp.sbs --server epoll --transport unixgram --via-proxy "
+           "both:latency=0",
+       "--via-proxy: the proxy forwards TCP, not --transport unixgram"},
+  };
+  for (const auto& [args, message] : cases) {
+    const auto r = plain(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.err << r.out;
+    EXPECT_NE(r.err.find("sockbench: " + message), std::string::npos) << args << "\n" << r.err;
+  }
+}
+
 // A selection of which part can run: that part runs; what the target cannot run is a SKIP row
 // per named sub-check, saying why.
 TEST_F(CliCheck, OnlyChecksATargetCannotRunAreSkipRowsBesideThoseThatRun) {

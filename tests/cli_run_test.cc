@@ -474,8 +474,9 @@ TEST_F(CliRun, ReconnectRestartAndKeepaliveFlagsAreChecked) {
 }
 
 // --protocol and --host were ignored without a word where nothing reads them: a stream or
-// broadcast cell has its own protocol, a unix server a path, a --target its own address.
-TEST_F(CliRun, AProtocolOrHostThatNothingReadsIsRefused) {
+// broadcast cell has its own protocol, a unix server a path, a --target its own address. The
+// proxy of --via-proxy forwards TCP: over udp it answered nothing (0 requests/s).
+TEST_F(CliRun, AFlagThatNothingHonoursIsRefused) {
   const std::string run = "run --duration 200ms --warmup 0s --clients 1 ";
   const std::string not_read =
       "--protocol: applies only to --scenario rr, restart, crr, connections";
@@ -488,6 +489,8 @@ TEST_F(CliRun, AProtocolOrHostThatNothingReadsIsRefused) {
       {"--server epoll --transport unixgram --host ::1",
        "--host: a unixgram server listens on a path, not a host"},
       {"--target 127.0.0.1:9 --host ::1", "--host: --target names the server's address"},
+      {"--server epoll --transport udp --via-proxy both:latency=0",
+       "--via-proxy: the proxy forwards TCP, not --transport udp"},
   };
   expect_usage_errors(run, cases);
   // Where one chosen scenario reads it, and where the proxy listens on it, each is taken.

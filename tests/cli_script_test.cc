@@ -176,6 +176,20 @@ TEST_F(CliScript, MalformedScriptsAreRefusedWithFileLineColumnAndExit2) {
   }
 }
 
+// --json or --junit naming one of the scripts replaced the script with the report.
+TEST_F(CliScript, AReportNamingAScriptIsAUsageErrorAndTheScriptStays) {
+  const std::string text = "connect c\nsend c msg 10\n";
+  const auto path = write("mine.sbs", text);
+  for (const std::string flag : {"--junit", "--json"}) {
+    const auto r =
+        sockbench("script " + path.string() + " --server epoll " + flag + " " + path.string());
+    EXPECT_EQ(r.status, 2) << flag << ": " << r.err;
+    EXPECT_NE(r.err.find(flag + " names the input '" + path.string() + "'"), std::string::npos)
+        << r.err;
+    EXPECT_EQ(test_support::slurp(path), text) << flag;
+  }
+}
+
 // A script is read with bounds: a file larger than 1 MiB is refused before it is read, and
 // /dev/zero and a FIFO nobody writes to are refused at once instead of filling the memory or
 // blocking; all as FILE: message, exit 2, before a server starts.

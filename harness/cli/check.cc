@@ -65,9 +65,9 @@ void add_target_options(cxxopts::Options& options) {
       "v,verbose", "evidence for every check, PASS included")("h,help", "show this help");
 }
 
-// The plan those flags describe (without the checks to run).
+// The plan those flags describe (without the checks to run); `inputs` are files it reads.
 CheckPlan target_plan(const cxxopts::ParseResult& parsed, const char* name, int argc,
-                      const char* const* argv) {
+                      const char* const* argv, const std::vector<std::string>& inputs = {}) {
   const auto protocol = str(parsed, "protocol");
   if (protocol != "framed" && protocol != "echo" && protocol != "chat") {
     throw UsageError(fmt::format("--protocol: expected framed, echo or chat, got '{}'", protocol));
@@ -81,6 +81,10 @@ CheckPlan target_plan(const cxxopts::ParseResult& parsed, const char* name, int 
   }
   if (parsed.count("via-proxy")) {
     check_via_proxy_flag(*(plan.via_proxy = str(parsed, "via-proxy")));
+    if (plan.transport != "tcp") {
+      throw UsageError(
+          fmt::format("--via-proxy: the proxy forwards TCP, not --transport {}", plan.transport));
+    }
   }
   scenarios::CheckOptions& check_options = plan.options;
   check_options.seed =
@@ -119,6 +123,15 @@ CheckPlan target_plan(const cxxopts::ParseResult& parsed, const char* name, int 
       throw UsageError(
           fmt::format("--target: expected HOST:PORT with a port, got '{}'", str(parsed, "target")));
     }
+    // The target's address says its transport (udp:HOST:PORT); a --transport that says
+    // otherwise was ignored, and the checks of the other transport ran.
+    if (parsed.count("transport") && transport_of(address.address) != plan.transport) {
+      throw UsageError(fmt::format(
+          "--target: {} is a {} address, not {} (give --transport {}, or write a datagram target "
+          "as udp:HOST:PORT)",
+          address.address.to_string(), transport_of(address.address), plan.transport,
+          transport_of(address.address)));
+    }
     target_address = address.address;
   }
   std::optional<std::string>& command = plan.command;
@@ -142,7 +155,7 @@ CheckPlan target_plan(const cxxopts::ParseResult& parsed, const char* name, int 
     throw UsageError(
         fmt::format("--protocol: no built-in model serves {} (see sockbench list)", protocol));
   }
-  auto files = output_files(parsed, {"json", "junit"});
+  auto files = output_files(parsed, {"json", "junit"}, inputs);
   plan.json_path = std::move(files[0]);
   plan.junit_path = std::move(files[1]);
   plan.command_line = command_line(name, argc, argv);
@@ -265,7 +278,9 @@ int script_command(int argc, const char* const* argv) {
     for (const auto& e : errors) eprint("{}\n", e);
     return kExitUsage;
   }
-  CheckPlan plan = target_plan(parsed, "sockbench script", argc, argv);
+  // The scripts are inputs: --json or --junit naming one would overwrite it.
+  CheckPlan plan = target_plan(parsed, "sockbench script", argc, argv,
+                               parsed["files"].as<std::vector<std::string>>());
   if (plan.protocol == "chat") throw UsageError("--protocol: scripts speak framed or echo");
   plan.checks = scenarios::script::script_checks(*scripts);
   plan.keep_alive = scripts;
