@@ -85,6 +85,31 @@ TEST_F(ProxyCli, BadToxicIsOneClearLineAndExit2WithNothingListening) {
                      "not up, down or both\n");
 }
 
+// Addresses the proxy cannot serve were taken: udp: and unixgram: as their stream namesakes, port
+// 0 as an upstream, and its own address as the upstream (each connection came back to it, 9,995
+// in 2 s). One line each, exit 2, nothing listening.
+TEST_F(ProxyCli, AddressesItCannotServeAreUsageErrors) {
+  const std::string port = std::to_string(free_port());
+  const std::string streams = "the proxy speaks TCP or unix streams, not ";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--listen udp:127.0.0.1:" + port + " --upstream 127.0.0.1:9",
+       "--listen: " + streams + "udp:127.0.0.1:" + port},
+      {"--listen 127.0.0.1:" + port + " --upstream udp:127.0.0.1:9",
+       "--upstream: " + streams + "udp:127.0.0.1:9"},
+      {"--listen unixgram:" + (dir_ / "p.sock").string() + " --upstream 127.0.0.1:9",
+       "--listen: " + streams + "unixgram:" + (dir_ / "p.sock").string()},
+      {"--listen 127.0.0.1:" + port + " --upstream 127.0.0.1:0",
+       "--upstream: needs the server's port, got 127.0.0.1:0"},
+      {"--listen 127.0.0.1:" + port + " --upstream 127.0.0.1:" + port,
+       "--upstream: 127.0.0.1:" + port + " is --listen's own address"},
+  };
+  for (const auto& [args, message] : cases) {
+    expect_usage_error("proxy " + args, "sockbench: " + message + "\n");
+  }
+  EXPECT_TRUE(refuses(std::stoi(port)));
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "p.sock"));
+}
+
 // A time past its bound used to wrap around: reset_peer reset after 2 ms, latency added none. It
 // is one line naming the toxic and the bound, exit 2, whichever command takes the toxic.
 TEST_F(ProxyCli, AToxicAboveItsBoundIsOneLineNamingTheBound) {

@@ -51,14 +51,29 @@ int proxy_command(int argc, const char* const* argv) {
     return 0;
   }
   servers::ProxyConfig config;
+  // A stream address (tcp or unix): the proxy forwards byte streams, and a datagram address was
+  // taken as the stream one of the same name.
   const auto address_flag = [&](const std::string& flag) {
     const auto address = parse_address(str(parsed, flag));
     if (!address.error.empty()) throw UsageError(fmt::format("--{}: {}", flag, address.error));
+    if (address.address.datagram()) {
+      throw UsageError(fmt::format("--{}: the proxy speaks TCP or unix streams, not {}", flag,
+                                   address.address.to_string()));
+    }
     return address.address;
   };
   config.listen = address_flag("listen");
   if (!parsed.count("upstream")) throw UsageError("--upstream: the server's HOST:PORT is needed");
   config.upstream = address_flag("upstream");
+  if (config.upstream.family() != AF_UNIX && config.upstream.port() == 0) {
+    throw UsageError(
+        fmt::format("--upstream: needs the server's port, got {}", config.upstream.to_string()));
+  }
+  // Each client's connection would come back to the proxy itself, without end.
+  if (config.upstream.to_string() == config.listen.to_string()) {
+    throw UsageError(
+        fmt::format("--upstream: {} is --listen's own address", str(parsed, "upstream")));
+  }
   if (parsed.count("control")) config.control = address_flag("control");
   if (parsed.count("toxic")) {
     for (const auto& text : parsed["toxic"].as<std::vector<std::string>>()) {
