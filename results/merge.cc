@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string_view>
+#include <vector>
 
 #include "results/aggregate.h"
 
@@ -161,6 +162,36 @@ Record shard_row(const Record& r, Shard shard) {
   return row;
 }
 
+// The flags that decide what a shard measured beyond its cells' names: the shards of one run
+// give each the same value. Their --shard and output files differ, and may what fits each host:
+// its --target (a replica of its own), --threads, its CPU sets.
+constexpr std::string_view kRunFlags[] = {
+    "--duration",  "--warmup", "--rate",        "--pipeline",  "--send-on",
+    "--transport", "--tls",    "--tls-version", "--via-proxy",
+};
+
+// The value `command_line` (arguments joined by spaces) gives `flag` ("--warmup 1s" or
+// "--warmup=1s"; the last one, as the parser takes it), "(given)" for a flag with no value, or
+// nullopt when it does not give the flag.
+std::optional<std::string> flag_value(std::string_view command_line, std::string_view flag) {
+  std::vector<std::string_view> words;
+  for (size_t at = 0; at < command_line.size();) {
+    const size_t end = std::min(command_line.find(' ', at), command_line.size());
+    if (end > at) words.push_back(command_line.substr(at, end - at));
+    at = end + 1;
+  }
+  std::optional<std::string> value;
+  for (size_t i = 0; i < words.size(); ++i) {
+    if (words[i] == flag) {
+      const bool has_value = i + 1 < words.size() && !words[i + 1].starts_with("--");
+      value = has_value ? std::string(words[i + 1]) : "(given)";
+    } else if (words[i].starts_with(flag) && words[i].substr(flag.size()).starts_with("=")) {
+      value = std::string(words[i].substr(flag.size() + 1));
+    }
+  }
+  return value;
+}
+
 // Why `inputs` are not the shards of one run, or "" when they are. On success `by_index[i]` is
 // the input of shard i.
 std::string check_inputs(const std::vector<ShardInput>& inputs,
@@ -188,6 +219,16 @@ std::string check_inputs(const std::vector<ShardInput>& inputs,
       return fmt::format("{} is from sockbench {} (git {}) but {} from {} (git {})", first.label,
                          first.run.context.sockbench_version, first.run.context.git_sha, in.label,
                          c.sockbench_version, c.git_sha);
+    }
+    for (const std::string_view flag : kRunFlags) {
+      const auto want = flag_value(first.run.context.command_line, flag);
+      const auto got = flag_value(c.command_line, flag);
+      if (want != got) {
+        return fmt::format(
+            "{} and {} are not shards of the same run: {} {} in the first, {} in "
+            "the second",
+            first.label, in.label, flag, want.value_or("not given"), got.value_or("not given"));
+      }
     }
     const ShardInput*& slot = (*by_index)[static_cast<size_t>(c.shard->index)];
     if (slot) {

@@ -251,6 +251,28 @@ TEST(MergeShards, RefusesInputsThatAreNotTheShardsOfOneRun) {
                  "s0 and s3 are not shards of the same run");
   auto other_scenario = results::ShardInput{"s3", shard_result(3, some, "crr/target/clients:8")};
   expect_refused({shard(0), shard(1), shard(2), other_scenario}, "crr/target/clients:8");
+  // The same cells from runs of other lengths or warm-ups were added up as one run's.
+  auto longer = shard(1);
+  longer.run.context.command_line = "sockbench run --target 127.0.0.1:7 --duration 1500ms";
+  auto base = shard(0);
+  base.run.context.command_line =
+      "sockbench run --target 127.0.0.1:7 --shard 0/4 --duration=300ms --json s0.json";
+  expect_refused({base, longer, shard(2), shard(3)},
+                 "s0 and s1 are not shards of the same run: --duration 300ms in the first, 1500ms "
+                 "in the second");
+  auto warmer = shard(1);
+  warmer.run.context.command_line =
+      "sockbench run --target 127.0.0.1:8 --duration 300ms --warmup 2s";
+  expect_refused({base, warmer, shard(2), shard(3)},
+                 "--warmup not given in the first, 2s in the second");
+  auto same = shard(1);
+  same.run.context.command_line =
+      "sockbench run --duration 300ms --target 127.0.0.1:7 --shard 1/4 --json /tmp/s1.json";
+  auto same2 = shard(2);
+  same2.run.context.command_line = same.run.context.command_line;
+  auto same3 = shard(3);
+  same3.run.context.command_line = same.run.context.command_line;
+  EXPECT_EQ(results::merge_shards({base, same, same2, same3}).error, "");
   auto unsharded = shard(0);
   unsharded.run.context.shard.reset();
   expect_refused({unsharded, shard(1), shard(2), shard(3)}, "s0 is not a shard result");
