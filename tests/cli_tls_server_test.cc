@@ -4,9 +4,15 @@
 // is served. And `sockbench serve` refuses TLS flags it cannot use.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -50,6 +56,55 @@ const Tls& shared_tls() {
     return t;
   }();
   return made;
+}
+
+// `key_pem` encrypted with the pass phrase "x" (PKCS#8, AES-256), as `openssl genpkey -aes256`.
+std::string encrypted_pem(const std::string& key_pem) {
+  BIO* in = BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(in, nullptr, nullptr, nullptr);
+  BIO* out = BIO_new(BIO_s_mem());
+  char pass[] = "x";
+  EXPECT_EQ(PEM_write_bio_PrivateKey(out, key, EVP_aes_256_cbc(),
+                                     reinterpret_cast<unsigned char*>(pass), 1, nullptr, nullptr),
+            1);
+  char* data = nullptr;
+  const long size = BIO_get_mem_data(out, &data);
+  std::string pem(data, static_cast<size_t>(size));
+  BIO_free(out);
+  EVP_PKEY_free(key);
+  BIO_free(in);
+  return pem;
+}
+
+// A self-signed certificate for localhost with an RSA key (2048 bits), PEM.
+tls::Identity rsa_identity() {
+  EVP_PKEY* key = EVP_RSA_gen(2048);
+  X509* cert = X509_new();
+  X509_set_version(cert, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(cert), 1);
+  X509_gmtime_adj(X509_getm_notBefore(cert), -3600);
+  X509_gmtime_adj(X509_getm_notAfter(cert), 86400);
+  X509_set_pubkey(cert, key);
+  X509_NAME* name = X509_get_subject_name(cert);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("localhost"), -1, -1, 0);
+  X509_set_issuer_name(cert, name);
+  EXPECT_GT(X509_sign(cert, key, EVP_sha256()), 0);
+  BIO* cert_out = BIO_new(BIO_s_mem());
+  BIO* key_out = BIO_new(BIO_s_mem());
+  PEM_write_bio_X509(cert_out, cert);
+  PEM_write_bio_PrivateKey(key_out, key, nullptr, nullptr, 0, nullptr, nullptr);
+  char* data = nullptr;
+  long size = BIO_get_mem_data(cert_out, &data);
+  tls::Identity identity;
+  identity.cert_pem.assign(data, static_cast<size_t>(size));
+  size = BIO_get_mem_data(key_out, &data);
+  identity.key_pem.assign(data, static_cast<size_t>(size));
+  BIO_free(key_out);
+  BIO_free(cert_out);
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  return identity;
 }
 
 // A TLS client over a non-blocking socket; every wait bounded.
@@ -204,12 +259,19 @@ class ServeTlsFlags : public test_support::ScratchDirTest {
     std::string args;
     std::string says;
   };
-  // Each `COMMAND ARGS` exits 2 with a line that says what it should.
+  // `sockbench ARGS`, killed after 20 s (status 124): a command that waits forever fails.
+  test_support::Outcome bounded(const std::string& args) {
+    return program("timeout", "20 " + test_support::sockbench_path() + " " + args);
+  }
+  // Each `COMMAND ARGS` exits 2 within 5 s with one line that says what it should.
   void expect_usage_errors(const std::string& command, const std::vector<UsageCase>& cases) {
     for (const auto& c : cases) {
-      const auto out = sockbench(command + " " + c.args);
+      const auto start = std::chrono::steady_clock::now();
+      const auto out = bounded(command + " " + c.args);
+      EXPECT_LT(std::chrono::steady_clock::now() - start, 5s) << c.args;
       EXPECT_EQ(out.status, 2) << c.args;
       EXPECT_THAT(out.err, HasSubstr(c.says)) << c.args;
+      EXPECT_EQ(std::count(out.err.begin(), out.err.end(), '\n'), 1) << c.args << ": " << out.err;
       EXPECT_THAT(out.out, ::testing::Not(HasSubstr("listening"))) << c.args;
     }
   }
@@ -222,10 +284,80 @@ TEST_F(ServeTlsFlags, FlagsWithoutTlsAndBadValuesExit2NamingTheFlag) {
           {"--cipher X", "--cipher needs --tls"},
           {"--tls --tls-version 1.1", "--tls-version: expected 1.2 or 1.3, got '1.1'"},
           {"--tls --cert /nonexistent.pem --key /nonexistent.pem",
-           "--cert: cannot read /nonexistent.pem"},
+           "--cert /nonexistent.pem: cannot read: No such file or directory"},
           {"--tls --cert x.pem", "--cert and --key go together"},
           {"--tls --tls-version 1.2 --cipher NO-SUCH", "unknown cipher 'NO-SUCH'"},
       });
+}
+
+// What serve cannot apply TLS to it refuses rather than serving plaintext: datagrams, and the TLS
+// flags without --tls.
+TEST_F(ServeTlsFlags, ServeRefusesTlsWhereItCannotApply) {
+  write("cert.pem", shared_tls().identity.cert_pem);
+  write("key.pem", shared_tls().identity.key_pem);
+  const std::string files =
+      " --cert " + (dir_ / "cert.pem").string() + " --key " + (dir_ / "key.pem").string();
+  expect_usage_errors(
+      "serve",
+      {
+          {"--server udp-blocking --listen udp:127.0.0.1:0 --tls",
+           "--tls: needs a stream transport (tcp, unix), not udp"},
+          {"--server epoll --listen unixgram:" + (dir_ / "dgram.sock").string() + " --tls",
+           "--tls: needs a stream transport (tcp, unix), not unixgram"},
+          {"--listen 127.0.0.1:0 --tls-version 1.2", "--tls-version needs --tls"},
+          {"--listen 127.0.0.1:0 --tls-version 1.3", "--tls-version needs --tls"},
+          {"--listen 127.0.0.1:0 --no-tickets", "--no-tickets needs --tls"},
+          {"--listen 127.0.0.1:0" + files, "--cert needs --tls"},
+          {"--listen 127.0.0.1:0 --key " + (dir_ / "key.pem").string(), "--key needs --tls"},
+      });
+}
+
+// --cert, --key and --ca name a file that may be /dev/zero, a FIFO nobody writes to, or no PEM at
+// all: each is refused at once, in one line that names the flag and the file.
+TEST_F(ServeTlsFlags, PemFilesAreReadWithABoundAndErrorsNameTheFlagAndTheFile) {
+  write("key.pem", shared_tls().identity.key_pem);
+  const std::string key = (dir_ / "key.pem").string();
+  const std::string fifo = (dir_ / "fifo").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  expect_usage_errors(
+      "serve --listen 127.0.0.1:0 --tls",
+      {
+          {"--cert /dev/zero --key " + key,
+           "--cert /dev/zero: larger than 1 MiB, the most a PEM file may be"},
+          {"--cert " + fifo + " --key " + key, "--cert " + fifo + ": empty, no PEM in it"},
+          {"--cert /etc/passwd --key " + key,
+           "--cert /etc/passwd: cannot read the certificate: no start line"},
+          {"--cert " + key + " --key /dev/zero", "--key /dev/zero: larger than 1 MiB"},
+          {"--cert " + key + " --key " + key, "--cert " + key + ": cannot read the certificate"},
+      });
+  expect_usage_errors("run --target 127.0.0.1:9 --tls",
+                      {{"--ca /dev/zero", "--ca /dev/zero: larger than 1 MiB"},
+                       {"--ca " + fifo, "--ca " + fifo + ": empty, no PEM in it"},
+                       {"--ca /etc/passwd", "--ca /etc/passwd: no certificate to trust"}});
+}
+
+// The key encrypted with a pass phrase: refused at once for what it is, never a prompt, even with a
+// terminal to prompt on (OpenSSL's default asks on /dev/tty and waits).
+TEST_F(ServeTlsFlags, AnEncryptedKeyIsRefusedAtOnceWithoutAPrompt) {
+  write("cert.pem", shared_tls().identity.cert_pem);
+  write("key.pem", encrypted_pem(shared_tls().identity.key_pem));
+  const std::string key = (dir_ / "key.pem").string();
+  const std::string args =
+      "serve --listen 127.0.0.1:0 --tls --cert " + (dir_ / "cert.pem").string() + " --key " + key;
+  expect_usage_errors(
+      args,
+      {{"", "--key " + key + ": the key is encrypted (sockbench reads unencrypted PEM keys)"}});
+  if (test_support::shell("command -v script >/dev/null") != 0) {
+    GTEST_SKIP() << "no script(1) to give the server a terminal";
+  }
+  const auto start = std::chrono::steady_clock::now();
+  // script -e: its status is the command's.
+  const auto out = program(
+      "timeout", "20 script -qec '" + test_support::sockbench_path() + " " + args + "' /dev/null");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  EXPECT_EQ(out.status, 2) << out.out << out.err;
+  EXPECT_THAT(out.out, HasSubstr("the key is encrypted"));
+  EXPECT_THAT(out.out, ::testing::Not(HasSubstr("pass phrase")));
 }
 
 TEST_F(ServeTlsFlags, ServeTlsWithItsOwnCertificateAnswersAVerifyingClient) {
@@ -328,6 +460,75 @@ TEST_F(ServeTlsFlags, CrrTlsCountsFullAndResumedHandshakes) {
       EXPECT_GT(e.value("tls_handshake_p50_us", 0.0), 0.0) << file;
     }
   }
+}
+
+// --no-tickets: every handshake a full one. crr --tls-resume offers each slot's previous session;
+// against `serve --no-tickets` none resumes in TLS 1.2 (no ticket, and no session ID: the server
+// keeps no session cache) or 1.3, while the same server with tickets resumes all but each slot's
+// first.
+TEST_F(ServeTlsFlags, NoTicketsMeansNoHandshakeIsResumed) {
+  for (const std::string version : {"1.2", "1.3"}) {
+    for (const bool tickets : {true, false}) {
+      const std::string file = "crr-" + version + (tickets ? "" : "-no-tickets") + ".json";
+      std::vector<std::string> flags = {"--tls", "--tls-version", version};
+      if (!tickets) flags.push_back("--no-tickets");
+      auto served = test_support::serve("epoll", flags);
+      ASSERT_TRUE(served) << file;
+      const auto out = sockbench("run --target " + served->address.to_string() +
+                                 " --scenario crr --clients 2 --duration 500ms --warmup 0s --tls "
+                                 "--insecure --tls-resume --tls-version " +
+                                 version + " --json " + (dir_ / file).string());
+      ASSERT_EQ(out.status, 0) << file << out.err;
+      const auto e = only_entry(dir_ / file);
+      const double handshakes = e.value("tls_handshakes", 0.0);
+      EXPECT_GT(handshakes, 10) << file;
+      EXPECT_EQ(e.value("errors", -1.0), 0.0) << file;
+      if (tickets) {
+        EXPECT_GE(e.value("tls_resumed", -1.0), handshakes - 2) << file;  // a slot's first is full
+      } else {
+        EXPECT_EQ(e.value("tls_resumed", -1.0), 0.0) << file;
+      }
+    }
+  }
+}
+
+// A TLS 1.2 --cipher none of whose suites the certificate's key can sign: the server would start
+// and drop every handshake, and a check would FAIL a correct model. Refused at start instead,
+// naming the cipher and the key; the suite the key signs is served.
+TEST_F(ServeTlsFlags, Tls12CipherTheKeyCannotSignIsRefusedAtStart) {
+  const tls::Identity rsa = rsa_identity();
+  write("rsa.pem", rsa.cert_pem);
+  write("rsa.key", rsa.key_pem);
+  const std::string rsa_files =
+      " --cert " + (dir_ / "rsa.pem").string() + " --key " + (dir_ / "rsa.key").string();
+  expect_usage_errors(
+      "serve --listen 127.0.0.1:0 --tls --tls-version 1.2",
+      {{rsa_files + " --cipher ECDHE-ECDSA-AES128-GCM-SHA256",
+        "--cipher: no TLS 1.2 cipher suite in 'ECDHE-ECDSA-AES128-GCM-SHA256' can be used with the "
+        "certificate's RSA key (it signs only RSA suites"},
+       {"--cipher ECDHE-RSA-AES128-GCM-SHA256",
+        "--cipher: no TLS 1.2 cipher suite in 'ECDHE-RSA-AES128-GCM-SHA256' can be used with the "
+        "certificate's EC key (it signs only ECDSA suites"}});
+  // check and run start servers with a certificate made for the run (an EC key).
+  const std::string rsa_suite = "--tls --tls-version 1.2 --cipher ECDHE-RSA-AES128-GCM-SHA256";
+  expect_usage_errors("check --server epoll", {{rsa_suite, "the certificate's EC key"}});
+  expect_usage_errors("run --server epoll --duration 200ms",
+                      {{rsa_suite,
+                        "; the servers started here serve a certificate made for the "
+                        "run"}});
+
+  auto served = test_support::serve(
+      "epoll", {"--tls", "--tls-version", "1.2", "--cipher", "ECDHE-RSA-AES128-GCM-SHA256",
+                "--cert", (dir_ / "rsa.pem").string(), "--key", (dir_ / "rsa.key").string()});
+  ASSERT_TRUE(served);
+  const auto out = sockbench("run --target " + served->address.to_string() +
+                             " --clients 1 --duration 300ms --warmup 0s --tls --tls-version 1.2 "
+                             "--insecure --json " +
+                             (dir_ / "rsa.json").string());
+  ASSERT_EQ(out.status, 0) << out.err;
+  const auto e = only_entry(dir_ / "rsa.json");
+  EXPECT_GT(e.value("iterations", 0), 0);
+  EXPECT_EQ(e.value("errors", -1.0), 0.0);
 }
 
 // check --tls (the tls family): a correct model passes every tls sub-check; the twin that reads a

@@ -19,6 +19,7 @@
 #include "harness/cli/common.h"
 #include "harness/cli/options.h"
 #include "harness/cli/tls_options.h"
+#include "harness/core/eprint.h"
 #include "harness/core/fd.h"
 #include "harness/core/net.h"
 #include "harness/core/procstat.h"
@@ -127,6 +128,10 @@ int serve_command(int argc, const char* const* argv) {
   config.reuseaddr = parsed.count("no-reuseaddr") == 0;
   config.tcp = tcp_timeouts_flags(parsed);
   config.protocol.tls = tls_server_context(parsed);
+  if (config.protocol.tls && config.listen.datagram()) {
+    throw UsageError(fmt::format("--tls: needs a stream transport (tcp, unix), not {}",
+                                 transport_of(config.listen)));
+  }
   // A member's frames are relayed as they were read: over TLS they would be the sender's records.
   if (config.protocol.tls && *protocol == servers::Protocol::kChat) {
     throw UsageError("--tls: chat relays frames between connections and serves no TLS");
@@ -219,14 +224,13 @@ int serve_command(int argc, const char* const* argv) {
     self = sample_process(::getpid());
   }
   if (parsed.count("quiet") == 0) {
-    fmt::print(stderr,
-               "sockbench serve: stopped{}: {}; now {} threads, {} open fds ({} at start{})\n",
-               signo ? fmt::format(" on signal {}", signo) : "", summary, self ? self->threads : -1,
-               self ? self->open_fds : -1, at_start ? at_start->open_fds : -1,
-               with_ready_fd ? " with the ready fd" : "");
+    eprint("sockbench serve: stopped{}: {}; now {} threads, {} open fds ({} at start{})\n",
+           signo ? fmt::format(" on signal {}", signo) : "", summary, self ? self->threads : -1,
+           self ? self->open_fds : -1, at_start ? at_start->open_fds : -1,
+           with_ready_fd ? " with the ready fd" : "");
   }
   if (ec) {
-    fmt::print(stderr, "sockbench serve: {} failed: {}\n", model->name, ec.message());
+    eprint("sockbench serve: {} failed: {}\n", model->name, ec.message());
     return 1;
   }
   return 0;

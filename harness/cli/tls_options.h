@@ -15,8 +15,10 @@ namespace sockbench::cli {
 void add_tls_server_options(cxxopts::Options& options);
 
 // The server's TLS context from those flags; nullptr without --tls. Without --cert/--key a
-// self-signed certificate for localhost, 127.0.0.1 and ::1 is made in memory. UsageError for a
-// bad value, an unreadable file or a key that does not go with the certificate.
+// self-signed certificate for localhost, 127.0.0.1 and ::1 is made in memory. UsageError, naming
+// the flag (and file), for a flag without --tls, a bad value, a PEM file that cannot be read
+// (over 1 MiB, a FIFO, not PEM, an encrypted key), a key that does not go with the certificate, or
+// a TLS 1.2 --cipher none of whose suites the key can sign.
 std::shared_ptr<tls::Context> tls_server_context(const cxxopts::ParseResult& parsed);
 
 // --tls, --tls-version, --cipher, --insecure, --ca FILE, --tls-resume: the client side of `run`.
@@ -29,7 +31,8 @@ class RunTls {
  public:
   // `target`: the run drives a --target (verified against --ca or the system's store, named
   // `server_name`; --insecure skips verification). Otherwise the run's own certificate is the
-  // only one trusted. UsageError for bad values.
+  // only one trusted, and a --cipher its servers would refuse is refused here. UsageError for bad
+  // values.
   static RunTls from_flags(const cxxopts::ParseResult& parsed, bool target,
                            const std::string& server_name);
   RunTls() = default;

@@ -66,6 +66,46 @@ std::string fail_with(std::string* error, const std::string& what) {
   return {};
 }
 
+// OpenSSL's pass phrase callback, which would otherwise prompt on the terminal and wait: gives no
+// pass phrase and notes that one was asked for (`asked` points to a bool).
+int no_pass_phrase(char*, int, int, void* asked) {
+  *static_cast<bool*>(asked) = true;
+  return -1;
+}
+
+// The NID_auth_* of the TLS 1.2 cipher suites a certificate with `key` can serve (ECDSA suites
+// for EC and EdDSA keys, RSA suites for RSA keys); NID_undef for a key of another kind.
+int suite_auth_of(EVP_PKEY* key) {
+  switch (EVP_PKEY_get_base_id(key)) {
+    case EVP_PKEY_EC:
+    case EVP_PKEY_ED25519:
+    case EVP_PKEY_ED448:
+      return NID_auth_ecdsa;
+    case EVP_PKEY_RSA:
+    case EVP_PKEY_RSA_PSS:
+      return NID_auth_rsa;
+    default:
+      return NID_undef;
+  }
+}
+
+// Whether one of the TLS 1.2 suites `ctx` enables can be served with a key for `auth` suites.
+// A suite authenticated otherwise than by a certificate (PSK, anonymous) is not judged here.
+bool has_suite_for(SSL_CTX* ctx, int auth) {
+  SSL* ssl = SSL_new(ctx);
+  if (!ssl) return true;
+  STACK_OF(SSL_CIPHER)* suites = SSL_get1_supported_ciphers(ssl);  // this version's, enabled
+  bool found = false;
+  for (int i = 0; suites && i < sk_SSL_CIPHER_num(suites) && !found; ++i) {
+    const int a = SSL_CIPHER_get_auth_nid(sk_SSL_CIPHER_value(suites, i));
+    found = a == auth || (a != NID_auth_rsa && a != NID_auth_ecdsa && a != NID_auth_dss);
+  }
+  sk_SSL_CIPHER_free(suites);
+  SSL_free(ssl);
+  ERR_clear_error();
+  return found;
+}
+
 }  // namespace
 
 std::string last_error_reason() {
@@ -131,7 +171,10 @@ Identity make_loopback_identity(std::string* error) {
   return make_self_signed({"localhost", "127.0.0.1", "::1"}, -hours(1), hours(24 * 30), error);
 }
 
-std::shared_ptr<Context> Context::make(const Config& config, std::string* error) {
+std::shared_ptr<Context> Context::make(const Config& config, std::string* error, ConfigPart* part) {
+  ConfigPart ignored;
+  if (!part) part = &ignored;
+  *part = ConfigPart::kOther;
   if (config.version != 12 && config.version != 13) {
     *error = fmt::format("TLS version {} is not offered: 1.2 or 1.3", config.version / 10.0);
     return nullptr;
@@ -147,22 +190,52 @@ std::shared_ptr<Context> Context::make(const Config& config, std::string* error)
   if (!config.ciphers.empty()) {
     const int ok = config.version == 13 ? SSL_CTX_set_ciphersuites(ctx, config.ciphers.c_str())
                                         : SSL_CTX_set_cipher_list(ctx, config.ciphers.c_str());
-    if (!ok) return fail_with(error, "unknown cipher '" + config.ciphers + "'"), nullptr;
+    if (!ok) {
+      *part = ConfigPart::kCiphers;
+      return fail_with(error, "unknown cipher '" + config.ciphers + "'"), nullptr;
+    }
   }
   if (config.role == Role::kServer) {
+    bool asked = false;
     BioPtr cert_in = bio_of(config.identity.cert_pem);
-    X509Ptr cert(PEM_read_bio_X509(cert_in.get(), nullptr, nullptr, nullptr));
+    X509Ptr cert(PEM_read_bio_X509(cert_in.get(), nullptr, no_pass_phrase, &asked));
+    if (!cert) {
+      *part = ConfigPart::kCertificate;
+      return fail_with(error, "cannot read the certificate"), nullptr;
+    }
     BioPtr key_in = bio_of(config.identity.key_pem);
-    PkeyPtr key(PEM_read_bio_PrivateKey(key_in.get(), nullptr, nullptr, nullptr));
-    if (!cert) return fail_with(error, "cannot read the certificate"), nullptr;
-    if (!key) return fail_with(error, "cannot read the private key"), nullptr;
+    PkeyPtr key(PEM_read_bio_PrivateKey(key_in.get(), nullptr, no_pass_phrase, &asked));
+    if (!key) {
+      *part = ConfigPart::kKey;
+      if (!asked) return fail_with(error, "cannot read the private key"), nullptr;
+      ERR_clear_error();
+      *error = "the key is encrypted (sockbench reads unencrypted PEM keys)";
+      return nullptr;
+    }
     if (!SSL_CTX_use_certificate(ctx, cert.get()) || !SSL_CTX_use_PrivateKey(ctx, key.get()) ||
         !SSL_CTX_check_private_key(ctx)) {
+      *part = ConfigPart::kKey;
       return fail_with(error, "the key does not go with the certificate"), nullptr;
     }
+    // A TLS 1.2 suite names what signs the handshake (ECDHE-ECDSA-..., ECDHE-RSA-...): with none
+    // this key can sign, the server would start and then fail every handshake.
+    if (const int auth = suite_auth_of(key.get());
+        config.version == 12 && auth != NID_undef && !has_suite_for(ctx, auth)) {
+      *part = ConfigPart::kCiphers;
+      const bool rsa = auth == NID_auth_rsa;
+      *error = fmt::format(
+          "no TLS 1.2 cipher suite in '{}' can be used with the certificate's {} key (it signs "
+          "only {} suites, such as {})",
+          config.ciphers.empty() ? "the default list" : config.ciphers,
+          EVP_PKEY_get0_type_name(key.get()), rsa ? "RSA" : "ECDSA",
+          rsa ? "ECDHE-RSA-AES128-GCM-SHA256" : "ECDHE-ECDSA-AES128-GCM-SHA256");
+      return nullptr;
+    }
     if (!config.session_tickets) {
+      // Neither tickets nor, in TLS 1.2, a session ID the server would look up in its cache.
       SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
       SSL_CTX_set_num_tickets(ctx, 0);
+      SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     }
     return context;
   }
@@ -184,6 +257,7 @@ std::shared_ptr<Context> Context::make(const Config& config, std::string* error)
       }
       ERR_clear_error();  // the read past the last certificate
       if (added == 0) {
+        *part = ConfigPart::kTrusted;
         *error = "no certificate to trust in the given PEM";
         return nullptr;
       }

@@ -50,8 +50,13 @@ struct Config {
   // Client: a certificate in trusted_pem ends the chain even when it is not self-signed, so
   // trusting a CA-issued server certificate itself is enough (X509_V_FLAG_PARTIAL_CHAIN).
   bool partial_chain = false;
+  // Server: false resumes nothing, neither by ticket nor by session ID (no session cache).
   bool session_tickets = true;
 };
+
+// The part of a Config an error of Context::make is about, for a caller to name where that part
+// came from (a flag, a file).
+enum class ConfigPart { kOther, kCiphers, kCertificate, kKey, kTrusted };
 
 // When a certificate is valid: its notBefore and notAfter.
 struct Validity {
@@ -65,8 +70,11 @@ std::string last_error_reason();
 // The shared, read-only part: one per server or per load run. Thread-safe once made.
 class Context {
  public:
-  // nullptr with `error` set (bad PEM, a key that does not match, an unknown cipher...).
-  static std::shared_ptr<Context> make(const Config& config, std::string* error);
+  // nullptr with `error` set (bad PEM, an encrypted key, a key that does not match, an unknown
+  // cipher, a TLS 1.2 cipher list none of whose suites the key can sign...) and, when given,
+  // `part` to what it is about. Never prompts for a pass phrase.
+  static std::shared_ptr<Context> make(const Config& config, std::string* error,
+                                       ConfigPart* part = nullptr);
   ~Context();
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
