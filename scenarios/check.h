@@ -95,6 +95,12 @@ struct CheckOptions {
   // check --tls: the target serves TLS; the checks that run over it (CheckInfo::over_tls) speak it.
   bool tls = false;
   int tls_version = 13;  // check --tls: the version the TLS probes offer (12 or 13)
+  // check --tls --cipher: the suites the probes offer (empty: OpenSSL's defaults).
+  std::string tls_ciphers;
+  // check --tls --ca: the certificates tls/handshake verifies the server's chain against, and the
+  // name (or IP) it must carry; empty: the probes do not verify (the checks look at behaviour).
+  std::string tls_trusted_pem;
+  std::string tls_server_name;
   // Progress lines ("partial/byte-at-a-time"), may be empty.
   std::function<void(const std::string&)> progress;
 };

@@ -43,7 +43,15 @@ bool expect_tls_serving(CheckTarget& target, const CheckOptions& options, Outcom
 
 Outcome handshake(CheckTarget& target, const CheckOptions& options) {
   Outcome o;
-  auto probe = TlsProbe::connect(target.address(), probe_config(options), o);
+  tls::Config config = probe_config(options);
+  const bool verify = !options.tls_trusted_pem.empty();
+  if (verify) {  // --ca: the chain must verify, for the name connected to
+    config.insecure = false;
+    config.trusted_pem = options.tls_trusted_pem;
+    config.partial_chain = true;
+    config.server_name = options.tls_server_name;
+  }
+  auto probe = TlsProbe::connect(target.address(), config, o);
   if (!probe) return o;
   const auto start = std::chrono::steady_clock::now();
   if (!o.expect(probe->handshake(kTimeout), "the handshake completed")) {
@@ -53,8 +61,10 @@ Outcome handshake(CheckTarget& target, const CheckOptions& options) {
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   o.metric("handshake_ms", ms);
-  o.line(fmt::format("{} with {} in {:.2f} ms", probe->session().version(),
-                     probe->session().cipher(), ms));
+  o.line(fmt::format(
+      "{} with {} in {:.2f} ms{}", probe->session().version(), probe->session().cipher(), ms,
+      verify ? fmt::format(", the chain verified against --ca for {}", options.tls_server_name)
+             : ""));
   const auto payload = make_payload(1000, options.seed);
   o.expect(probe->exchange(payload, kTimeout) == encode_frame(payload),
            "a 1,000-byte framed request came back decrypted and whole");

@@ -15,6 +15,7 @@ constexpr Millis kConnectTimeout{2000};
 tls::Config probe_config(const CheckOptions& options) {
   tls::Config config;
   config.version = options.tls_version;
+  config.ciphers = options.tls_ciphers;
   config.insecure = true;
   return config;
 }

@@ -687,6 +687,37 @@ TEST_F(ServeTlsFlags, RunTlsFlagErrorsExit2) {
       });
 }
 
+// check --tls against a target took --ca and --cipher and ignored both: its probes never verified
+// and offered OpenSSL's default suites (a wrong --ca PASSed). tls/handshake now verifies the
+// chain against --ca, for the target's host, and every probe offers --cipher.
+TEST_F(ServeTlsFlags, CheckTlsVerifiesAgainstTheCaAndOffersTheCipher) {
+  auto served = serve_tls();
+  ASSERT_TRUE(served);
+  write("other.pem", rsa_identity().cert_pem);
+  const auto json = dir_ / "check.json";
+  const std::string check = "check --tls -v --only tls/handshake --target " +
+                            served->address.to_string() + " --json " + json.string();
+  const struct {
+    std::string flags;
+    std::string verdict;
+    std::string says;
+  } cases[] = {
+      {" --ca " + (dir_ / "cert.pem").string(), "PASS",
+       ", the chain verified against --ca for 127.0.0.1"},
+      {" --ca " + (dir_ / "other.pem").string(), "FAIL", "why: "},
+      {" --cipher TLS_AES_128_GCM_SHA256", "PASS", "TLSv1.3 with TLS_AES_128_GCM_SHA256"},
+  };
+  for (const auto& c : cases) {
+    const auto out = sockbench(check + c.flags);
+    const auto doc = nlohmann::json::parse(test_support::slurp(json), nullptr, false);
+    ASSERT_FALSE(doc.is_discarded()) << c.flags << out.err;
+    EXPECT_EQ(test_support::check_verdicts(doc, "target").at("tls/handshake"), c.verdict)
+        << c.flags << "\n"
+        << out.out;
+    EXPECT_THAT(out.out, HasSubstr(c.says)) << c.flags;
+  }
+}
+
 TEST_F(ServeTlsFlags, RunTlsAgainstATargetVerifiesItsCertificateAndNamesTheReason) {
   auto served = serve_tls();
   ASSERT_TRUE(served);

@@ -109,7 +109,21 @@ CheckPlan target_plan(const cxxopts::ParseResult& parsed, const char* name, int 
         parsed.count("server") > 0 || (!parsed.count("target") && !parsed.count("server-cmd"));
     plan.tls = std::make_shared<RunTls>(RunTls::from_flags(parsed, !builtins, "localhost"));
     check_options.tls = true;
-    check_options.tls_version = plan.tls->client->config().version;
+    const tls::Config& client = plan.tls->client->config();
+    check_options.tls_version = client.version;
+    check_options.tls_ciphers = client.ciphers;
+    if (parsed.count("ca")) {
+      check_options.tls_trusted_pem = client.trusted_pem;
+      // The name the target was given by (its host), else the loopback the server command
+      // listens on.
+      std::string host = parsed.count("target") ? str(parsed, "target") : "127.0.0.1";
+      if (const auto colon = host.rfind(':');
+          parsed.count("target") && colon != std::string::npos) {
+        host.resize(colon);
+      }
+      if (host.starts_with("[") && host.ends_with("]")) host = host.substr(1, host.size() - 2);
+      check_options.tls_server_name = host;
+    }
   } else {
     for (const char* flag : {"tls-version", "cipher", "insecure", "ca"}) {
       if (parsed.count(flag)) throw UsageError(fmt::format("--{} needs --tls", flag));
