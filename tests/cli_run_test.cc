@@ -493,6 +493,18 @@ TEST_F(CliRun, AFlagThatNothingHonoursIsRefused) {
        "--via-proxy: the proxy forwards TCP, not --transport udp"},
   };
   expect_usage_errors(run, cases);
+  // A flag given twice kept its last value without a word: --json a --json b never wrote a,
+  // check --only twice ran the second only, proxy --upstream twice used the second.
+  expect_usage_errors(
+      run, {{"--server epoll --server poll",
+             "--server: given twice ('epoll', then 'poll'); give it once (as one "
+             "comma list where it takes several)"},
+            {"--json a.json --json b.json", "--json: given twice ('a.json', then 'b.json')"}});
+  expect_usage_errors("", {{"check --server epoll --only errors/refused --only errors/half-close",
+                            "--only: given twice ('errors/refused', then 'errors/half-close')"},
+                           {"proxy --listen 127.0.0.1:0 --upstream 127.0.0.1:9 --upstream "
+                            "127.0.0.1:10",
+                            "--upstream: given twice ('127.0.0.1:9', then '127.0.0.1:10')"}});
   // Where one chosen scenario reads it, and where the proxy listens on it, each is taken.
   const auto json = dir_ / "taken.json";
   for (const std::string flags : {"--server epoll --scenario rr,stream --protocol echo --host "

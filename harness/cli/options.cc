@@ -5,6 +5,9 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <set>
+#include <string>
 
 namespace sockbench::cli {
 
@@ -13,6 +16,25 @@ cxxopts::ParseResult parse_or_throw(cxxopts::Options& options, int argc, const c
     auto parsed = options.parse(argc, argv);
     if (!parsed.unmatched().empty()) {
       throw UsageError(fmt::format("unexpected argument '{}'", parsed.unmatched().front()));
+    }
+    // A flag given twice kept its last value without a word (--junit a.xml --junit b.xml never
+    // wrote a.xml; --only twice ran the second only): refused, unless it takes a list.
+    std::set<std::string> lists;
+    for (const auto& group : options.groups()) {
+      for (const auto& option : options.group_help(group).options) {
+        if (option.is_container && !option.l.empty()) lists.insert(option.l.front());
+      }
+    }
+    std::map<std::string, std::string> given;
+    for (const auto& argument : parsed.arguments()) {
+      if (lists.count(argument.key())) continue;
+      const auto [first, fresh] = given.emplace(argument.key(), argument.value());
+      if (!fresh && first->second != argument.value()) {
+        throw UsageError(
+            fmt::format("--{}: given twice ('{}', then '{}'); give it once (as one comma list "
+                        "where it takes several)",
+                        argument.key(), first->second, argument.value()));
+      }
     }
     return parsed;
   } catch (const cxxopts::exceptions::exception& e) {
