@@ -188,7 +188,16 @@ std::string to_junit(const RunResult& run) {
   std::vector<std::string> suites;  // first-seen order
   std::map<std::string, std::vector<Case>> cases;
   Counts total;
-  for (const Record& r : run.records) {
+  // The run as a whole failed (a signal stopped it part-way): an error of its own, or the checks
+  // that ran would show as a clean, complete run.
+  std::vector<Record> records = run.records;
+  if (!run.context.error.empty()) {
+    Record whole;
+    whole.name = "check/sockbench/run/all";
+    whole.error = run.context.error;
+    records.push_back(std::move(whole));
+  }
+  for (const Record& r : records) {
     Case c = make_case(r);
     if (!cases.count(c.classname)) suites.push_back(c.classname);
     cases[c.classname].push_back(std::move(c));

@@ -62,7 +62,8 @@ OutputTarget resolve_output(const std::string& path);
 // one <testcase> per record (classname = the check, name = "<subcheck>/<target>", taken from the
 // record's "check"/"subcheck" params or its "check/<check>/<subcheck>/<target>" name). Verdict
 // FAIL -> <failure message=...>, SKIP -> <skipped message=...>, a record with an error and no
-// verdict -> <error>; the evidence is in <system-out>. XML-escaped; characters XML 1.0 cannot
+// verdict -> <error>, and so does the run's own error (interrupted), as testcase sockbench run/all;
+// the evidence is in <system-out>. XML-escaped; characters XML 1.0 cannot
 // carry (control characters, invalid UTF-8) become U+FFFD.
 std::string to_junit(const RunResult& run);
 std::error_code write_junit_file(const RunResult& run, const std::string& path);

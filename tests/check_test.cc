@@ -268,9 +268,8 @@ TEST(CheckRunner, UndeclaredAndNeverRunSubchecksFail) {
 TEST(CheckRegistry, NamesAndOnlyValidation) {
   std::vector<std::string> names;
   for (const auto& c : checks()) names.push_back(c.name);
-  EXPECT_EQ(names,
-            (std::vector<std::string>{"partial", "backlog", "timewait", "errors", "udp", "chat",
-                                      "tls"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"partial", "backlog", "timewait", "errors", "udp",
+                                             "chat", "tls"}));
   for (const auto& c : checks()) {
     EXPECT_EQ(c.datagram, c.name == "udp") << c.name;
     EXPECT_EQ(c.chat, c.name == "chat") << c.name;
@@ -358,6 +357,20 @@ TEST(JUnit, OneTestcasePerRecordWithFailuresSkipsAndEscaping) {
   EXPECT_NE(xml.find(R"(<error message="server died" type="error">)"), std::string::npos);
   EXPECT_NE(xml.find(R"(<testcase classname="rr" name="rr/epoll/clients:1/msg:64")"),
             std::string::npos);
+
+  // Interrupted part-way: the checks that ran, and an error saying the run did not finish (a
+  // JUnit of 4 tests and no error read as a complete, clean run).
+  run.context.error = "interrupted by signal";
+  const std::string cut = results::to_junit(run);
+  EXPECT_NE(
+      cut.find(
+          R"(<testsuites name="sockbench check" tests="5" failures="1" errors="2" skipped="1")"),
+      std::string::npos)
+      << cut;
+  EXPECT_NE(cut.find(R"(<testcase classname="sockbench" name="run/all")"), std::string::npos)
+      << cut;
+  EXPECT_NE(cut.find(R"(<error message="interrupted by signal" type="error">)"), std::string::npos)
+      << cut;
 }
 
 }  // namespace
