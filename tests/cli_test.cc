@@ -82,6 +82,18 @@ TEST_F(Cli, BadFlagsGiveOneLineNamingTheFlagAndExit2) {
       {"serve --listen 127.0.0.1:99999", "--listen"},
       {"serve --server nope", "--server"},
       {"serve --protocol smtp", "--protocol"},
+      // serve flags its listener or protocol has no use for were ignored without a word.
+      {"serve --chat-limit 100",
+       "--chat-limit: applies to --protocol chat (given --protocol "
+       "framed on 127.0.0.1:7000)"},
+      {"serve --protocol echo --max-frame 10",
+       "--max-frame: applies to --protocol framed and chat"},
+      {"serve --listen unix:" + (dir_ / "s.sock").string() + " --keepalive 2,1,3",
+       "--keepalive: applies to a tcp listener"},
+      {"serve --server epoll --listen udp:127.0.0.1:0 --user-timeout 100",
+       "--user-timeout: applies to a tcp listener"},
+      {"serve --server epoll --listen udp:127.0.0.1:0 --accept-paused",
+       "--accept-paused: a datagram listener accepts nothing to pause"},
       // A cell named twice would run twice under one name: the table, the JSON and compare
       // could not tell the two apart.
       {"--server epoll,epoll", "--server: epoll is listed twice"},

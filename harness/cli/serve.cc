@@ -120,6 +120,24 @@ int serve_command(int argc, const char* const* argv) {
                                  transport_of(config.listen)));
   }
   config.protocol.protocol = *protocol;
+  // Flags this listener or protocol has no use for were ignored without a word.
+  const bool framed =
+      *protocol == servers::Protocol::kFramed || *protocol == servers::Protocol::kChat;
+  const std::string_view listener = transport_of(config.listen);
+  const std::pair<const char*, std::string> unused[] = {
+      {"chat-limit", *protocol == servers::Protocol::kChat ? "" : "applies to --protocol chat"},
+      {"max-frame", framed ? "" : "applies to --protocol framed and chat (their length prefix)"},
+      {"keepalive", listener == "tcp" ? "" : "applies to a tcp listener"},
+      {"user-timeout", listener == "tcp" ? "" : "applies to a tcp listener"},
+      {"accept-paused",
+       config.listen.datagram() ? "a datagram listener accepts nothing to pause" : ""},
+  };
+  for (const auto& [flag, why] : unused) {
+    if (parsed.count(flag) && !why.empty()) {
+      throw UsageError(fmt::format("--{}: {} (given --protocol {} on {})", flag, why, protocol_name,
+                                   config.listen.to_string()));
+    }
+  }
   config.protocol.chat_limit =
       static_cast<size_t>(parse_int("chat-limit", str(parsed, "chat-limit"), 1, int64_t{1} << 40));
   config.protocol.max_frame =
