@@ -40,10 +40,20 @@ std::string apply_control_line(std::vector<Toxic>& toxics, std::string_view line
     return reply;
   }
   if (command == "remove") {
-    const auto before = toxics.size();
-    std::erase_if(toxics, [&](const Toxic& t) { return t.name() == argument; });
-    if (toxics.size() == before) return fmt::format("error no toxic '{}' (see list)", argument);
-    return fmt::format("ok {}", argument);
+    // "both:TOXIC" names the two that "add both:..." made, as it does there.
+    std::vector<std::string> names = {std::string(argument)};
+    if (argument.starts_with("both:")) {
+      const auto kind = argument.substr(5);
+      names = {fmt::format("up:{}", kind), fmt::format("down:{}", kind)};
+    }
+    std::string reply = "ok";
+    for (const auto& name : names) {
+      if (std::erase_if(toxics, [&](const Toxic& t) { return t.name() == name; }) > 0) {
+        reply += " " + name;
+      }
+    }
+    if (reply == "ok") return fmt::format("error no toxic '{}' (see list)", argument);
+    return reply;
   }
   if (command == "list" || command == "reset") {
     if (command == "reset") toxics.clear();

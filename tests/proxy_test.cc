@@ -210,6 +210,13 @@ TEST(ProxyControl, AddRemoveListReset) {
   EXPECT_EQ(apply_control_line(toxics, "remove up:slicer", nullptr), "ok up:slicer");
   EXPECT_EQ(apply_control_line(toxics, "remove up:slicer", nullptr),
             "error no toxic 'up:slicer' (see list)");
+  // "both:" removes what "add both:" added (it answered "no toxic").
+  EXPECT_EQ(apply_control_line(toxics, "add both:bandwidth=100", nullptr),
+            "ok up:bandwidth=100 down:bandwidth=100");
+  EXPECT_EQ(apply_control_line(toxics, "remove both:bandwidth", nullptr),
+            "ok up:bandwidth down:bandwidth");
+  EXPECT_EQ(apply_control_line(toxics, "remove both:bandwidth", nullptr),
+            "error no toxic 'both:bandwidth' (see list)");
   EXPECT_EQ(apply_control_line(toxics, "add down:nope=1", nullptr).substr(0, 6), "error ");
   // The command line's parser and bounds: a time past a day is refused, not wrapped.
   EXPECT_EQ(apply_control_line(toxics, "add down:latency=10000000000000", &added),
