@@ -166,11 +166,22 @@ ParsedToxics parse_toxic(std::string_view text) {
 
 ParsedToxics parse_toxics(std::string_view text) {
   ParsedToxics out;
+  const std::string_view whole = text;
   while (!text.empty()) {
     const auto comma = text.find(',');
     auto one = parse_toxic(text.substr(0, comma));
     if (!one.error.empty()) return one;
-    for (const auto& toxic : one.toxics) upsert_toxic(out.toxics, toxic);
+    // One list names each toxic once: a second was taken over the first without a word.
+    for (const auto& toxic : one.toxics) {
+      const auto name = toxic.name();
+      if (std::any_of(out.toxics.begin(), out.toxics.end(),
+                      [&](const Toxic& t) { return t.name() == name; })) {
+        out.error = fmt::format("toxics: {} is given twice in '{}'", name, whole);
+        out.toxics.clear();
+        return out;
+      }
+      out.toxics.push_back(toxic);
+    }
     if (comma == std::string_view::npos) break;
     text.remove_prefix(comma + 1);
     if (text.empty()) out.error = "toxics: a trailing ',' names no toxic";

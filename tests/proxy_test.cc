@@ -153,6 +153,12 @@ TEST(ToxicSyntax, RejectsMalformedToxicsNamingThem) {
   EXPECT_EQ(parse_toxics("up:slicer=3-1").error,
             "toxic 'up:slicer=3-1': expected "
             "slicer=MIN-MAX[@DELAY_US]");
+  // One list names a toxic once: the second was taken over the first without a word.
+  EXPECT_EQ(parse_toxics("up:latency=5,up:latency=6").error,
+            "toxics: up:latency is given twice in 'up:latency=5,up:latency=6'");
+  EXPECT_EQ(parse_toxics("both:latency=5,down:latency=6").error,
+            "toxics: down:latency is given twice in 'both:latency=5,down:latency=6'");
+  EXPECT_TRUE(parse_toxics("up:latency=5,down:latency=6").error.empty());
 }
 
 // A deadline is now + a time: a time without a bound wrapped around into the past, and the toxic
