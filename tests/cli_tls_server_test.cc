@@ -29,6 +29,7 @@
 #include "scenarios/steps.h"
 #include "tests/support/cli.h"
 #include "tests/support/servers.h"
+#include "tests/support/tls_keys.h"
 
 namespace sockbench {
 namespace {
@@ -56,24 +57,6 @@ const Tls& shared_tls() {
     return t;
   }();
   return made;
-}
-
-// `key_pem` encrypted with the pass phrase "x" (PKCS#8, AES-256), as `openssl genpkey -aes256`.
-std::string encrypted_pem(const std::string& key_pem) {
-  BIO* in = BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
-  EVP_PKEY* key = PEM_read_bio_PrivateKey(in, nullptr, nullptr, nullptr);
-  BIO* out = BIO_new(BIO_s_mem());
-  char pass[] = "x";
-  EXPECT_EQ(PEM_write_bio_PrivateKey(out, key, EVP_aes_256_cbc(),
-                                     reinterpret_cast<unsigned char*>(pass), 1, nullptr, nullptr),
-            1);
-  char* data = nullptr;
-  const long size = BIO_get_mem_data(out, &data);
-  std::string pem(data, static_cast<size_t>(size));
-  BIO_free(out);
-  EVP_PKEY_free(key);
-  BIO_free(in);
-  return pem;
 }
 
 // A self-signed certificate for localhost with an RSA key (2048 bits), PEM.
@@ -340,7 +323,7 @@ TEST_F(ServeTlsFlags, PemFilesAreReadWithABoundAndErrorsNameTheFlagAndTheFile) {
 // terminal to prompt on (OpenSSL's default asks on /dev/tty and waits).
 TEST_F(ServeTlsFlags, AnEncryptedKeyIsRefusedAtOnceWithoutAPrompt) {
   write("cert.pem", shared_tls().identity.cert_pem);
-  write("key.pem", encrypted_pem(shared_tls().identity.key_pem));
+  write("key.pem", test_support::encrypted_key_pem(shared_tls().identity.key_pem));
   const std::string key = (dir_ / "key.pem").string();
   const std::string args =
       "serve --listen 127.0.0.1:0 --tls --cert " + (dir_ / "cert.pem").string() + " --key " + key;

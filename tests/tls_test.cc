@@ -14,6 +14,8 @@
 #include <optional>
 #include <string>
 
+#include "tests/support/tls_keys.h"
+
 namespace sockbench::tls {
 namespace {
 
@@ -408,19 +410,7 @@ TEST(Tls, ErrorsNameThePartOfTheConfigurationTheyAreAbout) {
 // The key encrypted with a pass phrase: refused with that reason, never a prompt on the terminal.
 TEST(Tls, AnEncryptedKeyIsRefusedWithoutAskingForAPassPhrase) {
   const Identity id = loopback();
-  BIO* in = BIO_new_mem_buf(id.key_pem.data(), static_cast<int>(id.key_pem.size()));
-  EVP_PKEY* key = PEM_read_bio_PrivateKey(in, nullptr, nullptr, nullptr);
-  BIO* out = BIO_new(BIO_s_mem());
-  char pass[] = "x";
-  ASSERT_EQ(PEM_write_bio_PrivateKey(out, key, EVP_aes_256_cbc(),
-                                     reinterpret_cast<unsigned char*>(pass), 1, nullptr, nullptr),
-            1);
-  char* data = nullptr;
-  const long size = BIO_get_mem_data(out, &data);
-  const std::string encrypted(data, static_cast<size_t>(size));
-  BIO_free(out);
-  EVP_PKEY_free(key);
-  BIO_free(in);
+  const std::string encrypted = test_support::encrypted_key_pem(id.key_pem);
   ASSERT_THAT(encrypted, HasSubstr("ENCRYPTED PRIVATE KEY"));
   std::string error;
   ConfigPart part = ConfigPart::kOther;

@@ -1,0 +1,12 @@
+// PEM keys for the TLS tests.
+#pragma once
+
+#include <string>
+
+namespace sockbench::test_support {
+
+// `key_pem` (an unencrypted PEM private key) encrypted with the pass phrase "x" (PKCS#8,
+// AES-256), as `openssl genpkey -aes256 -pass pass:x` writes one; "" if OpenSSL fails.
+std::string encrypted_key_pem(const std::string& key_pem);
+
+}  // namespace sockbench::test_support
