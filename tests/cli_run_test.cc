@@ -427,9 +427,10 @@ TEST_F(CliRun, RestartScenarioRecoversEveryClientAndCountsTheLostRequestsExactly
   EXPECT_GT(b["peak_connect_rate"].get<double>(), 0) << b;
 }
 
-// Killed at once (--kill-at 0ms, no warm-up): clients whose first connect the kill refused
-// retry and are served by the new server, and count as recovered. They used to fail the run
-// ("N of N clients were not served again after the restart") though every one was served.
+// Killed at once (--kill-at 0ms, no warm-up): clients whose first connect the kill refused retry
+// and are served by the new server, and clients that first connect after the restart are served
+// by it at once; both count as recovered. They used to fail the run ("N of N clients were not
+// served again after the restart") though every one was served.
 TEST_F(CliRun, ClientsRefusedBeforeTheirFirstConnectRecoverToo) {
   const auto json_path = dir_ / "early.json";
   for (int run = 0; run < 3; ++run) {
@@ -442,8 +443,9 @@ TEST_F(CliRun, ClientsRefusedBeforeTheirFirstConnectRecoverToo) {
     const auto& b = doc["benchmarks"][0];
     EXPECT_EQ(b["clients_recovered"].get<double>(), 4) << b;
     EXPECT_GT(b["replies_received"].get<double>(), 0) << b;
-    // Each client failed once: its first connect or its connection, at the kill.
-    EXPECT_EQ(b["errors"].get<double>(), 4) << b;
+    // Each client failed at most once: its first connect or its connection, at the kill (none
+    // when it first connected after the restart).
+    EXPECT_LE(b["errors"].get<double>(), 4) << b;
   }
 }
 

@@ -436,6 +436,9 @@ void Worker::start_connect(size_t i) {
 // Starts connection i's connect with the sockets options asked for, its EPOLLOUT awaited; a
 // failure kills it (and may schedule a reconnect).
 void Worker::open(Conn& c, size_t i, int64_t now) {
+  // Reconnect: not served yet, so it waits for the server as one whose connection failed does (a
+  // restart may come before or during its first connect).
+  if (!c.reopened && !stats.recoveries.empty()) stats.recoveries[i] = {now, 0};
   std::string error = conns_.connect(i, epoll_, config_.target, plan_.tcp);
   if (error.empty() && plan_.tcp && config_.tcp.any()) {
     if (const auto err = set_tcp_timeouts(c.fd.get(), config_.tcp)) {
@@ -1013,9 +1016,7 @@ void Worker::drop(Conn& c, std::string_view error, int64_t now) {
       ++stats.reconnect_failures;
     } else {
       if (!error.empty()) count_error(error, now);
-      // Never served yet: it lost the server as much as an open connection that failed (a
-      // restart before its first connect), and recovers by its first reply after this.
-      stats.recoveries[i] = {now, 0};
+      stats.recoveries[i] = {now, 0};  // refused (a restart under way): waiting from now
     }
     ++c.attempt;
   } else {

@@ -89,7 +89,7 @@ struct LoadConfig : ClientRunConfig {
 
 // One connection's last failure and recovery (LoadConfig::reconnect), steady_clock ns; 0: none.
 struct ConnRecovery {
-  int64_t failed_ns = 0;       // when its connection (or its first connect) last failed
+  int64_t failed_ns = 0;       // when its connection last failed, or its first connect began
   int64_t first_reply_ns = 0;  // its first verified reply after that failure; 0: none yet
 };
 
