@@ -80,11 +80,7 @@ CheckPlan target_plan(const cxxopts::ParseResult& parsed, const char* name, int 
         fmt::format("--transport: expected tcp, udp or unixgram, got '{}'", plan.transport));
   }
   if (parsed.count("via-proxy")) {
-    check_via_proxy_flag(*(plan.via_proxy = str(parsed, "via-proxy")));
-    if (plan.transport != "tcp") {
-      throw UsageError(
-          fmt::format("--via-proxy: the proxy forwards TCP, not --transport {}", plan.transport));
-    }
+    check_via_proxy_flag(*(plan.via_proxy = str(parsed, "via-proxy")), plan.transport);
   }
   scenarios::CheckOptions& check_options = plan.options;
   check_options.seed =
@@ -114,15 +110,8 @@ CheckPlan target_plan(const cxxopts::ParseResult& parsed, const char* name, int 
     check_options.tls_ciphers = client.ciphers;
     if (parsed.count("ca")) {
       check_options.tls_trusted_pem = client.trusted_pem;
-      // The name the target was given by (its host), else the loopback the server command
-      // listens on.
-      std::string host = parsed.count("target") ? str(parsed, "target") : "127.0.0.1";
-      if (const auto colon = host.rfind(':');
-          parsed.count("target") && colon != std::string::npos) {
-        host.resize(colon);
-      }
-      if (host.starts_with("[") && host.ends_with("]")) host = host.substr(1, host.size() - 2);
-      check_options.tls_server_name = host;
+      // The loopback a server command listens on; a --target's own host, below.
+      check_options.tls_server_name = "127.0.0.1";
     }
   } else {
     for (const char* flag : {"tls-version", "cipher", "insecure", "ca"}) {
@@ -147,6 +136,8 @@ CheckPlan target_plan(const cxxopts::ParseResult& parsed, const char* name, int 
           transport_of(address.address)));
     }
     target_address = address.address;
+    if (!check_options.tls_trusted_pem.empty())
+      check_options.tls_server_name = address.address.host();
   }
   std::optional<std::string>& command = plan.command;
   if (parsed.count("server-cmd")) {

@@ -786,11 +786,7 @@ int run_command(int argc, const char* const* argv) {
   const OutputPaths outputs = output_paths(parsed);
   std::optional<ProxySpec> via_proxy;
   if (parsed.count("via-proxy")) {
-    check_via_proxy_flag(str(parsed, "via-proxy"));
-    if (transport == "udp" || transport == "unixgram") {
-      throw UsageError(
-          fmt::format("--via-proxy: the proxy forwards TCP, not --transport {}", transport));
-    }
+    check_via_proxy_flag(str(parsed, "via-proxy"), transport);
     via_proxy =
         ProxySpec{.toxics = str(parsed, "via-proxy"), .listen = host + ":0", .cpus = server_cpus};
   }

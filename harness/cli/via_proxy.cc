@@ -7,9 +7,13 @@
 
 namespace sockbench::cli {
 
-void check_via_proxy_flag(const std::string& toxics) {
+void check_via_proxy_flag(const std::string& toxics, std::string_view transport) {
   const auto parsed = servers::parse_toxics(toxics);
   if (!parsed.error.empty()) throw UsageError("--via-proxy: " + parsed.error);
+  if (transport == "udp" || transport == "unixgram") {
+    throw UsageError(
+        fmt::format("--via-proxy: the proxy forwards TCP, not --transport {}", transport));
+  }
 }
 
 std::optional<ChildProxy> ChildProxy::start(const Address& upstream, const ProxySpec& spec,

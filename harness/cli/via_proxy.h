@@ -23,8 +23,9 @@ struct ProxySpec {
   std::vector<int> cpus;  // the proxy's CPU set (the server's, so the client's stays its own)
 };
 
-// The toxics of --via-proxy checked at once: a UsageError naming the flag when malformed.
-void check_via_proxy_flag(const std::string& toxics);
+// --via-proxy checked at once: a UsageError naming the flag when its toxics are malformed or the
+// transport is not one the proxy forwards (it speaks streams: tcp).
+void check_via_proxy_flag(const std::string& toxics, std::string_view transport);
 
 // A `sockbench proxy` child in its own process group, forwarding to `upstream`. Owns the child:
 // the destructor stops it. Used from one thread, which must outlive it (see ChildProcess).

@@ -44,19 +44,22 @@ Address Address::with_port(int port) const {
   return copy;
 }
 
-std::string Address::to_string() const {
-  const char* dgram_prefix = datagram() ? "udp:" : "";
+std::string Address::host() const {
   char text[INET6_ADDRSTRLEN] = {};
   if (family() == AF_INET) {
     inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr, text,
               sizeof text);
-    return fmt::format("{}{}:{}", dgram_prefix, text, port());
-  }
-  if (family() == AF_INET6) {
+  } else if (family() == AF_INET6) {
     inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr, text,
               sizeof text);
-    return fmt::format("{}[{}]:{}", dgram_prefix, text, port());
   }
+  return text;
+}
+
+std::string Address::to_string() const {
+  const char* dgram_prefix = datagram() ? "udp:" : "";
+  if (family() == AF_INET) return fmt::format("{}{}:{}", dgram_prefix, host(), port());
+  if (family() == AF_INET6) return fmt::format("{}[{}]:{}", dgram_prefix, host(), port());
   if (family() == AF_UNIX) {
     return fmt::format("{}:{}", datagram() ? "unixgram" : "unix",
                        reinterpret_cast<const sockaddr_un*>(&storage)->sun_path);

@@ -31,6 +31,8 @@ struct Address {
   // "127.0.0.1:7000", "[::1]:7000", "unix:/path"; datagram: "udp:127.0.0.1:7000",
   // "udp:[::1]:7000", "unixgram:/path" (what parse_address() reads back).
   std::string to_string() const;
+  // The IP without port or brackets ("127.0.0.1", "::1"); "" for AF_UNIX.
+  std::string host() const;
 };
 
 // The transport an address is for: "tcp", "unix", "udp" or "unixgram".
