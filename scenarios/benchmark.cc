@@ -55,7 +55,7 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        {"framed", "echo", "http"},
        kMinMessageSize,
        64,
-       {"protocol", "pipeline", "send-on", "rate", "tls", "tls-version", "cipher", "insecure", "ca",
+       {"protocol", "pipeline", "send-on", "client-io", "rate", "tls", "tls-version", "cipher", "insecure", "ca",
         "reconnect", "backoff-min", "backoff-max", "jitter", "keepalive", "user-timeout"},
        {"tcp", "unix", "udp", "unixgram"}},
       {"restart",

@@ -27,6 +27,7 @@ std::string cell_name(const BenchParams& options) {
   std::string name = fmt::format("clients:{}/msg:{}", options.clients, options.message_size);
   if (options.pipeline > 1) name += fmt::format("/pipeline:{}", options.pipeline);
   if (options.send_on_writable) name += "/send-on:writable";
+  if (options.client_io_epoll) name += "/client-io:epoll";
   if (open_loop(options)) name += "/rate:" + rate_text(options.rate);
   if (options.reconnect.enabled) name += "/reconnect";
   name += http_cell(options) + tls_cell(options);
@@ -66,6 +67,8 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   fill_engine_config(config, options, server);
   config.pipeline = options.pipeline;
   config.send_on_writable = options.send_on_writable;
+  config.client_io =
+      options.client_io_epoll ? LoadConfig::ClientIo::kEpoll : LoadConfig::ClientIo::kAuto;
   config.tls = options.tls;
   config.reconnect = options.reconnect;
   // A negative rate is passed on too, for the engine's validation to name it. A shard sends its
@@ -98,6 +101,9 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
     record.set("http_reopens", static_cast<double>(stats.http_reopens));
   }
   record.set("client_cpu_percent", stats.client_cpu_utilisation * 100);
+  // Client threads whose connections ran through io_uring (0: all in epoll loops).
+  if (!open_loop(options))
+    record.set("client_uring_threads", static_cast<double>(stats.uring_threads));
   // Beside server_cpu_us_per_request, in the same unit: the generator's own cost per request.
   if (stats.requests > 0) {
     record.set("client_cpu_us_per_request", stats.client_cpu_seconds * 1e6 / requests);

@@ -351,6 +351,77 @@ TEST(RunLoad, FramedEchoPipelineFour) {
   EXPECT_THAT(prefixes, ::testing::ElementsAre(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// Established connections leave the epoll loop for io_uring (ClientRing) by default: the run is
+// as clean as through epoll (every reply verified, every request the payload of its seq in
+// order), pipelined or not, and the ring is really what ran. --client-io epoll keeps them in the
+// epoll loop; so do the cells the ring does not take: a thread alone with its connection (it
+// waits in recv()), reconnect, and pipelines of more than 4 KiB of requests.
+TEST(RunLoad, EstablishedConnectionsRunThroughIoUringUnlessEpollIsAsked) {
+  EchoServer server;
+  using Io = LoadConfig::ClientIo;
+  for (const int pipeline : {1, 4}) {
+    for (const Io io : {Io::kAuto, Io::kEpoll}) {
+      auto config = make_config(server.address(), 8, 2, pipeline, 100ms, 400ms);
+      config.client_io = io;
+      auto result = run_load(config);
+      ASSERT_TRUE(result.ok()) << result.error().message();
+      const LoadStats& s = *result;
+      if (io == Io::kAuto && !s.uring_unavailable.empty()) {
+        GTEST_SKIP() << "no io_uring for the client here: " << s.uring_unavailable;
+      }
+      SCOPED_TRACE(fmt::format("pipeline {}, {}", pipeline, io == Io::kAuto ? "auto" : "epoll"));
+      expect_clean_run(s, config);
+      EXPECT_EQ(s.uring_threads, io == Io::kAuto ? 2u : 0u);
+      EXPECT_EQ(s.uring_waits > 0, io == Io::kAuto);
+      EXPECT_EQ(s.requests_sent, s.replies_received + s.in_flight_at_end + s.lost_in_flight);
+    }
+  }
+  EXPECT_EQ(server.bad_requests(), 0u);
+
+  const auto ring_threads = [&](LoadConfig config) {
+    auto result = run_load(config);
+    EXPECT_TRUE(result.ok()) << result.error().message();
+    if (!result) return uint64_t{99};
+    EXPECT_EQ(result->unverified_replies, 0u);
+    EXPECT_EQ(result->uring_unavailable, "");
+    return result->uring_threads;
+  };
+  EXPECT_EQ(ring_threads(make_config(server.address(), 1, 1, 1, 0ms, 100ms)), 0u);  // alone
+  auto reconnect = make_config(server.address(), 4, 1, 1, 0ms, 100ms);
+  reconnect.reconnect.enabled = true;
+  EXPECT_EQ(ring_threads(reconnect), 0u);
+  auto big = make_config(server.address(), 4, 1, 8, 0ms, 100ms);
+  big.message_size = 1000;  // 8 requests of 1004 bytes: more than 4 KiB in flight
+  EXPECT_EQ(ring_threads(big), 0u);
+  big.pipeline = 4;  // 4,016 bytes
+  EXPECT_EQ(ring_threads(big), 1u);
+}
+
+// The ring asks each wait for as many replies as the last one got: against a server that serves
+// one connection at a time that stays one, so the served connection is not held back waiting
+// for replies that will not come. Same run through epoll beside it: at least half its requests.
+TEST(RunLoad, TheRingKeepsUpWithAServerThatAnswersOneConnectionAtATime) {
+  uint64_t requests[2] = {};
+  using Io = LoadConfig::ClientIo;
+  for (const Io io : {Io::kAuto, Io::kEpoll}) {
+    test_support::RunningServer server("iterative", test_support::loopback_config());
+    ASSERT_TRUE(server.ok());
+    auto config = make_config(server.address(), 8, 1, 1, 0ms, 500ms);
+    config.client_io = io;
+    auto result = run_load(config);
+    ASSERT_TRUE(result.ok()) << result.error().message();
+    if (io == Io::kAuto && !result->uring_unavailable.empty()) {
+      GTEST_SKIP() << "no io_uring for the client here: " << result->uring_unavailable;
+    }
+    EXPECT_EQ(result->uring_threads, io == Io::kAuto ? 1u : 0u);
+    EXPECT_EQ(result->error_count(), 0u);
+    EXPECT_EQ(result->connections_achieved, 1u);
+    requests[io == Io::kAuto ? 0 : 1] = result->requests;
+  }
+  EXPECT_GT(requests[1], 100u);
+  EXPECT_GE(requests[0] * 2, requests[1]) << "ring " << requests[0] << ", epoll " << requests[1];
+}
+
 // wrk's loop: each request goes out from its connection's EPOLLOUT on the pass after its reply.
 // Every reply verified, every request the payload of its seq in order, at depths 1 and 4, and
 // the 4 MiB replies that take many full-buffer recv()s each.

@@ -379,6 +379,10 @@ int run_command(int argc, const char* const* argv) {
       ("send-on", "rr closed loop: where a reply's next request goes out: pass (after the "
        "pass's reads, all together) or writable (from its own EPOLLOUT on the next pass, as "
        "wrk does)", cxxopts::value<std::string>()->default_value("pass"))
+      ("client-io", "rr closed loop: the client's I/O once connected: auto (io_uring where the "
+       "kernel has it and the cell allows: plain TCP or Unix, echo or framed, no reconnect, pipeline x request "
+       "<= 4 KiB, more connections than client threads) or epoll",
+       cxxopts::value<std::string>()->default_value("auto"))
       ("rate", "rr: open loop at this many requests/s in total (latency from intended send "
        "time); broadcast: messages/s in total (default 1000)",
        cxxopts::value<std::string>())
@@ -592,6 +596,14 @@ int run_command(int argc, const char* const* argv) {
     throw UsageError(fmt::format("--send-on: expected pass or writable, got '{}'", send_on));
   }
   base.send_on_writable = send_on == "writable";
+  const auto client_io = str(parsed, "client-io");
+  if (client_io != "auto" && client_io != "epoll") {
+    throw UsageError(fmt::format("--client-io: expected auto or epoll, got '{}'", client_io));
+  }
+  base.client_io_epoll = client_io == "epoll";
+  if (parsed.count("client-io") && (transport == "udp" || transport == "unixgram")) {
+    throw UsageError("--client-io: applies to the stream transports (tcp, unix)");
+  }
   if (parsed.count("send-on") && (transport == "udp" || transport == "unixgram")) {
     throw UsageError("--send-on: applies to the stream transports (tcp, unix)");
   }
@@ -755,6 +767,11 @@ int run_command(int argc, const char* const* argv) {
       throw UsageError(
           "--send-on: applies to the closed loop only; with --rate requests go out on the "
           "rate's schedule (drop one of the two flags)");
+    }
+    if (parsed.count("client-io")) {
+      throw UsageError(
+          "--client-io: applies to the closed loop only; with --rate every connection stays in "
+          "its epoll loop (drop one of the two flags)");
     }
     for (int clients : has("rr") ? clients_list : std::vector<int>{}) {
       // The engine's own validation says what is wrong; the CLI names the flag. A shard checks

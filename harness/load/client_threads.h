@@ -317,14 +317,14 @@ PassEnd client_pass(int epoll, std::span<epoll_event> events, int timeout_ms, Ha
 //                                       // epoll_wait timeout in ms, nullopt to end the loop
 //   void after_pass();                  // after every pass that dispatched (connect timeouts...)
 // and, optionally, a wait of its own in place of a pass:
-//   bool wait_alone();  // true: it waited and handled what came (a thread with one connection
+//   bool wait_own();  // true: it waited and handled what came (a thread with one connection
 //                       // blocks in that connection's recv()), so no epoll_wait this time
 template <typename Handler>
 void run_client_loop(const ClientThreads& threads, int epoll, std::span<epoll_event> events,
                      Handler& handler) {
   while (!threads.stop_requested()) {
-    if constexpr (requires { handler.wait_alone(); }) {
-      if (handler.wait_alone()) continue;
+    if constexpr (requires { handler.wait_own(); }) {
+      if (handler.wait_own()) continue;
     }
     const std::optional<int> timeout = handler.prepare_pass();
     if (!timeout) return;

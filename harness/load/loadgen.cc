@@ -23,6 +23,7 @@
 
 #include "harness/core/frame.h"
 #include "harness/load/http.h"
+#include "harness/load/uring.h"
 
 namespace sockbench {
 namespace {
@@ -55,6 +56,14 @@ constexpr int64_t kMaxArmNs = 25'000;
 // A thread alone with its connection waits in recv() for at most this long before it looks at
 // the stop flag again (see Worker::wait_alone).
 constexpr timeval kAloneWait{0, 10'000};
+// io_uring (ClientRing): the epoll set's own poll in the ring, and a send's completion (the
+// connection's index beside it).
+constexpr uint64_t kEpollId = kTimerId - 1;
+constexpr uint64_t kSendBit = uint64_t{1} << 62;
+// io_uring: a wait for more than one reply gives up after this long, and the next one asks for
+// what this one got: a server that slows down (or serves one connection at a time) holds a
+// batch back by this much once.
+constexpr int64_t kBatchWaitNs = 1'000'000;
 constexpr int kSeqConnectionShift = 40;
 constexpr size_t kStampSize = 16;  // seq + send timestamp at the start of every payload
 constexpr size_t kMaxPrefix = kFrameHeaderSize + kStampSize;
@@ -113,6 +122,11 @@ struct Conn : FixedConn {
   bool queued = false;      // closed loop: in send_queue_, its next requests go out after the pass
   bool blocking = false;    // O_NONBLOCK off, SO_RCVTIMEO kAloneWait: see Worker::wait_alone
   bool off_epoll = false;   // taken out of the epoll set while it waits alone in recv()
+  bool in_ring = false;     // io_uring: out of the epoll set, its receives and sends in the ring
+  bool send_busy = false;   // io_uring: a send of `out` is in flight
+  uint32_t out_size = 0;    // its bytes
+  uint64_t out_first = 0;   // the seq of its first request
+  uint64_t replied_in = 0;  // io_uring: the last wait (Worker::waits_) that brought it reply bytes
   uint32_t in_flight = 0;   // issued (stamped), reply not complete; sent or not
   uint32_t unsent = 0;      // index (from base_seq) of the first request not fully sent
   uint32_t ring_mask = 0;   // ring size - 1, the size a power of two
@@ -123,9 +137,10 @@ struct Conn : FixedConn {
   std::unique_ptr<Stamp[]> ring;
   std::unique_ptr<tls::Session> tls;         // TLS runs only; requests start once handshake_done()
   std::unique_ptr<HttpResponseReader> http;  // http runs only
-  int64_t tls_start_ns = 0;                  // when the TCP connection was established
-  uint32_t attempt = 0;   // reconnect: failed attempts since it was last established
-  bool reopened = false;  // reconnect: its current connect is not its first
+  std::unique_ptr<char[]> out;  // io_uring: the bytes of its send in flight (a pipeline's worth)
+  int64_t tls_start_ns = 0;     // when the TCP connection was established
+  uint32_t attempt = 0;         // reconnect: failed attempts since it was last established
+  bool reopened = false;        // reconnect: its current connect is not its first
 };
 
 // One client thread: its epoll loop, its connections, its statistics. Only its own thread
@@ -151,6 +166,7 @@ class Worker {
   bool before_dispatch(std::span<const epoll_event> ready, bool stop);
   void on_event(uint64_t id, uint32_t events);
   void after_pass();
+  bool wait_own();
   bool wait_alone();
   void rejoin_epoll(Conn& c);
   void on_connected(Conn& c, size_t i, int64_t now);
@@ -193,6 +209,13 @@ class Worker {
   size_t write_prefix(uint64_t seq, int64_t origin, char* out) const;
   enum class Read { kFull, kShort, kNone };
   Read on_readable(Conn& c, size_t i, bool wait = false);
+  void on_bytes(Conn& c, size_t i, const char* data, size_t n, int64_t now);
+  bool ring_eligible() const;
+  void enter_ring(Conn& c, size_t i);
+  bool wait_ring();
+  void on_completion(const ClientRing::Completion& done, int64_t now, size_t& replies);
+  void flush_ring(Conn& c, size_t i);
+  void submit_ring();
   bool matches(uint64_t seq, int64_t origin, uint64_t offset, const char* data, size_t n) const;
   bool take_echo(Conn& c, const char* data, size_t n, int64_t now, uint32_t& completed);
   bool take_http(Conn& c, const char* data, size_t n, int64_t now, uint32_t& completed);
@@ -220,7 +243,16 @@ class Worker {
   Fd timer_;  // timerfd, absolute CLOCK_MONOTONIC deadlines: the schedule and the window edges
   size_t first_connection_;
   size_t count_;
-  bool alone_ = false;   // one connection, closed loop, no TLS, send_on pass: see wait_alone()
+  bool alone_ = false;  // one connection, closed loop, no TLS, send_on pass: see wait_alone()
+  // io_uring: the ring (see wait_ring), whether the epoll set's poll is armed in it, how many
+  // replies the next wait asks for, sends queued since the last wait, whether the loop is to end.
+  std::unique_ptr<ClientRing> ring_;
+  bool epoll_in_ring_ = false;
+  unsigned want_ = 1;
+  uint64_t waits_ = 0;
+  unsigned sends_queued_ = 0;
+  bool ring_end_ = false;
+  epoll_event events_[kMaxEvents];
   int64_t read_ns_ = 0;  // when on_readable()'s recv() returned
   TscClock clock_;       // the sends' and replies' timestamps: one real read per wake-up
 
@@ -233,8 +265,9 @@ class Worker {
   // Closed loop (send_on_writable aside): the connections whose replies completed this pass;
   // their next requests are sent after every ready connection has been read (see after_pass()).
   std::vector<size_t> send_queue_;
-  std::string tls_plain_;    // TLS: what one recv() decrypted to
-  std::string tls_request_;  // TLS: the plaintext of the requests one flush encrypts
+  std::vector<size_t> ring_batch_;  // io_uring: the connections whose send the next submit takes
+  std::string tls_plain_;           // TLS: what one recv() decrypted to
+  std::string tls_request_;         // TLS: the plaintext of the requests one flush encrypts
 
   // The open-loop schedule of this thread's connections, in time order: the next slot is
   // request cursor_k_ of local connection cursor_, due at next_slot_ns_.
@@ -282,12 +315,22 @@ void Worker::run() {
   prefixes_.resize(kMaxIov * kMaxPrefix);
   coalesced_.resize(kCoalesceBytes);
   send_queue_.reserve(count_);
+  ring_batch_.reserve(count_);
   if (plan_.open) next_slot_ns_ = slot_ns(0, 0);
   if (config_.reconnect.enabled) stats.recoveries.assign(count_, {});
   alone_ = count_ == 1 && !plan_.open && !config_.tls && !config_.send_on_writable;
 
-  epoll_event events[kMaxEvents];
-  run_client_loop(threads_, epoll_, events, *this);
+  if (ring_eligible()) {
+    std::string why;
+    ring_ = ClientRing::make(count_, &why);
+    if (ring_) {
+      ++stats.uring_threads;
+    } else {
+      stats.uring_unavailable = why;
+    }
+  }
+  run_client_loop(threads_, epoll_, events_, *this);
+  ring_.reset();  // every request in it cancelled and done before the connections' buffers go
   if (plan_.open) settle_unreached_slots(steady_now_ns());
   if (done_ns == 0) done_ns = steady_now_ns();
   if (cpu_started_ && !cpu_ended_) cpu_ns_ = thread_cpu_ns() - cpu_start_ns_;
@@ -418,6 +461,169 @@ void Worker::rejoin_epoll(Conn& c) {
   }
 }
 
+// The loop's own waits: alone in a connection's recv(), or in the ring; else an epoll pass.
+bool Worker::wait_own() { return ring_ ? wait_ring() : wait_alone(); }
+
+bool Worker::ring_eligible() const {
+  return config_.client_io == LoadConfig::ClientIo::kAuto && !alone_ && !plan_.open &&
+         !plan_.http && !config_.tls && !config_.send_on_writable && !config_.reconnect.enabled &&
+         uint64_t{static_cast<uint32_t>(plan_.pipeline)} * plan_.wire_size <= kCoalesceBytes;
+}
+
+// An established connection leaves the epoll set for the ring: its replies come as completions
+// of one multishot receive, its requests go out as sends that the next wait submits.
+void Worker::enter_ring(Conn& c, size_t i) {
+  if (::epoll_ctl(epoll_, EPOLL_CTL_DEL, c.fd.get(), nullptr) != 0) {
+    kill(c, errno_name(errno), steady_now_ns());
+    return;
+  }
+  c.want_out = false;
+  c.in_ring = true;
+  if (!c.out)
+    c.out = std::make_unique<char[]>(static_cast<size_t>(plan_.pipeline) * plan_.wire_size);
+  ring_->recv(c.fd.get(), i);
+}
+
+// Closed loop in the ring: the requests issued go out as one send (the whole pipeline's bytes,
+// which MSG_WAITALL keeps whole); those issued while it is in flight wait for its completion,
+// so a connection's bytes never pass each other. Stamped when the send is submitted
+// (submit_ring).
+void Worker::flush_ring(Conn& c, size_t i) {
+  if (c.send_busy || c.unsent >= c.in_flight) return;
+  char* out = c.out.get();
+  c.out_first = c.base_seq + c.unsent;
+  for (uint32_t r = c.unsent; r < c.in_flight; ++r) {
+    const uint64_t seq = c.base_seq + r;
+    out += write_prefix(seq, stamp(c, seq).origin, out);
+    std::memcpy(out, plan_.filler(seq), plan_.filler_size);
+    out += plan_.filler_size;
+  }
+  c.out_size = static_cast<uint32_t>(out - c.out.get());
+  stats.requests_sent += c.in_flight - c.unsent;
+  c.unsent = c.in_flight;
+  c.unsent_off = 0;
+  c.send_busy = true;
+  ring_->send(c.fd.get(), c.out.get(), c.out_size, kSendBit | i);
+  ring_batch_.push_back(i);
+}
+
+// Submits the sends queued since the last wait. They leave one after the other inside the one
+// io_uring_enter, so each request's send time is placed between the clock read before it and
+// the one after, by its position in the batch (the last at the end). A send the socket did not
+// take at once still counts from here: as the epoll loop's, the time it then waits is latency.
+void Worker::submit_ring() {
+  if (ring_batch_.empty()) return;
+  const int64_t before = clock_.now();
+  const int err = ring_->submit();
+  const int64_t after = clock_.now();
+  if (err < 0) count_error(errno_name(-err), after);
+  const auto n = static_cast<int64_t>(ring_batch_.size());
+  for (int64_t k = 0; k < n; ++k) {
+    Conn& c = conns_[ring_batch_[static_cast<size_t>(k)]];
+    if (c.state != ConnState::kOpen) continue;
+    const int64_t at = before + (after - before) * (k + 1) / n;
+    if (in_window(at)) stats.bytes_sent += c.out_size;
+    for (uint64_t seq = c.out_first; seq < c.base_seq + c.in_flight; ++seq) stamp(c, seq).sent = at;
+  }
+  ring_batch_.clear();
+}
+
+// One wait of a thread whose connections are in the ring: submit the pass's sends, take what is
+// already done, then wait for as many completions as the last wait brought replies to distinct
+// connections (at most a quarter of the live connections, at least one), for at most
+// kBatchWaitNs when that is more than one. A thread that keeps up with its server so wakes for a
+// batch of replies, not for each; a server that serves one connection at a time keeps the ask at
+// one however its replies are cut (a reply in two completions counts once). The epoll set (the
+// stop, the window's timer, connects still going on) is polled through the ring and passed at once
+// (timeout 0) when it has events.
+bool Worker::wait_ring() {
+  if (ring_end_) return false;
+  const std::optional<int> timeout = prepare_pass();
+  if (!timeout) return false;  // every connection dead: the loop's own prepare_pass ends it
+  if (!epoll_in_ring_) {
+    ring_->poll_in(epoll_, kEpollId);
+    epoll_in_ring_ = true;
+  }
+  submit_ring();
+  size_t replies = 0;
+  bool epoll_ready = false;
+  const auto take = [&](const ClientRing::Completion& done) {
+    if (done.id == kEpollId) {
+      epoll_ready = true;
+      if (!done.more) epoll_in_ring_ = false;
+      return;
+    }
+    on_completion(done, clock_.now(), replies);
+  };
+  ring_->drain(take);
+  // The sends' own completions are there already (the socket took them at once); replies and
+  // the epoll set's poll come as deferred task work, which only a wait runs: a wait with a zero
+  // timeout (connects still to start) runs it without sleeping.
+  int64_t timeout_ns = *timeout >= 0 ? int64_t{*timeout} * 1'000'000 : -1;
+  unsigned want = 1;
+  if (want_ > 1 && conns_.connecting() == 0) {
+    want = want_;
+    timeout_ns = timeout_ns < 0 ? kBatchWaitNs : std::min(timeout_ns, kBatchWaitNs);
+  }
+  ++stats.uring_waits;
+  ++waits_;
+  if (const int err = ring_->wait(want, timeout_ns); err < 0) {
+    on_wait_error(-err);
+    ring_end_ = true;
+    return true;
+  }
+  const int64_t woke_at = clock_.sync();
+  take_cpu_edges(woke_at);
+  ring_->drain(take);
+  if (epoll_ready) {
+    const PassEnd end = client_pass(epoll_, std::span<epoll_event>(events_), 0, *this);
+    if (end == PassEnd::kStop || end == PassEnd::kError) ring_end_ = true;
+  }
+  after_pass();
+  const size_t most = std::max<size_t>(1, conns_.live() / 4);
+  want_ = static_cast<unsigned>(std::clamp<size_t>(replies, 1, most));
+  return true;
+}
+
+// A completion of the ring: a connection's send, or a chunk of its replies.
+void Worker::on_completion(const ClientRing::Completion& done, int64_t now, size_t& replies) {
+  if (done.id & kSendBit) {
+    const size_t i = done.id & ~kSendBit;
+    Conn& c = conns_[i];
+    c.send_busy = false;
+    if (c.state != ConnState::kOpen) return;
+    if (done.res < 0) {
+      kill(c, errno_name(-done.res), now);
+    } else if (static_cast<uint32_t>(done.res) < c.out_size) {
+      // MSG_WAITALL ends short only when the connection failed on the way.
+      kill(c, "EPIPE", now);
+    } else {
+      flush_ring(c, i);  // requests issued while it was in flight
+    }
+    return;
+  }
+  const size_t i = done.id;
+  Conn& c = conns_[i];
+  if (c.state != ConnState::kOpen || !c.in_ring) return;  // cancelled with its connection
+  if (done.res > 0) {
+    if (c.replied_in != waits_) {
+      c.replied_in = waits_;
+      ++replies;
+    }
+    read_ns_ = now;
+    on_bytes(c, i, done.data, static_cast<size_t>(done.res), now);
+  } else if (done.res == 0) {
+    kill(c, "EOF", now);
+    return;
+  } else if (done.res != -ENOBUFS) {
+    kill(c, errno_name(-done.res), now);
+    return;
+  }
+  // The receive ends after ENOBUFS (every buffer held: they are given back as this drain ends)
+  // and when the kernel says so; armed again while the connection lives.
+  if (!done.more && c.state == ConnState::kOpen) ring_->recv(c.fd.get(), i);
+}
+
 void Worker::make_blocking(Conn& c) {
   const int fd = c.fd.get();
   const int flags = ::fcntl(fd, F_GETFL);
@@ -483,6 +689,10 @@ void Worker::on_connected(Conn& c, size_t i, int64_t now) {
   if (c.reopened) ++stats.reconnects;
   c.attempt = 0;
   if (alone_) make_blocking(c);
+  if (ring_) {
+    enter_ring(c, i);
+    if (c.state != ConnState::kOpen) return;
+  }
   if (config_.tls) {
     start_tls(c, i, now);
     return;
@@ -622,6 +832,10 @@ void Worker::issue_due(Conn& c, size_t i) {
 // byte when writable. A request's actual send time is that of the send that took its first byte.
 void Worker::flush(Conn& c, size_t i) {
   if (c.state != ConnState::kOpen) return;
+  if (c.in_ring) {
+    flush_ring(c, i);
+    return;
+  }
   if (c.tls) {
     flush_tls(c, i);
     return;
@@ -740,21 +954,26 @@ Worker::Read Worker::on_readable(Conn& c, size_t i, bool wait) {
     return Read::kNone;
   }
   const Read read = static_cast<size_t>(n) == recv_buffer_.size() ? Read::kFull : Read::kShort;
-  const char* data = recv_buffer_.data();
-  auto left = static_cast<size_t>(n);
+  on_bytes(c, i, recv_buffer_.data(), static_cast<size_t>(n), now);
+  return c.state == ConnState::kOpen ? read : Read::kNone;
+}
+
+// What one recv() (or one io_uring receive) brought: TLS, verification, completions, the next
+// requests. Every failure ends the connection.
+void Worker::on_bytes(Conn& c, size_t i, const char* data, size_t left, int64_t now) {
   if (c.tls) {
     if (const std::string error =
             receive_ciphertext(*c.tls, std::string_view(data, left), tls_plain_);
         !error.empty()) {
       kill(c, error, now);
-      return Read::kNone;
+      return;
     }
-    if (!send_ciphertext(c, i)) return Read::kNone;
+    if (!send_ciphertext(c, i)) return;
     if (c.tls_start_ns != 0 && c.tls->handshake_done()) {
       stats.tls_handshake.record(static_cast<uint64_t>(now - c.tls_start_ns));
       c.tls_start_ns = 0;
       begin_requests(c, i, now);
-      if (c.state != ConnState::kOpen) return Read::kNone;
+      if (c.state != ConnState::kOpen) return;
     }
     data = tls_plain_.data();
     left = tls_plain_.size();
@@ -763,9 +982,9 @@ Worker::Read Worker::on_readable(Conn& c, size_t i, bool wait) {
   uint32_t completed = 0;
   if (!(plan_.http ? take_http(c, data, left, now, completed)
                    : take_echo(c, data, left, now, completed))) {
-    return Read::kNone;
+    return;
   }
-  if (completed == 0) return read;
+  if (completed == 0) return;
   if (plan_.open) {
     issue_due(c, i);
   } else {
@@ -777,7 +996,6 @@ Worker::Read Worker::on_readable(Conn& c, size_t i, bool wait) {
       send_queue_.push_back(i);
     }
   }
-  return read;
 }
 
 // Verifies echoed reply bytes against the requests in flight, completing each whole one. False
@@ -994,6 +1212,10 @@ void Worker::kill(Conn& c, std::string_view error, int64_t now) {
   // they would fall out of requests_sent == replies_received + lost_in_flight + in_flight_at_end.
   const uint64_t lost =
       config_.reconnect.enabled && c.state == ConnState::kOpen ? sent_unanswered(c) : 0;
+  if (c.in_ring && c.state != ConnState::kDead) {
+    ring_->cancel(c.fd.get());  // its receive holds the socket open until cancelled
+    c.in_ring = false;
+  }
   if (!conns_.end(c)) return;
   stats.lost_in_flight += lost;
   c.off_epoll = false;
@@ -1074,7 +1296,9 @@ void merge_into(LoadStats& total, const LoadStats& s) {
                &S::requests, &S::bytes_sent, &S::bytes_received, &S::unverified_replies,
                &S::short_reads, &S::short_writes, &S::connections_achieved, &S::errors,
                &S::requests_sent, &S::replies_received, &S::lost_in_flight, &S::in_flight_at_end,
-               &S::reconnects, &S::reconnect_failures, &S::http_reopens, &S::recv_waits);
+               &S::reconnects, &S::reconnect_failures, &S::http_reopens, &S::recv_waits,
+               &S::uring_threads, &S::uring_waits);
+  if (total.uring_unavailable.empty()) total.uring_unavailable = s.uring_unavailable;
   total.oldest_in_flight_ns = std::max(total.oldest_in_flight_ns, s.oldest_in_flight_ns);
   for (const auto& [bucket, n] : s.reconnect_attempts) total.reconnect_attempts[bucket] += n;
   total.recoveries.insert(total.recoveries.end(), s.recoveries.begin(), s.recoveries.end());

@@ -66,6 +66,13 @@ struct LoadConfig : ClientRunConfig {
   // that read it, all together. true: each from its own EPOLLOUT on the next pass, as wrk's loop
   // does (two epoll_ctl calls per request), for comparisons with wrk like for like.
   bool send_on_writable = false;
+  // Closed loop, plain TCP or Unix, echo or framed (HTTP reopens connections), not
+  // send_on_writable, no reconnect, a pipeline of at most
+  // 4 KiB of requests, more connections than client threads: with kAuto a client thread moves
+  // each established connection into io_uring (ClientRing) when this kernel lets it, else, and
+  // with kEpoll always, every connection stays in its epoll loop.
+  enum class ClientIo { kAuto, kEpoll };
+  ClientIo client_io = ClientIo::kAuto;
   // Open loop: total requests/s over all connections, > 0. 0 with open_loop false: closed loop.
   double rate = 0;
   // Asks for the open loop even when rate is 0, so that a rate of 0 that was asked for (a
@@ -187,6 +194,11 @@ struct LoadStats {
   // until bytes came or 10 ms passed: the loop of a client thread alone with one connection,
   // closed loop, no TLS (sockperf's).
   uint64_t recv_waits = 0;
+  // Whole run: client threads whose established connections ran through io_uring (ClientRing),
+  // and their waits in it; why a thread that could have used it did not ("" when none).
+  uint64_t uring_threads = 0;
+  uint64_t uring_waits = 0;
+  std::string uring_unavailable;
   // Reconnect only, whole run:
   uint64_t reconnects = 0;          // connects after a failure that were established
   uint64_t reconnect_failures = 0;  // reconnect attempts that failed (refused, timed out...)
