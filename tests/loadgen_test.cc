@@ -37,6 +37,7 @@ using test_support::ThreadPerConnectionServer;
 struct EchoOptions {
   WireFormat wire = WireFormat::kFramed;
   int corrupt_every = 0;       // flip one byte in every Nth reply of a connection
+  int corrupt_only = -1;       // >= 0: only in the replies of the connection accepted as this one
   bool split_replies = false;  // write each reply in two parts, 2 ms apart
   int close_after = 0;         // after this many replies: shutdown(SHUT_WR), drain, close
 };
@@ -55,6 +56,8 @@ class EchoServer {
   uint64_t accepted() const { return server_.accepted(); }
   uint64_t replies() const { return replies_.load(); }
   uint64_t bad_requests() const { return bad_requests_.load(); }
+  // Connections whose framed serving ended: the client closed (EOF), or a send failed.
+  uint64_t ended() const { return ended_.load(); }
   std::vector<uint64_t> first_seqs() const {
     std::lock_guard lock(mu_);
     return first_seqs_;
@@ -66,6 +69,7 @@ class EchoServer {
       serve_raw(fd);
     } else {
       serve_framed(index, fd);
+      ++ended_;
     }
   }
 
@@ -102,7 +106,8 @@ class EchoServer {
       }
       ++count;
       std::string reply = encode_frame(payload);
-      if (options_.corrupt_every > 0 && count % options_.corrupt_every == 0) {
+      if (options_.corrupt_every > 0 && count % options_.corrupt_every == 0 &&
+          (options_.corrupt_only < 0 || options_.corrupt_only == index)) {
         // A different position per connection: header, seq, timestamp and filler all get hit.
         reply[(static_cast<size_t>(index) * 7 + 3) % reply.size()] ^= 0x5a;
       }
@@ -128,6 +133,7 @@ class EchoServer {
 
   EchoOptions options_;
   std::atomic<uint64_t> replies_{0};
+  std::atomic<uint64_t> ended_{0};
   std::atomic<uint64_t> bad_requests_{0};
   mutable std::mutex mu_;
   std::vector<uint64_t> first_seqs_;
@@ -473,6 +479,22 @@ TEST(RunLoad, CorruptedRepliesAreErrorsNeverSamples) {
   EXPECT_EQ(server.replies(), 80u);
   EXPECT_LT(s.measured_seconds, 1.0);  // every connection closed: the run ended early
   EXPECT_LT(seconds_since(start), 2.0);
+}
+
+// A connection closed for a wrong reply is closed at once, not when the run ends: its server
+// thread sees the EOF while the other connections are still being served. In the ring the
+// connection's receive holds the socket until it is cancelled (by id: the fd is closed first).
+TEST(RunLoad, AConnectionClosedForAWrongReplyClosesWhileTheOthersRunOn) {
+  EchoServer server({.corrupt_every = 10, .corrupt_only = 0});
+  auto config = make_config(server.address(), 4, 1, 1, 0ms, 600ms);
+  uint64_t ended_at_window_end = 99;
+  config.on_measure_end = [&] { ended_at_window_end = server.ended(); };
+  auto result = run_load(config);
+  ASSERT_TRUE(result.ok()) << result.error().message();
+  const LoadStats& s = *result;
+  EXPECT_EQ(s.unverified_replies, 1u);
+  EXPECT_GT(s.requests, 100u);  // the three others ran on
+  EXPECT_EQ(ended_at_window_end, 1u);
 }
 
 TEST(RunLoad, SplitRepliesCountShortReads) {

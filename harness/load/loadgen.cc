@@ -125,6 +125,7 @@ struct Conn : FixedConn {
   bool in_ring = false;     // io_uring: out of the epoll set, its receives and sends in the ring
   bool send_busy = false;   // io_uring: a send of `out` is in flight
   uint32_t out_size = 0;    // its bytes
+  uint32_t out_count = 0;   // its requests
   uint64_t out_first = 0;   // the seq of its first request
   uint64_t replied_in = 0;  // io_uring: the last wait (Worker::waits_) that brought it reply bytes
   uint32_t in_flight = 0;   // issued (stamped), reply not complete; sent or not
@@ -245,12 +246,11 @@ class Worker {
   size_t count_;
   bool alone_ = false;  // one connection, closed loop, no TLS, send_on pass: see wait_alone()
   // io_uring: the ring (see wait_ring), whether the epoll set's poll is armed in it, how many
-  // replies the next wait asks for, sends queued since the last wait, whether the loop is to end.
+  // replies the next wait asks for, the waits so far, whether the loop is to end.
   std::unique_ptr<ClientRing> ring_;
   bool epoll_in_ring_ = false;
   unsigned want_ = 1;
   uint64_t waits_ = 0;
-  unsigned sends_queued_ = 0;
   bool ring_end_ = false;
   epoll_event events_[kMaxEvents];
   int64_t read_ns_ = 0;  // when on_readable()'s recv() returned
@@ -478,10 +478,14 @@ void Worker::enter_ring(Conn& c, size_t i) {
     return;
   }
   c.want_out = false;
-  c.in_ring = true;
-  if (!c.out)
+  if (!c.out) {
     c.out = std::make_unique<char[]>(static_cast<size_t>(plan_.pipeline) * plan_.wire_size);
-  ring_->recv(c.fd.get(), i);
+  }
+  if (!ring_->recv(c.fd.get(), i)) {
+    kill(c, "EBUSY", steady_now_ns());  // the kernel took no submission even when handed the queue
+    return;
+  }
+  c.in_ring = true;
 }
 
 // Closed loop in the ring: the requests issued go out as one send (the whole pipeline's bytes,
@@ -499,11 +503,15 @@ void Worker::flush_ring(Conn& c, size_t i) {
     out += plan_.filler_size;
   }
   c.out_size = static_cast<uint32_t>(out - c.out.get());
-  stats.requests_sent += c.in_flight - c.unsent;
+  c.out_count = c.in_flight - c.unsent;
+  if (!ring_->send(c.fd.get(), c.out.get(), c.out_size, kSendBit | i)) {
+    kill(c, "EBUSY", clock_.now());
+    return;
+  }
+  stats.requests_sent += c.out_count;
   c.unsent = c.in_flight;
   c.unsent_off = 0;
   c.send_busy = true;
-  ring_->send(c.fd.get(), c.out.get(), c.out_size, kSendBit | i);
   ring_batch_.push_back(i);
 }
 
@@ -523,7 +531,8 @@ void Worker::submit_ring() {
     if (c.state != ConnState::kOpen) continue;
     const int64_t at = before + (after - before) * (k + 1) / n;
     if (in_window(at)) stats.bytes_sent += c.out_size;
-    for (uint64_t seq = c.out_first; seq < c.base_seq + c.in_flight; ++seq) stamp(c, seq).sent = at;
+    for (uint64_t seq = c.out_first; seq < c.out_first + c.out_count; ++seq)
+      stamp(c, seq).sent = at;
   }
   ring_batch_.clear();
 }
@@ -541,7 +550,11 @@ bool Worker::wait_ring() {
   const std::optional<int> timeout = prepare_pass();
   if (!timeout) return false;  // every connection dead: the loop's own prepare_pass ends it
   if (!epoll_in_ring_) {
-    ring_->poll_in(epoll_, kEpollId);
+    if (!ring_->poll_in(epoll_, kEpollId)) {
+      on_wait_error(EBUSY);
+      ring_end_ = true;
+      return true;
+    }
     epoll_in_ring_ = true;
   }
   submit_ring();
@@ -605,6 +618,10 @@ void Worker::on_completion(const ClientRing::Completion& done, int64_t now, size
   const size_t i = done.id;
   Conn& c = conns_[i];
   if (c.state != ConnState::kOpen || !c.in_ring) return;  // cancelled with its connection
+  if (done.res > 0 && done.data == nullptr) {             // a receive always selects a buffer
+    kill(c, "EIO", now);
+    return;
+  }
   if (done.res > 0) {
     if (c.replied_in != waits_) {
       c.replied_in = waits_;
@@ -621,7 +638,9 @@ void Worker::on_completion(const ClientRing::Completion& done, int64_t now, size
   }
   // The receive ends after ENOBUFS (every buffer held: they are given back as this drain ends)
   // and when the kernel says so; armed again while the connection lives.
-  if (!done.more && c.state == ConnState::kOpen) ring_->recv(c.fd.get(), i);
+  if (!done.more && c.state == ConnState::kOpen && !ring_->recv(c.fd.get(), i)) {
+    kill(c, "EBUSY", now);
+  }
 }
 
 void Worker::make_blocking(Conn& c) {
@@ -1213,7 +1232,12 @@ void Worker::kill(Conn& c, std::string_view error, int64_t now) {
   const uint64_t lost =
       config_.reconnect.enabled && c.state == ConnState::kOpen ? sent_unanswered(c) : 0;
   if (c.in_ring && c.state != ConnState::kDead) {
-    ring_->cancel(c.fd.get());  // its receive holds the socket open until cancelled
+    // Its receive, and a send still in flight, hold the socket open until cancelled; by id, as
+    // the fd is closed before the cancellation is submitted. (If the queue refuses even that,
+    // the socket closes when the ring does.)
+    const size_t i = conns_.index_of(c);
+    (void)ring_->cancel(i);
+    if (c.send_busy) (void)ring_->cancel(kSendBit | i);
     c.in_ring = false;
   }
   if (!conns_.end(c)) return;

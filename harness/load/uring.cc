@@ -17,7 +17,13 @@ namespace {
 constexpr uint64_t kCancelId = ~uint64_t{0} - 1;  // a cancellation's own (failed) completion
 constexpr uint16_t kBufferGroup = 1;
 constexpr unsigned kMaxEntries = 32768;  // the kernel's IORING_MAX_ENTRIES
-constexpr unsigned kBufferBytes = 2048;  // a reply longer than this comes in several completions
+// The engine puts at most 4 KiB of requests in flight on a connection in the ring, so one buffer
+// holds all of a connection's pending replies: a reply is cut in two only where the bytes came
+// in two pieces, as with recv(). One buffer per connection, up to 4096 (16 MiB): with more
+// connections replying in one batch than that, a receive ends with ENOBUFS and is armed again
+// once the batch's buffers are given back.
+constexpr unsigned kBufferBytes = 4096;
+constexpr unsigned kMaxBuffers = 4096;
 
 }  // namespace
 
@@ -42,7 +48,8 @@ std::unique_ptr<ClientRing> ClientRing::make(size_t connections, std::string* wh
   }
   // Multishot receive (Linux 6.0) is probed by the opcode table's IORING_OP_RECV and by the
   // provided buffer ring below (5.19); DEFER_TASKRUN above needs 6.1 already.
-  r->count_ = std::min<unsigned>(kMaxEntries, entries);
+  r->count_ =
+      static_cast<unsigned>(std::clamp<size_t>(std::bit_ceil(connections + 1), 64, kMaxBuffers));
   r->size_ = kBufferBytes;
   r->ring_bytes_ = size_t{r->count_} * sizeof(io_uring_buf);
   void* mem =
@@ -61,7 +68,7 @@ std::unique_ptr<ClientRing> ClientRing::make(size_t connections, std::string* wh
     return nullptr;
   }
   io_uring_buf_ring_init(r->buffers_);
-  r->memory_ = std::make_unique<char[]>(size_t{r->count_} * r->size_);
+  r->memory_ = std::make_unique_for_overwrite<char[]>(size_t{r->count_} * r->size_);
   const int mask = io_uring_buf_ring_mask(r->count_);
   for (unsigned b = 0; b < r->count_; ++b) {
     io_uring_buf_ring_add(r->buffers_, r->memory_.get() + size_t{b} * r->size_, r->size_,
@@ -91,34 +98,42 @@ io_uring_sqe* ClientRing::sqe() {
   return s;
 }
 
-void ClientRing::recv(int fd, uint64_t id) {
+bool ClientRing::recv(int fd, uint64_t id) {
   io_uring_sqe* s = sqe();
+  if (s == nullptr) return false;
   io_uring_prep_recv_multishot(s, fd, nullptr, 0, 0);
   s->flags |= IOSQE_BUFFER_SELECT;
   s->buf_group = kBufferGroup;
   io_uring_sqe_set_data64(s, id);
   ++pending_;
+  return true;
 }
 
-void ClientRing::send(int fd, const char* data, size_t n, uint64_t id) {
+bool ClientRing::send(int fd, const char* data, size_t n, uint64_t id) {
   io_uring_sqe* s = sqe();
+  if (s == nullptr) return false;
   io_uring_prep_send(s, fd, data, n, MSG_NOSIGNAL | MSG_WAITALL);
   io_uring_sqe_set_data64(s, id);
   ++pending_;
+  return true;
 }
 
-void ClientRing::poll_in(int fd, uint64_t id) {
+bool ClientRing::poll_in(int fd, uint64_t id) {
   io_uring_sqe* s = sqe();
+  if (s == nullptr) return false;
   io_uring_prep_poll_multishot(s, fd, POLLIN);
   io_uring_sqe_set_data64(s, id);
   ++pending_;
+  return true;
 }
 
-void ClientRing::cancel(int fd) {
+bool ClientRing::cancel(uint64_t id) {
   io_uring_sqe* s = sqe();
-  io_uring_prep_cancel_fd(s, fd, IORING_ASYNC_CANCEL_ALL);
+  if (s == nullptr) return false;
+  io_uring_prep_cancel64(s, id, IORING_ASYNC_CANCEL_ALL);
   s->flags |= IOSQE_CQE_SKIP_SUCCESS;
   io_uring_sqe_set_data64(s, kCancelId);
+  return true;
 }
 
 int ClientRing::submit() {
@@ -178,6 +193,7 @@ size_t ClientRing::drain_with(void (*f)(void*, const Completion&), void* self) {
 void ClientRing::quiesce() {
   if (pending_ == 0) return;
   io_uring_sqe* s = sqe();
+  if (s == nullptr) return;  // the destructor then leaves the buffers to the process
   io_uring_prep_cancel64(s, 0, IORING_ASYNC_CANCEL_ANY);
   s->flags |= IOSQE_CQE_SKIP_SUCCESS;
   io_uring_sqe_set_data64(s, kCancelId);

@@ -40,14 +40,16 @@ class ClientRing {
   ClientRing(const ClientRing&) = delete;
   ClientRing& operator=(const ClientRing&) = delete;
 
-  // Queued until the next wait(): a multishot receive on `fd` into the provided buffers, a send
-  // of all of [data, data + n) (MSG_WAITALL: a short send is retried by the kernel; the bytes must
-  // stay put until its completion), a multishot poll for POLLIN, and the cancellation of every
-  // request on `fd`, whose own completion is not reported.
-  void recv(int fd, uint64_t id);
-  void send(int fd, const char* data, size_t n, uint64_t id);
-  void poll_in(int fd, uint64_t id);
-  void cancel(int fd);
+  // Queued until the next submit() or wait(): a multishot receive on `fd` into the provided
+  // buffers, a send of all of [data, data + n) (MSG_WAITALL: a short send is retried by the
+  // kernel; the bytes must stay put until its completion), a multishot poll for POLLIN, and the
+  // cancellation of every request with user data `id` (matched by id, not by fd, so it still
+  // works once the fd is closed), whose own completion is not reported. False when the
+  // submission queue stays full even after a submit (the kernel refused it): nothing was queued.
+  [[nodiscard]] bool recv(int fd, uint64_t id);
+  [[nodiscard]] bool send(int fd, const char* data, size_t n, uint64_t id);
+  [[nodiscard]] bool poll_in(int fd, uint64_t id);
+  [[nodiscard]] bool cancel(uint64_t id);
 
   // Hands what is queued to the kernel (one io_uring_enter): sends that the socket takes at once
   // are done when it returns. 0, or -errno.
