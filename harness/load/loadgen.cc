@@ -249,6 +249,10 @@ class Worker {
   // replies the next wait asks for, the waits so far, whether the loop is to end.
   std::unique_ptr<ClientRing> ring_;
   bool epoll_in_ring_ = false;
+  // The last epoll pass took as many events as it had room for: more may be ready, and the
+  // ring's poll of the epoll set fires only when an event is added, so the next pass is made
+  // without waiting for it.
+  bool epoll_full_ = false;
   unsigned want_ = 1;
   uint64_t waits_ = 0;
   bool ring_end_ = false;
@@ -380,6 +384,7 @@ void Worker::on_wait_error(int err) { count_error(errno_name(err), steady_now_ns
 bool Worker::before_dispatch(std::span<const epoll_event> ready, bool stop) {
   const int64_t woke_at = clock_.sync();
   busy_ = ready.size() > 1 || (polled_ && !ready.empty());
+  epoll_full_ = ready.size() == std::size(events_);
   for (const epoll_event& e : ready) {
     if (e.data.u64 == kTimerId) on_timer();
   }
@@ -571,10 +576,15 @@ bool Worker::wait_ring() {
   ring_->drain(take);
   // The sends' own completions are there already (the socket took them at once); replies and
   // the epoll set's poll come as deferred task work, which only a wait runs: a wait with a zero
-  // timeout (connects still to start) runs it without sleeping.
-  int64_t timeout_ns = *timeout >= 0 ? int64_t{*timeout} * 1'000'000 : -1;
+  // timeout (connects still to start, or epoll events a full pass left) runs it without sleeping.
+  int64_t timeout_ns = -1;
+  if (epoll_full_) {
+    timeout_ns = 0;
+  } else if (*timeout >= 0) {
+    timeout_ns = int64_t{*timeout} * 1'000'000;
+  }
   unsigned want = 1;
-  if (want_ > 1 && conns_.connecting() == 0) {
+  if (want_ > 1 && conns_.connecting() == 0 && !epoll_full_) {
     want = want_;
     timeout_ns = timeout_ns < 0 ? kBatchWaitNs : std::min(timeout_ns, kBatchWaitNs);
   }
@@ -588,7 +598,9 @@ bool Worker::wait_ring() {
   const int64_t woke_at = clock_.sync();
   take_cpu_edges(woke_at);
   ring_->drain(take);
-  if (epoll_ready) {
+  // While connects are under way the epoll set is passed after every wait whatever the poll
+  // said: a connect's outcome must not wait on how the ring's poll of an epoll fd is woken.
+  if (epoll_ready || epoll_full_ || conns_.connecting() > 0) {
     const PassEnd end = client_pass(epoll_, std::span<epoll_event>(events_), 0, *this);
     if (end == PassEnd::kStop || end == PassEnd::kError) ring_end_ = true;
   }
