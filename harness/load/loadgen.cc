@@ -127,7 +127,7 @@ struct Conn : FixedConn {
   uint32_t out_size = 0;    // its bytes
   uint32_t out_count = 0;   // its requests
   uint64_t out_first = 0;   // the seq of its first request
-  uint64_t replied_in = 0;  // io_uring: the last wait (Worker::waits_) that brought it reply bytes
+  uint64_t replied_in = 0;  // io_uring: the last wait (stats.uring_waits) that brought it replies
   uint32_t in_flight = 0;   // issued (stamped), reply not complete; sent or not
   uint32_t unsent = 0;      // index (from base_seq) of the first request not fully sent
   uint32_t ring_mask = 0;   // ring size - 1, the size a power of two
@@ -246,7 +246,7 @@ class Worker {
   size_t count_;
   bool alone_ = false;  // one connection, closed loop, no TLS, send_on pass: see wait_alone()
   // io_uring: the ring (see wait_ring), whether the epoll set's poll is armed in it, how many
-  // replies the next wait asks for, the waits so far, whether the loop is to end.
+  // replies the next wait asks for, whether the loop is to end.
   std::unique_ptr<ClientRing> ring_;
   bool epoll_in_ring_ = false;
   // The last epoll pass took as many events as it had room for: more may be ready, and the
@@ -254,7 +254,6 @@ class Worker {
   // without waiting for it.
   bool epoll_full_ = false;
   unsigned want_ = 1;
-  uint64_t waits_ = 0;
   bool ring_end_ = false;
   epoll_event events_[kMaxEvents];
   int64_t read_ns_ = 0;  // when on_readable()'s recv() returned
@@ -589,7 +588,6 @@ bool Worker::wait_ring() {
     timeout_ns = timeout_ns < 0 ? kBatchWaitNs : std::min(timeout_ns, kBatchWaitNs);
   }
   ++stats.uring_waits;
-  ++waits_;
   if (const int err = ring_->wait(want, timeout_ns); err < 0) {
     on_wait_error(-err);
     ring_end_ = true;
@@ -635,11 +633,10 @@ void Worker::on_completion(const ClientRing::Completion& done, int64_t now, size
     return;
   }
   if (done.res > 0) {
-    if (c.replied_in != waits_) {
-      c.replied_in = waits_;
+    if (c.replied_in != stats.uring_waits) {
+      c.replied_in = stats.uring_waits;
       ++replies;
     }
-    read_ns_ = now;
     on_bytes(c, i, done.data, static_cast<size_t>(done.res), now);
   } else if (done.res == 0) {
     kill(c, "EOF", now);

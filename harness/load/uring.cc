@@ -47,11 +47,10 @@ std::unique_ptr<ClientRing> ClientRing::make(size_t connections, std::string* wh
     *why = "io_uring without IORING_FEAT_EXT_ARG";
     return nullptr;
   }
-  // Multishot receive (Linux 6.0) is probed by the opcode table's IORING_OP_RECV and by the
-  // provided buffer ring below (5.19); DEFER_TASKRUN above needs 6.1 already.
+  // DEFER_TASKRUN above needs Linux 6.1, which has multishot receives (6.0) and provided buffer
+  // rings (5.19); registering the buffer ring below fails on a kernel without them.
   r->count_ =
       static_cast<unsigned>(std::clamp<size_t>(std::bit_ceil(connections + 1), 64, kMaxBuffers));
-  r->size_ = kBufferBytes;
   r->ring_bytes_ = size_t{r->count_} * sizeof(io_uring_buf);
   void* mem =
       ::mmap(nullptr, r->ring_bytes_, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
@@ -69,10 +68,10 @@ std::unique_ptr<ClientRing> ClientRing::make(size_t connections, std::string* wh
     return nullptr;
   }
   io_uring_buf_ring_init(r->buffers_);
-  r->memory_ = std::make_unique_for_overwrite<char[]>(size_t{r->count_} * r->size_);
+  r->memory_ = std::make_unique_for_overwrite<char[]>(size_t{r->count_} * kBufferBytes);
   const int mask = io_uring_buf_ring_mask(r->count_);
   for (unsigned b = 0; b < r->count_; ++b) {
-    io_uring_buf_ring_add(r->buffers_, r->memory_.get() + size_t{b} * r->size_, r->size_,
+    io_uring_buf_ring_add(r->buffers_, r->memory_.get() + size_t{b} * kBufferBytes, kBufferBytes,
                           static_cast<unsigned short>(b), mask, static_cast<int>(b));
   }
   io_uring_buf_ring_advance(r->buffers_, static_cast<int>(r->count_));
@@ -176,13 +175,13 @@ size_t ClientRing::drain_with(void (*f)(void*, const Completion&), void* self) {
     unsigned bid = 0;
     if (cqe->flags & IORING_CQE_F_BUFFER) {
       bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-      buffer = memory_.get() + size_t{bid} * size_;
+      buffer = memory_.get() + size_t{bid} * kBufferBytes;
       c.data = buffer;
     }
     f(self, c);
     ++handed;
     if (buffer != nullptr) {
-      io_uring_buf_ring_add(buffers_, buffer, size_, static_cast<unsigned short>(bid), mask,
+      io_uring_buf_ring_add(buffers_, buffer, kBufferBytes, static_cast<unsigned short>(bid), mask,
                             returned++);
     }
   }

@@ -87,7 +87,6 @@ class ClientRing {
   size_t ring_bytes_ = 0;
   std::unique_ptr<char[]> memory_;  // the buffers themselves
   unsigned count_ = 0;              // buffers, a power of two
-  unsigned size_ = 0;               // bytes each
   size_t pending_ = 0;
 };
 
