@@ -31,6 +31,7 @@ using Clock = std::chrono::steady_clock;
 
 using test_support::connect_client;
 using test_support::exchange;
+using test_support::median_of;
 using test_support::read_frame;
 using test_support::serve;
 using test_support::write_to_a_vanished_peer;
@@ -150,7 +151,7 @@ INSTANTIATE_TEST_SUITE_P(Models, CliAcceptPausedTest,
 TEST(CliFaultyTest, DelayUsSlowsEveryRoundTrip) {
   constexpr auto kDelay = 30ms;
   constexpr int kRounds = 5;
-  std::chrono::nanoseconds took[2]{};
+  std::vector<std::chrono::nanoseconds> took[2];
   for (int delayed = 0; delayed < 2; ++delayed) {
     auto served = serve("epoll", delayed ? std::vector<std::string>{"--delay-us", "30000"}
                                          : std::vector<std::string>{});
@@ -161,15 +162,14 @@ TEST(CliFaultyTest, DelayUsSlowsEveryRoundTrip) {
       const auto start = Clock::now();
       ASSERT_EQ(exchange(fd.get(), "ping"), "ping");
       const auto round_trip = Clock::now() - start;
-      took[delayed] += round_trip;
+      took[delayed].push_back(round_trip);
       if (delayed) {
         EXPECT_GE(round_trip, kDelay);
       }
     }
   }
-  EXPECT_GE(took[1] / kRounds, kDelay);
-  EXPECT_LT(took[0] / kRounds, kDelay / 4);
-  EXPECT_GT(took[1], 4 * took[0]);
+  // Medians: one round trip stalled by a busy machine must not decide the verdict.
+  EXPECT_GT(median_of(took[1]), 4 * median_of(took[0]));
 }
 
 TEST(CliFaultyTest, BadDelayUsIsAUsageError) {

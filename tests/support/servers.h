@@ -57,6 +57,10 @@ bool wait_until(const std::function<bool()>& condition,
 // CPU time `thread` has used so far (zero if its clock cannot be read).
 std::chrono::nanoseconds thread_cpu_time(pthread_t thread);
 
+// The median of `times` (the upper one of an even count; zero when empty). Timing tests compare
+// medians, so one round trip stalled by a busy machine does not decide a verdict.
+std::chrono::nanoseconds median_of(std::vector<std::chrono::nanoseconds> times);
+
 // --- Servers of the servers library, in this process.
 
 // A server of one model running on its own thread; stopped and joined by the destructor. A
