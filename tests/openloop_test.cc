@@ -259,7 +259,7 @@ TEST(Validation, OpenLoopMessages) {
     auto result = run_load(*bad);
     ASSERT_FALSE(result.ok());
     EXPECT_EQ(result.error(), std::make_error_code(std::errc::invalid_argument));
-    EXPECT_LT(Clock::now() - start, 50ms);
+    EXPECT_LT(Clock::now() - start, 500ms);  // refused, not run for the 1 s asked
   }
   sparse.rate = 3;
   EXPECT_EQ(run_load(sparse).error(), std::make_error_code(std::errc::invalid_argument));
