@@ -26,6 +26,9 @@ constexpr int kSlowMembers = 4;
 // deliveries and seconds of latency, while a shared machine wobbles by milliseconds.
 constexpr double kLatencyFactor = 5;
 constexpr double kLatencySlackMs = 100;
+// Times the pair (without, then with the slow member) is measured while only the p99 bound is
+// missed, every message delivered and no member cut off.
+constexpr int kSlowAttempts = 3;
 
 BroadcastConfig room(const CheckTarget& target, int members, size_t size, double rate) {
   BroadcastConfig config;
@@ -96,36 +99,53 @@ Outcome fan_out(CheckTarget& target, const CheckOptions& options) {
 Outcome slow_reader(CheckTarget& target, const CheckOptions& options) {
   Outcome o;
   const auto config = room(target, kSlowMembers, kSlowMessage, kSlowRate);
-  const auto base = run_room(config, options, o);
-  if (!base) return o;
-  metrics(o, "baseline_", *base);
-  o.line(fmt::format("{} members, {} messages/s of {} KiB: {}", kSlowMembers, kSlowRate,
-                     kSlowMessage >> 10, describe(*base)));
   auto with_slow = config;
   with_slow.slow_readers = 1;
-  const auto slow = run_room(with_slow, options, o);
-  if (!slow) return o;
-  metrics(o, "slow_", *slow);
-  o.metric("slow_disconnected", static_cast<double>(slow->slow_disconnected));
-  o.line(fmt::format("the same with one more member that never reads (SO_RCVBUF {} bytes): {}",
-                     with_slow.slow_rcvbuf, describe(*slow)));
-  o.line(slow->slow_disconnected > 0
-             ? "the server disconnected the member that never reads"
-             : "the member that never reads was still connected at the end (its messages "
-               "dropped or buffered)");
-  o.expect(slow->missing == 0 && slow->delivered == slow->expected,
-           fmt::format("the other members got every message ({} of {})", slow->delivered,
-                       slow->expected));
-  const double base_p99 = ms(base->fanout.percentile(99));
-  const double slow_p99 = ms(slow->fanout.percentile(99));
-  const double bound = std::max(kLatencyFactor * base_p99, base_p99 + kLatencySlackMs);
-  o.expect(slow->completed > 0 && slow_p99 <= bound,
-           fmt::format("their fan-out p99 {:.2f} ms stayed within {:.0f}x or +{:.0f} ms of "
-                       "{:.2f} ms without the slow member (bound {:.2f} ms)",
-                       slow_p99, kLatencyFactor, kLatencySlackMs, base_p99, bound));
-  o.expect(slow->error_count() == 0,
-           fmt::format("no reading member lost its connection ({} errors)", slow->error_count()));
-  return o;
+  for (int attempt = 1;; ++attempt) {
+    const auto base = run_room(config, options, o);
+    if (!base) return o;
+    metrics(o, "baseline_", *base);
+    o.line(fmt::format("{}{} members, {} messages/s of {} KiB: {}",
+                       attempt > 1 ? fmt::format("attempt {}: ", attempt) : "", kSlowMembers,
+                       kSlowRate, kSlowMessage >> 10, describe(*base)));
+    const auto slow = run_room(with_slow, options, o);
+    if (!slow) return o;
+    metrics(o, "slow_", *slow);
+    o.metric("slow_disconnected", static_cast<double>(slow->slow_disconnected));
+    o.metric("attempts", attempt);
+    o.line(fmt::format("the same with one more member that never reads (SO_RCVBUF {} bytes): {}",
+                       with_slow.slow_rcvbuf, describe(*slow)));
+    o.line(slow->slow_disconnected > 0
+               ? "the server disconnected the member that never reads"
+               : "the member that never reads was still connected at the end (its messages "
+                 "dropped or buffered)");
+    const bool complete = slow->missing == 0 && slow->delivered == slow->expected;
+    const bool connected = slow->error_count() == 0;
+    const double base_p99 = ms(base->fanout.percentile(99));
+    const double slow_p99 = ms(slow->fanout.percentile(99));
+    const double bound = std::max(kLatencyFactor * base_p99, base_p99 + kLatencySlackMs);
+    const bool prompt = slow->completed > 0 && slow_p99 <= bound;
+    const std::string latency = fmt::format(
+        "their fan-out p99 {:.2f} ms stayed within {:.0f}x or +{:.0f} ms of {:.2f} ms "
+        "without the slow member (bound {:.2f} ms)",
+        slow_p99, kLatencyFactor, kLatencySlackMs, base_p99, bound);
+    // Lost or cut-off members are the server's doing whenever they happen. A p99 past the bound
+    // alone may be a busy machine's: a stall the server causes comes back when measured again,
+    // a scheduler's rarely does.
+    if (complete && connected && !prompt && attempt < kSlowAttempts &&
+        !options.stop.stop_requested()) {
+      o.line("missed: " + latency + "; measured again");
+      continue;
+    }
+    o.expect(complete, fmt::format("the other members got every message ({} of {})",
+                                   slow->delivered, slow->expected));
+    o.expect(prompt, attempt > 1
+                         ? fmt::format("{} (attempt {} of {})", latency, attempt, kSlowAttempts)
+                         : latency);
+    o.expect(connected,
+             fmt::format("no reading member lost its connection ({} errors)", slow->error_count()));
+    return o;
+  }
 }
 
 }  // namespace

@@ -102,7 +102,7 @@ TEST_F(CliChat, CheckChatPassesAThreadAReactorAndACoroutineAndFailsTheBlockingRe
   // One of each kind (every chat model's fan-out is verified by the broadcast test above and by
   // tests/chat_server_test.cc).
   for (const std::string model : {"threaded", "epoll", "coro"}) {
-    EXPECT_EQ(test_support::check_verdicts(doc, model), pass) << model;
+    EXPECT_EQ(test_support::check_verdicts(doc, model), pass) << model << "\n" << r.out;
   }
   auto twin = pass;
   twin["chat/slow-reader"] = "FAIL";
