@@ -378,12 +378,30 @@ TEST(Tls, BadConfigurationsAreErrorsNotCrashes) {
   EXPECT_THAT(error, HasSubstr("unknown cipher"));
   EXPECT_FALSE(
       Context::make({.role = Role::kServer, .identity = {id.cert_pem, other.key_pem}}, &error));
-  EXPECT_THAT(error, HasSubstr("does not go with the certificate"));
+  EXPECT_EQ(error,
+            "the key does not go with the certificate: the certificate's key is EC 256-bit, and "
+            "the key is another key of that kind");
   EXPECT_FALSE(Context::make({.role = Role::kServer, .identity = {"junk", "junk"}}, &error));
   EXPECT_THAT(error, HasSubstr("cannot read the certificate"));
   EXPECT_FALSE(Context::make({.role = Role::kClient, .trusted_pem = "junk"}, &error));
   EXPECT_THAT(error, HasSubstr("no certificate to trust"));
   EXPECT_EQ(make_self_signed({}, hours(0), hours(1), &error).cert_pem, "");
+}
+
+// A key of another type than the certificate's is named as such, not as OpenSSL's "no certificate
+// assigned" (the context files an RSA key beside an EC certificate, in another slot).
+TEST(Tls, AKeyOfAnotherTypeThanTheCertificatesIsNamed) {
+  const Identity id = loopback();
+  const std::string rsa = test_support::rsa_key_pem();
+  ASSERT_NE(rsa, "");
+  std::string error;
+  ConfigPart part = ConfigPart::kOther;
+  EXPECT_FALSE(
+      Context::make({.role = Role::kServer, .identity = {id.cert_pem, rsa}}, &error, &part));
+  EXPECT_EQ(part, ConfigPart::kKey);
+  EXPECT_EQ(error,
+            "the key does not go with the certificate: the certificate's key is EC 256-bit, the "
+            "key is RSA 2048-bit");
 }
 
 // Each error says which part of the configuration it is about, for the caller to name its source.

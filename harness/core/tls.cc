@@ -66,6 +66,13 @@ std::string fail_with(std::string* error, const std::string& what) {
   return {};
 }
 
+// A key as a person names it: "RSA 2048-bit", "EC 256-bit", "ED25519 256-bit"; "none" for null.
+std::string describe_key(const EVP_PKEY* key) {
+  if (!key) return "none";
+  const char* type = EVP_PKEY_get0_type_name(key);
+  return fmt::format("{} {}-bit", type ? type : "unknown", EVP_PKEY_get_bits(key));
+}
+
 // OpenSSL's pass phrase callback, which would otherwise prompt on the terminal and wait: gives no
 // pass phrase and notes that one was asked for (`asked` points to a bool).
 int no_pass_phrase(char*, int, int, void* asked) {
@@ -210,6 +217,19 @@ std::shared_ptr<Context> Context::make(const Config& config, std::string* error,
       if (!asked) return fail_with(error, "cannot read the private key"), nullptr;
       ERR_clear_error();
       *error = "the key is encrypted (sockbench reads unencrypted PEM keys)";
+      return nullptr;
+    }
+    // Compared here, before OpenSSL's context sees them: a key of another type than the
+    // certificate's goes into another slot of the context, whose check then reports "no
+    // certificate assigned", which misleads.
+    if (X509_check_private_key(cert.get(), key.get()) != 1) {
+      ERR_clear_error();
+      *part = ConfigPart::kKey;
+      const std::string cert_key = describe_key(X509_get0_pubkey(cert.get()));
+      const std::string given = describe_key(key.get());
+      *error = fmt::format(
+          "the key does not go with the certificate: the certificate's key is {}, {}", cert_key,
+          given == cert_key ? "and the key is another key of that kind" : "the key is " + given);
       return nullptr;
     }
     if (!SSL_CTX_use_certificate(ctx, cert.get()) || !SSL_CTX_use_PrivateKey(ctx, key.get()) ||

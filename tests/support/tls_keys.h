@@ -9,4 +9,7 @@ namespace sockbench::test_support {
 // AES-256), as `openssl genpkey -aes256 -pass pass:x` writes one; "" if OpenSSL fails.
 std::string encrypted_key_pem(const std::string& key_pem);
 
+// A new RSA private key of `bits` bits, as unencrypted PEM; "" if OpenSSL fails.
+std::string rsa_key_pem(unsigned bits = 2048);
+
 }  // namespace sockbench::test_support
