@@ -127,6 +127,14 @@ TEST_F(ShardCli, MergeRefusesInconsistentInputsWithExit2) {
   EXPECT_EQ(onto_input.status, 2) << onto_input.err;
   EXPECT_THAT(onto_input.err, HasSubstr("--json names the input '" + a.substr(1) + "'"));
   EXPECT_EQ(test_support::slurp(dir_ / "a.json"), before);
+  // Per-second samples asked of shards that hold none: refused, not an empty file and exit 0.
+  const auto no_samples =
+      sockbench("merge" + a + b + " --timeseries " + (dir_ / "t.jsonl").string() + " --json " +
+                (dir_ / "out.json").string());
+  EXPECT_EQ(no_samples.status, 2) << no_samples.err;
+  EXPECT_THAT(no_samples.err, HasSubstr("--timeseries: no shard's file holds per-second samples"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "t.jsonl"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "out.json"));
   const struct {
     std::string files;
     std::string why;

@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "harness/cli/commands.h"
 #include "harness/cli/common.h"
 #include "harness/cli/options.h"
@@ -38,6 +40,14 @@ int merge_command(int argc, const char* const* argv) {
   }
   auto merged = results::merge_shards(inputs, {parsed.count("per-rank") > 0});
   if (!merged.error.empty()) throw UsageError("cannot merge: " + merged.error);
+  if (outputs.timeseries && std::ranges::none_of(merged.run.records, [](const auto& record) {
+        return !record.timeseries.empty();
+      })) {
+    // An empty file with exit 0 would read as a merge that worked.
+    throw UsageError(
+        "--timeseries: no shard's file holds per-second samples (a cell has one for each whole "
+        "second of its measured window); leave --timeseries out");
+  }
   merged.run.context.command_line = command_line("sockbench merge", argc, argv);
   const int repetitions = merged.run.records.empty() ? 1 : merged.run.records.front().repetitions;
   return report_run(merged.run, repetitions, outputs);
