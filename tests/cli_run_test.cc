@@ -350,6 +350,32 @@ TEST_F(CliRun, AProxyKilledMidRunIsNamedAsTheOneThatExited) {
       << doc["benchmarks"][0];
 }
 
+// A --target that goes away mid-run: the cell fails naming the address and what the probe saw,
+// not as "server target exited" (sockbench sees an address, not a process).
+TEST_F(CliRun, ATargetLostMidRunIsNamedByItsAddress) {
+  auto served = test_support::serve("epoll");
+  ASSERT_TRUE(served);
+  const std::string target = served->address.to_string();
+  const auto json_path = dir_ / "lost.json";
+  ChildProcess::Options options;
+  options.argv = {"/bin/sh", "-c",
+                  std::string("exec ") + SOCKBENCH_BIN + " run --target " + target +
+                      " --clients 2 --duration 5s --warmup 0s --json " + json_path.string() + " >" +
+                      (dir_ / "out").string() + " 2>" + (dir_ / "err").string() + " </dev/null"};
+  options.ready_pipe = false;
+  auto run = ChildProcess::spawn(options);
+  ASSERT_TRUE(run.ok());
+  std::this_thread::sleep_for(500ms);
+  served->child.stop();
+  ASSERT_TRUE(test_support::await_exit(*run, 20s));
+  EXPECT_EQ(run->exit_info()->code, 1) << slurp(dir_ / "err");
+  const auto doc = nlohmann::json::parse(slurp(json_path));
+  EXPECT_EQ(
+      doc["benchmarks"][0].value("error_message", ""),
+      "target " + target + " was lost during the run (a connect to it failed with ECONNREFUSED)")
+      << doc["benchmarks"][0];
+}
+
 TEST_F(CliRun, OverlappingCpuSetsAreRefusedUnlessAllowed) {
   const auto available = available_cpus();
   if (available.size() < 2) GTEST_SKIP() << "needs two CPUs";

@@ -124,9 +124,12 @@ class TargetServer final : public scenarios::ServerHandle {
       probe->abort();
       return true;
     }
-    *why = fmt::format("{} lost: a connect failed with {}", address_.to_string(),
-                       errno_name(probe.error().value()));
+    *why = fmt::format("a connect to it failed with {}", errno_name(probe.error().value()));
     return false;
+  }
+  // Not "server target exited": sockbench cannot see a process it did not start, only its address.
+  std::string exit_error(const std::string& why, std::string_view during) const override {
+    return fmt::format("target {} was lost during {} ({})", address_.to_string(), during, why);
   }
 
  private:
