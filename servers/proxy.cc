@@ -630,10 +630,12 @@ class Proxy::Loop {
       client.out += reply + "\n";
     }
     client.in.erase(0, used);
-    // A line longer than any command: its replies so far go out, then it is closed.
+    // A line longer than any command: its replies so far go out, then a line saying why, then it
+    // is closed.
     if (client.in.size() > kControlLineMax && client.in.find('\n') == std::string::npos) {
       client.eof = true;
       client.in.clear();
+      client.out += fmt::format("error line too long (over {} bytes): closing\n", kControlLineMax);
     }
     while (!failed && !client.out.empty()) {
       auto sent = send_some(event.fd, client.out);

@@ -485,6 +485,23 @@ TEST(Proxy, ControlSocketChangesToxicsMidConnection) {
   EXPECT_EQ(back, "held");
 }
 
+// A control line longer than any command: the replies before it, then a line saying why, then
+// the connection ends (it used to end with no word, in a reset).
+TEST(Proxy, AControlLineTooLongIsAnsweredWithAnErrorBeforeTheClose) {
+  InProcessServer echo("epoll", Protocol::kEcho);
+  ASSERT_TRUE(echo.ok());
+  RunningProxy proxy(echo.address(), "", /*control=*/true);
+  ASSERT_TRUE(proxy->control_address());
+  Fd control = connect_client(*proxy->control_address());
+  ASSERT_FALSE(send_all(control.get(), "list\n" + std::string(5000, 'x')));
+  std::string got;
+  char chunk[512];
+  for (ssize_t n; (n = ::recv(control.get(), chunk, sizeof chunk, 0)) > 0;) {
+    got.append(chunk, static_cast<size_t>(n));
+  }
+  EXPECT_EQ(got, "ok\nerror line too long (over 4096 bytes): closing\n");
+}
+
 // A control client that sends commands and resets its connection without reading the replies:
 // the proxy closes it (kept, its hung-up socket was ready at every wait, the loop spun at 100 %
 // CPU and the fd stayed open for as long as the proxy ran).
