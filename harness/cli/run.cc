@@ -186,8 +186,9 @@ std::vector<results::Record> run_cell_on_target(const Cell& cell, Address target
   TargetServer server(target);
   std::string why;
   if (!server.alive(&why)) {
-    eprint("sockbench: error: --target {}\n", why);
-    return unmeasured(cell, server.name(), "--target " + why);
+    const std::string error = fmt::format("--target {}: {}", target.to_string(), why);
+    eprint("sockbench: error: {}\n", error);
+    return unmeasured(cell, server.name(), error);
   }
   return run_on(cell, server, std::move(stop));
 }
