@@ -55,8 +55,9 @@ const std::vector<BenchmarkInfo>& benchmarks() {
        {"framed", "echo", "http"},
        kMinMessageSize,
        64,
-       {"protocol", "pipeline", "send-on", "client-io", "rate", "tls", "tls-version", "cipher", "insecure", "ca",
-        "reconnect", "backoff-min", "backoff-max", "jitter", "keepalive", "user-timeout"},
+       {"protocol", "pipeline", "send-on", "client-io", "rate", "tls", "tls-version", "cipher",
+        "insecure", "ca", "reconnect", "backoff-min", "backoff-max", "jitter", "keepalive",
+        "user-timeout"},
        {"tcp", "unix", "udp", "unixgram"}},
       {"restart",
        "rr with reconnect backoff while the server is SIGKILLed at --kill-at and restarted on "

@@ -27,7 +27,7 @@ std::string cell_name(const BenchParams& options) {
   std::string name = fmt::format("clients:{}/msg:{}", options.clients, options.message_size);
   if (options.pipeline > 1) name += fmt::format("/pipeline:{}", options.pipeline);
   if (options.send_on_writable) name += "/send-on:writable";
-  if (options.client_io_epoll) name += "/client-io:epoll";
+  if (options.client_io == LoadConfig::ClientIo::kEpoll) name += "/client-io:epoll";
   if (open_loop(options)) name += "/rate:" + rate_text(options.rate);
   if (options.reconnect.enabled) name += "/reconnect";
   name += http_cell(options) + tls_cell(options);
@@ -67,8 +67,7 @@ results::Record run_rr(ServerHandle& server, const BenchParams& options, std::st
   fill_engine_config(config, options, server);
   config.pipeline = options.pipeline;
   config.send_on_writable = options.send_on_writable;
-  config.client_io =
-      options.client_io_epoll ? LoadConfig::ClientIo::kEpoll : LoadConfig::ClientIo::kAuto;
+  config.client_io = options.client_io;
   config.tls = options.tls;
   config.reconnect = options.reconnect;
   // A negative rate is passed on too, for the engine's validation to name it. A shard sends its

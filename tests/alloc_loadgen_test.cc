@@ -40,16 +40,11 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Why this machine gives the client no io_uring ("" when it does): from a short run's stats.
-std::string io_uring_unavailable(const Address& target) {
-  auto stats = run_load(test_support::load_config(target, 2, 1, 0ms, 50ms));
-  return stats ? stats->uring_unavailable : stats.error().message();
-}
-
 struct Counted {
   uint64_t requests = 0;
   uint64_t allocations = 0;
-  uint64_t ring_threads = 0;  // client threads whose connections ran through io_uring
+  uint64_t ring_threads = 0;      // client threads whose connections ran through io_uring
+  bool ring_unavailable = false;  // a thread that could have used io_uring had none here
 };
 
 // One run of the engine and the allocations made while it ran.
@@ -61,7 +56,7 @@ Counted count_run(LoadConfig config) {
   if (!stats) return {};
   EXPECT_EQ(stats->error_count(), 0u);
   EXPECT_EQ(stats->unverified_replies, 0u);
-  return {stats->requests, after - before, stats->uring_threads};
+  return {stats->requests, after - before, stats->uring_threads, !stats->uring_unavailable.empty()};
 }
 
 // Short and long runs of one configuration: the extra requests of the long one cost (almost) no
@@ -69,8 +64,8 @@ Counted count_run(LoadConfig config) {
 // connection's ring of request stamps doubling up to the most requests it ever had in flight
 // (open loop: that peak depends on how long the server or the machine stalled; at most
 // log2(max_outstanding) + 1 doublings per connection).
-// Returns the long run's client threads in io_uring.
-uint64_t expect_no_allocation_per_request(const LoadConfig& base, const char* what) {
+// Returns the long run's counts.
+Counted expect_no_allocation_per_request(const LoadConfig& base, const char* what) {
   LoadConfig short_run = base;
   short_run.duration = 300ms;
   LoadConfig long_run = base;
@@ -78,7 +73,7 @@ uint64_t expect_no_allocation_per_request(const LoadConfig& base, const char* wh
   const Counted a = count_run(short_run);
   const Counted b = count_run(long_run);
   EXPECT_GT(b.requests, a.requests + 1000) << what << ": too few requests to tell";
-  if (b.requests <= a.requests + 1000) return b.ring_threads;
+  if (b.requests <= a.requests + 1000) return b;
   const uint64_t extra_requests = b.requests - a.requests;
   const uint64_t extra_allocations =
       b.allocations > a.allocations ? b.allocations - a.allocations : 0;
@@ -90,7 +85,7 @@ uint64_t expect_no_allocation_per_request(const LoadConfig& base, const char* wh
       << b.allocations << " for " << b.requests;
   // A per-request allocation would be at least this many: the bound above is far below it.
   EXPECT_GT(extra_requests, 10 * (ring_growth + extra_requests / 1000)) << what;
-  return b.ring_threads;
+  return b;
 }
 
 TEST(LoadAllocations, ClosedLoopMakesNoAllocationPerRequest) {
@@ -98,19 +93,20 @@ TEST(LoadAllocations, ClosedLoopMakesNoAllocationPerRequest) {
   ASSERT_TRUE(served);
   // Through io_uring (where the kernel has it), and through epoll: 8 KiB of requests in flight
   // are more than the ring takes.
-  const uint64_t ring =
+  const Counted ring =
       expect_no_allocation_per_request(test_support::load_config(served->address, 10, 1, 0ms, 0ms),
                                        "closed loop, 10 connections, 1 thread");
-  if (!io_uring_unavailable(served->address).empty()) {
-    EXPECT_EQ(ring, 0u);
+  if (ring.ring_unavailable) {
+    EXPECT_EQ(ring.ring_threads, 0u);
   } else {
-    EXPECT_EQ(ring, 1u);
+    EXPECT_EQ(ring.ring_threads, 1u);
   }
   LoadConfig pipelined = test_support::load_config(served->address, 4, 2, 0ms, 0ms);
   pipelined.pipeline = 8;
   pipelined.message_size = 1000;
   EXPECT_EQ(
-      expect_no_allocation_per_request(pipelined, "closed loop, pipeline 8, 2 threads, 1000 B"),
+      expect_no_allocation_per_request(pipelined, "closed loop, pipeline 8, 2 threads, 1000 B")
+          .ring_threads,
       0u);
 }
 

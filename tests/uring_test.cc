@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "harness/core/fd.h"
@@ -40,6 +41,18 @@ std::vector<Seen> take_all(ClientRing& ring) {
   return seen;
 }
 
+// Waits (up to 20 times 100 ms) until `count` completions have come, and returns them.
+std::vector<Seen> wait_for(ClientRing& ring, size_t count) {
+  std::vector<Seen> seen;
+  for (int k = 0; k < 20 && seen.size() < count; ++k) {
+    const int err = ring.wait(static_cast<unsigned>(count - seen.size()), 100'000'000);
+    EXPECT_EQ(err, 0);
+    if (err != 0) break;
+    for (auto& s : take_all(ring)) seen.push_back(std::move(s));
+  }
+  return seen;
+}
+
 TEST(ClientRing, SendsAndReceivesMoveTheBytesAndAnEofEndsTheReceive) {
   std::string why;
   auto ring = ClientRing::make(4, &why);
@@ -52,11 +65,7 @@ TEST(ClientRing, SendsAndReceivesMoveTheBytesAndAnEofEndsTheReceive) {
   ASSERT_EQ(::read(p.peer.get(), buf, sizeof buf), 5);
   EXPECT_EQ(std::string(buf, 5), "hello");
   ASSERT_EQ(::write(p.peer.get(), "world!", 6), 6);
-  std::vector<Seen> seen;
-  for (int k = 0; k < 20 && seen.size() < 2; ++k) {
-    ASSERT_EQ(ring->wait(2, 100'000'000), 0);
-    for (auto& s : take_all(*ring)) seen.push_back(s);
-  }
+  std::vector<Seen> seen = wait_for(*ring, 2);
   ASSERT_EQ(seen.size(), 2u);
   EXPECT_EQ(seen[0].id, 9u);  // the send, done when submitted
   EXPECT_EQ(seen[0].res, 5);
@@ -67,11 +76,7 @@ TEST(ClientRing, SendsAndReceivesMoveTheBytesAndAnEofEndsTheReceive) {
   EXPECT_EQ(ring->pending(), 1u);
 
   p.peer.reset();
-  seen.clear();
-  for (int k = 0; k < 20 && seen.empty(); ++k) {
-    ASSERT_EQ(ring->wait(1, 100'000'000), 0);
-    seen = take_all(*ring);
-  }
+  seen = wait_for(*ring, 1);
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_EQ(seen[0].id, 7u);
   EXPECT_EQ(seen[0].res, 0);  // EOF
@@ -109,11 +114,7 @@ TEST(ClientRing, CancelByIdEndsTheReceiveOfAClosedFd) {
   ASSERT_EQ(ring->submit(), 0);
   p.ours.reset();
   ASSERT_TRUE(ring->cancel(3));
-  std::vector<Seen> seen;
-  for (int k = 0; k < 20 && seen.empty(); ++k) {
-    ASSERT_EQ(ring->wait(1, 100'000'000), 0);
-    seen = take_all(*ring);
-  }
+  const std::vector<Seen> seen = wait_for(*ring, 1);
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_EQ(seen[0].id, 3u);
   EXPECT_LT(seen[0].res, 0);

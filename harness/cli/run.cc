@@ -384,8 +384,8 @@ int run_command(int argc, const char* const* argv) {
        "pass's reads, all together) or writable (from its own EPOLLOUT on the next pass, as "
        "wrk does)", cxxopts::value<std::string>()->default_value("pass"))
       ("client-io", "rr closed loop: the client's I/O once connected: auto (io_uring where the "
-       "kernel has it and the cell allows: plain TCP or Unix, echo or framed, no reconnect, pipeline x request "
-       "<= 4 KiB, more connections than client threads) or epoll",
+       "kernel has it and the cell allows: plain TCP or Unix, echo or framed, no reconnect, "
+       "pipeline x request <= 4 KiB, more connections than client threads) or epoll",
        cxxopts::value<std::string>()->default_value("auto"))
       ("rate", "rr: open loop at this many requests/s in total (latency from intended send "
        "time); broadcast: messages/s in total (default 1000)",
@@ -604,7 +604,8 @@ int run_command(int argc, const char* const* argv) {
   if (client_io != "auto" && client_io != "epoll") {
     throw UsageError(fmt::format("--client-io: expected auto or epoll, got '{}'", client_io));
   }
-  base.client_io_epoll = client_io == "epoll";
+  base.client_io =
+      client_io == "epoll" ? LoadConfig::ClientIo::kEpoll : LoadConfig::ClientIo::kAuto;
   if (parsed.count("client-io") && (transport == "udp" || transport == "unixgram")) {
     throw UsageError("--client-io: applies to the stream transports (tcp, unix)");
   }

@@ -208,6 +208,7 @@ class Worker {
   bool send_ciphertext(Conn& c, size_t i);
   void flush_tls(Conn& c, size_t i);
   size_t write_prefix(uint64_t seq, int64_t origin, char* out) const;
+  size_t write_unsent(const Conn& c, char* out) const;
   enum class Read { kFull, kShort, kNone };
   Read on_readable(Conn& c, size_t i, bool wait = false);
   void on_bytes(Conn& c, size_t i, const char* data, size_t n, int64_t now);
@@ -498,15 +499,8 @@ void Worker::enter_ring(Conn& c, size_t i) {
 // (submit_ring).
 void Worker::flush_ring(Conn& c, size_t i) {
   if (c.send_busy || c.unsent >= c.in_flight) return;
-  char* out = c.out.get();
   c.out_first = c.base_seq + c.unsent;
-  for (uint32_t r = c.unsent; r < c.in_flight; ++r) {
-    const uint64_t seq = c.base_seq + r;
-    out += write_prefix(seq, stamp(c, seq).origin, out);
-    std::memcpy(out, plan_.filler(seq), plan_.filler_size);
-    out += plan_.filler_size;
-  }
-  c.out_size = static_cast<uint32_t>(out - c.out.get());
+  c.out_size = static_cast<uint32_t>(write_unsent(c, c.out.get()));
   c.out_count = c.in_flight - c.unsent;
   if (!ring_->send(c.fd.get(), c.out.get(), c.out_size, kSendBit | i)) {
     kill(c, "EBUSY", clock_.now());
@@ -821,6 +815,19 @@ size_t Worker::write_prefix(uint64_t seq, int64_t origin, char* out) const {
   return plan_.prefix_size;
 }
 
+// The issued requests not yet sent, from the first byte of the first, written whole into `out`
+// (room for them all). Returns their bytes.
+size_t Worker::write_unsent(const Conn& c, char* out) const {
+  char* p = out;
+  for (uint32_t r = c.unsent; r < c.in_flight; ++r) {
+    const uint64_t seq = c.base_seq + r;
+    p += write_prefix(seq, stamp(c, seq).origin, p);
+    std::memcpy(p, plan_.filler(seq), plan_.filler_size);
+    p += plan_.filler_size;
+  }
+  return static_cast<size_t>(p - out);
+}
+
 // Makes the ring hold at least `needed` outstanding requests, keeping those it holds.
 void Worker::reserve(Conn& c, uint32_t needed) {
   const size_t size = c.ring ? size_t{c.ring_mask} + 1 : 0;
@@ -877,14 +884,7 @@ void Worker::flush(Conn& c, size_t i) {
     int iovcnt = 0;
     size_t offered = 0;
     if (small) {
-      char* out = coalesced_.data();
-      for (uint32_t r = c.unsent; r < c.in_flight; ++r) {
-        const uint64_t seq = c.base_seq + r;
-        out += write_prefix(seq, stamp(c, seq).origin, out);
-        std::memcpy(out, plan_.filler(seq), plan_.filler_size);
-        out += plan_.filler_size;
-      }
-      offered = static_cast<size_t>(out - coalesced_.data());
+      offered = write_unsent(c, coalesced_.data());
     } else {
       char* prefix = prefixes_.data();
       for (uint32_t r = c.unsent; r < c.in_flight && iovcnt + 2 <= kMaxIov; ++r) {

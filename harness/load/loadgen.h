@@ -67,10 +67,10 @@ struct LoadConfig : ClientRunConfig {
   // does (two epoll_ctl calls per request), for comparisons with wrk like for like.
   bool send_on_writable = false;
   // Closed loop, plain TCP or Unix, echo or framed (HTTP reopens connections), not
-  // send_on_writable, no reconnect, a pipeline of at most
-  // 4 KiB of requests, more connections than client threads: with kAuto a client thread moves
-  // each established connection into io_uring (ClientRing) when this kernel lets it, else, and
-  // with kEpoll always, every connection stays in its epoll loop.
+  // send_on_writable, no reconnect, a pipeline of at most 4 KiB of requests, more connections
+  // than client threads: with kAuto a client thread moves each established connection into
+  // io_uring (ClientRing) when this kernel lets it, else, and with kEpoll always, every
+  // connection stays in its epoll loop.
   enum class ClientIo { kAuto, kEpoll };
   ClientIo client_io = ClientIo::kAuto;
   // Open loop: total requests/s over all connections, > 0. 0 with open_loop false: closed loop.
