@@ -18,6 +18,7 @@
 #include "harness/core/cpus.h"
 #include "harness/core/net.h"
 #include "harness/core/spawn.h"
+#include "harness/load/uring.h"
 #include "tests/support/cli.h"
 #include "tests/support/servers.h"
 
@@ -499,6 +500,44 @@ TEST_F(CliRun, ReconnectRestartAndKeepaliveFlagsAreChecked) {
       {"--scenario crr --send-on writable", "--send-on: applies only to --scenario rr"},
   };
   expect_usage_errors(run, cases);
+}
+
+// --client-io: by default the client's established connections run through io_uring where this
+// kernel has it (client_uring_threads in the JSON); `epoll` keeps them in the epoll loops and
+// names the cell so that the two can be compared side by side. Misuses are exit 2.
+TEST_F(CliRun, ClientIoEpollKeepsTheClientOutOfIoUringAndNamesTheCell) {
+  std::string why;
+  const bool have_ring = ClientRing::make(8, &why) != nullptr;
+  const auto ran = [&](const std::string& flags, const std::string& file) {
+    const auto json_path = dir_ / file;
+    const auto r = sockbench("run --server epoll --clients 8 --duration 300ms --warmup 0s " +
+                             flags + " --json " + json_path.string());
+    EXPECT_EQ(r.status, 0) << r.err << r.out;
+    const auto doc = nlohmann::json::parse(slurp(json_path));
+    EXPECT_EQ(doc["benchmarks"].size(), 1u) << doc;
+    return doc["benchmarks"][0];
+  };
+  const auto automatic = ran("", "auto.json");
+  EXPECT_EQ(automatic["name"], "rr/epoll/clients:8/msg:64");
+  EXPECT_EQ(automatic["errors"], 0) << automatic;
+  if (have_ring) {
+    EXPECT_GT(automatic["client_uring_threads"].get<double>(), 0) << automatic;
+  } else {
+    EXPECT_EQ(automatic["client_uring_threads"].get<double>(), 0) << why;
+  }
+  const auto epoll = ran("--client-io epoll", "epoll.json");
+  EXPECT_EQ(epoll["name"], "rr/epoll/clients:8/msg:64/client-io:epoll");
+  EXPECT_EQ(epoll["errors"], 0) << epoll;
+  EXPECT_EQ(epoll["client_uring_threads"].get<double>(), 0) << epoll;
+  EXPECT_GT(epoll["iterations"].get<double>(), 0) << epoll;
+
+  expect_usage_errors(
+      "run --duration 200ms --warmup 0s --clients 2 ",
+      {{"--client-io uring", "--client-io: expected auto or epoll, got 'uring'"},
+       {"--client-io epoll --rate 100", "--client-io: applies to the closed loop only"},
+       {"--client-io epoll --transport udp --server epoll",
+        "--client-io: applies to the stream transports"},
+       {"--scenario crr --client-io epoll", "--client-io: applies only to --scenario rr"}});
 }
 
 // --protocol and --host were ignored without a word where nothing reads them: a stream or
